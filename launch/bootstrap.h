@@ -1,0 +1,41 @@
+// World bootstrap: MPI init, rank discovery cross-checked against MPI, node layout, device choice
+// by local rank, libtorch threads, and the world communicator (MPI; NCCL over CUDA devices when
+// built with it and a GPU is present).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "launch/rank_env.h"
+
+namespace tessera::sharding {
+class Communicator;
+}
+
+namespace tessera::launch {
+
+struct World {
+  RankInfo launcher;  // what the launcher's variables said
+  int rank = 0;
+  int size = 1;
+  int local_rank = 0;
+  int local_size = 1;
+  int node_id = 0;
+  int num_nodes = 1;
+  int device = -1;  // CUDA device index, -1 = CPU
+  int torch_threads = 1;
+  std::string hostname;
+  std::shared_ptr<sharding::Communicator> comm;  // CPU collectives (MPI) over the whole world
+  std::shared_ptr<sharding::Communicator> device_comm;  // NCCL when a GPU is used, else null
+};
+
+struct BootstrapOptions {
+  bool want_nccl = false;  // create the NCCL communicator when a GPU is present
+};
+
+// Collective over every process of the job. Throws tessera::CollectiveError (every rank together)
+// when the launcher's variables and MPI disagree.
+World bootstrap_world(int* argc, char*** argv, const BootstrapOptions& options = {});
+void shutdown_world(World& world);
+
+}  // namespace tessera::launch
