@@ -13,8 +13,8 @@ void ContiguousKVCacheConfig::validate() const {
   TESSERA_CHECK(num_kv_heads > 0, "num_kv_heads must be positive, got ", num_kv_heads);
   TESSERA_CHECK(head_dim > 0, "head_dim must be positive, got ", head_dim);
   TESSERA_CHECK(max_chunk_tokens > 0, "max_chunk_tokens must be positive, got ", max_chunk_tokens);
-  TESSERA_CHECK(static_cast<int64_t>(windows.size()) == num_layers, "windows has ",
-                windows.size(), " entries but num_layers=", num_layers);
+  TESSERA_CHECK(static_cast<int64_t>(windows.size()) == num_layers, "windows has ", windows.size(),
+                " entries but num_layers=", num_layers);
   for (size_t i = 0; i < windows.size(); ++i) {
     TESSERA_CHECK(windows[i] >= 0, "windows[", i, "] must be >= 0 (0 = full attention), got ",
                   windows[i]);
@@ -58,8 +58,7 @@ void ContiguousKVCache::append(int64_t layer, const torch::Tensor& k, const torc
                     k.size(2) == config_.num_kv_heads && k.size(3) == config_.head_dim,
                 "k shape ", k.sizes(), " must be [batch_size=", config_.batch_size,
                 ", T, num_kv_heads=", config_.num_kv_heads, ", head_dim=", config_.head_dim, "]");
-  TESSERA_CHECK(v.sizes() == k.sizes(), "v shape ", v.sizes(), " differs from k shape ",
-                k.sizes());
+  TESSERA_CHECK(v.sizes() == k.sizes(), "v shape ", v.sizes(), " differs from k shape ", k.sizes());
   TESSERA_CHECK(positions.dim() == 2 && positions.size(0) == k.size(0) &&
                     positions.size(1) == k.size(1) && positions.scalar_type() == torch::kLong,
                 "positions must be int64 [batch, T] = [", k.size(0), ", ", k.size(1), "], got ",
@@ -71,8 +70,9 @@ void ContiguousKVCache::append(int64_t layer, const torch::Tensor& k, const torc
   auto pos_cpu = positions.to(torch::kCPU).contiguous();
   const int64_t min_pos = pos_cpu.min().item<int64_t>();
   const int64_t max_pos = pos_cpu.max().item<int64_t>();
-  TESSERA_CHECK(min_pos >= 0 && max_pos < config_.max_len, "positions must lie in [0, max_len=",
-                config_.max_len, "), got [", min_pos, ", ", max_pos, "]");
+  TESSERA_CHECK(min_pos >= 0 && max_pos < config_.max_len,
+                "positions must lie in [0, max_len=", config_.max_len, "), got [", min_pos, ", ",
+                max_pos, "]");
   const int64_t cap = config_.capacity(layer);
   auto slots = positions.remainder(cap);  // [batch, T]
   // Scatter each (batch, token) into its slot: flatten batch x capacity.

@@ -15,7 +15,7 @@ namespace tessera::caches {
 struct ContiguousKVCacheConfig {
   int64_t num_layers = 0;
   int64_t batch_size = 0;
-  int64_t max_len = 0;           // positions 0 .. max_len-1 may be written
+  int64_t max_len = 0;  // positions 0 .. max_len-1 may be written
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
   int64_t max_chunk_tokens = 0;  // most tokens one append() may write per sequence

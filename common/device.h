@@ -9,9 +9,9 @@ namespace tessera {
 
 struct DeviceReport {
   bool cuda_compiled = false;
-  int count = 0;                 // usable CUDA devices
-  std::string status;            // why count is 0, or "ok"
-  int runtime_version = 0;       // CUDART_VERSION-style integer, 0 when unknown
+  int count = 0;            // usable CUDA devices
+  std::string status;       // why count is 0, or "ok"
+  int runtime_version = 0;  // CUDART_VERSION-style integer, 0 when unknown
   int driver_version = 0;
   std::vector<std::string> names;  // "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)"
 };

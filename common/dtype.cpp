@@ -16,11 +16,16 @@ struct DTypeInfo {
   bool floating;
 };
 constexpr DTypeInfo kInfos[] = {
-    {DType::kF64, 8, "float64", "F64", true},        {DType::kF32, 4, "float32", "F32", true},
-    {DType::kF16, 2, "float16", "F16", true},        {DType::kBF16, 2, "bfloat16", "BF16", true},
-    {DType::kF8E4M3, 1, "float8_e4m3", "F8_E4M3", true}, {DType::kI64, 8, "int64", "I64", false},
-    {DType::kI32, 4, "int32", "I32", false},         {DType::kI16, 2, "int16", "I16", false},
-    {DType::kI8, 1, "int8", "I8", false},            {DType::kU8, 1, "uint8", "U8", false},
+    {DType::kF64, 8, "float64", "F64", true},
+    {DType::kF32, 4, "float32", "F32", true},
+    {DType::kF16, 2, "float16", "F16", true},
+    {DType::kBF16, 2, "bfloat16", "BF16", true},
+    {DType::kF8E4M3, 1, "float8_e4m3", "F8_E4M3", true},
+    {DType::kI64, 8, "int64", "I64", false},
+    {DType::kI32, 4, "int32", "I32", false},
+    {DType::kI16, 2, "int16", "I16", false},
+    {DType::kI8, 1, "int8", "I8", false},
+    {DType::kU8, 1, "uint8", "U8", false},
     {DType::kBool, 1, "bool", "BOOL", false},
 };
 const DTypeInfo& info(DType d) { return kInfos[static_cast<int>(d)]; }

@@ -40,12 +40,11 @@ std::string str_cat(const Args&... args) {
 
 }  // namespace tessera
 
-#define TESSERA_CHECK(cond, ...)                                                  \
-  do {                                                                            \
-    if (!(cond)) [[unlikely]] {                                                   \
-      ::tessera::detail::throw_error(__FILE__, __LINE__,                          \
-                                     ::tessera::detail::str_cat(__VA_ARGS__));    \
-    }                                                                             \
+#define TESSERA_CHECK(cond, ...)                                                                   \
+  do {                                                                                             \
+    if (!(cond)) [[unlikely]] {                                                                    \
+      ::tessera::detail::throw_error(__FILE__, __LINE__, ::tessera::detail::str_cat(__VA_ARGS__)); \
+    }                                                                                              \
   } while (0)
 
 #define TESSERA_FAIL(...) \

@@ -9,8 +9,8 @@ namespace tessera::log {
 
 namespace {
 std::shared_ptr<spdlog::logger> make_logger() {
-  auto logger = std::make_shared<spdlog::logger>(
-      "tessera", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  auto logger = std::make_shared<spdlog::logger>("tessera",
+                                                 std::make_shared<spdlog::sinks::stderr_sink_mt>());
   const char* level = std::getenv("TESSERA_LOG_LEVEL");
   logger->set_level(level ? spdlog::level::from_str(level) : spdlog::level::warn);
   logger->set_pattern("[tessera r?] [%l] %v");

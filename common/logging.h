@@ -1,6 +1,6 @@
 // Logging with the rank in every line: "[tessera r1/4 info] message". Built on spdlog; the level
-// comes from TESSERA_LOG_LEVEL (trace, debug, info, warn, error, off), default warn, so that a job's
-// stdout holds only its results.
+// comes from TESSERA_LOG_LEVEL (trace, debug, info, warn, error, off), default warn, so that a
+// job's stdout holds only its results.
 #pragma once
 
 #include <spdlog/spdlog.h>

@@ -23,9 +23,10 @@ struct VarNames {
 constexpr VarNames kLaunchers[] = {
     {Launcher::kTorchrun, "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
      "TORCHELASTIC_RUN_ID"},
-    {Launcher::kOpenMPI, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-     "OMPI_COMM_WORLD_LOCAL_SIZE", nullptr, nullptr},
-    {Launcher::kPMI, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", nullptr, nullptr},
+    {Launcher::kOpenMPI, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE",
+     "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE", nullptr, nullptr},
+    {Launcher::kPMI, "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS", nullptr,
+     nullptr},
     {Launcher::kSlurm, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", nullptr, "SLURM_NODEID",
      "SLURM_STEP_ID"},
 };
@@ -44,8 +45,8 @@ int parse_int(const char* name, const std::string& value, int min_value) {
   auto [ptr, ec] = std::from_chars(begin, end, out);
   TESSERA_CHECK(ec == std::errc() && ptr == end && !value.empty(), "environment variable ", name,
                 "='", value, "' is not an integer");
-  TESSERA_CHECK(out >= min_value, "environment variable ", name, "=", value, " must be >= ",
-                min_value);
+  TESSERA_CHECK(out >= min_value, "environment variable ", name, "=", value,
+                " must be >= ", min_value);
   return out;
 }
 
@@ -62,10 +63,12 @@ bool present(const EnvMap& env, const VarNames& names) {
 RankInfo read_launcher(const EnvMap& env, const VarNames& n) {
   auto rank = get_int(env, n.rank, 0);
   auto size = get_int(env, n.size, 1);
-  TESSERA_CHECK(rank && size, launcher_name(n.launcher), " variables are incomplete: ",
-                rank ? n.size : n.rank, " is missing while ", rank ? n.rank : n.size, " is set");
-  TESSERA_CHECK(*rank < *size, launcher_name(n.launcher), " variables contradict each other: ",
-                n.rank, "=", *rank, " is not below ", n.size, "=", *size);
+  TESSERA_CHECK(rank && size, launcher_name(n.launcher),
+                " variables are incomplete: ", rank ? n.size : n.rank, " is missing while ",
+                rank ? n.rank : n.size, " is set");
+  TESSERA_CHECK(*rank < *size, launcher_name(n.launcher),
+                " variables contradict each other: ", n.rank, "=", *rank, " is not below ", n.size,
+                "=", *size);
   RankInfo info;
   info.launcher = n.launcher;
   info.rank = *rank;
@@ -77,8 +80,10 @@ RankInfo read_launcher(const EnvMap& env, const VarNames& n) {
   info.local_rank = local_rank.value_or(info.rank);
   // Without a local size, assume one node unless a local rank says otherwise.
   info.local_size = local_size.value_or(info.world_size);
-  if (local_rank) info.source += std::string(", ") + n.local_rank + "=" + std::to_string(*local_rank);
-  if (local_size) info.source += std::string(", ") + n.local_size + "=" + std::to_string(*local_size);
+  if (local_rank)
+    info.source += std::string(", ") + n.local_rank + "=" + std::to_string(*local_rank);
+  if (local_size)
+    info.source += std::string(", ") + n.local_size + "=" + std::to_string(*local_size);
   TESSERA_CHECK(info.local_size <= info.world_size, launcher_name(n.launcher),
                 " variables contradict each other: ", n.local_size, "=", info.local_size,
                 " exceeds ", n.size, "=", info.world_size);
@@ -96,11 +101,16 @@ RankInfo read_launcher(const EnvMap& env, const VarNames& n) {
 
 const char* launcher_name(Launcher launcher) {
   switch (launcher) {
-    case Launcher::kNone: return "none";
-    case Launcher::kOpenMPI: return "mpirun (OpenMPI)";
-    case Launcher::kPMI: return "PMI (MPICH/hydra)";
-    case Launcher::kSlurm: return "srun (SLURM)";
-    case Launcher::kTorchrun: return "torchrun";
+    case Launcher::kNone:
+      return "none";
+    case Launcher::kOpenMPI:
+      return "mpirun (OpenMPI)";
+    case Launcher::kPMI:
+      return "PMI (MPICH/hydra)";
+    case Launcher::kSlurm:
+      return "srun (SLURM)";
+    case Launcher::kTorchrun:
+      return "torchrun";
   }
   return "?";
 }
@@ -123,10 +133,10 @@ RankInfo discover_rank(const EnvMap& env) {
     }
     // Two MPI-level launchers describing one process: they must agree.
     if (info.world_size == chosen->world_size) {
-      TESSERA_CHECK(info.rank == chosen->rank, "launcher variables disagree: ",
-                    launcher_name(chosen->launcher), " says rank ", chosen->rank, " (",
-                    chosen->source, ") but ", launcher_name(info.launcher), " says rank ",
-                    info.rank, " (", info.source, ")");
+      TESSERA_CHECK(info.rank == chosen->rank,
+                    "launcher variables disagree: ", launcher_name(chosen->launcher), " says rank ",
+                    chosen->rank, " (", chosen->source, ") but ", launcher_name(info.launcher),
+                    " says rank ", info.rank, " (", info.source, ")");
     }
     outer.push_back(names.launcher);
   }
@@ -150,7 +160,8 @@ void check_against_mpi(const RankInfo& info, int mpi_rank, int mpi_world_size) {
   if (info.launcher == Launcher::kNone) return;
   if (info.launcher == Launcher::kTorchrun && mpi_world_size == 1 && info.world_size > 1) {
     TESSERA_FAIL("torchrun variables say rank ", info.rank, " of ", info.world_size, " (",
-                 info.source, ") but MPI sees a world of 1: Tessera's collectives run over MPI, "
+                 info.source,
+                 ") but MPI sees a world of 1: Tessera's collectives run over MPI, "
                  "so launch with mpirun or srun (see README, 'Launching')");
   }
   TESSERA_CHECK(info.rank == mpi_rank && info.world_size == mpi_world_size,

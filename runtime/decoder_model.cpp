@@ -28,7 +28,8 @@ DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
   embed_ = w.load("model.embed_tokens.weight", {c.vocab_size, h});
   final_norm_ = w.load("model.norm.weight", {h});
   if (c.tie_word_embeddings || !w.has("lm_head.weight")) {
-    TESSERA_CHECK(c.tie_word_embeddings, "checkpoint has no 'lm_head.weight' and "
+    TESSERA_CHECK(c.tie_word_embeddings,
+                  "checkpoint has no 'lm_head.weight' and "
                   "tie_word_embeddings is false");
     lm_head_ = embed_;
   } else {
@@ -55,9 +56,10 @@ DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
     layers_.push_back(std::move(L));
   }
   // HF rotary: inv_freq[i] = theta^(-2i/d), applied as x*cos + rotate_half(x)*sin.
-  inv_freq_ = torch::pow(c.rope_theta, torch::arange(0, d, 2, torch::kDouble) / static_cast<double>(d))
-                  .reciprocal()
-                  .to(torch::kFloat);
+  inv_freq_ =
+      torch::pow(c.rope_theta, torch::arange(0, d, 2, torch::kDouble) / static_cast<double>(d))
+          .reciprocal()
+          .to(torch::kFloat);
 }
 
 caches::ContiguousKVCacheConfig DecoderModel::cache_config(int64_t batch, int64_t max_len,
@@ -90,19 +92,19 @@ torch::Tensor DecoderModel::rope(const torch::Tensor& x, const torch::Tensor& co
 torch::Tensor DecoderModel::forward(const torch::Tensor& tokens, const torch::Tensor& positions,
                                     caches::ContiguousKVCache& cache) {
   TESSERA_CHECK(tokens.dim() == 2 && tokens.scalar_type() == torch::kLong,
-                "tokens must be int64 [batch, T], got ", tokens.scalar_type(), " ",
-                tokens.sizes());
+                "tokens must be int64 [batch, T], got ", tokens.scalar_type(), " ", tokens.sizes());
   TESSERA_CHECK(positions.sizes() == tokens.sizes(), "positions shape ", positions.sizes(),
                 " must equal tokens shape ", tokens.sizes());
   const int64_t max_id = tokens.numel() ? tokens.max().item<int64_t>() : 0;
   const int64_t min_id = tokens.numel() ? tokens.min().item<int64_t>() : 0;
-  TESSERA_CHECK(min_id >= 0 && max_id < config_.vocab_size, "token ids must lie in [0, vocab_size=",
-                config_.vocab_size, "), got [", min_id, ", ", max_id, "]");
+  TESSERA_CHECK(min_id >= 0 && max_id < config_.vocab_size,
+                "token ids must lie in [0, vocab_size=", config_.vocab_size, "), got [", min_id,
+                ", ", max_id, "]");
   const int64_t b = tokens.size(0), t = tokens.size(1), d = config_.head_dim;
   const int64_t hq = local_q_heads(), hkv = local_kv_heads();
 
   auto freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv_freq_;  // [b, t, d/2]
-  auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(2);               // [b, t, 1, d]
+  auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(2);              // [b, t, 1, d]
   auto cos = emb.cos(), sin = emb.sin();
   const double scale = 1.0 / std::sqrt(static_cast<double>(d));
 
@@ -117,8 +119,8 @@ torch::Tensor DecoderModel::forward(const torch::Tensor& tokens, const torch::Te
     k = rope(k, cos, sin);
     cache.append(static_cast<int64_t>(l), k, v, positions);
     auto view = cache.layer(static_cast<int64_t>(l));
-    auto [attn, lse] = kernels::attention(q, view.k, view.v, positions, view.positions, scale,
-                                          L.window);
+    auto [attn, lse] =
+        kernels::attention(q, view.k, view.v, positions, view.positions, scale, L.window);
     x = x + sharding::row_parallel_linear(attn.view({b, t, hq * d}), L.o_w, comm_);
     h = rms_norm(x, L.post_norm);
     auto m = torch::silu(sharding::column_parallel_linear(h, L.gate_w)) *

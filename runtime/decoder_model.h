@@ -41,7 +41,7 @@ class DecoderModel {
   struct Layer {
     torch::Tensor input_norm, post_norm;
     torch::Tensor q_w, q_b, k_w, k_b, v_w, v_b, o_w;  // this rank's heads
-    torch::Tensor gate_w, up_w, down_w;              // this rank's MLP slice
+    torch::Tensor gate_w, up_w, down_w;               // this rank's MLP slice
     int64_t window = 0;
   };
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;

@@ -27,7 +27,7 @@ struct GenerateResult {
   std::vector<int64_t> output_ids;
   std::string text;  // decoded output bytes
   double load_ms = 0, prefill_ms = 0, decode_ms = 0;
-  int64_t kv_cache_bytes = 0;   // this rank's
+  int64_t kv_cache_bytes = 0;     // this rank's
   int64_t weight_bytes_read = 0;  // this rank's
 };
 

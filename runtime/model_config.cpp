@@ -33,8 +33,8 @@ double get_double(const json& j, const char* key, double fallback, const std::st
 
 bool get_bool(const json& j, const char* key, bool fallback, const std::string& origin) {
   if (!j.contains(key) || j[key].is_null()) return fallback;
-  TESSERA_CHECK(j[key].is_boolean(), origin, ": config field '", key, "' must be true or false, got ",
-                j[key].dump());
+  TESSERA_CHECK(j[key].is_boolean(), origin, ": config field '", key,
+                "' must be true or false, got ", j[key].dump());
   return j[key].get<bool>();
 }
 
@@ -65,8 +65,8 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   c.num_hidden_layers = get_int(j, "num_hidden_layers", origin);
   c.num_attention_heads = get_int(j, "num_attention_heads", origin);
   c.num_key_value_heads = get_int(j, "num_key_value_heads", origin, c.num_attention_heads);
-  TESSERA_CHECK(c.num_attention_heads > 0, origin,
-                ": num_attention_heads must be positive, got ", c.num_attention_heads);
+  TESSERA_CHECK(c.num_attention_heads > 0, origin, ": num_attention_heads must be positive, got ",
+                c.num_attention_heads);
   c.head_dim = get_int(j, "head_dim", origin, c.hidden_size / c.num_attention_heads);
   c.max_position_embeddings = get_int(j, "max_position_embeddings", origin, 2048);
   c.rope_theta = get_double(j, "rope_theta", 10000.0, origin);
@@ -132,9 +132,9 @@ void ModelConfig::validate() const {
                 num_hidden_layers);
   TESSERA_CHECK(num_key_value_heads > 0, "num_key_value_heads must be positive, got ",
                 num_key_value_heads);
-  TESSERA_CHECK(num_attention_heads % num_key_value_heads == 0, "num_attention_heads=",
-                num_attention_heads, " is not a multiple of num_key_value_heads=",
-                num_key_value_heads);
+  TESSERA_CHECK(num_attention_heads % num_key_value_heads == 0,
+                "num_attention_heads=", num_attention_heads,
+                " is not a multiple of num_key_value_heads=", num_key_value_heads);
   TESSERA_CHECK(head_dim > 0 && head_dim % 2 == 0, "head_dim must be positive and even, got ",
                 head_dim);
   TESSERA_CHECK(max_position_embeddings > 0, "max_position_embeddings must be positive, got ",
@@ -167,9 +167,9 @@ int64_t ModelConfig::num_params() const {
 std::string ModelConfig::to_json_text() const {
   nlohmann::ordered_json j;
   const bool qwen = model_type == "qwen2";
-  j["architectures"] = {qwen ? "Qwen2ForCausalLM"
-                             : (model_type == "mistral" ? "MistralForCausalLM"
-                                                        : "LlamaForCausalLM")};
+  j["architectures"] = {
+      qwen ? "Qwen2ForCausalLM"
+           : (model_type == "mistral" ? "MistralForCausalLM" : "LlamaForCausalLM")};
   j["model_type"] = model_type;
   j["vocab_size"] = vocab_size;
   j["hidden_size"] = hidden_size;

@@ -92,7 +92,8 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     if (!value["shape"].is_array()) bad("shape must be an array");
     uint64_t numel = 1;
     for (auto& d : value["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) bad("shape has a negative or non-integer dimension");
+      if (!d.is_number_integer() || d.get<int64_t>() < 0)
+        bad("shape has a negative or non-integer dimension");
       e.shape.push_back(d.get<int64_t>());
       numel *= static_cast<uint64_t>(e.shape.back());
     }

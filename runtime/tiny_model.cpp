@@ -163,8 +163,7 @@ std::string resolve_model_dir(const std::string& model) {
                 "' is not a folder (expected config.json and model.safetensors inside)");
   TESSERA_CHECK(::access(model.c_str(), R_OK | X_OK) == 0, "model folder '", model,
                 "' is not readable: ", std::strerror(errno));
-  TESSERA_CHECK(fs::exists(p / "config.json", ec), "model folder '", model,
-                "' has no config.json");
+  TESSERA_CHECK(fs::exists(p / "config.json", ec), "model folder '", model, "' has no config.json");
   return model;
 }
 

@@ -17,8 +17,8 @@ std::vector<int64_t> ByteTokenizer::encode(std::string_view text, bool add_bos) 
 std::string ByteTokenizer::decode(const std::vector<int64_t>& ids) const {
   std::string out;
   for (auto id : ids) {
-    TESSERA_CHECK(id >= 0 && id < kVocabSize, "token id ", id, " is outside the byte vocabulary [0, ",
-                  kVocabSize, ")");
+    TESSERA_CHECK(id >= 0 && id < kVocabSize, "token id ", id,
+                  " is outside the byte vocabulary [0, ", kVocabSize, ")");
     if (id < 256) out.push_back(static_cast<char>(id));
   }
   return out;

@@ -14,17 +14,28 @@ namespace fs = std::filesystem;
 namespace {
 torch::ScalarType torch_type(DType d, const std::string& name) {
   switch (d) {
-    case DType::kF32: return torch::kFloat;
-    case DType::kF16: return torch::kHalf;
-    case DType::kBF16: return torch::kBFloat16;
-    case DType::kF64: return torch::kDouble;
-    case DType::kI64: return torch::kLong;
-    case DType::kI32: return torch::kInt;
-    case DType::kI16: return torch::kShort;
-    case DType::kI8: return torch::kChar;
-    case DType::kU8: return torch::kByte;
-    case DType::kBool: return torch::kBool;
-    default: TESSERA_FAIL("tensor '", name, "': dtype ", dtype_name(d), " cannot be loaded yet");
+    case DType::kF32:
+      return torch::kFloat;
+    case DType::kF16:
+      return torch::kHalf;
+    case DType::kBF16:
+      return torch::kBFloat16;
+    case DType::kF64:
+      return torch::kDouble;
+    case DType::kI64:
+      return torch::kLong;
+    case DType::kI32:
+      return torch::kInt;
+    case DType::kI16:
+      return torch::kShort;
+    case DType::kI8:
+      return torch::kChar;
+    case DType::kU8:
+      return torch::kByte;
+    case DType::kBool:
+      return torch::kBool;
+    default:
+      TESSERA_FAIL("tensor '", name, "': dtype ", dtype_name(d), " cannot be loaded yet");
   }
 }
 
@@ -83,8 +94,7 @@ torch::Tensor WeightLoader::load(const std::string& name,
 
 torch::Tensor WeightLoader::load_slice(const std::string& name,
                                        const std::vector<int64_t>& expected_shape, int64_t dim,
-                                       sharding::ShardRange range,
-                                       torch::ScalarType dtype) const {
+                                       sharding::ShardRange range, torch::ScalarType dtype) const {
   const auto& e = entry(name);
   TESSERA_CHECK(expected_shape.empty() || e.shape == expected_shape, "tensor '", name,
                 "' has shape ", shape_str(e.shape), " but the config implies ",
@@ -94,8 +104,8 @@ torch::Tensor WeightLoader::load_slice(const std::string& name,
                                 torch::TensorOptions().dtype(torch_type(e.dtype, name)));
   torch::Tensor part = whole;
   if (!e.shape.empty()) {
-    TESSERA_CHECK(dim >= 0 && dim < static_cast<int64_t>(e.shape.size()) &&
-                      range.begin >= 0 && range.begin + range.size <= e.shape[dim],
+    TESSERA_CHECK(dim >= 0 && dim < static_cast<int64_t>(e.shape.size()) && range.begin >= 0 &&
+                      range.begin + range.size <= e.shape[dim],
                   "tensor '", name, "': slice [", range.begin, ", ", range.begin + range.size,
                   ") along dim ", dim, " is outside shape ", shape_str(e.shape));
     part = whole.narrow(dim, range.begin, range.size);

@@ -9,13 +9,13 @@
 namespace tessera::kernels {
 
 struct AttentionView {
-  const float* q = nullptr;      // [batch, q_len, num_q_heads, head_dim], strides below
-  const float* k = nullptr;      // [batch, kv_len, num_kv_heads, head_dim]
-  const float* v = nullptr;      // [batch, kv_len, num_kv_heads, head_dim]
+  const float* q = nullptr;        // [batch, q_len, num_q_heads, head_dim], strides below
+  const float* k = nullptr;        // [batch, kv_len, num_kv_heads, head_dim]
+  const float* v = nullptr;        // [batch, kv_len, num_kv_heads, head_dim]
   const int64_t* q_pos = nullptr;  // [batch, q_len] contiguous: position of each query token
   const int64_t* k_pos = nullptr;  // [batch, kv_len] contiguous: position in each slot, -1 = empty
-  float* out = nullptr;          // [batch, q_len, num_q_heads, head_dim] contiguous
-  float* lse = nullptr;          // [batch, num_q_heads, q_len] contiguous, natural log; may be null
+  float* out = nullptr;            // [batch, q_len, num_q_heads, head_dim] contiguous
+  float* lse = nullptr;  // [batch, num_q_heads, q_len] contiguous, natural log; may be null
 
   // Element strides of q / k / v for (batch, token, head); head_dim is contiguous.
   int64_t q_stride[3] = {0, 0, 0};

@@ -93,7 +93,8 @@ __global__ void attention_kernel(AttentionView a) {
 
   float* o = a.out + ((static_cast<long long>(b) * a.q_len + t) * a.num_q_heads + h) * a.head_dim;
   const bool empty = running_sum == 0.f;
-  for (int i = threadIdx.x; i < a.head_dim; i += kThreads) o[i] = empty ? 0.f : acc[i] / running_sum;
+  for (int i = threadIdx.x; i < a.head_dim; i += kThreads)
+    o[i] = empty ? 0.f : acc[i] / running_sum;
   if (a.lse != nullptr && threadIdx.x == 0) {
     a.lse[(static_cast<long long>(b) * a.num_q_heads + h) * a.q_len + t] =
         empty ? -INFINITY : running_max + logf(running_sum);

@@ -32,8 +32,8 @@ void attention_ref(const AttentionView& a) {
           max_score = std::max(max_score, scores[s]);
         }
         float* o = a.out + ((static_cast<int64_t>(b) * a.q_len + t) * a.num_q_heads + h) * d;
-        float* lse = a.lse ? a.lse + (static_cast<int64_t>(b) * a.num_q_heads + h) * a.q_len + t
-                           : nullptr;
+        float* lse =
+            a.lse ? a.lse + (static_cast<int64_t>(b) * a.num_q_heads + h) * a.q_len + t : nullptr;
         if (max_score == -std::numeric_limits<double>::infinity()) {
           for (int i = 0; i < d; ++i) o[i] = 0.0f;
           if (lse) *lse = -std::numeric_limits<float>::infinity();

@@ -28,10 +28,9 @@ std::tuple<torch::Tensor, torch::Tensor> attention(const torch::Tensor& q, const
   check_4d(k, "k");
   check_4d(v, "v");
   TESSERA_CHECK(k.sizes() == v.sizes(), "k and v shapes differ: ", k.sizes(), " vs ", v.sizes());
-  TESSERA_CHECK(q.size(0) == k.size(0), "q batch=", q.size(0), " differs from k batch=",
-                k.size(0));
-  TESSERA_CHECK(q.size(3) == k.size(3), "q head_dim=", q.size(3), " differs from k head_dim=",
-                k.size(3));
+  TESSERA_CHECK(q.size(0) == k.size(0), "q batch=", q.size(0), " differs from k batch=", k.size(0));
+  TESSERA_CHECK(q.size(3) == k.size(3), "q head_dim=", q.size(3),
+                " differs from k head_dim=", k.size(3));
   TESSERA_CHECK(k.size(2) > 0 && q.size(2) % k.size(2) == 0, "num_q_heads=", q.size(2),
                 " is not a multiple of num_kv_heads=", k.size(2));
   TESSERA_CHECK(q_pos.scalar_type() == torch::kLong && k_pos.scalar_type() == torch::kLong,

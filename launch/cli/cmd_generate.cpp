@@ -44,8 +44,7 @@ Command register_generate(CLI::App& root) {
             return "must be an integer >= 0, got " + s;
           },
           "INT>=0"));
-  app->add_option("--prefill-chunk", args->request.prefill_chunk,
-                  "Prompt tokens per forward pass")
+  app->add_option("--prefill-chunk", args->request.prefill_chunk, "Prompt tokens per forward pass")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past the end-of-text token");

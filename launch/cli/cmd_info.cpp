@@ -59,17 +59,17 @@ Command register_info(CLI::App& root) {
     }
     std::printf("Tessera %s (%s, %s)\n", TESSERA_VERSION, TESSERA_BUILD_TYPE, TESSERA_CXX_COMPILER);
     std::printf("  CUDA compiled: %s%s\n", TESSERA_CUDA_COMPILED ? "yes, nvcc " : "no",
-                TESSERA_CUDA_COMPILED
-                    ? (std::string(TESSERA_CUDA_COMPILER_VERSION) + " for sm_" +
-                       TESSERA_CUDA_ARCHITECTURES)
-                          .c_str()
-                    : "");
+                TESSERA_CUDA_COMPILED ? (std::string(TESSERA_CUDA_COMPILER_VERSION) + " for sm_" +
+                                         TESSERA_CUDA_ARCHITECTURES)
+                                            .c_str()
+                                      : "");
     std::printf("  NCCL:          %s\n", nccl_version_string().c_str());
     std::printf("  MPI:           %s\n", sharding::mpi::library_version().c_str());
     std::printf("  libtorch:      %s (%s), %d thread(s) per rank\n",
                 runtime::torch_version().c_str(), runtime::torch_cuda_compiled() ? "CUDA" : "CPU",
                 w.torch_threads);
-    std::printf("  CUDA runtime:  %s, driver %s\n", cuda_version_string(dev.runtime_version).c_str(),
+    std::printf("  CUDA runtime:  %s, driver %s\n",
+                cuda_version_string(dev.runtime_version).c_str(),
                 cuda_version_string(dev.driver_version).c_str());
     if (dev.count == 0) {
       std::printf("  devices:       none (%s); running on CPU\n", dev.status.c_str());

@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <vector>
 
 #include "launch/bootstrap.h"
 
@@ -22,5 +23,6 @@ struct Command {
 
 Command register_info(CLI::App& root);
 Command register_generate(CLI::App& root);
+std::vector<Command> register_bench(CLI::App& root);
 
 }  // namespace tessera::cli

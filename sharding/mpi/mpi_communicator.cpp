@@ -52,16 +52,25 @@ const HalfOps& half_ops() {
 
 MPI_Datatype mpi_type(const torch::Tensor& t) {
   switch (t.scalar_type()) {
-    case torch::kFloat: return MPI_FLOAT;
-    case torch::kDouble: return MPI_DOUBLE;
-    case torch::kLong: return MPI_INT64_T;
-    case torch::kInt: return MPI_INT32_T;
-    case torch::kShort: return MPI_INT16_T;
-    case torch::kChar: return MPI_INT8_T;
-    case torch::kByte: return MPI_UINT8_T;
-    case torch::kBool: return MPI_C_BOOL;
+    case torch::kFloat:
+      return MPI_FLOAT;
+    case torch::kDouble:
+      return MPI_DOUBLE;
+    case torch::kLong:
+      return MPI_INT64_T;
+    case torch::kInt:
+      return MPI_INT32_T;
+    case torch::kShort:
+      return MPI_INT16_T;
+    case torch::kChar:
+      return MPI_INT8_T;
+    case torch::kByte:
+      return MPI_UINT8_T;
+    case torch::kBool:
+      return MPI_C_BOOL;
     case torch::kHalf:
-    case torch::kBFloat16: return MPI_UINT16_T;
+    case torch::kBFloat16:
+      return MPI_UINT16_T;
     default:
       TESSERA_FAIL("MPI communicator: unsupported dtype ", t.scalar_type());
   }
@@ -113,9 +122,9 @@ void MpiCommunicator::all_reduce(torch::Tensor& tensor, ReduceOp op) {
   torch::Tensor buf = tensor.is_contiguous() ? tensor : tensor.contiguous();
   const int count = checked_count(buf, "all_reduce");
   if (count > 0 && size_ > 1) {
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, buf.data_ptr(), count, mpi_type(buf), mpi_op(buf, op),
-                            comm_),
-              "MPI_Allreduce");
+    check_mpi(
+        MPI_Allreduce(MPI_IN_PLACE, buf.data_ptr(), count, mpi_type(buf), mpi_op(buf, op), comm_),
+        "MPI_Allreduce");
   }
   if (op == ReduceOp::kAvg) buf.div_(size_);
   if (!buf.is_same(tensor)) tensor.copy_(buf);
@@ -141,8 +150,8 @@ torch::Tensor MpiCommunicator::all_gather(const torch::Tensor& tensor) {
   torch::Tensor out = torch::empty(shape, in.options());
   const int count = checked_count(in, "all_gather");
   if (count > 0) {
-    check_mpi(MPI_Allgather(in.data_ptr(), count, mpi_type(in), out.data_ptr(), count,
-                            mpi_type(in), comm_),
+    check_mpi(MPI_Allgather(in.data_ptr(), count, mpi_type(in), out.data_ptr(), count, mpi_type(in),
+                            comm_),
               "MPI_Allgather");
   }
   return out;

@@ -70,9 +70,9 @@ NodeView node_view() {
   MPI_Comm_size(node_comm, &v.local_size);
   // Node leaders (local rank 0) number the nodes in world-rank order.
   MPI_Comm leaders;
-  check(MPI_Comm_split(MPI_COMM_WORLD, v.local_rank == 0 ? 0 : MPI_UNDEFINED, world_rank(),
-                       &leaders),
-        "MPI_Comm_split");
+  check(
+      MPI_Comm_split(MPI_COMM_WORLD, v.local_rank == 0 ? 0 : MPI_UNDEFINED, world_rank(), &leaders),
+      "MPI_Comm_split");
   int node_id = 0, num_nodes = 0;
   if (leaders != MPI_COMM_NULL) {
     MPI_Comm_rank(leaders, &node_id);

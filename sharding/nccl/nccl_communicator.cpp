@@ -26,24 +26,37 @@ void check_cuda(cudaError_t e, const char* what) {
 
 ncclDataType_t nccl_type(const torch::Tensor& t) {
   switch (t.scalar_type()) {
-    case torch::kFloat: return ncclFloat32;
-    case torch::kDouble: return ncclFloat64;
-    case torch::kHalf: return ncclFloat16;
-    case torch::kBFloat16: return ncclBfloat16;
-    case torch::kLong: return ncclInt64;
-    case torch::kInt: return ncclInt32;
-    case torch::kChar: return ncclInt8;
-    case torch::kByte: return ncclUint8;
-    default: TESSERA_FAIL("NCCL communicator: unsupported dtype ", t.scalar_type());
+    case torch::kFloat:
+      return ncclFloat32;
+    case torch::kDouble:
+      return ncclFloat64;
+    case torch::kHalf:
+      return ncclFloat16;
+    case torch::kBFloat16:
+      return ncclBfloat16;
+    case torch::kLong:
+      return ncclInt64;
+    case torch::kInt:
+      return ncclInt32;
+    case torch::kChar:
+      return ncclInt8;
+    case torch::kByte:
+      return ncclUint8;
+    default:
+      TESSERA_FAIL("NCCL communicator: unsupported dtype ", t.scalar_type());
   }
 }
 
 ncclRedOp_t nccl_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::kSum: return ncclSum;
-    case ReduceOp::kMax: return ncclMax;
-    case ReduceOp::kMin: return ncclMin;
-    case ReduceOp::kAvg: return ncclAvg;
+    case ReduceOp::kSum:
+      return ncclSum;
+    case ReduceOp::kMax:
+      return ncclMax;
+    case ReduceOp::kMin:
+      return ncclMin;
+    case ReduceOp::kAvg:
+      return ncclAvg;
   }
   return ncclSum;
 }
@@ -119,8 +132,8 @@ NcclCommunicator::~NcclCommunicator() {
 void NcclCommunicator::all_reduce(torch::Tensor& tensor, ReduceOp op) {
   check_cuda_tensor(tensor, device_, "all_reduce");
   cudaStream_t s = current_stream(device_);
-  check_nccl(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(),
-                           nccl_type(tensor), nccl_op(op), impl_->comm, s),
+  check_nccl(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor),
+                           nccl_op(op), impl_->comm, s),
              "ncclAllReduce");
   check_cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize");
 }
@@ -130,8 +143,8 @@ void NcclCommunicator::broadcast(torch::Tensor& tensor, int root) {
   TESSERA_CHECK(root >= 0 && root < size_, "broadcast: root=", root, " is outside [0, ", size_,
                 ")");
   cudaStream_t s = current_stream(device_);
-  check_nccl(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(),
-                           nccl_type(tensor), root, impl_->comm, s),
+  check_nccl(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor),
+                           root, impl_->comm, s),
              "ncclBroadcast");
   check_cuda(cudaStreamSynchronize(s), "cudaStreamSynchronize");
 }
