@@ -36,6 +36,15 @@ int64_t ContiguousKVCacheConfig::bytes() const {
   return total;
 }
 
+int64_t ContiguousKVCacheConfig::kv_bytes() const {
+  const int64_t elem = c10::elementSize(dtype);
+  int64_t total = 0;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    total += 2 * batch_size * capacity(l) * num_kv_heads * head_dim * elem;
+  }
+  return total;
+}
+
 ContiguousKVCache::ContiguousKVCache(ContiguousKVCacheConfig config) : config_(std::move(config)) {
   config_.validate();
   auto opts = torch::TensorOptions().dtype(config_.dtype).device(config_.device);

@@ -27,6 +27,7 @@ struct ContiguousKVCacheConfig {
   void validate() const;
   int64_t capacity(int64_t layer) const;  // slots held for `layer`
   int64_t bytes() const;                  // K, V and position storage over all layers
+  int64_t kv_bytes() const;               // K and V storage only (what tensor parallelism splits)
 };
 
 class ContiguousKVCache {

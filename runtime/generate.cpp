@@ -79,7 +79,7 @@ GenerateResult generate(const GenerateRequest& req, sharding::Communicator* comm
   const int64_t max_len = prompt_len + std::max<int64_t>(req.max_tokens, 1);
   caches::ContiguousKVCache cache(
       model->cache_config(1, max_len, std::min(req.prefill_chunk, prompt_len)));
-  res.kv_cache_bytes = cache.config().bytes();
+  res.kv_cache_bytes = cache.config().kv_bytes();
   torch::NoGradGuard no_grad;
 
   // Greedy choice on rank 0, broadcast to the group (the leader samples; every rank must feed the
