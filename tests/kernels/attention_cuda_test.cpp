@@ -15,7 +15,9 @@ namespace {
 template <typename T>
 T* to_device(const std::vector<T>& host) {
   T* d = nullptr;
-  if (cudaMalloc(&d, std::max<size_t>(1, host.size()) * sizeof(T)) != cudaSuccess) return nullptr;
+  if (cudaMalloc(reinterpret_cast<void**>(&d), std::max<size_t>(1, host.size()) * sizeof(T)) !=
+      cudaSuccess)
+    return nullptr;
   cudaMemcpy(d, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice);
   return d;
 }
