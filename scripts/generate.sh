@@ -6,7 +6,9 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 "$TESSERA_ROOT/scripts/setup.sh"
-"$TESSERA_ROOT/scripts/build.sh" > "$TESSERA_BUILD_DIR.log" 2>&1 || { cat "$TESSERA_BUILD_DIR.log"; exit 1; }
+mkdir -p "$TESSERA_BUILD_DIR"
+log="$TESSERA_BUILD_DIR/build-output.log"
+"$TESSERA_ROOT/scripts/build.sh" > "$log" 2>&1 || { cat "$log"; exit 1; }
 args=("$@")
 if [ ${#args[@]} -eq 0 ]; then
   args=(--prompt "Tessera splits every layer across ranks" --max-tokens 32)
