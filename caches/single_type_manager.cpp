@@ -169,9 +169,9 @@ int64_t SlidingWindowManager::find_longest_hit(std::span<const uint64_t> hashes,
                                                int64_t max_blocks,
                                                std::vector<int32_t>& out) const {
   const int64_t n = std::min<int64_t>(max_blocks, static_cast<int64_t>(hashes.size()));
-  const int64_t needed = cdiv(window_ - 1, block_size());
+  // Window 1 needs no past token; still require the last block so that a hit means cached data.
+  const int64_t needed = std::max<int64_t>(1, cdiv(window_ - 1, block_size()));
   out.assign(n, BlockPool::kNullBlock);
-  if (needed == 0) return n;  // window 1: a query sees only itself
   int64_t run = 0;
   for (int64_t i = n - 1; i >= 0; --i) {
     const int32_t b = lookup(hashes[i]);
