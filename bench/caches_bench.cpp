@@ -234,9 +234,8 @@ int run_caches(const BenchOptions& opt) {
                            {"failed_allocations", w.failed_allocations}};
     j["prefix_hit_rate"] = p.hit_rate;
     j["prefix_ideal_hit_rate"] = p.ideal_hit_rate;
-    j["prefix_workload"] = {{"description", prefix_desc},
-                            {"requests", p.requests},
-                            {"evictions", p.evictions}};
+    j["prefix_workload"] = {
+        {"description", prefix_desc}, {"requests", p.requests}, {"evictions", p.evictions}};
     std::printf("%s\n", j.dump().c_str());
     return 0;
   }
@@ -250,19 +249,19 @@ int run_caches(const BenchOptions& opt) {
               w.contiguous_waste_pct);
   std::printf("%-44s %16.3f\n", "prefix_hit_rate", p.hit_rate);
   std::printf("%-44s %16.3f\n", "prefix_ideal_hit_rate", p.ideal_hit_rate);
-  std::printf("\nwaste workload: %s (%lld requests, %lld steps, %.0f tokens in flight on "
-              "average)\nprefix workload: %s (%lld requests, %lld evictions)\n",
-              waste_desc.c_str(), static_cast<long long>(w.requests),
-              static_cast<long long>(w.steps), w.tokens / w.steps, prefix_desc.c_str(),
-              static_cast<long long>(p.requests), static_cast<long long>(p.evictions));
+  std::printf(
+      "\nwaste workload: %s (%lld requests, %lld steps, %.0f tokens in flight on "
+      "average)\nprefix workload: %s (%lld requests, %lld evictions)\n",
+      waste_desc.c_str(), static_cast<long long>(w.requests), static_cast<long long>(w.steps),
+      w.tokens / w.steps, prefix_desc.c_str(), static_cast<long long>(p.requests),
+      static_cast<long long>(p.evictions));
   return 0;
 }
 
 }  // namespace
 
 Benchmark caches_benchmark() {
-  return {"caches",
-          "KV cache: block alloc/free rate, paged vs contiguous waste, prefix hit rate",
+  return {"caches", "KV cache: block alloc/free rate, paged vs contiguous waste, prefix hit rate",
           run_caches};
 }
 

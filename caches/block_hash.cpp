@@ -30,8 +30,7 @@ void extend_block_hashes(std::vector<uint64_t>& hashes, std::span<const int32_t>
   const size_t full = tokens.size() / static_cast<size_t>(block_size);
   for (size_t i = hashes.size(); i < full; ++i) {
     const uint64_t parent = i == 0 ? 0 : hashes[i - 1];
-    hashes.push_back(
-        hash_block(parent, tokens.subspan(i * block_size, block_size), extra, i == 0));
+    hashes.push_back(hash_block(parent, tokens.subspan(i * block_size, block_size), extra, i == 0));
   }
 }
 

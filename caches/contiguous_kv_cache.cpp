@@ -115,7 +115,7 @@ torch::Tensor ContiguousKVCache::attention_mask(int64_t layer,
                 "q_positions must be int64 [batch_size=", config_.batch_size, ", T], got ",
                 q_positions.scalar_type(), " ", q_positions.sizes());
   auto q = q_positions.to(view.positions.device()).unsqueeze(2);  // [batch, T, 1]
-  auto k = view.positions.unsqueeze(1);                             // [batch, 1, capacity]
+  auto k = view.positions.unsqueeze(1);                           // [batch, 1, capacity]
   auto mask = k.ge(0).logical_and(k.le(q));
   const int64_t w = config_.windows[layer];
   if (w > 0) mask = mask.logical_and((q - k).lt(w));
@@ -127,8 +127,9 @@ void ContiguousKVCache::set_cross(int64_t layer, const torch::Tensor& k, const t
                 config_.encoder_len);
   TESSERA_CHECK(layer >= 0 && layer < config_.num_layers, "layer=", layer, " is outside [0, ",
                 config_.num_layers, ")");
-  TESSERA_CHECK(k.dim() == 4 && k.size(0) == config_.batch_size && k.size(1) <= config_.encoder_len &&
-                    k.size(2) == config_.num_kv_heads && k.size(3) == config_.head_dim,
+  TESSERA_CHECK(k.dim() == 4 && k.size(0) == config_.batch_size &&
+                    k.size(1) <= config_.encoder_len && k.size(2) == config_.num_kv_heads &&
+                    k.size(3) == config_.head_dim,
                 "k shape ", k.sizes(), " must be [batch_size=", config_.batch_size,
                 ", S <= encoder_len=", config_.encoder_len, ", num_kv_heads=", config_.num_kv_heads,
                 ", head_dim=", config_.head_dim, "]");

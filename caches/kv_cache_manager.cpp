@@ -33,8 +33,8 @@ KVCacheManager::KVCacheManager(KVCacheManagerConfig config) : config_(std::move(
       has_state_ = true;
       continue;
     }
-    TESSERA_CHECK(spec->uses_block_pool() && spec->kind() != SpecKind::kCrossAttention,
-                  "groups[", g, "] has spec kind ", spec_kind_name(spec->kind()),
+    TESSERA_CHECK(spec->uses_block_pool() && spec->kind() != SpecKind::kCrossAttention, "groups[",
+                  g, "] has spec kind ", spec_kind_name(spec->kind()),
                   ", which the paged manager does not hold (cross attention and encoder-only ",
                   "layers use ContiguousKVCache)");
     if (!has_attention) block_size_ = spec->block_size();
@@ -72,8 +72,7 @@ const KVCacheManager::Sequence& KVCacheManager::get(SeqId seq) const {
   return it->second;
 }
 
-int64_t KVCacheManager::find_hit(const Sequence& s,
-                                 std::vector<std::vector<int32_t>>& hits) const {
+int64_t KVCacheManager::find_hit(const Sequence& s, std::vector<std::vector<int32_t>>& hits) const {
   // Leave at least one prompt token to compute (its logits start generation).
   int64_t len = std::min<int64_t>((static_cast<int64_t>(s.tokens.size()) - 1) / block_size_,
                                   static_cast<int64_t>(s.hashes.size()));

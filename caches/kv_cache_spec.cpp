@@ -158,7 +158,8 @@ ChunkedLocalAttentionSpec::ChunkedLocalAttentionSpec(const AttentionShape& s, in
 
 int64_t ChunkedLocalAttentionSpec::max_memory_usage_bytes(const CacheLimits& limits) const {
   limits.validate();
-  const int64_t tokens = std::min(chunk_size_ + limits.max_num_batched_tokens, limits.max_model_len);
+  const int64_t tokens =
+      std::min(chunk_size_ + limits.max_num_batched_tokens, limits.max_model_len);
   return cdiv(tokens, block_size()) * page_size_bytes();
 }
 
@@ -285,9 +286,9 @@ std::shared_ptr<const LinearAttentionSpec> LinearAttentionSpec::gated_delta(
   TESSERA_CHECK(head_v_dim > 0, "head_v_dim must be positive, got ", head_v_dim);
   TESSERA_CHECK(conv_kernel > 1, "conv_kernel must be > 1, got ", conv_kernel);
   const int64_t conv_dim = 2 * num_k_heads * head_k_dim + num_v_heads * head_v_dim;
-  return std::make_shared<const LinearAttentionSpec>(std::vector<State>{
-      {"conv", {conv_kernel - 1, conv_dim}, conv_dtype},
-      {"recurrent", {num_v_heads, head_k_dim, head_v_dim}, state_dtype}});
+  return std::make_shared<const LinearAttentionSpec>(
+      std::vector<State>{{"conv", {conv_kernel - 1, conv_dim}, conv_dtype},
+                         {"recurrent", {num_v_heads, head_k_dim, head_v_dim}, state_dtype}});
 }
 
 }  // namespace tessera::caches

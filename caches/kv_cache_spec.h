@@ -214,13 +214,9 @@ class MambaSpec final : public StateSpec {
 // [num_v_heads, head_k_dim, head_v_dim].
 class LinearAttentionSpec final : public StateSpec {
  public:
-  static std::shared_ptr<const LinearAttentionSpec> gated_delta(int64_t num_k_heads,
-                                                                int64_t num_v_heads,
-                                                                int64_t head_k_dim,
-                                                                int64_t head_v_dim,
-                                                                int64_t conv_kernel,
-                                                                DType conv_dtype,
-                                                                DType state_dtype);
+  static std::shared_ptr<const LinearAttentionSpec> gated_delta(
+      int64_t num_k_heads, int64_t num_v_heads, int64_t head_k_dim, int64_t head_v_dim,
+      int64_t conv_kernel, DType conv_dtype, DType state_dtype);
   explicit LinearAttentionSpec(std::vector<State> states);
 };
 

@@ -56,8 +56,8 @@ MemoryPlan plan_memory(const std::vector<SpecPtr>& layer_specs, const CacheLimit
   TESSERA_CHECK(budget_bytes > 0, "budget_bytes must be positive, got ", budget_bytes);
   for (size_t l = 0; l < layer_specs.size(); ++l) {
     TESSERA_CHECK(layer_specs[l] != nullptr, "layer_specs[", l, "] must not be null");
-    TESSERA_CHECK(layer_specs[l]->kind() != SpecKind::kCrossAttention,
-                  "layer_specs[", l, "] is cross attention, which the paged plan does not hold");
+    TESSERA_CHECK(layer_specs[l]->kind() != SpecKind::kCrossAttention, "layer_specs[", l,
+                  "] is cross attention, which the paged plan does not hold");
   }
   MemoryPlan p;
   p.layer_specs = layer_specs;
@@ -73,8 +73,8 @@ MemoryPlan plan_memory(const std::vector<SpecPtr>& layer_specs, const CacheLimit
   }
   bool shared = true;
   for (const auto* g : attn) {
-    shared = shared && static_cast<const AttentionSpec&>(*g->spec)
-                           .same_page_layout(static_cast<const AttentionSpec&>(*attn[0]->spec));
+    shared = shared && static_cast<const AttentionSpec&>(*g->spec).same_page_layout(
+                           static_cast<const AttentionSpec&>(*attn[0]->spec));
   }
   if (shared) {
     for (const auto* g : attn) {
@@ -138,14 +138,14 @@ std::string MemoryPlan::table() const {
   os << "KV cache plan: budget " << fmt_bytes(budget_bytes) << ", max_model_len "
      << limits.max_model_len << ", max_num_batched_tokens " << limits.max_num_batched_tokens
      << ", batch_size " << limits.batch_size << "\n";
-  os << std::left << std::setw(6) << "group" << std::setw(8) << "layers" << std::setw(64)
-     << "spec" << std::right << std::setw(12) << "page bytes" << std::setw(14) << "pages/request"
+  os << std::left << std::setw(6) << "group" << std::setw(8) << "layers" << std::setw(64) << "spec"
+     << std::right << std::setw(12) << "page bytes" << std::setw(14) << "pages/request"
      << "\n";
   for (size_t g = 0; g < groups.size(); ++g) {
     const auto& spec = *groups[g].spec;
-    os << std::left << std::setw(6) << g << std::setw(8) << groups[g].layers.size()
-       << std::setw(64) << spec.describe() << std::right << std::setw(12)
-       << spec.page_size_bytes() << std::setw(14) << spec.max_pages(limits) << "\n";
+    os << std::left << std::setw(6) << g << std::setw(8) << groups[g].layers.size() << std::setw(64)
+       << spec.describe() << std::right << std::setw(12) << spec.page_size_bytes() << std::setw(14)
+       << spec.max_pages(limits) << "\n";
   }
   os << "blocks " << num_blocks << " (1 null) x " << fmt_bytes(bytes_per_block) << " over "
      << num_slots << " storage slots = " << fmt_bytes(kv_bytes());
@@ -167,8 +167,8 @@ int64_t device_budget_bytes(int device, double fraction) {
   size_t free_b = 0, total_b = 0;
   const cudaError_t err = cudaMemGetInfo(&free_b, &total_b);
   cudaSetDevice(prev);
-  TESSERA_CHECK(err == cudaSuccess, "cudaMemGetInfo on device=", device, " failed: ",
-                cudaGetErrorString(err));
+  TESSERA_CHECK(err == cudaSuccess, "cudaMemGetInfo on device=", device,
+                " failed: ", cudaGetErrorString(err));
   return static_cast<int64_t>(static_cast<double>(free_b) * fraction);
 #else
   TESSERA_FAIL("device_budget_bytes(device=", device, "): Tessera was built without CUDA");

@@ -24,11 +24,11 @@ struct MemoryPlan {
   // otherwise every layer has its own slot. layer_slot[l] = -1 for layers without paged storage.
   std::vector<int64_t> layer_slot;
   int64_t num_slots = 0;
-  int64_t bytes_per_block = 0;     // one block id over all slots
-  int32_t num_blocks = 0;          // including the null block
-  int64_t pages_per_request = 0;   // blocks one max_model_len request may hold, all groups
-  int32_t num_state_slots = 0;     // including the null slot
-  int64_t state_bytes = 0;         // all state layers, all slots
+  int64_t bytes_per_block = 0;    // one block id over all slots
+  int32_t num_blocks = 0;         // including the null block
+  int64_t pages_per_request = 0;  // blocks one max_model_len request may hold, all groups
+  int32_t num_state_slots = 0;    // including the null slot
+  int64_t state_bytes = 0;        // all state layers, all slots
   int64_t kv_bytes() const { return bytes_per_block * num_blocks; }
   int64_t total_bytes() const { return kv_bytes() + state_bytes; }
   // Requests of max_model_len that fit together (pool blocks / pages_per_request).

@@ -77,8 +77,8 @@ PagedKVStorage::PagedKVStorage(const MemoryPlan& plan, torch::Device device)
       for (const auto& st : static_cast<const StateSpec&>(spec).states()) {
         std::vector<int64_t> shape{plan_.num_state_slots};
         shape.insert(shape.end(), st.shape.begin(), st.shape.end());
-        states_[l].push_back(
-            torch::zeros(shape, torch::TensorOptions().device(device_).dtype(torch_dtype(st.dtype))));
+        states_[l].push_back(torch::zeros(
+            shape, torch::TensorOptions().device(device_).dtype(torch_dtype(st.dtype))));
       }
     }
   }
@@ -95,9 +95,9 @@ const PagedLayerKV& PagedKVStorage::kv(int64_t layer) const {
 }
 
 const std::vector<torch::Tensor>& PagedKVStorage::state(int64_t layer) const {
-  TESSERA_CHECK(layer >= 0 && layer < static_cast<int64_t>(states_.size()) &&
-                    !states_[layer].empty(),
-                "layer=", layer, " has no state storage");
+  TESSERA_CHECK(
+      layer >= 0 && layer < static_cast<int64_t>(states_.size()) && !states_[layer].empty(),
+      "layer=", layer, " has no state storage");
   return states_[layer];
 }
 
@@ -146,9 +146,9 @@ void PagedKVStorage::copy_blocks(std::span<const BlockCopy> copies) {
 
 torch::Tensor PagedKVStorage::slot_mapping(std::span<const int32_t> table, int64_t block_size,
                                            int64_t first, int64_t n) {
-  TESSERA_CHECK(first >= 0 && n >= 0 && first + n <= static_cast<int64_t>(table.size()) * block_size,
-                "positions [", first, ", ", first + n, ") exceed the ", table.size(),
-                " blocks of the table");
+  TESSERA_CHECK(
+      first >= 0 && n >= 0 && first + n <= static_cast<int64_t>(table.size()) * block_size,
+      "positions [", first, ", ", first + n, ") exceed the ", table.size(), " blocks of the table");
   auto out = torch::empty({n}, torch::kLong);
   auto* o = out.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) {
@@ -164,15 +164,16 @@ void PagedKVStorage::write(int64_t layer, const torch::Tensor& k, const torch::T
   PagedLayerKV& kv = slots_[plan_.layer_slot[layer]];
   TESSERA_CHECK(!kv.k_scale.defined(), "layer=", layer,
                 " stores quantised KV: write it with the kernels/quant quantising writer");
-  TESSERA_CHECK(k.dim() == 3 && k.size(1) == kv.k.size(2) && k.size(2) == kv.k.size(3),
-                "k shape ", k.sizes(), " must be [n, ", kv.k.size(2), ", ", kv.k.size(3), "]");
+  TESSERA_CHECK(k.dim() == 3 && k.size(1) == kv.k.size(2) && k.size(2) == kv.k.size(3), "k shape ",
+                k.sizes(), " must be [n, ", kv.k.size(2), ", ", kv.k.size(3), "]");
   TESSERA_CHECK(v.dim() == 3 && v.size(0) == k.size(0) && v.size(1) == kv.v.size(2) &&
                     v.size(2) == kv.v.size(3),
                 "v shape ", v.sizes(), " must be [", k.size(0), ", ", kv.v.size(2), ", ",
                 kv.v.size(3), "]");
-  TESSERA_CHECK(slots.dim() == 1 && slots.size(0) == k.size(0) && slots.scalar_type() == torch::kLong,
-                "slot_mapping must be int64 [", k.size(0), "], got ", slots.scalar_type(), " ",
-                slots.sizes());
+  TESSERA_CHECK(
+      slots.dim() == 1 && slots.size(0) == k.size(0) && slots.scalar_type() == torch::kLong,
+      "slot_mapping must be int64 [", k.size(0), "], got ", slots.scalar_type(), " ",
+      slots.sizes());
   auto idx = slots.to(device_);
   kv.k.view({-1, kv.k.size(2), kv.k.size(3)}).index_copy_(0, idx, k.to(kv.k.options()));
   kv.v.view({-1, kv.v.size(2), kv.v.size(3)}).index_copy_(0, idx, v.to(kv.v.options()));

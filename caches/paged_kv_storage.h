@@ -59,8 +59,8 @@ class PagedKVStorage {
  private:
   MemoryPlan plan_;
   torch::Device device_;
-  std::vector<PagedLayerKV> slots_;                  // [num_slots]
-  std::vector<std::vector<torch::Tensor>> states_;   // [num_layers], empty for non-state layers
+  std::vector<PagedLayerKV> slots_;                 // [num_slots]
+  std::vector<std::vector<torch::Tensor>> states_;  // [num_layers], empty for non-state layers
 };
 
 }  // namespace tessera::caches

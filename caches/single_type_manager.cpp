@@ -87,8 +87,8 @@ void SingleTypeManager::cache_blocks(SeqId seq, std::span<const uint64_t> hashes
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
   SeqBlocks& s = it->second;
-  num_full = std::min<int64_t>({num_full, static_cast<int64_t>(hashes.size()),
-                                static_cast<int64_t>(s.blocks.size())});
+  num_full = std::min<int64_t>(
+      {num_full, static_cast<int64_t>(hashes.size()), static_cast<int64_t>(s.blocks.size())});
   for (int64_t i = s.num_cached; i < num_full; ++i) {
     if (s.blocks[i] != BlockPool::kNullBlock) {
       pool_.cache(s.blocks[i], group_key(hashes[i], group_));
@@ -140,8 +140,7 @@ void SingleTypeManager::for_each_table(
 
 // ---- full attention ----
 
-int64_t FullAttentionManager::find_longest_hit(std::span<const uint64_t> hashes,
-                                               int64_t max_blocks,
+int64_t FullAttentionManager::find_longest_hit(std::span<const uint64_t> hashes, int64_t max_blocks,
                                                std::vector<int32_t>& out) const {
   out.clear();
   const int64_t n = std::min<int64_t>(max_blocks, static_cast<int64_t>(hashes.size()));
@@ -165,8 +164,7 @@ int64_t SlidingWindowManager::first_needed_token(int64_t num_computed) const {
   return std::max<int64_t>(0, num_computed - window_ + 1);
 }
 
-int64_t SlidingWindowManager::find_longest_hit(std::span<const uint64_t> hashes,
-                                               int64_t max_blocks,
+int64_t SlidingWindowManager::find_longest_hit(std::span<const uint64_t> hashes, int64_t max_blocks,
                                                std::vector<int32_t>& out) const {
   const int64_t n = std::min<int64_t>(max_blocks, static_cast<int64_t>(hashes.size()));
   // Window 1 needs no past token; still require the last block so that a hit means cached data.
@@ -196,16 +194,15 @@ ChunkedLocalManager::ChunkedLocalManager(SpecPtr spec, BlockPool& pool, int32_t 
                                          bool prefix_caching)
     : SingleTypeManager(spec, pool, group, prefix_caching),
       chunk_(static_cast<const ChunkedLocalAttentionSpec&>(*spec).chunk_size()) {
-  TESSERA_CHECK(chunk_ % block_size() == 0, "chunk_size must be a multiple of block_size=",
-                block_size(), ", got ", chunk_);
+  TESSERA_CHECK(chunk_ % block_size() == 0,
+                "chunk_size must be a multiple of block_size=", block_size(), ", got ", chunk_);
 }
 
 int64_t ChunkedLocalManager::first_needed_token(int64_t num_computed) const {
   return num_computed / chunk_ * chunk_;
 }
 
-int64_t ChunkedLocalManager::find_longest_hit(std::span<const uint64_t> hashes,
-                                              int64_t max_blocks,
+int64_t ChunkedLocalManager::find_longest_hit(std::span<const uint64_t> hashes, int64_t max_blocks,
                                               std::vector<int32_t>& out) const {
   const int64_t n = std::min<int64_t>(max_blocks, static_cast<int64_t>(hashes.size()));
   const int64_t start = std::min(n, n * block_size() / chunk_ * chunk_ / block_size());

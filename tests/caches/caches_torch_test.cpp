@@ -167,7 +167,8 @@ TEST(PagedPrefixCache, AttentionIdenticalWithAndWithoutPrefixCaching) {
   auto q_pos = torch::arange(len - 9, len, torch::kLong).unsqueeze(0);
   auto k_pos = torch::arange(len, torch::kLong).unsqueeze(0);
   const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
-  auto [ref_full, l1] = kernels::attention(q, k.unsqueeze(0), v.unsqueeze(0), q_pos, k_pos, scale, 0);
+  auto [ref_full, l1] =
+      kernels::attention(q, k.unsqueeze(0), v.unsqueeze(0), q_pos, k_pos, scale, 0);
   auto [ref_sw, l2] =
       kernels::attention(q, k.unsqueeze(0), v.unsqueeze(0), q_pos, k_pos, scale, window);
   EXPECT_TRUE(torch::equal(cached.out_full, ref_full));
@@ -276,8 +277,8 @@ TEST(ContiguousKVCache, CrossAttentionSlotsForEncoderDecoder) {
   auto q = torch::randn({3, 2, 4, 8});
   auto qp = torch::full({3, 2}, 1000, torch::kLong);  // sees every encoder slot
   auto [o1, l1] = kernels::attention(q, x.k, x.v, qp, x.positions, 0.3, 0);
-  auto [o2, l2] = kernels::attention(q, k, v, qp, torch::arange(7).expand({3, 7}).contiguous(),
-                                     0.3, 0);
+  auto [o2, l2] =
+      kernels::attention(q, k, v, qp, torch::arange(7).expand({3, 7}).contiguous(), 0.3, 0);
   EXPECT_TRUE(torch::allclose(o1, o2, 1e-6, 1e-6));
   EXPECT_THROW(cache.set_cross(0, torch::randn({3, 13, 2, 8}), torch::randn({3, 13, 2, 8})), Error);
   auto plain = contiguous_config();

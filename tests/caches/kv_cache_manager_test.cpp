@@ -80,7 +80,7 @@ TEST(KVCacheManager, FullPoolIsAReturnValue) {
   EXPECT_TRUE(m.allocate(1, 48));
   m.commit(1, 48);
   EXPECT_FALSE(m.append(1, 3));
-  EXPECT_EQ(m.num_tokens(1), 60);  // the refused token did not join
+  EXPECT_EQ(m.num_tokens(1), 60);       // the refused token did not join
   EXPECT_THROW(m.commit(1, 1), Error);  // nothing allocated for it
   m.check_invariants();
 }
@@ -149,7 +149,7 @@ TEST(KVCachePrefix, ExtraKeysSeparatePrefixes) {
   auto p = tokens(100, 9);
   m.add_sequence(1, p, {.lora_id = 3});
   prefill(m, 1);
-  EXPECT_EQ(m.add_sequence(2, p, {.lora_id = 4}), 0);  // other adapter
+  EXPECT_EQ(m.add_sequence(2, p, {.lora_id = 4}), 0);                    // other adapter
   EXPECT_EQ(m.add_sequence(3, p, {.lora_id = 3, .cache_salt = 77}), 0);  // other tenant
   EXPECT_EQ(m.add_sequence(4, p, {.lora_id = 3}), 96);
   // The salt enters the first block only (later blocks inherit it through the chain).
@@ -198,7 +198,8 @@ TEST(KVCacheSlidingWindow, HundredWindowsStayWithinSpecBound) {
     std::mt19937 rng(window);
     int64_t max_held = 0;
     while (m.num_computed(1) < 100 * window) {
-      const int64_t n = std::min<int64_t>(1 + rng() % max_batched, 100 * window - m.num_computed(1));
+      const int64_t n =
+          std::min<int64_t>(1 + rng() % max_batched, 100 * window - m.num_computed(1));
       ASSERT_TRUE(m.allocate(1, n));
       const auto t = m.block_table(1, 0);
       const int64_t held = std::count_if(t.begin(), t.end(), [](int32_t b) { return b != 0; });

@@ -1,11 +1,10 @@
 // Byte formulas of every cache spec against hand-computed values (acceptance 1): each row's
 // expected page size and max memory were worked out by hand from the published formulas
-//   page = block_size * kv_heads * (key_head + value_head) * elem + [quant] block_size * kv_heads * 8
-//   full:     cdiv(max_len, bs) * page
-//   sliding:  (cdiv(min(W - 1 + max_batched, max_len), bs) + 1) * page
-//   chunked:  cdiv(min(chunk + max_batched, max_len), bs) * page
-//   cross:    cdiv(max_encoder_len, bs) * page; encoder-only: 0
-//   states:   sum of prod(shape) * dtype bytes, one page per sequence
+//   page = block_size * kv_heads * (key_head + value_head) * elem + [quant] block_size * kv_heads *
+//   8 full:     cdiv(max_len, bs) * page sliding:  (cdiv(min(W - 1 + max_batched, max_len), bs) +
+//   1) * page chunked:  cdiv(min(chunk + max_batched, max_len), bs) * page cross:
+//   cdiv(max_encoder_len, bs) * page; encoder-only: 0 states:   sum of prod(shape) * dtype bytes,
+//   one page per sequence
 #include <gtest/gtest.h>
 
 #include "caches/kv_cache_spec.h"
@@ -23,9 +22,7 @@ struct AttnRow {
   int64_t page, max_mem;
 };
 
-AttentionShape shape_of(const AttnRow& r) {
-  return {r.bs, r.heads, r.dk, r.dv, r.dtype, r.quant};
-}
+AttentionShape shape_of(const AttnRow& r) { return {r.bs, r.heads, r.dk, r.dv, r.dtype, r.quant}; }
 CacheLimits limits_of(const AttnRow& r, int64_t encoder_len = 0) {
   return {r.max_len, r.max_batched, /*batch_size=*/4, encoder_len};
 }
@@ -77,8 +74,8 @@ const AttnRow kChunked[] = {
 
 // Same shapes as kFull with an encoder length in `extra`: cross-attention max memory.
 const int64_t kEncoderLen[] = {1500, 1, 10, 4096, 33, 0, 3000, 7, 1, 999, 129};
-const int64_t kCrossMaxMem[] = {6160384, 512, 4032, 10485760, 16896, 0,
-                                6160384, 34560, 17408, 840000, 270336};
+const int64_t kCrossMaxMem[] = {6160384, 512,   4032,  10485760, 16896, 0,
+                                6160384, 34560, 17408, 840000,   270336};
 
 TEST(KVCacheSpecBytes, FullAttention) {
   for (const auto& r : kFull) {
@@ -140,11 +137,16 @@ struct Mamba1Row {
   int64_t page;
 };
 const Mamba1Row kMamba1[] = {
-    {1536, 16, 4, DType::kF16, DType::kF32, 107520},  {5120, 16, 4, DType::kBF16, DType::kF32, 358400},
-    {1, 1, 2, DType::kF32, DType::kF32, 8},           {768, 8, 3, DType::kF32, DType::kF16, 18432},
-    {2048, 16, 4, DType::kF16, DType::kF16, 77824},   {3, 5, 7, DType::kF64, DType::kF32, 204},
-    {4096, 32, 4, DType::kBF16, DType::kBF16, 286720}, {100, 10, 2, DType::kF32, DType::kF64, 8400},
-    {8192, 16, 4, DType::kF16, DType::kF32, 573440},  {17, 3, 5, DType::kBF16, DType::kF32, 340},
+    {1536, 16, 4, DType::kF16, DType::kF32, 107520},
+    {5120, 16, 4, DType::kBF16, DType::kF32, 358400},
+    {1, 1, 2, DType::kF32, DType::kF32, 8},
+    {768, 8, 3, DType::kF32, DType::kF16, 18432},
+    {2048, 16, 4, DType::kF16, DType::kF16, 77824},
+    {3, 5, 7, DType::kF64, DType::kF32, 204},
+    {4096, 32, 4, DType::kBF16, DType::kBF16, 286720},
+    {100, 10, 2, DType::kF32, DType::kF64, 8400},
+    {8192, 16, 4, DType::kF16, DType::kF32, 573440},
+    {17, 3, 5, DType::kBF16, DType::kF32, 340},
 };
 
 struct Mamba2Row {
@@ -230,32 +232,63 @@ void expect_error(const std::function<void()>& fn, const std::string& needle) {
 }
 
 TEST(KVCacheSpecValidation, NamesFieldAndValue) {
-  expect_error([] { CacheLimits{4096, 512, 0, 0}.validate(); }, "batch_size must be positive, got 0");
-  expect_error([] { CacheLimits{0, 512, 1, 0}.validate(); }, "max_model_len must be positive, got 0");
-  expect_error([] { CacheLimits{16, -3, 1, 0}.validate(); },
-               "max_num_batched_tokens must be positive, got -3");
-  expect_error([] { FullAttentionSpec({0, 8, 64, 64, DType::kF16}); },
-               "block_size must be positive, got 0");
-  expect_error([] { FullAttentionSpec({16, -1, 64, 64, DType::kF16}); },
-               "num_kv_heads must be positive, got -1");
-  expect_error([] { FullAttentionSpec({16, 8, 0, 64, DType::kF16}); },
-               "key_head_size must be positive, got 0");
-  expect_error([] { FullAttentionSpec({16, 8, 64, 64, DType::kI32}); },
-               "dtype must be a floating type, got int32");
-  expect_error([] { SlidingWindowSpec({16, 8, 64, 64, DType::kF16}, 0); },
-               "window must be positive, got 0");
-  expect_error([] { ChunkedLocalAttentionSpec({16, 8, 64, 64, DType::kF16}, -8); },
-               "chunk_size must be positive, got -8");
+  expect_error(
+      [] {
+        CacheLimits{4096, 512, 0, 0}.validate();
+      },
+      "batch_size must be positive, got 0");
+  expect_error(
+      [] {
+        CacheLimits{0, 512, 1, 0}.validate();
+      },
+      "max_model_len must be positive, got 0");
+  expect_error(
+      [] {
+        CacheLimits{16, -3, 1, 0}.validate();
+      },
+      "max_num_batched_tokens must be positive, got -3");
+  expect_error(
+      [] {
+        FullAttentionSpec({0, 8, 64, 64, DType::kF16});
+      },
+      "block_size must be positive, got 0");
+  expect_error(
+      [] {
+        FullAttentionSpec({16, -1, 64, 64, DType::kF16});
+      },
+      "num_kv_heads must be positive, got -1");
+  expect_error(
+      [] {
+        FullAttentionSpec({16, 8, 0, 64, DType::kF16});
+      },
+      "key_head_size must be positive, got 0");
+  expect_error(
+      [] {
+        FullAttentionSpec({16, 8, 64, 64, DType::kI32});
+      },
+      "dtype must be a floating type, got int32");
+  expect_error(
+      [] {
+        SlidingWindowSpec({16, 8, 64, 64, DType::kF16}, 0);
+      },
+      "window must be positive, got 0");
+  expect_error(
+      [] {
+        ChunkedLocalAttentionSpec({16, 8, 64, 64, DType::kF16}, -8);
+      },
+      "chunk_size must be positive, got -8");
   expect_error([] { MambaSpec::mamba1(0, 16, 4, DType::kF16, DType::kF32); },
                "intermediate_size must be positive, got 0");
   expect_error([] { MambaSpec::mamba2(64, 1, 4, 16, 16, 1, DType::kF16, DType::kF32); },
                "conv_kernel must be > 1, got 1");
-  expect_error(
-      [] { LinearAttentionSpec::gated_delta(2, 0, 64, 64, 4, DType::kF16, DType::kF32); },
-      "num_v_heads must be positive, got 0");
+  expect_error([] { LinearAttentionSpec::gated_delta(2, 0, 64, 64, 4, DType::kF16, DType::kF32); },
+               "num_v_heads must be positive, got 0");
   FullAttentionSpec ok({16, 8, 64, 64, DType::kF16});
-  expect_error([&] { ok.max_memory_usage_bytes({4096, 512, 0, 0}); },
-               "batch_size must be positive, got 0");
+  expect_error(
+      [&] {
+        ok.max_memory_usage_bytes({4096, 512, 0, 0});
+      },
+      "batch_size must be positive, got 0");
 }
 
 TEST(KVCacheSpecEquality, GroupsBySpec) {
