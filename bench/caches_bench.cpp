@@ -17,6 +17,7 @@
 #include "bench/bench.h"
 #include "caches/block_pool.h"
 #include "caches/kv_cache_manager.h"
+#include "caches/memory_plan.h"
 
 namespace tessera::bench {
 namespace {
@@ -255,6 +256,19 @@ int run_caches(const BenchOptions& opt) {
       waste_desc.c_str(), static_cast<long long>(w.requests), static_cast<long long>(w.steps),
       w.tokens / w.steps, prefix_desc.c_str(), static_cast<long long>(p.requests),
       static_cast<long long>(p.evictions));
+  // The start-up plan table, for a hybrid model: 24 layers, one full-attention layer in six,
+  // the others a 1024-token sliding window, on an 8 GiB budget.
+  std::vector<caches::SpecPtr> layers;
+  const caches::AttentionShape shape{16, 8, 128, 128, DType::kBF16};
+  for (int l = 0; l < 24; ++l) {
+    if (l % 6 == 5) {
+      layers.push_back(std::make_shared<caches::FullAttentionSpec>(shape));
+    } else {
+      layers.push_back(std::make_shared<caches::SlidingWindowSpec>(shape, 1024));
+    }
+  }
+  const auto plan = caches::plan_memory(layers, {32768, 2048, 64, 0}, 8LL << 30);
+  std::printf("\nexample start-up plan (24-layer hybrid, 8 GiB):\n%s", plan.table().c_str());
   return 0;
 }
 

@@ -76,12 +76,35 @@ MemoryPlan plan_memory(const std::vector<SpecPtr>& layer_specs, const CacheLimit
     shared = shared && static_cast<const AttentionSpec&>(*g->spec).same_page_layout(
                            static_cast<const AttentionSpec&>(*attn[0]->spec));
   }
-  if (shared) {
+  if (shared && !attn.empty()) {
+    // A block id has a page in every slot, so a block of a group with fewer layers than slots
+    // leaves pages unused: split groups into chunks of `size` layers (each chunk its own block
+    // table), with `size` the smallest group unless the largest is within 25% of it.
+    int64_t min_layers = INT64_MAX, max_layers = 0;
     for (const auto* g : attn) {
-      for (size_t j = 0; j < g->layers.size(); ++j) p.layer_slot[g->layers[j]] = j;
-      p.num_slots = std::max<int64_t>(p.num_slots, g->layers.size());
+      min_layers = std::min<int64_t>(min_layers, g->layers.size());
+      max_layers = std::max<int64_t>(max_layers, g->layers.size());
     }
-    p.bytes_per_block = attn.empty() ? 0 : p.num_slots * attn[0]->spec->page_size_bytes();
+    const int64_t size = max_layers * 4 < min_layers * 5 ? max_layers : min_layers;
+    const int64_t page = attn.front()->spec->page_size_bytes();  // before p.groups is replaced
+    std::vector<CacheGroup> split;
+    for (const auto& g : p.groups) {
+      if (!g.spec->uses_block_pool()) {
+        split.push_back(g);
+        continue;
+      }
+      for (size_t i = 0; i < g.layers.size(); i += size) {
+        CacheGroup chunk{g.spec, {}};
+        for (size_t j = i; j < std::min(g.layers.size(), i + size); ++j) {
+          p.layer_slot[g.layers[j]] = static_cast<int64_t>(j - i);
+          chunk.layers.push_back(g.layers[j]);
+        }
+        split.push_back(std::move(chunk));
+      }
+    }
+    p.groups = std::move(split);
+    p.num_slots = size;
+    p.bytes_per_block = size * page;
   } else {
     for (const auto* g : attn) {
       for (int64_t l : g->layers) {
@@ -138,12 +161,12 @@ std::string MemoryPlan::table() const {
   os << "KV cache plan: budget " << fmt_bytes(budget_bytes) << ", max_model_len "
      << limits.max_model_len << ", max_num_batched_tokens " << limits.max_num_batched_tokens
      << ", batch_size " << limits.batch_size << "\n";
-  os << std::left << std::setw(6) << "group" << std::setw(8) << "layers" << std::setw(64) << "spec"
+  os << std::left << std::setw(6) << "group" << std::setw(8) << "layers" << std::setw(90) << "spec"
      << std::right << std::setw(12) << "page bytes" << std::setw(14) << "pages/request"
      << "\n";
   for (size_t g = 0; g < groups.size(); ++g) {
     const auto& spec = *groups[g].spec;
-    os << std::left << std::setw(6) << g << std::setw(8) << groups[g].layers.size() << std::setw(64)
+    os << std::left << std::setw(6) << g << std::setw(8) << groups[g].layers.size() << std::setw(90)
        << spec.describe() << std::right << std::setw(12) << spec.page_size_bytes() << std::setw(14)
        << spec.max_pages(limits) << "\n";
   }

@@ -16,12 +16,14 @@ namespace tessera::caches {
 
 struct MemoryPlan {
   std::vector<SpecPtr> layer_specs;  // as given, one per layer
-  std::vector<CacheGroup> groups;    // as KVCacheManager takes them
+  std::vector<CacheGroup> groups;    // as KVCacheManager takes them (split, see layer_slot)
   CacheLimits limits;
   int64_t budget_bytes = 0;
-  // Attention storage: block id b has one page in every tensor slot. Layers of different groups
-  // share a slot when all groups have the same page layout (their block ids never collide);
-  // otherwise every layer has its own slot. layer_slot[l] = -1 for layers without paged storage.
+  // Attention storage: block id b has one page in every tensor slot. When all attention groups
+  // have the same page layout, groups are split into chunks of equal layer count (each chunk a
+  // group with its own block table) and chunk layer j of every group shares slot j: block ids of
+  // different groups never collide, and no page of a block goes unused. Otherwise every layer
+  // has its own slot. layer_slot[l] = -1 for layers without paged storage.
   std::vector<int64_t> layer_slot;
   int64_t num_slots = 0;
   int64_t bytes_per_block = 0;    // one block id over all slots

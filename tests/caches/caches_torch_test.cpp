@@ -37,7 +37,8 @@ TEST(PagedKVStorage, LayoutAndBytesFollowTheSpecs) {
   // Layers 0 (full) and 1 (sliding) share storage slot 0: their block ids never collide.
   EXPECT_EQ(st.kv(0).k.data_ptr(), st.kv(1).k.data_ptr());
   EXPECT_NE(st.kv(0).k.data_ptr(), st.kv(2).k.data_ptr());
-  EXPECT_EQ(plan.num_slots, 3);  // full group has 3 layers
+  EXPECT_EQ(plan.num_slots, 2);       // groups split to 2 layers: full {0, 2}, {6}; sliding {1, 3}
+  EXPECT_EQ(plan.groups.size(), 4u);  // + the Mamba2 group; encoder-only holds nothing
   const auto& kv = st.kv(6);
   EXPECT_EQ(kv.k.sizes(), (std::vector<int64_t>{plan.num_blocks, 16, 2, 64}));
   EXPECT_EQ(kv.k.scalar_type(), torch::kHalf);

@@ -65,21 +65,52 @@ TEST(MemoryPlan, HybridGroupsShareSlotsAndStatesGetSlots) {
   auto gd = LinearAttentionSpec::gated_delta(4, 8, 64, 64, 4, DType::kBF16, DType::kF32);
   std::vector<SpecPtr> layers = {gd, gd, gd, full(), gd, gd, gd, full(), sliding(256)};
   auto p = plan_memory(layers, limits, 1LL << 30);
-  ASSERT_EQ(p.groups.size(), 3u);
-  EXPECT_EQ(p.num_slots, 2);  // max layers per attention group; full and sliding share
+  // Full attention (2 layers) is split into two 1-layer groups to match the 1-layer sliding
+  // group: one storage slot, and every page of a block is used.
+  ASSERT_EQ(p.groups.size(), 4u);
+  EXPECT_EQ(p.groups[0].spec->kind(), SpecKind::kLinearAttention);
+  EXPECT_EQ(p.groups[0].layers.size(), 6u);
+  EXPECT_EQ(p.groups[1].layers, (std::vector<int64_t>{3}));
+  EXPECT_EQ(p.groups[2].layers, (std::vector<int64_t>{7}));
+  EXPECT_EQ(p.groups[3].layers, (std::vector<int64_t>{8}));
+  EXPECT_EQ(p.num_slots, 1);
+  EXPECT_EQ(p.bytes_per_block, full()->page_size_bytes());
   EXPECT_EQ(p.layer_slot[3], 0);
-  EXPECT_EQ(p.layer_slot[7], 1);
+  EXPECT_EQ(p.layer_slot[7], 0);
   EXPECT_EQ(p.layer_slot[8], 0);
   EXPECT_EQ(p.layer_slot[0], -1);
   EXPECT_EQ(p.num_state_slots, 7);
   EXPECT_EQ(p.state_bytes, 7 * 6 * gd->page_size_bytes());
-  EXPECT_EQ(p.pages_per_request, 8192 / 16 + cdiv(255 + 512, 16) + 1);
+  EXPECT_EQ(p.pages_per_request, 2 * (8192 / 16) + cdiv(255 + 512, 16) + 1);
   EXPECT_EQ(p.num_blocks, (p.budget_bytes - p.state_bytes) / p.bytes_per_block);
   const std::string table = p.table();
   for (const auto& g : p.groups) EXPECT_NE(table.find(g.spec->describe()), std::string::npos);
   EXPECT_NE(table.find("state slots 7"), std::string::npos) << table;
   KVCacheManager m(p.manager_config(true));
-  EXPECT_EQ(m.num_groups(), 3);
+  EXPECT_EQ(m.num_groups(), 4);
+}
+
+TEST(MemoryPlan, GroupSplittingKeepsEveryPageOfABlockUsed) {
+  const CacheLimits limits{32768, 2048, 64, 0};
+  std::vector<SpecPtr> layers;
+  for (int l = 0; l < 24; ++l) layers.push_back(l % 6 == 5 ? full() : sliding(1024));
+  auto p = plan_memory(layers, limits, 8LL << 30);
+  // 4 full layers, 20 sliding: five sliding groups of 4 layers and one full group of 4.
+  ASSERT_EQ(p.groups.size(), 6u);
+  for (const auto& g : p.groups) EXPECT_EQ(g.layers.size(), 4u);
+  EXPECT_EQ(p.num_slots, 4);
+  const int64_t page = full()->page_size_bytes();
+  EXPECT_EQ(p.bytes_per_block, 4 * page);
+  // Bytes one max-length request may need = the sum over layers of each spec's max memory.
+  int64_t per_layer_sum = 0;
+  for (const auto& s : layers) per_layer_sum += s->max_memory_usage_bytes(limits);
+  EXPECT_EQ(p.pages_per_request * p.bytes_per_block, per_layer_sum);
+  // Groups within 25% of each other are not split.
+  std::vector<SpecPtr> near(9, full());  // 9 full and 8 sliding layers
+  for (int l = 0; l < 8; ++l) near.push_back(sliding(64));
+  auto q = plan_memory(near, limits, 8LL << 30);
+  EXPECT_EQ(q.groups.size(), 2u);
+  EXPECT_EQ(q.num_slots, 9);
 }
 
 TEST(MemoryPlan, SlidingWindowNeedsFarLessThanFullAttention) {
