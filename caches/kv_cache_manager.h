@@ -42,6 +42,7 @@ struct PrefixCacheStats {
   int64_t hit_tokens = 0;      // of those, found in the cache
   int64_t hit_requests = 0;    // sequences with at least one cached block
   int64_t evictions = 0;       // cached blocks reused for other data
+  int64_t miss_tokens() const { return queried_tokens - hit_tokens; }
   double hit_rate() const {
     return queried_tokens ? static_cast<double>(hit_tokens) / queried_tokens : 0.0;
   }

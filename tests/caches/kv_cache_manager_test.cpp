@@ -126,6 +126,7 @@ TEST(KVCachePrefix, ThousandTokenPrefixReusesEveryFullBlock) {
   EXPECT_EQ(st.hit_requests, 1);
   EXPECT_EQ(st.hit_tokens, 992);
   EXPECT_EQ(st.queried_tokens, static_cast<int64_t>(a.size() + b.size()));
+  EXPECT_EQ(st.miss_tokens(), static_cast<int64_t>(a.size() + b.size()) - 992);
   m.check_invariants();
   // After both finish, a third request still hits the freed (cached) blocks.
   m.free(1);
