@@ -86,6 +86,14 @@ class Harness {
   const KVCacheManager& manager() const { return *m_; }
   int64_t failed_allocations = 0;
   int64_t cow_copies = 0;
+  int64_t adds = 0, prefix_hits = 0, steps = 0, decodes = 0, forks = 0, frees = 0;
+  // Every kind of operation ran many times.
+  void expect_coverage(bool hits) const {
+    EXPECT_EQ(adds + steps + decodes + forks + frees + failed_allocations >= kOps, true);
+    for (int64_t n : {adds, steps, decodes, forks, frees}) EXPECT_GT(n, 1000);
+    if (hits) EXPECT_GT(prefix_hits, 100);
+  }
+  static constexpr int64_t kOps = 20000;
 
  private:
   std::vector<int32_t> random_tokens(int64_t n) {
@@ -106,6 +114,8 @@ class Harness {
     ASSERT_LE(hit, static_cast<int64_t>(prompt.size()) - 1);
     tokens_[id] = prompt;
     live_.push_back(id);
+    ++adds;
+    if (hit > 0) ++prefix_hits;
   }
 
   // Prefill (or catch up on decoded tokens) up to 12 tokens of one sequence.
@@ -122,6 +132,7 @@ class Harness {
     apply(copies);
     write(s, c, n);
     m_->commit(s, n);
+    ++steps;
   }
 
   void op_decode() {
@@ -130,6 +141,7 @@ class Harness {
     const int32_t tok = static_cast<int32_t>(rng_() % 50);
     m_->append_token(s, tok);
     tokens_[s].push_back(tok);
+    ++decodes;
   }
 
   void op_fork() {
@@ -144,11 +156,13 @@ class Harness {
     apply(copies);
     tokens_[id] = tokens_[p];
     live_.push_back(id);
+    ++forks;
   }
 
   void op_free() {
     const size_t i = rng_() % live_.size();
     m_->free(live_[i]);
+    ++frees;
     tokens_.erase(live_[i]);
     live_.erase(live_.begin() + i);
   }
@@ -223,6 +237,7 @@ constexpr int kOpsPerConfig = 20000;  // 5 configurations: 100,000 operations
 TEST(CacheProperty, FullAttention) {
   Harness h({full()}, 40, true, 0, 1);
   h.run(kOpsPerConfig);
+  h.expect_coverage(true);
   const auto st = h.manager().stats();
   EXPECT_GT(st.hit_tokens, 0);
   EXPECT_GT(st.evictions, 0);
@@ -233,6 +248,7 @@ TEST(CacheProperty, FullAttention) {
 TEST(CacheProperty, SlidingWindow) {
   Harness h({sliding(10)}, 24, true, 0, 2);
   h.run(kOpsPerConfig);
+  h.expect_coverage(true);
   EXPECT_GT(h.manager().stats().hit_tokens, 0);
   EXPECT_GT(h.manager().stats().evictions, 0);
 }
@@ -240,6 +256,7 @@ TEST(CacheProperty, SlidingWindow) {
 TEST(CacheProperty, ChunkedLocal) {
   Harness h({chunked(8)}, 24, true, 0, 3);
   h.run(kOpsPerConfig);
+  h.expect_coverage(true);
   EXPECT_GT(h.manager().stats().hit_tokens, 0);
   EXPECT_GT(h.manager().stats().evictions, 0);
 }
@@ -247,6 +264,7 @@ TEST(CacheProperty, ChunkedLocal) {
 TEST(CacheProperty, HybridAttentionGroupsShareThePool) {
   Harness h({full(), sliding(6), chunked(8)}, 60, true, 0, 4);
   h.run(kOpsPerConfig);
+  h.expect_coverage(true);
   EXPECT_GT(h.manager().stats().hit_tokens, 0);
   EXPECT_GT(h.manager().stats().evictions, 0);
   EXPECT_GT(h.cow_copies, 0);
@@ -255,6 +273,7 @@ TEST(CacheProperty, HybridAttentionGroupsShareThePool) {
 TEST(CacheProperty, HybridWithStateSlots) {
   Harness h({full(), mamba(), sliding(7)}, 48, false, 6, 5);
   h.run(kOpsPerConfig);
+  h.expect_coverage(false);
   EXPECT_GT(h.failed_allocations, 0);
   EXPECT_GT(h.cow_copies, 0);
 }
