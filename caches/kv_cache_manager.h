@@ -76,7 +76,8 @@ class KVCacheManager {
   // append_token + allocate(1) + commit(1): false (nothing changed) when the pool is full.
   bool append(SeqId seq, int32_t token, std::vector<BlockCopy>* copies = nullptr);
   // The child starts as a copy of the parent sharing its written blocks; false when a state
-  // group has no free slot.
+  // group has no free slot. Call allocate() before either writes again: that is where a shared,
+  // partly written block is copied (copy-on-write).
   bool fork(SeqId parent, SeqId child, std::vector<BlockCopy>* copies);
   // Returns the sequence's blocks to the pool (cached ones stay findable until evicted).
   void free(SeqId seq);
