@@ -13,6 +13,7 @@ void ContiguousKVCacheConfig::validate() const {
   TESSERA_CHECK(num_kv_heads > 0, "num_kv_heads must be positive, got ", num_kv_heads);
   TESSERA_CHECK(head_dim > 0, "head_dim must be positive, got ", head_dim);
   TESSERA_CHECK(max_chunk_tokens > 0, "max_chunk_tokens must be positive, got ", max_chunk_tokens);
+  TESSERA_CHECK(encoder_len >= 0, "encoder_len must be >= 0, got ", encoder_len);
   TESSERA_CHECK(static_cast<int64_t>(windows.size()) == num_layers, "windows has ", windows.size(),
                 " entries but num_layers=", num_layers);
   for (size_t i = 0; i < windows.size(); ++i) {
@@ -32,6 +33,8 @@ int64_t ContiguousKVCacheConfig::bytes() const {
   for (int64_t l = 0; l < num_layers; ++l) {
     const int64_t slots = batch_size * capacity(l);
     total += 2 * slots * num_kv_heads * head_dim * elem + slots * 8;
+    const int64_t cross = batch_size * encoder_len;
+    total += 2 * cross * num_kv_heads * head_dim * elem + cross * 8;
   }
   return total;
 }
@@ -55,6 +58,14 @@ ContiguousKVCache::ContiguousKVCache(ContiguousKVCacheConfig config) : config_(s
          torch::zeros({config_.batch_size, cap, config_.num_kv_heads, config_.head_dim}, opts),
          torch::full({config_.batch_size, cap}, -1,
                      torch::TensorOptions().dtype(torch::kLong).device(config_.device))});
+    if (config_.encoder_len > 0) {
+      const int64_t s = config_.encoder_len;
+      cross_.push_back(
+          {torch::zeros({config_.batch_size, s, config_.num_kv_heads, config_.head_dim}, opts),
+           torch::zeros({config_.batch_size, s, config_.num_kv_heads, config_.head_dim}, opts),
+           torch::full({config_.batch_size, s}, -1,
+                       torch::TensorOptions().dtype(torch::kLong).device(config_.device))});
+    }
   }
 }
 
@@ -105,8 +116,51 @@ std::vector<int64_t> ContiguousKVCache::occupied(int64_t layer) const {
   return std::vector<int64_t>(c, c + counts.numel());
 }
 
+torch::Tensor ContiguousKVCache::attention_mask(int64_t layer,
+                                                const torch::Tensor& q_positions) const {
+  const auto view = this->layer(layer);
+  TESSERA_CHECK(q_positions.dim() == 2 && q_positions.size(0) == config_.batch_size &&
+                    q_positions.scalar_type() == torch::kLong,
+                "q_positions must be int64 [batch_size=", config_.batch_size, ", T], got ",
+                q_positions.scalar_type(), " ", q_positions.sizes());
+  auto q = q_positions.to(view.positions.device()).unsqueeze(2);  // [batch, T, 1]
+  auto k = view.positions.unsqueeze(1);                           // [batch, 1, capacity]
+  auto mask = k.ge(0).logical_and(k.le(q));
+  const int64_t w = config_.windows[layer];
+  if (w > 0) mask = mask.logical_and((q - k).lt(w));
+  return mask;
+}
+
+void ContiguousKVCache::set_cross(int64_t layer, const torch::Tensor& k, const torch::Tensor& v) {
+  TESSERA_CHECK(config_.encoder_len > 0, "set_cross needs encoder_len > 0, got ",
+                config_.encoder_len);
+  TESSERA_CHECK(layer >= 0 && layer < config_.num_layers, "layer=", layer, " is outside [0, ",
+                config_.num_layers, ")");
+  TESSERA_CHECK(k.dim() == 4 && k.size(0) == config_.batch_size &&
+                    k.size(1) <= config_.encoder_len && k.size(2) == config_.num_kv_heads &&
+                    k.size(3) == config_.head_dim,
+                "k shape ", k.sizes(), " must be [batch_size=", config_.batch_size,
+                ", S <= encoder_len=", config_.encoder_len, ", num_kv_heads=", config_.num_kv_heads,
+                ", head_dim=", config_.head_dim, "]");
+  TESSERA_CHECK(v.sizes() == k.sizes(), "v shape ", v.sizes(), " differs from k shape ", k.sizes());
+  auto& c = cross_[layer];
+  const int64_t s = k.size(1);
+  c.k.narrow(1, 0, s).copy_(k);
+  c.v.narrow(1, 0, s).copy_(v);
+  c.positions.fill_(-1);
+  c.positions.narrow(1, 0, s).copy_(torch::arange(s, c.positions.options()).expand({k.size(0), s}));
+}
+
+ContiguousKVCache::LayerView ContiguousKVCache::cross(int64_t layer) const {
+  TESSERA_CHECK(config_.encoder_len > 0, "cross needs encoder_len > 0, got ", config_.encoder_len);
+  TESSERA_CHECK(layer >= 0 && layer < config_.num_layers, "layer=", layer, " is outside [0, ",
+                config_.num_layers, ")");
+  return cross_[layer];
+}
+
 void ContiguousKVCache::reset() {
   for (auto& l : layers_) l.positions.fill_(-1);
+  for (auto& l : cross_) l.positions.fill_(-1);
 }
 
 }  // namespace tessera::caches

@@ -1,0 +1,295 @@
+#include "caches/kv_cache_manager.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+
+namespace tessera::caches {
+
+std::vector<CacheGroup> group_layers(const std::vector<SpecPtr>& layer_specs) {
+  std::vector<CacheGroup> groups;
+  for (size_t l = 0; l < layer_specs.size(); ++l) {
+    const SpecPtr& spec = layer_specs[l];
+    TESSERA_CHECK(spec != nullptr, "layer_specs[", l, "] must not be null");
+    if (spec->kind() == SpecKind::kEncoderOnly) continue;  // nothing to cache
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const CacheGroup& g) { return g.spec->equals(*spec); });
+    if (it == groups.end()) {
+      groups.push_back({spec, {static_cast<int64_t>(l)}});
+    } else {
+      it->layers.push_back(static_cast<int64_t>(l));
+    }
+  }
+  return groups;
+}
+
+KVCacheManager::KVCacheManager(KVCacheManagerConfig config) : config_(std::move(config)) {
+  TESSERA_CHECK(!config_.groups.empty(), "groups must not be empty");
+  bool has_attention = false;
+  for (size_t g = 0; g < config_.groups.size(); ++g) {
+    const SpecPtr& spec = config_.groups[g].spec;
+    TESSERA_CHECK(spec != nullptr, "groups[", g, "].spec must not be null");
+    if (spec->is_state()) {
+      has_state_ = true;
+      continue;
+    }
+    TESSERA_CHECK(spec->uses_block_pool() && spec->kind() != SpecKind::kCrossAttention, "groups[",
+                  g, "] has spec kind ", spec_kind_name(spec->kind()),
+                  ", which the paged manager does not hold (cross attention and encoder-only ",
+                  "layers use ContiguousKVCache)");
+    if (!has_attention) block_size_ = spec->block_size();
+    TESSERA_CHECK(spec->block_size() == block_size_, "groups[", g, "] has block_size ",
+                  spec->block_size(), " but groups sharing the pool use ", block_size_);
+    has_attention = true;
+  }
+  if (!has_attention) block_size_ = 1;
+  TESSERA_CHECK(!has_attention || config_.num_blocks >= 2,
+                "num_blocks must be >= 2 (block 0 is the null block), got ", config_.num_blocks);
+  TESSERA_CHECK(!has_state_ || config_.num_state_slots >= 2,
+                "num_state_slots must be >= 2 (slot 0 is the null slot), got ",
+                config_.num_state_slots);
+  pool_ = std::make_unique<BlockPool>(has_attention ? config_.num_blocks : 1);
+  for (size_t g = 0; g < config_.groups.size(); ++g) {
+    const SpecPtr& spec = config_.groups[g].spec;
+    const auto gid = static_cast<int32_t>(g);
+    if (spec->is_state()) {
+      managers_.push_back(std::make_unique<StateManager>(spec, config_.num_state_slots, gid));
+    } else {
+      managers_.push_back(make_manager(spec, *pool_, gid, config_.enable_prefix_caching));
+    }
+  }
+}
+
+KVCacheManager::Sequence& KVCacheManager::get(SeqId seq) {
+  auto it = seqs_.find(seq);
+  TESSERA_CHECK(it != seqs_.end(), "seq=", seq, " is not a live sequence");
+  return it->second;
+}
+
+const KVCacheManager::Sequence& KVCacheManager::get(SeqId seq) const {
+  auto it = seqs_.find(seq);
+  TESSERA_CHECK(it != seqs_.end(), "seq=", seq, " is not a live sequence");
+  return it->second;
+}
+
+int64_t KVCacheManager::find_hit(const Sequence& s, std::vector<std::vector<int32_t>>& hits) const {
+  // Leave at least one prompt token to compute (its logits start generation).
+  int64_t len = std::min<int64_t>((static_cast<int64_t>(s.tokens.size()) - 1) / block_size_,
+                                  static_cast<int64_t>(s.hashes.size()));
+  // Every group must accept the same hit length; shrink until all do (lengths only decrease).
+  for (bool stable = false; !stable;) {
+    stable = true;
+    for (size_t g = 0; g < managers_.size(); ++g) {
+      const int64_t n = managers_[g]->find_longest_hit(s.hashes, len, hits[g]);
+      if (n < len) {
+        len = n;
+        stable = false;
+      }
+    }
+  }
+  return len;
+}
+
+int64_t KVCacheManager::add_sequence(SeqId seq, std::span<const int32_t> prompt,
+                                     const BlockHashExtra& extra) {
+  TESSERA_CHECK(!has(seq), "seq=", seq, " is already live");
+  Sequence s;
+  s.tokens.assign(prompt.begin(), prompt.end());
+  s.extra = extra;
+  int64_t hit_blocks = 0;
+  std::vector<std::vector<int32_t>> hits(managers_.size());
+  if (config_.enable_prefix_caching && !has_state_ && !prompt.empty()) {
+    extend_block_hashes(s.hashes, s.tokens, block_size_, extra);
+    hit_blocks = find_hit(s, hits);
+    ++stats_.requests;
+    stats_.queried_tokens += static_cast<int64_t>(prompt.size());
+    stats_.hit_tokens += hit_blocks * block_size_;
+    if (hit_blocks > 0) ++stats_.hit_requests;
+  }
+  s.num_computed = hit_blocks * block_size_;
+  if (hit_blocks > 0) {
+    for (size_t g = 0; g < managers_.size(); ++g) {
+      managers_[g]->attach(seq, hits[g]);
+      managers_[g]->remove_skipped(seq, s.num_computed);
+    }
+  }
+  seqs_.emplace(seq, std::move(s));
+  return hit_blocks * block_size_;
+}
+
+void KVCacheManager::append_token(SeqId seq, int32_t token) { get(seq).tokens.push_back(token); }
+
+bool KVCacheManager::allocate(SeqId seq, int64_t num_new_tokens, std::vector<BlockCopy>* copies) {
+  TESSERA_CHECK(num_new_tokens >= 0, "num_new_tokens must be >= 0, got ", num_new_tokens);
+  const Sequence& s = get(seq);
+  const int64_t target = s.num_computed + num_new_tokens;
+  int64_t need_pool = 0;
+  for (const auto& m : managers_) {
+    const int64_t need = m->num_blocks_needed(seq, s.num_computed, target);
+    if (m->spec().is_state()) {
+      if (need > m->pool().num_free()) return false;
+    } else {
+      need_pool += need;
+    }
+  }
+  if (need_pool > pool_->num_free()) return false;
+  for (const auto& m : managers_) m->allocate(seq, s.num_computed, target, copies);
+  return true;
+}
+
+void KVCacheManager::commit(SeqId seq, int64_t num_new_tokens) {
+  TESSERA_CHECK(num_new_tokens >= 0, "num_new_tokens must be >= 0, got ", num_new_tokens);
+  Sequence& s = get(seq);
+  const int64_t target = s.num_computed + num_new_tokens;
+  for (const auto& m : managers_) {
+    if (m->spec().is_state()) continue;
+    const int64_t held = static_cast<int64_t>(m->blocks(seq).size()) * block_size_;
+    TESSERA_CHECK(target <= held, "commit of ", num_new_tokens, " tokens to seq=", seq, " at ",
+                  s.num_computed, " exceeds the ", held, " slots allocated in group ", m->group());
+  }
+  s.num_computed = target;
+  if (config_.enable_prefix_caching && !has_state_) {
+    const int64_t known = std::min<int64_t>(target, static_cast<int64_t>(s.tokens.size()));
+    extend_block_hashes(s.hashes, std::span<const int32_t>(s.tokens).first(known), block_size_,
+                        s.extra);
+    for (const auto& m : managers_) m->cache_blocks(seq, s.hashes, known / block_size_);
+  }
+  for (const auto& m : managers_) m->remove_skipped(seq, target);
+}
+
+bool KVCacheManager::append(SeqId seq, int32_t token, std::vector<BlockCopy>* copies) {
+  Sequence& s = get(seq);
+  s.tokens.push_back(token);
+  if (!allocate(seq, 1, copies)) {
+    s.tokens.pop_back();
+    return false;
+  }
+  commit(seq, 1);
+  return true;
+}
+
+bool KVCacheManager::fork(SeqId parent, SeqId child, std::vector<BlockCopy>* copies) {
+  TESSERA_CHECK(!has(child), "child seq=", child, " is already live");
+  const Sequence& p = get(parent);
+  for (const auto& m : managers_) {
+    if (m->num_blocks_for_fork() > m->pool().num_free()) return false;
+  }
+  Sequence c = p;
+  for (const auto& m : managers_) m->fork(parent, child, p.num_computed, copies);
+  seqs_.emplace(child, std::move(c));
+  return true;
+}
+
+void KVCacheManager::free(SeqId seq) {
+  get(seq);  // must be live
+  for (const auto& m : managers_) m->free(seq);
+  seqs_.erase(seq);
+}
+
+int64_t KVCacheManager::num_computed(SeqId seq) const { return get(seq).num_computed; }
+
+int64_t KVCacheManager::num_tokens(SeqId seq) const {
+  return static_cast<int64_t>(get(seq).tokens.size());
+}
+
+std::span<const int32_t> KVCacheManager::block_table(SeqId seq, int32_t group) const {
+  TESSERA_CHECK(group >= 0 && group < num_groups(), "group must lie in [0, ", num_groups(),
+                "), got ", group);
+  get(seq);
+  return managers_[group]->blocks(seq);
+}
+
+std::vector<int32_t> KVCacheManager::block_tables(int32_t group, std::span<const SeqId> seqs,
+                                                  int64_t max_blocks) const {
+  TESSERA_CHECK(max_blocks >= 0, "max_blocks must be >= 0, got ", max_blocks);
+  std::vector<int32_t> out(seqs.size() * max_blocks, BlockPool::kNullBlock);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    auto table = block_table(seqs[i], group);
+    TESSERA_CHECK(static_cast<int64_t>(table.size()) <= max_blocks, "seq=", seqs[i], " holds ",
+                  table.size(), " blocks, more than max_blocks=", max_blocks);
+    std::copy(table.begin(), table.end(), out.begin() + i * max_blocks);
+  }
+  return out;
+}
+
+PrefixCacheStats KVCacheManager::stats() const {
+  PrefixCacheStats s = stats_;
+  s.evictions = pool_->evictions();
+  return s;
+}
+
+namespace {
+
+void check_pool(const BlockPool& pool, const std::vector<const SingleTypeManager*>& users) {
+  const int32_t n = pool.num_blocks();
+  std::vector<int64_t> refs(n, 0);
+  for (const auto* m : users) {
+    m->for_each_table([&](SeqId seq, std::span<const int32_t> table) {
+      for (int32_t b : table) {
+        TESSERA_CHECK(b >= 0 && b < n, "seq=", seq, " group ", m->group(), " holds block ", b,
+                      " outside [0, ", n, ")");
+        if (b != BlockPool::kNullBlock) ++refs[b];
+      }
+    });
+  }
+  TESSERA_CHECK(pool.ref_count(BlockPool::kNullBlock) == 0, "null block has ",
+                pool.ref_count(BlockPool::kNullBlock), " references");
+  int64_t unreferenced = 0;
+  int64_t cached = 0;
+  for (int32_t b = 1; b < n; ++b) {
+    TESSERA_CHECK(pool.ref_count(b) == refs[b], "block ", b, " has ref count ", pool.ref_count(b),
+                  " but ", refs[b], " block-table references");
+    if (refs[b] == 0) ++unreferenced;
+    if (pool.is_cached(b)) ++cached;
+  }
+  const auto free_list = pool.free_list();
+  TESSERA_CHECK(static_cast<int64_t>(free_list.size()) == pool.num_free(), "free list holds ",
+                free_list.size(), " blocks but num_free=", pool.num_free());
+  std::vector<bool> seen(n, false);
+  for (int32_t b : free_list) {
+    TESSERA_CHECK(b > 0 && b < n, "free list holds block ", b);
+    TESSERA_CHECK(!seen[b], "block ", b, " is twice in the free list");
+    seen[b] = true;
+    TESSERA_CHECK(refs[b] == 0, "free block ", b, " is referenced ", refs[b], " times");
+  }
+  TESSERA_CHECK(unreferenced == static_cast<int64_t>(free_list.size()), unreferenced,
+                " blocks are unreferenced but ", free_list.size(), " are free (leak)");
+  TESSERA_CHECK(cached == pool.num_cached(), cached, " blocks are marked cached but the index has ",
+                pool.num_cached());
+  for (const auto& [key, b] : pool.index()) {
+    TESSERA_CHECK(b > 0 && b < n && pool.is_cached(b) && pool.key_of(b) == key,
+                  "prefix index entry points at block ", b, " which does not carry its key");
+  }
+}
+
+}  // namespace
+
+void KVCacheManager::check_invariants() const {
+  std::vector<const SingleTypeManager*> pool_users;
+  for (const auto& m : managers_) {
+    if (m->spec().is_state()) {
+      check_pool(m->pool(), {m.get()});
+      TESSERA_CHECK(m->num_sequences() <= num_sequences(), "group ", m->group(), " holds ",
+                    m->num_sequences(), " sequences, more than the ", num_sequences(), " live");
+    } else {
+      pool_users.push_back(m.get());
+    }
+  }
+  check_pool(*pool_, pool_users);
+  for (const auto& [seq, s] : seqs_) {
+    for (const auto* m : pool_users) {
+      auto table = m->blocks(seq);
+      const int64_t first = m->first_needed_token(s.num_computed) / block_size_;
+      const int64_t written = cdiv(s.num_computed, block_size_);
+      TESSERA_CHECK(static_cast<int64_t>(table.size()) >= written, "seq=", seq, " group ",
+                    m->group(), " has ", table.size(), " blocks for ", s.num_computed,
+                    " computed tokens");
+      for (int64_t i = first; i < written; ++i) {
+        TESSERA_CHECK(table[i] != BlockPool::kNullBlock, "seq=", seq, " group ", m->group(),
+                      " lost block ", i, " that its window still needs");
+      }
+    }
+  }
+}
+
+}  // namespace tessera::caches
