@@ -50,8 +50,8 @@ torch::Tensor dequantize_kv(const torch::Tensor& q, const torch::Tensor& scale, 
   TESSERA_CHECK(scale.sizes() == q.sizes().slice(0, q.dim() - 1), "scale must be ",
                 q.sizes().slice(0, q.dim() - 1), " (q's shape without head_dim), got ",
                 scale.sizes());
-  TESSERA_CHECK(scale.device() == q.device(), "scale must be on q's device ", q.device(),
-                ", got ", scale.device());
+  TESSERA_CHECK(scale.device() == q.device(), "scale must be on q's device ", q.device(), ", got ",
+                scale.device());
   auto qc = q.contiguous();
   auto sc = scale.contiguous();
   auto x = torch::empty(q.sizes(), sc.options());

@@ -42,9 +42,9 @@ void check_metadata(const torch::Tensor& block_tables, const torch::Tensor& seq_
 
 std::tuple<torch::Tensor, torch::Tensor> paged_attention(
     const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
-    const torch::Tensor& block_tables, const torch::Tensor& seq_lens,
-    const torch::Tensor& q_starts, const PagedAttentionOptions& options,
-    const torch::Tensor& k_scale, const torch::Tensor& v_scale) {
+    const torch::Tensor& block_tables, const torch::Tensor& seq_lens, const torch::Tensor& q_starts,
+    const PagedAttentionOptions& options, const torch::Tensor& k_scale,
+    const torch::Tensor& v_scale) {
   TESSERA_CHECK(q.dim() == 3, "q must be 3-D [total_q, num_q_heads, head_dim], got shape ",
                 q.sizes());
   TESSERA_CHECK(q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kHalf ||
@@ -59,10 +59,10 @@ std::tuple<torch::Tensor, torch::Tensor> paged_attention(
                 "block_tables must be int32 [num_seqs, max_blocks_per_seq], got ",
                 block_tables.scalar_type(), " ", block_tables.sizes());
   const int64_t num_seqs = block_tables.size(0);
-  TESSERA_CHECK(seq_lens.dim() == 1 && seq_lens.scalar_type() == torch::kInt &&
-                    seq_lens.size(0) == num_seqs,
-                "seq_lens must be int32 [num_seqs=", num_seqs, "], got ", seq_lens.scalar_type(),
-                " ", seq_lens.sizes());
+  TESSERA_CHECK(
+      seq_lens.dim() == 1 && seq_lens.scalar_type() == torch::kInt && seq_lens.size(0) == num_seqs,
+      "seq_lens must be int32 [num_seqs=", num_seqs, "], got ", seq_lens.scalar_type(), " ",
+      seq_lens.sizes());
   TESSERA_CHECK(q_starts.dim() == 1 && q_starts.scalar_type() == torch::kInt &&
                     q_starts.size(0) == num_seqs + 1,
                 "q_starts must be int32 [num_seqs + 1 = ", num_seqs + 1, "], got ",

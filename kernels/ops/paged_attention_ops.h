@@ -10,8 +10,8 @@ namespace tessera::kernels {
 
 struct PagedAttentionOptions {
   double scale = 1.0;
-  int64_t window = 0;  // sliding window in tokens, 0 = none
-  int64_t chunk = 0;   // chunked-local attention chunk in tokens, 0 = none
+  int64_t window = 0;      // sliding window in tokens, 0 = none
+  int64_t chunk = 0;       // chunked-local attention chunk in tokens, 0 = none
   bool reference = false;  // CPU only: run the fp64 reference instead of the fast kernel
 };
 
@@ -27,9 +27,9 @@ struct PagedAttentionOptions {
 // Returns (out [total_q, Hq, Dv] in q's dtype, lse [total_q, Hq] float32, natural log).
 std::tuple<torch::Tensor, torch::Tensor> paged_attention(
     const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
-    const torch::Tensor& block_tables, const torch::Tensor& seq_lens,
-    const torch::Tensor& q_starts, const PagedAttentionOptions& options,
-    const torch::Tensor& k_scale = {}, const torch::Tensor& v_scale = {});
+    const torch::Tensor& block_tables, const torch::Tensor& seq_lens, const torch::Tensor& q_starts,
+    const PagedAttentionOptions& options, const torch::Tensor& k_scale = {},
+    const torch::Tensor& v_scale = {});
 
 // Decode: one query per sequence, q [num_seqs, Hq, Dk]; otherwise as paged_attention.
 std::tuple<torch::Tensor, torch::Tensor> paged_decode(

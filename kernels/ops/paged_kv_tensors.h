@@ -28,8 +28,7 @@ inline KvDType kv_dtype_of(const torch::Tensor& t, const char* name) {
     case torch::kByte:
       return KvDType::kF8E4M3;
     default:
-      TESSERA_FAIL(name,
-                   " must be float32, float16, bfloat16, int8 or uint8 (fp8 e4m3), got ",
+      TESSERA_FAIL(name, " must be float32, float16, bfloat16, int8 or uint8 (fp8 e4m3), got ",
                    t.scalar_type());
   }
 }
@@ -38,16 +37,15 @@ inline void check_pages(const torch::Tensor& t, const char* name) {
   TESSERA_CHECK(t.dim() == 4, name,
                 " must be 4-D [num_blocks, block_size, num_kv_heads, head_dim], got shape ",
                 t.sizes());
-  TESSERA_CHECK(t.stride(3) == 1 && t.stride(2) == t.size(3) &&
-                    t.stride(1) == t.size(2) * t.size(3),
-                name, " must be contiguous within a block, got strides ", t.strides());
+  TESSERA_CHECK(
+      t.stride(3) == 1 && t.stride(2) == t.size(3) && t.stride(1) == t.size(2) * t.size(3), name,
+      " must be contiguous within a block, got strides ", t.strides());
 }
 
 inline void check_scales(const torch::Tensor& s, const torch::Tensor& pages, const char* name) {
   TESSERA_CHECK(s.defined(), name, " is required for a quantised (", pages.scalar_type(),
                 ") cache");
-  TESSERA_CHECK(s.scalar_type() == torch::kFloat, name, " must be float32, got ",
-                s.scalar_type());
+  TESSERA_CHECK(s.scalar_type() == torch::kFloat, name, " must be float32, got ", s.scalar_type());
   TESSERA_CHECK(s.dim() == 3 && s.sizes() == pages.sizes().slice(0, 3), name,
                 " must be [num_blocks, block_size, num_kv_heads] = ", pages.sizes().slice(0, 3),
                 ", got ", s.sizes());

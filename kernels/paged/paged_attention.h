@@ -11,16 +11,16 @@
 namespace tessera::kernels {
 
 struct PagedAttentionView {
-  const float* q = nullptr;  // [total_q, num_q_heads, head_dim_k], strides below
-  PagedKv kv;                // read only
+  const float* q = nullptr;               // [total_q, num_q_heads, head_dim_k], strides below
+  PagedKv kv;                             // read only
   const int32_t* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
   const int32_t* seq_lens = nullptr;      // [num_seqs]: KV tokens, the new ones included
   // [num_seqs + 1]: cumulative query counts. The q_len = q_starts[s+1] - q_starts[s] queries of
   // sequence s are its last q_len tokens: query i sits at position seq_len - q_len + i. Decode is
   // q_starts = 0, 1, ..., num_seqs.
   const int32_t* q_starts = nullptr;
-  float* out = nullptr;  // [total_q, num_q_heads, head_dim_v] contiguous
-  float* lse = nullptr;  // [total_q, num_q_heads] contiguous, natural log; may be null
+  float* out = nullptr;          // [total_q, num_q_heads, head_dim_v] contiguous
+  float* lse = nullptr;          // [total_q, num_q_heads] contiguous, natural log; may be null
   int64_t q_stride[2] = {0, 0};  // elements between query tokens, heads; head_dim contiguous
   int64_t total_q = 0;
   int num_seqs = 0;

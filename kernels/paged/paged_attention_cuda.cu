@@ -54,7 +54,10 @@ __global__ void paged_attention_kernel(PagedAttentionView a) {
   int lo = 0, hi = a.num_seqs - 1;
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (a.q_starts[mid] <= row) lo = mid; else hi = mid - 1;
+    if (a.q_starts[mid] <= row)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   const int seq = lo;
   const int64_t len = a.seq_lens[seq];
@@ -107,7 +110,8 @@ __global__ void paged_attention_kernel(PagedAttentionView a) {
 
   float* o = a.out + (row * a.num_q_heads + h) * c.head_dim_v;
   const bool empty = running_sum == 0.f;
-  for (int i = threadIdx.x; i < c.head_dim_v; i += kThreads) o[i] = empty ? 0.f : acc[i] / running_sum;
+  for (int i = threadIdx.x; i < c.head_dim_v; i += kThreads)
+    o[i] = empty ? 0.f : acc[i] / running_sum;
   if (a.lse != nullptr && threadIdx.x == 0) {
     a.lse[row * a.num_q_heads + h] = empty ? -INFINITY : running_max + logf(running_sum);
   }

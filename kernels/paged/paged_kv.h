@@ -33,27 +33,25 @@ struct PagedKv {
 
   TESSERA_HD const void* k_row(int64_t block, int slot, int head) const {
     return static_cast<const char*>(k) +
-           (block * k_block_stride + (static_cast<int64_t>(slot) * num_kv_heads + head) *
-                                         head_dim_k) *
+           (block * k_block_stride +
+            (static_cast<int64_t>(slot) * num_kv_heads + head) * head_dim_k) *
                kv_elem_bytes(dtype);
   }
   TESSERA_HD const void* v_row(int64_t block, int slot, int head) const {
     return static_cast<const char*>(v) +
-           (block * v_block_stride + (static_cast<int64_t>(slot) * num_kv_heads + head) *
-                                         head_dim_v) *
+           (block * v_block_stride +
+            (static_cast<int64_t>(slot) * num_kv_heads + head) * head_dim_v) *
                kv_elem_bytes(dtype);
   }
   TESSERA_HD float k_scale_at(int64_t block, int slot, int head) const {
-    return k_scale == nullptr
-               ? 1.0f
-               : k_scale[block * k_scale_block_stride + static_cast<int64_t>(slot) * num_kv_heads +
-                         head];
+    return k_scale == nullptr ? 1.0f
+                              : k_scale[block * k_scale_block_stride +
+                                        static_cast<int64_t>(slot) * num_kv_heads + head];
   }
   TESSERA_HD float v_scale_at(int64_t block, int slot, int head) const {
-    return v_scale == nullptr
-               ? 1.0f
-               : v_scale[block * v_scale_block_stride + static_cast<int64_t>(slot) * num_kv_heads +
-                         head];
+    return v_scale == nullptr ? 1.0f
+                              : v_scale[block * v_scale_block_stride +
+                                        static_cast<int64_t>(slot) * num_kv_heads + head];
   }
 };
 

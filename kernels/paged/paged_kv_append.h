@@ -10,8 +10,8 @@
 namespace tessera::kernels {
 
 struct PagedKvAppendView {
-  const float* key = nullptr;            // [num_tokens, num_kv_heads, head_dim_k], strides below
-  const float* value = nullptr;          // [num_tokens, num_kv_heads, head_dim_v]
+  const float* key = nullptr;             // [num_tokens, num_kv_heads, head_dim_k], strides below
+  const float* value = nullptr;           // [num_tokens, num_kv_heads, head_dim_v]
   const int64_t* slot_mapping = nullptr;  // [num_tokens]: block * block_size + slot; < 0 = skip
   PagedKv cache;                          // written
   int64_t key_stride[2] = {0, 0};         // elements between tokens, heads; head_dim contiguous

@@ -55,8 +55,8 @@ void paged_kv_append_ref(const PagedKvAppendView& a) {
       store_row_ref(a.key + t * a.key_stride[0] + h * a.key_stride[1], c.head_dim_k, c.dtype,
                     const_cast<void*>(c.k_row(block, off, h)),
                     c.k_scale ? c.k_scale + block * c.k_scale_block_stride + sidx : nullptr);
-      store_row_ref(a.value + t * a.value_stride[0] + h * a.value_stride[1], c.head_dim_v,
-                    c.dtype, const_cast<void*>(c.v_row(block, off, h)),
+      store_row_ref(a.value + t * a.value_stride[0] + h * a.value_stride[1], c.head_dim_v, c.dtype,
+                    const_cast<void*>(c.v_row(block, off, h)),
                     c.v_scale ? c.v_scale + block * c.v_scale_block_stride + sidx : nullptr);
     }
   }

@@ -23,9 +23,7 @@ enum class KvDType : uint8_t { kF32, kF16, kBF16, kI8, kF8E4M3 };
 TESSERA_HD int kv_elem_bytes(KvDType t) {
   return t == KvDType::kF32 ? 4 : (t == KvDType::kF16 || t == KvDType::kBF16) ? 2 : 1;
 }
-TESSERA_HD bool kv_is_quantised(KvDType t) {
-  return t == KvDType::kI8 || t == KvDType::kF8E4M3;
-}
+TESSERA_HD bool kv_is_quantised(KvDType t) { return t == KvDType::kI8 || t == KvDType::kF8E4M3; }
 
 constexpr float kInt8Max = 127.0f;
 constexpr float kE4M3Max = 448.0f;
@@ -67,9 +65,9 @@ TESSERA_HD uint16_t kv_float_to_half(float f) {
   const uint32_t u = kv_float_bits(f);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return sign | 0x7e00u;  // NaN
-  if (a >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 rounds to inf
-  if (a < 0x38800000u) {                        // below 2^-14: subnormal half, step 2^-24
+  if (a > 0x7f800000u) return sign | 0x7e00u;        // NaN
+  if (a >= 0x477ff000u) return sign | 0x7c00u;       // >= 65520 rounds to inf
+  if (a < 0x38800000u) {                             // below 2^-14: subnormal half, step 2^-24
     const float v = kv_bits_float(a) * 16777216.0f;  // exact: times 2^24
     return sign | static_cast<uint16_t>(rintf(v));
   }
@@ -77,7 +75,9 @@ TESSERA_HD uint16_t kv_float_to_half(float f) {
   return sign | static_cast<uint16_t>((r - 0x38000000u) >> 13);
 }
 
-TESSERA_HD float kv_bf16_to_float(uint16_t b) { return kv_bits_float(static_cast<uint32_t>(b) << 16); }
+TESSERA_HD float kv_bf16_to_float(uint16_t b) {
+  return kv_bits_float(static_cast<uint32_t>(b) << 16);
+}
 TESSERA_HD uint16_t kv_float_to_bf16(float f) {
   const uint32_t u = kv_float_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // NaN
@@ -102,9 +102,9 @@ TESSERA_HD uint8_t float_to_e4m3(float f) {
   const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80u);
   const uint32_t a = u & 0x7fffffffu;
   if (a > 0x7f800000u) return sign | 0x7fu;
-  if (a >= 0x43e00000u) return sign | 0x7eu;  // >= 448
-  if (a < 0x3c800000u) {                      // below 2^-6: subnormal, step 2^-9
-    const float v = kv_bits_float(a) * 512.0f;  // exact
+  if (a >= 0x43e00000u) return sign | 0x7eu;       // >= 448
+  if (a < 0x3c800000u) {                           // below 2^-6: subnormal, step 2^-9
+    const float v = kv_bits_float(a) * 512.0f;     // exact
     return sign | static_cast<uint8_t>(rintf(v));  // 8 carries into the smallest normal, 0x08
   }
   const uint32_t r = a + 0x7ffffu + ((a >> 20) & 1u);  // round mantissa to 3 bits, ties to even

@@ -21,7 +21,7 @@ struct KvQuantView {
 };
 
 struct KvDequantView {
-  const void* q = nullptr;      // [rows, head_dim] contiguous, int8 or uint8 (fp8 e4m3 bits)
+  const void* q = nullptr;       // [rows, head_dim] contiguous, int8 or uint8 (fp8 e4m3 bits)
   const float* scale = nullptr;  // [rows]
   float* x = nullptr;            // [rows, head_dim] contiguous
   int64_t rows = 0;

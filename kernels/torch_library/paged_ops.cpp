@@ -27,9 +27,9 @@ PagedAttentionOptions options(double scale, int64_t window, int64_t chunk, bool 
 
 std::tuple<torch::Tensor, torch::Tensor> paged_attention_op(
     const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
-    const torch::Tensor& block_tables, const torch::Tensor& seq_lens,
-    const torch::Tensor& q_starts, double scale, int64_t window, int64_t chunk,
-    const OptTensor& k_scale, const OptTensor& v_scale, bool reference) {
+    const torch::Tensor& block_tables, const torch::Tensor& seq_lens, const torch::Tensor& q_starts,
+    double scale, int64_t window, int64_t chunk, const OptTensor& k_scale, const OptTensor& v_scale,
+    bool reference) {
   return paged_attention(q, k_cache, v_cache, block_tables, seq_lens, q_starts,
                          options(scale, window, chunk, reference), or_undefined(k_scale),
                          or_undefined(v_scale));
@@ -37,9 +37,8 @@ std::tuple<torch::Tensor, torch::Tensor> paged_attention_op(
 
 std::tuple<torch::Tensor, torch::Tensor> paged_decode_op(
     const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
-    const torch::Tensor& block_tables, const torch::Tensor& seq_lens, double scale,
-    int64_t window, int64_t chunk, const OptTensor& k_scale, const OptTensor& v_scale,
-    bool reference) {
+    const torch::Tensor& block_tables, const torch::Tensor& seq_lens, double scale, int64_t window,
+    int64_t chunk, const OptTensor& k_scale, const OptTensor& v_scale, bool reference) {
   return paged_decode(q, k_cache, v_cache, block_tables, seq_lens,
                       options(scale, window, chunk, reference), or_undefined(k_scale),
                       or_undefined(v_scale));
@@ -54,13 +53,11 @@ void paged_kv_append_op(const torch::Tensor& key, const torch::Tensor& value,
 }
 
 std::tuple<torch::Tensor, torch::Tensor> quantize_kv_op(const torch::Tensor& x,
-                                                        c10::string_view format,
-                                                        bool reference) {
+                                                        c10::string_view format, bool reference) {
   return quantize_kv(x, std::string(format), reference);
 }
 
-torch::Tensor dequantize_kv_op(const torch::Tensor& q, const torch::Tensor& scale,
-                               bool reference) {
+torch::Tensor dequantize_kv_op(const torch::Tensor& q, const torch::Tensor& scale, bool reference) {
   return dequantize_kv(q, scale, reference);
 }
 
@@ -89,8 +86,7 @@ TORCH_LIBRARY_FRAGMENT(tessera, m) {
       &paged_kv_append_op);
   m.def("quantize_kv(Tensor x, str format, bool reference=False) -> (Tensor, Tensor)",
         &quantize_kv_op);
-  m.def("dequantize_kv(Tensor q, Tensor scale, bool reference=False) -> Tensor",
-        &dequantize_kv_op);
+  m.def("dequantize_kv(Tensor q, Tensor scale, bool reference=False) -> Tensor", &dequantize_kv_op);
   m.def(
       "merge_attention_states(Tensor outs, Tensor lses, bool reference=False) -> (Tensor, Tensor)",
       &merge_op);
