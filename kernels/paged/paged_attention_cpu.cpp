@@ -1,5 +1,8 @@
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -9,14 +12,22 @@ namespace tessera::kernels {
 
 namespace {
 
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define TESSERA_CPU_CLONES \
+  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define TESSERA_CPU_CLONES
+#endif
+
 constexpr int kQTile = 16;     // query tokens per work item; decode has one
 constexpr int kKeyChunk = 64;  // keys per online-softmax step
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 struct Item {
   int seq;
-  int kv_head;
-  int q0;  // query range [q0, q1) within the sequence's queries
+  int kh0;  // kv heads [kh0, kh1): all of them when there are enough sequences, so that a page
+  int kh1;  // is read front to back (its rows are [slot][kv_head][dim])
+  int q0;   // query range [q0, q1) within the sequence's queries
   int q1;
 };
 
@@ -27,9 +38,101 @@ struct E4M3Table {
   }
 };
 
+#define TESSERA_ALWAYS_INLINE __attribute__((always_inline)) inline
+
+// 16 floats as one GCC vector: one AVX-512 register, two AVX ones, four SSE ones. Explicit vector
+// accumulators keep the dot products free of per-call horizontal-sum loops.
+typedef float Vec16 __attribute__((vector_size(64)));
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef float Vec4 __attribute__((vector_size(16)));
+
+TESSERA_ALWAYS_INLINE Vec16 load16(const float* p) {
+  Vec16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+TESSERA_ALWAYS_INLINE void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
+TESSERA_ALWAYS_INLINE float hsum(Vec16 v) {
+  Vec8 a, b;
+  std::memcpy(&a, &v, sizeof(a));
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
+  const Vec8 s8 = a + b;
+  Vec4 c, d;
+  std::memcpy(&c, &s8, sizeof(c));
+  std::memcpy(&d, reinterpret_cast<const char*>(&s8) + sizeof(c), sizeof(d));
+  const Vec4 s4 = c + d;
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+// out[r] = q_r . k for R consecutive query rows (row stride dk): k is loaded once for all of them.
+template <int R>
+TESSERA_ALWAYS_INLINE void dot_rows(const float* q, const float* k, int dk, float* out) {
+  Vec16 acc[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) acc[r] = Vec16{};
+  const int d16 = dk & ~15;
+  for (int d = 0; d < d16; d += 16) {
+    const Vec16 kv = load16(k + d);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r] += load16(q + r * dk + d) * kv;
+  }
+  for (int r = 0; r < R; ++r) {
+    float tail = 0.0f;
+    for (int d = d16; d < dk; ++d) tail += q[r * dk + d] * k[d];
+    out[r] = hsum(acc[r]) + tail;
+  }
+}
+
+// acc_r += p[r] * v for R consecutive accumulator rows (row stride dv): v is loaded once.
+template <int R>
+TESSERA_ALWAYS_INLINE void axpy_rows(const float* p, const float* v, int dv, float* acc) {
+  const int d16 = dv & ~15;
+  for (int d = 0; d < d16; d += 16) {
+    const Vec16 vv = load16(v + d);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) store16(acc + r * dv + d, load16(acc + r * dv + d) + p[r] * vv);
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int d = d16; d < dv; ++d) acc[r * dv + d] += p[r] * v[d];
+  }
+}
+
+TESSERA_ALWAYS_INLINE void dot_group(const float* q, const float* k, int dk, int rows, float* out) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) dot_rows<4>(q + r * dk, k, dk, out + r);
+  switch (rows - r) {
+    case 3:
+      dot_rows<3>(q + r * dk, k, dk, out + r);
+      break;
+    case 2:
+      dot_rows<2>(q + r * dk, k, dk, out + r);
+      break;
+    case 1:
+      dot_rows<1>(q + r * dk, k, dk, out + r);
+      break;
+  }
+}
+
+TESSERA_ALWAYS_INLINE void axpy_group(const float* p, const float* v, int dv, int rows,
+                                      float* acc) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) axpy_rows<4>(p + r, v, dv, acc + r * dv);
+  switch (rows - r) {
+    case 3:
+      axpy_rows<3>(p + r, v, dv, acc + r * dv);
+      break;
+    case 2:
+      axpy_rows<2>(p + r, v, dv, acc + r * dv);
+      break;
+    case 1:
+      axpy_rows<1>(p + r, v, dv, acc + r * dv);
+      break;
+  }
+}
+
 // A row as float32: fp32 pages are read in place, other formats are decoded into buf.
-const float* row_f32(KvDType t, const void* row, int n, float scale, float* buf,
-                     const float* e4m3) {
+TESSERA_ALWAYS_INLINE const float* row_f32(KvDType t, const void* row, int n, float scale,
+                                           float* buf, const float* e4m3) {
   switch (t) {
     case KvDType::kF32:
       return static_cast<const float*>(row);
@@ -58,24 +161,35 @@ const float* row_f32(KvDType t, const void* row, int n, float scale, float* buf,
   return buf;
 }
 
+// Pages sit in random blocks, which defeats the hardware prefetcher at every block boundary; decode
+// is bound by memory latency unless the rows a few tokens ahead are requested early.
+constexpr int kPrefetchAhead = 4;  // tokens
+
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
+}
+
 struct Scratch {
-  std::vector<float> q, scores, acc, m, l, kbuf, vbuf;
+  std::vector<float> q, scores, acc, m, l, kbuf, vbuf, dots;
   std::vector<int64_t> t, lo;
-  std::vector<const float*> krows;
-  Scratch(int rows, int dk, int dv)
+  Scratch(int rows, int group, int dk, int dv)
       : q(static_cast<size_t>(rows) * dk),
         scores(static_cast<size_t>(rows) * kKeyChunk),
         acc(static_cast<size_t>(rows) * dv),
         m(rows),
         l(rows),
-        kbuf(static_cast<size_t>(kKeyChunk) * dk),
+        kbuf(dk),
         vbuf(dv),
+        dots(group),
         t(rows),
-        lo(rows),
-        krows(kKeyChunk) {}
+        lo(rows) {}
 };
 
-void run_item(const PagedAttentionView& a, const Item& item, Scratch& w, const float* e4m3) {
+// One work item; compiled for several x86 levels (AVX2+FMA, AVX-512) and picked at load time, so
+// the dot products and V updates use the widest vectors the machine has.
+TESSERA_CPU_CLONES void run_item(const PagedAttentionView& a, const Item& item, Scratch& w,
+                                 const float* e4m3) {
   const PagedKv& c = a.kv;
   const int group = a.num_q_heads / c.num_kv_heads;
   const int dk = c.head_dim_k, dv = c.head_dim_v;
@@ -83,12 +197,14 @@ void run_item(const PagedAttentionView& a, const Item& item, Scratch& w, const f
   const int64_t q_begin = a.q_starts[item.seq];
   const int64_t q_len = a.q_starts[item.seq + 1] - q_begin;
   const int32_t* table = a.block_tables + static_cast<int64_t>(item.seq) * a.max_blocks_per_seq;
-  const int rows = (item.q1 - item.q0) * group;
+  const int heads = (item.kh1 - item.kh0) * group;  // query heads of this item
+  const int nq = item.q1 - item.q0;
+  const int rows = nq * heads;
 
-  // Row r is query token q0 + r / group with head kv_head * group + r % group.
+  // Row r = qi * heads + (kh - kh0) * group + g: query token q0 + qi, head kh * group + g.
   for (int r = 0; r < rows; ++r) {
-    const int64_t qi = item.q0 + r / group;
-    const int h = item.kv_head * group + r % group;
+    const int64_t qi = item.q0 + r / heads;
+    const int h = item.kh0 * group + r % heads;
     const float* src = a.q + (q_begin + qi) * a.q_stride[0] + h * a.q_stride[1];
     std::copy(src, src + dk, w.q.data() + static_cast<size_t>(r) * dk);
     w.t[r] = len - q_len + qi;
@@ -102,30 +218,40 @@ void run_item(const PagedAttentionView& a, const Item& item, Scratch& w, const f
   // the query position, so the tile's keys are [lo(first query), last query].
   const int64_t p_lo = w.lo[0];
   const int64_t p_hi = w.t[rows - 1];
+  const int64_t row_bytes_k =
+      static_cast<int64_t>(item.kh1 - item.kh0) * dk * kv_elem_bytes(c.dtype);
+  const int64_t row_bytes_v =
+      static_cast<int64_t>(item.kh1 - item.kh0) * dv * kv_elem_bytes(c.dtype);
   for (int64_t p0 = p_lo; p0 <= p_hi; p0 += kKeyChunk) {
     const int n = static_cast<int>(std::min<int64_t>(kKeyChunk, p_hi - p0 + 1));
     for (int j = 0; j < n; ++j) {
       const int64_t p = p0 + j;
       const int64_t block = table[p / c.block_size];
       const int slot = static_cast<int>(p % c.block_size);
-      w.krows[j] = row_f32(c.dtype, c.k_row(block, slot, item.kv_head), dk,
-                           c.k_scale_at(block, slot, item.kv_head),
-                           w.kbuf.data() + static_cast<size_t>(j) * dk, e4m3);
-    }
-    for (int j = 0; j < n; ++j) {
-      const float* k = w.krows[j];
-      const int64_t p = p0 + j;
-      for (int r = 0; r < rows; ++r) {
-        float* s = w.scores.data() + static_cast<size_t>(r) * kKeyChunk;
-        if (p < w.lo[r] || p > w.t[r]) {
-          s[j] = kNegInf;
-          continue;
+      if (p + kPrefetchAhead <= p_hi) {
+        const int64_t pa = p + kPrefetchAhead;
+        const int64_t ba = table[pa / c.block_size];
+        const int sa = static_cast<int>(pa % c.block_size);
+        prefetch_bytes(c.k_row(ba, sa, item.kh0), row_bytes_k);
+        // This chunk's V rows are read right after its scores: request them now too.
+        prefetch_bytes(c.v_row(block, slot, item.kh0), row_bytes_v);
+      }
+      for (int kh = item.kh0; kh < item.kh1; ++kh) {
+        const float* k = row_f32(c.dtype, c.k_row(block, slot, kh), dk,
+                                 c.k_scale_at(block, slot, kh), w.kbuf.data(), e4m3);
+        for (int qi = 0; qi < nq; ++qi) {
+          const int r0 = qi * heads + (kh - item.kh0) * group;
+          if (p >= w.lo[r0] && p <= w.t[r0]) {
+            dot_group(w.q.data() + static_cast<size_t>(r0) * dk, k, dk, group, w.dots.data());
+            for (int g = 0; g < group; ++g) {
+              w.scores[static_cast<size_t>(r0 + g) * kKeyChunk + j] = w.dots[g] * a.scale;
+            }
+          } else {
+            for (int g = 0; g < group; ++g) {
+              w.scores[static_cast<size_t>(r0 + g) * kKeyChunk + j] = kNegInf;
+            }
+          }
         }
-        const float* q = w.q.data() + static_cast<size_t>(r) * dk;
-        float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-        for (int d = 0; d < dk; ++d) dot += q[d] * k[d];
-        s[j] = dot * a.scale;
       }
     }
     // Online softmax: scores become probabilities relative to the running max.
@@ -156,21 +282,24 @@ void run_item(const PagedAttentionView& a, const Item& item, Scratch& w, const f
       const int64_t p = p0 + j;
       const int64_t block = table[p / c.block_size];
       const int slot = static_cast<int>(p % c.block_size);
-      const float* v = row_f32(c.dtype, c.v_row(block, slot, item.kv_head), dv,
-                               c.v_scale_at(block, slot, item.kv_head), w.vbuf.data(), e4m3);
-      for (int r = 0; r < rows; ++r) {
-        const float pj = w.scores[static_cast<size_t>(r) * kKeyChunk + j];
-        if (pj == 0.0f) continue;
-        float* acc = w.acc.data() + static_cast<size_t>(r) * dv;
-#pragma omp simd
-        for (int d = 0; d < dv; ++d) acc[d] += pj * v[d];
+      for (int kh = item.kh0; kh < item.kh1; ++kh) {
+        const float* v = row_f32(c.dtype, c.v_row(block, slot, kh), dv,
+                                 c.v_scale_at(block, slot, kh), w.vbuf.data(), e4m3);
+        for (int qi = 0; qi < nq; ++qi) {
+          const int r0 = qi * heads + (kh - item.kh0) * group;
+          if (p < w.lo[r0] || p > w.t[r0]) continue;  // probability 0 for the whole group
+          for (int g = 0; g < group; ++g) {
+            w.dots[g] = w.scores[static_cast<size_t>(r0 + g) * kKeyChunk + j];
+          }
+          axpy_group(w.dots.data(), v, dv, group, w.acc.data() + static_cast<size_t>(r0) * dv);
+        }
       }
     }
   }
 
   for (int r = 0; r < rows; ++r) {
-    const int64_t row = q_begin + item.q0 + r / group;
-    const int h = item.kv_head * group + r % group;
+    const int64_t row = q_begin + item.q0 + r / heads;
+    const int h = item.kh0 * group + r % heads;
     float* o = a.out + (row * a.num_q_heads + h) * dv;
     const float* acc = w.acc.data() + static_cast<size_t>(r) * dv;
     const bool empty = w.l[r] == 0.0f;
@@ -185,21 +314,34 @@ void run_item(const PagedAttentionView& a, const Item& item, Scratch& w, const f
 void paged_attention_cpu(const PagedAttentionView& a) {
   static const E4M3Table e4m3;
   const PagedKv& c = a.kv;
+  int64_t tiles = 0;
+  for (int s = 0; s < a.num_seqs; ++s) {
+    tiles += (a.q_starts[s + 1] - a.q_starts[s] + kQTile - 1) / kQTile;
+  }
+  if (tiles == 0) return;
+  // Whole pages per item while there are enough items to keep every thread busy; otherwise split
+  // the kv heads among items.
+  const int threads = omp_get_max_threads();
+  int heads_per_item = c.num_kv_heads;
+  while (heads_per_item > 1 &&
+         tiles * ((c.num_kv_heads + heads_per_item - 1) / heads_per_item) < 4 * threads) {
+    heads_per_item = (heads_per_item + 1) / 2;
+  }
   std::vector<Item> items;
   for (int s = 0; s < a.num_seqs; ++s) {
     const int q_len = a.q_starts[s + 1] - a.q_starts[s];
-    for (int kh = 0; kh < c.num_kv_heads; ++kh) {
-      for (int q0 = 0; q0 < q_len; q0 += kQTile) {
-        items.push_back({s, kh, q0, std::min(q_len, q0 + kQTile)});
+    for (int q0 = 0; q0 < q_len; q0 += kQTile) {
+      for (int kh = 0; kh < c.num_kv_heads; kh += heads_per_item) {
+        items.push_back({s, kh, std::min(c.num_kv_heads, kh + heads_per_item), q0,
+                         std::min(q_len, q0 + kQTile)});
       }
     }
   }
-  if (items.empty()) return;
-  const int rows = kQTile * (a.num_q_heads / c.num_kv_heads);
+  const int rows = kQTile * heads_per_item * (a.num_q_heads / c.num_kv_heads);
   const auto num_items = static_cast<int64_t>(items.size());
 #pragma omp parallel if (num_items > 1)
   {
-    Scratch scratch(rows, c.head_dim_k, c.head_dim_v);
+    Scratch scratch(rows, a.num_q_heads / c.num_kv_heads, c.head_dim_k, c.head_dim_v);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < num_items; ++i) run_item(a, items[i], scratch, e4m3.v);
   }
