@@ -1,5 +1,8 @@
 #include <omp.h>
 
+// The 16-wide vector helpers below are always inlined, so the ABI note about passing them is moot.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -41,10 +44,11 @@ struct E4M3Table {
 #define TESSERA_ALWAYS_INLINE __attribute__((always_inline)) inline
 
 // 16 floats as one GCC vector: one AVX-512 register, two AVX ones, four SSE ones. Explicit vector
-// accumulators keep the dot products free of per-call horizontal-sum loops.
+// accumulators keep the inner loops free of horizontal sums and reloads.
 typedef float Vec16 __attribute__((vector_size(64)));
 typedef float Vec8 __attribute__((vector_size(32)));
 typedef float Vec4 __attribute__((vector_size(16)));
+typedef int8_t Int8x16 __attribute__((vector_size(16)));
 
 TESSERA_ALWAYS_INLINE Vec16 load16(const float* p) {
   Vec16 v;
@@ -62,6 +66,14 @@ TESSERA_ALWAYS_INLINE float hsum(Vec16 v) {
   std::memcpy(&d, reinterpret_cast<const char*>(&s8) + sizeof(c), sizeof(d));
   const Vec4 s4 = c + d;
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+// Widens an int8 row to float32, unscaled (the row's scale is folded into scores and weights).
+// A plain loop: GCC vectorises it (sign-extend + convert), unlike a 16-lane vector conversion.
+TESSERA_ALWAYS_INLINE void widen_int8(const void* row, int n, float* out) {
+  const auto* r = static_cast<const int8_t*>(row);
+#pragma omp simd
+  for (int i = 0; i < n; ++i) out[i] = static_cast<float>(r[i]);
 }
 
 // out[r] = q_r . k for R consecutive query rows (row stride dk): k is loaded once for all of them.
@@ -83,20 +95,6 @@ TESSERA_ALWAYS_INLINE void dot_rows(const float* q, const float* k, int dk, floa
   }
 }
 
-// acc_r += p[r] * v for R consecutive accumulator rows (row stride dv): v is loaded once.
-template <int R>
-TESSERA_ALWAYS_INLINE void axpy_rows(const float* p, const float* v, int dv, float* acc) {
-  const int d16 = dv & ~15;
-  for (int d = 0; d < d16; d += 16) {
-    const Vec16 vv = load16(v + d);
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) store16(acc + r * dv + d, load16(acc + r * dv + d) + p[r] * vv);
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int d = d16; d < dv; ++d) acc[r * dv + d] += p[r] * v[d];
-  }
-}
-
 TESSERA_ALWAYS_INLINE void dot_group(const float* q, const float* k, int dk, int rows, float* out) {
   int r = 0;
   for (; r + 4 <= rows; r += 4) dot_rows<4>(q + r * dk, k, dk, out + r);
@@ -113,91 +111,120 @@ TESSERA_ALWAYS_INLINE void dot_group(const float* q, const float* k, int dk, int
   }
 }
 
-TESSERA_ALWAYS_INLINE void axpy_group(const float* p, const float* v, int dv, int rows,
-                                      float* acc) {
+// acc_r += sum_j w_r[j] * v_j for R consecutive rows (acc stride dv, weight stride kKeyChunk) over
+// the chunk's n value rows. A 16-wide slice of every accumulator stays in a register across all
+// n rows, so each element of V costs one load and R fused multiply-adds.
+template <int R>
+TESSERA_ALWAYS_INLINE void accumulate_rows(const float* w, const float* const* vrows, int n, int dv,
+                                           float* acc) {
+  const int d16 = dv & ~15;
+  for (int d = 0; d < d16; d += 16) {
+    Vec16 a[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) a[r] = load16(acc + r * dv + d);
+    for (int j = 0; j < n; ++j) {
+      const Vec16 vv = load16(vrows[j] + d);
+#pragma GCC unroll 4
+      for (int r = 0; r < R; ++r) a[r] += w[r * kKeyChunk + j] * vv;
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) store16(acc + r * dv + d, a[r]);
+  }
+  for (int d = d16; d < dv; ++d) {
+    for (int r = 0; r < R; ++r) {
+      float sum = acc[r * dv + d];
+      for (int j = 0; j < n; ++j) sum += w[r * kKeyChunk + j] * vrows[j][d];
+      acc[r * dv + d] = sum;
+    }
+  }
+}
+
+TESSERA_ALWAYS_INLINE void accumulate_group(const float* w, const float* const* vrows, int n,
+                                            int dv, int rows, float* acc) {
   int r = 0;
-  for (; r + 4 <= rows; r += 4) axpy_rows<4>(p + r, v, dv, acc + r * dv);
+  for (; r + 4 <= rows; r += 4) {
+    accumulate_rows<4>(w + r * kKeyChunk, vrows, n, dv, acc + r * dv);
+  }
   switch (rows - r) {
     case 3:
-      axpy_rows<3>(p + r, v, dv, acc + r * dv);
+      accumulate_rows<3>(w + r * kKeyChunk, vrows, n, dv, acc + r * dv);
       break;
     case 2:
-      axpy_rows<2>(p + r, v, dv, acc + r * dv);
+      accumulate_rows<2>(w + r * kKeyChunk, vrows, n, dv, acc + r * dv);
       break;
     case 1:
-      axpy_rows<1>(p + r, v, dv, acc + r * dv);
+      accumulate_rows<1>(w + r * kKeyChunk, vrows, n, dv, acc + r * dv);
       break;
   }
 }
 
-// A row as float32: fp32 pages are read in place, other formats are decoded into buf.
-TESSERA_ALWAYS_INLINE const float* row_f32(KvDType t, const void* row, int n, float scale,
-                                           float* buf, const float* e4m3) {
+// Decodes a row of fp16 / bf16 / fp8 pages to float32 (scale applied).
+void decode_row(KvDType t, const void* row, int n, float scale, float* out, const float* e4m3) {
   switch (t) {
-    case KvDType::kF32:
-      return static_cast<const float*>(row);
     case KvDType::kF16: {
       const auto* r = static_cast<const uint16_t*>(row);
-      for (int i = 0; i < n; ++i) buf[i] = kv_half_to_float(r[i]);
+      for (int i = 0; i < n; ++i) out[i] = kv_half_to_float(r[i]);
       break;
     }
     case KvDType::kBF16: {
       const auto* r = static_cast<const uint16_t*>(row);
-      for (int i = 0; i < n; ++i) buf[i] = kv_bf16_to_float(r[i]);
-      break;
-    }
-    case KvDType::kI8: {
-      const auto* r = static_cast<const int8_t*>(row);
-#pragma omp simd
-      for (int i = 0; i < n; ++i) buf[i] = scale * static_cast<float>(r[i]);
+      for (int i = 0; i < n; ++i) out[i] = kv_bf16_to_float(r[i]);
       break;
     }
     case KvDType::kF8E4M3: {
       const auto* r = static_cast<const uint8_t*>(row);
-      for (int i = 0; i < n; ++i) buf[i] = scale * e4m3[r[i]];
+      for (int i = 0; i < n; ++i) out[i] = scale * e4m3[r[i]];
       break;
     }
+    default:
+      break;
   }
-  return buf;
 }
 
-// Pages sit in random blocks, which defeats the hardware prefetcher at every block boundary; decode
-// is bound by memory latency unless the rows a few tokens ahead are requested early.
+// Pages sit in random blocks, which defeats the hardware prefetcher at every block boundary: the
+// rows a few tokens ahead are requested early.
 constexpr int kPrefetchAhead = 4;  // tokens
 
-inline void prefetch_bytes(const void* p, int64_t bytes) {
+TESSERA_ALWAYS_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
 }
 
 struct Scratch {
-  std::vector<float> q, scores, acc, m, l, kbuf, vbuf, dots;
+  std::vector<float> q, scores, weights, acc, m, l, kbuf, vchunk, dots, vscale;
   std::vector<int64_t> t, lo;
-  Scratch(int rows, int group, int dk, int dv)
+  std::vector<const float*> vrows;  // [kKeyChunk][kv heads of the item]
+  Scratch(int rows, int group, int kv_heads, int dk, int dv, bool decode)
       : q(static_cast<size_t>(rows) * dk),
         scores(static_cast<size_t>(rows) * kKeyChunk),
+        weights(static_cast<size_t>(rows) * kKeyChunk),
         acc(static_cast<size_t>(rows) * dv),
         m(rows),
         l(rows),
         kbuf(dk),
-        vbuf(dv),
+        vchunk(decode ? static_cast<size_t>(kKeyChunk) * kv_heads * dv : 0),  // non-fp32 pages
         dots(group),
+        vscale(static_cast<size_t>(kKeyChunk) * kv_heads),
         t(rows),
-        lo(rows) {}
+        lo(rows),
+        vrows(static_cast<size_t>(kKeyChunk) * kv_heads) {}
 };
 
-// One work item; compiled for several x86 levels (AVX2+FMA, AVX-512) and picked at load time, so
-// the dot products and V updates use the widest vectors the machine has.
-TESSERA_CPU_CLONES void run_item(const PagedAttentionView& a, const Item& item, Scratch& w,
-                                 const float* e4m3) {
+// One work item. kInt8: int8 pages read directly (scales folded into scores and weights);
+// otherwise fp32 pages read directly, or other formats decoded to fp32 rows on the way.
+template <bool kInt8>
+TESSERA_ALWAYS_INLINE void run_item_impl(const PagedAttentionView& a, const Item& item, Scratch& w,
+                                         const float* e4m3) {
   const PagedKv& c = a.kv;
+  const bool decode = !kInt8 && c.dtype != KvDType::kF32;
   const int group = a.num_q_heads / c.num_kv_heads;
   const int dk = c.head_dim_k, dv = c.head_dim_v;
   const int64_t len = a.seq_lens[item.seq];
   const int64_t q_begin = a.q_starts[item.seq];
   const int64_t q_len = a.q_starts[item.seq + 1] - q_begin;
   const int32_t* table = a.block_tables + static_cast<int64_t>(item.seq) * a.max_blocks_per_seq;
-  const int heads = (item.kh1 - item.kh0) * group;  // query heads of this item
+  const int kv_heads = item.kh1 - item.kh0;
+  const int heads = kv_heads * group;  // query heads of this item
   const int nq = item.q1 - item.q0;
   const int rows = nq * heads;
 
@@ -218,38 +245,51 @@ TESSERA_CPU_CLONES void run_item(const PagedAttentionView& a, const Item& item, 
   // the query position, so the tile's keys are [lo(first query), last query].
   const int64_t p_lo = w.lo[0];
   const int64_t p_hi = w.t[rows - 1];
-  const int64_t row_bytes_k =
-      static_cast<int64_t>(item.kh1 - item.kh0) * dk * kv_elem_bytes(c.dtype);
-  const int64_t row_bytes_v =
-      static_cast<int64_t>(item.kh1 - item.kh0) * dv * kv_elem_bytes(c.dtype);
+  const int64_t row_bytes_k = static_cast<int64_t>(kv_heads) * dk * kv_elem_bytes(c.dtype);
+  const int64_t row_bytes_v = static_cast<int64_t>(kv_heads) * dv * kv_elem_bytes(c.dtype);
   for (int64_t p0 = p_lo; p0 <= p_hi; p0 += kKeyChunk) {
     const int n = static_cast<int>(std::min<int64_t>(kKeyChunk, p_hi - p0 + 1));
+    // Scores, one key token at a time (its rows for all kv heads are adjacent in the page).
     for (int j = 0; j < n; ++j) {
       const int64_t p = p0 + j;
       const int64_t block = table[p / c.block_size];
       const int slot = static_cast<int>(p % c.block_size);
       if (p + kPrefetchAhead <= p_hi) {
         const int64_t pa = p + kPrefetchAhead;
-        const int64_t ba = table[pa / c.block_size];
-        const int sa = static_cast<int>(pa % c.block_size);
-        prefetch_bytes(c.k_row(ba, sa, item.kh0), row_bytes_k);
-        // This chunk's V rows are read right after its scores: request them now too.
-        prefetch_bytes(c.v_row(block, slot, item.kh0), row_bytes_v);
+        prefetch_bytes(
+            c.k_row(table[pa / c.block_size], static_cast<int>(pa % c.block_size), item.kh0),
+            row_bytes_k);
       }
+      // This token's V rows are read right after the chunk's scores: request them now.
+      prefetch_bytes(c.v_row(block, slot, item.kh0), row_bytes_v);
       for (int kh = item.kh0; kh < item.kh1; ++kh) {
-        const float* k = row_f32(c.dtype, c.k_row(block, slot, kh), dk,
-                                 c.k_scale_at(block, slot, kh), w.kbuf.data(), e4m3);
+        const float* k = static_cast<const float*>(c.k_row(block, slot, kh));
+        float kscale = a.scale;
+        const float* vrow = static_cast<const float*>(c.v_row(block, slot, kh));
+        float* vdst = w.vchunk.data() + (static_cast<size_t>(j) * kv_heads + kh - item.kh0) * dv;
+        if (kInt8) {
+          kscale *= c.k_scale_at(block, slot, kh);
+          widen_int8(k, dk, w.kbuf.data());
+          widen_int8(vrow, dv, vdst);
+          k = w.kbuf.data();
+          vrow = vdst;
+          w.vscale[static_cast<size_t>(kh - item.kh0) * kKeyChunk + j] =
+              c.v_scale_at(block, slot, kh);
+        } else if (decode) {
+          decode_row(c.dtype, k, dk, c.k_scale_at(block, slot, kh), w.kbuf.data(), e4m3);
+          decode_row(c.dtype, vrow, dv, c.v_scale_at(block, slot, kh), vdst, e4m3);
+          k = w.kbuf.data();
+          vrow = vdst;
+        }
+        w.vrows[static_cast<size_t>(kh - item.kh0) * kKeyChunk + j] = vrow;
         for (int qi = 0; qi < nq; ++qi) {
           const int r0 = qi * heads + (kh - item.kh0) * group;
+          float* s = w.scores.data() + static_cast<size_t>(r0) * kKeyChunk + j;
           if (p >= w.lo[r0] && p <= w.t[r0]) {
             dot_group(w.q.data() + static_cast<size_t>(r0) * dk, k, dk, group, w.dots.data());
-            for (int g = 0; g < group; ++g) {
-              w.scores[static_cast<size_t>(r0 + g) * kKeyChunk + j] = w.dots[g] * a.scale;
-            }
+            for (int g = 0; g < group; ++g) s[g * kKeyChunk] = w.dots[g] * kscale;
           } else {
-            for (int g = 0; g < group; ++g) {
-              w.scores[static_cast<size_t>(r0 + g) * kKeyChunk + j] = kNegInf;
-            }
+            for (int g = 0; g < group; ++g) s[g * kKeyChunk] = kNegInf;
           }
         }
       }
@@ -272,27 +312,28 @@ TESSERA_CPU_CLONES void run_item(const PagedAttentionView& a, const Item& item, 
       }
       if (corr != 1.0f) {
         float* acc = w.acc.data() + static_cast<size_t>(r) * dv;
-#pragma omp simd
         for (int d = 0; d < dv; ++d) acc[d] *= corr;
       }
       w.l[r] = w.l[r] * corr + sum;
       w.m[r] = new_m;
     }
-    for (int j = 0; j < n; ++j) {
-      const int64_t p = p0 + j;
-      const int64_t block = table[p / c.block_size];
-      const int slot = static_cast<int>(p % c.block_size);
+    // Weighted V: int8 rows carry their scale in the weight.
+    const float* weights = w.scores.data();
+    if (kInt8) {
+      for (int r = 0; r < rows; ++r) {
+        const float* vs = w.vscale.data() + static_cast<size_t>((r % heads) / group) * kKeyChunk;
+        const float* sr = w.scores.data() + static_cast<size_t>(r) * kKeyChunk;
+        float* wr = w.weights.data() + static_cast<size_t>(r) * kKeyChunk;
+        for (int j = 0; j < n; ++j) wr[j] = sr[j] * vs[j];
+      }
+      weights = w.weights.data();
+    }
+    for (int qi = 0; qi < nq; ++qi) {
       for (int kh = item.kh0; kh < item.kh1; ++kh) {
-        const float* v = row_f32(c.dtype, c.v_row(block, slot, kh), dv,
-                                 c.v_scale_at(block, slot, kh), w.vbuf.data(), e4m3);
-        for (int qi = 0; qi < nq; ++qi) {
-          const int r0 = qi * heads + (kh - item.kh0) * group;
-          if (p < w.lo[r0] || p > w.t[r0]) continue;  // probability 0 for the whole group
-          for (int g = 0; g < group; ++g) {
-            w.dots[g] = w.scores[static_cast<size_t>(r0 + g) * kKeyChunk + j];
-          }
-          axpy_group(w.dots.data(), v, dv, group, w.acc.data() + static_cast<size_t>(r0) * dv);
-        }
+        const int r0 = qi * heads + (kh - item.kh0) * group;
+        accumulate_group(weights + static_cast<size_t>(r0) * kKeyChunk,
+                         w.vrows.data() + static_cast<size_t>(kh - item.kh0) * kKeyChunk, n, dv,
+                         group, w.acc.data() + static_cast<size_t>(r0) * dv);
       }
     }
   }
@@ -306,6 +347,17 @@ TESSERA_CPU_CLONES void run_item(const PagedAttentionView& a, const Item& item, 
     const float inv = empty ? 0.0f : 1.0f / w.l[r];
     for (int d = 0; d < dv; ++d) o[d] = acc[d] * inv;
     if (a.lse) a.lse[row * a.num_q_heads + h] = empty ? kNegInf : w.m[r] + std::log(w.l[r]);
+  }
+}
+
+// Compiled for several x86 levels (AVX2+FMA, AVX-512) and picked at load time, so the inner
+// loops use the widest vectors the machine has.
+TESSERA_CPU_CLONES void run_item(const PagedAttentionView& a, const Item& item, Scratch& w,
+                                 const float* e4m3) {
+  if (a.kv.dtype == KvDType::kI8) {
+    run_item_impl<true>(a, item, w, e4m3);
+  } else {
+    run_item_impl<false>(a, item, w, e4m3);
   }
 }
 
@@ -341,7 +393,8 @@ void paged_attention_cpu(const PagedAttentionView& a) {
   const auto num_items = static_cast<int64_t>(items.size());
 #pragma omp parallel if (num_items > 1)
   {
-    Scratch scratch(rows, a.num_q_heads / c.num_kv_heads, c.head_dim_k, c.head_dim_v);
+    Scratch scratch(rows, a.num_q_heads / c.num_kv_heads, heads_per_item, c.head_dim_k,
+                    c.head_dim_v, c.dtype != KvDType::kF32);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < num_items; ++i) run_item(a, items[i], scratch, e4m3.v);
   }
