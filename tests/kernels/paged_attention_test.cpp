@@ -217,7 +217,8 @@ TEST(PagedAttention, SweepMatchesReferenceAndLibtorch) {
   struct Heads {
     int hq, hkv, dk, dv;
   };
-  const Heads heads[] = {{1, 1, 8, 8}, {6, 2, 24, 24}, {8, 1, 40, 40}, {4, 2, 32, 24}};
+  const Heads heads[] = {
+      {1, 1, 8, 8}, {6, 2, 24, 24}, {8, 1, 40, 40}, {4, 2, 32, 24}, {5, 1, 72, 56}};
   const std::pair<int, int> masks[] = {{0, 0}, {7, 0}, {0, 5}, {11, 8}};
   uint64_t seed = 1;
   for (int bs : {1, 3, 16}) {
