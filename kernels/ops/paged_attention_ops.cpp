@@ -103,6 +103,9 @@ std::tuple<torch::Tensor, torch::Tensor> paged_attention(
   view.scale = static_cast<float>(options.scale);
   view.window = static_cast<int>(options.window);
   view.chunk = static_cast<int>(options.chunk);
+  TESSERA_CHECK(options.kv_splits >= 0 && options.kv_splits <= 4096,
+                "kv_splits must be in [0, 4096] (0 = automatic), got ", options.kv_splits);
+  view.kv_splits = static_cast<int>(options.kv_splits);
 
   if (q.device().is_cpu()) {
     if (options.reference) {

@@ -33,6 +33,10 @@ struct PagedAttentionView {
   // A query that sees no key gets zeros and lse = -inf.
   int window = 0;
   int chunk = 0;
+  // Fast CPU only: split each sequence's keys into this many ranges, computed in parallel and
+  // merged by log-sum-exp (kernels/merge). 0 = automatic (split when a small batch of long
+  // sequences would leave threads idle).
+  int kv_splits = 0;
 };
 
 // First key position a query at position t may see (the masks are all intervals ending at t).

@@ -9,6 +9,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/merge/lse_merge.h"
 #include "kernels/paged/paged_attention.h"
 
 namespace tessera::kernels {
@@ -22,8 +23,9 @@ namespace {
 #define TESSERA_CPU_CLONES
 #endif
 
-constexpr int kQTile = 16;     // query tokens per work item; decode has one
-constexpr int kKeyChunk = 64;  // keys per online-softmax step
+constexpr int kQTile = 16;          // query tokens per work item; decode has one
+constexpr int kKeyChunk = 64;       // keys per online-softmax step
+constexpr int kMinSplitKeys = 512;  // automatic key splits are at least this long
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 struct Item {
@@ -32,6 +34,10 @@ struct Item {
   int kh1;  // is read front to back (its rows are [slot][kv_head][dim])
   int q0;   // query range [q0, q1) within the sequence's queries
   int q1;
+  int64_t p_begin;  // key positions [p_begin, p_end) of this item (a split of the sequence)
+  int64_t p_end;
+  float* out;  // [total_q, num_q_heads, head_dim_v]: the view's output or a split's partial one
+  float* lse;  // [total_q, num_q_heads], may be null
 };
 
 struct E4M3Table {
@@ -243,8 +249,8 @@ TESSERA_ALWAYS_INLINE void run_item_impl(const PagedAttentionView& a, const Item
 
   // The masks are intervals ending at each query, and the first visible key never decreases with
   // the query position, so the tile's keys are [lo(first query), last query].
-  const int64_t p_lo = w.lo[0];
-  const int64_t p_hi = w.t[rows - 1];
+  const int64_t p_lo = std::max(w.lo[0], item.p_begin);
+  const int64_t p_hi = std::min(w.t[rows - 1], item.p_end - 1);
   const int64_t row_bytes_k = static_cast<int64_t>(kv_heads) * dk * kv_elem_bytes(c.dtype);
   const int64_t row_bytes_v = static_cast<int64_t>(kv_heads) * dv * kv_elem_bytes(c.dtype);
   for (int64_t p0 = p_lo; p0 <= p_hi; p0 += kKeyChunk) {
@@ -341,12 +347,14 @@ TESSERA_ALWAYS_INLINE void run_item_impl(const PagedAttentionView& a, const Item
   for (int r = 0; r < rows; ++r) {
     const int64_t row = q_begin + item.q0 + r / heads;
     const int h = item.kh0 * group + r % heads;
-    float* o = a.out + (row * a.num_q_heads + h) * dv;
+    float* o = item.out + (row * a.num_q_heads + h) * dv;
     const float* acc = w.acc.data() + static_cast<size_t>(r) * dv;
     const bool empty = w.l[r] == 0.0f;
     const float inv = empty ? 0.0f : 1.0f / w.l[r];
     for (int d = 0; d < dv; ++d) o[d] = acc[d] * inv;
-    if (a.lse) a.lse[row * a.num_q_heads + h] = empty ? kNegInf : w.m[r] + std::log(w.l[r]);
+    if (item.lse) {
+      item.lse[row * a.num_q_heads + h] = empty ? kNegInf : w.m[r] + std::log(w.l[r]);
+    }
   }
 }
 
@@ -379,13 +387,48 @@ void paged_attention_cpu(const PagedAttentionView& a) {
          tiles * ((c.num_kv_heads + heads_per_item - 1) / heads_per_item) < 4 * threads) {
     heads_per_item = (heads_per_item + 1) / 2;
   }
+  const int64_t base_items = tiles * ((c.num_kv_heads + heads_per_item - 1) / heads_per_item);
+  // Still too few items (a small batch of long sequences): split the keys too, and merge the
+  // partial results by their log-sum-exp.
+  int splits = a.kv_splits;
+  if (splits <= 0) {
+    splits = 1;
+    if (base_items < 2 * threads) {
+      int64_t max_len = 0;
+      for (int s = 0; s < a.num_seqs; ++s) max_len = std::max<int64_t>(max_len, a.seq_lens[s]);
+      const int64_t want = (2 * threads + base_items - 1) / base_items;
+      splits = static_cast<int>(std::max<int64_t>(1, std::min(want, max_len / kMinSplitKeys)));
+    }
+  }
+  const int64_t out_size = a.total_q * a.num_q_heads * c.head_dim_v;
+  const int64_t lse_size = a.total_q * a.num_q_heads;
+  std::vector<float> part_out, part_lse;
+  if (splits > 1) {
+    part_out.resize(static_cast<size_t>(splits * out_size));
+    part_lse.resize(static_cast<size_t>(splits * lse_size));
+  }
   std::vector<Item> items;
   for (int s = 0; s < a.num_seqs; ++s) {
     const int q_len = a.q_starts[s + 1] - a.q_starts[s];
+    const int64_t len = a.seq_lens[s];
     for (int q0 = 0; q0 < q_len; q0 += kQTile) {
       for (int kh = 0; kh < c.num_kv_heads; kh += heads_per_item) {
-        items.push_back({s, kh, std::min(c.num_kv_heads, kh + heads_per_item), q0,
-                         std::min(q_len, q0 + kQTile)});
+        for (int sp = 0; sp < splits; ++sp) {
+          Item it{s,
+                  kh,
+                  std::min(c.num_kv_heads, kh + heads_per_item),
+                  q0,
+                  std::min(q_len, q0 + kQTile),
+                  len * sp / splits,
+                  len * (sp + 1) / splits,
+                  a.out,
+                  a.lse};
+          if (splits > 1) {
+            it.out = part_out.data() + sp * out_size;
+            it.lse = part_lse.data() + sp * lse_size;
+          }
+          items.push_back(it);
+        }
       }
     }
   }
@@ -397,6 +440,11 @@ void paged_attention_cpu(const PagedAttentionView& a) {
                     c.head_dim_v, c.dtype != KvDType::kF32);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < num_items; ++i) run_item(a, items[i], scratch, e4m3.v);
+  }
+  if (splits > 1) {
+    std::vector<float> lse_tmp(a.lse ? 0 : lse_size);
+    lse_merge_cpu({part_out.data(), part_lse.data(), a.out, a.lse ? a.lse : lse_tmp.data(), splits,
+                   lse_size, c.head_dim_v});
   }
 }
 
