@@ -23,5 +23,11 @@ struct LseMergeView {
 
 // CPU reference: fp64 accumulation.
 void lse_merge_ref(const LseMergeView& view);
+// Fast CPU: rows in parallel (OpenMP), fp32 accumulation vectorised over head_dim.
+void lse_merge_cpu(const LseMergeView& view);
+#ifdef TESSERA_WITH_CUDA
+// CUDA: one warp per row. Returns a cudaError_t value (0 on success).
+int lse_merge_cuda(const LseMergeView& view, void* cuda_stream);
+#endif
 
 }  // namespace tessera::kernels

@@ -2,11 +2,13 @@
 
 #include "common/error.h"
 #include "kernels/merge/lse_merge.h"
+#include "kernels/ops/paged_kv_tensors.h"
 
 namespace tessera::kernels {
 
 std::tuple<torch::Tensor, torch::Tensor> merge_attention_states(const torch::Tensor& outs,
-                                                                const torch::Tensor& lses) {
+                                                                const torch::Tensor& lses,
+                                                                bool reference) {
   TESSERA_CHECK(outs.dim() >= 2 && lses.dim() == outs.dim() - 1,
                 "outs must be [P, ..., head_dim] "
                 "and lses [P, ...], got shapes ",
@@ -17,8 +19,8 @@ std::tuple<torch::Tensor, torch::Tensor> merge_attention_states(const torch::Ten
                 "outs and lses must be float32, got ", outs.scalar_type(), " and ",
                 lses.scalar_type());
   TESSERA_CHECK(outs.size(0) >= 1, "need at least one part, got P=", outs.size(0));
-  TESSERA_CHECK(outs.device().is_cpu() && lses.device().is_cpu(),
-                "merge_attention_states: only CPU tensors so far, got ", outs.device());
+  TESSERA_CHECK(outs.device() == lses.device(), "outs are on ", outs.device(), " but lses on ",
+                lses.device());
   auto o = outs.contiguous();
   auto l = lses.contiguous();
   auto out = torch::empty(outs.sizes().slice(1), outs.options());
@@ -32,7 +34,18 @@ std::tuple<torch::Tensor, torch::Tensor> merge_attention_states(const torch::Ten
   v.head_dim = outs.size(-1);
   v.rows = v.head_dim == 0 ? 0 : o.numel() / (v.num_parts * v.head_dim);
   if (v.head_dim == 0) v.rows = l.numel() / v.num_parts;
-  lse_merge_ref(v);
+  if (outs.device().is_cpu()) {
+    reference ? lse_merge_ref(v) : lse_merge_cpu(v);
+  } else if (outs.device().is_cuda()) {
+#ifdef TESSERA_WITH_CUDA
+    const int rc = lse_merge_cuda(v, detail::cuda_stream_of(outs.device()));
+    TESSERA_CHECK(rc == 0, "merge_attention_states CUDA kernel launch failed with cudaError ", rc);
+#else
+    TESSERA_FAIL("merge_attention_states: got CUDA tensors but Tessera was built without CUDA");
+#endif
+  } else {
+    TESSERA_FAIL("merge_attention_states: unsupported device ", outs.device());
+  }
   return {out, lse};
 }
 
