@@ -14,6 +14,7 @@
 #include "sharding/process_groups.h"
 #include "sharding/tensor_parallel.h"
 #include "sharding/watchdog.h"
+#include "tests/sharding/test_world.h"
 
 namespace tessera::sharding {
 namespace {
@@ -29,10 +30,7 @@ class MpiEnvironment : public ::testing::Environment {
 };
 const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
 
-MpiCommunicator& world() {
-  static MpiCommunicator comm(MPI_COMM_WORLD);
-  return comm;
-}
+MpiCommunicator& world() { return test_world(); }
 
 const std::vector<torch::ScalarType> kDtypes = {torch::kFloat, torch::kHalf, torch::kBFloat16,
                                                 torch::kLong};
@@ -333,4 +331,10 @@ TEST(TensorParallel, ColumnThenRowParallelEqualsFullMlp) {
 }
 
 }  // namespace
+
+MpiCommunicator& test_world() {
+  static MpiCommunicator comm(MPI_COMM_WORLD);
+  return comm;
+}
+
 }  // namespace tessera::sharding
