@@ -35,11 +35,14 @@ struct Collective {
   bool chunked;
 };
 
+// Both sides write into preallocated outputs, so the sweep times communication, not allocation.
 struct Buffers {
-  torch::Tensor
-      full;  // [elems] float32: all_reduce / broadcast / all_to_all / reduce_scatter input
-  torch::Tensor chunk;  // [elems / world]: all_gather input
-  torch::Tensor out;    // [elems]: raw MPI outputs
+  torch::Tensor full;            // [elems] float32: the input of every collective but all_gather
+  torch::Tensor chunk;           // [elems / world]: all_gather input
+  torch::Tensor out;             // [elems]: raw MPI outputs
+  torch::Tensor ours_gathered;   // [world, elems / world]
+  torch::Tensor ours_scattered;  // [elems / world]
+  torch::Tensor ours_exchanged;  // [elems]
 };
 
 // Runs `ops` iterations of one side; returns the slowest rank's time per iteration (the
@@ -92,7 +95,9 @@ int run_comm_bench(const BenchOptions& opt) {
       if (c.chunked) elems = std::max<int64_t>(1, elems / world) * world;
       const int64_t real_bytes = elems * 4;
       // Zeros: sums stay zero, so repeated in-place all-reduces never reach inf.
-      Buffers buf{torch::zeros({elems}), torch::zeros({elems / world}), torch::zeros({elems})};
+      Buffers buf{torch::zeros({elems}),         torch::zeros({elems / world}),
+                  torch::zeros({elems}),         torch::zeros({world, elems / world}),
+                  torch::zeros({elems / world}), torch::zeros({elems})};
       const int iters = static_cast<int>(std::clamp<int64_t>((4 << 20) / real_bytes, 1, 200));
       const int n_chunk = static_cast<int>(elems / world);
       const int n = static_cast<int>(elems);
@@ -102,19 +107,19 @@ int run_comm_bench(const BenchOptions& opt) {
         ours = [&] { comm.all_reduce(buf.full, sharding::ReduceOp::kSum); };
         mpi = [&] { MPI_Allreduce(MPI_IN_PLACE, buf.full.data_ptr(), n, MPI_FLOAT, MPI_SUM, raw); };
       } else if (name == "all_gather") {
-        ours = [&] { comm.all_gather(buf.chunk); };
+        ours = [&] { comm.all_gather(buf.chunk, buf.ours_gathered); };
         mpi = [&] {
           MPI_Allgather(buf.chunk.data_ptr(), n_chunk, MPI_FLOAT, buf.out.data_ptr(), n_chunk,
                         MPI_FLOAT, raw);
         };
       } else if (name == "reduce_scatter") {
-        ours = [&] { comm.reduce_scatter(buf.full, sharding::ReduceOp::kSum); };
+        ours = [&] { comm.reduce_scatter(buf.full, sharding::ReduceOp::kSum, buf.ours_scattered); };
         mpi = [&] {
           MPI_Reduce_scatter_block(buf.full.data_ptr(), buf.out.data_ptr(), n_chunk, MPI_FLOAT,
                                    MPI_SUM, raw);
         };
       } else if (name == "all_to_all") {
-        ours = [&] { comm.all_to_all(buf.full); };
+        ours = [&] { comm.all_to_all(buf.full, buf.ours_exchanged); };
         mpi = [&] {
           MPI_Alltoall(buf.full.data_ptr(), n_chunk, MPI_FLOAT, buf.out.data_ptr(), n_chunk,
                        MPI_FLOAT, raw);

@@ -63,7 +63,7 @@ int run_sp_decode_bench(const BenchOptions& opt) {
   const std::vector<int64_t> contexts = opt.quick
                                             ? std::vector<int64_t>{1024, 4096}
                                             : std::vector<int64_t>{4096, 16384, 65536, 262144};
-  const int steps = opt.quick ? 3 : 5;
+  const int steps = opt.quick ? 3 : 9;
   const double scale = 1.0 / std::sqrt(static_cast<double>(kHeadDim));
   nlohmann::json rows = nlohmann::json::array();
   if (opt.rank == 0 && !opt.json) {

@@ -36,7 +36,8 @@ struct CommStats {
 
 // One operation in flight. test() and wait() throw tessera::Error when the backend reports an
 // error; result() is the operation's output once it completed (the in-place tensor for
-// all_reduce / broadcast / recv).
+// all_reduce / broadcast / recv). Destroying an unfinished Work waits for it (the buffers must
+// outlive the transfer). A communicator and its Work are used from one thread.
 class Work {
  public:
   virtual ~Work() = default;
@@ -66,14 +67,17 @@ class Communicator {
   virtual WorkPtr all_reduce_async(torch::Tensor tensor, ReduceOp op) = 0;
   // In place: every rank receives root's values (same shape and dtype everywhere).
   virtual WorkPtr broadcast_async(torch::Tensor tensor, int root) = 0;
+  // The next three write into `out` when it is defined (contiguous, the result's shape, dtype and
+  // device: no allocation on a hot path) and into a new tensor otherwise.
   // result [size, *tensor.shape]: rank r's tensor at index r (same shape on every rank).
-  virtual WorkPtr all_gather_async(const torch::Tensor& tensor) = 0;
+  virtual WorkPtr all_gather_async(const torch::Tensor& tensor, torch::Tensor out) = 0;
   // tensor [n, *rest], the same n on every rank; result: the reduction's rows of this rank,
   // [n / size (+1 for the first n % size ranks), *rest] — uneven n is supported.
-  virtual WorkPtr reduce_scatter_async(const torch::Tensor& tensor, ReduceOp op) = 0;
+  virtual WorkPtr reduce_scatter_async(const torch::Tensor& tensor, ReduceOp op,
+                                       torch::Tensor out) = 0;
   // tensor [size * k, *rest]; result [size * k, *rest] whose rows [r*k, (r+1)*k) come from rank r's
   // rows [rank*k, (rank+1)*k). Throws when tensor.size(0) is not a multiple of size().
-  virtual WorkPtr all_to_all_async(const torch::Tensor& tensor) = 0;
+  virtual WorkPtr all_to_all_async(const torch::Tensor& tensor, torch::Tensor out) = 0;
   // Point to point; `tag` >= 0 tells concurrent messages between the same pair apart.
   virtual WorkPtr send_async(const torch::Tensor& tensor, int dst, int tag = 0) = 0;
   // Receives into `tensor` (its shape and dtype must match the sender's).
@@ -83,12 +87,24 @@ class Communicator {
   // --- blocking forms (a backend may override them with faster blocking calls) ------------------
   virtual void all_reduce(torch::Tensor& tensor, ReduceOp op = ReduceOp::kSum);
   virtual void broadcast(torch::Tensor& tensor, int root);
-  virtual torch::Tensor all_gather(const torch::Tensor& tensor);
-  virtual torch::Tensor reduce_scatter(const torch::Tensor& tensor, ReduceOp op = ReduceOp::kSum);
-  virtual torch::Tensor all_to_all(const torch::Tensor& tensor);
+  virtual torch::Tensor all_gather(const torch::Tensor& tensor, torch::Tensor out);
+  virtual torch::Tensor reduce_scatter(const torch::Tensor& tensor, ReduceOp op, torch::Tensor out);
+  virtual torch::Tensor all_to_all(const torch::Tensor& tensor, torch::Tensor out);
   void send(const torch::Tensor& tensor, int dst, int tag = 0);
   void recv(torch::Tensor& tensor, int src, int tag = 0);
   virtual void barrier();
+
+  // Allocating forms of the above.
+  WorkPtr all_gather_async(const torch::Tensor& tensor) { return all_gather_async(tensor, {}); }
+  WorkPtr reduce_scatter_async(const torch::Tensor& tensor, ReduceOp op) {
+    return reduce_scatter_async(tensor, op, {});
+  }
+  WorkPtr all_to_all_async(const torch::Tensor& tensor) { return all_to_all_async(tensor, {}); }
+  torch::Tensor all_gather(const torch::Tensor& tensor) { return all_gather(tensor, {}); }
+  torch::Tensor reduce_scatter(const torch::Tensor& tensor, ReduceOp op = ReduceOp::kSum) {
+    return reduce_scatter(tensor, op, {});
+  }
+  torch::Tensor all_to_all(const torch::Tensor& tensor) { return all_to_all(tensor, {}); }
 
   // Number of operations started so far (the next one gets seq() + 1).
   uint64_t seq() const { return seq_; }
@@ -114,5 +130,10 @@ class Communicator {
 
 // Rows of `n` that rank `rank` of `size` receives from reduce_scatter: {first row, row count}.
 std::pair<int64_t, int64_t> scatter_rows(int64_t n, int rank, int size);
+
+// `out` when defined (checked against the result's shape and `like`'s dtype and device, naming
+// `op`), else a new tensor of that shape.
+torch::Tensor output_tensor(const char* op, const torch::Tensor& out, at::IntArrayRef shape,
+                            const torch::Tensor& like);
 
 }  // namespace tessera::sharding

@@ -1,6 +1,7 @@
 #include "sharding/mpi/mpi_communicator.h"
 
 #include <climits>
+#include <exception>
 #include <thread>
 #include <vector>
 
@@ -145,6 +146,25 @@ class MpiWork final : public Work {
       : desc_(desc), input_(std::move(input)), avg_(avg), avg_div_(avg_div) {
     result_ = std::move(result);
   }
+  // MPI may still read and write the buffers of an unfinished operation: wait for it, like a
+  // std::future of std::async. While an exception unwinds (a timeout on the way to ending the
+  // job) waiting could block until the watchdog fires, so the buffers are parked instead.
+  ~MpiWork() override {
+    if (done_ || req_ == MPI_REQUEST_NULL) return;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (finalized) return;
+    if (std::uncaught_exceptions() > 0) {
+      static std::vector<torch::Tensor>* parked = new std::vector<torch::Tensor>;
+      parked->push_back(input_);
+      parked->push_back(result_);
+      return;
+    }
+    auto scope = Watchdog::global().watch(desc_);
+    MPI_Wait(&req_, MPI_STATUS_IGNORE);
+  }
+  MpiWork(const MpiWork&) = delete;
+  MpiWork& operator=(const MpiWork&) = delete;
   MPI_Request* request() { return &req_; }
   std::vector<int> counts;
   void mark_done() {
@@ -346,11 +366,12 @@ MpiCommunicator::Call MpiCommunicator::prepare_broadcast(const torch::Tensor& te
   return c;
 }
 
-MpiCommunicator::Call MpiCommunicator::prepare_all_gather(const torch::Tensor& tensor) const {
+MpiCommunicator::Call MpiCommunicator::prepare_all_gather(const torch::Tensor& tensor,
+                                                          const torch::Tensor& out_arg) const {
   Call c = prepare("all_gather", tensor, false);
   std::vector<int64_t> shape{size_};
   for (auto d : c.input.sizes()) shape.push_back(d);
-  c.result = torch::empty(shape, c.input.options());
+  c.result = output_tensor(c.op, out_arg, shape, c.input);
   if (!c.noop) {
     void* in = c.input.data_ptr();
     void* out = c.result.data_ptr();
@@ -366,7 +387,8 @@ MpiCommunicator::Call MpiCommunicator::prepare_all_gather(const torch::Tensor& t
 }
 
 MpiCommunicator::Call MpiCommunicator::prepare_reduce_scatter(const torch::Tensor& tensor,
-                                                              ReduceOp op) const {
+                                                              ReduceOp op,
+                                                              const torch::Tensor& out_arg) const {
   check_cpu(tensor, "reduce_scatter");
   check_rows(tensor, "reduce_scatter");
   Call c = prepare("reduce_scatter", tensor, false);
@@ -376,7 +398,7 @@ MpiCommunicator::Call MpiCommunicator::prepare_reduce_scatter(const torch::Tenso
   const auto [begin, mine] = scatter_rows(rows, rank_, size_);
   auto shape = c.input.sizes().vec();
   shape[0] = mine;
-  c.result = torch::empty(shape, c.input.options());
+  c.result = output_tensor(c.op, out_arg, shape, c.input);
   c.avg = op == ReduceOp::kAvg;
   if (c.noop) return c;
   if (size_ == 1) {
@@ -401,13 +423,14 @@ MpiCommunicator::Call MpiCommunicator::prepare_reduce_scatter(const torch::Tenso
   return c;
 }
 
-MpiCommunicator::Call MpiCommunicator::prepare_all_to_all(const torch::Tensor& tensor) const {
+MpiCommunicator::Call MpiCommunicator::prepare_all_to_all(const torch::Tensor& tensor,
+                                                          const torch::Tensor& out_arg) const {
   check_cpu(tensor, "all_to_all");
   check_rows(tensor, "all_to_all");
   TESSERA_CHECK(tensor.size(0) % size_ == 0, "all_to_all: tensor.size(0)=", tensor.size(0),
                 " must be a multiple of the communicator size ", size_);
   Call c = prepare("all_to_all", tensor, false);
-  c.result = torch::empty_like(c.input);
+  c.result = output_tensor(c.op, out_arg, c.input.sizes(), c.input);
   if (c.noop) return c;
   void* in = c.input.data_ptr();
   void* out = c.result.data_ptr();
@@ -441,31 +464,33 @@ void MpiCommunicator::broadcast(torch::Tensor& tensor, int root) {
   if (!c.result.is_same(tensor)) tensor.copy_(c.result);
 }
 
-WorkPtr MpiCommunicator::all_gather_async(const torch::Tensor& tensor) {
-  Call c = prepare_all_gather(tensor);
+WorkPtr MpiCommunicator::all_gather_async(const torch::Tensor& tensor, torch::Tensor out) {
+  Call c = prepare_all_gather(tensor, out);
   return run(c, true);
 }
-torch::Tensor MpiCommunicator::all_gather(const torch::Tensor& tensor) {
-  Call c = prepare_all_gather(tensor);
+torch::Tensor MpiCommunicator::all_gather(const torch::Tensor& tensor, torch::Tensor out) {
+  Call c = prepare_all_gather(tensor, out);
   run(c, false);
   return c.result;
 }
 
-WorkPtr MpiCommunicator::reduce_scatter_async(const torch::Tensor& tensor, ReduceOp op) {
-  Call c = prepare_reduce_scatter(tensor, op);
+WorkPtr MpiCommunicator::reduce_scatter_async(const torch::Tensor& tensor, ReduceOp op,
+                                              torch::Tensor out) {
+  Call c = prepare_reduce_scatter(tensor, op, out);
   return run(c, true);
 }
-torch::Tensor MpiCommunicator::reduce_scatter(const torch::Tensor& tensor, ReduceOp op) {
-  Call c = prepare_reduce_scatter(tensor, op);
+torch::Tensor MpiCommunicator::reduce_scatter(const torch::Tensor& tensor, ReduceOp op,
+                                              torch::Tensor out) {
+  Call c = prepare_reduce_scatter(tensor, op, out);
   return run(c, false)->result();
 }
 
-WorkPtr MpiCommunicator::all_to_all_async(const torch::Tensor& tensor) {
-  Call c = prepare_all_to_all(tensor);
+WorkPtr MpiCommunicator::all_to_all_async(const torch::Tensor& tensor, torch::Tensor out) {
+  Call c = prepare_all_to_all(tensor, out);
   return run(c, true);
 }
-torch::Tensor MpiCommunicator::all_to_all(const torch::Tensor& tensor) {
-  Call c = prepare_all_to_all(tensor);
+torch::Tensor MpiCommunicator::all_to_all(const torch::Tensor& tensor, torch::Tensor out) {
+  Call c = prepare_all_to_all(tensor, out);
   run(c, false);
   return c.result;
 }

@@ -27,18 +27,27 @@ class MpiCommunicator final : public Communicator {
 
   WorkPtr all_reduce_async(torch::Tensor tensor, ReduceOp op) override;
   WorkPtr broadcast_async(torch::Tensor tensor, int root) override;
-  WorkPtr all_gather_async(const torch::Tensor& tensor) override;
-  WorkPtr reduce_scatter_async(const torch::Tensor& tensor, ReduceOp op) override;
-  WorkPtr all_to_all_async(const torch::Tensor& tensor) override;
+  WorkPtr all_gather_async(const torch::Tensor& tensor, torch::Tensor out) override;
+  WorkPtr reduce_scatter_async(const torch::Tensor& tensor, ReduceOp op,
+                               torch::Tensor out) override;
+  WorkPtr all_to_all_async(const torch::Tensor& tensor, torch::Tensor out) override;
   WorkPtr send_async(const torch::Tensor& tensor, int dst, int tag = 0) override;
   WorkPtr recv_async(torch::Tensor tensor, int src, int tag = 0) override;
   WorkPtr barrier_async() override;
 
   void all_reduce(torch::Tensor& tensor, ReduceOp op = ReduceOp::kSum) override;
   void broadcast(torch::Tensor& tensor, int root) override;
-  torch::Tensor all_gather(const torch::Tensor& tensor) override;
-  torch::Tensor reduce_scatter(const torch::Tensor& tensor, ReduceOp op = ReduceOp::kSum) override;
-  torch::Tensor all_to_all(const torch::Tensor& tensor) override;
+  torch::Tensor all_gather(const torch::Tensor& tensor, torch::Tensor out) override;
+  torch::Tensor reduce_scatter(const torch::Tensor& tensor, ReduceOp op,
+                               torch::Tensor out) override;
+  torch::Tensor all_to_all(const torch::Tensor& tensor, torch::Tensor out) override;
+  // The allocating overloads of the base class stay visible.
+  using Communicator::all_gather;
+  using Communicator::all_gather_async;
+  using Communicator::all_to_all;
+  using Communicator::all_to_all_async;
+  using Communicator::reduce_scatter;
+  using Communicator::reduce_scatter_async;
   void barrier() override;
 
   // Collective: ranks passing the same `color` form one new communicator, ordered by `key`.
@@ -52,9 +61,10 @@ class MpiCommunicator final : public Communicator {
   Call prepare(const char* op, const torch::Tensor& tensor, bool in_place) const;
   Call prepare_all_reduce(const torch::Tensor& tensor, ReduceOp op) const;
   Call prepare_broadcast(const torch::Tensor& tensor, int root) const;
-  Call prepare_all_gather(const torch::Tensor& tensor) const;
-  Call prepare_reduce_scatter(const torch::Tensor& tensor, ReduceOp op) const;
-  Call prepare_all_to_all(const torch::Tensor& tensor) const;
+  Call prepare_all_gather(const torch::Tensor& tensor, const torch::Tensor& out) const;
+  Call prepare_reduce_scatter(const torch::Tensor& tensor, ReduceOp op,
+                              const torch::Tensor& out) const;
+  Call prepare_all_to_all(const torch::Tensor& tensor, const torch::Tensor& out) const;
   WorkPtr run(Call& call, bool async);
 
   MPI_Comm comm_ = MPI_COMM_NULL;

@@ -353,12 +353,12 @@ WorkPtr NcclCommunicator::broadcast_async(torch::Tensor tensor, int root) {
   });
 }
 
-WorkPtr NcclCommunicator::all_gather_async(const torch::Tensor& tensor) {
+WorkPtr NcclCommunicator::all_gather_async(const torch::Tensor& tensor, torch::Tensor out_arg) {
   check_cuda_tensor(tensor, device_, "all_gather");
   nccl_type(tensor);
   std::vector<int64_t> shape{size_};
   for (auto d : tensor.sizes()) shape.push_back(d);
-  torch::Tensor out = torch::empty(shape, tensor.options());
+  torch::Tensor out = output_tensor("all_gather", out_arg, shape, tensor);
   const OpDesc desc = begin_op("all_gather", tensor, -1);
   return launch(impl_, device_, desc, out, {tensor}, [&](ncclComm_t c, cudaStream_t s) {
     return ncclAllGather(tensor.data_ptr(), out.data_ptr(), tensor.numel(), nccl_type(tensor), c,
@@ -366,7 +366,8 @@ WorkPtr NcclCommunicator::all_gather_async(const torch::Tensor& tensor) {
   });
 }
 
-WorkPtr NcclCommunicator::reduce_scatter_async(const torch::Tensor& tensor, ReduceOp op) {
+WorkPtr NcclCommunicator::reduce_scatter_async(const torch::Tensor& tensor, ReduceOp op,
+                                               torch::Tensor out_arg) {
   check_cuda_tensor(tensor, device_, "reduce_scatter");
   TESSERA_CHECK(tensor.dim() >= 1, "reduce_scatter: tensor must have at least one dimension, got ",
                 tensor.sizes());
@@ -375,7 +376,7 @@ WorkPtr NcclCommunicator::reduce_scatter_async(const torch::Tensor& tensor, Redu
   const int64_t row_elems = rows == 0 ? 0 : tensor.numel() / rows;
   auto shape = tensor.sizes().vec();
   shape[0] = scatter_rows(rows, rank_, size_).second;
-  torch::Tensor out = torch::empty(shape, tensor.options());
+  torch::Tensor out = output_tensor("reduce_scatter", out_arg, shape, tensor);
   const OpDesc desc = begin_op("reduce_scatter", tensor, -1);
   const int size = size_;
   return launch(impl_, device_, desc, out, {tensor},
@@ -399,13 +400,13 @@ WorkPtr NcclCommunicator::reduce_scatter_async(const torch::Tensor& tensor, Redu
                 });
 }
 
-WorkPtr NcclCommunicator::all_to_all_async(const torch::Tensor& tensor) {
+WorkPtr NcclCommunicator::all_to_all_async(const torch::Tensor& tensor, torch::Tensor out_arg) {
   check_cuda_tensor(tensor, device_, "all_to_all");
   TESSERA_CHECK(tensor.dim() >= 1 && tensor.size(0) % size_ == 0,
                 "all_to_all: tensor.size(0)=", tensor.dim() >= 1 ? tensor.size(0) : -1,
                 " must be a multiple of the communicator size ", size_);
   nccl_type(tensor);
-  torch::Tensor out = torch::empty_like(tensor);
+  torch::Tensor out = output_tensor("all_to_all", out_arg, tensor.sizes(), tensor);
   const OpDesc desc = begin_op("all_to_all", tensor, -1);
   const int size = size_;
   return launch(impl_, device_, desc, out, {tensor},

@@ -38,9 +38,13 @@ class NcclCommunicator final : public Communicator {
 
   WorkPtr all_reduce_async(torch::Tensor tensor, ReduceOp op) override;
   WorkPtr broadcast_async(torch::Tensor tensor, int root) override;
-  WorkPtr all_gather_async(const torch::Tensor& tensor) override;
-  WorkPtr reduce_scatter_async(const torch::Tensor& tensor, ReduceOp op) override;
-  WorkPtr all_to_all_async(const torch::Tensor& tensor) override;
+  WorkPtr all_gather_async(const torch::Tensor& tensor, torch::Tensor out) override;
+  WorkPtr reduce_scatter_async(const torch::Tensor& tensor, ReduceOp op,
+                               torch::Tensor out) override;
+  WorkPtr all_to_all_async(const torch::Tensor& tensor, torch::Tensor out) override;
+  using Communicator::all_gather_async;
+  using Communicator::all_to_all_async;
+  using Communicator::reduce_scatter_async;
   WorkPtr send_async(const torch::Tensor& tensor, int dst, int tag = 0) override;
   WorkPtr recv_async(torch::Tensor tensor, int src, int tag = 0) override;
   WorkPtr barrier_async() override;

@@ -179,6 +179,36 @@ TEST(Communicator, AllToAll) {
   }
 }
 
+TEST(Communicator, PreallocatedOutputs) {
+  auto& c = world();
+  const int64_t k = 3, n = k * c.size();
+  auto in = input_of(c.rank(), n, torch::kFloat);
+  auto gathered = torch::empty({c.size(), n, 3});
+  auto g = c.all_gather(in, gathered);
+  EXPECT_TRUE(g.is_same(gathered));
+  EXPECT_TRUE(torch::equal(gathered[c.size() - 1], input_of(c.size() - 1, n, torch::kFloat)));
+  auto scattered = torch::empty({k, 3});
+  EXPECT_TRUE(c.reduce_scatter(in, ReduceOp::kSum, scattered).is_same(scattered));
+  auto want = reference_reduce(c.size(), ReduceOp::kSum,
+                               [&](int r) { return input_of(r, n, torch::kFloat); });
+  expect_equal(scattered, want.narrow(0, c.rank() * k, k), "reduce_scatter into out");
+  auto exchanged = torch::empty({n, 3});
+  auto w = c.all_to_all_async(in, exchanged);
+  w->wait();
+  EXPECT_TRUE(w->result().is_same(exchanged));
+  // A wrong output shape or dtype is refused before anything moves, naming both shapes.
+  try {
+    c.all_gather(in, torch::empty({n, 3}));
+    FAIL() << "wrong out shape must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("all_gather: out must be a contiguous Float tensor of shape [" +
+                               std::to_string(c.size()) + ", " + std::to_string(n) + ", 3]"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(c.all_to_all(in, torch::empty({n, 3}, torch::kDouble)), Error);
+}
+
 TEST(Communicator, BadArgumentsAreClearErrors) {
   auto& c = world();
   auto i64 = input_of(c.rank(), 4, torch::kLong);
