@@ -226,9 +226,18 @@ struct MpiCommunicator::Call {
   bool noop = false;       // nothing to move (empty tensor or one rank)
   bool avg = false;
   std::vector<int> counts;  // per-rank counts (reduce_scatter), alive until completion
+  // The MPI call's arguments.
+  void* in = nullptr;
+  void* out = nullptr;
+  int n = 0;
+  MPI_Datatype type = MPI_DATATYPE_NULL;
+  MPI_Op mpi_op = MPI_OP_NULL;
+  MPI_Comm comm = MPI_COMM_NULL;
+  int tag = 0;
   // Exactly one MPI call; `req` null means the blocking form. `counts` is Call::counts, moved
-  // into the Work so that it outlives a nonblocking call.
-  std::function<int(MPI_Request* req, const int* counts)> issue;
+  // into the Work so that it outlives a nonblocking call. A plain function pointer: no
+  // allocation per operation.
+  int (*issue)(const Call& c, MPI_Request* req, const int* counts) = nullptr;
 };
 
 MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string label) {
@@ -280,18 +289,22 @@ WorkPtr MpiCommunicator::run(Call& c, bool async) {
     }
     if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
   }
+  if (!async) {
+    // The blocking form allocates no Work: it is the path the all-reduce benchmark holds to
+    // within a few percent of the raw MPI call.
+    if (!c.noop) {
+      auto scope = Watchdog::global().watch(desc);
+      check_mpi(c.issue(c, nullptr, c.counts.data()), c.op);
+    }
+    if (c.avg) c.result.div_(size_);
+    return nullptr;
+  }
   auto work = std::make_unique<MpiWork>(desc, c.result, c.input, c.avg, size_);
   work->counts = std::move(c.counts);
   if (c.noop) {
     work->mark_done();
-  } else if (async) {
-    check_mpi(c.issue(work->request(), work->counts.data()), c.op);
   } else {
-    {
-      auto scope = Watchdog::global().watch(desc);
-      check_mpi(c.issue(nullptr, work->counts.data()), c.op);
-    }
-    work->mark_done();
+    check_mpi(c.issue(c, work->request(), work->counts.data()), c.op);
   }
   return work;
 }
@@ -320,9 +333,12 @@ MpiCommunicator::Call MpiCommunicator::prepare(const char* op, const torch::Tens
   c.op = op;
   c.input = tensor.is_contiguous() ? tensor : tensor.contiguous();
   if (in_place) c.result = c.input;
-  mpi_type(c.input);  // unsupported dtypes fail on every rank count, even when nothing moves
+  // Unsupported dtypes fail on every rank count, even when nothing moves.
+  c.type = mpi_type(c.input);
+  c.comm = comm_;
   c.dtype = dtype_label(c.input);
   c.count = checked_count(c.input.numel(), op);
+  c.n = static_cast<int>(c.count);
   c.bytes = nbytes(c.input);
   c.noop = c.count == 0;
   return c;
@@ -334,17 +350,14 @@ MpiCommunicator::Call MpiCommunicator::prepare_all_reduce(const torch::Tensor& t
   check_reduce(c.input, op, c.op);
   c.noop = c.noop || size_ == 1;
   c.avg = op == ReduceOp::kAvg;
-  if (!c.noop) {
-    void* buf = c.input.data_ptr();
-    const int n = static_cast<int>(c.count);
-    MPI_Datatype type = mpi_type(c.input);
-    MPI_Op mop = mpi_op(c.input, op);
-    MPI_Comm comm = comm_;
-    c.issue = [=](MPI_Request* req, const int*) {
-      return req ? MPI_Iallreduce(MPI_IN_PLACE, buf, n, type, mop, comm, req)
-                 : MPI_Allreduce(MPI_IN_PLACE, buf, n, type, mop, comm);
-    };
-  }
+  if (c.noop) return c;
+  c.out = c.input.data_ptr();
+  c.mpi_op = mpi_op(c.input, op);
+  c.issue = [](const Call& call, MPI_Request* req, const int*) {
+    return req ? MPI_Iallreduce(MPI_IN_PLACE, call.out, call.n, call.type, call.mpi_op, call.comm,
+                                req)
+               : MPI_Allreduce(MPI_IN_PLACE, call.out, call.n, call.type, call.mpi_op, call.comm);
+  };
   return c;
 }
 
@@ -354,15 +367,12 @@ MpiCommunicator::Call MpiCommunicator::prepare_broadcast(const torch::Tensor& te
   Call c = prepare("broadcast", tensor, true);
   c.peer = root;
   c.noop = c.noop || size_ == 1;
-  if (!c.noop) {
-    void* buf = c.input.data_ptr();
-    const int n = static_cast<int>(c.count);
-    MPI_Datatype type = mpi_type(c.input);
-    MPI_Comm comm = comm_;
-    c.issue = [=](MPI_Request* req, const int*) {
-      return req ? MPI_Ibcast(buf, n, type, root, comm, req) : MPI_Bcast(buf, n, type, root, comm);
-    };
-  }
+  if (c.noop) return c;
+  c.out = c.input.data_ptr();
+  c.issue = [](const Call& call, MPI_Request* req, const int*) {
+    return req ? MPI_Ibcast(call.out, call.n, call.type, call.peer, call.comm, req)
+               : MPI_Bcast(call.out, call.n, call.type, call.peer, call.comm);
+  };
   return c;
 }
 
@@ -372,17 +382,14 @@ MpiCommunicator::Call MpiCommunicator::prepare_all_gather(const torch::Tensor& t
   std::vector<int64_t> shape{size_};
   for (auto d : c.input.sizes()) shape.push_back(d);
   c.result = output_tensor(c.op, out_arg, shape, c.input);
-  if (!c.noop) {
-    void* in = c.input.data_ptr();
-    void* out = c.result.data_ptr();
-    const int n = static_cast<int>(c.count);
-    MPI_Datatype type = mpi_type(c.input);
-    MPI_Comm comm = comm_;
-    c.issue = [=](MPI_Request* req, const int*) {
-      return req ? MPI_Iallgather(in, n, type, out, n, type, comm, req)
-                 : MPI_Allgather(in, n, type, out, n, type, comm);
-    };
-  }
+  if (c.noop) return c;
+  c.in = c.input.data_ptr();
+  c.out = c.result.data_ptr();
+  c.issue = [](const Call& call, MPI_Request* req, const int*) {
+    return req ? MPI_Iallgather(call.in, call.n, call.type, call.out, call.n, call.type, call.comm,
+                                req)
+               : MPI_Allgather(call.in, call.n, call.type, call.out, call.n, call.type, call.comm);
+  };
   return c;
 }
 
@@ -395,9 +402,8 @@ MpiCommunicator::Call MpiCommunicator::prepare_reduce_scatter(const torch::Tenso
   check_reduce(c.input, op, c.op);
   const int64_t rows = c.input.size(0);
   const int64_t row_elems = rows == 0 ? 0 : c.input.numel() / rows;
-  const auto [begin, mine] = scatter_rows(rows, rank_, size_);
   auto shape = c.input.sizes().vec();
-  shape[0] = mine;
+  shape[0] = scatter_rows(rows, rank_, size_).second;
   c.result = output_tensor(c.op, out_arg, shape, c.input);
   c.avg = op == ReduceOp::kAvg;
   if (c.noop) return c;
@@ -411,14 +417,13 @@ MpiCommunicator::Call MpiCommunicator::prepare_reduce_scatter(const torch::Tenso
   for (int r = 0; r < size_; ++r) {
     c.counts[r] = checked_count(scatter_rows(rows, r, size_).second * row_elems, c.op);
   }
-  void* in = c.input.data_ptr();
-  void* out = c.result.data_ptr();
-  MPI_Datatype type = mpi_type(c.input);
-  MPI_Op mop = mpi_op(c.input, op);
-  MPI_Comm comm = comm_;
-  c.issue = [=](MPI_Request* req, const int* counts) {
-    return req ? MPI_Ireduce_scatter(in, out, counts, type, mop, comm, req)
-               : MPI_Reduce_scatter(in, out, counts, type, mop, comm);
+  c.in = c.input.data_ptr();
+  c.out = c.result.data_ptr();
+  c.mpi_op = mpi_op(c.input, op);
+  c.issue = [](const Call& call, MPI_Request* req, const int* counts) {
+    return req ? MPI_Ireduce_scatter(call.in, call.out, counts, call.type, call.mpi_op, call.comm,
+                                     req)
+               : MPI_Reduce_scatter(call.in, call.out, counts, call.type, call.mpi_op, call.comm);
   };
   return c;
 }
@@ -432,14 +437,13 @@ MpiCommunicator::Call MpiCommunicator::prepare_all_to_all(const torch::Tensor& t
   Call c = prepare("all_to_all", tensor, false);
   c.result = output_tensor(c.op, out_arg, c.input.sizes(), c.input);
   if (c.noop) return c;
-  void* in = c.input.data_ptr();
-  void* out = c.result.data_ptr();
-  const int n = checked_count(c.count / size_, c.op);
-  MPI_Datatype type = mpi_type(c.input);
-  MPI_Comm comm = comm_;
-  c.issue = [=](MPI_Request* req, const int*) {
-    return req ? MPI_Ialltoall(in, n, type, out, n, type, comm, req)
-               : MPI_Alltoall(in, n, type, out, n, type, comm);
+  c.in = c.input.data_ptr();
+  c.out = c.result.data_ptr();
+  c.n = static_cast<int>(c.count / size_);  // elements to and from each rank
+  c.issue = [](const Call& call, MPI_Request* req, const int*) {
+    return req ? MPI_Ialltoall(call.in, call.n, call.type, call.out, call.n, call.type, call.comm,
+                               req)
+               : MPI_Alltoall(call.in, call.n, call.type, call.out, call.n, call.type, call.comm);
   };
   return c;
 }
@@ -482,7 +486,8 @@ WorkPtr MpiCommunicator::reduce_scatter_async(const torch::Tensor& tensor, Reduc
 torch::Tensor MpiCommunicator::reduce_scatter(const torch::Tensor& tensor, ReduceOp op,
                                               torch::Tensor out) {
   Call c = prepare_reduce_scatter(tensor, op, out);
-  return run(c, false)->result();
+  run(c, false);
+  return c.result;
 }
 
 WorkPtr MpiCommunicator::all_to_all_async(const torch::Tensor& tensor, torch::Tensor out) {
@@ -501,17 +506,13 @@ WorkPtr MpiCommunicator::send_async(const torch::Tensor& tensor, int dst, int ta
   check_tag(tag, "send");
   Call c = prepare("send", tensor, true);
   c.peer = dst;
+  c.tag = tag;
   c.collective = false;
-  if (!c.noop) {
-    void* buf = c.input.data_ptr();
-    const int n = static_cast<int>(c.count);
-    MPI_Datatype type = mpi_type(c.input);
-    MPI_Comm comm = comm_;
-    c.issue = [=](MPI_Request* req, const int*) {
-      return req ? MPI_Isend(buf, n, type, dst, tag, comm, req)
-                 : MPI_Send(buf, n, type, dst, tag, comm);
-    };
-  }
+  c.in = c.input.data_ptr();
+  c.issue = [](const Call& call, MPI_Request* req, const int*) {
+    return req ? MPI_Isend(call.in, call.n, call.type, call.peer, call.tag, call.comm, req)
+               : MPI_Send(call.in, call.n, call.type, call.peer, call.tag, call.comm);
+  };
   return run(c, true);
 }
 
@@ -521,40 +522,35 @@ WorkPtr MpiCommunicator::recv_async(torch::Tensor tensor, int src, int tag) {
   check_tag(tag, "recv");
   Call c = prepare("recv", tensor, true);
   c.peer = src;
+  c.tag = tag;
   c.collective = false;
-  if (!c.noop) {
-    void* buf = c.input.data_ptr();
-    const int n = static_cast<int>(c.count);
-    MPI_Datatype type = mpi_type(c.input);
-    MPI_Comm comm = comm_;
-    c.issue = [=](MPI_Request* req, const int*) {
-      return req ? MPI_Irecv(buf, n, type, src, tag, comm, req)
-                 : MPI_Recv(buf, n, type, src, tag, comm, MPI_STATUS_IGNORE);
-    };
-  }
+  c.out = c.input.data_ptr();
+  c.issue = [](const Call& call, MPI_Request* req, const int*) {
+    return req ? MPI_Irecv(call.out, call.n, call.type, call.peer, call.tag, call.comm, req)
+               : MPI_Recv(call.out, call.n, call.type, call.peer, call.tag, call.comm,
+                          MPI_STATUS_IGNORE);
+  };
   return run(c, true);
 }
 
-WorkPtr MpiCommunicator::barrier_async() {
+MpiCommunicator::Call MpiCommunicator::prepare_barrier() const {
   Call c;
   c.op = "barrier";
   c.dtype = "none";
   c.noop = size_ == 1;
-  MPI_Comm comm = comm_;
-  c.issue = [=](MPI_Request* req, const int*) -> int {
-    return req ? MPI_Ibarrier(comm, req) : MPI_Barrier(comm);
+  c.comm = comm_;
+  c.issue = [](const Call& call, MPI_Request* req, const int*) {
+    return req ? MPI_Ibarrier(call.comm, req) : MPI_Barrier(call.comm);
   };
+  return c;
+}
+
+WorkPtr MpiCommunicator::barrier_async() {
+  Call c = prepare_barrier();
   return run(c, true);
 }
 void MpiCommunicator::barrier() {
-  Call c;
-  c.op = "barrier";
-  c.dtype = "none";
-  c.noop = size_ == 1;
-  MPI_Comm comm = comm_;
-  c.issue = [=](MPI_Request* req, const int*) -> int {
-    return req ? MPI_Ibarrier(comm, req) : MPI_Barrier(comm);
-  };
+  Call c = prepare_barrier();
   run(c, false);
 }
 

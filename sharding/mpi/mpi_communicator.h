@@ -56,7 +56,8 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm() const { return comm_; }
 
  private:
-  // One operation prepared for either form; run() starts it (async) or completes it (blocking).
+  // One operation prepared for either form; run() starts it (async: returns its Work) or
+  // completes it (blocking: returns null, the result is call.result).
   struct Call;
   Call prepare(const char* op, const torch::Tensor& tensor, bool in_place) const;
   Call prepare_all_reduce(const torch::Tensor& tensor, ReduceOp op) const;
@@ -65,6 +66,7 @@ class MpiCommunicator final : public Communicator {
   Call prepare_reduce_scatter(const torch::Tensor& tensor, ReduceOp op,
                               const torch::Tensor& out) const;
   Call prepare_all_to_all(const torch::Tensor& tensor, const torch::Tensor& out) const;
+  Call prepare_barrier() const;
   WorkPtr run(Call& call, bool async);
 
   MPI_Comm comm_ = MPI_COMM_NULL;
