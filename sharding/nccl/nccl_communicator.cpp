@@ -109,6 +109,15 @@ int64_t nbytes(const torch::Tensor& t) { return t.numel() * static_cast<int64_t>
 
 struct NcclCommunicator::Impl {
   ncclComm_t comm = nullptr;
+  float* barrier_buf = nullptr;  // [1] on the device: barriers allocate nothing through torch
+
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  // Last owner (the communicator or a Work still referring to it) frees the buffer.
+  ~Impl() {
+    if (barrier_buf) cudaFree(barrier_buf);
+  }
   std::atomic<bool> aborted{false};
   std::string abort_reason;
 
@@ -256,6 +265,7 @@ NcclCommunicator::NcclCommunicator(MPI_Comm bootstrap, int device, std::string l
   // Refused before NCCL is touched: NCCL would fail later with a less helpful message, or hang.
   check_one_rank_per_device(bootstrap, device);
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
+  check_cuda(cudaMalloc(&impl_->barrier_buf, sizeof(float)), "cudaMalloc");
   auto raw = nccl_unique_id_over_mpi(bootstrap, 0);
   ncclUniqueId id;
   std::memcpy(&id, raw.data(), sizeof id);
@@ -454,8 +464,15 @@ WorkPtr NcclCommunicator::recv_async(torch::Tensor tensor, int src, int tag) {
 }
 
 WorkPtr NcclCommunicator::barrier_async() {
-  // NCCL has no barrier: a one-element all-reduce on the device.
-  torch::Tensor t = torch::zeros({1}, torch::TensorOptions().device(torch::kCUDA, device_));
+  // NCCL has no barrier: a one-element all-reduce on the device, in a buffer of our own so that
+  // a CPU-only libtorch (no CUDA allocator) still works.
+  const torch::Device dev(torch::kCUDA, static_cast<c10::DeviceIndex>(device_));
+  // target_device: from_blob would otherwise ask the (possibly absent) CUDA hooks for the device.
+  torch::Tensor t = at::for_blob(impl_->barrier_buf, {1})
+                        .target_device(dev)
+                        .deleter([](void*) {})
+                        .options(torch::TensorOptions().device(dev))
+                        .make_tensor();
   return all_reduce_async(t, ReduceOp::kSum);
 }
 

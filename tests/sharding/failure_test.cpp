@@ -114,7 +114,7 @@ TEST_P(FailureTest, StallIsReportedAndEveryRankExits) {
 
 TEST_P(FailureTest, KilledRankEndsTheOthersWithinTheTimeout) {
   const int np = GetParam();
-  const double timeout_s = 4.0;
+  const double timeout_s = 6.0;
   const auto tag = unique_tag();
   const auto o = run_job(np, "kill", tag, timeout_s, false);
   EXPECT_NE(o.exit_code, 0) << o.output;
