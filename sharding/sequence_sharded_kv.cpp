@@ -45,6 +45,7 @@ SequenceShardedKVCache::SequenceShardedKVCache(SequenceShardedKVConfig config, C
                        torch::zeros({c.batch_size, slots, c.num_kv_heads, c.head_dim}, opts),
                        torch::full({c.batch_size, slots}, -1, opts.dtype(torch::kLong))});
   }
+  used_slots_.assign(layers_.size(), 0);
 }
 
 void SequenceShardedKVCache::append(int64_t layer, const torch::Tensor& k, const torch::Tensor& v,
@@ -85,6 +86,10 @@ void SequenceShardedKVCache::append(int64_t layer, const torch::Tensor& k, const
   l.v.view({-1, per_slot})
       .index_copy_(0, index, v.reshape({-1, per_slot}).index_select(0, keep).to(l.v.dtype()));
   l.positions.view({-1}).index_copy_(0, index, pos.reshape({-1}).index_select(0, keep));
+  // Slots at or past the high-water mark were never written: attention skips them.
+  const int64_t top = local.view(-1).index_select(0, keep).max().item<int64_t>() + 1;
+  auto& used = used_slots_[static_cast<size_t>(layer)];
+  used = std::max(used, std::min(top, slots));
 }
 
 torch::Tensor SequenceShardedKVCache::attention(int64_t layer, const torch::Tensor& q,
@@ -92,7 +97,10 @@ torch::Tensor SequenceShardedKVCache::attention(int64_t layer, const torch::Tens
   const auto& l = local_layer(layer);
   const int64_t window = config_.cache.windows[static_cast<size_t>(layer)];
   // Partial attention over this rank's tokens: out [B, T, Hq, D], lse [B, Hq, T].
-  auto [out, lse] = kernels::attention(q, l.k, l.v, q_pos, l.positions, scale, window);
+  // Only the slots written so far: a cache sized for a long max_len costs what its context costs.
+  const int64_t used = used_slots_[static_cast<size_t>(layer)];
+  auto [out, lse] = kernels::attention(q, l.k.narrow(1, 0, used), l.v.narrow(1, 0, used), q_pos,
+                                       l.positions.narrow(1, 0, used), scale, window);
   if (comm_ == nullptr || comm_->size() == 1) return out;
   // One message per rank: out and lse side by side, [B, T, Hq, D + 1]. Its size depends on the
   // queries only, so a decode step moves the same bytes at 4 K or 256 K tokens of context.
@@ -121,6 +129,7 @@ int64_t SequenceShardedKVCache::local_bytes() const {
 
 void SequenceShardedKVCache::reset() {
   for (auto& l : layers_) l.positions.fill_(-1);
+  std::fill(used_slots_.begin(), used_slots_.end(), 0);
 }
 
 int64_t min_blocks_over_ranks(Communicator* comm, int64_t local_blocks) {

@@ -73,6 +73,7 @@ class SequenceShardedKVCache {
   Communicator* comm_ = nullptr;
   int rank_ = 0;
   std::vector<caches::ContiguousKVCache::LayerView> layers_;
+  std::vector<int64_t> used_slots_;  // per layer: slots [0, used) were ever written
 };
 
 // Memory planning for caches split over ranks: each rank passes the blocks it can afford, every
