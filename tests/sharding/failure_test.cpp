@@ -13,6 +13,9 @@
 #include <string>
 #include <thread>
 
+#include "common/error.h"
+#include "sharding/watchdog.h"
+
 namespace {
 
 struct Outcome {
@@ -143,6 +146,83 @@ TEST_P(FailureTest, MismatchIsReportedWithTheSequenceNumber) {
   EXPECT_EQ(count(o.output, msg), np) << o.output;
   EXPECT_LE(o.end_ms - o.enter_ms, 5000) << o.output;
   EXPECT_EQ(leftover_processes(tag), 0) << "processes left behind";
+}
+
+// The watchdog alone, in a forked child (no MPI): a wait past the timeout ends the process with
+// kWatchdogExitCode and a report; a wait that finishes in time leaves the process alone.
+struct ChildResult {
+  int exit_code = -1;
+  std::string stderr_text;
+  double seconds = 0;
+};
+
+template <typename Body>
+ChildResult run_child(Body&& body) {
+  int fds[2];
+  EXPECT_EQ(pipe(fds), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  const pid_t pid = fork();
+  if (pid == 0) {
+    dup2(fds[1], STDERR_FILENO);
+    close(fds[0]);
+    body();
+    _exit(0);
+  }
+  close(fds[1]);
+  ChildResult r;
+  char buf[1024];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof buf)) > 0) r.stderr_text.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+tessera::sharding::OpDesc stalled_op() {
+  tessera::sharding::OpDesc op;
+  op.comm = "tp";
+  op.op = "all_gather";
+  op.dtype = "bfloat16";
+  op.rank = 1;
+  op.world_rank = 3;
+  op.seq = 42;
+  op.count = 4096;
+  return op;
+}
+
+TEST(Watchdog, StalledWaitEndsTheProcessWithAReport) {
+  using tessera::sharding::Watchdog;
+  const auto r = run_child([] {
+    Watchdog::global().set_timeout(std::chrono::milliseconds(300));
+    auto scope = Watchdog::global().watch(stalled_op());
+    std::this_thread::sleep_for(std::chrono::seconds(20));
+  });
+  EXPECT_EQ(r.exit_code, tessera::sharding::kWatchdogExitCode) << r.stderr_text;
+  EXPECT_NE(r.stderr_text.find("tessera: watchdog: rank 3 (tp rank 1): all_gather #42 (bfloat16 "
+                               "x 4096) did not complete within 0.3 s"),
+            std::string::npos)
+      << r.stderr_text;
+  EXPECT_LT(r.seconds, 5.0);
+}
+
+TEST(Watchdog, FinishedWaitsAndDisabledWatchdogDoNotFire) {
+  using tessera::sharding::Watchdog;
+  const auto finished = run_child([] {
+    Watchdog::global().set_timeout(std::chrono::milliseconds(200));
+    { auto scope = Watchdog::global().watch(stalled_op()); }
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  });
+  EXPECT_EQ(finished.exit_code, 0) << finished.stderr_text;
+  const auto disabled = run_child([] {
+    Watchdog::global().set_timeout(std::chrono::milliseconds(0));
+    auto scope = Watchdog::global().watch(stalled_op());
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  });
+  EXPECT_EQ(disabled.exit_code, 0) << disabled.stderr_text;
+  EXPECT_THROW(Watchdog::global().set_timeout(std::chrono::milliseconds(-1)), tessera::Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, FailureTest, ::testing::Values(2, 4),
