@@ -110,6 +110,7 @@ int64_t nbytes(const torch::Tensor& t) { return t.numel() * static_cast<int64_t>
 struct NcclCommunicator::Impl {
   ncclComm_t comm = nullptr;
   float* barrier_buf = nullptr;  // [1] on the device: barriers allocate nothing through torch
+  MPI_Comm check_comm = MPI_COMM_NULL;  // fingerprints (TESSERA_COMM_DEBUG=1) only
 
   Impl() = default;
   Impl(const Impl&) = delete;
@@ -117,6 +118,9 @@ struct NcclCommunicator::Impl {
   // Last owner (the communicator or a Work still referring to it) frees the buffer.
   ~Impl() {
     if (barrier_buf) cudaFree(barrier_buf);
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (check_comm != MPI_COMM_NULL && !finalized) MPI_Comm_free(&check_comm);
   }
   std::atomic<bool> aborted{false};
   std::string abort_reason;
@@ -264,6 +268,10 @@ NcclCommunicator::NcclCommunicator(MPI_Comm bootstrap, int device, std::string l
   TESSERA_CHECK(device >= 0, "device must be a CUDA device index >= 0, got ", device);
   // Refused before NCCL is touched: NCCL would fail later with a less helpful message, or hang.
   check_one_rank_per_device(bootstrap, device);
+  if (mpi::collective_debug_enabled()) {
+    TESSERA_CHECK(MPI_Comm_dup(bootstrap, &impl_->check_comm) == MPI_SUCCESS,
+                  "MPI_Comm_dup of the bootstrap communicator failed");
+  }
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
   check_cuda(cudaMalloc(&impl_->barrier_buf, sizeof(float)), "cudaMalloc");
   auto raw = nccl_unique_id_over_mpi(bootstrap, 0);
@@ -338,6 +346,17 @@ OpDesc NcclCommunicator::begin_op(const char* op, const torch::Tensor& tensor, i
   desc.count = tensor.numel();
   desc.peer = peer;
   desc.seq = count_op(nbytes(tensor));
+  const bool point_to_point = std::strcmp(op, "send") == 0 || std::strcmp(op, "recv") == 0;
+  if (impl_->check_comm != MPI_COMM_NULL && !point_to_point) {
+    // Debug mode: the ranks compare fingerprints over MPI before NCCL sees the operation.
+    std::string err;
+    {
+      auto scope = Watchdog::global().watch(desc);
+      err = mpi::compare_fingerprints(
+          impl_->check_comm, mpi::Fingerprint(op, desc.dtype, desc.count, peer, desc.seq), label());
+    }
+    if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
+  }
   return desc;
 }
 

@@ -3,7 +3,8 @@
 // choosing the same device are refused before NCCL is touched. The NCCL communicator is
 // non-blocking (ncclConfig_t::blocking = 0): every wait polls the CUDA event of the operation and
 // ncclCommGetAsyncError, and a deadline passed or an asynchronous error aborts the communicator
-// (ncclCommAbort) instead of hanging the process.
+// (ncclCommAbort) instead of hanging the process. With TESSERA_COMM_DEBUG=1 collectives compare
+// fingerprints over (a duplicate of) the bootstrap MPI communicator first.
 #pragma once
 
 #include <mpi.h>
