@@ -63,16 +63,17 @@ int run_sp_decode_bench(const BenchOptions& opt) {
   const std::vector<int64_t> contexts = opt.quick
                                             ? std::vector<int64_t>{1024, 4096}
                                             : std::vector<int64_t>{4096, 16384, 65536, 262144};
-  const int steps = opt.quick ? 3 : 9;
+  const int steps = opt.quick ? 3 : 11;
   const double scale = 1.0 / std::sqrt(static_cast<double>(kHeadDim));
   nlohmann::json rows = nlohmann::json::array();
   if (opt.rank == 0 && !opt.json) {
     std::printf(
         "# tessera bench sp_decode: %d ranks, Hq=%lld Hkv=%lld D=%lld, %d steps, %d torch "
-        "threads\n%10s %14s %12s %12s %9s %12s\n",
+        "threads (median of steps; best = fastest step of each)\n%10s %14s %12s %12s %9s %12s "
+        "%12s\n",
         comm.size(), static_cast<long long>(kHeadsQ), static_cast<long long>(kHeadsKv),
         static_cast<long long>(kHeadDim), steps, at::get_num_threads(), "tokens", "bytes/step",
-        "1rank_ms", "sharded_ms", "speedup", "max_diff");
+        "1rank_ms", "sharded_ms", "speedup", "speedup_best", "max_diff");
   }
   std::vector<double> bytes_per_step;
   for (int64_t ctx : contexts) {
@@ -122,15 +123,20 @@ int run_sp_decode_bench(const BenchOptions& opt) {
     bytes_per_step.push_back(static_cast<double>(bytes));
     if (opt.rank == 0) {
       const double one = median(t_single), many = median(t_sharded);
+      // Best-of-steps as well: on a shared machine the fastest step is the least disturbed one.
+      const double best_one = *std::min_element(t_single.begin(), t_single.end());
+      const double best_many = *std::min_element(t_sharded.begin(), t_sharded.end());
       rows.push_back({{"tokens", ctx},
                       {"bytes_per_step", bytes},
                       {"one_rank_ms", one},
                       {"sharded_ms", many},
                       {"speedup", one / many},
+                      {"speedup_best", best_one / best_many},
                       {"max_abs_diff", max_diff}});
       if (!opt.json) {
-        std::printf("%10lld %14lld %12.2f %12.2f %9.3f %12.3g\n", static_cast<long long>(ctx),
-                    static_cast<long long>(bytes), one, many, one / many, max_diff);
+        std::printf("%10lld %14lld %12.2f %12.2f %9.3f %12.3f %12.3g\n",
+                    static_cast<long long>(ctx), static_cast<long long>(bytes), one, many,
+                    one / many, best_one / best_many, max_diff);
       }
     }
   }
