@@ -63,20 +63,27 @@ int run_sp_decode_bench(const BenchOptions& opt) {
   const std::vector<int64_t> contexts = opt.quick
                                             ? std::vector<int64_t>{1024, 4096}
                                             : std::vector<int64_t>{4096, 16384, 65536, 262144};
-  const int steps = opt.quick ? 3 : 11;
+  // Decode steps per context: short contexts are cheap, so they get more steps (their few
+  // milliseconds are the most exposed to scheduling noise on a shared machine).
+  auto steps_for = [&](int64_t ctx) {
+    return static_cast<int>(
+        std::clamp<int64_t>((opt.quick ? (1 << 18) : (1 << 22)) / ctx, opt.quick ? 3 : 11, 101));
+  };
   const double scale = 1.0 / std::sqrt(static_cast<double>(kHeadDim));
   nlohmann::json rows = nlohmann::json::array();
   if (opt.rank == 0 && !opt.json) {
     std::printf(
-        "# tessera bench sp_decode: %d ranks, Hq=%lld Hkv=%lld D=%lld, %d steps, %d torch "
+        "# tessera bench sp_decode: %d ranks, Hq=%lld Hkv=%lld D=%lld, %d-%d steps, %d torch "
         "threads (median of steps; best = fastest step of each)\n%10s %14s %12s %12s %9s %12s "
         "%12s\n",
         comm.size(), static_cast<long long>(kHeadsQ), static_cast<long long>(kHeadsKv),
-        static_cast<long long>(kHeadDim), steps, at::get_num_threads(), "tokens", "bytes/step",
-        "1rank_ms", "sharded_ms", "speedup", "speedup_best", "max_diff");
+        static_cast<long long>(kHeadDim), steps_for(contexts.back()), steps_for(contexts.front()),
+        at::get_num_threads(), "tokens", "bytes/step", "1rank_ms", "sharded_ms", "speedup",
+        "speedup_best", "max_diff");
   }
   std::vector<double> bytes_per_step;
   for (int64_t ctx : contexts) {
+    const int steps = steps_for(ctx);
     const auto cfg = config(ctx + steps);
     sharding::SequenceShardedKVCache sharded(cfg, &comm);
     // The baseline: the whole context on rank 0 (the other ranks wait at the barrier).
@@ -127,6 +134,7 @@ int run_sp_decode_bench(const BenchOptions& opt) {
       const double best_one = *std::min_element(t_single.begin(), t_single.end());
       const double best_many = *std::min_element(t_sharded.begin(), t_sharded.end());
       rows.push_back({{"tokens", ctx},
+                      {"steps", steps},
                       {"bytes_per_step", bytes},
                       {"one_rank_ms", one},
                       {"sharded_ms", many},
