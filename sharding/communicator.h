@@ -37,7 +37,7 @@ struct CommStats {
 // One operation in flight. test() and wait() throw tessera::Error when the backend reports an
 // error; result() is the operation's output once it completed (the in-place tensor for
 // all_reduce / broadcast / recv). Destroying an unfinished Work waits for it (the buffers must
-// outlive the transfer). A communicator and its Work are used from one thread.
+// outlive the transfer). A Work must not outlive its communicator; both are used from one thread.
 class Work {
  public:
   virtual ~Work() = default;
