@@ -362,6 +362,8 @@ OpDesc NcclCommunicator::begin_op(const char* op, const torch::Tensor& tensor, i
 
 WorkPtr NcclCommunicator::all_reduce_async(torch::Tensor tensor, ReduceOp op) {
   check_cuda_tensor(tensor, device_, "all_reduce");
+  TESSERA_CHECK(op != ReduceOp::kAvg || tensor.is_floating_point(),
+                "all_reduce: op=avg needs a floating dtype, got ", tensor.scalar_type());
   nccl_type(tensor);
   const OpDesc desc = begin_op("all_reduce", tensor, -1);
   return launch(impl_, device_, desc, tensor, {}, [&](ncclComm_t c, cudaStream_t s) {
@@ -398,6 +400,8 @@ WorkPtr NcclCommunicator::all_gather_async(const torch::Tensor& tensor, torch::T
 WorkPtr NcclCommunicator::reduce_scatter_async(const torch::Tensor& tensor, ReduceOp op,
                                                torch::Tensor out_arg) {
   check_cuda_tensor(tensor, device_, "reduce_scatter");
+  TESSERA_CHECK(op != ReduceOp::kAvg || tensor.is_floating_point(),
+                "reduce_scatter: op=avg needs a floating dtype, got ", tensor.scalar_type());
   TESSERA_CHECK(tensor.dim() >= 1, "reduce_scatter: tensor must have at least one dimension, got ",
                 tensor.sizes());
   nccl_type(tensor);
