@@ -8,6 +8,7 @@
 #include "runtime/torch_env.h"
 #include "sharding/mpi/mpi_communicator.h"
 #include "sharding/mpi/mpi_env.h"
+#include "sharding/watchdog.h"
 #ifdef TESSERA_WITH_NCCL
 #include "sharding/nccl/nccl_communicator.h"
 #endif
@@ -21,6 +22,8 @@ World bootstrap_world(int* argc, char*** argv, const BootstrapOptions& options) 
   w.rank = mpi::world_rank();
   w.size = mpi::world_size();
   log::set_rank(w.rank, w.size);
+  // When the launcher ends the job because a peer died, say which collective this rank was in.
+  sharding::Watchdog::install_signal_report();
   std::string err;
   try {
     w.launcher = discover_rank(process_env());

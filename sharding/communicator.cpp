@@ -16,4 +16,68 @@ const char* reduce_op_name(ReduceOp op) {
   return "?";
 }
 
+void Communicator::all_reduce(torch::Tensor& tensor, ReduceOp op) {
+  auto work = all_reduce_async(tensor, op);
+  work->wait();
+  // A non-contiguous input was reduced in a contiguous copy; the result is that copy.
+  if (!work->result().is_same(tensor)) tensor.copy_(work->result());
+}
+
+void Communicator::broadcast(torch::Tensor& tensor, int root) {
+  auto work = broadcast_async(tensor, root);
+  work->wait();
+  if (!work->result().is_same(tensor)) tensor.copy_(work->result());
+}
+
+torch::Tensor Communicator::all_gather(const torch::Tensor& tensor, torch::Tensor out) {
+  auto work = all_gather_async(tensor, std::move(out));
+  work->wait();
+  return work->result();
+}
+
+torch::Tensor Communicator::reduce_scatter(const torch::Tensor& tensor, ReduceOp op,
+                                           torch::Tensor out) {
+  auto work = reduce_scatter_async(tensor, op, std::move(out));
+  work->wait();
+  return work->result();
+}
+
+torch::Tensor Communicator::all_to_all(const torch::Tensor& tensor, torch::Tensor out) {
+  auto work = all_to_all_async(tensor, std::move(out));
+  work->wait();
+  return work->result();
+}
+
+void Communicator::send(const torch::Tensor& tensor, int dst, int tag) {
+  send_async(tensor, dst, tag)->wait();
+}
+
+void Communicator::recv(torch::Tensor& tensor, int src, int tag) {
+  auto work = recv_async(tensor, src, tag);
+  work->wait();
+  if (!work->result().is_same(tensor)) tensor.copy_(work->result());
+}
+
+void Communicator::barrier() { barrier_async()->wait(); }
+
+std::pair<int64_t, int64_t> scatter_rows(int64_t n, int rank, int size) {
+  TESSERA_CHECK(size >= 1, "size must be positive, got ", size);
+  TESSERA_CHECK(rank >= 0 && rank < size, "rank=", rank, " is outside [0, ", size, ")");
+  TESSERA_CHECK(n >= 0, "row count must be >= 0, got ", n);
+  const int64_t base = n / size, extra = n % size;
+  const int64_t begin = rank * base + std::min<int64_t>(rank, extra);
+  return {begin, base + (rank < extra ? 1 : 0)};
+}
+
+torch::Tensor output_tensor(const char* op, const torch::Tensor& out, at::IntArrayRef shape,
+                            const torch::Tensor& like) {
+  if (!out.defined()) return torch::empty(shape, like.options());
+  TESSERA_CHECK(out.sizes() == shape && out.scalar_type() == like.scalar_type() &&
+                    out.device() == like.device() && out.is_contiguous(),
+                op, ": out must be a contiguous ", like.scalar_type(), " tensor of shape ", shape,
+                " on ", like.device(), ", got ", out.scalar_type(), " ", out.sizes(), " on ",
+                out.device(), out.is_contiguous() ? "" : " (not contiguous)");
+  return out;
+}
+
 }  // namespace tessera::sharding
