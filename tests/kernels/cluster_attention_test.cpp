@@ -5,10 +5,13 @@
 #include <torch/types.h>
 
 #include <cmath>
+#include <map>
 #include <optional>
 #include <string>
 
 #include "common/error.h"
+#include "kernels/modules/cluster_attention_module.h"
+#include "kernels/ops/cluster_attention_autograd.h"
 #include "kernels/ops/cluster_attention_ops.h"
 
 namespace tessera::kernels {
@@ -600,6 +603,165 @@ TEST(ClusterPrimitives, QkAvWfMatchTorchAndReference) {
   EXPECT_THROW(cluster_wf_forward(torch::randn({1, 2, 3, 4}), torch::randn({1, 5, 6}),
                                   torch::zeros({1, 2, 2}, torch::kLong)),
                Error);
+}
+
+// ---- autograd Functions and the ClusterAttention module ----
+
+// AutoFocusFormer's ClusterAttention written with plain libtorch ops (fp32, autograd).
+torch::Tensor module_reference(const std::map<std::string, torch::Tensor>& p, int64_t H,
+                               double scale, const torch::Tensor& feat, const torch::Tensor& pos,
+                               const torch::Tensor& idx_full, const torch::Tensor& mask) {
+  const int64_t B = feat.size(0), N = feat.size(1), C = feat.size(2), D = C / H;
+  const int64_t M = idx_full.size(2);
+  auto qkv = torch::linear(feat, p.at("qkv.weight"), p.at("qkv.bias"))
+                 .view({B, N, 3, H, D})
+                 .permute({2, 0, 3, 1, 4});
+  auto q = qkv[0] * scale, k = qkv[1], v = qkv[2];
+  auto gidx = idx_full.reshape({B, 1, N * M, 1}).expand({B, H, N * M, D});
+  auto kg = k.gather(2, gidx).view({B, H, N, M, D});
+  auto vg = v.gather(2, gidx).view({B, H, N, M, D});
+  auto attn = torch::matmul(q.unsqueeze(3), kg.transpose(-1, -2)).squeeze(3);
+  auto pj = pos.gather(1, idx_full.reshape({B, N * M, 1}).expand({B, N * M, 2})).view({B, N, M, 2});
+  auto rel = pj - pos.unsqueeze(2);
+  auto dx = rel.select(-1, 0), dy = rel.select(-1, 1);
+  auto dist = (dx * dx + dy * dy).sqrt();
+  auto safe = torch::where(dist > 0, dist, torch::ones_like(dist));
+  auto zero = torch::zeros_like(dist);
+  auto feats = torch::stack({dx, dy, dist, torch::where(dist > 0, dy / safe, zero),
+                             torch::where(dist > 0, dx / safe, zero)},
+                            -1);
+  attn =
+      attn +
+      torch::linear(feats, p.at("pos_embed.weight"), p.at("pos_embed.bias")).permute({0, 3, 1, 2});
+  if (mask.defined()) attn = attn.masked_fill(~mask.unsqueeze(1), -INFINITY);
+  auto blank = (q * p.at("blank_k").view({1, H, 1, D})).sum(-1, true);
+  auto w = torch::softmax(torch::cat({attn, blank}, -1), -1);
+  auto out = torch::matmul(w.index({"...", Slice(0, M)}).unsqueeze(3), vg).squeeze(3) +
+             w.index({"...", Slice(M, M + 1)}) * p.at("blank_v").view({1, H, 1, D});
+  out = out.permute({0, 2, 1, 3}).reshape({B, N, C});
+  return torch::linear(out, p.at("proj.weight"), p.at("proj.bias"));
+}
+
+TEST(ClusterAttentionModule, MatchesLibtorchOpsOutputAndEveryGradient) {
+  for (bool global : {false, true}) {
+    SCOPED_TRACE(global ? "global" : "local");
+    torch::manual_seed(3);
+    const int64_t B = 3, N = 21, C = 24, H = 3, M = global ? N : 8;
+    ClusterAttention module({.dim = C, .heads = H, .attn_drop = 0.4, .proj_drop = 0.2});
+    auto feat = torch::randn({B, N, C}).requires_grad_(true);
+    auto pos = torch::randint(0, 6, {B, N, 2}).to(torch::kFloat);
+    auto idx_full = global ? torch::arange(N).view({1, 1, N}).expand({B, N, N}).contiguous()
+                           : torch::randint(0, N, {B, N, M}, torch::kLong);
+    auto mask = torch::rand({B, N, M}) > 0.25;
+    mask.index_put_({Slice(), 0}, false);  // a fully masked row: only the blank token remains
+    module.eval();  // dropout off: eval mode must be the identity on both dropouts
+    auto y = module.forward(feat, pos, global ? torch::Tensor() : idx_full.to(torch::kInt), mask);
+
+    std::map<std::string, torch::Tensor> ref_params;
+    for (auto& [name, t] : module.named_parameters()) {
+      ref_params[name] = t.detach().clone().requires_grad_(true);
+    }
+    EXPECT_EQ(ref_params.size(), 8u);
+    auto feat_ref = feat.detach().clone().requires_grad_(true);
+    auto y_ref =
+        module_reference(ref_params, H, 1.0 / std::sqrt(C / H), feat_ref, pos, idx_full, mask);
+    expect_close(y, y_ref, 1e-4, "module output");
+    auto gy = torch::randn_like(y);
+    (y * gy).sum().backward();
+    (y_ref * gy).sum().backward();
+    expect_close(feat.grad(), feat_ref.grad(), 1e-3, "dfeat");
+    for (auto& [name, t] : module.named_parameters()) {
+      ASSERT_TRUE(t.grad().defined()) << name;
+      expect_close(t.grad(), ref_params[name].grad(), 1e-3, "d" + name);
+    }
+  }
+}
+
+TEST(ClusterAttentionModule, DropoutTrainingAndErrors) {
+  torch::manual_seed(4);
+  const int64_t B = 2, N = 16, C = 16, H = 2, M = 6;
+  ClusterAttention module({.dim = C, .heads = H, .attn_drop = 0.3, .seed = 5});
+  auto feat = torch::randn({B, N, C});
+  auto pos = torch::randn({B, N, 2});
+  auto idx = torch::randint(0, N, {B, N, M}, torch::kLong);
+  module.eval();
+  auto y_eval = module.forward(feat, pos, idx);
+  module.train();
+  auto y_a = module.forward(feat, pos, idx);
+  auto y_b = module.forward(feat, pos, idx);
+  EXPECT_FALSE(torch::allclose(y_a, y_eval)) << "training applies attention dropout";
+  EXPECT_FALSE(torch::equal(y_a, y_b)) << "each training step draws a new mask";
+  ClusterAttention no_drop({.dim = C, .heads = H});
+  // Same parameters, attn_drop = 0 in training mode: identical to eval.
+  {
+    torch::NoGradGuard g;
+    auto src = module.parameters(), dst = no_drop.parameters();
+    for (size_t i = 0; i < src.size(); ++i) dst[i].copy_(src[i]);
+  }
+  EXPECT_TRUE(torch::allclose(no_drop.forward(feat, pos, idx), y_eval, 1e-6, 1e-6));
+
+  // A few SGD steps on a regression target lower the loss.
+  auto target = torch::randn({B, N, C});
+  double first = 0, last = 0;
+  for (int step = 0; step < 20; ++step) {
+    auto loss = (no_drop.forward(feat, pos, idx) - target).pow(2).mean();
+    for (auto& p : no_drop.parameters()) p.mutable_grad() = torch::Tensor();
+    loss.backward();
+    torch::NoGradGuard g;
+    for (auto& p : no_drop.parameters()) p.sub_(0.5 * p.grad());
+    (step == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_LT(last, 0.9 * first);
+
+  EXPECT_THROW(ClusterAttention({.dim = 10, .heads = 3}), Error);
+  try {
+    ClusterAttention({.dim = 10, .heads = 3});
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("divisible by heads"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(module.forward(torch::randn({B, N, C + 1}), pos, idx), Error);
+}
+
+TEST(ClusterAttentionAutograd, PrimitivesComposeAndFusedMatchesThem) {
+  // QK -> softmax -> AV through the autograd Functions equals the fused attention (no bias, no
+  // blank), forward and backward; WF's autograd gradients equal its explicit backward.
+  torch::manual_seed(5);
+  const int64_t B = 2, H = 2, N = 19, M = 7, D = 24;
+  auto q = torch::randn({B, H, N, D}).requires_grad_(true);
+  auto k = torch::randn({B, H, N, D}).requires_grad_(true);
+  auto v = torch::randn({B, H, N, D}).requires_grad_(true);
+  auto idx = torch::randint(0, N, {B, N, M}, torch::kLong);
+  const double scale = 0.3;
+  auto attn = torch::softmax(cluster_qk(q * scale, k, idx), -1);
+  auto out_unfused = cluster_av(attn, v, idx);
+  auto gout = torch::randn_like(out_unfused);
+  // Gradients through backward(): read and cleared after each pass.
+  auto grads_of = [&](const torch::Tensor& out) {
+    (out * gout).sum().backward();
+    std::vector<torch::Tensor> g;
+    for (auto* t : {&q, &k, &v}) {
+      g.push_back(t->grad().clone());
+      t->mutable_grad() = torch::Tensor();
+    }
+    return g;
+  };
+  auto grads_unfused = grads_of(out_unfused);
+  ClusterAttentionInputs in{.q = q, .k = k, .v = v, .idx = idx, .scale = scale};
+  for (bool det : {false, true}) {
+    auto out = std::get<0>(cluster_attention(in, det));
+    expect_close(out, out_unfused, 1e-4, "fused vs QK-softmax-AV");
+    auto grads = grads_of(out);
+    for (int i = 0; i < 3; ++i) expect_close(grads[i], grads_unfused[i], 1e-3, "grad");
+  }
+  auto w = torch::randn({B, 5, M, 3}).requires_grad_(true);
+  auto f = torch::randn({B, N, 11}).requires_grad_(true);
+  auto widx = torch::randint(0, N, {B, 5, M}, torch::kInt);
+  auto y = cluster_wf(w, f, widx);
+  auto gy = torch::randn_like(y);
+  (y * gy).sum().backward();
+  auto [dw, df] = cluster_wf_backward(gy, w.detach(), f.detach(), widx, ClusterImpl::kReference);
+  expect_close(w.grad(), dw, 1e-3, "wf dw");
+  expect_close(f.grad(), df, 1e-3, "wf df");
 }
 
 }  // namespace
