@@ -10,9 +10,11 @@
 #include <string>
 
 #include "common/error.h"
+#include "kernels/cluster_attention/cluster_neighbors.h"
 #include "kernels/modules/cluster_attention_module.h"
 #include "kernels/ops/cluster_attention_autograd.h"
 #include "kernels/ops/cluster_attention_ops.h"
+#include "kernels/ops/cluster_neighbors_ops.h"
 
 namespace tessera::kernels {
 namespace {
@@ -762,6 +764,102 @@ TEST(ClusterAttentionAutograd, PrimitivesComposeAndFusedMatchesThem) {
   auto [dw, df] = cluster_wf_backward(gy, w.detach(), f.detach(), widx, ClusterImpl::kReference);
   expect_close(w.grad(), dw, 1e-3, "wf dw");
   expect_close(f.grad(), df, 1e-3, "wf df");
+}
+
+// ---- neighbour building ----
+
+TEST(ClusterNeighbors, HilbertCurveVisitsAdjacentCells) {
+  // The order-16 curve restricted to a 16 x 16 lattice of cell corners is the order-4 curve:
+  // consecutive lattice points along it are grid neighbours.
+  std::vector<std::pair<uint64_t, std::pair<int, int>>> pts;
+  for (int x = 0; x < 16; ++x) {
+    for (int y = 0; y < 16; ++y) pts.push_back({hilbert_index(x * 4096u, y * 4096u), {x, y}});
+  }
+  std::sort(pts.begin(), pts.end());
+  for (size_t i = 1; i < pts.size(); ++i) {
+    const auto [x0, y0] = pts[i - 1].second;
+    const auto [x1, y1] = pts[i].second;
+    EXPECT_EQ(std::abs(x1 - x0) + std::abs(y1 - y0), 1) << "step " << i;
+  }
+}
+
+TEST(ClusterNeighbors, BalancedClustersExactKnnAndNeighbourIndex) {
+  struct P {
+    int64_t B, N, S, k;
+  };
+  for (P p : {P{2, 64, 8, 4}, P{3, 61, 8, 3}, P{1, 5, 8, 1}, P{2, 100, 4, 25}, P{0, 8, 8, 1}}) {
+    SCOPED_TRACE("B" + std::to_string(p.B) + " N" + std::to_string(p.N));
+    torch::manual_seed(11);
+    auto pos = torch::rand({p.B, p.N, 2}) * 50;
+    auto r = build_cluster_neighbors(pos, p.k, p.S);
+    const int64_t K = (p.N + p.S - 1) / p.S;
+    ASSERT_EQ(r.members.sizes(), torch::IntArrayRef({p.B, K, p.S}));
+    ASSERT_EQ(r.idx.sizes(), torch::IntArrayRef({p.B, p.N, p.k * p.S}));
+    if (p.B == 0) continue;
+    // Every token is a real member exactly once, clusters are full but the last, cluster_of agrees.
+    EXPECT_EQ(r.member_mask.sum().item<int64_t>(), p.B * p.N);
+    EXPECT_TRUE(torch::equal(r.member_mask.sum(-1).index({Slice(), Slice(0, K - 1)}),
+                             torch::full({p.B, K - 1}, p.S, torch::kLong)));
+    auto real = r.members.masked_select(r.member_mask).view({p.B, p.N});
+    EXPECT_TRUE(torch::equal(std::get<0>(real.sort(-1)), torch::arange(p.N).expand({p.B, p.N})));
+    auto owner = torch::arange(K).view({1, K, 1}).expand({p.B, K, p.S});
+    auto scattered = torch::full({p.B, p.N}, -1, torch::kLong)
+                         .scatter(1, real, owner.masked_select(r.member_mask).view({p.B, p.N}));
+    EXPECT_TRUE(torch::equal(scattered, r.cluster_of));
+    // Centroids are the member means.
+    auto mf = r.member_mask.to(torch::kFloat).unsqueeze(-1);
+    auto gathered = pos.gather(1, r.members.view({p.B, K * p.S, 1}).expand({p.B, K * p.S, 2}))
+                        .view({p.B, K, p.S, 2});
+    expect_close(r.centroids, (gathered * mf).sum(2) / mf.sum(2), 1e-5, "centroids");
+    // Clusters along the curve are compact: much tighter than clusters of random tokens.
+    if (p.N >= 32) {
+      auto spread = ((gathered - r.centroids.unsqueeze(2)).pow(2).sum(-1) * mf.squeeze(-1)).sum();
+      auto shuffled = pos.index({Slice(), torch::randperm(p.N)});
+      auto rnd =
+          shuffled.index({Slice(), Slice(0, (p.N / p.S) * p.S)}).reshape({p.B, p.N / p.S, p.S, 2});
+      auto rnd_spread = (rnd - rnd.mean(2, true)).pow(2).sum(-1).sum();
+      const double ratio = spread.item<double>() / rnd_spread.item<double>();
+      EXPECT_LT(ratio, 0.35) << "curve clusters should be compact";
+    }
+    // k nearest clusters: exact against cdist + sort (distinct random distances).
+    auto d = torch::cdist(r.centroids.to(torch::kDouble), r.centroids.to(torch::kDouble));
+    auto expect_nn = std::get<1>(d.sort(-1)).index({"...", Slice(0, p.k)});
+    EXPECT_TRUE(torch::equal(r.nearest, expect_nn));
+    EXPECT_TRUE(torch::equal(nearest_clusters(r.centroids, p.k), r.nearest));
+    // Neighbour index: members of the k nearest clusters of the token's cluster.
+    auto near_of_tok = r.nearest.gather(1, r.cluster_of.unsqueeze(-1).expand({p.B, p.N, p.k}));
+    auto expect_idx =
+        r.members.gather(1, near_of_tok.reshape({p.B, p.N * p.k, 1}).expand({p.B, p.N * p.k, p.S}))
+            .view({p.B, p.N, p.k * p.S});
+    EXPECT_TRUE(torch::equal(r.idx, expect_idx));
+    EXPECT_TRUE(r.idx.min().item<int64_t>() >= 0 && r.idx.max().item<int64_t>() < p.N);
+    // The token itself is among its neighbours (its own cluster is its nearest).
+    auto self = torch::arange(p.N).view({1, p.N, 1});
+    EXPECT_TRUE(((r.idx == self) & r.mask).any(-1).all().item<bool>());
+  }
+  EXPECT_THROW(build_cluster_neighbors(torch::rand({1, 16, 2}), 3, 8), Error);  // K = 2 < 3
+  EXPECT_THROW(build_cluster_neighbors(torch::rand({1, 16, 3}), 1, 8), Error);
+  EXPECT_THROW(nearest_clusters(torch::rand({1, 4, 2}), 0), Error);
+}
+
+TEST(ClusterNeighbors, FeedsClusterAttention) {
+  // End to end: neighbours from positions, padding masked, attention equals the reference.
+  torch::manual_seed(12);
+  const int64_t B = 2, N = 45, H = 2, D = 8;
+  auto pos = torch::rand({B, N, 2});
+  auto nb = build_cluster_neighbors(pos, 3);
+  ClusterAttentionInputs in{.q = torch::randn({B, H, N, D}),
+                            .k = torch::randn({B, H, N, D}),
+                            .v = torch::randn({B, H, N, D}),
+                            .idx = nb.idx,
+                            .pos = pos,
+                            .pe_w = torch::randn({H, 5}),
+                            .mask = nb.mask.unsqueeze(1),
+                            .scale = 0.35};
+  auto [out, lse] = cluster_attention_forward(in);
+  auto [out_r, lse_r] = cluster_attention_forward(in, ClusterImpl::kReference);
+  expect_close(out, out_r, 1e-4, "out");
+  EXPECT_TRUE(torch::isfinite(lse).all().item<bool>());
 }
 
 }  // namespace
