@@ -18,20 +18,21 @@ namespace tessera::kernels {
 // dropout_keep(seed, ...), see cluster_dropout.h) and scales kept ones by 1 / (1 - p);
 //   o = sum_m P'[m] v[b,h,j] (+ P'[M] blank_v[h]),  lse = log sum_m exp(s[m]) (dropout-free).
 // A row with every logit -inf (fully masked, no blank) gives o = 0 and lse = -inf.
-struct ClusterAttentionView {
-  const float* q = nullptr;       // [B, H, N, D], strides q_stride, head_dim contiguous
-  const float* k = nullptr;       // [B, H, N, D], strides k_stride
-  const float* v = nullptr;       // [B, H, N, D], strides v_stride
+template <typename T>
+struct ClusterAttentionViewT {
+  const T* q = nullptr;           // [B, H, N, D], strides q_stride, head_dim contiguous
+  const T* k = nullptr;           // [B, H, N, D], strides k_stride
+  const T* v = nullptr;           // [B, H, N, D], strides v_stride
   const int64_t* idx = nullptr;   // [B, N, M] contiguous, values in [0, N); null = global mode
-  const float* bias = nullptr;    // [B, H, N, M] contiguous; may be null
-  const float* pos = nullptr;     // [B, N, 2] contiguous; with pe_w: fused position bias
-  const float* pe_w = nullptr;    // [H, 5] contiguous; may be null
-  const float* pe_b = nullptr;    // [H]; may be null (only read with pe_w)
+  const T* bias = nullptr;        // [B, H, N, M] contiguous; may be null
+  const T* pos = nullptr;         // [B, N, 2] contiguous; with pe_w: fused position bias
+  const T* pe_w = nullptr;        // [H, 5] contiguous; may be null
+  const T* pe_b = nullptr;        // [H]; may be null (only read with pe_w)
   const uint8_t* mask = nullptr;  // [B, mask_heads, N, M] contiguous, nonzero = attend; may be null
-  const float* blank_k = nullptr;  // [H, D] contiguous; null = no blank token
-  const float* blank_v = nullptr;  // [H, D] contiguous; set together with blank_k
-  float* out = nullptr;            // [B, H, N, D] contiguous
-  float* lse = nullptr;            // [B, H, N] contiguous, natural log
+  const T* blank_k = nullptr;     // [H, D] contiguous; null = no blank token
+  const T* blank_v = nullptr;     // [H, D] contiguous; set together with blank_k
+  T* out = nullptr;               // [B, H, N, D] contiguous
+  T* lse = nullptr;               // [B, H, N] contiguous, natural log
 
   int64_t q_stride[3] = {0, 0, 0};  // element strides of (batch, head, token)
   int64_t k_stride[3] = {0, 0, 0};
@@ -48,23 +49,32 @@ struct ClusterAttentionView {
   uint64_t seed = 0;
 };
 
+using ClusterAttentionView = ClusterAttentionViewT<float>;
+
 // Gradients of the fused attention. Inputs are the forward view (its out / lse already computed)
 // plus dout; outputs are written over (not accumulated into) the buffers below.
-struct ClusterAttentionGrads {
-  const float* dout = nullptr;  // [B, H, N, D] contiguous
-  float* dq = nullptr;          // [B, H, N, D] contiguous
-  float* dk = nullptr;          // [B, H, N, D] contiguous
-  float* dv = nullptr;          // [B, H, N, D] contiguous
-  float* dbias = nullptr;       // [B, H, N, M] contiguous; may be null
-  float* dpe_w = nullptr;       // [H, 5]; may be null
-  float* dpe_b = nullptr;       // [H]; may be null
-  float* dblank_k = nullptr;    // [H, D]; may be null
-  float* dblank_v = nullptr;    // [H, D]; may be null
+template <typename T>
+struct ClusterAttentionGradsT {
+  const T* dout = nullptr;  // [B, H, N, D] contiguous
+  T* dq = nullptr;          // [B, H, N, D] contiguous
+  T* dk = nullptr;          // [B, H, N, D] contiguous
+  T* dv = nullptr;          // [B, H, N, D] contiguous
+  T* dbias = nullptr;       // [B, H, N, M] contiguous; may be null
+  T* dpe_w = nullptr;       // [H, 5]; may be null
+  T* dpe_b = nullptr;       // [H]; may be null
+  T* dblank_k = nullptr;    // [H, D]; may be null
+  T* dblank_v = nullptr;    // [H, D]; may be null
 };
 
-// CPU reference: fp64 accumulation, plain loops.
+using ClusterAttentionGrads = ClusterAttentionGradsT<float>;
+
+// CPU reference: fp64 accumulation, plain loops. The float64 overloads (float64 tensors in and
+// out) exist for finite-difference gradient checks at full precision.
 void cluster_attention_fwd_ref(const ClusterAttentionView& view);
 void cluster_attention_bwd_ref(const ClusterAttentionView& view, const ClusterAttentionGrads& g);
+void cluster_attention_fwd_ref(const ClusterAttentionViewT<double>& view);
+void cluster_attention_bwd_ref(const ClusterAttentionViewT<double>& view,
+                               const ClusterAttentionGradsT<double>& g);
 
 // Fast CPU: OpenMP over rows, vectorisable inner loops, fp32 accumulation. The backward reduces
 // dk / dv either per (batch, head) plane (default) or, with deterministic = true, per key through

@@ -22,25 +22,27 @@ struct Row {
   double lse = kNegInf;
 };
 
-const float* row_ptr(const float* base, const int64_t* stride, int b, int h, int64_t n) {
+template <typename T>
+const T* row_ptr(const T* base, const int64_t* stride, int b, int h, int64_t n) {
   return base + b * stride[0] + h * stride[1] + n * stride[2];
 }
 
 // Everything the forward and backward need for one query row (b, h, n).
-void compute_row(const ClusterAttentionView& a, int b, int h, int n, Row& r) {
+template <typename T>
+void compute_row(const ClusterAttentionViewT<T>& a, int b, int h, int n, Row& r) {
   const int M = a.neighbours, D = a.head_dim, N = a.tokens;
   r.s.assign(M + 1, kNegInf);
   r.p.assign(M + 1, 0.0);
   r.z.assign(M + 1, 1.0);
   r.feat.assign(static_cast<size_t>(M) * 5, 0.0);
   r.key.assign(M, 0);
-  const float* q = row_ptr(a.q, a.q_stride, b, h, n);
+  const T* q = row_ptr(a.q, a.q_stride, b, h, n);
   for (int m = 0; m < M; ++m) {
     const int64_t j = a.idx ? a.idx[(static_cast<int64_t>(b) * N + n) * M + m] : m;
     r.key[m] = j;
     if (a.pos) {
-      const float* pn = a.pos + (static_cast<int64_t>(b) * N + n) * 2;
-      const float* pj = a.pos + (static_cast<int64_t>(b) * N + j) * 2;
+      const T* pn = a.pos + (static_cast<int64_t>(b) * N + n) * 2;
+      const T* pj = a.pos + (static_cast<int64_t>(b) * N + j) * 2;
       const double dx = static_cast<double>(pj[0]) - pn[0];
       const double dy = static_cast<double>(pj[1]) - pn[1];
       const double dist = std::sqrt(dx * dx + dy * dy);
@@ -55,7 +57,7 @@ void compute_row(const ClusterAttentionView& a, int b, int h, int n, Row& r) {
       const int mh = a.mask_heads == 1 ? 0 : h;
       if (!a.mask[((static_cast<int64_t>(b) * a.mask_heads + mh) * N + n) * M + m]) continue;
     }
-    const float* k = row_ptr(a.k, a.k_stride, b, h, j);
+    const T* k = row_ptr(a.k, a.k_stride, b, h, j);
     double dot = 0.0;
     for (int d = 0; d < D; ++d) dot += static_cast<double>(q[d]) * k[d];
     double s = dot * a.scale;
@@ -90,9 +92,8 @@ void compute_row(const ClusterAttentionView& a, int b, int h, int n, Row& r) {
   }
 }
 
-}  // namespace
-
-void cluster_attention_fwd_ref(const ClusterAttentionView& a) {
+template <typename T>
+void fwd_ref(const ClusterAttentionViewT<T>& a) {
   const int M = a.neighbours, D = a.head_dim, N = a.tokens;
   Row r;
   std::vector<double> acc(D);
@@ -104,7 +105,7 @@ void cluster_attention_fwd_ref(const ClusterAttentionView& a) {
         for (int m = 0; m < M; ++m) {
           const double w = r.p[m] * r.z[m];
           if (w == 0.0) continue;
-          const float* v = row_ptr(a.v, a.v_stride, b, h, r.key[m]);
+          const T* v = row_ptr(a.v, a.v_stride, b, h, r.key[m]);
           for (int d = 0; d < D; ++d) acc[d] += w * v[d];
         }
         if (a.blank_v) {
@@ -112,14 +113,15 @@ void cluster_attention_fwd_ref(const ClusterAttentionView& a) {
           for (int d = 0; d < D; ++d) acc[d] += w * a.blank_v[h * D + d];
         }
         const int64_t row = (static_cast<int64_t>(b) * a.heads + h) * N + n;
-        for (int d = 0; d < D; ++d) a.out[row * D + d] = static_cast<float>(acc[d]);
-        if (a.lse) a.lse[row] = static_cast<float>(r.lse);
+        for (int d = 0; d < D; ++d) a.out[row * D + d] = static_cast<T>(acc[d]);
+        if (a.lse) a.lse[row] = static_cast<T>(r.lse);
       }
     }
   }
 }
 
-void cluster_attention_bwd_ref(const ClusterAttentionView& a, const ClusterAttentionGrads& g) {
+template <typename T>
+void bwd_ref(const ClusterAttentionViewT<T>& a, const ClusterAttentionGradsT<T>& g) {
   const int M = a.neighbours, D = a.head_dim, N = a.tokens, H = a.heads;
   const int64_t plane = static_cast<int64_t>(N) * D;
   const int64_t total = static_cast<int64_t>(a.batch) * H * plane;
@@ -134,14 +136,14 @@ void cluster_attention_bwd_ref(const ClusterAttentionView& a, const ClusterAtten
       for (int n = 0; n < N; ++n) {
         compute_row(a, b, h, n, r);
         const int64_t row = (static_cast<int64_t>(b) * H + h) * N + n;
-        const float* dout = g.dout + row * D;
-        const float* q = row_ptr(a.q, a.q_stride, b, h, n);
+        const T* dout = g.dout + row * D;
+        const T* q = row_ptr(a.q, a.q_stride, b, h, n);
         // o recomputed in fp64 so that sum_m P[m] dP[m] = dout . o holds to fp64 precision.
         std::fill(o.begin(), o.end(), 0.0);
         std::vector<double> dp(M + 1, 0.0);
         for (int m = 0; m <= M; ++m) {
           if (r.p[m] == 0.0) continue;
-          const float* v = m < M ? row_ptr(a.v, a.v_stride, b, h, r.key[m]) : a.blank_v + h * D;
+          const T* v = m < M ? row_ptr(a.v, a.v_stride, b, h, r.key[m]) : a.blank_v + h * D;
           double dot = 0.0;
           for (int d = 0; d < D; ++d) {
             dot += static_cast<double>(dout[d]) * v[d];
@@ -155,7 +157,7 @@ void cluster_attention_bwd_ref(const ClusterAttentionView& a, const ClusterAtten
         std::fill(dq.begin(), dq.end(), 0.0);
         for (int m = 0; m <= M; ++m) {
           if (r.p[m] == 0.0) continue;
-          const float* k = m < M ? row_ptr(a.k, a.k_stride, b, h, r.key[m]) : a.blank_k + h * D;
+          const T* k = m < M ? row_ptr(a.k, a.k_stride, b, h, r.key[m]) : a.blank_k + h * D;
           for (int d = 0; d < D; ++d) dq[d] += a.scale * ds[m] * k[d];
           double* dkr = m < M ? &dk[((static_cast<int64_t>(b) * H + h) * N + r.key[m]) * D]
                               : &dbk[static_cast<size_t>(h) * D];
@@ -166,9 +168,9 @@ void cluster_attention_bwd_ref(const ClusterAttentionView& a, const ClusterAtten
             dvr[d] += r.p[m] * r.z[m] * dout[d];
           }
         }
-        for (int d = 0; d < D; ++d) g.dq[row * D + d] = static_cast<float>(dq[d]);
+        for (int d = 0; d < D; ++d) g.dq[row * D + d] = static_cast<T>(dq[d]);
         for (int m = 0; m < M; ++m) {
-          if (g.dbias) g.dbias[row * M + m] = static_cast<float>(ds[m]);
+          if (g.dbias) g.dbias[row * M + m] = static_cast<T>(ds[m]);
           if (a.pe_w) {
             for (int c = 0; c < 5; ++c) dpe_w[h * 5 + c] += ds[m] * r.feat[m * 5 + c];
             dpe_b[h] += ds[m];
@@ -178,19 +180,31 @@ void cluster_attention_bwd_ref(const ClusterAttentionView& a, const ClusterAtten
     }
   }
   for (int64_t i = 0; i < total; ++i) {
-    g.dk[i] = static_cast<float>(dk[i]);
-    g.dv[i] = static_cast<float>(dv[i]);
+    g.dk[i] = static_cast<T>(dk[i]);
+    g.dv[i] = static_cast<T>(dv[i]);
   }
   if (g.dpe_w) {
-    for (int i = 0; i < H * 5; ++i) g.dpe_w[i] = static_cast<float>(dpe_w[i]);
+    for (int i = 0; i < H * 5; ++i) g.dpe_w[i] = static_cast<T>(dpe_w[i]);
   }
   if (g.dpe_b) {
-    for (int i = 0; i < H; ++i) g.dpe_b[i] = static_cast<float>(dpe_b[i]);
+    for (int i = 0; i < H; ++i) g.dpe_b[i] = static_cast<T>(dpe_b[i]);
   }
   for (int i = 0; i < H * D; ++i) {
-    if (g.dblank_k) g.dblank_k[i] = static_cast<float>(dbk[i]);
-    if (g.dblank_v) g.dblank_v[i] = static_cast<float>(dbv[i]);
+    if (g.dblank_k) g.dblank_k[i] = static_cast<T>(dbk[i]);
+    if (g.dblank_v) g.dblank_v[i] = static_cast<T>(dbv[i]);
   }
+}
+
+}  // namespace
+
+void cluster_attention_fwd_ref(const ClusterAttentionView& a) { fwd_ref(a); }
+void cluster_attention_fwd_ref(const ClusterAttentionViewT<double>& a) { fwd_ref(a); }
+void cluster_attention_bwd_ref(const ClusterAttentionView& a, const ClusterAttentionGrads& g) {
+  bwd_ref(a, g);
+}
+void cluster_attention_bwd_ref(const ClusterAttentionViewT<double>& a,
+                               const ClusterAttentionGradsT<double>& g) {
+  bwd_ref(a, g);
 }
 
 }  // namespace tessera::kernels

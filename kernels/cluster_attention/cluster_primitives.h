@@ -46,6 +46,20 @@ void cluster_wf_fwd_ref(const ClusterWfDims& d, const float* w, const float* f, 
 void cluster_wf_bwd_ref(const ClusterWfDims& d, const float* w, const float* f, const int64_t* idx,
                         const float* dout, float* dw, float* df);
 
+// float64 reference overloads, for finite-difference gradient checks at full precision.
+void cluster_qk_fwd_ref(const ClusterDims& d, const double* q, const double* k, const int64_t* idx,
+                        double* attn);
+void cluster_qk_bwd_ref(const ClusterDims& d, const double* q, const double* k, const int64_t* idx,
+                        const double* dattn, double* dq, double* dk);
+void cluster_av_fwd_ref(const ClusterDims& d, const double* attn, const double* v,
+                        const int64_t* idx, double* out);
+void cluster_av_bwd_ref(const ClusterDims& d, const double* attn, const double* v,
+                        const int64_t* idx, const double* dout, double* dattn, double* dv);
+void cluster_wf_fwd_ref(const ClusterWfDims& d, const double* w, const double* f,
+                        const int64_t* idx, double* out);
+void cluster_wf_bwd_ref(const ClusterWfDims& d, const double* w, const double* f,
+                        const int64_t* idx, const double* dout, double* dw, double* df);
+
 // Fast CPU (OpenMP, fp32 accumulation; scatters are owned per (batch, head) plane, so results are
 // bitwise reproducible).
 void cluster_qk_fwd_cpu(const ClusterDims& d, const float* q, const float* k, const int64_t* idx,

@@ -6,8 +6,10 @@
 
 namespace tessera::kernels {
 
-void cluster_qk_fwd_ref(const ClusterDims& d, const float* q, const float* k, const int64_t* idx,
-                        float* attn) {
+namespace {
+
+template <typename T>
+void qk_fwd_impl(const ClusterDims& d, const T* q, const T* k, const int64_t* idx, T* attn) {
   const int64_t N = d.tokens, M = d.neighbours, D = d.head_dim;
   for (int64_t b = 0; b < d.batch; ++b)
     for (int64_t h = 0; h < d.heads; ++h)
@@ -18,12 +20,13 @@ void cluster_qk_fwd_ref(const ClusterDims& d, const float* q, const float* k, co
           for (int64_t i = 0; i < D; ++i)
             s += static_cast<double>(q[((b * d.heads + h) * N + n) * D + i]) *
                  k[((b * d.heads + h) * N + j) * D + i];
-          attn[((b * d.heads + h) * N + n) * M + m] = static_cast<float>(s);
+          attn[((b * d.heads + h) * N + n) * M + m] = static_cast<T>(s);
         }
 }
 
-void cluster_qk_bwd_ref(const ClusterDims& d, const float* q, const float* k, const int64_t* idx,
-                        const float* dattn, float* dq, float* dk) {
+template <typename T>
+void qk_bwd_impl(const ClusterDims& d, const T* q, const T* k, const int64_t* idx, const T* dattn,
+                 T* dq, T* dk) {
   const int64_t N = d.tokens, M = d.neighbours, D = d.head_dim;
   const int64_t total = static_cast<int64_t>(d.batch) * d.heads * N * D;
   std::vector<double> gq(total, 0.0), gk(total, 0.0);
@@ -40,13 +43,13 @@ void cluster_qk_bwd_ref(const ClusterDims& d, const float* q, const float* k, co
           }
         }
   for (int64_t i = 0; i < total; ++i) {
-    dq[i] = static_cast<float>(gq[i]);
-    dk[i] = static_cast<float>(gk[i]);
+    dq[i] = static_cast<T>(gq[i]);
+    dk[i] = static_cast<T>(gk[i]);
   }
 }
 
-void cluster_av_fwd_ref(const ClusterDims& d, const float* attn, const float* v, const int64_t* idx,
-                        float* out) {
+template <typename T>
+void av_fwd_impl(const ClusterDims& d, const T* attn, const T* v, const int64_t* idx, T* out) {
   const int64_t N = d.tokens, M = d.neighbours, D = d.head_dim;
   std::vector<double> acc(D);
   for (int64_t b = 0; b < d.batch; ++b)
@@ -59,12 +62,13 @@ void cluster_av_fwd_ref(const ClusterDims& d, const float* attn, const float* v,
           for (int64_t i = 0; i < D; ++i) acc[i] += a * v[((b * d.heads + h) * N + j) * D + i];
         }
         for (int64_t i = 0; i < D; ++i)
-          out[((b * d.heads + h) * N + n) * D + i] = static_cast<float>(acc[i]);
+          out[((b * d.heads + h) * N + n) * D + i] = static_cast<T>(acc[i]);
       }
 }
 
-void cluster_av_bwd_ref(const ClusterDims& d, const float* attn, const float* v, const int64_t* idx,
-                        const float* dout, float* dattn, float* dv) {
+template <typename T>
+void av_bwd_impl(const ClusterDims& d, const T* attn, const T* v, const int64_t* idx, const T* dout,
+                 T* dattn, T* dv) {
   const int64_t N = d.tokens, M = d.neighbours, D = d.head_dim;
   const int64_t total = static_cast<int64_t>(d.batch) * d.heads * N * D;
   std::vector<double> gv(total, 0.0);
@@ -80,13 +84,13 @@ void cluster_av_bwd_ref(const ClusterDims& d, const float* attn, const float* v,
             s += static_cast<double>(dout[on + i]) * v[vj + i];
             gv[vj + i] += a * dout[on + i];
           }
-          dattn[((b * d.heads + h) * N + n) * M + m] = static_cast<float>(s);
+          dattn[((b * d.heads + h) * N + n) * M + m] = static_cast<T>(s);
         }
-  for (int64_t i = 0; i < total; ++i) dv[i] = static_cast<float>(gv[i]);
+  for (int64_t i = 0; i < total; ++i) dv[i] = static_cast<T>(gv[i]);
 }
 
-void cluster_wf_fwd_ref(const ClusterWfDims& d, const float* w, const float* f, const int64_t* idx,
-                        float* out) {
+template <typename T>
+void wf_fwd_impl(const ClusterWfDims& d, const T* w, const T* f, const int64_t* idx, T* out) {
   const int64_t Q = d.queries, N = d.tokens, M = d.neighbours, I = d.inner, C = d.channels;
   for (int64_t b = 0; b < d.batch; ++b)
     for (int64_t n = 0; n < Q; ++n)
@@ -97,12 +101,13 @@ void cluster_wf_fwd_ref(const ClusterWfDims& d, const float* w, const float* f, 
             const int64_t j = idx[(b * Q + n) * M + m];
             s += static_cast<double>(w[((b * Q + n) * M + m) * I + i]) * f[(b * N + j) * C + c];
           }
-          out[((b * Q + n) * I + i) * C + c] = static_cast<float>(s);
+          out[((b * Q + n) * I + i) * C + c] = static_cast<T>(s);
         }
 }
 
-void cluster_wf_bwd_ref(const ClusterWfDims& d, const float* w, const float* f, const int64_t* idx,
-                        const float* dout, float* dw, float* df) {
+template <typename T>
+void wf_bwd_impl(const ClusterWfDims& d, const T* w, const T* f, const int64_t* idx, const T* dout,
+                 T* dw, T* df) {
   const int64_t Q = d.queries, N = d.tokens, M = d.neighbours, I = d.inner, C = d.channels;
   std::vector<double> gf(static_cast<std::size_t>(d.batch) * N * C, 0.0);
   for (int64_t b = 0; b < d.batch; ++b)
@@ -117,10 +122,61 @@ void cluster_wf_bwd_ref(const ClusterWfDims& d, const float* w, const float* f, 
             s += g * f[(b * N + j) * C + c];
             gf[(b * N + j) * C + c] += wv * g;
           }
-          dw[((b * Q + n) * M + m) * I + i] = static_cast<float>(s);
+          dw[((b * Q + n) * M + m) * I + i] = static_cast<T>(s);
         }
       }
-  for (std::size_t i = 0; i < gf.size(); ++i) df[i] = static_cast<float>(gf[i]);
+  for (std::size_t i = 0; i < gf.size(); ++i) df[i] = static_cast<T>(gf[i]);
+}
+
+}  // namespace
+
+void cluster_qk_fwd_ref(const ClusterDims& d, const float* q, const float* k, const int64_t* idx,
+                        float* attn) {
+  qk_fwd_impl(d, q, k, idx, attn);
+}
+void cluster_qk_fwd_ref(const ClusterDims& d, const double* q, const double* k, const int64_t* idx,
+                        double* attn) {
+  qk_fwd_impl(d, q, k, idx, attn);
+}
+void cluster_qk_bwd_ref(const ClusterDims& d, const float* q, const float* k, const int64_t* idx,
+                        const float* dattn, float* dq, float* dk) {
+  qk_bwd_impl(d, q, k, idx, dattn, dq, dk);
+}
+void cluster_qk_bwd_ref(const ClusterDims& d, const double* q, const double* k, const int64_t* idx,
+                        const double* dattn, double* dq, double* dk) {
+  qk_bwd_impl(d, q, k, idx, dattn, dq, dk);
+}
+void cluster_av_fwd_ref(const ClusterDims& d, const float* attn, const float* v, const int64_t* idx,
+                        float* out) {
+  av_fwd_impl(d, attn, v, idx, out);
+}
+void cluster_av_fwd_ref(const ClusterDims& d, const double* attn, const double* v,
+                        const int64_t* idx, double* out) {
+  av_fwd_impl(d, attn, v, idx, out);
+}
+void cluster_av_bwd_ref(const ClusterDims& d, const float* attn, const float* v, const int64_t* idx,
+                        const float* dout, float* dattn, float* dv) {
+  av_bwd_impl(d, attn, v, idx, dout, dattn, dv);
+}
+void cluster_av_bwd_ref(const ClusterDims& d, const double* attn, const double* v,
+                        const int64_t* idx, const double* dout, double* dattn, double* dv) {
+  av_bwd_impl(d, attn, v, idx, dout, dattn, dv);
+}
+void cluster_wf_fwd_ref(const ClusterWfDims& d, const float* w, const float* f, const int64_t* idx,
+                        float* out) {
+  wf_fwd_impl(d, w, f, idx, out);
+}
+void cluster_wf_fwd_ref(const ClusterWfDims& d, const double* w, const double* f,
+                        const int64_t* idx, double* out) {
+  wf_fwd_impl(d, w, f, idx, out);
+}
+void cluster_wf_bwd_ref(const ClusterWfDims& d, const float* w, const float* f, const int64_t* idx,
+                        const float* dout, float* dw, float* df) {
+  wf_bwd_impl(d, w, f, idx, dout, dw, df);
+}
+void cluster_wf_bwd_ref(const ClusterWfDims& d, const double* w, const double* f,
+                        const int64_t* idx, const double* dout, double* dw, double* df) {
+  wf_bwd_impl(d, w, f, idx, dout, dw, df);
 }
 
 }  // namespace tessera::kernels

@@ -50,7 +50,8 @@ ClusterAttentionGradients cluster_attention_backward(
     const torch::Tensor& dout, bool deterministic = false, ClusterImpl impl = ClusterImpl::kAuto);
 
 // Unfused primitives (kernels/cluster_attention/cluster_primitives.h). Float inputs of any float
-// dtype (computed in float32, returned in the input dtype); idx int32 / int64.
+// dtype (computed in float32, returned in the input dtype; float64 runs the fp64 reference on
+// CPU); idx int32 / int64.
 torch::Tensor cluster_qk_forward(const torch::Tensor& q, const torch::Tensor& k,
                                  const torch::Tensor& idx, ClusterImpl impl = ClusterImpl::kAuto);
 std::tuple<torch::Tensor, torch::Tensor> cluster_qk_backward(

@@ -524,8 +524,8 @@ TEST(ClusterAttention, BadInputs) {
   in.k = torch::empty(m.in.k.sizes(), torch::TensorOptions().device(torch::kMeta));
   expect_error(in, "must be on cpu");
   in = m.in;
-  in.q = m.in.q.to(torch::kDouble);
-  expect_error(in, "q must be float32, float16 or bfloat16");
+  in.q = m.in.q.to(torch::kInt);
+  expect_error(in, "q must be float32, float16, bfloat16 or float64");
   in = m.in;
   in.blank_v = torch::Tensor();
   expect_error(in, "blank_k and blank_v must be given together");
