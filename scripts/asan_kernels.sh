@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Builds the torch-free kernel tests with AddressSanitizer (and UBSan) in a separate build
-# directory and runs them. CI-sized: only the kernel cores and their tests are compiled, CUDA off.
-#   scripts/asan_kernels.sh [build-dir]          (default: build-asan next to the sources)
-# More torch-free kernel test targets go in TESSERA_ASAN_TARGETS (space-separated).
+# Builds kernel tests with AddressSanitizer (+ UBSan) in a separate build directory and runs them.
+# CI-sized: CUDA off, only the kernel libraries and their tests are compiled.
+#   scripts/asan_kernels.sh [--torch] [build-dir]     (default build-dir: build-asan)
+# Default: the torch-free kernel tests (~30 s from scratch on 2 cores). --torch adds the
+# libtorch-facing kernel tests (dispatch, autograd, module; ~2 min more; libtorch itself is not
+# instrumented). More targets: TESSERA_ASAN_TARGETS="a b ...".
 set -euo pipefail
 
 src=$(cd "$(dirname "$0")/.." && pwd)
-build=${1:-$src/build-asan}
 targets=${TESSERA_ASAN_TARGETS:-kernels_cluster_core_test}
+if [[ "${1:-}" == "--torch" ]]; then
+  targets="$targets kernels_cluster_attention_test"
+  shift
+fi
+build=${1:-$src/build-asan}
 jobs=${TESSERA_ASAN_JOBS:-2}
 
 cmake -S "$src" -B "$build" -G Ninja -DTESSERA_ASAN=ON -DTESSERA_ENABLE_CUDA=OFF \
@@ -24,7 +30,7 @@ for t in $targets; do
     echo "asan_kernels: no executable for $t" >&2
     exit 1
   fi
-  echo "== $t (AddressSanitizer)"
+  echo "== $t (AddressSanitizer + UBSan)"
   "$exe" --gtest_color=no || status=1
 done
 exit $status

@@ -77,9 +77,9 @@ void cluster_attention_bwd_ref(const ClusterAttentionViewT<double>& view,
                                const ClusterAttentionGradsT<double>& g);
 
 // Fast CPU: OpenMP over rows, vectorisable inner loops, fp32 accumulation. The backward reduces
-// dk / dv either per (batch, head) plane (default) or, with deterministic = true, per key through
-// an inverse index (both are bitwise reproducible on the CPU; the inverse-index form also spreads
-// a single (batch, head) plane across threads).
+// dk / dv either per (batch, head) plane (default, when there are enough planes for the threads)
+// or per key through an inverse index (deterministic = true, or few planes). Both are bitwise
+// reproducible on the CPU; the inverse-index form also spreads one plane across threads.
 void cluster_attention_fwd_cpu(const ClusterAttentionView& view);
 void cluster_attention_bwd_cpu(const ClusterAttentionView& view, const ClusterAttentionGrads& g,
                                bool deterministic);

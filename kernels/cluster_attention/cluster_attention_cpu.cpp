@@ -366,7 +366,10 @@ void cluster_attention_bwd_cpu(const ClusterAttentionView& a, const ClusterAtten
   std::vector<float> part_bk(blank ? planes * D : 0), part_bv(blank ? planes * D : 0);
   std::vector<double> part_pe(a.pe_w ? planes * 6 : 0);
 
-  if (!deterministic) {
+  // Per-plane ownership needs planes to spread over the threads; with few (batch, head) planes the
+  // per-key (inverse index) reduction parallelises better. Both are bitwise reproducible.
+  const bool by_plane = !deterministic && planes >= 2 * static_cast<int64_t>(omp_get_max_threads());
+  if (by_plane) {
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t plane = 0; plane < planes; ++plane) {
       with_head_dim(D, [&](auto kd) {
