@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,13 +21,17 @@
 #ifdef TESSERA_WITH_CUDA
 #include <cuda_runtime.h>
 
-#include <optional>
 #include <random>
 
 #include "kernels/cluster_attention/cluster_attention.h"
 #endif
 
 namespace tessera::bench {
+
+// CPU paged decode vs memory bandwidth, defined by the paged-attention benchmark
+// (bench/paged_decode_bench.{h,cpp}) where that is built in; declared weak so that this benchmark
+// reports null for it otherwise. Returns {"paged_decode_bw_fraction": ..., ...}.
+nlohmann::json run_paged_decode_bench(bool quick) __attribute__((weak));
 
 namespace {
 
@@ -257,6 +262,9 @@ int run(const BenchOptions& opts) {
   double bandwidth = 0;
   const auto gpu = run_gpu(configs, 3, opts.quick, &bandwidth);
 #endif
+  std::optional<nlohmann::json> paged;
+  if (opts.rank == 0 && run_paged_decode_bench != nullptr)
+    paged = run_paged_decode_bench(opts.quick);
   if (opts.rank != 0) return 0;
 
   if (opts.json) {
@@ -276,9 +284,10 @@ int run(const BenchOptions& opts) {
                                         {"fwd_bwd_speedup", r.fwd_bwd_base_ms / r.fwd_bwd_ms},
                                         {"max_abs_err_vs_baseline", r.max_err}});
     }
-    // Paged decode (batch 16 x 4096 tokens, GQA) as a fraction of measured memory bandwidth: the
-    // paged-attention kernels provide it; null until they are wired in here.
+    // Paged decode (batch 16 x 4096 tokens, GQA) as a fraction of the memory bandwidth measured
+    // in the same run, from the paged-attention benchmark; null where that is not built in.
     j["paged_decode_bw_fraction"] = nullptr;
+    if (paged) j["paged_decode_bw_fraction"] = (*paged)["paged_decode_bw_fraction"];
     // CUDA cluster attention (null without a GPU): times and the forward's roofline fraction.
     j["cluster_attention_gpu"] = nullptr;
 #ifdef TESSERA_WITH_CUDA
@@ -307,7 +316,12 @@ int run(const BenchOptions& opts) {
                 static_cast<long long>(r.batch), r.fwd_ms, r.fwd_base_ms, r.fwd_base_ms / r.fwd_ms,
                 r.fwd_bwd_ms, r.fwd_bwd_base_ms, r.fwd_bwd_base_ms / r.fwd_bwd_ms, r.max_err);
   }
-  std::printf("paged decode bandwidth fraction: (not wired in yet)\n");
+  if (paged) {
+    std::printf("\npaged decode (CPU, batch 16 x %d tokens, GQA): %.2f of memory bandwidth\n",
+                (*paged)["seq_len"].get<int>(), (*paged)["paged_decode_bw_fraction"].get<double>());
+  } else {
+    std::printf("\npaged decode bandwidth fraction: not built in\n");
+  }
 #ifdef TESSERA_WITH_CUDA
   if (gpu) {
     std::printf("\ncluster attention on the GPU (copy bandwidth %.0f GB/s)\n", bandwidth / 1e9);
