@@ -7,7 +7,7 @@
 
 #include "kernels/cluster_attention/cluster_neighbors.h"
 #include "kernels/cluster_attention/cluster_primitives.h"
-#include "tests/kernels/cluster_test_data.h"
+#include "tests/kernels/cluster_attention/cluster_test_data.h"
 
 namespace tessera::kernels {
 namespace {
