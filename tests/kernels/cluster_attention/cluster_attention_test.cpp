@@ -82,8 +82,13 @@ Made make_inputs(const Case& c, uint64_t seed = 1) {
       r.idx_full.index_put_({Slice(), Slice(), 1}, r.idx_full.index({Slice(), Slice(), 0}));
     }
     r.in.idx = r.idx_full.to(c.idx_type);
+    // Non-contiguous index too: the same values read through a transposed [B, M, N] tensor.
+    if (c.noncontig) r.in.idx = r.in.idx.transpose(1, 2).contiguous().transpose(1, 2);
   }
-  if (c.bias) r.in.bias = torch::randn({c.B, c.H, c.N, M}, f);
+  if (c.bias) {
+    r.in.bias = c.noncontig ? torch::randn({c.B, c.N, c.H, M}, f).permute({0, 2, 1, 3})
+                            : torch::randn({c.B, c.H, c.N, M}, f);
+  }
   if (c.pe) {
     r.in.pos = torch::randint(0, 8, {c.B, c.N, 2}, f);  // integer grid: zero distances happen
     r.in.pe_w = torch::randn({c.H, 5}, f) * 0.3;
