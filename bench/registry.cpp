@@ -4,6 +4,7 @@ namespace tessera::bench {
 
 // One declaration and one line per benchmark (each defined in its own bench/<name>_bench.cpp).
 Benchmark caches_benchmark();
+Benchmark kernels_benchmark();
 Benchmark paged_decode_benchmark();
 Benchmark comm_benchmark();
 Benchmark sp_decode_benchmark();
@@ -11,6 +12,7 @@ Benchmark sp_decode_benchmark();
 std::vector<Benchmark> benchmarks() {
   std::vector<Benchmark> all;
   all.push_back(caches_benchmark());
+  all.push_back(kernels_benchmark());
   all.push_back(paged_decode_benchmark());
   all.push_back(comm_benchmark());
   all.push_back(sp_decode_benchmark());

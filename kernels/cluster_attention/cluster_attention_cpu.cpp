@@ -1,0 +1,455 @@
+// Fast CPU cluster attention: OpenMP over query rows (forward) or (batch, head) planes / keys
+// (backward), fp32 accumulation, head_dim loops vectorised and compiled for AVX-512 / AVX2 /
+// baseline (TESSERA_CPU_CLONES), softmax exps by a vectorisable polynomial.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "kernels/cluster_attention/cluster_attention.h"
+#include "kernels/cluster_attention/cluster_cpu_simd.h"
+#include "kernels/cluster_attention/cluster_dropout.h"
+
+namespace tessera::kernels {
+
+namespace {
+
+using simd::axpy;
+using simd::axpyk;
+using simd::dot;
+using simd::dotk;
+using simd::v8f;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Per-thread scratch for one row: logits, softmax weights, dropped-out weights, grads, keys.
+// Float rows are padded to a multiple of 8 (padding logits -inf) for the 8-wide softmax.
+struct Scratch {
+  std::vector<float> s, p, w, ds;
+  std::vector<int64_t> key;
+  explicit Scratch(int M)
+      : s(pad8(M + 1), kNegInf), p(pad8(M + 1)), w(pad8(M + 1)), ds(pad8(M + 1)), key(M) {}
+  static size_t pad8(int n) { return (static_cast<size_t>(n) + 7) / 8 * 8; }
+};
+
+// The five relative-position features of key j seen from query n.
+TESSERA_CPU_INLINE void pos_features(const float* pos, int64_t b, int64_t N, int64_t n, int64_t j,
+                                     float* f) {
+  const float* pn = pos + (b * N + n) * 2;
+  const float* pj = pos + (b * N + j) * 2;
+  const float dx = pj[0] - pn[0], dy = pj[1] - pn[1];
+  const float dist = std::sqrt(dx * dx + dy * dy);
+  f[0] = dx;
+  f[1] = dy;
+  f[2] = dist;
+  f[3] = dist > 0.f ? dy / dist : 0.f;
+  f[4] = dist > 0.f ? dx / dist : 0.f;
+}
+
+TESSERA_CPU_INLINE const float* row_ptr(const float* base, const int64_t* st, int64_t b, int64_t h,
+                                        int64_t n) {
+  return base + b * st[0] + h * st[1] + n * st[2];
+}
+
+// Logits of row (b, h, n) into s[0..M] (s[M]: blank, -inf when absent); keys into key[0..M).
+// Returns the row maximum.
+template <int kD>
+TESSERA_CPU_INLINE float row_logits(const ClusterAttentionView& a, int64_t b, int h, int64_t n,
+                                    const float* q, float* s, int64_t* key) {
+  const int M = a.neighbours, D = kD ? kD : a.head_dim;
+  const int64_t N = a.tokens;
+  const int64_t* idx = a.idx ? a.idx + (b * N + n) * M : nullptr;
+  const int64_t row = (b * a.heads + h) * N + n;
+  const uint8_t* mask =
+      a.mask ? a.mask + ((b * a.mask_heads + (a.mask_heads == 1 ? 0 : h)) * N + n) * M : nullptr;
+  const float* kbase = a.k + b * a.k_stride[0] + h * a.k_stride[1];
+  for (int m = 0; m < M; ++m) key[m] = idx ? idx[m] : m;
+  for (int m = 0; m < M; ++m) s[m] = dotk<kD>(q, kbase + key[m] * a.k_stride[2], D) * a.scale;
+  if (a.bias) {
+    const float* bias = a.bias + row * M;
+    for (int m = 0; m < M; ++m) s[m] += bias[m];
+  }
+  if (a.pe_w) {
+    const float* w = a.pe_w + h * 5;
+    const float pb = a.pe_b ? a.pe_b[h] : 0.f;
+    for (int m = 0; m < M; ++m) {
+      float f[5];
+      pos_features(a.pos, b, N, n, key[m], f);
+      s[m] += w[0] * f[0] + w[1] * f[1] + w[2] * f[2] + w[3] * f[3] + w[4] * f[4] + pb;
+    }
+  }
+  if (mask) {
+    for (int m = 0; m < M; ++m) s[m] = mask[m] ? s[m] : kNegInf;
+  }
+  s[M] = a.blank_k ? dotk<kD>(q, a.blank_k + h * D, D) * a.scale : kNegInf;
+  // Row maximum over the padded row (padding is -inf), 8 lanes at a time.
+  v8f mx8 = simd::load8(s);
+  for (int m = 8; m <= M; m += 8) {
+    const v8f x = simd::load8(s + m);
+    mx8 = mx8 > x ? mx8 : x;
+  }
+  float mx = mx8[0];
+  for (int i = 1; i < 8; ++i) mx = std::max(mx, mx8[i]);
+  return mx;
+}
+
+// p[m] = exp(s[m] - shift) (0 where s is -inf) over the padded rows; returns the sum.
+TESSERA_CPU_INLINE float row_exp(const float* s, float shift, float* p, int count) {
+  v8f sum = {};
+  for (int m = 0; m < count; m += 8) {
+    const v8f x = simd::load8(s + m);
+    const v8f e = simd::exp8(x - shift);
+    const v8f z = {};
+    const v8f r = x == kNegInf ? z : e;
+    simd::store8(p + m, r);
+    sum += r;
+  }
+  return simd::hsum8(sum);
+}
+
+// w[m] = p[m] * z[m] with the dropout factor z in {0, 1 / (1 - p)}.
+TESSERA_CPU_INLINE void row_dropout(const ClusterAttentionView& a, int64_t row, const float* p,
+                                    float* w) {
+  const int M = a.neighbours;
+  if (a.dropout_p <= 0.f) {
+    std::copy(p, p + M + 1, w);
+    return;
+  }
+  const float inv = 1.f / (1.f - a.dropout_p);
+  const uint64_t base = static_cast<uint64_t>(row) * (M + 1);
+  for (int m = 0; m <= M; ++m) {
+    w[m] = dropout_keep(a.seed, base + m, a.dropout_p) ? p[m] * inv : 0.f;
+  }
+}
+
+template <int kD>
+TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int64_t r1) {
+  const int M = a.neighbours, D = kD ? kD : a.head_dim, H = a.heads;
+  const int64_t N = a.tokens;
+  Scratch t(M);
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t n = row % N, b = row / (N * H);
+    const int h = static_cast<int>((row / N) % H);
+    float* o = a.out + row * D;
+    std::fill(o, o + D, 0.f);
+    const float* q = row_ptr(a.q, a.q_stride, b, h, n);
+    const float mx = row_logits<kD>(a, b, h, n, q, t.s.data(), t.key.data());
+    if (mx == kNegInf) {
+      if (a.lse) a.lse[row] = kNegInf;
+      continue;
+    }
+    const float sum = row_exp(t.s.data(), mx, t.p.data(), M + 1);
+    if (a.lse) a.lse[row] = mx + std::log(sum);
+    const float inv = 1.f / sum;
+    for (int m = 0; m <= M; ++m) t.p[m] *= inv;
+    row_dropout(a, row, t.p.data(), t.w.data());
+    const float* vbase = a.v + b * a.v_stride[0] + h * a.v_stride[1];
+    if constexpr (kD > 0 && kD % 8 == 0) {
+      // A compile-time head_dim keeps the output row in vector registers across neighbours.
+      // Independent accumulator sets hide the FMA latency when head_dim is only 1-2 vectors.
+      constexpr int kV = kD / 8, kSets = kV >= 4 ? 1 : 4 / kV;
+      v8f acc[kSets][kV] = {};
+      int m = 0;
+      for (; m + kSets <= M; m += kSets) {
+        for (int u = 0; u < kSets; ++u) {
+          const float* v = vbase + t.key[m + u] * a.v_stride[2];
+          const float wm = t.w[m + u];
+          for (int i = 0; i < kV; ++i) acc[u][i] += wm * simd::load8(v + 8 * i);
+        }
+      }
+      for (; m < M; ++m) {
+        const float* v = vbase + t.key[m] * a.v_stride[2];
+        for (int i = 0; i < kV; ++i) acc[0][i] += t.w[m] * simd::load8(v + 8 * i);
+      }
+      if (a.blank_v) {
+        for (int i = 0; i < kV; ++i) acc[0][i] += t.w[M] * simd::load8(a.blank_v + h * D + 8 * i);
+      }
+      for (int u = 1; u < kSets; ++u) {
+        for (int i = 0; i < kV; ++i) acc[0][i] += acc[u][i];
+      }
+      for (int i = 0; i < kV; ++i) simd::store8(o + 8 * i, acc[0][i]);
+    } else {
+      for (int m = 0; m < M; ++m) {
+        if (t.w[m] != 0.f) axpy(t.w[m], vbase + t.key[m] * a.v_stride[2], o, D);
+      }
+      if (a.blank_v && t.w[M] != 0.f) axpy(t.w[M], a.blank_v + h * D, o, D);
+    }
+  }
+}
+
+// Row backward shared by both variants: recomputes the weights, writes dq (and dbias), and leaves
+// ds[0..M] (logit gradients) and w[0..M] (dropped-out weights) for the caller to scatter.
+template <int kD>
+TESSERA_CPU_INLINE void row_backward(const ClusterAttentionView& a, const ClusterAttentionGrads& g,
+                                     int64_t b, int h, int64_t n, Scratch& t, float* ds, float* w) {
+  const int M = a.neighbours, D = kD ? kD : a.head_dim;
+  const int64_t N = a.tokens;
+  const int64_t row = (b * a.heads + h) * N + n;
+  const float* q = row_ptr(a.q, a.q_stride, b, h, n);
+  const float* dout = g.dout + row * D;
+  float* dq = g.dq + row * D;
+  std::fill(dq, dq + D, 0.f);
+  const float lse = a.lse[row];
+  row_logits<kD>(a, b, h, n, q, t.s.data(), t.key.data());
+  if (lse == kNegInf) {
+    std::fill(ds, ds + M + 1, 0.f);
+    std::fill(w, w + M + 1, 0.f);
+    if (g.dbias) std::fill(g.dbias + row * M, g.dbias + (row + 1) * M, 0.f);
+    return;
+  }
+  row_exp(t.s.data(), lse, t.p.data(), M + 1);
+  row_dropout(a, row, t.p.data(), w);
+  const float dsum = dotk<kD>(dout, a.out + row * D, D);  // = sum_m P[m] dP[m]
+  const float* vbase = a.v + b * a.v_stride[0] + h * a.v_stride[1];
+  const float* kbase = a.k + b * a.k_stride[0] + h * a.k_stride[1];
+  const float keep = a.dropout_p > 0.f ? 1.f / (1.f - a.dropout_p) : 1.f;
+  for (int m = 0; m <= M; ++m) {
+    const float p = t.p[m];
+    if (p == 0.f) {
+      ds[m] = 0.f;
+      continue;
+    }
+    const float* v = m < M ? vbase + t.key[m] * a.v_stride[2] : a.blank_v + h * D;
+    // dP[m] = z[m] * dout . v with z[m] in {0, keep}.
+    const float z = a.dropout_p > 0.f ? (w[m] != 0.f ? keep : 0.f) : 1.f;
+    ds[m] = p * (z * dotk<kD>(dout, v, D) - dsum);
+    const float* k = m < M ? kbase + t.key[m] * a.k_stride[2] : a.blank_k + h * D;
+    axpyk<kD>(a.scale * ds[m], k, dq, D);
+  }
+  if (g.dbias) std::copy(ds, ds + M, g.dbias + row * M);
+}
+
+// Default backward for one (batch, head) plane: dk / dv of the plane are owned by this call.
+template <int kD>
+TESSERA_CPU_CLONES void bwd_plane(const ClusterAttentionView& a, const ClusterAttentionGrads& g,
+                                  int64_t plane, float* part_bk, float* part_bv, double* part_pe) {
+  const int M = a.neighbours, D = kD ? kD : a.head_dim, H = a.heads;
+  const int64_t N = a.tokens;
+  const int64_t b = plane / H;
+  const int h = static_cast<int>(plane % H);
+  Scratch t(M);
+  float* dk = g.dk + plane * N * D;
+  float* dv = g.dv + plane * N * D;
+  std::fill(dk, dk + N * D, 0.f);
+  std::fill(dv, dv + N * D, 0.f);
+  for (int64_t n = 0; n < N; ++n) {
+    row_backward<kD>(a, g, b, h, n, t, t.ds.data(), t.w.data());
+    const int64_t row = plane * N + n;
+    const float* q = row_ptr(a.q, a.q_stride, b, h, n);
+    const float* dout = g.dout + row * D;
+    for (int m = 0; m < M; ++m) {
+      if (t.ds[m] != 0.f) axpyk<kD>(a.scale * t.ds[m], q, dk + t.key[m] * D, D);
+      if (t.w[m] != 0.f) axpyk<kD>(t.w[m], dout, dv + t.key[m] * D, D);
+    }
+    if (part_bk) {
+      axpy(a.scale * t.ds[M], q, part_bk, D);
+      axpy(t.w[M], dout, part_bv, D);
+    }
+    if (part_pe) {
+      float f[5];
+      for (int m = 0; m < M; ++m) {
+        if (t.ds[m] == 0.f) continue;
+        pos_features(a.pos, b, N, n, t.key[m], f);
+        for (int c = 0; c < 5; ++c) part_pe[c] += static_cast<double>(t.ds[m]) * f[c];
+        part_pe[5] += t.ds[m];
+      }
+    }
+  }
+}
+
+// Deterministic pass 1 over rows [r0, r1): logit gradients and weights into scratch rows.
+template <int kD>
+TESSERA_CPU_CLONES void bwd_rows(const ClusterAttentionView& a, const ClusterAttentionGrads& g,
+                                 int64_t r0, int64_t r1, float* ds_all, float* w_all) {
+  const int M = a.neighbours, H = a.heads;
+  const int64_t N = a.tokens;
+  Scratch t(M);
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t n = row % N, b = row / (N * H);
+    const int h = static_cast<int>((row / N) % H);
+    row_backward<kD>(a, g, b, h, n, t, ds_all + row * (M + 1), w_all + row * (M + 1));
+  }
+}
+
+// Deterministic pass 2 over key rows [k0, k1): every key gathers its slots in slot order.
+template <int kD>
+TESSERA_CPU_CLONES void gather_keys(const ClusterAttentionView& a, const ClusterAttentionGrads& g,
+                                    int64_t k0, int64_t k1, const float* ds_all, const float* w_all,
+                                    const int64_t* offsets, const int64_t* entries) {
+  const int M = a.neighbours, D = kD ? kD : a.head_dim, H = a.heads;
+  const int64_t N = a.tokens;
+  for (int64_t kr = k0; kr < k1; ++kr) {
+    const int64_t j = kr % N, b = kr / (N * H);
+    const int h = static_cast<int>((kr / N) % H);
+    float* dk = g.dk + kr * D;
+    float* dv = g.dv + kr * D;
+    std::fill(dk, dk + D, 0.f);
+    std::fill(dv, dv + D, 0.f);
+    const int64_t row0 = (b * H + h) * N;
+    const int64_t lo = a.idx ? offsets[b * (N + 1) + j] : 0;
+    const int64_t hi = a.idx ? offsets[b * (N + 1) + j + 1] : N;
+    for (int64_t e = lo; e < hi; ++e) {
+      const int64_t slot = a.idx ? entries[b * N * M + e] : e * M + j;
+      const int64_t n = slot / M, m = slot % M;
+      const int64_t row = row0 + n;
+      const float dsv = ds_all[row * (M + 1) + m], wv = w_all[row * (M + 1) + m];
+      if (dsv != 0.f) axpyk<kD>(a.scale * dsv, row_ptr(a.q, a.q_stride, b, h, n), dk, D);
+      if (wv != 0.f) axpyk<kD>(wv, g.dout + row * D, dv, D);
+    }
+  }
+}
+
+// Calls f(std::integral_constant<int, D>) for the head dims worth a specialised (fully unrolled)
+// body, f(std::integral_constant<int, 0>) otherwise.
+template <typename F>
+void with_head_dim(int d, F&& f) {
+  switch (d) {
+    case 8:
+      return f(std::integral_constant<int, 8>{});
+    case 16:
+      return f(std::integral_constant<int, 16>{});
+    case 32:
+      return f(std::integral_constant<int, 32>{});
+    case 64:
+      return f(std::integral_constant<int, 64>{});
+    default:
+      return f(std::integral_constant<int, 0>{});
+  }
+}
+
+// [begin, end) of thread `tid` among `nth` for `total` items, in contiguous static chunks.
+inline std::pair<int64_t, int64_t> thread_range(int64_t total) {
+  const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
+  const int64_t chunk = (total + nth - 1) / nth;
+  return {std::min(total, tid * chunk), std::min(total, (tid + 1) * chunk)};
+}
+
+}  // namespace
+
+void cluster_attention_fwd_cpu(const ClusterAttentionView& a) {
+  const int64_t rows = static_cast<int64_t>(a.batch) * a.heads * a.tokens;
+  if (rows == 0) return;
+#pragma omp parallel
+  {
+    const auto [r0, r1] = thread_range(rows);
+    if (r0 < r1) with_head_dim(a.head_dim, [&](auto kd) { fwd_rows<kd()>(a, r0, r1); });
+  }
+}
+
+void cluster_inverse_index_cpu(const int64_t* idx, int batch, int tokens, int neighbours,
+                               int64_t* offsets, int64_t* entries) {
+  const int64_t N = tokens, M = neighbours;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < batch; ++b) {
+    int64_t* off = offsets + b * (N + 1);
+    std::fill(off, off + N + 1, 0);
+    const int64_t* ib = idx + b * N * M;
+    for (int64_t i = 0; i < N * M; ++i) ++off[ib[i] + 1];
+    for (int64_t j = 0; j < N; ++j) off[j + 1] += off[j];
+    std::vector<int64_t> cursor(off, off + N);
+    // Slots visited in increasing order, so every key's list comes out sorted.
+    for (int64_t i = 0; i < N * M; ++i) entries[b * N * M + cursor[ib[i]]++] = i;
+  }
+}
+
+void cluster_attention_bwd_cpu(const ClusterAttentionView& a, const ClusterAttentionGrads& g,
+                               bool deterministic) {
+  const int M = a.neighbours, D = a.head_dim, H = a.heads;
+  const int64_t N = a.tokens, B = a.batch;
+  const int64_t planes = B * H;
+  const bool blank = a.blank_k != nullptr;
+  // Per-plane partial sums of the parameter gradients, reduced over batches in a fixed order.
+  std::vector<float> part_bk(blank ? planes * D : 0), part_bv(blank ? planes * D : 0);
+  std::vector<double> part_pe(a.pe_w ? planes * 6 : 0);
+
+  // Per-plane ownership needs planes to spread over the threads; with few (batch, head) planes the
+  // per-key (inverse index) reduction parallelises better. Both are bitwise reproducible.
+  const bool by_plane = !deterministic && planes >= 2 * static_cast<int64_t>(omp_get_max_threads());
+  if (by_plane) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t plane = 0; plane < planes; ++plane) {
+      with_head_dim(D, [&](auto kd) {
+        bwd_plane<kd()>(a, g, plane, blank ? &part_bk[plane * D] : nullptr,
+                        blank ? &part_bv[plane * D] : nullptr,
+                        a.pe_w ? &part_pe[plane * 6] : nullptr);
+      });
+    }
+  } else {
+    const int64_t rows = planes * N;
+    std::vector<float> ds_all(rows * (M + 1)), w_all(rows * (M + 1));
+    std::vector<int64_t> offsets, entries;
+    if (a.idx) {
+      offsets.resize(B * (N + 1));
+      entries.resize(B * N * M);
+      cluster_inverse_index_cpu(a.idx, a.batch, a.tokens, M, offsets.data(), entries.data());
+    }
+#pragma omp parallel
+    {
+      const auto [r0, r1] = thread_range(rows);
+      with_head_dim(D, [&](auto kd) {
+        if (r0 < r1) bwd_rows<kd()>(a, g, r0, r1, ds_all.data(), w_all.data());
+      });
+#pragma omp barrier
+      with_head_dim(D, [&](auto kd) {
+        if (r0 < r1) {
+          gather_keys<kd()>(a, g, r0, r1, ds_all.data(), w_all.data(), offsets.data(),
+                            entries.data());
+        }
+      });
+    }
+    // Parameter gradients per plane from the stored slot gradients.
+#pragma omp parallel for schedule(static)
+    for (int64_t plane = 0; plane < planes; ++plane) {
+      const int64_t b = plane / H;
+      const int h = static_cast<int>(plane % H);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t row = plane * N + n;
+        const float* ds = &ds_all[row * (M + 1)];
+        if (blank) {
+          axpy(a.scale * ds[M], row_ptr(a.q, a.q_stride, b, h, n), &part_bk[plane * D], D);
+          axpy(w_all[row * (M + 1) + M], g.dout + row * D, &part_bv[plane * D], D);
+        }
+        if (a.pe_w) {
+          double* pe = &part_pe[plane * 6];
+          float f[5];
+          for (int m = 0; m < M; ++m) {
+            if (ds[m] == 0.f) continue;
+            const int64_t j = a.idx ? a.idx[(b * N + n) * M + m] : m;
+            pos_features(a.pos, b, N, n, j, f);
+            for (int c = 0; c < 5; ++c) pe[c] += static_cast<double>(ds[m]) * f[c];
+            pe[5] += ds[m];
+          }
+        }
+      }
+    }
+  }
+
+  // Fixed-order reductions over batches.
+  for (int64_t i = 0; i < static_cast<int64_t>(H) * D; ++i) {
+    float sk = 0.f, sv = 0.f;
+    for (int64_t b = 0; blank && b < B; ++b) {
+      sk += part_bk[b * H * D + i];
+      sv += part_bv[b * H * D + i];
+    }
+    if (g.dblank_k) g.dblank_k[i] = sk;
+    if (g.dblank_v) g.dblank_v[i] = sv;
+  }
+  if (a.pe_w) {
+    for (int h = 0; h < H; ++h) {
+      double acc[6] = {0, 0, 0, 0, 0, 0};
+      for (int64_t b = 0; b < B; ++b) {
+        for (int c = 0; c < 6; ++c) acc[c] += part_pe[(b * H + h) * 6 + c];
+      }
+      if (g.dpe_w) {
+        for (int c = 0; c < 5; ++c) g.dpe_w[h * 5 + c] = static_cast<float>(acc[c]);
+      }
+      if (g.dpe_b) g.dpe_b[h] = static_cast<float>(acc[5]);
+    }
+  }
+}
+
+}  // namespace tessera::kernels
