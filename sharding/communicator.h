@@ -18,6 +18,8 @@ namespace tessera::sharding {
 
 enum class ReduceOp { kSum, kMax, kMin, kAvg };
 const char* reduce_op_name(ReduceOp op);
+// Static dtype names for reports (OpDesc and fingerprints keep the pointer, never a copy).
+const char* dtype_label(const torch::Tensor& t);
 
 // A wait passed its deadline. The operation is still in flight, so the communicator is unusable
 // afterwards (NCCL aborts it); the caller ends the job.

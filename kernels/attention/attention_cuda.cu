@@ -6,34 +6,13 @@
 #include <cfloat>
 
 #include "kernels/attention/attention.h"
+#include "kernels/common/block_reduce.cuh"
 
 namespace tessera::kernels {
 
 namespace {
 
 constexpr int kThreads = 128;
-
-__device__ float block_max(float x, float* red) {
-  for (int off = 16; off > 0; off /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) red[warp] = x;
-  __syncthreads();
-  float m = -FLT_MAX;
-  for (int w = 0; w < kThreads / 32; ++w) m = fmaxf(m, red[w]);
-  __syncthreads();
-  return m;
-}
-
-__device__ float block_sum(float x, float* red) {
-  for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) red[warp] = x;
-  __syncthreads();
-  float s = 0.f;
-  for (int w = 0; w < kThreads / 32; ++w) s += red[w];
-  __syncthreads();
-  return s;
-}
 
 __global__ void attention_kernel(AttentionView a) {
   extern __shared__ float smem[];  // q[head_dim] | acc[head_dim] | p[kThreads] | red[32]
@@ -69,13 +48,13 @@ __global__ void attention_kernel(AttentionView a) {
         score = dot * a.scale;
       }
     }
-    const float tile_max = block_max(score, red);
+    const float tile_max = block_max<kThreads>(score, red);
     if (tile_max == -FLT_MAX) continue;  // nothing visible in this tile
     const float new_max = fmaxf(running_max, tile_max);
     const float p = score == -FLT_MAX ? 0.f : __expf(score - new_max);
     p_s[threadIdx.x] = p;
     const float correction = running_max == -FLT_MAX ? 0.f : __expf(running_max - new_max);
-    running_sum = running_sum * correction + block_sum(p, red);
+    running_sum = running_sum * correction + block_sum<kThreads>(p, red);
     running_max = new_max;
     const int tile = min(kThreads, a.kv_len - base);
     for (int i = threadIdx.x; i < a.head_dim; i += kThreads) {

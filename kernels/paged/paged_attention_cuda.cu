@@ -6,6 +6,7 @@
 
 #include <cfloat>
 
+#include "kernels/common/block_reduce.cuh"
 #include "kernels/paged/paged_attention.h"
 
 namespace tessera::kernels {
@@ -13,28 +14,6 @@ namespace tessera::kernels {
 namespace {
 
 constexpr int kThreads = 128;
-
-__device__ float block_max(float x, float* red) {
-  for (int off = 16; off > 0; off /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) red[warp] = x;
-  __syncthreads();
-  float m = -FLT_MAX;
-  for (int w = 0; w < kThreads / 32; ++w) m = fmaxf(m, red[w]);
-  __syncthreads();
-  return m;
-}
-
-__device__ float block_sum(float x, float* red) {
-  for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) red[warp] = x;
-  __syncthreads();
-  float s = 0.f;
-  for (int w = 0; w < kThreads / 32; ++w) s += red[w];
-  __syncthreads();
-  return s;
-}
 
 template <KvDType T>
 __global__ void paged_attention_kernel(PagedAttentionView a) {
@@ -86,12 +65,12 @@ __global__ void paged_attention_kernel(PagedAttentionView a) {
       for (int i = 0; i < c.head_dim_k; ++i) dot += q_s[i] * kv_load(T, k, i, ks);
       score = dot * a.scale;
     }
-    const float tile_max = block_max(score, red);
+    const float tile_max = block_max<kThreads>(score, red);
     const float new_max = fmaxf(running_max, tile_max);
     const float pr = score == -FLT_MAX ? 0.f : __expf(score - new_max);
     p_s[threadIdx.x] = pr;
     const float correction = running_max == -FLT_MAX ? 0.f : __expf(running_max - new_max);
-    running_sum = running_sum * correction + block_sum(pr, red);
+    running_sum = running_sum * correction + block_sum<kThreads>(pr, red);
     running_max = new_max;
     const int tile = static_cast<int>(min(static_cast<int64_t>(kThreads), t - base + 1));
     for (int i = threadIdx.x; i < c.head_dim_v; i += kThreads) {

@@ -80,34 +80,6 @@ MPI_Datatype mpi_type(const torch::Tensor& t) {
   }
 }
 
-// Static names for reports (OpDesc and fingerprints keep pointers, never copies).
-const char* dtype_label(const torch::Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat:
-      return "float32";
-    case torch::kDouble:
-      return "float64";
-    case torch::kHalf:
-      return "float16";
-    case torch::kBFloat16:
-      return "bfloat16";
-    case torch::kLong:
-      return "int64";
-    case torch::kInt:
-      return "int32";
-    case torch::kShort:
-      return "int16";
-    case torch::kChar:
-      return "int8";
-    case torch::kByte:
-      return "uint8";
-    case torch::kBool:
-      return "bool";
-    default:
-      return "other";
-  }
-}
-
 MPI_Op mpi_op(const torch::Tensor& t, ReduceOp op) {
   const int idx = op == ReduceOp::kMax ? 1 : (op == ReduceOp::kMin ? 2 : 0);
   if (t.scalar_type() == torch::kHalf) return half_ops().f16[idx];

@@ -50,29 +50,6 @@ ncclDataType_t nccl_type(const torch::Tensor& t) {
   }
 }
 
-const char* dtype_label(const torch::Tensor& t) {
-  switch (t.scalar_type()) {
-    case torch::kFloat:
-      return "float32";
-    case torch::kDouble:
-      return "float64";
-    case torch::kHalf:
-      return "float16";
-    case torch::kBFloat16:
-      return "bfloat16";
-    case torch::kLong:
-      return "int64";
-    case torch::kInt:
-      return "int32";
-    case torch::kChar:
-      return "int8";
-    case torch::kByte:
-      return "uint8";
-    default:
-      return "other";
-  }
-}
-
 ncclRedOp_t nccl_op(ReduceOp op) {
   switch (op) {
     case ReduceOp::kSum:
