@@ -161,10 +161,13 @@ int cluster_av_bwd_cuda(const ClusterDims& d, const float* attn, const float* v,
   auto s = static_cast<cudaStream_t>(stream);
   const int64_t nd = static_cast<int64_t>(d.batch) * d.heads * d.tokens * d.head_dim;
   const int64_t nm = static_cast<int64_t>(d.batch) * d.heads * d.tokens * d.neighbours;
-  if (nd == 0) return 0;
-  cudaMemsetAsync(dv, 0, nd * sizeof(float), s);
-  av_bwd_attn<<<blocks_for(nm), kThreads, 0, s>>>(d, v, idx, dout, dattn);
-  av_bwd_v<<<blocks_for(nd), kThreads, 0, s>>>(d, attn, idx, dout, dv);
+  // Each output has its own guard: with head_dim 0 there is no dv, but dattn [B, H, N, M] still
+  // has to be written (zeros, as on the CPU); a zero-block launch would fail instead.
+  if (nm > 0) av_bwd_attn<<<blocks_for(nm), kThreads, 0, s>>>(d, v, idx, dout, dattn);
+  if (nd > 0) {
+    cudaMemsetAsync(dv, 0, nd * sizeof(float), s);
+    av_bwd_v<<<blocks_for(nd), kThreads, 0, s>>>(d, attn, idx, dout, dv);
+  }
   return last_error();
 }
 

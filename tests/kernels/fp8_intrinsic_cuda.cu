@@ -23,5 +23,7 @@ __global__ void encode_kernel(const float* x, uint8_t* cuda_codes, uint8_t* our_
 int encode_e4m3_both_cuda(const float* x, uint8_t* cuda_codes, uint8_t* our_codes, int n) {
   if (n == 0) return 0;
   encode_kernel<<<(n + 255) / 256, 256>>>(x, cuda_codes, our_codes, n);
+  // A launch that never started reports here, not from the synchronise below.
+  if (const cudaError_t rc = cudaGetLastError(); rc != cudaSuccess) return static_cast<int>(rc);
   return static_cast<int>(cudaDeviceSynchronize());
 }

@@ -33,8 +33,11 @@ bool have_gpu() {
 // A device copy of a host vector, freed on scope exit.
 class DeviceBuffer {
  public:
+  // Filled with 0xff bytes (NaN floats) until written, so an output element a kernel leaves
+  // unwritten fails the comparison instead of matching by luck.
   explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
     EXPECT_EQ(cudaMalloc(&ptr_, bytes == 0 ? 1 : bytes), cudaSuccess);
+    EXPECT_EQ(cudaMemset(ptr_, 0xff, bytes == 0 ? 1 : bytes), cudaSuccess);
   }
   template <typename T>
   explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size() * sizeof(T)) {
@@ -227,6 +230,8 @@ TEST(PagedCuda, AttentionMatchesReference) {
   }
   check_attention(make_case(5, 16, 32, 8, 128, 128, KvDType::kF32, 0, 0, 0, 99));
   check_attention(make_case(1, 16, 1, 1, 8, 8, KvDType::kF16, 2, 0, 0, 98));
+  // Head dims above the 128 threads (strided loops over q and acc), K and V dims different.
+  check_attention(make_case(3, 16, 4, 2, 160, 200, KvDType::kBF16, 1, 40, 0, 97));
 }
 
 TEST(PagedCuda, AppendWritesTheReferencePages) {

@@ -24,14 +24,16 @@ bool have_device() {
 #define SKIP_WITHOUT_GPU() \
   if (!have_device()) GTEST_SKIP() << "no CUDA device"
 
-// A device copy of a host vector (or zeroed storage of n elements).
+// A device copy of a host vector, or storage of n elements filled with 0xff bytes (NaN floats, -1
+// integers): every output is written over, so an element a kernel forgets to write (an empty row,
+// a zero-size dimension) shows up instead of passing as a zero.
 template <typename T>
 class DeviceBuffer {
  public:
   explicit DeviceBuffer(size_t n) : n_(n) {
     if (n_ > 0) {
       EXPECT_EQ(cudaMalloc(&p_, n_ * sizeof(T)), cudaSuccess);
-      cudaMemset(p_, 0, n_ * sizeof(T));
+      cudaMemset(p_, 0xff, n_ * sizeof(T));
     }
   }
   explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
@@ -121,16 +123,17 @@ TEST(ClusterCuda, PrimitivesMatchReference) {
     for (auto& x : v) x = normal(rng);
     return v;
   };
+  // head_dim 0: no dq / dk / dv / out, but attn and dattn [B, H, N, M] are zeros.
   for (ClusterDims d : {ClusterDims{1, 1, 64, 32, 8}, ClusterDims{3, 2, 13, 20, 24},
-                        ClusterDims{2, 8, 256, 64, 32}}) {
+                        ClusterDims{2, 8, 256, 64, 32}, ClusterDims{2, 3, 9, 4, 0}}) {
     const size_t nd = size_t(d.batch) * d.heads * d.tokens * d.head_dim;
     const size_t nm = size_t(d.batch) * d.heads * d.tokens * d.neighbours;
     auto q = randn(nd), k = randn(nd), attn = randn(nm), gq = randn(nm), go = randn(nd);
     std::vector<int64_t> idx(size_t(d.batch) * d.tokens * d.neighbours);
     std::uniform_int_distribution<int64_t> pick(0, d.tokens - 1);
     for (auto& j : idx) j = pick(rng);
-    DeviceBuffer<float> q_d(q), k_d(k), attn_d(attn), gq_d(gq), go_d(go), a_d(nm), o_d(nd),
-        dq_d(nd), dk_d(nd);
+    DeviceBuffer<float> q_d(q), k_d(k), attn_d(attn), gq_d(gq), go_d(go), a_d(nm), da_d(nm),
+        o_d(nd), dq_d(nd), dk_d(nd);
     DeviceBuffer<int64_t> idx_d(idx);
     std::vector<float> a1(nm), o1(nd), dq1(nd), dk1(nd);
     cluster_qk_fwd_ref(d, q.data(), k.data(), idx.data(), a1.data());
@@ -146,10 +149,11 @@ TEST(ClusterCuda, PrimitivesMatchReference) {
     EXPECT_EQ(cluster_av_fwd_cuda(d, attn_d.get(), k_d.get(), idx_d.get(), o_d.get(), nullptr), 0);
     testing::expect_close(o_d.host(), o1, 1e-4, "av");
     cluster_av_bwd_ref(d, attn.data(), k.data(), idx.data(), go.data(), a1.data(), dk1.data());
-    EXPECT_EQ(cluster_av_bwd_cuda(d, attn_d.get(), k_d.get(), idx_d.get(), go_d.get(), a_d.get(),
+    // dattn into a fresh buffer, so that qk's attn left in a_d cannot pass for it.
+    EXPECT_EQ(cluster_av_bwd_cuda(d, attn_d.get(), k_d.get(), idx_d.get(), go_d.get(), da_d.get(),
                                   dk_d.get(), nullptr),
               0);
-    testing::expect_close(a_d.host(), a1, 1e-3, "av dattn");
+    testing::expect_close(da_d.host(), a1, 1e-3, "av dattn");
     testing::expect_close(dk_d.host(), dk1, 1e-3, "av dv");
   }
   ClusterWfDims w{2, 5, 13, 20, 3, 7};
