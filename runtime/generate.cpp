@@ -68,10 +68,12 @@ GenerateResult generate(const GenerateRequest& req, sharding::Communicator* comm
     model = std::make_unique<DecoderModel>(config, weights, comm);
     res.weight_bytes_read = weights.bytes_loaded();
     res.prompt_ids = tokenizer.encode(req.prompt);
-    const int64_t total = static_cast<int64_t>(res.prompt_ids.size()) + req.max_tokens;
-    TESSERA_CHECK(total <= config.max_position_embeddings, "prompt (", res.prompt_ids.size(),
-                  " tokens) + max_tokens (", req.max_tokens, ") = ", total,
-                  " exceeds max_position_embeddings=", config.max_position_embeddings);
+    // Compared without forming the sum: max_tokens may be as large as INT64_MAX.
+    const int64_t prompt_tokens = static_cast<int64_t>(res.prompt_ids.size());
+    TESSERA_CHECK(prompt_tokens <= config.max_position_embeddings &&
+                      req.max_tokens <= config.max_position_embeddings - prompt_tokens,
+                  "prompt (", prompt_tokens, " tokens) + max_tokens (", req.max_tokens,
+                  ") exceeds max_position_embeddings=", config.max_position_embeddings);
   });
   res.load_ms = ms_since(t_load);
 

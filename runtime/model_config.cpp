@@ -38,10 +38,13 @@ bool get_bool(const json& j, const char* key, bool fallback, const std::string& 
   return j[key].get<bool>();
 }
 
-int64_t first_token_id(const json& j, const char* key) {
+int64_t first_token_id(const json& j, const char* key, const std::string& origin) {
   if (!j.contains(key) || j[key].is_null()) return -1;
-  if (j[key].is_array()) return j[key].empty() ? -1 : j[key][0].get<int64_t>();
-  return j[key].is_number_integer() ? j[key].get<int64_t>() : -1;
+  if (j[key].is_array() && j[key].empty()) return -1;
+  const json& v = j[key].is_array() ? j[key][0] : j[key];
+  TESSERA_CHECK(v.is_number_integer(), origin, ": config field '", key,
+                "' must be an integer or a list of integers, got ", j[key].dump());
+  return v.get<int64_t>();
 }
 
 }  // namespace
@@ -55,7 +58,13 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   }
   TESSERA_CHECK(j.is_object(), origin, ": config must be a JSON object");
   ModelConfig c;
-  c.model_type = j.value("model_type", std::string("llama"));
+  if (j.contains("model_type") && !j["model_type"].is_null()) {
+    TESSERA_CHECK(j["model_type"].is_string(), origin,
+                  ": config field 'model_type' must be a string, got ", j["model_type"].dump());
+    c.model_type = j["model_type"].get<std::string>();
+  } else {
+    c.model_type = "llama";
+  }
   TESSERA_CHECK(c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2",
                 origin, ": model_type='", c.model_type,
                 "' is not supported (supported: llama, mistral, qwen2)");
@@ -73,8 +82,8 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-6, origin);
   c.attention_bias = get_bool(j, "attention_bias", c.model_type == "qwen2", origin);
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, origin);
-  c.bos_token_id = first_token_id(j, "bos_token_id");
-  c.eos_token_id = first_token_id(j, "eos_token_id");
+  c.bos_token_id = first_token_id(j, "bos_token_id", origin);
+  c.eos_token_id = first_token_id(j, "eos_token_id", origin);
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
     TESSERA_FAIL(origin, ": rope_scaling=", j["rope_scaling"].dump(), " is not supported yet");
   }
@@ -108,6 +117,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
       c.layer_windows.assign(c.layer_windows.size(), window);
     } else if (c.model_type == "qwen2" && get_bool(j, "use_sliding_window", false, origin)) {
       const int64_t first = get_int(j, "max_window_layers", origin, c.num_hidden_layers);
+      TESSERA_CHECK(first >= 0, origin, ": max_window_layers must be >= 0, got ", first);
       for (int64_t i = first; i < c.num_hidden_layers; ++i) c.layer_windows[i] = window;
     }
   }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -95,7 +96,12 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
       if (!d.is_number_integer() || d.get<int64_t>() < 0)
         bad("shape has a negative or non-integer dimension");
       e.shape.push_back(d.get<int64_t>());
-      numel *= static_cast<uint64_t>(e.shape.back());
+      // A product that wraps could match a small byte range and let torch read past the mapping.
+      const auto dim = static_cast<uint64_t>(e.shape.back());
+      if (dim != 0 && numel > static_cast<uint64_t>(INT64_MAX) / dim) {
+        bad("shape " + value["shape"].dump() + " has more elements than fit in 64 bits");
+      }
+      numel *= dim;
     }
     auto& off = value["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
@@ -107,9 +113,10 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
       bad("data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
           "] fall outside the " + std::to_string(data_size) + " data bytes");
     }
-    if (end - begin != numel * dtype_size(e.dtype)) {
+    const bool too_big = numel > UINT64_MAX / dtype_size(e.dtype);
+    if (too_big || end - begin != numel * dtype_size(e.dtype)) {
       bad("holds " + std::to_string(end - begin) + " bytes but its shape and dtype need " +
-          std::to_string(numel * dtype_size(e.dtype)));
+          (too_big ? "more than 2^64" : std::to_string(numel * dtype_size(e.dtype))));
     }
     e.data = data + begin;
     e.nbytes = end - begin;

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdio>
@@ -34,6 +35,10 @@ struct Slot {
   OpDesc op;  // formatted only when reported, so that watching costs no formatting
 };
 
+// A century: any longer timeout is "never" in practice, and the deadline in nanoseconds since the
+// clock's epoch must stay far from INT64_MAX.
+constexpr double kMaxTimeoutSeconds = 100.0 * 365 * 24 * 3600;
+
 struct State {
   std::array<Slot, kSlots> slots;
   std::atomic<int64_t> timeout_ms{300'000};
@@ -50,7 +55,8 @@ State& state() {
       TESSERA_CHECK(end != env && *end == '\0' && seconds >= 0,
                     "TESSERA_COMM_TIMEOUT must be a non-negative number of seconds, got '", env,
                     "'");
-      st->timeout_ms = static_cast<int64_t>(seconds * 1000.0);
+      // Capped before the conversion: a double beyond int64 (1e300, inf) does not convert.
+      st->timeout_ms = static_cast<int64_t>(std::min(seconds, kMaxTimeoutSeconds) * 1000.0);
     }
     return st;
   }();
@@ -137,7 +143,10 @@ Watchdog::Watchdog() { state(); }
 
 void Watchdog::set_timeout(std::chrono::milliseconds timeout) {
   TESSERA_CHECK(timeout.count() >= 0, "watchdog timeout must be >= 0 ms, got ", timeout.count());
-  state().timeout_ms = timeout.count();
+  // Longer than a century means never; capping keeps now + timeout from overflowing (a wrapped,
+  // negative deadline would fire at once).
+  state().timeout_ms =
+      std::min<int64_t>(timeout.count(), static_cast<int64_t>(kMaxTimeoutSeconds * 1000.0));
 }
 
 std::chrono::milliseconds Watchdog::timeout() const {

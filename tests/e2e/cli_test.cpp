@@ -80,6 +80,9 @@ TEST(Generate, BadInputGivesOneLineErrors) {
            Case{"--model tiny --prompt hi --max-tokens abc", "--max-tokens"},
            Case{"--model tiny", "--prompt is required"},
            Case{"--model tiny --prompt hi --max-tokens 5000", "exceeds max_position_embeddings"},
+           // prompt + max_tokens used to overflow int64 and pass the check.
+           Case{"--model tiny --prompt hi --max-tokens 9223372036854775807",
+                "exceeds max_position_embeddings"},
        }) {
     for (int np : {1, 2}) {
       const auto r = run_command(mpirun(np) + bin() + " generate " + c.args, 90);

@@ -73,6 +73,22 @@ TEST(ModelConfig, BadFieldsAreNamed) {
                {"vocab_size must be positive, got 0"});
 }
 
+TEST(ModelConfig, WrongTypesAndRangesAreNamed) {
+  // Used to escape as nlohmann type errors that name no field.
+  expect_error(R"({"model_type":5})", {"'model_type'", "string", "5"});
+  expect_error(base_config(R"(,"eos_token_id":["x"])"), {"'eos_token_id'", "[\"x\"]"});
+  expect_error(base_config(R"(,"bos_token_id":"<s>")"), {"'bos_token_id'", "\"<s>\""});
+  // Used to write layer_windows[-3] (heap corruption) before validating anything.
+  expect_error(R"({"model_type":"qwen2","vocab_size":100,"hidden_size":64,"intermediate_size":128,)"
+               R"("num_hidden_layers":4,"num_attention_heads":8,"sliding_window":16,)"
+               R"("use_sliding_window":true,"max_window_layers":-3})",
+               {"max_window_layers", "-3"});
+  auto c = ModelConfig::from_json_text(base_config(R"(,"eos_token_id":[7,9],"bos_token_id":[])"),
+                                       "config.json");
+  EXPECT_EQ(c.eos_token_id, 7);
+  EXPECT_EQ(c.bos_token_id, -1);
+}
+
 TEST(ModelConfig, TensorParallelDivisibility) {
   auto c = tiny_model_config();
   EXPECT_NO_THROW(c.check_tensor_parallel(1));

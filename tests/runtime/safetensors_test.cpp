@@ -117,6 +117,22 @@ TEST_F(Safetensors, MalformedFilesGiveClearErrors) {
                {"tensor 't'", "negative"});
 }
 
+TEST_F(Safetensors, ShapeWhoseElementCountWrapsIsRefused) {
+  // 2^32 x 2^32 elements wrap to 0 in 64 bits, which used to match an empty byte range and hand
+  // torch a 2^64-element view of no data.
+  expect_error(raw("wrap",
+                   R"({"t":{"dtype":"F32","shape":[4294967296,4294967296],)"
+                   R"("data_offsets":[0,0]}})",
+                   ""),
+               {"tensor 't'", "64 bits"});
+  // 2^62 elements fit in int64 but 2^62 x 4 bytes wraps to 0 as well.
+  expect_error(raw("wrap_bytes",
+                   R"({"t":{"dtype":"F32","shape":[4611686018427387904],)"
+                   R"("data_offsets":[0,0]}})",
+                   ""),
+               {"tensor 't'", "more than 2^64"});
+}
+
 TEST_F(Safetensors, HeaderLengthBeyondFile) {
   std::string p = path("lying_length");
   std::ofstream out(p, std::ios::binary);

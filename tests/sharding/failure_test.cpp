@@ -225,6 +225,19 @@ TEST(Watchdog, FinishedWaitsAndDisabledWatchdogDoNotFire) {
   EXPECT_THROW(Watchdog::global().set_timeout(std::chrono::milliseconds(-1)), tessera::Error);
 }
 
+// A timeout meant as "practically never" must not wrap the deadline (now + timeout in ns) into
+// the past, which fired the watchdog on the first wait.
+TEST(Watchdog, HugeTimeoutDoesNotFire) {
+  using tessera::sharding::Watchdog;
+  const auto huge = run_child([] {
+    Watchdog::global().set_timeout(std::chrono::hours(24 * 365 * 1000));
+    auto scope = Watchdog::global().watch(stalled_op());
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  });
+  EXPECT_EQ(huge.exit_code, 0) << huge.stderr_text;
+  EXPECT_EQ(huge.stderr_text.find("watchdog"), std::string::npos) << huge.stderr_text;
+}
+
 INSTANTIATE_TEST_SUITE_P(Ranks, FailureTest, ::testing::Values(2, 4),
                          [](const auto& info) { return "np" + std::to_string(info.param); });
 
