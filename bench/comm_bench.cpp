@@ -60,6 +60,10 @@ double timed(MPI_Comm raw, int iters, const std::function<void()>& op) {
 
 int run_comm_bench(const BenchOptions& opt) {
   TESSERA_CHECK(opt.comm != nullptr, "bench comm needs the world communicator");
+  TESSERA_CHECK(opt.world_size >= 2,
+                "bench comm measures collectives between ranks: run it "
+                "under mpirun with at least 2 ranks (world size is ",
+                opt.world_size, ")");
   sharding::Communicator& comm = *opt.comm;
   const int world = comm.size();
   MPI_Comm raw = MPI_COMM_NULL;

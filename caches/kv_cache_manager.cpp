@@ -133,6 +133,14 @@ bool KVCacheManager::allocate(SeqId seq, int64_t num_new_tokens, std::vector<Blo
     }
   }
   if (need_pool > pool_->num_free()) return false;
+  if (copies == nullptr) {
+    // All-or-nothing: refuse before any group allocates.
+    for (const auto& m : managers_) {
+      TESSERA_CHECK(!m->needs_copy_on_write(seq, s.num_computed),
+                    "copies must not be null: seq=", seq, " writes into a block of group ",
+                    m->group(), " that a fork still shares");
+    }
+  }
   for (const auto& m : managers_) m->allocate(seq, s.num_computed, target, copies);
   return true;
 }
@@ -158,12 +166,9 @@ void KVCacheManager::commit(SeqId seq, int64_t num_new_tokens) {
 }
 
 bool KVCacheManager::append(SeqId seq, int32_t token, std::vector<BlockCopy>* copies) {
-  Sequence& s = get(seq);
-  s.tokens.push_back(token);
-  if (!allocate(seq, 1, copies)) {
-    s.tokens.pop_back();
-    return false;
-  }
+  // Allocate first: a refused or failed allocation leaves the sequence as it was.
+  if (!allocate(seq, 1, copies)) return false;
+  get(seq).tokens.push_back(token);
   commit(seq, 1);
   return true;
 }
@@ -174,6 +179,8 @@ bool KVCacheManager::fork(SeqId parent, SeqId child, std::vector<BlockCopy>* cop
   for (const auto& m : managers_) {
     if (m->num_blocks_for_fork() > m->pool().num_free()) return false;
   }
+  TESSERA_CHECK(copies != nullptr || !has_state_,
+                "copies must not be null when forking seq=", parent, ": its state must be copied");
   Sequence c = p;
   for (const auto& m : managers_) m->fork(parent, child, p.num_computed, copies);
   seqs_.emplace(child, std::move(c));

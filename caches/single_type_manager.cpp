@@ -34,13 +34,18 @@ int64_t SingleTypeManager::num_blocks_needed(SeqId seq, int64_t num_computed,
   const SeqBlocks* s = find(seq);
   const int64_t have = s ? static_cast<int64_t>(s->blocks.size()) : 0;
   int64_t need = std::max<int64_t>(0, cdiv(num_tokens, block_size()) - have);
-  // The next write lands in a partly written block that a fork still shares: copy it first.
-  const int64_t bs = block_size();
-  if (s && num_computed % bs != 0 && num_computed / bs < have) {
-    const int32_t b = s->blocks[num_computed / bs];
-    if (b != BlockPool::kNullBlock && pool_.ref_count(b) > 1) ++need;
-  }
+  if (needs_copy_on_write(seq, num_computed)) ++need;
   return need;
+}
+
+bool SingleTypeManager::needs_copy_on_write(SeqId seq, int64_t num_computed) const {
+  const SeqBlocks* s = find(seq);
+  const int64_t bs = block_size();
+  if (!s || num_computed % bs == 0 || num_computed / bs >= static_cast<int64_t>(s->blocks.size())) {
+    return false;
+  }
+  const int32_t b = s->blocks[num_computed / bs];
+  return b != BlockPool::kNullBlock && pool_.ref_count(b) > 1;
 }
 
 void SingleTypeManager::allocate(SeqId seq, int64_t num_computed, int64_t num_tokens,
@@ -48,13 +53,14 @@ void SingleTypeManager::allocate(SeqId seq, int64_t num_computed, int64_t num_to
   SeqBlocks& s = get(seq);
   const int64_t bs = block_size();
   const int64_t idx = num_computed / bs;
-  if (num_computed % bs != 0 && idx < static_cast<int64_t>(s.blocks.size())) {
+  if (needs_copy_on_write(seq, num_computed)) {
     const int32_t b = s.blocks[idx];
-    if (b != BlockPool::kNullBlock && pool_.ref_count(b) > 1) {
-      const int32_t fresh = pool_.allocate();
-      TESSERA_CHECK(fresh > 0, "block pool ran out during copy-on-write (caller must check room)");
+    {
+      // Checked before the pool is touched, so a refused call leaks nothing.
       TESSERA_CHECK(copies != nullptr,
                     "copies must not be null when a shared block is written (fork)");
+      const int32_t fresh = pool_.allocate();
+      TESSERA_CHECK(fresh > 0, "block pool ran out during copy-on-write (caller must check room)");
       copies->push_back({group_, b, fresh});
       pool_.free(b);
       s.blocks[idx] = fresh;
@@ -249,11 +255,13 @@ int64_t StateManager::find_longest_hit(std::span<const uint64_t>, int64_t,
 void StateManager::fork(SeqId parent, SeqId child, int64_t, std::vector<BlockCopy>* copies) {
   const SeqBlocks* p = find(parent);
   TESSERA_CHECK(!has(child), "sequence ", child, " already has a state slot in group ", group_);
+  const bool copy = p && !p->blocks.empty();
+  // Checked before anything changes, so a refused fork leaves no child entry and no slot behind.
+  TESSERA_CHECK(!copy || copies != nullptr, "copies must not be null when a state is forked");
+  const int32_t slot = copy ? pool_.allocate() : 0;
+  TESSERA_CHECK(!copy || slot > 0, "state slots ran out (caller must check room)");
   SeqBlocks& c = get(child);
-  if (!p || p->blocks.empty()) return;
-  const int32_t slot = pool_.allocate();
-  TESSERA_CHECK(slot > 0, "state slots ran out (caller must check room)");
-  TESSERA_CHECK(copies != nullptr, "copies must not be null when a state is forked");
+  if (!copy) return;
   copies->push_back({group_, p->blocks[0], slot});
   c.blocks.push_back(slot);
 }

@@ -45,6 +45,9 @@ class SingleTypeManager {
   // Blocks allocate() would take from the pool to hold num_tokens tokens when num_computed are
   // already written (new blocks plus a copy-on-write of a shared, partly written block).
   virtual int64_t num_blocks_needed(SeqId seq, int64_t num_computed, int64_t num_tokens) const;
+  // Whether the next write (at num_computed) lands in a partly written block a fork still shares,
+  // so allocate() must copy it and report the copy.
+  virtual bool needs_copy_on_write(SeqId seq, int64_t num_computed) const;
   // Grows the table to num_tokens tokens; the caller has checked that the pool has room.
   virtual void allocate(SeqId seq, int64_t num_computed, int64_t num_tokens,
                         std::vector<BlockCopy>* copies);
@@ -128,6 +131,7 @@ class StateManager final : public SingleTypeManager {
  public:
   StateManager(SpecPtr spec, int32_t num_slots, int32_t group);
   int64_t num_blocks_needed(SeqId seq, int64_t num_computed, int64_t num_tokens) const override;
+  bool needs_copy_on_write(SeqId, int64_t) const override { return false; }  // never shared
   void allocate(SeqId seq, int64_t num_computed, int64_t num_tokens,
                 std::vector<BlockCopy>* copies) override;
   int64_t find_longest_hit(std::span<const uint64_t> hashes, int64_t max_blocks,

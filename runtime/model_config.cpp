@@ -150,6 +150,7 @@ void ModelConfig::validate() const {
   TESSERA_CHECK(max_position_embeddings > 0, "max_position_embeddings must be positive, got ",
                 max_position_embeddings);
   TESSERA_CHECK(rms_norm_eps > 0, "rms_norm_eps must be positive, got ", rms_norm_eps);
+  TESSERA_CHECK(rope_theta > 0, "rope_theta must be positive, got ", rope_theta);
   TESSERA_CHECK(static_cast<int64_t>(layer_windows.size()) == num_hidden_layers,
                 "layer_windows has ", layer_windows.size(), " entries, expected ",
                 num_hidden_layers);

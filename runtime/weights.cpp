@@ -65,7 +65,11 @@ WeightLoader::WeightLoader(const std::string& model_dir) {
     TESSERA_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), "'", index.string(),
                   "' has no weight_map object");
     std::set<std::string> names;
-    for (auto& [k, v] : j["weight_map"].items()) names.insert(v.get<std::string>());
+    for (auto& [k, v] : j["weight_map"].items()) {
+      TESSERA_CHECK(v.is_string(), "'", index.string(), "': weight_map['", k,
+                    "'] must be a file name, got ", v.dump());
+      names.insert(v.get<std::string>());
+    }
     for (const auto& n : names) shard_files.push_back((dir / n).string());
   } else {
     TESSERA_FAIL("model folder '", model_dir,

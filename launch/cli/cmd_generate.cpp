@@ -46,7 +46,15 @@ Command register_generate(CLI::App& root) {
           "INT>=0"));
   app->add_option("--prefill-chunk", args->request.prefill_chunk, "Prompt tokens per forward pass")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Validator(
+          [](std::string& s) -> std::string {
+            try {
+              if (std::stoll(s) > 0) return {};
+            } catch (...) {
+            }
+            return "must be an integer > 0, got " + s;
+          },
+          "INT>0"));
   app->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past the end-of-text token");
   app->add_flag("--json", args->json, "Print one JSON object instead of text");
 

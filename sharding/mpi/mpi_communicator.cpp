@@ -8,6 +8,7 @@
 #include "common/dtype.h"
 #include "common/error.h"
 #include "sharding/mpi/collective_check.h"
+#include "sharding/mpi/mpi_env.h"
 #include "sharding/watchdog.h"
 
 namespace tessera::sharding {
@@ -234,7 +235,12 @@ MpiCommunicator::~MpiCommunicator() {
 
 std::unique_ptr<MpiCommunicator> MpiCommunicator::split(int color, int key,
                                                         std::string label) const {
-  TESSERA_CHECK(color >= 0, "split: color must be >= 0, got ", color);
+  // Agreed before the collective split: a bad colour on one rank must not leave the others
+  // waiting inside MPI_Comm_split.
+  const std::string bad =
+      color >= 0 ? std::string() : "split: color must be >= 0, got " + std::to_string(color);
+  const std::string agreed = mpi::agree_on_error(bad, comm_);
+  if (!agreed.empty()) throw CollectiveError(agreed, __FILE__, __LINE__);
   MPI_Comm sub = MPI_COMM_NULL;
   check_mpi(MPI_Comm_split(comm_, color, key, &sub), "MPI_Comm_split");
   auto out = std::make_unique<MpiCommunicator>(sub, std::move(label));

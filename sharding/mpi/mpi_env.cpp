@@ -101,20 +101,21 @@ void abort_world(int exit_code) {
   std::_Exit(exit_code);
 }
 
-std::string agree_on_error(const std::string& local_error) {
-  const int size = world_size();
+std::string agree_on_error(const std::string& local_error, MPI_Comm comm) {
+  int size = 1, me = 0;
+  check(MPI_Comm_size(comm, &size), "MPI_Comm_size");
+  check(MPI_Comm_rank(comm, &me), "MPI_Comm_rank");
   if (size == 1) return local_error;
-  const int me = world_rank();
   // The lowest failing rank (or size when none failed) is found with one MIN all-reduce; its
   // message then travels by broadcast.
   int mine = local_error.empty() ? size : me;
   int first = size;
-  check(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD), "MPI_Allreduce");
+  check(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm), "MPI_Allreduce");
   if (first == size) return {};
   int len = first == me ? static_cast<int>(local_error.size()) : 0;
-  check(MPI_Bcast(&len, 1, MPI_INT, first, MPI_COMM_WORLD), "MPI_Bcast");
+  check(MPI_Bcast(&len, 1, MPI_INT, first, comm), "MPI_Bcast");
   std::string msg = first == me ? local_error : std::string(len, '\0');
-  check(MPI_Bcast(msg.data(), len, MPI_CHAR, first, MPI_COMM_WORLD), "MPI_Bcast");
+  check(MPI_Bcast(msg.data(), len, MPI_CHAR, first, comm), "MPI_Bcast");
   return size > 1 && first != 0 ? "rank " + std::to_string(first) + ": " + msg : msg;
 }
 

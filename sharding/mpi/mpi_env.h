@@ -2,6 +2,8 @@
 // view of the world. Torch-free so the CLI's error paths do not pull torch in.
 #pragma once
 
+#include <mpi.h>
+
 #include <string>
 #include <vector>
 
@@ -29,7 +31,7 @@ std::string library_version();  // first line of MPI_Get_library_version
 // Collective agreement on success: every rank passes its own outcome; returns the lowest failing
 // rank's message on every rank, or an empty string when all succeeded. Lets one rank's bad input
 // end the whole job cleanly instead of leaving the others blocked in a later collective.
-std::string agree_on_error(const std::string& local_error);
+std::string agree_on_error(const std::string& local_error, MPI_Comm comm = MPI_COMM_WORLD);
 
 // Gathers one string from every rank onto `root` (others get an empty vector).
 std::vector<std::string> gather_strings(const std::string& mine, int root = 0);

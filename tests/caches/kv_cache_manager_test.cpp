@@ -295,6 +295,35 @@ TEST(KVCacheFork, CopyOnWriteOfSharedPartialBlock) {
   m.check_invariants();
 }
 
+TEST(KVCacheFork, WriteIntoSharedBlockWithoutCopiesIsRefusedWholesale) {
+  auto m = make({full(), sliding(64)}, 32, false);  // two groups on one pool
+  m.add_sequence(1, tokens(20, 18));
+  prefill(m, 1);
+  std::vector<BlockCopy> copies;
+  ASSERT_TRUE(m.fork(1, 2, &copies));
+  const int32_t free_before = m.pool().num_free();
+  const auto t2 = std::vector<int32_t>(m.block_table(2, 0).begin(), m.block_table(2, 0).end());
+  EXPECT_THROW(m.append(2, 5), Error);          // slot 20 is in a shared block: a copy is needed
+  EXPECT_EQ(m.pool().num_free(), free_before);  // nothing allocated, nothing leaked
+  EXPECT_EQ(std::vector<int32_t>(m.block_table(2, 0).begin(), m.block_table(2, 0).end()), t2);
+  m.check_invariants();
+  ASSERT_TRUE(m.append(2, 5, &copies));  // with somewhere to report the copy it works
+  EXPECT_EQ(copies.size(), 2u);          // one per group
+  m.check_invariants();
+}
+
+TEST(KVCacheState, ForkWithoutCopiesLeavesNothingBehind) {
+  auto m = make({mamba()}, 0, true, 3);
+  m.add_sequence(1, tokens(10, 19));
+  ASSERT_TRUE(m.allocate(1, 10));
+  m.commit(1, 10);
+  EXPECT_THROW(m.fork(1, 2, nullptr), Error);
+  EXPECT_FALSE(m.has(2));
+  std::vector<BlockCopy> copies;
+  ASSERT_TRUE(m.fork(1, 2, &copies));  // the slot was not leaked: the fork still fits
+  m.check_invariants();
+}
+
 TEST(KVCacheState, OneSlotPerSequenceAndForkCopiesState) {
   auto m = make({mamba()}, 0, true, 3);  // 2 usable slots
   m.add_sequence(1, tokens(100, 19));

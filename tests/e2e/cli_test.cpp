@@ -79,6 +79,7 @@ TEST(Generate, BadInputGivesOneLineErrors) {
            Case{"--model tiny --prompt hi --max-tokens -1", "--max-tokens"},
            Case{"--model tiny --prompt hi --max-tokens abc", "--max-tokens"},
            Case{"--model tiny", "--prompt is required"},
+           Case{"--model tiny --prompt hi --prefill-chunk 0", "must be an integer > 0, got 0"},
            Case{"--model tiny --prompt hi --max-tokens 5000", "exceeds max_position_embeddings"},
            // prompt + max_tokens used to overflow int64 and pass the check.
            Case{"--model tiny --prompt hi --max-tokens 9223372036854775807",

@@ -63,6 +63,7 @@ TEST(ModelConfig, BadFieldsAreNamed) {
       R"("num_attention_heads":8,"num_key_value_heads":3})",
       {"num_attention_heads=8", "num_key_value_heads=3"});
   expect_error(base_config(R"(,"sliding_window":0)"), {"sliding_window", "0"});
+  expect_error(base_config(R"(,"rope_theta":0)"), {"rope_theta must be positive, got 0"});
   expect_error(base_config(R"(,"layer_types":["full_attention"])"), {"layer_types", "4"});
   expect_error(
       base_config(R"(,"layer_types":["full_attention","x","full_attention","full_attention"])"),

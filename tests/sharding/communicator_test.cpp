@@ -100,6 +100,20 @@ TEST(Communicator, AllReduceEveryOpDtypeAndSize) {
   expect_equal(t, reference_reduce(c.size(), ReduceOp::kSum, make), "fp32 real sum");
 }
 
+TEST(Communicator, SplitWithBadColorOnOneRankFailsOnEveryRank) {
+  // Before the colour was agreed on, the other ranks waited forever inside MPI_Comm_split.
+  auto& c = world();
+  const int color = c.rank() == c.size() - 1 ? -1 : 0;
+  try {
+    c.split(color, c.rank(), "bad");
+    FAIL() << "expected an error on every rank";
+  } catch (const CollectiveError& e) {
+    EXPECT_NE(e.message().find("color must be >= 0, got -1"), std::string::npos) << e.message();
+  }
+  auto ok = c.split(0, c.rank(), "ok");  // the communicator is still usable
+  EXPECT_EQ(ok->size(), c.size());
+}
+
 TEST(Communicator, AllReduceNonContiguousInPlace) {
   auto& c = world();
   auto base = input_of(c.rank(), 5, torch::kFloat);
