@@ -19,17 +19,6 @@
 namespace tessera::sharding {
 namespace {
 
-class MpiEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    mpi::init(nullptr, nullptr);
-    // A broken test must fail, not hang CI: the watchdog ends a stuck collective.
-    Watchdog::global().set_timeout(std::chrono::seconds(60));
-  }
-  void TearDown() override { mpi::finalize(); }
-};
-const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
-
 MpiCommunicator& world() { return test_world(); }
 
 const std::vector<torch::ScalarType> kDtypes = {torch::kFloat, torch::kHalf, torch::kBFloat16,

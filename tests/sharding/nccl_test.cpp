@@ -13,16 +13,6 @@
 namespace tessera::sharding {
 namespace {
 
-class MpiEnvironment : public ::testing::Environment {
- public:
-  void SetUp() override {
-    mpi::init(nullptr, nullptr);
-    Watchdog::global().set_timeout(std::chrono::seconds(60));
-  }
-  void TearDown() override { mpi::finalize(); }
-};
-const auto* const kEnv = ::testing::AddGlobalTestEnvironment(new MpiEnvironment);
-
 TEST(Nccl, TwoRanksOnOneGpuAreRefusedClearly) {
   if (mpi::world_size() == 1) {
     EXPECT_NO_THROW(check_one_rank_per_device(MPI_COMM_WORLD, 0));

@@ -1,14 +1,22 @@
-// main() for GoogleTest executables run under mpirun: MPI is initialised once, only rank 0
-// prints, and the job fails if any rank fails (so a rank-local failure is never hidden).
+// main() for GoogleTest executables run under mpirun (or alone, as a world of one): MPI is
+// initialised once through Tessera's own set-up, a stuck collective ends the test through the
+// watchdog instead of hanging CI, only rank 0 prints, and the job fails if any rank fails (so a
+// rank-local failure is never hidden).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <chrono>
+#include <cstdio>
+
+#include "sharding/mpi/mpi_env.h"
+#include "sharding/watchdog.h"
+
 int main(int argc, char** argv) {
+  namespace mpi = tessera::sharding::mpi;
   ::testing::InitGoogleTest(&argc, argv);
-  int provided = 0;
-  MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
-  int rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  mpi::init(&argc, &argv);
+  tessera::sharding::Watchdog::global().set_timeout(std::chrono::seconds(60));
+  const int rank = mpi::world_rank();
   if (rank != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
@@ -17,6 +25,6 @@ int main(int argc, char** argv) {
   int any_failed = 0;
   MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (failed) std::fprintf(stderr, "rank %d: some tests FAILED\n", rank);
-  MPI_Finalize();
+  mpi::finalize();
   return any_failed;
 }
