@@ -95,8 +95,13 @@ torch::Tensor DecoderModel::forward(const torch::Tensor& tokens, const torch::Te
                 "tokens must be int64 [batch, T], got ", tokens.scalar_type(), " ", tokens.sizes());
   TESSERA_CHECK(positions.sizes() == tokens.sizes(), "positions shape ", positions.sizes(),
                 " must equal tokens shape ", tokens.sizes());
-  const int64_t max_id = tokens.numel() ? tokens.max().item<int64_t>() : 0;
-  const int64_t min_id = tokens.numel() ? tokens.min().item<int64_t>() : 0;
+  int64_t min_id = 0, max_id = 0;
+  if (tokens.numel() > 0) {
+    const auto [lo, hi] = torch::aminmax(tokens);
+    const auto range = torch::stack({lo, hi}).to(torch::kCPU);
+    min_id = range[0].item<int64_t>();
+    max_id = range[1].item<int64_t>();
+  }
   TESSERA_CHECK(min_id >= 0 && max_id < config_.vocab_size,
                 "token ids must lie in [0, vocab_size=", config_.vocab_size, "), got [", min_id,
                 ", ", max_id, "]");
