@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test (ctest: unit, multi-rank under mpirun with
 # 1, 2 and 4 ranks, end-to-end, Python, style; GPU tests skip without a GPU), then the kernel tests
-# again under AddressSanitizer + UBSan in build-asan/ (TESSERA_SKIP_ASAN=1 skips that step).
+# again under AddressSanitizer + UBSan in build-asan/ and the watchdog's lock-free record under
+# ThreadSanitizer in build-tsan/ (TESSERA_SKIP_ASAN=1 skips both sanitizer steps).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 t0=$(date +%s)
@@ -25,5 +26,17 @@ if [ "${TESSERA_SKIP_ASAN:-0}" != 1 ] && [ $# -eq 0 ]; then
   fi
 fi
 t4=$(date +%s)
-echo "[test] setup $((t1 - t0)) s, build $((t2 - t1)) s, tests $((t3 - t2)) s, asan kernels $((t4 - t3)) s: $asan"
+tsan="skipped"
+if [ "${TESSERA_SKIP_ASAN:-0}" != 1 ] && [ $# -eq 0 ]; then
+  if "$TESSERA_ROOT/scripts/tsan.sh" "$TESSERA_BUILD_DIR-tsan" > "$TESSERA_BUILD_DIR/tsan.log" 2>&1; then
+    tsan="clean"
+  else
+    tail -n 60 "$TESSERA_BUILD_DIR/tsan.log"
+    tsan="FAILED (see $TESSERA_BUILD_DIR/tsan.log)"
+    rc=1
+  fi
+fi
+t5=$(date +%s)
+echo "[test] setup $((t1 - t0)) s, build $((t2 - t1)) s, tests $((t3 - t2)) s," \
+  "asan kernels $((t4 - t3)) s: $asan, tsan watchdog $((t5 - t4)) s: $tsan"
 exit $rc

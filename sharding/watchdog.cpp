@@ -11,6 +11,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 
 #include "common/error.h"
 
@@ -25,15 +26,98 @@ int64_t now_ns() {
       .count();
 }
 
+// What a slot holds: the OpDesc with its strings copied, so that the report never follows a pointer
+// into a communicator that has since been destroyed.
+struct Record {
+  char comm[32];
+  char op[32];
+  char dtype[16];
+  int32_t rank;
+  int32_t world_rank;
+  int32_t peer;
+  int32_t unused;
+  uint64_t seq;
+  int64_t count;
+};
+static_assert(std::is_trivially_copyable_v<Record> && sizeof(Record) % sizeof(uint64_t) == 0);
+constexpr int kWords = sizeof(Record) / sizeof(uint64_t);
+
+template <size_t N>
+void copy_label(char (&dst)[N], const char* src) {
+  size_t i = 0;
+  for (; src != nullptr && src[i] != '\0' && i + 1 < N; ++i) dst[i] = src[i];
+  std::memset(dst + i, 0, N - i);
+}
+
+Record to_record(const OpDesc& op) {
+  Record r{};
+  copy_label(r.comm, op.comm);
+  copy_label(r.op, op.op);
+  copy_label(r.dtype, op.dtype);
+  r.rank = op.rank;
+  r.world_rank = op.world_rank;
+  r.peer = op.peer;
+  r.seq = op.seq;
+  r.count = op.count;
+  return r;
+}
+
+// "rank 1 (tp rank 0): all_reduce #17 (float32 x 1024, peer 2)" into buf; returns the length.
+// No allocation: also called from a signal handler.
+int format_record(const Record& r, char* buf, size_t size) {
+  int n = std::snprintf(buf, size, "rank %d (%s rank %d): %s #%llu (%s x %lld", r.world_rank,
+                        r.comm, r.rank, r.op, static_cast<unsigned long long>(r.seq), r.dtype,
+                        static_cast<long long>(r.count));
+  n = std::clamp<int>(n, 0, static_cast<int>(size) - 1);
+  if (r.peer >= 0) {
+    n += std::snprintf(buf + n, size - n, ", peer %d", r.peer);
+    n = std::clamp<int>(n, 0, static_cast<int>(size) - 1);
+  }
+  n += std::snprintf(buf + n, size - n, ")");
+  return std::clamp<int>(n, 0, static_cast<int>(size) - 1);
+}
+
 // Fixed slots so that both the watchdog thread and a signal handler read them without locks or
-// allocation. A slot is free while `deadline_ns` is 0; its op is written before the deadline is
-// published (release) and read after it is seen (acquire).
+// allocation. A slot is free while `deadline_ns` is 0. Its record is a sequence lock: the owning
+// thread makes `gen` odd, stores the words, makes `gen` even again and then publishes the
+// deadline; a reader keeps a copy only if `gen` was even and unchanged around it and the deadline
+// it started from is still the slot's, so a wait that ends (and a new one that takes the slot)
+// while the report is being written can never produce a half-old, half-new description.
 constexpr int kSlots = 64;
 struct Slot {
   std::atomic<int64_t> deadline_ns{0};
   std::atomic<bool> claimed{false};
-  OpDesc op;  // formatted only when reported, so that watching costs no formatting
+  std::atomic<uint64_t> gen{0};
+  std::array<std::atomic<uint64_t>, kWords> words{};
 };
+
+// Called only by the thread that claimed the slot.
+void write_slot(Slot& slot, const Record& r, int64_t deadline_ns) {
+  uint64_t w[kWords];
+  std::memcpy(w, &r, sizeof r);
+  const uint64_t g = slot.gen.load(std::memory_order_relaxed);
+  slot.gen.store(g + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  for (int i = 0; i < kWords; ++i) slot.words[i].store(w[i], std::memory_order_relaxed);
+  slot.gen.store(g + 2, std::memory_order_release);
+  slot.deadline_ns.store(deadline_ns, std::memory_order_release);
+}
+
+// A consistent copy of the slot's current wait, or false when it is free or changing. Never waits.
+bool read_slot(const Slot& slot, Record& out, int64_t& deadline_out) {
+  const int64_t deadline = slot.deadline_ns.load(std::memory_order_acquire);
+  if (deadline == 0) return false;
+  const uint64_t g1 = slot.gen.load(std::memory_order_acquire);
+  if (g1 & 1) return false;
+  uint64_t w[kWords];
+  for (int i = 0; i < kWords; ++i) w[i] = slot.words[i].load(std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (slot.gen.load(std::memory_order_relaxed) != g1) return false;
+  if (slot.deadline_ns.load(std::memory_order_relaxed) != deadline) return false;
+  std::memcpy(&out, w, sizeof out);
+  deadline_out = deadline;
+  return true;
+}
 
 // A century: any longer timeout is "never" in practice, and the deadline in nanoseconds since the
 // clock's epoch must stay far from INT64_MAX.
@@ -77,15 +161,18 @@ void watchdog_loop() {
   for (;;) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
     const int64_t now = now_ns();
-    for (auto& slot : st.slots) {
-      const int64_t deadline = slot.deadline_ns.load(std::memory_order_acquire);
-      if (deadline == 0 || now < deadline) continue;
+    for (const auto& slot : st.slots) {
+      Record r;
+      int64_t deadline = 0;
+      // A slot that is changing right now is looked at again on the next tick.
+      if (!read_slot(slot, r, deadline) || now < deadline) continue;
+      char what[320];
+      format_record(r, what, sizeof what);
       char line[512];
-      const std::string what = describe(slot.op);
       const int n = std::snprintf(line, sizeof line,
                                   "tessera: watchdog: %s did not complete within %.1f s "
                                   "(TESSERA_COMM_TIMEOUT); aborting the job\n",
-                                  what.c_str(), static_cast<double>(st.timeout_ms.load()) / 1000.0);
+                                  what, static_cast<double>(st.timeout_ms.load()) / 1000.0);
       write_all(line, static_cast<size_t>(std::min<int>(n, sizeof line - 1)));
       // Not MPI_Abort: MPI may be the thing that hangs, and this thread may not call MPI. A
       // non-zero exit makes mpirun / srun end the other ranks.
@@ -97,16 +184,20 @@ void watchdog_loop() {
 void on_signal(int sig) {
   State& st = state();
   bool reported = false;
-  for (auto& slot : st.slots) {
-    if (slot.deadline_ns.load(std::memory_order_acquire) == 0) continue;
-    // Formatting is not async-signal-safe in theory; the process exits right after, and a report
-    // is worth more than that risk here.
+  for (const auto& slot : st.slots) {
+    Record r;
+    int64_t deadline = 0;
+    // The interrupted thread may be half-way through writing a slot: skipped, never waited for.
+    if (!read_slot(slot, r, deadline)) continue;
+    // snprintf is not async-signal-safe in theory (no allocation happens here); the process exits
+    // right after, and a report is worth more than that risk.
+    char what[320];
+    format_record(r, what, sizeof what);
     char line[512];
-    const std::string what = describe(slot.op);
     const int n = std::snprintf(line, sizeof line,
                                 "tessera: terminated by signal %d while blocked in %s (a peer "
                                 "rank probably failed or was killed)\n",
-                                sig, what.c_str());
+                                sig, what);
     write_all(line, static_cast<size_t>(std::min<int>(n, sizeof line - 1)));
     reported = true;
   }
@@ -122,16 +213,8 @@ void on_signal(int sig) {
 
 std::string describe(const OpDesc& op) {
   char buf[320];
-  int n = std::snprintf(buf, sizeof buf, "rank %d (%s rank %d): %s #%llu (%s x %lld", op.world_rank,
-                        op.comm, op.rank, op.op, static_cast<unsigned long long>(op.seq), op.dtype,
-                        static_cast<long long>(op.count));
-  n = std::min<int>(n, sizeof buf - 1);
-  if (op.peer >= 0) {
-    n += std::snprintf(buf + n, sizeof buf - n, ", peer %d", op.peer);
-    n = std::min<int>(n, sizeof buf - 1);
-  }
-  std::string s(buf, static_cast<size_t>(n));
-  return s + ")";
+  const int n = format_record(to_record(op), buf, sizeof buf);
+  return std::string(buf, static_cast<size_t>(n));
 }
 
 Watchdog& Watchdog::global() {
@@ -161,9 +244,7 @@ Watchdog::Scope Watchdog::watch(const OpDesc& op) {
   for (int i = 0; i < kSlots; ++i) {
     bool expected = false;
     if (!st.slots[i].claimed.compare_exchange_strong(expected, true)) continue;
-    Slot& slot = st.slots[i];
-    slot.op = op;
-    slot.deadline_ns.store(now_ns() + timeout_ms * 1'000'000, std::memory_order_release);
+    write_slot(st.slots[i], to_record(op), now_ns() + timeout_ms * 1'000'000);
     return Scope(i);
   }
   // More than kSlots concurrent waits: unwatched rather than failing the operation.
@@ -175,6 +256,19 @@ Watchdog::Scope::~Scope() {
   Slot& slot = state().slots[slot_];
   slot.deadline_ns.store(0, std::memory_order_release);
   slot.claimed.store(false, std::memory_order_release);
+}
+
+std::vector<std::string> Watchdog::in_flight() const {
+  std::vector<std::string> out;
+  for (const auto& slot : state().slots) {
+    Record r;
+    int64_t deadline = 0;
+    if (!read_slot(slot, r, deadline)) continue;
+    char buf[320];
+    const int n = format_record(r, buf, sizeof buf);
+    out.emplace_back(buf, static_cast<size_t>(n));
+  }
+  return out;
 }
 
 void Watchdog::install_signal_report() {

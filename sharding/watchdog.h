@@ -7,14 +7,16 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace tessera::sharding {
 
 // Exit status of a process the watchdog ended (distinct from a crash or an ordinary error).
 inline constexpr int kWatchdogExitCode = 75;
 
-// What is in flight, for the report. Plain fields (the strings must outlive the wait) so that
-// watching costs no allocation or formatting on the hot path.
+// What is in flight, for the report. Plain fields so that watching costs no allocation or
+// formatting on the hot path; the strings are copied (truncated to 31 characters) when the wait
+// is registered, so they need only live until watch() returns.
 struct OpDesc {
   const char* comm = "";   // communicator label: "world", "tp", ...
   const char* op = "";     // "all_reduce", ...
@@ -52,6 +54,11 @@ class Watchdog {
   };
   // Call right before blocking on `op`; keep the Scope alive until the operation completed.
   Scope watch(const OpDesc& op);
+
+  // Descriptions of the waits registered right now (as describe() writes them), read the way the
+  // watchdog thread reads them: a wait that starts or ends during the read is left out rather than
+  // reported half-written.
+  std::vector<std::string> in_flight() const;
 
   // Installs SIGTERM / SIGINT handlers that print the operation this rank is blocked in (when the
   // launcher kills the job because a peer died) before exiting with 128 + signal. Idempotent.
