@@ -2,13 +2,54 @@
 # (CMAKE_PREFIX_PATH, CUDAToolkit_ROOT, NCCL_ROOT, MPI_HOME): no machine paths are written here.
 
 find_package(Threads REQUIRED)
+
+# A CUDA build of libtorch (pip's torch on a GPU machine) sets CUDA up inside find_package(Torch):
+# it takes CMAKE_CUDA_STANDARD from the C++ standard when unset (20, which CMake 3.25 cannot give
+# nvcc), detects the GPU's architecture with a try_run unless TORCH_CUDA_ARCH_LIST names one, and
+# sets CMAKE_CUDA_ARCHITECTURES to OFF. Tessera's CUDA code needs C++17 and chooses its own
+# architectures: set the first two ahead, restore the third afterwards.
+set(CMAKE_CUDA_STANDARD 17)  # CMake 3.25 knows no CUDA20 flags; the .cu files need only 17
+set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+  # One architecture keeps CI compile time low; GPU machines pass their own (90 for Hopper).
+  set(CMAKE_CUDA_ARCHITECTURES 90)
+endif()
+set(TESSERA_CUDA_ARCHITECTURES "${CMAKE_CUDA_ARCHITECTURES}")
+if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
+  set(TORCH_CUDA_ARCH_LIST "")
+  foreach(arch IN LISTS CMAKE_CUDA_ARCHITECTURES)
+    string(REGEX REPLACE "^([0-9]+)([0-9])[a-z-]*$" "\\1.\\2" dotted "${arch}")
+    list(APPEND TORCH_CUDA_ARCH_LIST "${dotted}")
+  endforeach()
+endif()
 find_package(Torch REQUIRED)
+set(CMAKE_CUDA_ARCHITECTURES "${TESSERA_CUDA_ARCHITECTURES}")
 find_package(MPI REQUIRED COMPONENTS CXX)
 find_package(Boost 1.74 REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(fmt REQUIRED)
 find_package(spdlog REQUIRED)
+
+# pip's libtorch ships its own fmt (v12) in torch/include/fmt. Its include directory is searched
+# before the system's, so `#include <fmt/...>` in a file that also sees torch would get fmt 12 while
+# spdlog and libfmt are built for the system's fmt (spdlog 1.10 does not even compile against 12).
+# A directory of links to the fmt we link, put first with -I, makes every file see that one. The
+# torch headers Tessera includes do not use fmt.
+add_library(tessera_fmt_first INTERFACE)
+get_target_property(fmt_dirs fmt::fmt INTERFACE_INCLUDE_DIRECTORIES)
+find_path(TESSERA_FMT_INCLUDE_DIR fmt/core.h HINTS ${fmt_dirs})
+if(EXISTS "${TORCH_INSTALL_PREFIX}/include/fmt" AND TESSERA_FMT_INCLUDE_DIR)
+  file(REAL_PATH "${TORCH_INSTALL_PREFIX}/include/fmt" torch_fmt)
+  file(REAL_PATH "${TESSERA_FMT_INCLUDE_DIR}/fmt" our_fmt)
+  if(NOT torch_fmt STREQUAL our_fmt)
+    set(shim "${PROJECT_BINARY_DIR}/fmt-first")
+    file(MAKE_DIRECTORY "${shim}")
+    file(CREATE_LINK "${our_fmt}" "${shim}/fmt" SYMBOLIC)
+    target_include_directories(tessera_fmt_first BEFORE INTERFACE "${shim}")
+    message(STATUS "libtorch brings its own fmt: files see ${our_fmt} first")
+  endif()
+endif()
 
 # libtorch's exported target carries its compile options; keep a small interface target of our own.
 add_library(tessera_torch INTERFACE)
@@ -31,19 +72,24 @@ if(TESSERA_ENABLE_CUDA)
   endif()
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
-    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-      # One architecture keeps CI compile time low; GPU machines pass their own (90 for Hopper).
-      set(CMAKE_CUDA_ARCHITECTURES 90)
-    endif()
     enable_language(CUDA)
-    set(CMAKE_CUDA_STANDARD 17)  # CMake 3.25 knows no CUDA20 flags; the .cu files need only 17
-    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
-    find_package(CUDAToolkit REQUIRED)
+    if(NOT TARGET CUDA::cudart)
+      # A CUDA libtorch has already run its own copy of FindCUDAToolkit (targets and
+      # CUDAToolkit_* variables are set); CMake 3.25's module run again over those targets fails.
+      find_package(CUDAToolkit REQUIRED)
+    endif()
     set(TESSERA_WITH_CUDA ON)
-    find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${NCCL_ROOT} ${CUDAToolkit_INCLUDE_DIRS}
+    # NCCL: NCCL_ROOT, else the one a CUDA libtorch from pip loads (site-packages/nvidia/nccl,
+    # which has only libnccl.so.2: two different libnccl.so.2 in one process would clash), else
+    # the toolkit's.
+    set(nccl_hints ${NCCL_ROOT})
+    if(TESSERA_TORCH_HAS_CUDA AND TORCH_INSTALL_PREFIX)
+      list(APPEND nccl_hints "${TORCH_INSTALL_PREFIX}/../nvidia/nccl")
+    endif()
+    find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${nccl_hints} ${CUDAToolkit_INCLUDE_DIRS}
               PATH_SUFFIXES include)
-    find_library(NCCL_LIBRARY nccl HINTS ${NCCL_ROOT} ${CUDAToolkit_LIBRARY_DIR}
-                 PATH_SUFFIXES lib lib64)
+    find_library(NCCL_LIBRARY NAMES nccl libnccl.so.2 NAMES_PER_DIR
+                 HINTS ${nccl_hints} ${CUDAToolkit_LIBRARY_DIR} PATH_SUFFIXES lib lib64)
     if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
       set(TESSERA_WITH_NCCL ON)
       add_library(tessera_nccl_dep INTERFACE)

@@ -29,7 +29,7 @@ int64_t now_ns() {
 // What a slot holds: the OpDesc with its strings copied, so that the report never follows a pointer
 // into a communicator that has since been destroyed.
 struct Record {
-  char comm[32];
+  char comm[64];
   char op[32];
   char dtype[16];
   int32_t rank;
@@ -212,9 +212,13 @@ void on_signal(int sig) {
 }  // namespace
 
 std::string describe(const OpDesc& op) {
-  char buf[320];
-  const int n = format_record(to_record(op), buf, sizeof buf);
-  return std::string(buf, static_cast<size_t>(n));
+  // Not through the fixed-size Record: an error message names the communicator in full.
+  auto str = [](const char* p) { return std::string(p ? p : ""); };
+  std::string s = "rank " + std::to_string(op.world_rank) + " (" + str(op.comm) + " rank " +
+                  std::to_string(op.rank) + "): " + str(op.op) + " #" + std::to_string(op.seq) +
+                  " (" + str(op.dtype) + " x " + std::to_string(op.count);
+  if (op.peer >= 0) s += ", peer " + std::to_string(op.peer);
+  return s + ")";
 }
 
 Watchdog& Watchdog::global() {

@@ -15,8 +15,9 @@ namespace tessera::sharding {
 inline constexpr int kWatchdogExitCode = 75;
 
 // What is in flight, for the report. Plain fields so that watching costs no allocation or
-// formatting on the hot path; the strings are copied (truncated to 31 characters) when the wait
-// is registered, so they need only live until watch() returns.
+// formatting on the hot path. The watchdog copies the strings when the wait is registered (the
+// communicator's label cut to 63 characters, the others to 31), so they need only live until
+// watch() returns.
 struct OpDesc {
   const char* comm = "";   // communicator label: "world", "tp", ...
   const char* op = "";     // "all_reduce", ...

@@ -116,7 +116,14 @@ int64_t nbytes(const torch::Tensor& t) { return t.numel() * static_cast<int64_t>
 class MpiWork final : public Work {
  public:
   MpiWork(OpDesc desc, torch::Tensor result, torch::Tensor input, bool avg, int avg_div)
-      : desc_(desc), input_(std::move(input)), avg_(avg), avg_div_(avg_div) {
+      : comm_label_(desc.comm),
+        desc_(desc),
+        input_(std::move(input)),
+        avg_(avg),
+        avg_div_(avg_div) {
+    // A Work may outlive its communicator (MPI completes operations on a freed communicator):
+    // its reports name the communicator from a copy of the label.
+    desc_.comm = comm_label_.c_str();
     result_ = std::move(result);
   }
   // MPI may still read and write the buffers of an unfinished operation: wait for it, like a
@@ -176,6 +183,7 @@ class MpiWork final : public Work {
   }
 
  private:
+  std::string comm_label_;
   OpDesc desc_;
   torch::Tensor input_;
   MPI_Request req_ = MPI_REQUEST_NULL;

@@ -140,9 +140,18 @@ class NcclWork final : public Work {
  public:
   NcclWork(std::shared_ptr<NcclCommunicator::Impl> impl, OpDesc desc, torch::Tensor result,
            std::vector<torch::Tensor> keep, cudaEvent_t event)
-      : impl_(std::move(impl)), desc_(desc), keep_(std::move(keep)), event_(event) {
+      : impl_(std::move(impl)),
+        comm_label_(desc.comm),
+        desc_(desc),
+        keep_(std::move(keep)),
+        event_(event) {
+    // The Work may outlive the communicator (it keeps Impl alive): its reports name the
+    // communicator from a copy of the label.
+    desc_.comm = comm_label_.c_str();
     result_ = std::move(result);
   }
+  NcclWork(const NcclWork&) = delete;
+  NcclWork& operator=(const NcclWork&) = delete;
   ~NcclWork() override {
     if (event_) cudaEventDestroy(event_);
   }
@@ -185,6 +194,7 @@ class NcclWork final : public Work {
 
  private:
   std::shared_ptr<NcclCommunicator::Impl> impl_;
+  std::string comm_label_;
   OpDesc desc_;
   std::vector<torch::Tensor> keep_;
   cudaEvent_t event_ = nullptr;

@@ -275,6 +275,37 @@ TEST(Communicator, SendRecvRingAndAsyncDeadline) {
   }
 }
 
+// An operation may outlive its communicator (MPI completes pending operations on a freed
+// communicator). Its timeout report still names the communicator correctly: the Work keeps its own
+// copy of the label instead of pointing into the destroyed communicator.
+TEST(Communicator, WorkOutlivesItsCommunicator) {
+  auto& c = world();
+  if (c.size() == 1) GTEST_SKIP() << "point to point needs two ranks";
+  const std::string label = "a-process-group-label-long-enough-to-live-on-the-heap";
+  auto group = c.split(0, c.rank(), label);
+  if (c.rank() == 1) {
+    auto buf = torch::zeros({4}, torch::kFloat);
+    auto r = group->recv_async(buf, 0, 0);
+    group.reset();
+    // Reuse the freed memory so that a dangling label would read as X's.
+    std::vector<std::string> reuse(64, std::string(label.size(), 'X'));
+    try {
+      r->wait(std::chrono::milliseconds(50));
+      FAIL() << "wait must time out";
+    } catch (const CommTimeoutError& e) {
+      EXPECT_NE(e.message().find("(" + label + " rank 1): recv #1"), std::string::npos) << e.what();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "unexpected error: " << e.what();
+    }
+    c.barrier();
+    r->wait(std::chrono::seconds(30));
+    EXPECT_TRUE(torch::equal(buf, torch::full({4}, 6.0f)));
+  } else {
+    c.barrier();
+    if (c.rank() == 0) group->send(torch::full({4}, 6.0f), 1, 0);
+  }
+}
+
 TEST(Communicator, AsyncCollectivesOverlap) {
   auto& c = world();
   auto a = input_of(c.rank(), 33, torch::kFloat);

@@ -52,25 +52,30 @@ class WatchdogRecord : public ::testing::Test {
 TEST_F(WatchdogRecord, DescribeNamesEveryField) {
   EXPECT_EQ(describe(op_for(7)), "rank 7 (tp rank 7): broadcast #7 (float16 x 21, peer 7)");
   EXPECT_EQ(describe(op_for(6)), "rank 6 (world rank 6): all_gather #6 (int64 x 18)");
+  // Error messages name a long communicator label in full (only the watchdog's record cuts it).
+  const std::string long_label(200, 'g');
+  OpDesc op = op_for(3);
+  op.comm = long_label.c_str();
+  EXPECT_EQ(describe(op), "rank 3 (" + long_label + " rank 3): send #3 (float16 x 9, peer 3)");
   OpDesc empty;
   empty.comm = nullptr;
   EXPECT_EQ(describe(empty), "rank 0 ( rank 0):  #0 ( x 0)");
 }
 
 TEST_F(WatchdogRecord, LabelsAreCopiedWhenTheWaitIsRegistered) {
-  std::string comm = "pipeline-stage-3";
+  std::string comm(100, 'c');
   std::string long_name(100, 'x');
   OpDesc op = op_for(5);
   op.comm = comm.c_str();
   op.op = long_name.c_str();
   auto scope = Watchdog::global().watch(op);
   // The caller's strings change (a communicator destroyed and its memory reused): the record kept
-  // its own copies, the long one cut to 31 characters.
+  // its own copies, the label cut to 63 characters and the operation to 31.
   comm.assign(comm.size(), '?');
   long_name.assign(long_name.size(), '?');
   const auto now = Watchdog::global().in_flight();
   ASSERT_EQ(now.size(), 1u);
-  EXPECT_EQ(now[0], "rank 5 (pipeline-stage-3 rank 5): " + std::string(31, 'x') +
+  EXPECT_EQ(now[0], "rank 5 (" + std::string(63, 'c') + " rank 5): " + std::string(31, 'x') +
                         " #5 (bfloat16 x 15, peer 5)");
 }
 

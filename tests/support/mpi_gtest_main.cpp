@@ -1,15 +1,41 @@
 // main() for GoogleTest executables run under mpirun (or alone, as a world of one): MPI is
 // initialised once through Tessera's own set-up, a stuck collective ends the test through the
-// watchdog instead of hanging CI, only rank 0 prints, and the job fails if any rank fails (so a
-// rank-local failure is never hidden).
+// watchdog instead of hanging CI, rank 0 prints the usual report, the other ranks print only their
+// failed assertions (prefixed with the rank), and the job fails if any rank fails (so a rank-local
+// failure is never hidden).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
 #include <chrono>
 #include <cstdio>
+#include <string>
 
 #include "sharding/mpi/mpi_env.h"
 #include "sharding/watchdog.h"
+
+namespace {
+
+// The other ranks' report: each failed assertion, with the rank and the test it failed in.
+class FailuresOnly : public ::testing::EmptyTestEventListener {
+ public:
+  explicit FailuresOnly(int rank) : rank_(rank) {}
+  // Remembered here: UnitTest::current_test_info() takes the lock that gtest holds while it
+  // reports a result.
+  void OnTestStart(const ::testing::TestInfo& info) override {
+    test_ = std::string(info.test_suite_name()) + "." + info.name();
+  }
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (!r.failed()) return;
+    std::fprintf(stderr, "[rank %d] %s: %s:%d: Failure\n%s\n", rank_, test_.c_str(),
+                 r.file_name() ? r.file_name() : "?", r.line_number(), r.message());
+  }
+
+ private:
+  int rank_;
+  std::string test_;
+};
+
+}  // namespace
 
 int main(int argc, char** argv) {
   namespace mpi = tessera::sharding::mpi;
@@ -20,6 +46,7 @@ int main(int argc, char** argv) {
   if (rank != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new FailuresOnly(rank));
   }
   int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
   int any_failed = 0;
