@@ -72,6 +72,10 @@ if(TESSERA_ENABLE_CUDA)
   endif()
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
+    # One CUDA runtime per process: the shared libcudart that libtorch (and CUDA::cudart) loads,
+    # not a second, static copy in every target with .cu files (CMake's default), whose own
+    # runtime state (last error, registered kernels) would sit beside torch's.
+    set(CMAKE_CUDA_RUNTIME_LIBRARY Shared)
     enable_language(CUDA)
     if(NOT TARGET CUDA::cudart)
       # A CUDA libtorch has already run its own copy of FindCUDAToolkit (targets and
