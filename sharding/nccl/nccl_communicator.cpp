@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -100,7 +101,6 @@ struct NcclCommunicator::Impl {
     if (check_comm != MPI_COMM_NULL && !finalized) MPI_Comm_free(&check_comm);
   }
   std::atomic<bool> aborted{false};
-  std::string abort_reason;
 
   // Non-blocking communicators may answer ncclInProgress; the call has then not finished
   // enqueueing, and the state must be polled until it settles (or the deadline passes).
@@ -122,10 +122,24 @@ struct NcclCommunicator::Impl {
   }
 
   void abort_comm(const std::string& why) {
-    if (aborted.exchange(true)) return;
-    abort_reason = why;
+    {
+      // The reason is set before `aborted` is seen, so no thread reports an empty reason.
+      std::lock_guard<std::mutex> lock(reason_mu_);
+      if (aborted) return;
+      abort_reason_ = why;
+      aborted = true;
+    }
     if (comm) ncclCommAbort(comm);
   }
+
+  std::string abort_reason() const {
+    std::lock_guard<std::mutex> lock(reason_mu_);
+    return abort_reason_;
+  }
+
+ private:
+  mutable std::mutex reason_mu_;
+  std::string abort_reason_;
 };
 
 namespace {
@@ -159,7 +173,7 @@ class NcclWork final : public Work {
   bool test() override {
     if (done_) return true;
     TESSERA_CHECK(!impl_->aborted, describe(desc_), ": the NCCL communicator was aborted (",
-                  impl_->abort_reason, ")");
+                  impl_->abort_reason(), ")");
     const cudaError_t e = cudaEventQuery(event_);
     if (e == cudaSuccess) {
       done_ = true;
@@ -307,7 +321,7 @@ template <typename Enqueue>
 WorkPtr launch(const std::shared_ptr<NcclCommunicator::Impl>& impl, int device, OpDesc desc,
                torch::Tensor result, std::vector<torch::Tensor> keep, Enqueue&& enqueue) {
   TESSERA_CHECK(!impl->aborted, describe(desc), ": the NCCL communicator was aborted (",
-                impl->abort_reason, ")");
+                impl->abort_reason(), ")");
   check_cuda(cudaSetDevice(device), "cudaSetDevice");
   cudaStream_t stream = current_stream(device);
   const auto timeout = Watchdog::global().timeout();
