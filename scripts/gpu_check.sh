@@ -9,11 +9,13 @@
 # /opt/deps; configure against python3's libtorch (CMAKE_PREFIX_PATH, -DCMAKE_CUDA_ARCHITECTURES=90;
 # NCCL is the one that torch loads); build; run the `gpu`-labelled tests (CUDA kernels against
 # their CPU reference, the NCCL communicator at world size 1, the op library on CUDA tensors from
-# Python); then every other test against this libtorch; then `tessera bench kernels --json` (its GPU part).
+# Python); then the CUDA kernel tests again under compute-sanitizer (memcheck: out-of-bounds and
+# misaligned accesses; initcheck: reads of device memory nobody wrote), where the machine has it
+# and its runtime supports it; then every other test against this libtorch; then `tessera bench kernels --json` (its GPU part).
 # A failing step is recorded and the next steps still run, so that one call brings back as much as
 # possible. $OUT gets three files (the device tool brings back at most eight): summary.txt,
 # bench_kernels.json and logs.tar.gz with every step's log. Exit status: 0 when every step passed.
-#   TESSERA_GPU_STEPS="configure build gpu all bench"  limits the steps (unpack always runs)
+#   TESSERA_GPU_STEPS="configure build gpu memcheck all bench"  limits the steps (unpack always runs)
 #   TESSERA_DEVDEPS=.devdeps  TESSERA_DEPS_PREFIX=/opt/deps  TESSERA_GPU_BUILD=build-gpu
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +26,7 @@ out=$(mktemp -d)  # the step logs, packed into $OUT/logs.tar.gz at the end
 debs=${TESSERA_DEVDEPS:-$root/.devdeps}
 prefix=${TESSERA_DEPS_PREFIX:-/opt/deps}
 build=${TESSERA_GPU_BUILD:-$root/build-gpu}
-steps=${TESSERA_GPU_STEPS:-configure build gpu all bench}
+steps=${TESSERA_GPU_STEPS:-configure build gpu memcheck all bench}
 python=${TESSERA_PYTHON:-$(command -v python3)}
 jobs=$(nproc)
 summary="$OUT/summary.txt"
@@ -102,6 +104,33 @@ if want gpu; then
   run_step gpu ctest -L gpu -VV --timeout 600
   grep -E "SKIPPED|skipped|\[  PASSED  \]|\[  FAILED  \]|tests passed|Ran [0-9]+ test|OK \(|FAILED \(" "$out/gpu.log" \
     | sed 's/^/gpu: /' | tee -a "$summary"
+fi
+if want memcheck; then
+  if command -v compute-sanitizer >/dev/null 2>&1; then
+    memcheck() {
+      local exe tool rc=0
+      for exe in "$build/tests/kernels/attention_cuda_test" \
+          "$build/tests/kernels/cluster_attention/kernels_cluster_cuda_test"; do
+        for tool in memcheck initcheck; do
+          echo "== $tool $(basename "$exe")"
+          timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 86 "$exe" --gtest_color=no \
+            || rc=$?
+        done
+      done
+      return $rc
+    }
+    saved=$status
+    run_step memcheck memcheck
+    grep -E "^== |ERROR SUMMARY|Device not supported|\[  (PASSED|FAILED) +\]|SKIPPED \] [0-9]+ test" \
+      "$out/memcheck.log" | sed 's/^/memcheck: /' | tee -a "$summary"
+    if grep -q "Device not supported" "$out/memcheck.log"; then
+      # gVisor machines: the sanitizer cannot attach; that is the machine, not a finding.
+      status=$saved
+      note "memcheck: compute-sanitizer does not support this machine's runtime; not counted"
+    fi
+  else
+    note "memcheck: compute-sanitizer not found, skipped"
+  fi
 fi
 if want all; then
   run_step all ctest -LE gpu -j "$jobs" --output-on-failure --timeout 900
