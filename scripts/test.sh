@@ -14,29 +14,27 @@ cd "$TESSERA_BUILD_DIR"
 rc=0
 ctest --output-on-failure -j "$(nproc)" --timeout 900 "$@" || rc=$?
 t3=$(date +%s)
-asan="skipped"
-if [ "${TESSERA_SKIP_ASAN:-0}" != 1 ] && [ $# -eq 0 ]; then
-  if TESSERA_ASAN_TARGETS="kernels_cluster_core_test kernels_cluster_attention_test attention_test" \
-      "$TESSERA_ROOT/scripts/asan_kernels.sh" "$TESSERA_BUILD_DIR-asan" > "$TESSERA_BUILD_DIR/asan.log" 2>&1; then
-    asan="clean ($(grep -c '^\[  PASSED  \]' "$TESSERA_BUILD_DIR/asan.log") test executables)"
+# sanitize NAME KIND TARGETS: a sanitizer build in $TESSERA_BUILD_DIR-NAME, its log beside the build.
+sanitized=""
+sanitize() {
+  local name=$1 kind=$2 targets=$3 t0 result
+  t0=$(date +%s)
+  # shellcheck disable=SC2086
+  if "$TESSERA_ROOT/scripts/sanitize.sh" "$kind" "$TESSERA_BUILD_DIR-$name" $targets \
+      > "$TESSERA_BUILD_DIR/$name.log" 2>&1; then
+    result="clean ($(grep -c '^\[  PASSED  \]' "$TESSERA_BUILD_DIR/$name.log") test executables)"
   else
-    tail -n 60 "$TESSERA_BUILD_DIR/asan.log"
-    asan="FAILED (see $TESSERA_BUILD_DIR/asan.log)"
+    tail -n 60 "$TESSERA_BUILD_DIR/$name.log"
+    result="FAILED (see $TESSERA_BUILD_DIR/$name.log)"
     rc=1
   fi
-fi
-t4=$(date +%s)
-tsan="skipped"
+  sanitized="$sanitized, $name $(( $(date +%s) - t0 )) s: $result"
+}
 if [ "${TESSERA_SKIP_ASAN:-0}" != 1 ] && [ $# -eq 0 ]; then
-  if "$TESSERA_ROOT/scripts/tsan.sh" "$TESSERA_BUILD_DIR-tsan" > "$TESSERA_BUILD_DIR/tsan.log" 2>&1; then
-    tsan="clean"
-  else
-    tail -n 60 "$TESSERA_BUILD_DIR/tsan.log"
-    tsan="FAILED (see $TESSERA_BUILD_DIR/tsan.log)"
-    rc=1
-  fi
+  sanitize asan address "kernels_cluster_core_test kernels_cluster_attention_test attention_test"
+  sanitize tsan thread "sharding_watchdog_test"
+else
+  sanitized=", sanitizers skipped"
 fi
-t5=$(date +%s)
-echo "[test] setup $((t1 - t0)) s, build $((t2 - t1)) s, tests $((t3 - t2)) s," \
-  "asan kernels $((t4 - t3)) s: $asan, tsan watchdog $((t5 - t4)) s: $tsan"
+echo "[test] setup $((t1 - t0)) s, build $((t2 - t1)) s, tests $((t3 - t2)) s$sanitized"
 exit $rc

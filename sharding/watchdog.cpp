@@ -62,19 +62,24 @@ Record to_record(const OpDesc& op) {
   return r;
 }
 
-// "rank 1 (tp rank 0): all_reduce #17 (float32 x 1024, peer 2)" into buf; returns the length.
-// No allocation: also called from a signal handler.
-int format_record(const Record& r, char* buf, size_t size) {
-  int n = std::snprintf(buf, size, "rank %d (%s rank %d): %s #%llu (%s x %lld", r.world_rank,
-                        r.comm, r.rank, r.op, static_cast<unsigned long long>(r.seq), r.dtype,
-                        static_cast<long long>(r.count));
-  n = std::clamp<int>(n, 0, static_cast<int>(size) - 1);
-  if (r.peer >= 0) {
-    n += std::snprintf(buf + n, size - n, ", peer %d", r.peer);
-    n = std::clamp<int>(n, 0, static_cast<int>(size) - 1);
-  }
-  n += std::snprintf(buf + n, size - n, ")");
+// "rank 1 (tp rank 0): all_reduce #17 (float32 x 1024, peer 2)" into buf; returns the length
+// written (cut to size - 1). No allocation: also called from a signal handler.
+int format_op(const char* comm, const char* op, const char* dtype, int rank, int world_rank,
+              uint64_t seq, int64_t count, int peer, char* buf, size_t size) {
+  auto str = [](const char* p) { return p ? p : ""; };
+  const int n =
+      peer >= 0 ? std::snprintf(buf, size, "rank %d (%s rank %d): %s #%llu (%s x %lld, peer %d)",
+                                world_rank, str(comm), rank, str(op),
+                                static_cast<unsigned long long>(seq), str(dtype),
+                                static_cast<long long>(count), peer)
+                : std::snprintf(buf, size, "rank %d (%s rank %d): %s #%llu (%s x %lld)", world_rank,
+                                str(comm), rank, str(op), static_cast<unsigned long long>(seq),
+                                str(dtype), static_cast<long long>(count));
   return std::clamp<int>(n, 0, static_cast<int>(size) - 1);
+}
+
+int format_record(const Record& r, char* buf, size_t size) {
+  return format_op(r.comm, r.op, r.dtype, r.rank, r.world_rank, r.seq, r.count, r.peer, buf, size);
 }
 
 // Fixed slots so that both the watchdog thread and a signal handler read them without locks or
@@ -212,13 +217,12 @@ void on_signal(int sig) {
 }  // namespace
 
 std::string describe(const OpDesc& op) {
-  // Not through the fixed-size Record: an error message names the communicator in full.
-  auto str = [](const char* p) { return std::string(p ? p : ""); };
-  std::string s = "rank " + std::to_string(op.world_rank) + " (" + str(op.comm) + " rank " +
-                  std::to_string(op.rank) + "): " + str(op.op) + " #" + std::to_string(op.seq) +
-                  " (" + str(op.dtype) + " x " + std::to_string(op.count);
-  if (op.peer >= 0) s += ", peer " + std::to_string(op.peer);
-  return s + ")";
+  // The same line as the watchdog's, with the labels in full (the watchdog's record cuts them).
+  auto len = [](const char* p) { return p ? std::strlen(p) : 0; };
+  std::string s(len(op.comm) + len(op.op) + len(op.dtype) + 128, '\0');
+  s.resize(static_cast<size_t>(format_op(op.comm, op.op, op.dtype, op.rank, op.world_rank, op.seq,
+                                         op.count, op.peer, s.data(), s.size())));
+  return s;
 }
 
 Watchdog& Watchdog::global() {

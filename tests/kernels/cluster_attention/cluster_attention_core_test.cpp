@@ -1,6 +1,6 @@
 // Torch-free checks of the fast CPU cluster attention kernels against the fp64 reference on the
-// very same views. Kept free of torch so that scripts/asan_kernels.sh can build and run it under
-// AddressSanitizer in seconds.
+// very same views. Kept free of torch so that `scripts/sanitize.sh address` can build and run it
+// under AddressSanitizer in seconds.
 #include <gtest/gtest.h>
 
 #include <random>
