@@ -16,6 +16,8 @@ import unittest
 
 import torch
 
+import kernel_cases
+
 LIB = sys.argv.pop(1) if len(sys.argv) > 1 else "libtessera_torch.so"
 torch.ops.load_library(LIB)
 ops = torch.ops.tessera
@@ -34,18 +36,7 @@ def close(test, got, want, tol, what):
     test.assertLessEqual(err, tol, f"{what}: max abs error {err:.3g} > {tol}")
 
 
-def cluster_inputs(b, n, c, h, m, seed, extras=True):
-    g = torch.Generator().manual_seed(seed)
-    d = c // h
-    x = dict(q=torch.randn(b, h, n, d, generator=g), k=torch.randn(b, h, n, d, generator=g),
-             v=torch.randn(b, h, n, d, generator=g),
-             idx=torch.randint(0, n, (b, n, m), generator=g), scale=d ** -0.5)
-    if extras:
-        x.update(pos=torch.randint(0, 8, (b, n, 2), generator=g).float(),
-                 pe_w=torch.randn(h, 5, generator=g) * 0.3, pe_b=torch.randn(h, generator=g),
-                 mask=torch.rand(b, 1, n, m, generator=g) > 0.3,
-                 blank_k=torch.randn(h, d, generator=g), blank_v=torch.randn(h, d, generator=g))
-    return x
+cluster_inputs = kernel_cases.cluster_inputs
 
 
 def to(x, device, dtype=None):
@@ -137,66 +128,11 @@ class ClusterAttentionCuda(unittest.TestCase):
         self.assertEqual(torch.ones(3, device=DEV).sum().item(), 3.0)
 
 
-class Paged:
-    """Ragged sequences in randomly placed pages, appended through the op on the given device."""
-
-    def __init__(self, seed, device, kv_dtype=torch.float32, num_seqs=5, block_size=16, hq=8,
-                 hkv=2, d=64, decode=False):
-        g = torch.Generator().manual_seed(seed)
-        self.bs, self.hq, self.hkv, self.d = block_size, hq, hkv, d
-        self.lens = torch.randint(1, 300, (num_seqs,), generator=g).tolist()
-        self.q_lens = [1 if decode else int(torch.randint(1, n + 1, (1,), generator=g))
-                       for n in self.lens]
-        blocks = [(n + block_size - 1) // block_size for n in self.lens]
-        nb = sum(blocks) + 2
-        perm = (torch.randperm(nb - 1, generator=g) + 1).tolist()
-        bt = torch.zeros(num_seqs, max(blocks) + 1, dtype=torch.int32)
-        i = 0
-        for s, c in enumerate(blocks):
-            bt[s, :c] = torch.tensor(perm[i:i + c], dtype=torch.int32)
-            i += c
-        self.k_src = [torch.randn(n, hkv, d, generator=g) for n in self.lens]
-        self.v_src = [torch.randn(n, hkv, d, generator=g) for n in self.lens]
-        self.q = torch.randn(sum(self.q_lens), hq, d, generator=g).to(device)
-        self.bt = bt.to(device)
-        self.seq_lens = torch.tensor(self.lens, dtype=torch.int32, device=device)
-        self.q_starts = torch.tensor([0] + list(torch.tensor(self.q_lens).cumsum(0)),
-                                     dtype=torch.int32, device=device)
-        self.k_cache = torch.zeros(nb, block_size, hkv, d, dtype=kv_dtype, device=device)
-        self.v_cache = torch.zeros_like(self.k_cache)
-        self.k_scale = self.v_scale = None
-        if kv_dtype in (torch.int8, torch.uint8):
-            self.k_scale = torch.zeros(nb, block_size, hkv, device=device)
-            self.v_scale = torch.zeros_like(self.k_scale)
-        for s in range(num_seqs):
-            pos = torch.arange(self.lens[s])
-            slots = bt[s].long()[pos // block_size] * block_size + pos % block_size
-            ops.paged_kv_append(self.k_src[s].to(device), self.v_src[s].to(device),
-                                slots.to(device), self.k_cache, self.v_cache, self.k_scale,
-                                self.v_scale)
-
-    def attention(self, scale, window=0, chunk=0):
-        return ops.paged_attention(self.q, self.k_cache, self.v_cache, self.bt, self.seq_lens,
-                                   self.q_starts, scale, window, chunk, k_scale=self.k_scale,
-                                   v_scale=self.v_scale)
-
-    def exact(self, s, scale, window=0, chunk=0):
-        """float64 softmax(QK^T)V over the unquantised K/V of sequence s."""
-        q0, ql, n = int(self.q_starts[s]), self.q_lens[s], self.lens[s]
-        q = self.q[q0:q0 + ql].double().cpu()
-        grp = self.hq // self.hkv
-        k = self.k_src[s].double().repeat_interleave(grp, 1)
-        v = self.v_src[s].double().repeat_interleave(grp, 1)
-        sc = torch.einsum("qhd,khd->hqk", q, k) * scale
-        t = torch.arange(n - ql, n).unsqueeze(1)
-        p = torch.arange(n).unsqueeze(0)
-        mask = p <= t
-        if window:
-            mask &= t - p < window
-        if chunk:
-            mask &= (p // chunk) == (t // chunk)
-        sc = sc.masked_fill(~mask, float("-inf"))
-        return torch.einsum("hqk,khd->qhd", torch.softmax(sc, -1), v)
+def Paged(seed, device, kv_dtype=torch.float32, decode=False):
+    """Sequences of up to 300 tokens in 16-token pages, 8 query / 2 KV heads of 64."""
+    return kernel_cases.PagedCase(ops, seed, block_size=16, hq=8, hkv=2, d=64,
+                                  mode="decode" if decode else "extend", dtype=kv_dtype,
+                                  max_len=300, device=device)
 
 
 @unittest.skipUnless(HAVE_GPU, "no CUDA device")
@@ -225,10 +161,10 @@ class PagedCuda(unittest.TestCase):
                 close(self, gl, cl, 1e-4, what + " lse vs cpu")
                 for s in range(len(cpu.lens)):
                     q0, ql = int(cpu.q_starts[s]), cpu.q_lens[s]
-                    close(self, go[q0:q0 + ql], gpu.exact(s, scale, window, chunk), 1e-4,
-                          what + f" seq {s} vs float64")
+                    want, _ = gpu.expected(s, gpu.k_src[s], gpu.v_src[s], scale, window, chunk)
+                    close(self, go[q0:q0 + ql], want, 1e-4, what + f" seq {s} vs float64")
                 if decode:
-                    do, _ = ops.paged_decode(gpu.q, gpu.k_cache, gpu.v_cache, gpu.bt,
+                    do, _ = ops.paged_decode(gpu.q, gpu.k_cache, gpu.v_cache, gpu.block_tables,
                                              gpu.seq_lens, scale, window, chunk)
                     close(self, do, co, 1e-4, what + " paged_decode vs cpu")
 
@@ -242,7 +178,8 @@ class PagedCuda(unittest.TestCase):
             close(self, go, co, 1e-4, f"{kv_dtype} vs cpu")
             for s in range(len(cpu.lens)):
                 q0, ql = int(cpu.q_starts[s]), cpu.q_lens[s]
-                close(self, go[q0:q0 + ql], gpu.exact(s, scale), tol, f"{kv_dtype} vs exact")
+                want, _ = gpu.expected(s, gpu.k_src[s], gpu.v_src[s], scale)
+                close(self, go[q0:q0 + ql], want, tol, f"{kv_dtype} vs exact")
 
     def test_quantize_dequantize_and_merge_match_cpu(self):
         g = torch.Generator().manual_seed(8)

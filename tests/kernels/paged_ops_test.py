@@ -10,6 +10,8 @@ import unittest
 
 import torch
 
+import kernel_cases
+
 LIB = sys.argv.pop(1) if len(sys.argv) > 1 else "libtessera_torch.so"
 torch.ops.load_library(LIB)
 ops = torch.ops.tessera
@@ -42,67 +44,8 @@ def e4m3_encode(y):
     return (code | sign).to(torch.uint8).view(y.shape)
 
 
-class PagedCase:
-    """Random ragged sequences in randomly placed pages (block 0 reserved)."""
-
-    def __init__(self, seed, num_seqs=5, block_size=3, hq=6, hkv=2, d=20, mode="extend",
-                 dtype=torch.float32):
-        g = torch.Generator().manual_seed(seed)
-        self.block_size, self.hq, self.hkv, self.d = block_size, hq, hkv, d
-        self.lens = torch.randint(1, 50, (num_seqs,), generator=g).tolist()
-        if mode == "decode":
-            self.q_lens = [1] * num_seqs
-        elif mode == "prefill":
-            self.q_lens = list(self.lens)
-        else:
-            self.q_lens = [int(torch.randint(1, n + 1, (1,), generator=g)) for n in self.lens]
-        blocks = [(n + block_size - 1) // block_size for n in self.lens]
-        num_blocks = sum(blocks) + 2
-        perm = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
-        self.block_tables = torch.zeros(num_seqs, max(blocks) + 1, dtype=torch.int32)
-        i = 0
-        for s, nb in enumerate(blocks):
-            self.block_tables[s, :nb] = torch.tensor(perm[i:i + nb], dtype=torch.int32)
-            i += nb
-        self.seq_lens = torch.tensor(self.lens, dtype=torch.int32)
-        self.q_starts = torch.tensor([0] + list(torch.tensor(self.q_lens).cumsum(0)),
-                                     dtype=torch.int32)
-        self.k_src = [torch.randn(n, hkv, d, generator=g) for n in self.lens]
-        self.v_src = [torch.randn(n, hkv, d, generator=g) for n in self.lens]
-        self.q = torch.randn(int(self.q_starts[-1]), hq, d, generator=g)
-        self.k_cache = torch.zeros(num_blocks, block_size, hkv, d, dtype=dtype)
-        self.v_cache = torch.zeros_like(self.k_cache)
-        self.k_scale = self.v_scale = None
-        if dtype in (torch.int8, torch.uint8):
-            self.k_scale = torch.zeros(num_blocks, block_size, hkv)
-            self.v_scale = torch.zeros(num_blocks, block_size, hkv)
-        for s in range(num_seqs):
-            ops.paged_kv_append(self.k_src[s], self.v_src[s], self.slots(s), self.k_cache,
-                                self.v_cache, self.k_scale, self.v_scale)
-
-    def slots(self, s):
-        pos = torch.arange(self.lens[s])
-        return self.block_tables[s].long()[pos // self.block_size] * self.block_size + \
-            pos % self.block_size
-
-    def expected(self, s, k, v, scale, window=0, chunk=0):
-        """softmax(QK^T)V over contiguous K/V [len, hkv, d] with an explicit mask, in float64."""
-        q0, ql, n = int(self.q_starts[s]), self.q_lens[s], self.lens[s]
-        q = self.q[q0:q0 + ql].double()
-        group = self.hq // self.hkv
-        kk = k.double().repeat_interleave(group, 1)
-        vv = v.double().repeat_interleave(group, 1)
-        scores = torch.einsum("qhd,khd->hqk", q, kk) * scale
-        t = torch.arange(n - ql, n).unsqueeze(1)
-        p = torch.arange(n).unsqueeze(0)
-        mask = p <= t
-        if window > 0:
-            mask &= t - p < window
-        if chunk > 0:
-            mask &= (p // chunk) == (t // chunk)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        out = torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), vv)
-        return out, torch.logsumexp(scores, -1).t()
+def PagedCase(seed, **kw):
+    return kernel_cases.PagedCase(ops, seed, **kw)
 
 
 class PagedOpsTest(unittest.TestCase):

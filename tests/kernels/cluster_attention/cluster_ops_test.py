@@ -4,6 +4,7 @@ Usage: python3 cluster_ops_test.py /path/to/libtessera_torch.so
 Exits 77 (ctest: skipped) when this interpreter has no torch.
 """
 import math
+import os
 import sys
 import unittest
 import warnings
@@ -13,6 +14,9 @@ try:
 except ImportError:  # pragma: no cover - depends on the machine
     print("torch is not importable by", sys.executable)
     sys.exit(77)
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import kernel_cases  # noqa: E402  (tests/kernels/kernel_cases.py)
 
 LIB = sys.argv.pop(1) if len(sys.argv) > 1 else "libtessera_torch.so"
 torch.ops.load_library(LIB)
@@ -63,19 +67,7 @@ def reference(q, k, v, idx, scale, bias=None, pos=None, pe_w=None, pe_b=None, ma
     return out, lse.squeeze(-1).masked_fill(dead.squeeze(-1), -math.inf)
 
 
-def make(b, n, c, h, m, seed=0, extras=True):
-    g = torch.Generator().manual_seed(seed)
-    d = c // h
-    x = dict(
-        q=torch.randn(b, h, n, d, generator=g), k=torch.randn(b, h, n, d, generator=g),
-        v=torch.randn(b, h, n, d, generator=g),
-        idx=torch.randint(0, n, (b, n, m), generator=g), scale=d ** -0.5)
-    if extras:
-        x.update(pos=torch.randint(0, 8, (b, n, 2), generator=g).float(),
-                 pe_w=torch.randn(h, 5, generator=g) * 0.3, pe_b=torch.randn(h, generator=g),
-                 mask=torch.rand(b, 1, n, m, generator=g) > 0.3,
-                 blank_k=torch.randn(h, d, generator=g), blank_v=torch.randn(h, d, generator=g))
-    return x
+make = kernel_cases.cluster_inputs
 
 
 DIFF = ("q", "k", "v", "bias", "pe_w", "pe_b", "blank_k", "blank_v")
