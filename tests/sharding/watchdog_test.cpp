@@ -1,7 +1,8 @@
 // The watchdog's record of in-flight waits, without MPI or torch: labels are copied when a wait is
 // registered (the report never reads a destroyed communicator's name), and waits that start and
 // end on several threads while the record is read are reported whole or not at all. The TSan build
-// in scripts/sanitize.sh (thread) runs this file too: a plain (non-atomic) record would be a data race.
+// in scripts/sanitize.sh (thread) runs this file too: a plain (non-atomic) record would be a data
+// race.
 #include <gtest/gtest.h>
 
 #include <array>
