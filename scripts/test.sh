@@ -7,6 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 t0=$(date +%s)
 "$TESSERA_ROOT/scripts/setup.sh"
+"$TESSERA_ROOT/scripts/test_venv.sh"
 t1=$(date +%s)
 "$TESSERA_ROOT/scripts/build.sh"
 t2=$(date +%s)
@@ -36,5 +37,5 @@ if [ "${TESSERA_SKIP_ASAN:-0}" != 1 ] && [ $# -eq 0 ]; then
 else
   sanitized=", sanitizers skipped"
 fi
-echo "[test] setup $((t1 - t0)) s, build $((t2 - t1)) s, tests $((t3 - t2)) s$sanitized"
+echo "[test] setup + venv $((t1 - t0)) s, build $((t2 - t1)) s, tests $((t3 - t2)) s$sanitized"
 exit $rc
