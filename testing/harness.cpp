@@ -316,7 +316,7 @@ int run_all_tests(int* argc, char** argv) {
     st.world = launch::bootstrap_world(argc, &argv, {.want_nccl = true});
   } catch (const CollectiveError& e) {
     // Every rank raised it together: one report.
-    if (sharding::mpi::world_rank() == 0) {
+    if (launch::job_rank() == 0) {
       std::fprintf(stderr, "tessera::testing: error: %s\n", e.message().c_str());
     }
     sharding::mpi::finalize();
