@@ -176,7 +176,8 @@ StepPlan StepPlan::decode(std::span<const uint8_t> bytes) {
   TESSERA_PLAN_CHECK(magic == kMagic, r, "magic must be ", kMagic, " (\"TSPL\"), got ", magic);
   const auto version = r.get<uint16_t>("version");
   TESSERA_PLAN_CHECK(version == kVersion, r, "version must be ", kVersion, ", got ", version);
-  r.get<uint16_t>("reserved");
+  const auto reserved = r.get<uint16_t>("reserved");
+  TESSERA_PLAN_CHECK(reserved == 0, r, "reserved must be 0, got ", reserved);
   p.step = r.get<int64_t>("step");
   TESSERA_PLAN_CHECK(p.step >= 0, r, "step must be >= 0, got ", p.step);
   p.num_groups = r.get<int32_t>("num_groups");
