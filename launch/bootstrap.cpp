@@ -31,6 +31,8 @@ World bootstrap_world(int* argc, char*** argv, const BootstrapOptions& options) 
   } catch (const Error& e) {
     err = e.message();
   }
+  // MPI-level agreement: the world communicator is not made yet (it is made below, once the
+  // launcher's view is known to be sound).
   err = mpi::agree_on_error(err);
   if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
 

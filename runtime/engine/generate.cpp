@@ -12,7 +12,6 @@
 #include "runtime/models/model_folder.h"
 #include "runtime/tokenizer.h"
 #include "sharding/communicator.h"
-#include "sharding/mpi/mpi_env.h"
 
 namespace tessera::engine {
 
@@ -24,7 +23,7 @@ double ms_since(Clock::time_point t0) {
 }
 
 // Runs `fn` on every rank; if any rank throws, every rank throws the lowest failing rank's
-// message (agreed over MPI), so no rank is left waiting in a collective.
+// message (agreed over `comm`), so no rank is left waiting in a collective.
 template <typename Fn>
 void on_all_ranks(sharding::Communicator* comm, Fn&& fn) {
   std::string err;
@@ -35,7 +34,7 @@ void on_all_ranks(sharding::Communicator* comm, Fn&& fn) {
   } catch (const std::exception& e) {
     err = e.what();
   }
-  if (comm != nullptr && comm->size() > 1) err = sharding::mpi::agree_on_error(err);
+  if (comm != nullptr) err = comm->agree_on_error(err);
   if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
 }
 
