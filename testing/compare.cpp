@@ -37,9 +37,9 @@ std::string rank_prefix() { return "rank " + std::to_string(rank()) + ": "; }
 }  // namespace
 
 torch::Device device() {
-  const int d = world().device;
-  return d >= 0 ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(d))
-                : torch::Device(torch::kCPU);
+  const auto& w = world();
+  return w.device_comm ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(w.device))
+                       : torch::Device(torch::kCPU);
 }
 
 torch::Tensor broadcast_from_rank0(const torch::Tensor& tensor) {

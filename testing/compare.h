@@ -19,7 +19,8 @@ struct Tolerance {
   double rtol = 0;
 };
 
-// This rank's device: cuda:<device> when the harness uses a GPU, else the CPU.
+// This rank's device: cuda:<device> when the harness uses NCCL (every rank has a GPU of its own),
+// else the CPU.
 torch::Device device();
 
 // Rank 0's `tensor` on every rank (other ranks' argument is ignored and may be undefined): shape

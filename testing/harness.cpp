@@ -14,10 +14,14 @@
 #include <thread>
 #include <vector>
 
+#include "common/device.h"
 #include "common/error.h"
 #include "sharding/communicator.h"
 #include "sharding/mpi/mpi_env.h"
 #include "sharding/watchdog.h"
+#ifdef TESSERA_WITH_NCCL
+#include "sharding/nccl/nccl_communicator.h"
+#endif
 
 namespace tessera::testing {
 
@@ -236,6 +240,19 @@ class Agreement : public ::testing::EmptyTestEventListener {
   FailuresOnly* quiet_printer_;
 };
 
+// NCCL for device tensors when every rank has a GPU of its own (NCCL refuses two ranks on one
+// GPU: tests run with more ranks than a machine has GPUs then use MPI and CPU tensors).
+void use_nccl_where_every_rank_has_a_gpu(launch::World& w) {
+#ifdef TESSERA_WITH_NCCL
+  int mine = w.device >= 0 && w.local_size <= query_devices().count ? 1 : 0;
+  int all = 0;
+  MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (all) w.device_comm = std::make_shared<sharding::NcclCommunicator>(MPI_COMM_WORLD, w.device);
+#else
+  (void)w;
+#endif
+}
+
 // --tessera_test_deadline=S is ours: read it and take it out of argv.
 void take_own_flags(int* argc, char** argv, std::string& deadline) {
   static constexpr char kFlag[] = "--tessera_test_deadline=";
@@ -313,7 +330,8 @@ int run_all_tests(int* argc, char** argv) {
   take_own_flags(argc, argv, deadline_flag);
 
   try {
-    st.world = launch::bootstrap_world(argc, &argv, {.want_nccl = true});
+    st.world = launch::bootstrap_world(argc, &argv);
+    use_nccl_where_every_rank_has_a_gpu(st.world);
   } catch (const CollectiveError& e) {
     // Every rank raised it together: one report.
     if (launch::job_rank() == 0) {

@@ -18,9 +18,10 @@ namespace tessera::testing {
 // Exit status of a job that a test's deadline ended (the collective watchdog's status).
 inline constexpr int kDeadlineExitCode = 75;
 
-// Runs every test: InitGoogleTest, the job's world (launch::bootstrap_world: MPI, launcher
-// variables cross-checked against MPI, NCCL when this rank has a GPU), then RUN_ALL_TESTS with
-// the harness's listeners. Returns 0 when every test passed on every rank. Options (flags win):
+// Runs every test: the job's world (launch::bootstrap_world: MPI, launcher variables checked
+// against MPI, a device by local rank; NCCL when every rank has a GPU of its own), InitGoogleTest,
+// then RUN_ALL_TESTS with the harness's listeners. Returns 0 when every test passed on every rank.
+// Options (flags win):
 //   --tessera_test_deadline=S / TESSERA_TEST_DEADLINE=S   seconds per test (default 60; 0 = none)
 // With several ranks, --gtest_output=xml:out.xml writes out.rank<r>.xml on each rank, and a
 // shuffled order (--gtest_shuffle) uses rank 0's seed everywhere.
@@ -32,7 +33,8 @@ int rank();
 int size();
 // The MPI communicator over every rank (CPU tensors).
 sharding::Communicator& cpu_comm();
-// The communicator for tensors on this rank's device: NCCL when a GPU is used, else MPI.
+// The communicator for tensors on device() (testing/compare.h): NCCL when every rank has a GPU of
+// its own, else MPI.
 sharding::Communicator& comm();
 
 // The deadline of the running test, measured from its start; a test may set its own (a long

@@ -31,7 +31,11 @@ TEST(Harness, WorldIsTheJob) {
   EXPECT_LT(rank(), size());
   EXPECT_EQ(cpu_comm().size(), size());
   EXPECT_EQ(comm().rank(), rank());
-  EXPECT_EQ(device().is_cuda(), world().device >= 0);
+  // NCCL on the GPUs when every rank has one of its own, MPI on the CPU otherwise.
+  const bool nccl = world().device_comm != nullptr;
+  EXPECT_EQ(device().is_cuda(), nccl);
+  EXPECT_EQ(comm().backend_name(), nccl ? "nccl" : "mpi");
+  EXPECT_EQ(cpu_comm().backend_name(), "mpi");
 }
 
 TEST(Harness, AllReduceMatchesRankZerosReference) {
