@@ -131,8 +131,7 @@ function(tessera_install)
   # The PCH object library is linked by nothing but listed by targets that reuse it.
   list(REMOVE_ITEM targets tessera_torch_pch)
 
-  install(TARGETS tessera RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
-  install(TARGETS ${targets} EXPORT TesseraTargets
+  install(TARGETS tessera ${targets} EXPORT TesseraTargets
           ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
           LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
           RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
