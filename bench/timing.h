@@ -1,6 +1,8 @@
 // Interleaved timing for benchmarks that compare formulations of one result: every round runs each
 // candidate once, in turn, so drift on a shared machine (other jobs, clock changes) falls on all of
-// them alike; each candidate reports the median and the 10th / 90th percentiles of its rounds.
+// them alike; each candidate reports the median and the 10th / 90th percentiles of its rounds'
+// wall time, and the median of the process CPU time per call (all threads): on a machine shared
+// with other jobs the CPU time of a one-thread run is the steadier measure of the work done.
 #pragma once
 
 #include <algorithm>
@@ -11,15 +13,28 @@
 #include <string>
 #include <vector>
 
+#include <time.h>
+
 namespace tessera::bench {
 
 struct Spread {
   double median_ms = 0, p10_ms = 0, p90_ms = 0;
+  double cpu_median_ms = 0;  // process CPU time per call, all threads
   int rounds = 0;
   nlohmann::json to_json() const {
-    return {{"median_ms", median_ms}, {"p10_ms", p10_ms}, {"p90_ms", p90_ms}, {"rounds", rounds}};
+    return {{"median_ms", median_ms},
+            {"p10_ms", p10_ms},
+            {"p90_ms", p90_ms},
+            {"rounds", rounds},
+            {"cpu_median_ms", cpu_median_ms}};
   }
 };
+
+inline double process_cpu_ms() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) * 1e3 + static_cast<double>(t.tv_nsec) * 1e-6;
+}
 
 inline Spread spread_of(std::vector<double> ms) {
   Spread s;
@@ -43,19 +58,24 @@ inline std::vector<Spread> time_interleaved(const std::vector<std::function<void
                                             int inner = 1) {
   using clock = std::chrono::steady_clock;
   for (const auto& fn : candidates) fn();
-  std::vector<std::vector<double>> samples(candidates.size());
+  std::vector<std::vector<double>> samples(candidates.size()), cpu(candidates.size());
   double spent = 0;
   for (int round = 0; round < max_rounds && (round < min_rounds || spent < budget_ms); ++round) {
     for (size_t c = 0; c < candidates.size(); ++c) {
+      const double cpu0 = process_cpu_ms();
       const auto start = clock::now();
       for (int i = 0; i < inner; ++i) candidates[c]();
       const double ms = std::chrono::duration<double, std::milli>(clock::now() - start).count();
+      cpu[c].push_back((process_cpu_ms() - cpu0) / inner);
       samples[c].push_back(ms / inner);
       spent += ms;
     }
   }
   std::vector<Spread> out;
-  for (auto& s : samples) out.push_back(spread_of(std::move(s)));
+  for (size_t c = 0; c < samples.size(); ++c) {
+    out.push_back(spread_of(std::move(samples[c])));
+    out.back().cpu_median_ms = spread_of(std::move(cpu[c])).median_ms;
+  }
   return out;
 }
 
