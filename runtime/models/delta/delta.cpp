@@ -493,25 +493,30 @@ void encode_int8(const TensorEntry& t, const MappedSpan& ts, const TensorEntry& 
       d[i] = v;
       amax = std::max(amax, std::fabs(v));
     }
-    if (!finite) {
+    // int8 unless a difference, or a rebuilt element, is not finite (NaN or inf weights, or an
+    // overflow): such a row is stored whole, after a NaN in place of its scale.
+    const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
+    double row_err = 0;
+    for (int64_t i = 0; finite && i < len; ++i) {
+      const float v = std::rint(d[i] / scale);
+      q[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
+      uint8_t* o = rebuilt.data() + i * size;
+      rebuild_int8(t.dtype, bp + i * size, q[i], scale, o);
+      const double err = std::fabs(static_cast<double>(load_float(t.dtype, o)) -
+                                   static_cast<double>(load_float(t.dtype, tp + i * size)));
+      finite = std::isfinite(err);
+      row_err = std::max(row_err, err);
+    }
+    if (finite) {
+      z.feed(&scale, 4);
+      z.feed(q.data(), q.size());
+      out_hash.update(rebuilt.data(), bytes);
+      max_err = std::max(max_err, row_err);
+    } else {
       const float marker = std::numeric_limits<float>::quiet_NaN();
       z.feed(&marker, 4);
       z.feed(tp, bytes);
       out_hash.update(tp, bytes);
-    } else {
-      const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
-      for (int64_t i = 0; i < len; ++i) {
-        const float v = std::rint(d[i] / scale);
-        q[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
-        uint8_t* o = rebuilt.data() + i * size;
-        rebuild_int8(t.dtype, bp + i * size, q[i], scale, o);
-        const double err = std::fabs(static_cast<double>(load_float(t.dtype, o)) -
-                                     static_cast<double>(load_float(t.dtype, tp + i * size)));
-        max_err = std::max(max_err, err);
-      }
-      z.feed(&scale, 4);
-      z.feed(q.data(), q.size());
-      out_hash.update(rebuilt.data(), bytes);
     }
     pending += bytes;
     if (pending >= (size_t{4} << 20) || r + 1 == rows) {
@@ -770,8 +775,11 @@ ApplyReport apply_delta(const ApplyOptions& o) {
   const auto& md = d.files()[0].st->metadata();
   TESSERA_CHECK(md.count("format") && md.at("format") == kFormat && md.count("tessera_delta"),
                 "--delta '", o.delta, "' is not a Tessera delta (no '", kFormat, "' metadata)");
-  nlohmann::json meta;
+  nlohmann::json meta, files;
   std::vector<Record> records;
+  bool sharded = false, lossy = false;
+  double recorded_error = 0;
+  std::string want, index_json;
   try {
     meta = nlohmann::json::parse(md.at("tessera_delta"));
     TESSERA_CHECK(meta.at("version").get<int>() == kVersion, "--delta '", o.delta,
@@ -781,12 +789,26 @@ ApplyReport apply_delta(const ApplyOptions& o) {
                   "' was cut into chunks of ", meta.at("chunk_elements").dump(), " elements, not ",
                   kChunkElements);
     for (const auto& j : meta.at("tensors")) records.push_back(Record::from_json(j));
+    const auto& layout = meta.at("tuned");
+    files = layout.at("files");
+    sharded = layout.at("sharded").get<bool>();
+    if (sharded) index_json = layout.at("index_json").get<std::string>();
+    for (const auto& f : files) {
+      // Shard names become paths: plain file names only.
+      const auto name = f.at("name").get<std::string>();
+      TESSERA_CHECK(
+          !name.empty() && name.find('/') == std::string::npos && name != "." && name != "..",
+          "--delta '", o.delta, "' names the file '", name, "'");
+      f.at("header").get<std::string>();
+      f.at("size").get<uint64_t>();
+    }
+    TESSERA_CHECK(!files.empty(), "--delta '", o.delta, "' names no files");
+    lossy = !meta.at("lossy").is_null();
+    recorded_error = meta.at("max_abs_error").get<double>();
+    want = meta.at("base").at("fingerprint").get<std::string>();
   } catch (const nlohmann::json::exception& e) {
     TESSERA_FAIL("--delta '", o.delta, "' has a malformed description: ", e.what());
   }
-  const auto& layout = meta.at("tuned");
-  const auto& files = layout.at("files");
-  const bool sharded = layout.at("sharded").get<bool>();
 
   // Every tensor the delta reads must be in the base, as it was; then the fingerprint.
   const Checkpoint base = Checkpoint::open(o.base, "--base");
@@ -806,7 +828,6 @@ ApplyReport apply_delta(const ApplyOptions& o) {
                   ": shape or dtype mismatch, not the delta's base");
     used.push_back(r.name);
   }
-  const std::string want = meta.at("base").at("fingerprint").get<std::string>();
   const std::string got = fingerprint(base, used);
   TESSERA_CHECK(got == want, "--delta '", o.delta, "' was made against another base: --base '",
                 o.base, "' has fingerprint ", got, ", the delta's base ", want);
@@ -832,16 +853,22 @@ ApplyReport apply_delta(const ApplyOptions& o) {
     outs.back()->pwrite_all(len, 8, 0);
     outs.back()->pwrite_all(header.data(), header.size(), 8);
     outs.back()->truncate(f.at("size").get<uint64_t>());
-    const auto h = nlohmann::json::parse(header);
-    for (auto& [k, v] : h.items()) {
-      if (k != "__metadata__")
-        offsets[i][k] = 8 + header.size() + v.at("data_offsets")[0].get<uint64_t>();
+    try {
+      const auto h = nlohmann::json::parse(header);
+      for (auto& [k, v] : h.items()) {
+        if (k != "__metadata__") {
+          offsets[i][k] = 8 + header.size() + v.at("data_offsets").at(0).get<uint64_t>();
+        }
+      }
+    } catch (const nlohmann::json::exception& e) {
+      TESSERA_FAIL("--delta '", o.delta, "': the stored header of '", name,
+                   "' is malformed: ", e.what());
     }
   }
 
   ApplyReport rep;
-  rep.lossy = !meta.at("lossy").is_null();
-  rep.max_abs_error = meta.at("max_abs_error").get<double>();
+  rep.lossy = lossy;
+  rep.max_abs_error = recorded_error;
   rep.files = static_cast<int64_t>(files.size());
   for (const auto& r : records) {
     const TensorEntry& stored = d.get(r.name);
@@ -879,8 +906,7 @@ ApplyReport apply_delta(const ApplyOptions& o) {
   } else {
     if (sharded) {
       OutFile index(dir->file("model.safetensors.index.json"));
-      const std::string text = layout.at("index_json").get<std::string>();
-      index.append(text.data(), text.size());
+      index.append(index_json.data(), index_json.size());
       index.finish();
       index.commit();
     }
