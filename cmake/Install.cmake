@@ -29,6 +29,7 @@ set(_tessera_dep_nlohmann_json "find_dependency(nlohmann_json 3.10)")
 set(_tessera_dep_CLI11 "find_dependency(CLI11)")
 set(_tessera_dep_Boost "find_dependency(Boost 1.74)")
 set(_tessera_dep_GTest "find_dependency(GTest)")
+set(_tessera_dep_zstd "find_dependency(zstd)")
 # A CUDA libtorch defines the CUDA:: targets itself (see cmake/Dependencies.cmake).
 set(_tessera_dep_CUDA "if(NOT TARGET CUDA::cudart)\n  find_dependency(CUDAToolkit)\nendif()")
 # libtorch's own targets carry no namespace.
@@ -146,7 +147,7 @@ function(tessera_install)
 
   # find_dependency() lines in a fixed order (Threads first, Torch before what it may define).
   set(TESSERA_FIND_DEPENDENCIES "")
-  foreach(p Threads Torch CUDA MPI OpenMP fmt spdlog nlohmann_json CLI11 Boost GTest)
+  foreach(p Threads Torch CUDA MPI OpenMP fmt spdlog nlohmann_json CLI11 Boost zstd GTest)
     if(p IN_LIST packages)
       string(APPEND TESSERA_FIND_DEPENDENCIES "${_tessera_dep_${p}}\n")
       list(REMOVE_ITEM packages ${p})
