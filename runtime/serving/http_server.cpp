@@ -176,6 +176,7 @@ class ExchangeImpl : public Exchange, public std::enable_shared_from_this<Exchan
     run([this, resp = std::move(resp)] {
       if (started_ || disconnected_) return;
       started_ = done_ = true;
+      callbacks_.clear();  // they may hold the exchange's owner: no cycle once it is answered
       const bool ka = keep_alive();
       std::string data =
           head_text(resp.status, resp.content_type, resp.headers, ka, resp.body.size(), false) +
@@ -211,6 +212,7 @@ class ExchangeImpl : public Exchange, public std::enable_shared_from_this<Exchan
     run([this] {
       if (!streaming_ || done_ || disconnected_) return;
       done_ = true;
+      callbacks_.clear();
       const bool ka = chunked_ && keep_alive();
       session_->queue_write(chunked_ ? "0\r\n\r\n" : "",
                             ka ? Session::After::kEndExchange : Session::After::kClose);
@@ -221,7 +223,7 @@ class ExchangeImpl : public Exchange, public std::enable_shared_from_this<Exchan
     run([this, fn = std::move(fn)] {
       if (disconnected_) {
         fn();
-      } else {
+      } else if (!done_) {
         callbacks_.push_back(fn);
       }
     });
@@ -587,10 +589,9 @@ void HttpServer::State::reject(tcp::socket socket) {
 HttpServer::HttpServer(IoRuntime& io, HttpServerOptions options, Handler handler)
     : state_(std::make_shared<State>(io, std::move(options), std::move(handler))) {}
 
-HttpServer::~HttpServer() {
-  stop_accepting();
-  close_all();
-}
+// Posts nothing: the I/O loop may already be stopped. Owners call stop_accepting() / close_all()
+// while it runs.
+HttpServer::~HttpServer() { state_->accepting = false; }
 
 void HttpServer::start() {
   auto& ioc = state_->io.impl().ioc;
