@@ -24,5 +24,7 @@ struct Command {
 Command register_info(CLI::App& root);
 Command register_generate(CLI::App& root);
 std::vector<Command> register_bench(CLI::App& root);
+Command register_serve(CLI::App& root);
+Command register_router(CLI::App& root);
 
 }  // namespace tessera::cli

@@ -75,6 +75,8 @@ BackendCache::Lease::Lease(std::shared_ptr<Entry> e) : entry_(std::move(e)) {
   entry_->users++;
 }
 
+BackendCache::Lease::Lease(std::shared_ptr<Entry> e, Counted) : entry_(std::move(e)) {}
+
 BackendCache::Lease& BackendCache::Lease::operator=(Lease&& other) noexcept {
   if (this != &other) {
     release();
@@ -191,14 +193,15 @@ BackendCache::Lease BackendCache::get_or_load(const ModelSpec& spec) {
     flight->cv.wait(lock, [&] { return flight->done; });
     if (flight->error) std::rethrow_exception(flight->error);
     // Loaded for us; if it was evicted meanwhile, load again.
-    if (flight->entry) {
-      std::lock_guard elock(flight->entry->mu);
-      if (!flight->entry->closed) {
-        lock.unlock();
-        return Lease(flight->entry);
+    std::shared_ptr<Entry> e = flight->entry;
+    lock.unlock();
+    if (e) {
+      std::lock_guard elock(e->mu);
+      if (!e->evicted && !e->closed) {
+        e->users++;  // the lease below takes over this count
+        return Lease(std::move(e), Lease::kCounted);
       }
     }
-    lock.unlock();
     return get_or_load(spec);
   }
 

@@ -56,6 +56,8 @@ class BackendCache {
    public:
     Lease() = default;
     explicit Lease(std::shared_ptr<Entry> e);
+    enum Counted { kCounted };
+    Lease(std::shared_ptr<Entry> e, Counted);  // its user count was already taken
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
     Lease(Lease&&) noexcept = default;

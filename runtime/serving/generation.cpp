@@ -161,10 +161,10 @@ class Generation : public std::enable_shared_from_this<Generation> {
       er.id = s->engine_id;
       er.prompt_ids = s->prompt_ids;
       er.params = req_.params;
-      er.params.max_tokens = req_.max_tokens.value_or(
-          static_cast<int32_t>(max_len - static_cast<int64_t>(s->prompt_ids.size())));
+      er.params.max_tokens =
+          req_.max_tokens ? *req_.max_tokens : max_len - static_cast<int64_t>(s->prompt_ids.size());
       // n > 1: independent sequences; a seeded request gives each its own seed.
-      if (er.params.seed && req_.n > 1) *er.params.seed += s->index % req_.n;
+      if (er.params.seed && req_.n > 1) *er.params.seed += static_cast<uint64_t>(s->index % req_.n);
       er.priority = req_.priority;
       er.lora = backend_->lora();
       const int idx = static_cast<int>(&s - &seqs_.front());

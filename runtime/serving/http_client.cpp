@@ -13,6 +13,7 @@
 
 #include <cctype>
 #include <charconv>
+#include <limits>
 
 #include "common/error.h"
 #include "runtime/serving/io_runtime_impl.h"
@@ -140,7 +141,8 @@ class Call : public ClientCall, public std::enable_shared_from_this<Call> {
   }
 
   void read_head() {
-    parser_.body_limit(boost::none);
+    // No limit; not boost::none, which Beast 1.74 compares wrongly (every body "exceeds" it).
+    parser_.body_limit(std::numeric_limits<std::uint64_t>::max());
     http::async_read_header(
         socket_, buffer_, parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
           if (self->done_) return;

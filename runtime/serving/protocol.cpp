@@ -163,8 +163,9 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
     bad_field("repetition_penalty", "a number in (0, 100]", body["repetition_penalty"]);
   }
   if (present(body, "seed")) {
-    p.seed = integer(body, "seed", 0, std::numeric_limits<int64_t>::min(),
-                     std::numeric_limits<int64_t>::max(), "an integer");
+    // OpenAI allows negative seeds; the engine's seed is the same 64 bits, unsigned.
+    p.seed = static_cast<uint64_t>(integer(body, "seed", 0, std::numeric_limits<int64_t>::min(),
+                                           std::numeric_limits<int64_t>::max(), "an integer"));
   }
 
   const char* max_field =
@@ -209,6 +210,7 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
   }
   p.include_stop_str_in_output = boolean(body, "include_stop_str_in_output", false);
   r.skip_special_tokens = boolean(body, "skip_special_tokens", true);
+  p.skip_special_tokens = r.skip_special_tokens;
 
   if (chat) {
     r.logprobs = boolean(body, "logprobs", false);

@@ -1,33 +1,49 @@
 #include "runtime/serving/signals.h"
 
-#include <pthread.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include "common/error.h"
 
 namespace tessera::serving {
 namespace {
-sigset_t termination_set() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  return set;
+
+int g_pipe[2] = {-1, -1};
+
+void on_signal(int sig) {
+  const int saved = errno;
+  const unsigned char b = static_cast<unsigned char>(sig);
+  [[maybe_unused]] ssize_t n = write(g_pipe[1], &b, 1);  // async-signal-safe
+  errno = saved;
 }
+
 }  // namespace
 
-void block_termination_signals() {
-  sigset_t set = termination_set();
-  TESSERA_CHECK(pthread_sigmask(SIG_BLOCK, &set, nullptr) == 0, "pthread_sigmask failed");
-  // A client that vanishes mid-write must not kill the process.
+void install_termination_handler() {
+  if (g_pipe[0] < 0) {
+    TESSERA_CHECK(pipe2(g_pipe, O_CLOEXEC) == 0, "pipe2 failed: errno ", errno);
+  }
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  TESSERA_CHECK(sigaction(SIGTERM, &sa, nullptr) == 0 && sigaction(SIGINT, &sa, nullptr) == 0,
+                "sigaction failed: errno ", errno);
   signal(SIGPIPE, SIG_IGN);
 }
 
 int wait_for_termination_signal() {
-  sigset_t set = termination_set();
-  int sig = 0;
-  TESSERA_CHECK(sigwait(&set, &sig) == 0, "sigwait failed");
-  return sig;
+  TESSERA_CHECK(g_pipe[0] >= 0, "install_termination_handler() was not called");
+  unsigned char b = 0;
+  for (;;) {
+    const ssize_t n = read(g_pipe[0], &b, 1);
+    if (n == 1) return b;
+    if (n < 0 && errno == EINTR) continue;
+    TESSERA_FAIL("reading the signal pipe failed: errno ", errno);
+  }
 }
 
 }  // namespace tessera::serving

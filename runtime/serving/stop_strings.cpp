@@ -20,13 +20,16 @@ StopStringProcessor::Result StopStringProcessor::push(std::string_view delta) {
     held_.clear();
     return r;
   }
-  // The earliest match wins; at equal starts, the longer string.
+  // The stop string that completes first wins (at equal ends, the longer one): the result is then
+  // the same however the text was cut into deltas.
   size_t best = std::string::npos;
   const std::string* best_stop = nullptr;
   for (const auto& s : stops_) {
     const size_t pos = held_.find(s);
     if (pos == std::string::npos) continue;
-    if (pos < best || (pos == best && s.size() > best_stop->size())) {
+    const size_t end = pos + s.size();
+    if (best_stop == nullptr || end < best + best_stop->size() ||
+        (end == best + best_stop->size() && pos < best)) {
       best = pos;
       best_stop = &s;
     }

@@ -2,6 +2,8 @@
 // runtime/engine/output_processor.h, which has not landed on main yet: this is serving's own small
 // one behind the same seam, text delta in -> text to emit + stopped). It holds back the longest
 // tail of the text that could still grow into a stop string, so no emitted byte is ever taken back.
+// The stop string that completes first ends the text (at equal ends, the longer one), so the
+// result does not depend on how the text was cut into deltas.
 #pragma once
 
 #include <string>

@@ -24,7 +24,8 @@ FakeEngine::FakeEngine(FakeEngineOptions options) : opt_(std::move(options)) {
 
 FakeEngine::~FakeEngine() { stop(); }
 
-uint64_t FakeEngine::request_hash(const std::vector<int32_t>& prompt, std::optional<int64_t> seed) {
+uint64_t FakeEngine::request_hash(const std::vector<int32_t>& prompt,
+                                  std::optional<uint64_t> seed) {
   uint64_t h = mix(seed ? static_cast<uint64_t>(*seed) ^ 0x5EEDull : 0);
   for (int32_t id : prompt) h = mix(h ^ static_cast<uint32_t>(id));
   return h;
@@ -45,7 +46,7 @@ int32_t FakeEngine::token_at(const FakeEngineOptions& opt, uint64_t request_hash
 
 std::vector<int32_t> FakeEngine::expected_tokens(const FakeEngineOptions& opt,
                                                  const std::vector<int32_t>& prompt,
-                                                 std::optional<int64_t> seed, int max_tokens,
+                                                 std::optional<uint64_t> seed, int max_tokens,
                                                  int min_tokens, bool ignore_eos,
                                                  const std::vector<int32_t>& stop_ids) {
   std::vector<int32_t> out;
@@ -65,12 +66,12 @@ void FakeEngine::add_request(engine::EngineRequest request,
                              std::function<void(const engine::RequestOutput&)> on_output) {
   auto r = std::make_shared<Req>();
   // Greedy and seeded requests are reproducible; the others draw a random salt.
-  std::optional<int64_t> seed = request.params.seed;
+  std::optional<uint64_t> seed = request.params.seed;
   if (!seed && request.params.temperature > 0) {
     static std::mt19937_64 rng(std::random_device{}());
     static std::mutex rng_mu;
     std::lock_guard lock(rng_mu);
-    seed = static_cast<int64_t>(rng());
+    seed = rng();
   }
   r->hash = request_hash(request.prompt_ids, seed);
   r->r = std::move(request);

@@ -52,12 +52,12 @@ class FakeEngine : public engine::EngineClient {
   // The tokens a request generates (greedy or seeded), as the tests' reference.
   static std::vector<int32_t> expected_tokens(const FakeEngineOptions& opt,
                                               const std::vector<int32_t>& prompt,
-                                              std::optional<int64_t> seed, int max_tokens,
+                                              std::optional<uint64_t> seed, int max_tokens,
                                               int min_tokens = 0, bool ignore_eos = false,
                                               const std::vector<int32_t>& stop_ids = {});
   static int32_t token_at(const FakeEngineOptions& opt, uint64_t request_hash, int64_t k,
                           int min_tokens);
-  static uint64_t request_hash(const std::vector<int32_t>& prompt, std::optional<int64_t> seed);
+  static uint64_t request_hash(const std::vector<int32_t>& prompt, std::optional<uint64_t> seed);
 
  private:
   struct Req {

@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   try {
-    block_termination_signals();
+    install_termination_handler();
     std::vector<ModelSpec> models;
     for (const auto& f : model_flags) models.push_back(parse_model_flag(f));
     if (models.empty()) models.push_back(parse_model_flag("fake=fake-model"));
