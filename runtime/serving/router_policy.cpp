@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <functional>
 #include <queue>
+#include <tuple>
 
 namespace tessera::serving {
 
@@ -179,6 +180,16 @@ CacheAwarePolicy::Choice CacheAwarePolicy::select(std::string_view text,
     if (m.worker >= 0 && c.match_rate > config_.cache_threshold) {
       c.worker = m.worker;
       c.by_cache = true;
+    } else {
+      // No worker holds enough of it: the one with the smallest tree (the most room to cache),
+      // then the least loaded.
+      auto key = [&](const WorkerLoad& w) {
+        return std::tuple(tree_.worker_chars(w.id), w.load, w.id);
+      };
+      c.worker =
+          std::min_element(candidates.begin(), candidates.end(), [&](const auto& a, const auto& b) {
+            return key(a) < key(b);
+          })->id;
     }
   }
   if (!text.empty()) {

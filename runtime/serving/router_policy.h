@@ -1,10 +1,12 @@
 // The router's cache-aware policy, as SGLang's model gateway has it (policies/cache_aware.rs): an
 // approximate radix tree over the request text records which worker saw which prefixes. When the
 // loads are balanced, a request goes to the worker holding its longest prefix if that covers more
-// than cache_threshold of the text, else to the least loaded worker; when they are imbalanced
-// (max - min > balance_abs_threshold and max > balance_rel_threshold * min) it goes to the least
-// loaded. Every routed text is inserted under its worker; each worker's share of the tree is kept
-// under max_chars_per_worker by dropping its least recently used leaves.
+// than cache_threshold of the text, else to the worker with the smallest tree (the most room to
+// cache; ties: the least loaded); when they are imbalanced (max - min > balance_abs_threshold and
+// max > balance_rel_threshold * min) it goes to the least loaded. Every routed text is inserted
+// under its worker; each worker's share of the tree is kept under max_chars_per_worker by dropping
+// its least recently used leaves. A worker taken out loses its share, so one that comes back is
+// the first choice for new texts.
 #pragma once
 
 #include <cstdint>

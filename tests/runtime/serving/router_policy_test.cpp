@@ -77,10 +77,13 @@ TEST(CacheAwarePolicy, SharedPrefixesStickToOneWorker) {
     EXPECT_TRUE(c.by_cache);
     EXPECT_GT(c.match_rate, 0.5);
   }
-  // A different text goes to the least loaded.
-  auto other = p.select("completely different", {{0, 5}, {1, 2}});
+  // A different text goes to the worker with the smallest tree (1 holds nothing).
+  auto other = p.select("completely different", {{0, 0}, {1, 2}});
   EXPECT_EQ(other.worker, 1);
   EXPECT_FALSE(other.by_cache);
+  // Equal trees: the least loaded.
+  CacheAwarePolicy q;
+  EXPECT_EQ(q.select("abc", {{0, 3}, {1, 2}, {2, 5}}).worker, 1);
 }
 
 TEST(CacheAwarePolicy, ImbalanceOverridesTheCache) {
