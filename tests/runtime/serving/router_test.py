@@ -1,7 +1,8 @@
 """`tessera router` in front of three FakeEngine test servers (real processes, real HTTP on
 127.0.0.1): prefix affinity, least-loaded under imbalance, SIGKILL of a replica mid-load (every
 request completes or ends with a clear error, none hangs, requests with no output yet complete
-elsewhere), the replica taken back when it returns, SIGTERM exits 0.
+elsewhere), the replica taken back when it returns, SIGTERM exits 0; `tessera serve` and
+`tessera router` refuse bad flags (and serve says the engine is not wired yet) in one line.
 
 Usage: router_test.py <tessera binary> <tessera_serving_test_server>"""
 
@@ -29,7 +30,22 @@ def workers(port):
     return json.loads(http(port, "GET", "/workers")[2])["workers"]
 
 
+def cli_errors():
+    """`tessera serve` without an engine, and bad flags, fail with one clear line."""
+    import subprocess
+    cases = [(["serve", "--model", "m=/nonexistent"], "engine is not wired"),
+             (["serve", "--model", "m=/x", "--max-loaded-models", "0"],
+              "--max-loaded-models must be >= 1, got 0"),
+             (["serve", "--model", "nopath"], "NAME=PATH or NAME=PATH:ADAPTER, got 'nopath'"),
+             (["router", "--backend", "localhost:1"], "must start with http://")]
+    for args, want in cases:
+        r = subprocess.run([TESSERA, *args], capture_output=True, text=True, timeout=60)
+        check(r.returncode != 0 and want in r.stderr, f"tessera {' '.join(args)}: rc "
+              f"{r.returncode}, stderr {r.stderr.strip()!r}")
+
+
 def main():
+    cli_errors()
     # max-running 2: most requests of a burst wait in the queue (no output yet) at any moment.
     server_args = ["--step-us", "5000", "--max-running", "2"]
     servers = [start_server(SERVER, *server_args) for _ in range(3)]
