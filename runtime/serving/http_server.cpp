@@ -423,8 +423,10 @@ void Session::on_watch(beast::error_code ec, size_t n) {
 void Session::queue_write(std::string data, After after) {
   if (closed_) return;
   pending_bytes_ += data.size();
+  const bool chunk = after == After::kNothing;
   outq_.push_back({std::move(data), after});
-  if (pending_bytes_ > opt().max_pending_write_bytes) {
+  // Only a stream is held to the limit: a whole response of any size is written once.
+  if (chunk && pending_bytes_ > opt().max_pending_write_bytes) {
     log::warn("serving: client reads too slowly ({} bytes pending); closing", pending_bytes_);
     lost();
     return;
@@ -507,7 +509,9 @@ void Session::graceful_close() {
     beast::error_code e;
     self->socket_.close(e);
   });
-  if (watching_) return;  // the posted read drains until the timer closes the socket
+  // A read already posted (a watch, or an idle connection's header read) drains until the timer
+  // closes the socket; two reads at once on one socket are not allowed.
+  if (watching_ || reading_) return;
   struct Drain {
     std::shared_ptr<Session> self;
     void operator()(beast::error_code ec, size_t) {

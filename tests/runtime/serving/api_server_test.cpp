@@ -41,6 +41,16 @@ std::string chatml(const std::vector<std::pair<std::string, std::string>>& messa
   return s + "<|im_start|>assistant\n";
 }
 
+template <typename F>
+bool eventually(F pred, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return pred();
+}
+
 struct Reply {
   int status = 0;
   json body;
@@ -474,17 +484,26 @@ TEST_F(ServerTest, DisconnectMidStreamAbortsWithinOneStepAndFreesBlocks) {
   ASSERT_FALSE(c.read_event().empty());
   ASSERT_GT(engine().stats().kv_blocks_used, 0);
   const auto t0 = std::chrono::steady_clock::now();
+  const int64_t steps0 = engine().stats().steps;
   c.close();
-  while (engine().stats().kv_blocks_used != 0 && std::chrono::steady_clock::now() - t0 < 2s) {
+  int64_t steps1 = steps0;
+  while (std::chrono::steady_clock::now() - t0 < 2s) {
+    const auto st = engine().stats();
+    steps1 = st.steps;
+    if (st.kv_blocks_used == 0) break;
     std::this_thread::sleep_for(1ms);
   }
-  const double ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("[ measured ] blocks freed %.1f ms after the client closed (step 50 ms)\n", ms);
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                              t0)
+                        .count();
+  std::printf("[ measured ] blocks freed %.1f ms, %lld engine step(s) after the client closed "
+              "(step 50 ms)\n",
+              ms, static_cast<long long>(steps1 - steps0));
   EXPECT_EQ(engine().stats().kv_blocks_used, 0);
   EXPECT_EQ(engine().aborts(), 1);
-  // Within one step (50 ms) of the close, plus scheduling slack.
-  EXPECT_LT(ms, 50 + 40) << "blocks freed " << ms << " ms after the disconnect";
+  // The abort is seen at once and applied at the next step boundary: one step. One more is
+  // tolerated for a loaded machine whose I/O thread may run late.
+  EXPECT_LE(steps1 - steps0, 2) << ms << " ms";
   // Visible in /metrics.
   auto m = parse_metrics(get("/metrics").body.get<std::string>());
   EXPECT_EQ(m.value("tessera_kv_cache_blocks_used", {{"model", "m"}}), 0);
@@ -522,20 +541,20 @@ TEST_F(ServerTest, HealthIs503WhileLoadingAndWhenTheEngineStalls) {
   auto h = get("/health");
   EXPECT_EQ(h.status, 503);
   EXPECT_EQ(h.body["status"], "loading");
-  std::this_thread::sleep_for(600ms);
-  EXPECT_EQ(get("/health").status, 200);
+  EXPECT_TRUE(eventually([&] { return get("/health").status == 200; }, 5s));
   // A request runs, then the engine stops stepping.
   TestConnection c(port_);
   c.send_request("POST", "/v1/completions", json{{"prompt", "x"}, {"max_tokens", 4000}}.dump());
   std::this_thread::sleep_for(50ms);
+  const auto stalled_at = std::chrono::steady_clock::now();
   engine().set_stalled(true);
-  std::this_thread::sleep_for(400ms);
+  EXPECT_TRUE(eventually([&] { return get("/health").status == 503; }, 5s));
+  // Not before the stall timeout (200 ms).
+  EXPECT_GE(std::chrono::steady_clock::now() - stalled_at, 200ms);
   h = get("/health");
-  EXPECT_EQ(h.status, 503);
   EXPECT_EQ(h.body["status"], "stalled");
   engine().set_stalled(false);
-  std::this_thread::sleep_for(100ms);
-  EXPECT_EQ(get("/health").status, 200);
+  EXPECT_TRUE(eventually([&] { return get("/health").status == 200; }, 5s));
 }
 
 TEST_F(ServerTest, GracefulShutdownFinishesInFlightRequests) {

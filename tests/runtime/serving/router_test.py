@@ -74,7 +74,8 @@ def main():
         long = [pool.submit(http, rport, "POST", "/v1/completions",
                             {"prompt": system + f"Long {i}?", "max_tokens": 60})
                 for i in range(5)]
-        wait_until(lambda: workers(rport)[home]["load"] >= 4, 5, "load on the home replica")
+        wait_until(lambda: sum(w["load"] for w in workers(rport)) == 5 and
+                   workers(rport)[home]["load"] >= 4, 5, "5 long requests in flight")
         before = [w["routed"] for w in workers(rport)]
         status, _, _ = http(rport, "POST", "/v1/completions",
                             {"prompt": system + "One more?", "max_tokens": 2})
