@@ -1,6 +1,8 @@
 #include "runtime/serving/signals.h"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -33,16 +35,31 @@ void install_termination_handler() {
   TESSERA_CHECK(sigaction(SIGTERM, &sa, nullptr) == 0 && sigaction(SIGINT, &sa, nullptr) == 0,
                 "sigaction failed: errno ", errno);
   signal(SIGPIPE, SIG_IGN);
+  // Threads started from now on inherit a mask without them, so the signal lands on the main
+  // thread while it waits in ppoll (threads that existed before, MPI's, may take it too: their
+  // handler run writes the same pipe). Sanitizers defer signals that land on a thread parked in
+  // a condition variable; this way none does.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  TESSERA_CHECK(pthread_sigmask(SIG_BLOCK, &set, nullptr) == 0, "pthread_sigmask failed");
 }
 
 int wait_for_termination_signal() {
   TESSERA_CHECK(g_pipe[0] >= 0, "install_termination_handler() was not called");
-  unsigned char b = 0;
+  sigset_t during;  // the current mask without SIGTERM / SIGINT
+  pthread_sigmask(SIG_SETMASK, nullptr, &during);
+  sigdelset(&during, SIGTERM);
+  sigdelset(&during, SIGINT);
   for (;;) {
-    const ssize_t n = read(g_pipe[0], &b, 1);
-    if (n == 1) return b;
-    if (n < 0 && errno == EINTR) continue;
-    TESSERA_FAIL("reading the signal pipe failed: errno ", errno);
+    pollfd p{g_pipe[0], POLLIN, 0};
+    const int r = ppoll(&p, 1, nullptr, &during);
+    if (r < 0 && errno != EINTR) TESSERA_FAIL("waiting for a signal failed: errno ", errno);
+    if (r > 0 && (p.revents & POLLIN)) {
+      unsigned char b = 0;
+      if (read(g_pipe[0], &b, 1) == 1) return b;
+    }
   }
 }
 
