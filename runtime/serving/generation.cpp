@@ -7,9 +7,9 @@
 
 #include "common/error.h"
 #include "common/logging.h"
+#include "runtime/engine/output_processor.h"
 #include "runtime/serving/api_server_impl.h"
 #include "runtime/serving/byte_tokenizer.h"
-#include "runtime/serving/stop_strings.h"
 
 namespace tessera::serving {
 
@@ -26,9 +26,9 @@ struct Sequence {
   std::vector<int32_t> prompt_ids;
   std::string prompt_text;  // for echo
   std::unique_ptr<StreamDecoder> decoder;
-  std::unique_ptr<StopStringProcessor> stopper;
-  std::string text;  // gathered (non-streaming)
-  json logprobs;     // gathered (non-streaming)
+  std::unique_ptr<engine::OutputProcessor> stopper;  // stop strings
+  std::string text;                                  // gathered (non-streaming)
+  json logprobs;                                     // gathered (non-streaming)
   size_t text_offset = 0;
   int64_t completion_tokens = 0;
   int64_t cached_tokens = 0;
@@ -138,8 +138,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
         s->prompt_ids = prompts[i].ids;
         s->prompt_text = prompts[i].text;
         s->decoder = tok_->stream_decoder(s->prompt_ids, req_.skip_special_tokens);
-        s->stopper = std::make_unique<StopStringProcessor>(req_.params.stop,
-                                                           req_.params.include_stop_str_in_output);
+        s->stopper = std::make_unique<engine::OutputProcessor>(req_.params);
         if (req_.logprobs) {
           s->logprobs = req_.chat ? json{{"content", json::array()}}
                                   : json{{"tokens", json::array()},
@@ -268,12 +267,12 @@ class Generation : public std::enable_shared_from_this<Generation> {
       s.has_token = true;
       s.completion_tokens++;
       if (req_.logprobs) add_logprob(s, lp_delta, id, out, k, tok_->token_text(id));
-      auto r = s.stopper->push(s.decoder->step(id));
-      delta += r.emit;
+      auto r = s.stopper->step(s.decoder->step(id));
+      delta += r.text;
       if (r.stopped) {
         stopped = true;
         s.finish_reason = "stop";
-        s.stop_reason = r.matched;
+        s.stop_reason = req_.params.stop[r.stop_index];
         break;
       }
     }
@@ -281,11 +280,11 @@ class Generation : public std::enable_shared_from_this<Generation> {
     if (stopped) {
       engine_->abort(s.engine_id);  // the engine does not know stop strings
     } else if (out.finished) {
-      auto r = s.stopper->push(s.decoder->flush());
-      delta += r.emit;
+      auto r = s.stopper->step(s.decoder->flush());
+      delta += r.text;
       if (r.stopped) {
         s.finish_reason = "stop";
-        s.stop_reason = r.matched;
+        s.stop_reason = req_.params.stop[r.stop_index];
       } else {
         delta += s.stopper->finish();
         s.finish_reason = out.finish_reason.empty() ? "stop" : out.finish_reason;

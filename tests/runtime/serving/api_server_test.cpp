@@ -493,12 +493,12 @@ TEST_F(ServerTest, DisconnectMidStreamAbortsWithinOneStepAndFreesBlocks) {
     if (st.kv_blocks_used == 0) break;
     std::this_thread::sleep_for(1ms);
   }
-  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
-                                                              t0)
-                        .count();
-  std::printf("[ measured ] blocks freed %.1f ms, %lld engine step(s) after the client closed "
-              "(step 50 ms)\n",
-              ms, static_cast<long long>(steps1 - steps0));
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  std::printf(
+      "[ measured ] blocks freed %.1f ms, %lld engine step(s) after the client closed "
+      "(step 50 ms)\n",
+      ms, static_cast<long long>(steps1 - steps0));
   EXPECT_EQ(engine().stats().kv_blocks_used, 0);
   EXPECT_EQ(engine().aborts(), 1);
   // The abort is seen at once and applied at the next step boundary: one step. One more is
