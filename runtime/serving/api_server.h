@@ -37,7 +37,9 @@ class ApiServer {
   void start();  // binds; throws tessera::Error (bad options, port in use)
   int port() const;
   // Stops accepting, lets in-flight requests finish for up to `timeout`, cuts the rest (their
-  // engine requests aborted), closes every backend. Call from outside the I/O threads.
+  // engine requests aborted), closes every backend (one that a cut request still held closes as
+  // it lets go, at the latest when IoRuntime::stop() has joined the blocking pool). Call from
+  // outside the I/O threads.
   void shutdown(std::chrono::milliseconds timeout);
 
   MetricsRegistry& metrics();

@@ -155,22 +155,41 @@ class Generation : public std::enable_shared_from_this<Generation> {
 
     auto self = shared_from_this();
     ex_->on_disconnect([self] { self->on_disconnect(); });
-    for (auto& s : seqs_) {
-      engine::EngineRequest er;
-      er.id = s->engine_id;
-      er.prompt_ids = s->prompt_ids;
-      er.params = req_.params;
-      er.params.max_tokens =
-          req_.max_tokens ? *req_.max_tokens : max_len - static_cast<int64_t>(s->prompt_ids.size());
-      // n > 1: independent sequences; a seeded request gives each its own seed.
-      if (er.params.seed && req_.n > 1) *er.params.seed += static_cast<uint64_t>(s->index % req_.n);
-      er.priority = req_.priority;
-      er.lora = backend_->lora();
-      const int idx = static_cast<int>(&s - &seqs_.front());
-      auto ex = ex_;
-      engine_->add_request(std::move(er), [self, ex, idx](const engine::RequestOutput& out) {
-        ex->post([self, idx, out] { self->on_output(idx, out); });
-      });
+    size_t submitted = 0;
+    try {
+      for (auto& s : seqs_) {
+        engine::EngineRequest er;
+        er.id = s->engine_id;
+        er.prompt_ids = s->prompt_ids;
+        er.params = req_.params;
+        er.params.max_tokens = req_.max_tokens
+                                   ? *req_.max_tokens
+                                   : max_len - static_cast<int64_t>(s->prompt_ids.size());
+        // n > 1: independent sequences; a seeded request gives each its own seed.
+        if (er.params.seed && req_.n > 1) {
+          *er.params.seed += static_cast<uint64_t>(s->index % req_.n);
+        }
+        er.priority = req_.priority;
+        er.lora = backend_->lora();
+        const int idx = static_cast<int>(&s - &seqs_.front());
+        auto ex = ex_;
+        engine_->add_request(std::move(er), [self, ex, idx](const engine::RequestOutput& out) {
+          ex->post([self, idx, out] { self->on_output(idx, out); });
+        });
+        ++submitted;
+      }
+    } catch (const std::exception& e) {
+      // The engine refused one: take back the others, answer once.
+      failed_ = true;
+      for (size_t i = 0; i < seqs_.size(); ++i) {
+        if (i < submitted) {
+          engine_->abort(seqs_[i]->engine_id);
+        } else {
+          seqs_[i]->done = true;
+          server_->waiting_seqs--;
+        }
+      }
+      throw ApiError(500, std::string("the engine refused the request: ") + e.what());
     }
   }
 
@@ -373,6 +392,11 @@ class Generation : public std::enable_shared_from_this<Generation> {
   }
 
   void finalize() {
+    if (failed_) {  // already answered (start() threw)
+      auto lease = std::make_shared<BackendCache::Lease>(std::move(lease_));
+      server_->io.post_blocking([lease] {});
+      return;
+    }
     std::string error;
     for (const auto& s : seqs_) {
       if (!s->error.empty()) error = s->error;
@@ -435,6 +459,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
   std::vector<std::unique_ptr<Sequence>> seqs_;
   int remaining_ = 0;
   bool stream_started_ = false;
+  bool failed_ = false;
 };
 
 void ApiServer::Impl::handle_generate(const std::shared_ptr<Exchange>& ex, bool chat) {

@@ -526,6 +526,20 @@ TEST_F(ServerTest, DisconnectWhileWaitingForANonStreamedAnswerAborts) {
   EXPECT_EQ(engine().stats().kv_blocks_used, 0);
 }
 
+TEST_F(ServerTest, AnEngineThatRefusesARequestGets500AndNothingLeaks) {
+  fake_.engine.refuse_after = 1;
+  start();
+  auto r = post("/v1/completions", {{"prompt", "x"}, {"n", 3}, {"max_tokens", 50}});
+  EXPECT_EQ(r.status, 500);
+  EXPECT_NE(r.body["error"]["message"].get<std::string>().find("refuses"), std::string::npos);
+  // The one sequence that got in is aborted; the server's waiting count is back to 0.
+  EXPECT_TRUE(eventually([&] { return engine().aborts() == 1; }, 2s));
+  EXPECT_TRUE(eventually([&] { return server_->live_generations() == 0; }, 2s));
+  EXPECT_EQ(engine().stats().kv_blocks_used, 0);
+  auto m = parse_metrics(get("/metrics").body.get<std::string>());
+  EXPECT_EQ(m.value("tessera_server_waiting_sequences"), 0);
+}
+
 TEST_F(ServerTest, HealthIs503WhileLoadingAndWhenTheEngineStalls) {
   fake_.load_time = 400ms;
   ApiServerOptions api;
@@ -595,6 +609,8 @@ TEST_F(ServerTest, ShutdownTimeoutCutsWhatIsLeft) {
   server_->shutdown(200ms);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 1500ms);
   EXPECT_TRUE(c.wait_closed(2s));
+  // The cut request let go of its backend on the blocking pool: closed once that pool is done.
+  io_->stop();
   EXPECT_EQ(fake_.last()->closes.load(), 1);
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <random>
+#include <stdexcept>
 
 namespace tessera::serving::testing {
 namespace {
@@ -77,6 +78,10 @@ void FakeEngine::add_request(engine::EngineRequest request,
   r->r = std::move(request);
   r->cb = std::move(on_output);
   std::lock_guard lock(mu_);
+  if (opt_.refuse_after >= 0 && added_ >= opt_.refuse_after) {
+    throw std::runtime_error("fake engine refuses request " + r->r.id);
+  }
+  added_++;
   waiting_.push_back(std::move(r));
 }
 

@@ -30,7 +30,8 @@ struct FakeEngineOptions {
   int64_t max_model_len = 4096;
   std::vector<int32_t> alphabet;  // default: the bytes of "abcdefghijklmnopqrstuvwxyz "
   int32_t eos_id = 257;
-  int eos_every = 0;  // > 0: token k is eos when hash % eos_every == 0 (k >= min_tokens)
+  int eos_every = 0;      // > 0: token k is eos when hash % eos_every == 0 (k >= min_tokens)
+  int refuse_after = -1;  // >= 0: add_request throws once this many requests were added
 };
 
 class FakeEngine : public engine::EngineClient {
@@ -80,7 +81,7 @@ class FakeEngine : public engine::EngineClient {
   std::vector<std::shared_ptr<Req>> running_;
   std::set<std::string> to_abort_;
   std::set<uint64_t> prefix_blocks_;
-  int64_t blocks_used_ = 0, steps_ = 0, aborts_ = 0;
+  int64_t blocks_used_ = 0, steps_ = 0, aborts_ = 0, added_ = 0;
   int64_t prompt_tokens_ = 0, hit_tokens_ = 0;
   bool stalled_ = false, stop_ = false;
   std::thread thread_;
