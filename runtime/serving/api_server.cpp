@@ -546,6 +546,8 @@ void ApiServer::shutdown(std::chrono::milliseconds timeout) {
   impl.cache.evict_all();
 }
 
+void ApiServer::handle(std::shared_ptr<Exchange> exchange) { impl_->handle(exchange); }
+
 MetricsRegistry& ApiServer::metrics() { return impl_->metrics; }
 BackendCache& ApiServer::cache() { return impl_->cache; }
 HttpServer& ApiServer::http() { return *impl_->http; }

@@ -42,6 +42,10 @@ class ApiServer {
   // outside the I/O threads.
   void shutdown(std::chrono::milliseconds timeout);
 
+  // What the HTTP server calls for each request read (routes, authentication, the OpenAI API):
+  // tests and the fuzzer call it with an Exchange of their own, without a socket.
+  void handle(std::shared_ptr<Exchange> exchange);
+
   MetricsRegistry& metrics();
   BackendCache& cache();
   HttpServer& http();

@@ -16,7 +16,9 @@
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <tuple>
 #include <unordered_map>
+#include <utility>
 
 #include "common/error.h"
 #include "common/logging.h"
@@ -89,7 +91,72 @@ std::string to_lower(std::string_view s) {
   return out;
 }
 
+using RequestParser = http::request_parser<http::string_body>;
+
+void apply_limits(RequestParser& p, const HttpServerOptions& opt) {
+  p.header_limit(static_cast<uint32_t>(opt.max_header_bytes));
+  p.body_limit(opt.max_body_bytes);
+}
+
+// The answer to a request the parser refused (the connection closes after it). `body`: the error
+// came while reading the body.
+std::pair<int, std::string> refusal(beast::error_code ec, const HttpServerOptions& opt, bool body) {
+  if (ec == http::error::body_limit) {
+    return {413, "request body is larger than the limit of " + std::to_string(opt.max_body_bytes) +
+                     " bytes"};
+  }
+  if (ec == http::error::header_limit && !body) {
+    return {431, "request header is larger than the limit of " +
+                     std::to_string(opt.max_header_bytes) + " bytes"};
+  }
+  return {400,
+          (body ? "malformed HTTP request body: " : "malformed HTTP request: ") + ec.message()};
+}
+
+HttpRequest to_http_request(http::request<http::string_body>&& msg) {
+  HttpRequest req;
+  req.method = std::string(msg.method_string());
+  req.target = std::string(msg.target());
+  req.path = req.target.substr(0, req.target.find('?'));
+  req.keep_alive = msg.keep_alive();
+  for (const auto& f : msg) {
+    const auto name = f.name_string();
+    const auto value = f.value();
+    req.headers.emplace_back(to_lower(std::string_view(name.data(), name.size())),
+                             std::string(value.data(), value.size()));
+  }
+  req.body = std::move(msg.body());
+  return req;
+}
+
 }  // namespace
+
+HttpParseResult parse_http_request(std::string_view bytes, const HttpServerOptions& options) {
+  HttpParseResult out;
+  RequestParser p;
+  apply_limits(p, options);
+  p.eager(true);
+  beast::error_code ec;
+  while (!p.is_done()) {
+    const size_t n =
+        p.put(net::buffer(bytes.data() + out.consumed, bytes.size() - out.consumed), ec);
+    out.consumed += n;
+    if (ec == http::error::need_more) {
+      out.status = -1;
+      return out;
+    }
+    if (ec) {
+      std::tie(out.status, out.error) = refusal(ec, options, p.is_header_done());
+      return out;
+    }
+    if (n == 0 && !p.is_done()) {  // nothing taken and no error: only more bytes can help
+      out.status = -1;
+      return out;
+    }
+  }
+  out.request = to_http_request(p.release());
+  return out;
+}
 
 class ExchangeImpl;
 
@@ -152,7 +219,7 @@ class Session : public std::enable_shared_from_this<Session> {
   net::steady_timer read_timer_;
   net::steady_timer write_timer_;
   beast::flat_buffer buffer_;
-  std::optional<http::request_parser<http::string_body>> parser_;
+  std::optional<RequestParser> parser_;
   std::shared_ptr<ExchangeImpl> exchange_;
   bool closed_ = false;
   bool reading_ = false;
@@ -284,8 +351,7 @@ void Session::do_read() {
     return;
   }
   parser_.emplace();
-  parser_->header_limit(static_cast<uint32_t>(opt().max_header_bytes));
-  parser_->body_limit(opt().max_body_bytes);
+  apply_limits(*parser_, opt());
   reading_ = true;
   arm_read_timer(opt().header_timeout);
   http::async_read_header(
@@ -302,14 +368,9 @@ void Session::on_header(beast::error_code ec) {
     if (ec == http::error::end_of_stream || ec == net::error::eof ||
         ec == net::error::connection_reset || ec == net::error::operation_aborted) {
       lost();
-    } else if (ec == http::error::body_limit) {
-      reply_and_close(413, "request body is larger than the limit of " +
-                               std::to_string(opt().max_body_bytes) + " bytes");
-    } else if (ec == http::error::header_limit) {
-      reply_and_close(431, "request header is larger than the limit of " +
-                               std::to_string(opt().max_header_bytes) + " bytes");
     } else {
-      reply_and_close(400, "malformed HTTP request: " + ec.message());
+      const auto [status, message] = refusal(ec, opt(), false);
+      reply_and_close(status, message);
     }
     return;
   }
@@ -343,17 +404,14 @@ void Session::on_body(beast::error_code ec) {
   reading_ = false;
   ++read_seq_;
   read_timer_.cancel();
-  if (ec == http::error::body_limit) {
-    reply_and_close(413, "request body is larger than the limit of " +
-                             std::to_string(opt().max_body_bytes) + " bytes");
-    return;
-  }
   if (ec) {
-    if (ec == net::error::eof || ec == http::error::end_of_stream ||
-        ec == net::error::operation_aborted || ec == net::error::connection_reset) {
+    if (ec != http::error::body_limit &&
+        (ec == net::error::eof || ec == http::error::end_of_stream ||
+         ec == net::error::operation_aborted || ec == net::error::connection_reset)) {
       lost();
     } else {
-      reply_and_close(400, "malformed HTTP request body: " + ec.message());
+      const auto [status, message] = refusal(ec, opt(), true);
+      reply_and_close(status, message);
     }
     return;
   }
@@ -363,20 +421,9 @@ void Session::on_body(beast::error_code ec) {
 void Session::dispatch() {
   auto msg = parser_->release();
   parser_.reset();
-  HttpRequest req;
-  req.method = std::string(msg.method_string());
-  req.target = std::string(msg.target());
-  req.path = req.target.substr(0, req.target.find('?'));
-  req.keep_alive = msg.keep_alive();
-  req.arrival = std::chrono::steady_clock::now();
-  for (const auto& f : msg) {
-    const auto name = f.name_string();
-    const auto value = f.value();
-    req.headers.emplace_back(to_lower(std::string_view(name.data(), name.size())),
-                             std::string(value.data(), value.size()));
-  }
-  req.body = std::move(msg.body());
   const bool chunked = msg.version() >= 11;
+  HttpRequest req = to_http_request(std::move(msg));
+  req.arrival = std::chrono::steady_clock::now();
   exchange_ = std::make_shared<ExchangeImpl>(shared_from_this(), std::move(req), chunked);
   st_->exchanges++;
   watch();

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "runtime/serving/http_types.h"
 #include "runtime/serving/io_runtime.h"
@@ -27,6 +28,19 @@ struct HttpServerOptions {
   size_t max_connections = 1024;
   size_t max_pending_write_bytes = 8 << 20;  // a stream whose reader lags more is cut
 };
+
+// One request parsed from the bytes a client sent, as a connection parses it (the same parser
+// limits, the same error statuses and messages, the same HttpRequest), without a socket: for the
+// fuzzer and for tests. `arrival` is left unset.
+struct HttpParseResult {
+  // 0: a complete request in `request`; -1: incomplete (the server would wait for more bytes, up
+  // to its timeouts); 400, 413 or 431: what the server answers before it closes the connection.
+  int status = 0;
+  std::string error;  // the message of that answer
+  HttpRequest request;
+  size_t consumed = 0;  // bytes of this request; a pipelined one may follow
+};
+HttpParseResult parse_http_request(std::string_view bytes, const HttpServerOptions& options);
 
 class HttpServer {
  public:
