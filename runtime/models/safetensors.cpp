@@ -66,7 +66,10 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   const uint64_t data_size = file_size - 8 - header_len;
 
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
-  for (auto& [name, value] : header.items()) {
+  for (auto& item : header.items()) {
+    // Not a structured binding: lambdas capturing those need clang >= 16 (the fuzz build's is 14).
+    const std::string& name = item.key();
+    auto& value = item.value();
     if (name == "__metadata__") {
       TESSERA_CHECK(value.is_object(), "'", path, "': __metadata__ must be an object");
       for (auto& [k, v] : value.items()) {
