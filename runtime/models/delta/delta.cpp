@@ -15,6 +15,7 @@
 #include <limits>
 #include <map>
 #include <random>
+#include <type_traits>
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
@@ -54,6 +55,25 @@ class Hasher {
  private:
   XXH3_state_t* state_;
 };
+
+// An integer field of the delta's description, within T's range. nlohmann's get<T>() converts a
+// float with a plain cast (undefined behaviour when it does not fit: a fuzzer found 1.2e21) and
+// wraps an out-of-range integer.
+template <class T>
+T integer(const nlohmann::json& v, const char* field) {
+  bool ok = v.is_number_integer();
+  if (ok && v.is_number_unsigned()) {
+    ok = v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max());
+  } else if (ok) {
+    const int64_t x = v.get<int64_t>();
+    ok =
+        x >= 0 || (std::is_signed_v<T> && x >= static_cast<int64_t>(std::numeric_limits<T>::min()));
+    if constexpr (sizeof(T) < sizeof(int64_t)) ok = ok && x <= std::numeric_limits<T>::max();
+  }
+  TESSERA_CHECK(ok, "the description's field '", field, "' is ", v.dump(), ", not an integer in [",
+                +std::numeric_limits<T>::min(), ", ", +std::numeric_limits<T>::max(), "]");
+  return v.get<T>();
+}
 
 std::string shape_string(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -391,17 +411,19 @@ struct Record {
   static Record from_json(const nlohmann::json& j) {
     Record r;
     r.name = j.at("name").get<std::string>();
-    r.file = j.at("file").get<size_t>();
+    r.file = integer<size_t>(j.at("file"), "file");
     r.encoding = j.at("encoding").get<std::string>();
     r.dtype = parse_dtype(j.at("dtype").get<std::string>());
-    r.shape = j.at("shape").get<std::vector<int64_t>>();
-    r.bytes = j.at("bytes").get<uint64_t>();
-    r.stored = j.at("stored").get<uint64_t>();
+    TESSERA_CHECK(j.at("shape").is_array(), "the description's field 'shape' is ",
+                  j.at("shape").dump(), ", not an array");
+    for (const auto& d : j.at("shape")) r.shape.push_back(integer<int64_t>(d, "shape"));
+    r.bytes = integer<uint64_t>(j.at("bytes"), "bytes");
+    r.stored = integer<uint64_t>(j.at("stored"), "stored");
     r.base_hash = j.at("base_hash").get<std::string>();
     r.out_hash = j.at("out_hash").get<std::string>();
     r.max_abs_error = j.at("max_abs_error").get<double>();
-    r.rows = j.at("rows").get<int64_t>();
-    r.row_len = j.at("row_len").get<int64_t>();
+    r.rows = integer<int64_t>(j.at("rows"), "rows");
+    r.row_len = integer<int64_t>(j.at("row_len"), "row_len");
     return r;
   }
 };
@@ -782,12 +804,12 @@ ApplyReport apply_delta(const ApplyOptions& o) {
   std::string want, index_json;
   try {
     meta = nlohmann::json::parse(md.at("tessera_delta"));
-    TESSERA_CHECK(meta.at("version").get<int>() == kVersion, "--delta '", o.delta,
+    TESSERA_CHECK(integer<int64_t>(meta.at("version"), "version") == kVersion, "--delta '", o.delta,
                   "' has format version ", meta.at("version").dump(), "; this build reads ",
                   kVersion);
-    TESSERA_CHECK(meta.at("chunk_elements").get<int64_t>() == kChunkElements, "--delta '", o.delta,
-                  "' was cut into chunks of ", meta.at("chunk_elements").dump(), " elements, not ",
-                  kChunkElements);
+    TESSERA_CHECK(integer<int64_t>(meta.at("chunk_elements"), "chunk_elements") == kChunkElements,
+                  "--delta '", o.delta, "' was cut into chunks of ",
+                  meta.at("chunk_elements").dump(), " elements, not ", kChunkElements);
     for (const auto& j : meta.at("tensors")) records.push_back(Record::from_json(j));
     const auto& layout = meta.at("tuned");
     files = layout.at("files");
@@ -800,7 +822,7 @@ ApplyReport apply_delta(const ApplyOptions& o) {
           !name.empty() && name.find('/') == std::string::npos && name != "." && name != "..",
           "--delta '", o.delta, "' names the file '", name, "'");
       f.at("header").get<std::string>();
-      f.at("size").get<uint64_t>();
+      integer<uint64_t>(f.at("size"), "size");
     }
     TESSERA_CHECK(!files.empty(), "--delta '", o.delta, "' names no files");
     lossy = !meta.at("lossy").is_null();
@@ -808,6 +830,8 @@ ApplyReport apply_delta(const ApplyOptions& o) {
     want = meta.at("base").at("fingerprint").get<std::string>();
   } catch (const nlohmann::json::exception& e) {
     TESSERA_FAIL("--delta '", o.delta, "' has a malformed description: ", e.what());
+  } catch (const Error& e) {
+    TESSERA_FAIL("--delta '", o.delta, "' has a malformed description: ", e.message());
   }
 
   // Every tensor the delta reads must be in the base, as it was; then the fingerprint.
@@ -857,7 +881,8 @@ ApplyReport apply_delta(const ApplyOptions& o) {
       const auto h = nlohmann::json::parse(header);
       for (auto& [k, v] : h.items()) {
         if (k != "__metadata__") {
-          offsets[i][k] = 8 + header.size() + v.at("data_offsets").at(0).get<uint64_t>();
+          offsets[i][k] =
+              8 + header.size() + integer<uint64_t>(v.at("data_offsets").at(0), "data_offsets");
         }
       }
     } catch (const nlohmann::json::exception& e) {
