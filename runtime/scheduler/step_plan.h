@@ -1,0 +1,100 @@
+// One engine step as the scheduler plans it: which sequences run, which tokens each computes from
+// which position, how each sequence's block tables changed, and which sequences left since the
+// previous plan. Plain data: the leader encodes it to bytes and broadcasts it to its
+// tensor-parallel group, each rank decodes it and runs the batched forward. decode() takes
+// untrusted bytes: it checks every length and offset and throws tessera::Error naming the field
+// and byte offset; it never reads out of bounds or allocates more than the input could describe.
+// Torch-free.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "caches/single_type_manager.h"  // caches::BlockCopy
+
+namespace tessera::scheduler {
+
+// How the block table of one (slot, KV cache group) changes this step. The runner keeps one table
+// per slot and group (a persistent batch, vLLM's InputBatch) and applies the delta with
+// apply_block_table(): keep the first `keep` entries (drop the rest), append `num_blocks` ids from
+// StepPlan::blocks, then set entries [0, null_prefix) to the null block (caches::BlockPool::
+// kNullBlock = 0): blocks that left a sliding window / local chunk, freed and maybe reused by
+// another sequence — a kernel must never read them. A row with is_new = true has keep = 0 and
+// carries its whole table. A table has cdiv(tokens held, block_size) entries, at most
+// Scheduler::max_blocks_per_seq(); state groups (Mamba) hold one entry, the sequence's state slot.
+struct BlockTableDelta {
+  int32_t keep = 0;
+  int32_t null_prefix = 0;  // <= keep + num_blocks
+  int32_t num_blocks = 0;
+  int64_t block_offset = 0;  // where this delta's ids start in StepPlan::blocks (derived)
+  bool operator==(const BlockTableDelta&) const = default;
+};
+
+// One row of the batch.
+struct ScheduledSeq {
+  int64_t seq = -1;  // the request's handle (Request::seq)
+  // The row's persistent place, in [0, max_num_seqs): the same while the request runs; released
+  // when it finishes, is aborted or preempted (ReleasedSeq), and then reusable by another request.
+  int32_t slot = -1;
+  // First row of this request in this slot (admitted, or re-admitted after preemption): reset the
+  // slot's state; its block tables arrive whole.
+  bool is_new = false;
+  // The last of these tokens is the request's newest: sample the next token from its logits.
+  bool sample = false;
+  int32_t sample_index = -1;  // k for the k-th sampling row of the plan, else -1
+  int64_t start_pos = 0;      // position of the first token = tokens already in the KV cache
+  int32_t num_tokens = 0;     // tokens to compute, positions [start_pos, start_pos + num_tokens)
+  int64_t token_offset = 0;   // where they start in StepPlan::token_ids (derived)
+  std::string request_id;     // with is_new only, else ""
+  std::string lora;           // with is_new only: adapter name, "" = base model
+  bool operator==(const ScheduledSeq&) const = default;
+};
+
+// A sequence that left the running batch since the previous plan; apply these before the rows
+// (a row may reuse a released slot).
+struct ReleasedSeq {
+  int64_t seq = -1;
+  int32_t slot = -1;
+  bool preempted = false;  // true: it will come back (as a new row, recomputed); false: finished
+  std::string request_id;
+  bool operator==(const ReleasedSeq&) const = default;
+};
+
+struct StepPlan {
+  int64_t step = 0;        // 1, 2, ... in schedule() order; update() checks it
+  int32_t num_groups = 0;  // KV cache groups (KVCacheManager::num_groups())
+  int32_t num_sampled = 0;
+  std::vector<ScheduledSeq> seqs;         // [rows]
+  std::vector<int32_t> token_ids;         // [total tokens]: the rows' tokens, in row order
+  std::vector<BlockTableDelta> tables;    // [rows * num_groups], row-major (row, group)
+  std::vector<int32_t> blocks;            // the ids the deltas append, in (row, group) order
+  std::vector<caches::BlockCopy> copies;  // copy src → dst in storage before this step's writes
+  std::vector<ReleasedSeq> released;
+
+  int64_t num_rows() const { return static_cast<int64_t>(seqs.size()); }
+  int64_t num_tokens() const { return static_cast<int64_t>(token_ids.size()); }
+  bool empty() const { return seqs.empty(); }
+  const BlockTableDelta& table(int64_t row, int32_t group) const {
+    return tables[row * num_groups + group];
+  }
+  std::span<const int32_t> tokens(int64_t row) const {
+    const ScheduledSeq& s = seqs[row];
+    return std::span<const int32_t>(token_ids).subspan(s.token_offset, s.num_tokens);
+  }
+  // Applies the delta of (row, group) to the runner's copy of that slot's table. Throws when
+  // `table` is shorter than the delta keeps (the runner's state and the plan disagree).
+  void apply_block_table(int64_t row, int32_t group, std::vector<int32_t>& table) const;
+
+  // Little-endian bytes: a magic, a format version, then every field above except the derived
+  // offsets. decode() recomputes those and checks: magic, version, every count against the bytes
+  // left, rows * num_groups deltas, sample flags against sample_index and num_sampled, keep /
+  // null_prefix bounds, no trailing bytes.
+  std::vector<uint8_t> encode() const;
+  static StepPlan decode(std::span<const uint8_t> bytes);
+
+  bool operator==(const StepPlan& other) const;  // every field (for tests)
+};
+
+}  // namespace tessera::scheduler
