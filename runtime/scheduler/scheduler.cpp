@@ -52,15 +52,26 @@ void SchedulerConfig::validate() const {
 }
 
 struct Scheduler::Entry {
-  Request req;
-  caches::BlockHashExtra extra;
-  bool in_kv = false;        // the KV manager holds the sequence
-  bool new_row = false;      // its next row is the first in its slot
-  bool tables_dirty = true;  // the block tables may differ from what the runner holds
+  // Hot bookkeeping first (read every step), then the request.
+  bool in_kv = false;         // the KV manager holds the sequence
+  bool new_row = false;       // its next row is the first in its slot
+  bool tables_dirty = true;   // the block tables may differ from what the runner holds
+  bool stops_on_ids = false;  // has stop ids, or eos ids that count (ignore_eos off)
   // Tokens the block tables can hold (whole blocks): allocating up to here takes nothing.
   int64_t capacity = 0;
-  std::vector<int32_t> sent_len;   // [groups] table length the runner holds
-  std::vector<int32_t> sent_null;  // [groups] leading null entries the runner holds
+  int64_t length_limit = 0;  // prompt + output reaching this ends it: min(P + max_tokens, max_len)
+  // The KV manager's view, which may lag the request's by less than a block (see sync_kv()):
+  // computed tokens committed to it, and tokens (prompt + output) appended to it.
+  int64_t kv_computed = 0;
+  int64_t kv_tokens = 0;
+  int64_t kv_block_end = 0;  // end of the block holding token kv_computed: a commit fills it
+  struct Sent {
+    int32_t len = 0;    // table length the runner holds
+    int32_t nulls = 0;  // leading null entries the runner holds
+  };
+  std::vector<Sent> sent;  // [groups]
+  Request req;
+  caches::BlockHashExtra extra;
 };
 
 bool Scheduler::WaitKey::operator<(const WaitKey& o) const {
@@ -89,8 +100,15 @@ Scheduler::Scheduler(SchedulerConfig config, caches::KVCacheManager& kv)
   for (const auto& g : kv_.config().groups) {
     if (g.spec->is_state()) continue;
     pages += g.spec->max_pages(limits);
-    if (g.spec->kind() != caches::SpecKind::kFullAttention) windowed_ = true;
   }
+  for (int32_t g = 0; g < num_groups_; ++g) {
+    const caches::SingleTypeManager& m = kv_.manager(g);
+    const auto kind = m.spec().kind();
+    if (kind == caches::SpecKind::kSlidingWindow || kind == caches::SpecKind::kChunkedLocal) {
+      windowed_managers_.push_back(&m);
+    }
+  }
+  windowed_ = !windowed_managers_.empty();
   const int64_t usable = kv_.pool().num_blocks() - 1;
   TESSERA_CHECK(pages <= usable, "the KV pool holds ", usable, " blocks but one request of ",
                 "max_model_len=", config_.max_model_len, " may need ", pages,
@@ -155,8 +173,10 @@ AddResult Scheduler::add_request(Request request) {
   r.stop_token_id = -1;
   e.extra.lora_id = name_key(r.lora);
   e.extra.cache_salt = name_key(r.cache_salt);
-  e.sent_len.assign(num_groups_, 0);
-  e.sent_null.assign(num_groups_, 0);
+  e.sent.assign(num_groups_, {});
+  e.stops_on_ids =
+      !r.params.stop_token_ids.empty() || (!r.params.ignore_eos && !config_.eos_token_ids.empty());
+  e.length_limit = std::min(r.num_prompt_tokens() + r.params.max_tokens, config_.max_model_len);
   waiting_.emplace(key_of(e), &e);
   by_id_.emplace(r.id, std::move(entry));
   return {};
@@ -194,10 +214,37 @@ SchedulerStats Scheduler::stats() const {
 bool Scheduler::try_allocate(Entry& e, int64_t num_tokens, std::vector<caches::BlockCopy>& copies) {
   const int64_t target = e.req.num_computed_tokens + num_tokens;
   if (target <= e.capacity) return true;  // the tables already hold these tokens
+  sync_kv(e);                             // allocate() counts from the manager's computed tokens
   if (!kv_.allocate(e.req.seq, num_tokens, &copies)) return false;
   e.capacity = caches::cdiv(target, block_size_) * block_size_;
   e.tables_dirty = true;
   return true;
+}
+
+void Scheduler::sync_kv(Entry& e) {
+  Request& r = e.req;
+  for (int64_t t = e.kv_tokens; t < r.num_tokens(); ++t) kv_.append_token(r.seq, r.token_at(t));
+  e.kv_tokens = r.num_tokens();
+  if (r.num_computed_tokens > e.kv_computed) {
+    kv_.commit(r.seq, r.num_computed_tokens - e.kv_computed);
+    e.kv_computed = r.num_computed_tokens;
+    e.kv_block_end = (e.kv_computed / block_size_ + 1) * block_size_;
+    if (windowed_) e.tables_dirty = true;  // blocks may have left a window
+  }
+}
+
+bool Scheduler::commit_due(const Entry& e) const {
+  // A block filled up (the prefix cache registers it at commit) ...
+  const int64_t from = e.kv_computed, to = e.req.num_computed_tokens;
+  if (to >= e.kv_block_end) return true;
+  if (!windowed_) return false;
+  // ... or a block left a window / chunk (commit frees it).
+  for (const caches::SingleTypeManager* m : windowed_managers_) {
+    if (m->first_needed_token(to) / block_size_ != m->first_needed_token(from) / block_size_) {
+      return true;
+    }
+  }
+  return false;
 }
 
 void Scheduler::release_slot(Entry& e, bool preempted) {
@@ -231,6 +278,7 @@ void Scheduler::preempt(Entry& e) {
   e.in_kv = false;
   e.capacity = 0;
   r.num_computed_tokens = 0;
+  e.kv_computed = e.kv_tokens = 0;
   ++r.num_preemptions;
   ++stats_.preemptions;
   release_slot(e, /*preempted=*/true);
@@ -279,70 +327,74 @@ bool Scheduler::abort(std::string_view id, FinishReason reason) {
 
 // ---- schedule ----
 
-void Scheduler::emit_row(StepPlan& plan, Entry& e, int64_t num_tokens) {
+void Scheduler::emit_row(StepPlan& plan, int64_t i, Entry& e, int64_t num_tokens,
+                         int64_t token_offset) {
   Request& r = e.req;
   const int64_t start = r.num_computed_tokens;
-  ScheduledSeq row;
+  const int64_t end = start + num_tokens;
+  ScheduledSeq& row = plan.seqs[i];
   row.seq = r.seq;
   row.slot = r.slot;
   row.is_new = e.new_row;
-  row.sample = start + num_tokens == r.num_tokens();
+  row.sample = end == r.num_tokens();
   row.sample_index = row.sample ? plan.num_sampled++ : -1;
   row.start_pos = start;
   row.num_tokens = static_cast<int32_t>(num_tokens);
-  row.token_offset = static_cast<int64_t>(plan.token_ids.size());
+  row.token_offset = token_offset;
+  row.new_index = -1;
   if (row.is_new) {
-    row.request_id = r.id;
-    row.lora = r.lora;
+    row.new_index = static_cast<int32_t>(plan.new_seqs.size());
+    plan.new_seqs.push_back({static_cast<int32_t>(i), r.id, r.lora});
   }
-  // Tokens [start, start + num_tokens) of prompt ++ output.
+  // Tokens [start, end) of prompt ++ output; a decode is the newest output token.
+  int32_t* out = plan.token_ids.data() + token_offset;
   const int64_t p = r.num_prompt_tokens();
-  const int64_t end = start + num_tokens;
-  if (start < p) {
-    plan.token_ids.insert(plan.token_ids.end(), r.prompt_ids.begin() + start,
-                          r.prompt_ids.begin() + std::min(end, p));
-  }
-  if (end > p) {
-    const int64_t from = std::max(start, p) - p;
-    plan.token_ids.insert(plan.token_ids.end(), r.output_ids.begin() + from,
-                          r.output_ids.begin() + (end - p));
-  }
-  plan.seqs.push_back(std::move(row));
-
-  for (int32_t g = 0; g < num_groups_; ++g) {
-    BlockTableDelta d;
-    d.block_offset = static_cast<int64_t>(plan.blocks.size());
-    if (e.new_row) {
-      e.sent_len[g] = 0;
-      e.sent_null[g] = 0;
+  if (num_tokens == 1) {
+    *out = r.token_at(start);
+  } else {
+    if (start < p)
+      out = std::copy(r.prompt_ids.data() + start, r.prompt_ids.data() + std::min(end, p), out);
+    if (end > p) {
+      std::copy(r.output_ids.data() + (std::max(start, p) - p), r.output_ids.data() + (end - p),
+                out);
     }
-    if (!e.new_row && !e.tables_dirty) {
-      d.keep = e.sent_len[g];
-      d.null_prefix = e.sent_null[g];
-    } else {
+  }
+
+  BlockTableDelta* d = plan.tables.data() + i * num_groups_;
+  if (!e.new_row && !e.tables_dirty) {
+    // Nothing changed since the last row: keep everything (most decode steps).
+    const auto offset = static_cast<int64_t>(plan.blocks.size());
+    for (const Entry::Sent& t : e.sent) *d++ = {t.len, t.nulls, 0, offset};
+  } else {
+    for (int32_t g = 0; g < num_groups_; ++g) {
+      Entry::Sent& t = e.sent[g];
+      if (e.new_row) t = {};
       auto table = kv_.block_table(r.seq, g);
       const auto len = static_cast<int32_t>(table.size());
       // Tables only grow, and entries only turn null from the front (blocks that left a window).
-      int32_t nulls = std::min(e.sent_null[g], len);
+      int32_t nulls = std::min(t.nulls, len);
       while (nulls < len && table[nulls] == caches::BlockPool::kNullBlock) ++nulls;
-      const int32_t keep = std::min(e.sent_len[g], len);
-      d.keep = keep;
-      d.null_prefix = nulls;
-      d.num_blocks = len - keep;
+      const int32_t keep = std::min(t.len, len);
+      d[g] = {keep, nulls, len - keep, static_cast<int64_t>(plan.blocks.size())};
       plan.blocks.insert(plan.blocks.end(), table.begin() + keep, table.end());
-      e.sent_len[g] = len;
-      e.sent_null[g] = nulls;
+      t = {len, nulls};
     }
-    plan.tables.push_back(d);
   }
   e.new_row = false;
   e.tables_dirty = false;
 }
 
-StepPlan Scheduler::schedule() {
+const StepPlan& Scheduler::schedule() {
   TESSERA_CHECK(!outstanding_, "schedule() called while step ", step_,
                 " is outstanding: call update() with its outcome first");
-  StepPlan plan;
+  StepPlan& plan = plan_;
+  plan.seqs.clear();
+  plan.new_seqs.clear();
+  plan.token_ids.clear();
+  plan.tables.clear();
+  plan.blocks.clear();
+  plan.copies.clear();
+  plan.num_sampled = 0;
   plan.step = ++step_;
   plan.num_groups = num_groups_;
   outstanding_ = true;
@@ -401,6 +453,9 @@ StepPlan Scheduler::schedule() {
       hit = kv_.add_sequence(r.seq, tokens, e.extra);
       e.in_kv = true;
       r.num_computed_tokens = hit;
+      e.kv_computed = hit;
+      e.kv_block_end = (hit / block_size_ + 1) * block_size_;
+      e.kv_tokens = r.num_tokens();
       e.capacity = hit;
     }
     const int64_t want = r.num_tokens() - r.num_computed_tokens;
@@ -413,6 +468,7 @@ StepPlan Scheduler::schedule() {
       e.in_kv = false;
       e.capacity = 0;
       r.num_computed_tokens = 0;
+      e.kv_computed = e.kv_tokens = 0;
       break;
     }
     waiting_.erase(waiting_.begin());
@@ -432,11 +488,18 @@ StepPlan Scheduler::schedule() {
   }
 
   // 3. The plan.
-  plan.released = std::move(released_);
+  plan.released.swap(released_);
   released_.clear();
-  plan.seqs.reserve(scheduled_.size());
-  plan.tables.reserve(scheduled_.size() * num_groups_);
-  for (const Scheduled& s : scheduled_) emit_row(plan, *s.entry, s.num_tokens);
+  int64_t total = 0;
+  for (const Scheduled& s : scheduled_) total += s.num_tokens;
+  plan.seqs.resize(scheduled_.size());
+  plan.token_ids.resize(total);
+  plan.tables.resize(scheduled_.size() * num_groups_);
+  int64_t offset = 0;
+  for (size_t i = 0; i < scheduled_.size(); ++i) {
+    emit_row(plan, static_cast<int64_t>(i), *scheduled_[i].entry, scheduled_[i].num_tokens, offset);
+    offset += scheduled_[i].num_tokens;
+  }
   return plan;
 }
 
@@ -444,22 +507,24 @@ StepPlan Scheduler::schedule() {
 
 bool Scheduler::check_stop(Entry& e) {
   Request& r = e.req;
-  const int32_t tok = r.output_ids.back();
-  if (r.num_output_tokens() >= r.params.min_tokens &&
-      (contains(r.params.stop_token_ids, tok) ||
-       (!r.params.ignore_eos && contains(config_.eos_token_ids, tok)))) {
-    r.finish_reason = FinishReason::kStop;
-    r.stop_token_id = tok;
-    return true;
+  if (e.stops_on_ids && r.num_output_tokens() >= r.params.min_tokens) {
+    const int32_t tok = r.output_ids.back();
+    if (contains(r.params.stop_token_ids, tok) ||
+        (!r.params.ignore_eos && contains(config_.eos_token_ids, tok))) {
+      r.finish_reason = FinishReason::kStop;
+      r.stop_token_id = tok;
+      return true;
+    }
   }
-  if (r.num_output_tokens() >= r.params.max_tokens || r.num_tokens() >= config_.max_model_len) {
+  if (r.num_tokens() >= e.length_limit) {  // max_tokens, or max_model_len
     r.finish_reason = FinishReason::kLength;
     return true;
   }
   return false;
 }
 
-std::vector<RequestOutput> Scheduler::update(const StepPlan& plan, const SampledTokens& sampled) {
+const std::vector<RequestOutput>& Scheduler::update(const StepPlan& plan,
+                                                    const SampledTokens& sampled) {
   TESSERA_CHECK(outstanding_, "update() called with no outstanding plan");
   TESSERA_CHECK(plan.step == step_, "update() got the plan of step ", plan.step, " but step ",
                 step_, " is outstanding");
@@ -470,8 +535,15 @@ std::vector<RequestOutput> Scheduler::update(const StepPlan& plan, const Sampled
                 plan.num_sampled, " rows");
   outstanding_ = false;
 
-  std::vector<RequestOutput> out;
-  out.reserve(plan.num_sampled + pending_.size());
+  // Outputs are written into last step's objects: their strings and vectors keep their capacity.
+  size_t n_out = 0;
+  auto next_output = [&]() -> RequestOutput& {
+    if (n_out == outputs_.size()) outputs_.emplace_back();
+    RequestOutput& o = outputs_[n_out++];
+    o.new_token_ids.clear();
+    o.error.clear();
+    return o;
+  };
   bool any_finished = false;
   for (const ScheduledSeq& row : plan.seqs) {
     if (row.slot < 0 || row.slot >= static_cast<int32_t>(slots_.size())) continue;
@@ -481,31 +553,30 @@ std::vector<RequestOutput> Scheduler::update(const StepPlan& plan, const Sampled
     TESSERA_CHECK(r.num_computed_tokens == row.start_pos, "plan row of request \"", r.id,
                   "\" starts at ", row.start_pos, " but it has ", r.num_computed_tokens,
                   " computed tokens");
-    kv_.commit(r.seq, row.num_tokens);
     r.num_computed_tokens += row.num_tokens;
-    if (windowed_) e->tables_dirty = true;  // blocks may have left a window
+    if (row.sample) {
+      const int32_t tok = sampled.token_ids[row.sample_index];
+      TESSERA_CHECK(tok >= 0, "sampled token of request \"", r.id, "\" must be >= 0, got ", tok);
+      r.output_ids.push_back(tok);
+    }
+    // The KV manager learns of the new tokens when it has something to do with them.
+    if (commit_due(*e)) sync_kv(*e);
     if (!row.sample) continue;
-    const int32_t tok = sampled.token_ids[row.sample_index];
-    TESSERA_CHECK(tok >= 0, "sampled token of request \"", r.id, "\" must be >= 0, got ", tok);
-    r.output_ids.push_back(tok);
-    kv_.append_token(r.seq, tok);
-    RequestOutput o;
-    o.id = r.id;
+    RequestOutput& o = next_output();
+    o.id.assign(r.id);
     o.seq = r.seq;
-    o.new_token_ids.push_back(tok);
+    o.new_token_ids.push_back(r.output_ids.back());
     o.sample_index = row.sample_index;
     o.prompt_tokens = r.num_prompt_tokens();
     o.completion_tokens = r.num_output_tokens();
     o.cached_prompt_tokens = r.num_cached_prompt_tokens;
-    if (check_stop(*e)) {
-      o.finished = true;
-      o.finish_reason = r.finish_reason;
-      o.stop_token_id = r.stop_token_id;
+    o.finished = check_stop(*e);
+    o.finish_reason = r.finish_reason;
+    o.stop_token_id = r.stop_token_id;
+    if (o.finished) {
       any_finished = true;
-      // Leaves running_ below, in one pass.
-      r.status = RequestStatus::kFinished;
+      r.status = RequestStatus::kFinished;  // leaves running_ below, in one pass
     }
-    out.push_back(std::move(o));
   }
   if (any_finished) {
     std::vector<Entry*> done;
@@ -516,9 +587,10 @@ std::vector<RequestOutput> Scheduler::update(const StepPlan& plan, const Sampled
     });
     for (Entry* e : done) forget(*e);
   }
-  for (auto& o : pending_) out.push_back(std::move(o));
+  for (auto& p : pending_) next_output() = std::move(p);
   pending_.clear();
-  return out;
+  outputs_.resize(n_out);
+  return outputs_;
 }
 
 }  // namespace tessera::scheduler

@@ -123,11 +123,14 @@ class Scheduler {
   // update(). False when no live request has this id.
   bool abort(std::string_view id, FinishReason reason = FinishReason::kAbort);
 
-  StepPlan schedule();
+  // The next step's plan. The reference stays valid until the next schedule() (the scheduler
+  // reuses its storage; copy it to keep it longer).
+  const StepPlan& schedule();
   // Applies the outcome of the outstanding plan: its rows' tokens are now in the KV cache and
   // `sampled` holds one token per sampling row. Returns one output per request that gained a
-  // token or finished (aborted ones included), in plan row order, aborts last.
-  std::vector<RequestOutput> update(const StepPlan& plan, const SampledTokens& sampled);
+  // token or finished (aborted ones included), in plan row order, aborts last; valid until the
+  // next update().
+  const std::vector<RequestOutput>& update(const StepPlan& plan, const SampledTokens& sampled);
 
   // Live requests, or finished outputs not yet returned by update().
   bool has_unfinished() const;
@@ -161,13 +164,20 @@ class Scheduler {
   };
   static WaitKey key_of(const Entry& e);
   bool try_allocate(Entry& e, int64_t num_tokens, std::vector<caches::BlockCopy>& copies);
+  // Brings the KV manager up to the request: appends its new tokens and commits its computed
+  // ones. update() calls it only when a commit would do something (commit_due): a block filled
+  // (prefix-cache registration) or a block left a window; otherwise the manager lags by less
+  // than a block, which nothing reads (allocate() syncs first; free() needs no sync).
+  void sync_kv(Entry& e);
+  bool commit_due(const Entry& e) const;
   Entry* pick_victim() const;
   void preempt(Entry& e);
   void release_slot(Entry& e, bool preempted);
   void remove_running(Entry& e);
   RequestOutput final_output(const Entry& e) const;
   void forget(Entry& e);  // frees KV and slot; erases the entry (e dangles afterwards)
-  void emit_row(StepPlan& plan, Entry& e, int64_t num_tokens);
+  // Fills row i of the (pre-sized) plan.
+  void emit_row(StepPlan& plan, int64_t i, Entry& e, int64_t num_tokens, int64_t token_offset);
   bool check_stop(Entry& e);
 
   SchedulerConfig config_;
@@ -175,6 +185,7 @@ class Scheduler {
   int64_t block_size_ = 1;
   int32_t num_groups_ = 0;
   bool windowed_ = false;  // some group frees blocks that leave a window / chunk
+  std::vector<const caches::SingleTypeManager*> windowed_managers_;
   std::unordered_map<std::string, std::unique_ptr<Entry>> by_id_;
   std::map<WaitKey, Entry*> waiting_;   // (priority, arrival, add order)
   std::vector<Entry*> running_;         // admission order
@@ -183,6 +194,8 @@ class Scheduler {
   std::vector<ReleasedSeq> released_;   // since the last plan
   std::vector<RequestOutput> pending_;  // finished outside update(), returned by the next one
   std::vector<Scheduled> scheduled_;    // this step's rows (kept to reuse its storage)
+  StepPlan plan_;                       // schedule()'s result, storage reused
+  std::vector<RequestOutput> outputs_;  // update()'s result, storage reused
   std::vector<int32_t> scratch_;
   int64_t next_seq_ = 0;
   int64_t step_ = 0;

@@ -18,32 +18,45 @@ namespace {
 constexpr uint32_t kMagic = 0x4c505354;  // "TSPL"
 constexpr uint16_t kVersion = 1;
 
+// Writes into a buffer sized exactly beforehand (no per-field growth).
 class Writer {
  public:
-  explicit Writer(size_t reserve) { out_.reserve(reserve); }
+  explicit Writer(size_t size) : out_(size), p_(out_.data()) {}
   template <typename T>
   void put(T v) {
     static_assert(std::is_trivially_copyable_v<T>);
-    const size_t at = out_.size();
-    out_.resize(at + sizeof(T));
-    std::memcpy(out_.data() + at, &v, sizeof(T));
+    std::memcpy(p_, &v, sizeof(T));
+    p_ += sizeof(T);
   }
   template <typename T>
   void put_array(const std::vector<T>& v) {
     put<uint32_t>(static_cast<uint32_t>(v.size()));
-    const size_t at = out_.size();
-    out_.resize(at + v.size() * sizeof(T));
-    if (!v.empty()) std::memcpy(out_.data() + at, v.data(), v.size() * sizeof(T));
+    if (!v.empty()) std::memcpy(p_, v.data(), v.size() * sizeof(T));
+    p_ += v.size() * sizeof(T);
   }
   void put_string(const std::string& s) {
     put<uint32_t>(static_cast<uint32_t>(s.size()));
-    out_.insert(out_.end(), s.begin(), s.end());
+    if (!s.empty()) std::memcpy(p_, s.data(), s.size());
+    p_ += s.size();
   }
-  std::vector<uint8_t> take() { return std::move(out_); }
+  std::vector<uint8_t> take() {
+    TESSERA_CHECK(p_ == out_.data() + out_.size(), "StepPlan::encode wrote ", p_ - out_.data(),
+                  " bytes, sized ", out_.size());
+    return std::move(out_);
+  }
 
  private:
   std::vector<uint8_t> out_;
+  uint8_t* p_;
 };
+
+// Encoded sizes.
+constexpr size_t kHeaderBytes = 4 + 2 + 2 + 8 + 4 + 4;
+constexpr size_t kRowBytes = 8 + 4 + 1 + 4 + 4 + 8;  // seq, slot, flags, sample_index, n, start
+constexpr size_t kDeltaBytes = 12;
+constexpr size_t kCopyBytes = 12;
+constexpr size_t kNewSeqBytes = 4 + 4 + 4;  // row + two string lengths
+constexpr size_t kReleasedBytes = 8 + 4 + 1 + 4;
 
 // Bounds-checked reads of untrusted bytes: every failure throws naming the field and offset.
 class Reader {
@@ -119,13 +132,21 @@ bool StepPlan::operator==(const StepPlan& o) const {
     return true;
   };
   return step == o.step && num_groups == o.num_groups && num_sampled == o.num_sampled &&
-         seqs == o.seqs && token_ids == o.token_ids && tables == o.tables && blocks == o.blocks &&
-         same_copies() && released == o.released;
+         seqs == o.seqs && new_seqs == o.new_seqs && token_ids == o.token_ids &&
+         tables == o.tables && blocks == o.blocks && same_copies() && released == o.released;
 }
 
 std::vector<uint8_t> StepPlan::encode() const {
-  Writer w(64 + seqs.size() * 48 + token_ids.size() * 4 + tables.size() * 12 + blocks.size() * 4 +
-           copies.size() * 12 + released.size() * 32);
+  TESSERA_CHECK(tables.size() == seqs.size() * static_cast<size_t>(num_groups), "StepPlan has ",
+                tables.size(), " block-table deltas for ", seqs.size(), " rows x ", num_groups,
+                " groups");
+  size_t size = kHeaderBytes + 4 + seqs.size() * kRowBytes + 4 + token_ids.size() * 4 +
+                tables.size() * kDeltaBytes + 4 + blocks.size() * 4 + 4 +
+                copies.size() * kCopyBytes + 4 + new_seqs.size() * kNewSeqBytes + 4 +
+                released.size() * kReleasedBytes;
+  for (const NewSeq& n : new_seqs) size += n.request_id.size() + n.lora.size();
+  for (const ReleasedSeq& r : released) size += r.request_id.size();
+  Writer w(size);
   w.put<uint32_t>(kMagic);
   w.put<uint16_t>(kVersion);
   w.put<uint16_t>(0);
@@ -138,15 +159,10 @@ std::vector<uint8_t> StepPlan::encode() const {
     w.put<int32_t>(s.slot);
     w.put<uint8_t>(static_cast<uint8_t>((s.is_new ? 1 : 0) | (s.sample ? 2 : 0)));
     w.put<int32_t>(s.sample_index);
-    w.put<int64_t>(s.start_pos);
     w.put<int32_t>(s.num_tokens);
-    w.put_string(s.request_id);
-    w.put_string(s.lora);
+    w.put<int64_t>(s.start_pos);
   }
   w.put_array(token_ids);
-  TESSERA_CHECK(tables.size() == seqs.size() * static_cast<size_t>(num_groups), "StepPlan has ",
-                tables.size(), " block-table deltas for ", seqs.size(), " rows x ", num_groups,
-                " groups");
   for (const BlockTableDelta& d : tables) {
     w.put<int32_t>(d.keep);
     w.put<int32_t>(d.null_prefix);
@@ -158,6 +174,12 @@ std::vector<uint8_t> StepPlan::encode() const {
     w.put<int32_t>(c.group);
     w.put<int32_t>(c.src);
     w.put<int32_t>(c.dst);
+  }
+  w.put<uint32_t>(static_cast<uint32_t>(new_seqs.size()));
+  for (const NewSeq& n : new_seqs) {
+    w.put<int32_t>(n.row);
+    w.put_string(n.request_id);
+    w.put_string(n.lora);
   }
   w.put<uint32_t>(static_cast<uint32_t>(released.size()));
   for (const ReleasedSeq& r : released) {
@@ -184,11 +206,10 @@ StepPlan StepPlan::decode(std::span<const uint8_t> bytes) {
   TESSERA_PLAN_CHECK(p.num_groups >= 0, r, "num_groups must be >= 0, got ", p.num_groups);
   p.num_sampled = r.get<int32_t>("num_sampled");
 
-  // Fixed part of a row: 8 + 4 + 1 + 4 + 8 + 4 + 4 + 4 bytes.
-  const size_t rows = r.count("rows", 37);
+  const size_t rows = r.count("rows", kRowBytes);
   p.seqs.resize(rows);
   int64_t total_tokens = 0;
-  int32_t sampled = 0;
+  int32_t sampled = 0, num_new = 0;
   for (size_t i = 0; i < rows; ++i) {
     ScheduledSeq& s = p.seqs[i];
     s.seq = r.get<int64_t>("seqs[].seq");
@@ -199,21 +220,20 @@ StepPlan StepPlan::decode(std::span<const uint8_t> bytes) {
                        static_cast<int>(flags));
     s.is_new = (flags & 1) != 0;
     s.sample = (flags & 2) != 0;
+    if (s.is_new) s.new_index = num_new++;
     s.sample_index = r.get<int32_t>("seqs[].sample_index");
     TESSERA_PLAN_CHECK(s.sample_index == (s.sample ? sampled : -1), r, "seqs[", i,
                        "].sample_index must be ", (s.sample ? sampled : -1), ", got ",
                        s.sample_index);
     if (s.sample) ++sampled;
-    s.start_pos = r.get<int64_t>("seqs[].start_pos");
-    TESSERA_PLAN_CHECK(s.start_pos >= 0, r, "seqs[", i, "].start_pos must be >= 0, got ",
-                       s.start_pos);
     s.num_tokens = r.get<int32_t>("seqs[].num_tokens");
     TESSERA_PLAN_CHECK(s.num_tokens >= 1, r, "seqs[", i, "].num_tokens must be >= 1, got ",
                        s.num_tokens);
+    s.start_pos = r.get<int64_t>("seqs[].start_pos");
+    TESSERA_PLAN_CHECK(s.start_pos >= 0, r, "seqs[", i, "].start_pos must be >= 0, got ",
+                       s.start_pos);
     s.token_offset = total_tokens;
     total_tokens += s.num_tokens;
-    s.request_id = r.get_string("seqs[].request_id");
-    s.lora = r.get_string("seqs[].lora");
   }
   TESSERA_PLAN_CHECK(p.num_sampled == sampled, r, "num_sampled must be ", sampled,
                      " (rows with sample set), got ", p.num_sampled);
@@ -223,9 +243,9 @@ StepPlan StepPlan::decode(std::span<const uint8_t> bytes) {
                      total_tokens);
 
   const uint64_t num_deltas = static_cast<uint64_t>(rows) * static_cast<uint64_t>(p.num_groups);
-  TESSERA_PLAN_CHECK(num_deltas * 12 <= r.left(), r, rows, " rows x num_groups=", p.num_groups,
-                     " block-table deltas need ", num_deltas * 12, " bytes but only ", r.left(),
-                     " are left");
+  TESSERA_PLAN_CHECK(num_deltas * kDeltaBytes <= r.left(), r, rows,
+                     " rows x num_groups=", p.num_groups, " block-table deltas need ",
+                     num_deltas * kDeltaBytes, " bytes but only ", r.left(), " are left");
   p.tables.resize(num_deltas);
   int64_t total_blocks = 0;
   for (uint64_t i = 0; i < num_deltas; ++i) {
@@ -251,7 +271,7 @@ StepPlan StepPlan::decode(std::span<const uint8_t> bytes) {
   for (size_t i = 0; i < p.blocks.size(); ++i) {
     TESSERA_PLAN_CHECK(p.blocks[i] >= 0, r, "blocks[", i, "] must be >= 0, got ", p.blocks[i]);
   }
-  const size_t num_copies = r.count("copies", 12);
+  const size_t num_copies = r.count("copies", kCopyBytes);
   p.copies.resize(num_copies);
   for (size_t i = 0; i < num_copies; ++i) {
     caches::BlockCopy& c = p.copies[i];
@@ -262,7 +282,20 @@ StepPlan StepPlan::decode(std::span<const uint8_t> bytes) {
                        "copies[", i, "] must name a group in [0, ", p.num_groups,
                        ") and blocks >= 0, got group=", c.group, " src=", c.src, " dst=", c.dst);
   }
-  const size_t num_released = r.count("released", 17);
+  const size_t new_count = r.count("new_seqs", kNewSeqBytes);
+  TESSERA_PLAN_CHECK(static_cast<int64_t>(new_count) == num_new, r, "new_seqs=", new_count, " but ",
+                     num_new, " rows are new");
+  p.new_seqs.resize(new_count);
+  for (size_t k = 0, row = 0; k < new_count; ++k, ++row) {
+    NewSeq& n = p.new_seqs[k];
+    n.row = r.get<int32_t>("new_seqs[].row");
+    while (row < rows && !p.seqs[row].is_new) ++row;  // the k-th new row
+    TESSERA_PLAN_CHECK(static_cast<size_t>(n.row) == row, r, "new_seqs[", k, "].row must be ", row,
+                       " (the new rows in order), got ", n.row);
+    n.request_id = r.get_string("new_seqs[].request_id");
+    n.lora = r.get_string("new_seqs[].lora");
+  }
+  const size_t num_released = r.count("released", kReleasedBytes);
   p.released.resize(num_released);
   for (size_t i = 0; i < num_released; ++i) {
     ReleasedSeq& s = p.released[i];

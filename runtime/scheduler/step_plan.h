@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "caches/single_type_manager.h"  // caches::BlockCopy
@@ -32,24 +33,31 @@ struct BlockTableDelta {
   bool operator==(const BlockTableDelta&) const = default;
 };
 
-// One row of the batch.
+// One row of the batch (plain data: the rows of a step are one flat array).
 struct ScheduledSeq {
   int64_t seq = -1;  // the request's handle (Request::seq)
   // The row's persistent place, in [0, max_num_seqs): the same while the request runs; released
   // when it finishes, is aborted or preempted (ReleasedSeq), and then reusable by another request.
   int32_t slot = -1;
   // First row of this request in this slot (admitted, or re-admitted after preemption): reset the
-  // slot's state; its block tables arrive whole.
+  // slot's state; its block tables arrive whole; StepPlan::new_seqs[new_index] names it.
   bool is_new = false;
   // The last of these tokens is the request's newest: sample the next token from its logits.
   bool sample = false;
   int32_t sample_index = -1;  // k for the k-th sampling row of the plan, else -1
-  int64_t start_pos = 0;      // position of the first token = tokens already in the KV cache
   int32_t num_tokens = 0;     // tokens to compute, positions [start_pos, start_pos + num_tokens)
+  int64_t start_pos = 0;      // position of the first token = tokens already in the KV cache
   int64_t token_offset = 0;   // where they start in StepPlan::token_ids (derived)
-  std::string request_id;     // with is_new only, else ""
-  std::string lora;           // with is_new only: adapter name, "" = base model
+  int32_t new_index = -1;     // with is_new: index into StepPlan::new_seqs (derived), else -1
   bool operator==(const ScheduledSeq&) const = default;
+};
+
+// What a rank learns once about a request, with its first row in a slot.
+struct NewSeq {
+  int32_t row = -1;        // its row in this plan
+  std::string request_id;  // the caller's id (logs, errors)
+  std::string lora;        // adapter name, "" = base model
+  bool operator==(const NewSeq&) const = default;
 };
 
 // A sequence that left the running batch since the previous plan; apply these before the rows
@@ -67,6 +75,7 @@ struct StepPlan {
   int32_t num_groups = 0;  // KV cache groups (KVCacheManager::num_groups())
   int32_t num_sampled = 0;
   std::vector<ScheduledSeq> seqs;         // [rows]
+  std::vector<NewSeq> new_seqs;           // one per row with is_new, in row order
   std::vector<int32_t> token_ids;         // [total tokens]: the rows' tokens, in row order
   std::vector<BlockTableDelta> tables;    // [rows * num_groups], row-major (row, group)
   std::vector<int32_t> blocks;            // the ids the deltas append, in (row, group) order
@@ -79,6 +88,11 @@ struct StepPlan {
   const BlockTableDelta& table(int64_t row, int32_t group) const {
     return tables[row * num_groups + group];
   }
+  // The request id of a new row, "" for the others (which the runner knows by slot).
+  std::string_view request_id(int64_t row) const {
+    const int32_t k = seqs[row].new_index;
+    return k < 0 ? std::string_view() : std::string_view(new_seqs[k].request_id);
+  }
   std::span<const int32_t> tokens(int64_t row) const {
     const ScheduledSeq& s = seqs[row];
     return std::span<const int32_t>(token_ids).subspan(s.token_offset, s.num_tokens);
@@ -88,9 +102,9 @@ struct StepPlan {
   void apply_block_table(int64_t row, int32_t group, std::vector<int32_t>& table) const;
 
   // Little-endian bytes: a magic, a format version, then every field above except the derived
-  // offsets. decode() recomputes those and checks: magic, version, every count against the bytes
-  // left, rows * num_groups deltas, sample flags against sample_index and num_sampled, keep /
-  // null_prefix bounds, no trailing bytes.
+  // offsets and indices. decode() recomputes those and checks: magic, version, every count
+  // against the bytes left, rows * num_groups deltas, sample flags against sample_index and
+  // num_sampled, one new_seqs entry per new row, keep / null_prefix bounds, no trailing bytes.
   std::vector<uint8_t> encode() const;
   static StepPlan decode(std::span<const uint8_t> bytes);
 

@@ -119,7 +119,8 @@ class FakeRunner {
         EXPECT_FALSE(s.live) << "new row in live slot " << row.slot;
         s.live = true;
         s.seq = row.seq;
-        s.lora = row.lora;
+        s.lora = plan.new_seqs.at(row.new_index).lora;
+        EXPECT_EQ(plan.new_seqs.at(row.new_index).row, i);
         for (auto& t : s.tables) t.clear();
       } else {
         EXPECT_TRUE(s.live && s.seq == row.seq)

@@ -25,8 +25,7 @@ StepPlan sample_plan() {
   a.start_pos = 0;
   a.num_tokens = 3;
   a.token_offset = 0;
-  a.request_id = "req-a";
-  a.lora = "sql";
+  a.new_index = 0;
   ScheduledSeq b;
   b.seq = 9;
   b.slot = 0;
@@ -34,6 +33,7 @@ StepPlan sample_plan() {
   b.num_tokens = 2;
   b.token_offset = 3;
   p.seqs = {a, b};
+  p.new_seqs = {{0, "req-a", "sql"}};
   p.num_sampled = 1;
   p.token_ids = {5, 6, 7, 100, 101};
   p.tables = {{0, 0, 2, 0}, {0, 1, 2, 2}, {9, 0, 0, 4}, {9, 6, 1, 4}};
@@ -49,6 +49,8 @@ TEST(StepPlan, RoundTripsEveryField) {
   const StepPlan q = StepPlan::decode(bytes);
   EXPECT_TRUE(q == p);
   EXPECT_EQ(q.seqs[1].token_offset, 3);
+  EXPECT_EQ(q.request_id(0), "req-a");
+  EXPECT_EQ(q.request_id(1), "");
   EXPECT_EQ(q.table(1, 1).block_offset, 4);
   EXPECT_EQ(std::vector<int32_t>(q.tokens(1).begin(), q.tokens(1).end()),
             (std::vector<int32_t>{100, 101}));
@@ -116,6 +118,12 @@ TEST(StepPlan, NamedFieldErrors) {
   p = sample_plan();
   p.tables[0].keep = 1;
   EXPECT_NE(decode_error(p.encode()).find("keep must be 0 for a new row"), std::string::npos);
+  p = sample_plan();
+  p.new_seqs[0].row = 1;
+  EXPECT_NE(decode_error(p.encode()).find("new_seqs[0].row must be 0"), std::string::npos);
+  p = sample_plan();
+  p.new_seqs.clear();
+  EXPECT_NE(decode_error(p.encode()).find("new_seqs=0 but 1 rows are new"), std::string::npos);
   p = sample_plan();
   p.token_ids.pop_back();
   EXPECT_NE(decode_error(p.encode()).find("token_ids holds 4 ids but the rows compute 5"),
