@@ -78,8 +78,11 @@ EngineCore::EngineCore(const EngineConfig& config, sharding::Communicator* tp,
     model_config_.check_tensor_parallel(tp_size_);
     TESSERA_CHECK(config_.max_model_len >= 0, "max_model_len must be >= 0 (0 = the model's), got ",
                   config_.max_model_len);
-    max_model_len_ =
-        config_.max_model_len > 0 ? config_.max_model_len : model_config_.max_position_embeddings;
+    const int64_t derived = model_config_.derived_max_model_len();
+    TESSERA_CHECK(config_.max_model_len <= derived, "max_model_len=", config_.max_model_len,
+                  " exceeds the model's ", derived,
+                  " (max_position_embeddings, times the rope_scaling factor where it extends it)");
+    max_model_len_ = config_.max_model_len > 0 ? config_.max_model_len : derived;
     for (int64_t id : model_config_.eos_token_ids) eos_ids_.push_back(static_cast<int32_t>(id));
     if (folder->generation_config_json()) {
       add_generation_eos(*folder->generation_config_json(), eos_ids_);
@@ -213,7 +216,18 @@ void EngineCore::step() {
       channel_.send(PlanChannel::Kind::kPlan, bytes);
     }
   }
-  torch::Tensor logits = runner_->execute(plan, /*want_logits=*/true);
+  torch::Tensor logits;
+  if (observer_) {
+    const torch::Tensor all = runner_->execute(plan, LogitsRows::kAll);
+    observer_(plan, all);
+    std::vector<int64_t> last;
+    for (const auto& row : plan.seqs) {
+      if (row.sample) last.push_back(row.token_offset + row.num_tokens - 1);
+    }
+    logits = all.index_select(0, torch::tensor(last, torch::kLong).to(all.device()));
+  } else {
+    logits = runner_->execute(plan, LogitsRows::kSampled);
+  }
   std::vector<const scheduler::Request*> rows;
   rows.reserve(plan.num_sampled);
   for (const auto& row : plan.seqs) {
@@ -267,7 +281,7 @@ void EngineCore::serve() {
     if (m.kind == PlanChannel::Kind::kError) {
       throw CollectiveError(std::string(m.bytes.begin(), m.bytes.end()), __FILE__, __LINE__);
     }
-    runner_->execute(scheduler::StepPlan::decode(m.bytes), /*want_logits=*/false);
+    runner_->execute(scheduler::StepPlan::decode(m.bytes), LogitsRows::kNone);
   }
 }
 

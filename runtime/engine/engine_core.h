@@ -76,6 +76,12 @@ class EngineCore {
   // Ends the group together: the other ranks' serve() throws CollectiveError(message).
   void fail_workers(const std::string& message);
   EngineStats stats() const;
+  // Called (leader) each step with the plan and the logits of every token it computed, in plan
+  // token order, before sampling: prompt logprobs and tests.
+  void set_logits_observer(
+      std::function<void(const scheduler::StepPlan&, const torch::Tensor&)> observer) {
+    observer_ = std::move(observer);
+  }
   // Prefix-cache counters of the scheduler (hit tokens, queried tokens).
   scheduler::SchedulerStats scheduler_stats() const;
 
@@ -105,6 +111,7 @@ class EngineCore {
   std::unique_ptr<TokenSampler> sampler_;
   std::unordered_map<std::string, OutputFn> callbacks_;
   std::unordered_map<std::string, std::string> errors_;  // requests failed by the engine (NaN)
+  std::function<void(const scheduler::StepPlan&, const torch::Tensor&)> observer_;
 };
 
 }  // namespace tessera::engine

@@ -203,11 +203,12 @@ void ModelRunner::build_group_dcp(const scheduler::StepPlan& plan, int32_t group
   }
 }
 
-torch::Tensor ModelRunner::execute(const scheduler::StepPlan& plan, bool want_logits) {
+torch::Tensor ModelRunner::execute(const scheduler::StepPlan& plan, LogitsRows which) {
   apply(plan);
   const auto& config = model_.config();
   if (plan.empty()) {
-    return want_logits ? torch::empty({0, config.vocab_size}, torch::kFloat) : torch::Tensor();
+    return which == LogitsRows::kNone ? torch::Tensor()
+                                      : torch::empty({0, config.vocab_size}, torch::kFloat);
   }
   const int64_t total = plan.num_tokens();
   auto tokens = torch::empty({total}, torch::kLong);
@@ -247,7 +248,8 @@ torch::Tensor ModelRunner::execute(const scheduler::StepPlan& plan, bool want_lo
   ++stats_.steps;
   stats_.rows += plan.num_rows();
   stats_.tokens += total;
-  if (!want_logits) return {};
+  if (which == LogitsRows::kNone) return {};
+  if (which == LogitsRows::kAll) return model_.logits(hidden);
   auto idx = torch::tensor(sample_rows, torch::kLong).to(dev);
   return model_.logits(hidden.index_select(0, idx));
 }

@@ -29,6 +29,13 @@ struct RunnerStats {
   std::vector<int64_t> max_live_blocks;
 };
 
+// Which logits execute() returns.
+enum class LogitsRows : uint8_t {
+  kNone,     // none: the LM head is skipped (ranks other than the leader)
+  kSampled,  // the last token of each sampling row, in sampling order
+  kAll,      // every token of the step, in plan token order (prompt logprobs, tests)
+};
+
 class ModelRunner {
  public:
   // `groups` are the KV cache manager's groups (their specs count tokens per block as the
@@ -38,10 +45,10 @@ class ModelRunner {
               const std::vector<caches::CacheGroup>& groups, int64_t max_num_seqs,
               sharding::Communicator* dcp);
 
-  // Applies the plan to the persistent batch and runs it. Returns logits [plan.num_sampled,
-  // vocab_size] float32 in sampling order when `want_logits`, else an undefined tensor (the
-  // LM head is skipped). Collective over the tensor-parallel group.
-  torch::Tensor execute(const scheduler::StepPlan& plan, bool want_logits);
+  // Applies the plan to the persistent batch and runs it. Returns logits float32 [rows, vocab]
+  // of the rows `which` asks for (undefined for kNone). Collective over the tensor-parallel
+  // group.
+  torch::Tensor execute(const scheduler::StepPlan& plan, LogitsRows which);
 
   const RunnerStats& stats() const { return stats_; }
   // The block table this rank holds for `slot` in `group` (tests).

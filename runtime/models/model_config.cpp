@@ -329,6 +329,18 @@ int ModelConfig::decode_context_parallel(int tp) const {
   return tp > num_key_value_heads ? static_cast<int>(tp / num_key_value_heads) : 1;
 }
 
+int64_t ModelConfig::derived_max_model_len() const {
+  switch (rope_scaling.type) {
+    case RopeScaling::Type::kLinear:
+    case RopeScaling::Type::kDynamic:
+    case RopeScaling::Type::kYarn:
+      return static_cast<int64_t>(static_cast<double>(max_position_embeddings) *
+                                  rope_scaling.factor);
+    default:
+      return max_position_embeddings;
+  }
+}
+
 double ModelConfig::attention_scale() const {
   return 1.0 / std::sqrt(static_cast<double>(head_dim));
 }

@@ -74,6 +74,9 @@ struct ModelConfig {
   // Ranks that share one KV head and split its tokens (1 when tp <= num_key_value_heads).
   int decode_context_parallel(int tp) const;
   int64_t num_params() const;
+  // The longest sequence the model is meant for: max_position_embeddings, times the
+  // rope_scaling factor for the types that extend the context (linear, dynamic, yarn).
+  int64_t derived_max_model_len() const;
   // The attention softmax scale: 1 / sqrt(head_dim).
   double attention_scale() const;
 };
