@@ -27,13 +27,26 @@ enum class FinishReason : uint8_t {
   kStop,    // an eos id (unless ignore_eos), a stop id, or a stop string (OutputProcessor)
   kLength,  // max_tokens generated, or prompt + output reached max_model_len
   kAbort,   // Scheduler::abort()
-  kError,   // refused at admission (add_request's error)
+  kError,   // for the engine (e.g. NaN logits); the scheduler refuses bad requests in add_request
 };
 // The OpenAI finish_reason: "stop", "length", "abort", "error" ("" for kNone).
 std::string_view finish_reason_name(FinishReason reason);
 
 struct Request {
-  // ---- set by the caller ----
+  // ---- kept by the scheduler (read-only for others; first, as it is read every step) ----
+  int64_t seq = -1;  // handle, unique over the scheduler's life; caches::SeqId
+  // Tokens whose KV is in the cache (prompt first, then output); the next step computes from
+  // here. Back to 0 on preemption (recompute).
+  int64_t num_computed_tokens = 0;
+  std::vector<int32_t> output_ids;  // generated so far, stop token included
+  int32_t slot = -1;                // while running: stable index in [0, max_num_seqs)
+  RequestStatus status = RequestStatus::kWaiting;
+  FinishReason finish_reason = FinishReason::kNone;
+  int32_t stop_token_id = -1;            // the eos / stop id that finished it, else -1
+  int64_t num_cached_prompt_tokens = 0;  // prefix-cache hit at first admission
+  int64_t num_preemptions = 0;
+
+  // ---- set by the caller (designated initializers may name any subset, in this order) ----
   std::string id;                   // unique among live requests; non-empty
   std::vector<int32_t> prompt_ids;  // non-empty, at most max_model_len tokens
   SamplingParams params;
@@ -41,19 +54,6 @@ struct Request {
   double arrival_time = 0.0;  // seconds on any clock the caller keeps monotonic; 0 = add order
   std::string lora;           // adapter name, "" = base model (a prefix-cache key)
   std::string cache_salt;     // tenant salt, "" = none (a prefix-cache key)
-
-  // ---- kept by the scheduler (read-only for others) ----
-  int64_t seq = -1;                 // handle, unique over the scheduler's life; caches::SeqId
-  std::vector<int32_t> output_ids;  // generated so far, stop token included
-  // Tokens whose KV is in the cache (prompt first, then output); the next step computes from
-  // here. Back to 0 on preemption (recompute).
-  int64_t num_computed_tokens = 0;
-  int64_t num_cached_prompt_tokens = 0;  // prefix-cache hit at first admission
-  int64_t num_preemptions = 0;
-  int32_t slot = -1;  // while running: stable index in [0, max_num_seqs)
-  RequestStatus status = RequestStatus::kWaiting;
-  FinishReason finish_reason = FinishReason::kNone;
-  int32_t stop_token_id = -1;  // the eos / stop id that finished it, else -1
 
   int64_t num_prompt_tokens() const { return static_cast<int64_t>(prompt_ids.size()); }
   int64_t num_output_tokens() const { return static_cast<int64_t>(output_ids.size()); }
@@ -71,17 +71,18 @@ struct Request {
 struct RequestOutput {
   std::string id;
   int64_t seq = -1;
-  std::vector<int32_t> new_token_ids;
-  // Index into the step's sampled tokens (SampledTokens::token_ids) of new_token_ids[0], so the
-  // engine can attach the sampler's logprobs; -1 without a new token.
+  // The token this step added (at most one per step today), or -1 (a final output without one).
+  int32_t new_token_id = -1;
+  // Index of that token in the step's sampled tokens (SampledTokens::token_ids, = the sampler's
+  // output row), so the engine can attach the sampler's logprobs; -1 without a new token.
   int32_t sample_index = -1;
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
   int32_t stop_token_id = -1;  // with kStop from an id
-  std::string error;           // with kError: one line naming the field and value
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;  // generated so far, this step's included
   int64_t cached_prompt_tokens = 0;
+  bool has_new_token() const { return new_token_id >= 0; }
 };
 
 }  // namespace tessera::scheduler

@@ -1,6 +1,7 @@
 #include "runtime/scheduler/scheduler.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <functional>
 
@@ -52,26 +53,35 @@ void SchedulerConfig::validate() const {
 }
 
 struct Scheduler::Entry {
-  // Hot bookkeeping first (read every step), then the request.
+  // Hot bookkeeping first (read every step), then the request (whose own per-step state leads).
   bool in_kv = false;         // the KV manager holds the sequence
   bool new_row = false;       // its next row is the first in its slot
   bool tables_dirty = true;   // the block tables may differ from what the runner holds
   bool stops_on_ids = false;  // has stop ids, or eos ids that count (ignore_eos off)
+  int32_t last_token = -1;    // the newest output token (a decode row's input)
+  int64_t num_prompt = 0;
   // Tokens the block tables can hold (whole blocks): allocating up to here takes nothing.
   int64_t capacity = 0;
   int64_t length_limit = 0;  // prompt + output reaching this ends it: min(P + max_tokens, max_len)
   // The KV manager's view, which may lag the request's by less than a block (see sync_kv()):
   // computed tokens committed to it, and tokens (prompt + output) appended to it.
   int64_t kv_computed = 0;
-  int64_t kv_tokens = 0;
   int64_t kv_block_end = 0;  // end of the block holding token kv_computed: a commit fills it
+  int64_t kv_tokens = 0;
   struct Sent {
     int32_t len = 0;    // table length the runner holds
     int32_t nulls = 0;  // leading null entries the runner holds
   };
-  std::vector<Sent> sent;  // [groups]
+  static constexpr int32_t kInlineGroups = 4;
+  std::array<Sent, kInlineGroups> sent_inline;  // groups [0, 4)
+  std::vector<Sent> sent_more;                  // groups [4, ...)
+  Sent& sent(int32_t g) {
+    return g < kInlineGroups ? sent_inline[g] : sent_more[g - kInlineGroups];
+  }
   Request req;
   caches::BlockHashExtra extra;
+
+  int64_t num_tokens() const { return num_prompt + static_cast<int64_t>(req.output_ids.size()); }
 };
 
 bool Scheduler::WaitKey::operator<(const WaitKey& o) const {
@@ -173,7 +183,8 @@ AddResult Scheduler::add_request(Request request) {
   r.stop_token_id = -1;
   e.extra.lora_id = name_key(r.lora);
   e.extra.cache_salt = name_key(r.cache_salt);
-  e.sent.assign(num_groups_, {});
+  e.sent_more.assign(std::max(0, num_groups_ - Entry::kInlineGroups), {});
+  e.num_prompt = r.num_prompt_tokens();
   e.stops_on_ids =
       !r.params.stop_token_ids.empty() || (!r.params.ignore_eos && !config_.eos_token_ids.empty());
   e.length_limit = std::min(r.num_prompt_tokens() + r.params.max_tokens, config_.max_model_len);
@@ -336,7 +347,7 @@ void Scheduler::emit_row(StepPlan& plan, int64_t i, Entry& e, int64_t num_tokens
   row.seq = r.seq;
   row.slot = r.slot;
   row.is_new = e.new_row;
-  row.sample = end == r.num_tokens();
+  row.sample = end == e.num_tokens();
   row.sample_index = row.sample ? plan.num_sampled++ : -1;
   row.start_pos = start;
   row.num_tokens = static_cast<int32_t>(num_tokens);
@@ -348,9 +359,9 @@ void Scheduler::emit_row(StepPlan& plan, int64_t i, Entry& e, int64_t num_tokens
   }
   // Tokens [start, end) of prompt ++ output; a decode is the newest output token.
   int32_t* out = plan.token_ids.data() + token_offset;
-  const int64_t p = r.num_prompt_tokens();
-  if (num_tokens == 1) {
-    *out = r.token_at(start);
+  const int64_t p = e.num_prompt;
+  if (num_tokens == 1 && start >= p && end == e.num_tokens()) {
+    *out = e.last_token;  // a decode: the newest token
   } else {
     if (start < p)
       out = std::copy(r.prompt_ids.data() + start, r.prompt_ids.data() + std::min(end, p), out);
@@ -364,10 +375,13 @@ void Scheduler::emit_row(StepPlan& plan, int64_t i, Entry& e, int64_t num_tokens
   if (!e.new_row && !e.tables_dirty) {
     // Nothing changed since the last row: keep everything (most decode steps).
     const auto offset = static_cast<int64_t>(plan.blocks.size());
-    for (const Entry::Sent& t : e.sent) *d++ = {t.len, t.nulls, 0, offset};
+    for (int32_t g = 0; g < num_groups_; ++g) {
+      const Entry::Sent& t = e.sent(g);
+      d[g] = {t.len, t.nulls, 0, offset};
+    }
   } else {
     for (int32_t g = 0; g < num_groups_; ++g) {
-      Entry::Sent& t = e.sent[g];
+      Entry::Sent& t = e.sent(g);
       if (e.new_row) t = {};
       auto table = kv_.block_table(r.seq, g);
       const auto len = static_cast<int32_t>(table.size());
@@ -412,7 +426,7 @@ const StepPlan& Scheduler::schedule() {
   // 1. Running requests, in admission order.
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Entry* e = running_[i];
-    const int64_t n = clip(e->req.num_tokens() - e->req.num_computed_tokens);
+    const int64_t n = clip(e->num_tokens() - e->req.num_computed_tokens);
     TESSERA_CHECK(n > 0, "running request \"", e->req.id, "\" has nothing to compute");
     bool self_preempted = false;
     while (!try_allocate(*e, n, plan.copies)) {
@@ -516,7 +530,7 @@ bool Scheduler::check_stop(Entry& e) {
       return true;
     }
   }
-  if (r.num_tokens() >= e.length_limit) {  // max_tokens, or max_model_len
+  if (e.num_tokens() >= e.length_limit) {  // max_tokens, or max_model_len
     r.finish_reason = FinishReason::kLength;
     return true;
   }
@@ -540,8 +554,6 @@ const std::vector<RequestOutput>& Scheduler::update(const StepPlan& plan,
   auto next_output = [&]() -> RequestOutput& {
     if (n_out == outputs_.size()) outputs_.emplace_back();
     RequestOutput& o = outputs_[n_out++];
-    o.new_token_ids.clear();
-    o.error.clear();
     return o;
   };
   bool any_finished = false;
@@ -558,6 +570,7 @@ const std::vector<RequestOutput>& Scheduler::update(const StepPlan& plan,
       const int32_t tok = sampled.token_ids[row.sample_index];
       TESSERA_CHECK(tok >= 0, "sampled token of request \"", r.id, "\" must be >= 0, got ", tok);
       r.output_ids.push_back(tok);
+      e->last_token = tok;
     }
     // The KV manager learns of the new tokens when it has something to do with them.
     if (commit_due(*e)) sync_kv(*e);
@@ -565,7 +578,7 @@ const std::vector<RequestOutput>& Scheduler::update(const StepPlan& plan,
     RequestOutput& o = next_output();
     o.id.assign(r.id);
     o.seq = r.seq;
-    o.new_token_ids.push_back(r.output_ids.back());
+    o.new_token_id = r.output_ids.back();
     o.sample_index = row.sample_index;
     o.prompt_tokens = r.num_prompt_tokens();
     o.completion_tokens = r.num_output_tokens();

@@ -120,6 +120,28 @@ void StepPlan::apply_block_table(int64_t row, int32_t group, std::vector<int32_t
   std::fill(table.begin(), table.begin() + d.null_prefix, caches::BlockPool::kNullBlock);
 }
 
+void StepPlan::check_bounds(int64_t max_slots, int64_t num_blocks) const {
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    TESSERA_CHECK(seqs[i].slot >= 0 && seqs[i].slot < max_slots, "plan step ", step, ": seqs[", i,
+                  "].slot must lie in [0, ", max_slots, "), got ", seqs[i].slot);
+  }
+  for (size_t i = 0; i < released.size(); ++i) {
+    TESSERA_CHECK(released[i].slot >= 0 && released[i].slot < max_slots, "plan step ", step,
+                  ": released[", i, "].slot must lie in [0, ", max_slots, "), got ",
+                  released[i].slot);
+  }
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    TESSERA_CHECK(blocks[i] >= 0 && blocks[i] < num_blocks, "plan step ", step, ": blocks[", i,
+                  "] must lie in [0, ", num_blocks, "), got ", blocks[i]);
+  }
+  for (size_t i = 0; i < copies.size(); ++i) {
+    TESSERA_CHECK(copies[i].src >= 0 && copies[i].src < num_blocks && copies[i].dst >= 0 &&
+                      copies[i].dst < num_blocks,
+                  "plan step ", step, ": copies[", i, "] must name blocks in [0, ", num_blocks,
+                  "), got src=", copies[i].src, " dst=", copies[i].dst);
+  }
+}
+
 bool StepPlan::operator==(const StepPlan& o) const {
   auto same_copies = [&] {
     if (copies.size() != o.copies.size()) return false;

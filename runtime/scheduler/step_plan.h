@@ -23,8 +23,11 @@ namespace tessera::scheduler {
 // StepPlan::blocks, then set entries [0, null_prefix) to the null block (caches::BlockPool::
 // kNullBlock = 0): blocks that left a sliding window / local chunk, freed and maybe reused by
 // another sequence — a kernel must never read them. A row with is_new = true has keep = 0 and
-// carries its whole table. A table has cdiv(tokens held, block_size) entries, at most
-// Scheduler::max_blocks_per_seq(); state groups (Mamba) hold one entry, the sequence's state slot.
+// carries its whole table. After the delta a table covers at least start_pos + num_tokens
+// positions (whole blocks, at most Scheduler::max_blocks_per_seq() entries): the KV of position p
+// lives in block table[p / block_size] at offset p % block_size (the slot mapping), and a row's
+// attention reads positions [0, start_pos + num_tokens) less what its group's window drops.
+// State groups (Mamba) hold one entry, the sequence's state slot.
 struct BlockTableDelta {
   int32_t keep = 0;
   int32_t null_prefix = 0;  // <= keep + num_blocks
@@ -107,6 +110,10 @@ struct StepPlan {
   // num_sampled, one new_seqs entry per new row, keep / null_prefix bounds, no trailing bytes.
   std::vector<uint8_t> encode() const;
   static StepPlan decode(std::span<const uint8_t> bytes);
+  // What decode() cannot know: throws naming the field unless every slot (rows, released) lies in
+  // [0, max_slots) and every block id (deltas, copies) in [0, num_blocks). A rank calls it with
+  // its own sizes before touching its persistent batch or storage.
+  void check_bounds(int64_t max_slots, int64_t num_blocks) const;
 
   bool operator==(const StepPlan& other) const;  // every field (for tests)
 };

@@ -105,6 +105,8 @@ class FakeRunner {
   SampledTokens execute(const StepPlan& sent) {
     const StepPlan plan = StepPlan::decode(sent.encode());
     EXPECT_TRUE(plan == sent) << "plan changed in the byte round trip at step " << sent.step;
+    plan.check_bounds(static_cast<int64_t>(slots_.size()),
+                      static_cast<int64_t>(written_.size() / block_size_));
     for (const ReleasedSeq& r : plan.released) {
       Slot& s = slots_.at(r.slot);
       EXPECT_TRUE(s.live && s.seq == r.seq) << "released slot " << r.slot << " holds seq " << s.seq;

@@ -73,7 +73,7 @@ struct Harness {
     kv.check_invariants();
     for (const RequestOutput& o : last_outputs) {
       auto& t = tokens[o.id];
-      t.insert(t.end(), o.new_token_ids.begin(), o.new_token_ids.end());
+      if (o.has_new_token()) t.push_back(o.new_token_id);
       if (o.finished) {
         EXPECT_EQ(finished.count(o.id), 0u) << o.id << " finished twice";
         finished[o.id] = o;

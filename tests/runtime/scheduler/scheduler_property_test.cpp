@@ -174,7 +174,7 @@ void run_layout(const Layout& L, uint32_t seed, Totals& totals) {
       h.kv.check_invariants();
       for (const auto& o : h.last_outputs) {
         auto& tok = h.tokens[o.id];
-        tok.insert(tok.end(), o.new_token_ids.begin(), o.new_token_ids.end());
+        if (o.has_new_token()) tok.push_back(o.new_token_id);
         if (o.finished) {
           EXPECT_EQ(h.finished.count(o.id), 0u) << o.id << " finished twice";
           h.finished[o.id] = o;

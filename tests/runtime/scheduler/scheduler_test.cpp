@@ -291,7 +291,7 @@ TEST(Scheduler, AbortsWaitingRunningAndInFlight) {
   ASSERT_EQ(outs.size(), 1u);
   EXPECT_EQ(outs[0].id, "run");
   EXPECT_TRUE(outs[0].finished);
-  EXPECT_TRUE(outs[0].new_token_ids.empty());
+  EXPECT_FALSE(outs[0].has_new_token());
   EXPECT_EQ(outs[0].completion_tokens, static_cast<int64_t>(before));
   EXPECT_EQ(outs[0].finish_reason, FinishReason::kAbort);
   // The next plan tells the ranks the slot is free.

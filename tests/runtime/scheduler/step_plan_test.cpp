@@ -57,6 +57,22 @@ TEST(StepPlan, RoundTripsEveryField) {
   EXPECT_EQ(StepPlan::decode(StepPlan{}.encode()), StepPlan{});
 }
 
+TEST(StepPlan, BoundsTheRunnerChecks) {
+  const StepPlan p = sample_plan();
+  EXPECT_NO_THROW(p.check_bounds(4, 41));
+  auto msg = [&](int64_t slots, int64_t blocks) {
+    try {
+      p.check_bounds(slots, blocks);
+    } catch (const Error& e) {
+      return e.message();
+    }
+    return std::string();
+  };
+  EXPECT_NE(msg(3, 41).find("seqs[0].slot must lie in [0, 3), got 3"), std::string::npos);
+  EXPECT_NE(msg(4, 40).find("blocks[4] must lie in [0, 40), got 40"), std::string::npos);
+  EXPECT_NE(msg(4, 5).find("blocks[0] must lie in [0, 5), got 11"), std::string::npos);
+}
+
 TEST(StepPlan, DeltasRebuildTables) {
   const StepPlan p = sample_plan();
   std::vector<int32_t> t;
