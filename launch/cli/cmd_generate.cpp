@@ -182,7 +182,7 @@ Command register_generate(CLI::App& root) {
     job.progress = [&](const engine::Progress& pr) { bar.update(pr); };
     const auto rep = engine::run_generate(job, world.comm.get());
     bar.finish();
-    if (!lead) return 0;
+    if (!lead) return rep.failed > 0 ? 1 : 0;
 
     int failed = 0;
     for (const auto& o : rep.outputs) {
