@@ -100,6 +100,7 @@ EngineCore::EngineCore(const EngineConfig& config, sharding::Communicator* tp,
   on_all_ranks(ctl, [&] {
     KVCacheOptions kv;
     kv.block_size = config_.block_size;
+    kv.dtype = config_.kv_cache_dtype;
     kv.budget_bytes = config_.kv_cache_memory;
     kv.device_memory_fraction = config_.device_memory_fraction;
     kv.limits.max_model_len = max_model_len_;
