@@ -9,6 +9,7 @@ Benchmark paged_decode_benchmark();
 Benchmark comm_benchmark();
 Benchmark sp_decode_benchmark();
 Benchmark scheduler_benchmark();
+Benchmark engine_benchmark();
 Benchmark lora_benchmark();
 Benchmark int8_benchmark();
 
@@ -20,6 +21,7 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(comm_benchmark());
   all.push_back(sp_decode_benchmark());
   all.push_back(scheduler_benchmark());
+  all.push_back(engine_benchmark());
   all.push_back(lora_benchmark());
   all.push_back(int8_benchmark());
   return all;
