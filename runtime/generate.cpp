@@ -9,7 +9,7 @@
 #include "common/logging.h"
 #include "runtime/decoder_model.h"
 #include "runtime/tiny_model.h"
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizers/byte_tokenizer.h"
 #include "sharding/communicator.h"
 #include "sharding/mpi/mpi_env.h"
 

@@ -13,7 +13,7 @@
 
 #include "common/error.h"
 #include "runtime/safetensors.h"
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizers/byte_tokenizer.h"
 
 namespace tessera::runtime {
 

@@ -7,7 +7,7 @@
 #include "common/error.h"
 #include "launch/cli/commands.h"
 #include "runtime/generate.h"
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizers/byte_tokenizer.h"
 
 namespace tessera::cli {
 

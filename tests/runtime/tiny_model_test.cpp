@@ -1,4 +1,4 @@
-#include "runtime/tokenizer.h"
+#include "runtime/tiny_model.h"
 
 #include <gtest/gtest.h>
 
@@ -6,31 +6,11 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "runtime/model_config.h"
 #include "runtime/safetensors.h"
-#include "runtime/tiny_model.h"
 
 namespace tessera::runtime {
 namespace {
-
-TEST(ByteTokenizer, RoundTripsAnyBytes) {
-  ByteTokenizer tok;
-  std::string text = "héllo\n\x01\xff world";
-  auto ids = tok.encode(text);
-  ASSERT_EQ(ids.size(), text.size() + 1);
-  EXPECT_EQ(ids[0], ByteTokenizer::kBos);
-  EXPECT_EQ(tok.decode(ids), text);
-  EXPECT_EQ(tok.encode("", false).size(), 0u);
-}
-
-TEST(ByteTokenizer, RejectsIdsOutsideVocabulary) {
-  ByteTokenizer tok;
-  EXPECT_THROW(tok.decode({1, 258}), Error);
-  EXPECT_THROW(tok.decode({-1}), Error);
-}
-
-TEST(EscapeBytes, PrintableStaysOthersEscaped) {
-  EXPECT_EQ(escape_bytes("ab\n\x01\\"), "ab\\n\\x01\\\\");
-}
 
 TEST(TinyModel, WrittenOnceDeterministicAndLoadable) {
   namespace fs = std::filesystem;
