@@ -90,6 +90,24 @@ nlohmann::json read_json_if_exists(const fs::path& p) {
   return j;
 }
 
+// Nesting deeper than any real tokenizer.json (whose Sequences nest a few levels) is refused
+// before the recursive section readers could exhaust the stack.
+void check_depth(const nlohmann::json& j, const std::string& origin) {
+  constexpr size_t kMaxDepth = 64;
+  std::vector<std::pair<const nlohmann::json*, size_t>> stack{{&j, 1}};
+  while (!stack.empty()) {
+    auto [v, depth] = stack.back();
+    stack.pop_back();
+    TESSERA_CHECK(depth <= kMaxDepth, origin, ": JSON nesting is deeper than ", kMaxDepth,
+                  " levels");
+    if (v->is_structured()) {
+      for (const auto& child : *v) {
+        if (child.is_structured()) stack.push_back({&child, depth + 1});
+      }
+    }
+  }
+}
+
 }  // namespace
 
 Tokenizer::Tokenizer() = default;
@@ -103,6 +121,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_file(const std::string& path) {
 std::unique_ptr<Tokenizer> Tokenizer::from_json_text(const std::string& text,
                                                      const std::string& origin) {
   const nlohmann::json j = parse_json(text, origin);
+  check_depth(j, origin);
   std::unique_ptr<Tokenizer> t(new Tokenizer());
   try {
     const Field root(j, "");
