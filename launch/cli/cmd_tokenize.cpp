@@ -11,7 +11,7 @@
 
 #include "common/error.h"
 #include "launch/cli/commands.h"
-#include "runtime/tiny_model.h"
+#include "runtime/models/model_folder.h"
 #include "runtime/tokenizers/chat_template.h"
 #include "runtime/tokenizers/tokenizer.h"
 
@@ -37,7 +37,7 @@ struct Loaded {
 Loaded load(const std::string& model) {
   Loaded l;
   if (model == "tiny") {
-    l.dir = runtime::resolve_model_dir(model);
+    l.dir = models::ModelFolder::resolve(model).dir();
   } else if (fs::is_regular_file(model)) {
     l.tok = Tokenizer::from_file(model);
     return l;
