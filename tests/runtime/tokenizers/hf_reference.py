@@ -324,6 +324,43 @@ def minilm():
     return tok
 
 
+CLASS_NORMALIZERS = {
+    "bert_clean": lambda: normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=False,
+                                                     strip_accents=False, lowercase=False),
+    "bert_full": lambda: normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=True, lowercase=True),
+    "lowercase": normalizers.Lowercase, "strip_accents": normalizers.StripAccents,
+    "nfc": normalizers.NFC, "nfd": normalizers.NFD, "nfkc": normalizers.NFKC,
+    "nfkd": normalizers.NFKD, "nmt": normalizers.Nmt,
+}
+CLASS_PRE_TOKENIZERS = {
+    "bert": pre_tokenizers.BertPreTokenizer, "punctuation": pre_tokenizers.Punctuation,
+    "digits": lambda: pre_tokenizers.Digits(individual_digits=True),
+    "whitespace": pre_tokenizers.Whitespace, "whitespace_split": pre_tokenizers.WhitespaceSplit,
+    "split_s": lambda: pre_tokenizers.Split(Regex(r"\s"), "isolated"),
+    "split_w": lambda: pre_tokenizers.Split(Regex(r"\w+"), "isolated"),
+    "split_gpt2": lambda: pre_tokenizers.Split(Regex(r"[^\s\p{L}\p{N}]"), "isolated"),
+}
+
+
+def write_unicode_classes(out_dir):
+    """Each normalizer and character-class pre-tokenizer on single code points: every one below
+    U+3400 and every 61st above (the crate's Unicode tables differ from ICU's current ones)."""
+    cps = [c for c in list(range(0x3400)) + list(range(0x3400, 0x110000, 61))
+           if not 0xD800 <= c <= 0xDFFF]
+    norms = {k: f() for k, f in CLASS_NORMALIZERS.items()}
+    pres = {k: f() for k, f in CLASS_PRE_TOKENIZERS.items()}
+    with open(os.path.join(out_dir, "unicode_classes.jsonl"), "w", encoding="utf-8") as f:
+        for c in cps:
+            ch = chr(c)
+            row = {"cp": c}
+            for k, n in norms.items():
+                row[k] = n.normalize_str(ch)
+            for k, p in pres.items():
+                row[k] = [s for s, _ in p.pre_tokenize_str("a" + ch + "b")]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def specials_of(tok):
     j = json.loads(tok.to_str())
     return [t["content"] for t in j["added_tokens"]]
@@ -347,6 +384,8 @@ def main():
         "unigram": build_unigram(corpus),
         "all_minilm_l6_v2": minilm(),
     }
+    os.makedirs(out_dir, exist_ok=True)
+    write_unicode_classes(out_dir)
     only = os.environ.get("TESSERA_TOKENIZERS_ONLY")
     for name, tok in toks.items():
         if only and name not in only.split(","):

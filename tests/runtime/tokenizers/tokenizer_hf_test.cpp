@@ -11,10 +11,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "runtime/tokenizers/incremental_decoder.h"
+#include "runtime/tokenizers/pipeline.h"
 #include "runtime/tokenizers/tokenizer.h"
 #include "runtime/tokenizers/unicode.h"
 
@@ -159,6 +161,90 @@ class HfReference : public ::testing::Test {
   static inline std::string skip_reason_;
   static inline bool keep_ = false;
 };
+
+// Every normalizer and character-class pre-tokenizer on single code points (all below U+3400,
+// every 61st above). The crate's tables are Unicode 8.0 (categories) and 9.0 (normalization,
+// marks); the few characters whose category changed since cannot be told apart by age and are
+// the only differences allowed.
+TEST_F(HfReference, UnicodeClassesOfEveryCodePoint) {
+  if (!skip_reason_.empty()) GTEST_SKIP() << skip_reason_;
+  using J = nlohmann::json;
+  const std::vector<std::pair<std::string, J>> norms = {
+      {"bert_clean",
+       {{"type", "BertNormalizer"},
+        {"clean_text", true},
+        {"handle_chinese_chars", false},
+        {"strip_accents", false},
+        {"lowercase", false}}},
+      {"bert_full",
+       {{"type", "BertNormalizer"},
+        {"clean_text", true},
+        {"handle_chinese_chars", true},
+        {"strip_accents", true},
+        {"lowercase", true}}},
+      {"lowercase", {{"type", "Lowercase"}}},
+      {"strip_accents", {{"type", "StripAccents"}}},
+      {"nfc", {{"type", "NFC"}}},
+      {"nfd", {{"type", "NFD"}}},
+      {"nfkc", {{"type", "NFKC"}}},
+      {"nfkd", {{"type", "NFKD"}}},
+      {"nmt", {{"type", "Nmt"}}}};
+  auto split = [](const char* re) {
+    return J{{"type", "Split"},
+             {"pattern", {{"Regex", re}}},
+             {"behavior", "Isolated"},
+             {"invert", false}};
+  };
+  const std::vector<std::pair<std::string, J>> pres = {
+      {"bert", {{"type", "BertPreTokenizer"}}},
+      {"punctuation", {{"type", "Punctuation"}}},
+      {"digits", {{"type", "Digits"}, {"individual_digits", true}}},
+      {"whitespace", {{"type", "Whitespace"}}},
+      {"whitespace_split", {{"type", "WhitespaceSplit"}}},
+      {"split_s", split(R"(\s)")},
+      {"split_w", split(R"(\w+)")},
+      {"split_gpt2", split(R"([^\s\p{L}\p{N}])")}};
+  std::vector<std::unique_ptr<Normalizer>> n;
+  for (const auto& [k, j] : norms) n.push_back(make_normalizer(Field(j, k)));
+  std::vector<std::unique_ptr<PreTokenizer>> p;
+  for (const auto& [k, j] : pres) p.push_back(make_pre_tokenizer(Field(j, k)));
+  const std::set<uint32_t> category_changed = {0x166D, 0x1734, 0x1885, 0x1886,
+                                               0x1CF2, 0x1CF3, 0xA9BD, 0x111C9};
+  std::ifstream in(fs::path(dir_) / "unicode_classes.jsonl");
+  std::string line;
+  size_t points = 0, diffs = 0;
+  while (std::getline(in, line)) {
+    const auto row = J::parse(line);
+    const auto cp = row["cp"].get<uint32_t>();
+    const std::string ch = unicode::to_utf8(cp);
+    ++points;
+    std::vector<std::string> differing;
+    for (size_t i = 0; i < n.size(); ++i) {
+      std::string s = ch;
+      n[i]->normalize(s);
+      if (s != row[norms[i].first].get<std::string>()) differing.push_back(norms[i].first);
+    }
+    for (size_t i = 0; i < p.size(); ++i) {
+      Pieces pieces{Piece{"a" + ch + "b", -1, true}};
+      p[i]->pre_tokenize(pieces);
+      std::vector<std::string> got;
+      for (const auto& x : pieces) got.push_back(x.text);
+      if (got != row[pres[i].first].get<std::vector<std::string>>())
+        differing.push_back(pres[i].first);
+    }
+    if (!differing.empty() && !category_changed.count(cp)) {
+      if (diffs++ < 10) {
+        std::string what;
+        for (const auto& d : differing) what += " " + d;
+        ADD_FAILURE() << "U+" << std::hex << cp << " differs in" << what;
+      }
+    }
+  }
+  std::printf("unicode classes: %zu code points x %zu components, %zu unexpected differences\n",
+              points, n.size() + p.size(), diffs);
+  EXPECT_GT(points, 30000u);
+  EXPECT_EQ(diffs, 0u);
+}
 
 TEST_F(HfReference, Gpt2ByteLevel) { compare("gpt2_bytelevel"); }
 TEST_F(HfReference, Llama3Split) { compare("llama3_split"); }
