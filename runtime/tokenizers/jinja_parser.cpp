@@ -503,6 +503,7 @@ class Parser {
   // Statements until a {% <one of ends> %} tag; its name goes to *end (the tag itself is eaten up
   // to its name).
   std::vector<NodePtr> body(const std::vector<std::string>& ends, std::string* end) {
+    const Depth depth(*this, cur().line);
     std::vector<NodePtr> out;
     while (true) {
       const Token& t = cur();
@@ -736,6 +737,7 @@ class Parser {
   }
 
   NodePtr expression() {
+    const Depth depth(*this, cur().line);
     const int line = cur().line;
     NodePtr e = or_expr();
     while (skip_name("if")) {
@@ -771,6 +773,7 @@ class Parser {
   }
 
   NodePtr not_expr() {
+    const Depth depth(*this, cur().line);
     if (is_name("not")) {
       auto n = make(NodeKind::kNot, next().line);
       n->kids.push_back(not_expr());
@@ -853,6 +856,7 @@ class Parser {
   }
 
   NodePtr unary(bool with_filter) {
+    const Depth depth(*this, cur().line);
     NodePtr n;
     if (is_op("-") || is_op("+")) {
       const Token t = next();
@@ -1068,8 +1072,20 @@ class Parser {
     }
   }
 
+  // Recursion depth of the parser: templates nest a few levels; a hostile one must not overflow
+  // the stack.
+  struct Depth {
+    Depth(Parser& p, int line) : p_(p) {
+      if (++p_.depth_ > kMaxDepth) fail_at(line, "the template nests deeper than 200 levels");
+    }
+    ~Depth() { --p_.depth_; }
+    Parser& p_;
+  };
+  static constexpr int kMaxDepth = 200;
+
   std::vector<Token> t_;
   size_t i_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace

@@ -668,6 +668,14 @@ class Renderer {
     Renderer* self = this;
     scopes_.back()->set(
         n.name, Value::function(n.name, [self, node](Args& a) {
+          if (self->macro_depth_ >= kMaxMacroDepth) {
+            fail("maximum recursion depth exceeded in macro '" + node->name + "'");
+          }
+          struct Count {
+            explicit Count(int& d) : d_(d) { ++d_; }
+            ~Count() { --d_; }
+            int& d_;
+          } count(self->macro_depth_);
           // A macro sees the template's globals and its own arguments, not the caller's locals.
           auto saved = std::move(self->scopes_);
           self->scopes_ = {self->root_, std::make_shared<Dict>()};
@@ -1610,8 +1618,10 @@ class Renderer {
     fail("no test named '" + name + "'");
   }
 
+  static constexpr int kMaxMacroDepth = 100;
   std::vector<Scope> scopes_;
   Scope root_;
+  int macro_depth_ = 0;
 };
 
 }  // namespace

@@ -477,7 +477,9 @@ int compare(const Value& a, const Value& b) {
 namespace {
 
 template <typename J>
-Value from_json_impl(const J& j) {
+Value from_json_impl(const J& j, int depth) {
+  // Messages come from requests: nesting beyond any real chat is refused, not recursed into.
+  TESSERA_CHECK(depth <= 128, "chat messages nest deeper than 128 levels");
   switch (j.type()) {
     case nlohmann::json::value_t::null:
       return Value::none();
@@ -497,12 +499,13 @@ Value from_json_impl(const J& j) {
     case nlohmann::json::value_t::array: {
       std::vector<Value> items;
       items.reserve(j.size());
-      for (const auto& x : j) items.push_back(from_json_impl(x));
+      for (const auto& x : j) items.push_back(from_json_impl(x, depth + 1));
       return Value::list(std::move(items));
     }
     case nlohmann::json::value_t::object: {
       Dict d;
-      for (auto it = j.begin(); it != j.end(); ++it) d.set(it.key(), from_json_impl(it.value()));
+      for (auto it = j.begin(); it != j.end(); ++it)
+        d.set(it.key(), from_json_impl(it.value(), depth + 1));
       return Value::dict(std::move(d));
     }
     default:
@@ -512,7 +515,7 @@ Value from_json_impl(const J& j) {
 
 }  // namespace
 
-Value from_json(const nlohmann::ordered_json& j) { return from_json_impl(j); }
-Value from_json(const nlohmann::json& j) { return from_json_impl(j); }
+Value from_json(const nlohmann::ordered_json& j) { return from_json_impl(j, 0); }
+Value from_json(const nlohmann::json& j) { return from_json_impl(j, 0); }
 
 }  // namespace tessera::tokenizers::jinja

@@ -43,6 +43,20 @@ TEST(ChatTemplateErrors, NameTheLine) {
             "chat template line 1: access to attribute 'append' of 'list' object is unsafe");
 }
 
+// Hostile templates and messages end in one error, not a stack overflow.
+TEST(ChatTemplateErrors, DeepNestingAndRecursionAreRefused) {
+  EXPECT_EQ(error_of("{{ " + std::string(5000, '(') + "1" + std::string(5000, ')') + " }}"),
+            "chat template line 1: the template nests deeper than 200 levels");
+  std::string ifs;
+  for (int i = 0; i < 1000; ++i) ifs += "{% if true %}";
+  EXPECT_EQ(error_of(ifs), "chat template line 1: the template nests deeper than 200 levels");
+  EXPECT_EQ(error_of("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"),
+            "chat template line 1: maximum recursion depth exceeded in macro 'f'");
+  nlohmann::json deep = nlohmann::json::array();
+  for (int i = 0; i < 1000; ++i) deep = nlohmann::json::array({deep});
+  EXPECT_EQ(error_of("{{ messages }}", deep), "chat messages nest deeper than 128 levels");
+}
+
 TEST(ChatTemplateFolder, ReadsTokenizerConfig) {
   char tmpl[] = "/tmp/tessera_chat_folder_XXXXXX";
   const fs::path dir = mkdtemp(tmpl);
