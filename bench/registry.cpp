@@ -8,6 +8,7 @@ Benchmark kernels_benchmark();
 Benchmark paged_decode_benchmark();
 Benchmark comm_benchmark();
 Benchmark sp_decode_benchmark();
+Benchmark scheduler_benchmark();
 Benchmark tokenizers_benchmark();
 
 std::vector<Benchmark> benchmarks() {
@@ -17,6 +18,7 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(paged_decode_benchmark());
   all.push_back(comm_benchmark());
   all.push_back(sp_decode_benchmark());
+  all.push_back(scheduler_benchmark());
   all.push_back(tokenizers_benchmark());
   return all;
 }
