@@ -38,6 +38,8 @@ int main(int argc, char** argv) {
   for (auto& c : tessera::cli::register_bench(app)) commands.push_back(std::move(c));
   for (auto& c : tessera::cli::register_delta(app)) commands.push_back(std::move(c));
   commands.push_back(tessera::cli::register_inspect(app));
+  commands.push_back(tessera::cli::register_serve(app));
+  commands.push_back(tessera::cli::register_router(app));
 
   try {
     app.parse(argc, argv);
