@@ -1,0 +1,152 @@
+// Token selection for sparse decode: which cached tokens a decode step attends to, per sequence
+// and KV head (shared by the head's GQA query group), within a token budget. Every method always
+// takes the attention sinks (first tokens) and a recent window; the rest of the budget goes to:
+//   cluster      keys of full pages, centred and normalised, grouped by spherical k-means into
+//                clusters (centroid = mean raw key, mean squared radius, member list). Clustering
+//                is incremental: pages are grouped in chunks of chunk_pages; the open chunk is
+//                re-clustered when one of its pages fills, a complete chunk is never touched again.
+//                At decode the queries score centroids and whole clusters are taken in order of
+//                estimated attention mass per token until the budget is met.
+//   quest        Quest: per page channel-wise min / max of the keys; a page's score is the upper
+//                bound sum_d max(q_d min_d, q_d max_d); whole pages in score order.
+//   meanstd      per page channel-wise mean and standard deviation; score = the log of the
+//                expected softmax mass of a Gaussian page, q.mu + scale/2 sum_d q_d^2 sigma_d^2.
+//   sink_window  nothing but the sinks and the most recent tokens.
+// Cluster and page metadata are kept at equal bytes by default (SparseSelectConfig::
+// clusters_per_page). Torch-free; the lists feed kernels/sparse_decode/sparse_attention.h.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kernels/paged/paged_kv.h"
+
+namespace tessera::kernels {
+
+enum class SparseMethod { kCluster, kQuest, kMeanStd, kSinkWindow };
+
+const char* sparse_method_name(SparseMethod m);
+// "cluster", "quest", "meanstd", "sink_window"; anything else is an error naming the valid ones.
+SparseMethod parse_sparse_method(std::string_view name);
+
+struct SparseSelectConfig {
+  SparseMethod method = SparseMethod::kCluster;
+  int64_t budget = 2048;  // tokens per (sequence, kv head), sinks and window included
+  int64_t sinks = 4;      // first tokens, always attended
+  int64_t window = 64;    // most recent tokens, always attended (plus any not-yet-indexed ones)
+  int page_tokens = 16;   // metadata granularity: the paged pool's block size
+  int head_dim = 0;       // of the keys
+  int group = 1;          // query heads per kv head (they share one selection)
+  float scale = 0.0f;     // softmax scale of the scores; 0 = 1 / sqrt(head_dim)
+  // Cluster method.
+  int chunk_pages = 16;            // pages clustered together
+  double clusters_per_page = 0.0;  // 0 = equal metadata bytes with Quest (equal_bytes_...)
+  int kmeans_iters = 8;
+  bool radius_bonus = true;  // add scale^2 |q|^2 r^2 / (2 d): a cluster's spread raises its mass
+  uint64_t seed = 0;
+
+  // Throws tessera::Error naming the field and value: budget <= 0, budget below sinks + window +
+  // one page (the forced tokens must leave room to choose), head_dim / group / page_tokens /
+  // chunk_pages / kmeans_iters not positive, negative sinks / window / clusters_per_page.
+  void validate() const;
+  float softmax_scale() const;
+  // Clusters per page that give the cluster index the bytes of Quest's per-page min / max (two
+  // fp32 vectors): each cluster costs its centroid + 16 bytes, each member 4 bytes.
+  static double equal_bytes_clusters_per_page(int head_dim, int page_tokens);
+  double effective_clusters_per_page() const;
+};
+
+// Key rows of one kv head read from a paged pool (any page format, decoded to fp32). A contiguous
+// [batch, slots, heads, dim] cache is the special case of one block of `slots` tokens per row.
+struct KeyRows {
+  PagedKv kv;
+  const int32_t* block_table = nullptr;  // this sequence's row of the block table
+  int head = 0;
+  void read(int64_t pos, float* out) const;  // out [head_dim_k]
+};
+
+// The selection state of one (sequence, kv head).
+class SparseHeadIndex {
+ public:
+  SparseHeadIndex(const SparseSelectConfig& config, int head);
+
+  // Adds the pages of positions [0, num_tokens) that are full and not indexed yet (num_tokens never
+  // decreases). Cluster method: complete chunks are clustered once; the open chunk is re-clustered.
+  void update(const KeyRows& keys, int64_t num_tokens);
+  // Positions [0, indexed_tokens()) have metadata (whole pages).
+  int64_t indexed_tokens() const { return indexed_pages_ * config_.page_tokens; }
+
+  // Tokens for queries q [group, head_dim] (rows q_stride apart) over positions [0, num_tokens):
+  // all of them when num_tokens <= budget, else exactly `budget`: sinks, the chosen ones, then
+  // the window (which always covers the positions not yet indexed). Writes positions to out
+  // (capacity >= min(budget, num_tokens)); returns the count. No position repeats.
+  int64_t select(const float* q, int64_t q_stride, int64_t num_tokens, int32_t* out) const;
+  // The general form (a rank of a sequence-sharded cache: its own sinks and window, in local
+  // positions): [0, sink_end), up to `middle_budget` chosen from [sink_end, window_begin), then
+  // [window_begin, num_tokens). window_begin is lowered to indexed_tokens() if it lies above.
+  int64_t select_range(const float* q, int64_t q_stride, int64_t num_tokens, int64_t sink_end,
+                       int64_t window_begin, int64_t middle_budget, int32_t* out) const;
+
+  // Re-clusters every indexed token at once (one k-means over all full pages, as many clusters
+  // as the chunks hold together): the from-scratch reference of incremental clustering.
+  void recluster_globally(const KeyRows& keys);
+
+  // Bytes of the selection metadata (centroids, radii, offsets, member lists or page vectors).
+  int64_t metadata_bytes() const;
+  int64_t num_units() const;  // clusters or pages
+  // Cluster c's members (positions, ascending); for tests.
+  std::span<const int32_t> cluster_members(int64_t c) const;
+
+ private:
+  void index_pages_quest_meanstd(const KeyRows& keys, int64_t first_page, int64_t end_page);
+  void cluster_chunk(const KeyRows& keys, int64_t first_page, int64_t end_page);
+
+  SparseSelectConfig config_;
+  int head_ = 0;
+  int64_t indexed_pages_ = 0;
+  // Pages: [pages, 2, head_dim]: (min, max) for quest, (mean, std) for meanstd.
+  std::vector<float> page_stats_;
+  // Clusters, in chunk order; those of the open chunk (pages from sealed_pages_) at the tail.
+  int64_t sealed_pages_ = 0;
+  int64_t sealed_clusters_ = 0;
+  std::vector<float> centroids_;         // [clusters, head_dim]
+  std::vector<float> radius2_;           // [clusters]: mean squared distance of members
+  std::vector<int32_t> member_offsets_;  // [clusters + 1]
+  std::vector<int32_t> members_;         // positions
+  std::vector<int32_t> min_pos_, max_pos_;
+};
+
+// The selection state of one sequence: one SparseHeadIndex per kv head.
+class SparseSequenceIndex {
+ public:
+  SparseSequenceIndex(const SparseSelectConfig& config, int num_kv_heads);
+  const SparseSelectConfig& config() const { return config_; }
+  int num_kv_heads() const { return static_cast<int>(heads_.size()); }
+  SparseHeadIndex& head(int kh) { return heads_[static_cast<size_t>(kh)]; }
+  const SparseHeadIndex& head(int kh) const { return heads_[static_cast<size_t>(kh)]; }
+
+  // Indexes newly full pages of every kv head (keys read from the pool through block_table).
+  void update(const PagedKv& kv, const int32_t* block_table, int64_t num_tokens);
+  // q [num_q_heads = num_kv_heads * group, head_dim], rows q_stride apart. Writes the lists of
+  // every kv head to idx [num_kv_heads, max_entries] and their lengths to counts [num_kv_heads].
+  void select(const float* q, int64_t q_stride, int64_t num_tokens, int32_t* idx, int32_t* counts,
+              int64_t max_entries) const;
+  int64_t metadata_bytes() const;
+
+ private:
+  SparseSelectConfig config_;
+  std::vector<SparseHeadIndex> heads_;
+};
+
+// One decode step's selection for a batch, (sequence, kv head) pairs in parallel: q [num_seqs,
+// num_q_heads, head_dim] (strides q_stride), num_tokens [num_seqs]; writes idx [num_seqs,
+// num_kv_heads, max_entries] and counts [num_seqs, num_kv_heads], the layout of
+// SparseDecodeView.
+void sparse_select_batch(std::span<const SparseSequenceIndex* const> seqs, const float* q,
+                         const int64_t q_stride[2], const int64_t* num_tokens, int32_t* idx,
+                         int32_t* counts, int64_t max_entries);
+
+}  // namespace tessera::kernels
