@@ -2,35 +2,60 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 
-#include "kernels/cluster_attention/cluster_cpu_simd.h"
+#include "kernels/sparse_decode/sparse_cpu_simd.h"
 
 namespace tessera::kernels {
 
 namespace {
 
-// For each row of y [n, d], the most similar centre of c [k, d] (cosine: both unit length).
-// Returns how many rows changed cluster; sim[i] is the similarity to the chosen centre.
-TESSERA_CPU_CLONES int assign_rows(const float* y, int n, int d, const float* c, int k,
-                                   int32_t* assign, float* sim) {
+using sparse_simd::dot_many;
+
+// For each row of y [n, d], the nearest centre of c [k, d]: the largest y . c - |c|^2 / 2 (half_c2
+// holds |c|^2 / 2; for unit centres this is the cosine order). Returns how many rows changed
+// cluster; best[i] is the winning value.
+TESSERA_SPARSE_CLONES int assign_rows(const float* y, int n, int d, const float* c,
+                                      const float* half_c2, int k, int32_t* assign, float* best,
+                                      float* dots) {
   int changed = 0;
   for (int i = 0; i < n; ++i) {
-    const float* yi = y + static_cast<int64_t>(i) * d;
-    int best = 0;
-    float best_sim = -2.0f;
+    dot_many(c, d, k, y + static_cast<int64_t>(i) * d, d, dots);
+    int arg = 0;
+    float top = -std::numeric_limits<float>::infinity();
     for (int j = 0; j < k; ++j) {
-      const float s = simd::dot(yi, c + static_cast<int64_t>(j) * d, d);
-      if (s > best_sim) {
-        best_sim = s;
-        best = j;
+      const float s = dots[j] - half_c2[j];
+      if (s > top) {
+        top = s;
+        arg = j;
       }
     }
-    changed += assign[i] != best;
-    assign[i] = best;
-    sim[i] = best_sim;
+    changed += assign[i] != arg;
+    assign[i] = arg;
+    best[i] = top;
   }
   return changed;
+}
+
+// dots[i] = y_i . x for every row of y [n, d].
+TESSERA_SPARSE_CLONES void dots_with(const float* y, int n, int d, const float* x, float* dots) {
+  dot_many(y, d, n, x, d, dots);
+}
+
+// Rows of x [n, d] replaced by m^T x (mt = m^T, row-major [d, d]).
+TESSERA_SPARSE_CLONES void transform_rows(float* x, int n, int d, const float* mt, float* tmp) {
+  for (int i = 0; i < n; ++i) {
+    float* xi = x + static_cast<int64_t>(i) * d;
+    dot_many(mt, d, d, xi, d, tmp);
+    std::copy(tmp, tmp + d, xi);
+  }
+}
+
+TESSERA_SPARSE_CLONES float norm2(const float* v, int d) {
+  float s = 0.0f;
+  dot_many(v, d, 1, v, d, &s);
+  return s;
 }
 
 void normalise(float* v, int d) {
@@ -48,7 +73,8 @@ std::vector<int32_t> spherical_kmeans(const float* keys, int n, int d, const KMe
   if (n <= 1 || d <= 0) return assign;
   int k = std::clamp(opt.clusters, 1, n);
 
-  // Unit directions of the centred keys; a key equal to the mean stays the zero vector.
+  // Centred keys, in the query metric, normalised for cosine k-means; a key equal to the mean
+  // stays the zero vector.
   std::vector<float> y(keys, keys + static_cast<int64_t>(n) * d);
   if (opt.centre) {
     std::vector<double> mu(static_cast<size_t>(d), 0.0);
@@ -56,52 +82,71 @@ std::vector<int32_t> spherical_kmeans(const float* keys, int n, int d, const KMe
       for (int j = 0; j < d; ++j) mu[j] += y[static_cast<int64_t>(i) * d + j];
     }
     for (int i = 0; i < n; ++i) {
-      for (int j = 0; j < d; ++j)
+      for (int j = 0; j < d; ++j) {
         y[static_cast<int64_t>(i) * d + j] -= static_cast<float>(mu[j] / n);
-    }
-  }
-  for (int i = 0; i < n; ++i) normalise(y.data() + static_cast<int64_t>(i) * d, d);
-
-  // k-means++ seeding: each new centre is a key drawn with probability proportional to its
-  // squared distance (2 - 2 cos) to the nearest centre so far.
-  std::mt19937_64 rng(opt.seed);
-  std::vector<float> c(static_cast<size_t>(k) * d);
-  std::vector<double> dist(static_cast<size_t>(n));
-  const int first = static_cast<int>(rng() % static_cast<uint64_t>(n));
-  std::copy_n(y.data() + static_cast<int64_t>(first) * d, d, c.data());
-  for (int i = 0; i < n; ++i) {
-    dist[i] = std::max(0.0, 1.0 - simd::dot(y.data() + static_cast<int64_t>(i) * d, c.data(), d));
-  }
-  int have = 1;
-  while (have < k) {
-    double total = 0.0;
-    for (double x : dist) total += x;
-    if (!(total > 1e-12)) break;  // every key sits on a centre already
-    double r = std::uniform_real_distribution<double>(0.0, total)(rng);
-    int pick = n - 1;
-    for (int i = 0; i < n; ++i) {
-      r -= dist[i];
-      if (r < 0.0) {
-        pick = i;
-        break;
       }
     }
+  }
+  std::vector<float> tmp(static_cast<size_t>(std::max(n, d)));
+  if (opt.metric != nullptr) {
+    std::vector<float> mt(static_cast<size_t>(d) * d);
+    for (int a = 0; a < d; ++a) {
+      for (int b = 0; b < d; ++b) mt[static_cast<size_t>(b) * d + a] = opt.metric[a * d + b];
+    }
+    transform_rows(y.data(), n, d, mt.data(), tmp.data());
+  }
+  std::vector<float> y2(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    float* yi = y.data() + static_cast<int64_t>(i) * d;
+    if (opt.spherical) normalise(yi, d);
+    y2[i] = norm2(yi, d);
+  }
+
+  // Seeding: the first `farthest_seeds` centres farthest-first, the rest by k-means++ (drawn with
+  // probability proportional to the squared distance to the nearest centre so far).
+  std::mt19937_64 rng(opt.seed);
+  std::vector<float> c(static_cast<size_t>(k) * d);
+  std::vector<double> dist(static_cast<size_t>(n), std::numeric_limits<double>::infinity());
+  int pick = static_cast<int>(rng() % static_cast<uint64_t>(n));
+  int have = 0;
+  while (true) {
     float* cj = c.data() + static_cast<int64_t>(have) * d;
     std::copy_n(y.data() + static_cast<int64_t>(pick) * d, d, cj);
+    dots_with(y.data(), n, d, cj, tmp.data());
+    double total = 0.0;
     for (int i = 0; i < n; ++i) {
-      const double di = 1.0 - simd::dot(y.data() + static_cast<int64_t>(i) * d, cj, d);
-      dist[i] = std::min(dist[i], std::max(0.0, di));
+      const double di = std::max(0.0, static_cast<double>(y2[i]) + y2[pick] - 2.0 * tmp[i]);
+      dist[i] = std::min(dist[i], di);
+      total += dist[i];
     }
     ++have;
+    if (have == k || !(total > 1e-12)) break;  // done, or every key sits on a centre
+    if (have < opt.farthest_seeds) {
+      pick = static_cast<int>(std::max_element(dist.begin(), dist.end()) - dist.begin());
+    } else {
+      double r = std::uniform_real_distribution<double>(0.0, total)(rng);
+      pick = n - 1;
+      for (int i = 0; i < n; ++i) {
+        r -= dist[i];
+        if (r < 0.0) {
+          pick = i;
+          break;
+        }
+      }
+    }
   }
   k = have;
 
-  // Lloyd iterations (spherical: centres are normalised member sums).
-  std::vector<float> sim(static_cast<size_t>(n));
+  // Lloyd iterations (spherical: centres are normalised member sums; else member means).
+  std::vector<float> best(static_cast<size_t>(n)), half_c2(static_cast<size_t>(k)),
+      dots(static_cast<size_t>(k));
   std::vector<int> count(static_cast<size_t>(k));
   std::fill(assign.begin(), assign.end(), -1);
   for (int it = 0; it <= opt.iters; ++it) {
-    const int changed = assign_rows(y.data(), n, d, c.data(), k, assign.data(), sim.data());
+    for (int j = 0; j < k; ++j)
+      half_c2[j] = 0.5f * norm2(c.data() + static_cast<int64_t>(j) * d, d);
+    const int changed = assign_rows(y.data(), n, d, c.data(), half_c2.data(), k, assign.data(),
+                                    best.data(), dots.data());
     if (changed == 0 || it == opt.iters) break;
     std::fill(c.begin(), c.end(), 0.0f);
     std::fill(count.begin(), count.end(), 0);
@@ -114,12 +159,17 @@ std::vector<int32_t> spherical_kmeans(const float* keys, int n, int d, const KMe
     for (int j = 0; j < k; ++j) {
       float* cj = c.data() + static_cast<int64_t>(j) * d;
       if (count[j] == 0) {
-        // An empty cluster restarts at the key least similar to its own centre.
-        const int far = static_cast<int>(std::min_element(sim.begin(), sim.end()) - sim.begin());
+        // An empty cluster restarts at the key farthest from its own centre.
+        const int far = static_cast<int>(std::min_element(best.begin(), best.end()) - best.begin());
         std::copy_n(y.data() + static_cast<int64_t>(far) * d, d, cj);
-        sim[far] = 2.0f;  // not picked twice
+        best[far] = std::numeric_limits<float>::infinity();  // not picked twice
+        count[j] = 1;
       }
-      normalise(cj, d);
+      if (opt.spherical) {
+        normalise(cj, d);
+      } else {
+        for (int i = 0; i < d; ++i) cj[i] /= static_cast<float>(count[j]);
+      }
     }
   }
   // Dense numbering in order of first appearance (clusters that ended empty disappear).

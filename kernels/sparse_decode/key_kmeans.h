@@ -13,7 +13,15 @@ struct KMeansOptions {
   int clusters = 1;  // wanted; fewer come back when there are fewer distinct keys
   int iters = 8;     // Lloyd iterations after seeding (stops early once no key moves)
   uint64_t seed = 0;
-  bool centre = true;  // subtract the mean key first (keys with a large common mean)
+  bool centre = true;     // subtract the mean key first (keys with a large common mean)
+  bool spherical = true;  // normalise keys and centres (cosine k-means); false: Euclidean
+  // The first farthest_seeds centres are picked farthest-first (the key least similar to every
+  // centre so far: isolated keys such as needles get a cluster of their own); the rest k-means++.
+  int farthest_seeds = 0;
+  // Optional [d, d] row-major matrix M applied to every centred key (y = M^T x) before
+  // normalising: with M M^T the queries' second moment, distances approximate the expected error
+  // of q . k (null = identity).
+  const float* metric = nullptr;
 };
 
 // keys [n, d] contiguous float32. Returns the cluster of every key, numbered densely from 0 in

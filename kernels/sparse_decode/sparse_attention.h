@@ -47,6 +47,9 @@ void sparse_decode_ref(const SparseDecodeView& view);
 // K and V rows once for every query head of the group, online softmax over chunks of entries,
 // head_dim loops vectorised (AVX-512 / AVX2 / baseline clones).
 void sparse_decode_cpu(const SparseDecodeView& view);
+// Fast CPU, one list (sequence seq, kv head kv_head) on the calling thread, unsplit: for callers
+// that already run (sequence, kv head) pairs in parallel (sparse_decode_step_cpu).
+void sparse_decode_cpu_list(const SparseDecodeView& view, int seq, int kv_head);
 #ifdef TESSERA_WITH_CUDA
 // CUDA: one block per (sequence, query head, split), online softmax over tiles of entries, splits
 // merged by kernels/merge. `splits` > 1 needs a workspace of sparse_decode_cuda_workspace floats.

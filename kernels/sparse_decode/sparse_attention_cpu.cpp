@@ -8,78 +8,29 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "kernels/merge/lse_merge.h"
 #include "kernels/sparse_decode/sparse_attention.h"
+#include "kernels/sparse_decode/sparse_cpu_simd.h"
 
 namespace tessera::kernels {
 
 namespace {
-
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define TESSERA_SPARSE_CLONES \
-  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define TESSERA_SPARSE_CLONES
-#endif
-#define TESSERA_SPARSE_INLINE __attribute__((always_inline)) inline
 
 constexpr int kChunk = 64;             // entries per online-softmax step
 constexpr int kMinSplitEntries = 256;  // automatic splits are at least this long
 constexpr int kPrefetchAhead = 4;      // entries
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-typedef float Vec16 __attribute__((vector_size(64)));
-
-TESSERA_SPARSE_INLINE Vec16 load16(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-TESSERA_SPARSE_INLINE void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
-TESSERA_SPARSE_INLINE float hsum(Vec16 v) {
-  float s = 0.0f;
-  for (int i = 0; i < 16; ++i) s += v[i];
-  return s;
-}
+using sparse_simd::load16;
+using sparse_simd::store16;
+using sparse_simd::Vec16;
 
 TESSERA_SPARSE_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
   for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 3);
-}
-
-// out[r] = q_r . k for R query rows (row stride dk): k is loaded once for all of them.
-template <int R>
-TESSERA_SPARSE_INLINE void dot_rows(const float* q, const float* k, int dk, float* out) {
-  Vec16 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = Vec16{};
-  const int d16 = dk & ~15;
-  for (int d = 0; d < d16; d += 16) {
-    const Vec16 kv = load16(k + d);
-    for (int r = 0; r < R; ++r) acc[r] += load16(q + r * dk + d) * kv;
-  }
-  for (int r = 0; r < R; ++r) {
-    float tail = 0.0f;
-    for (int d = d16; d < dk; ++d) tail += q[r * dk + d] * k[d];
-    out[r] = hsum(acc[r]) + tail;
-  }
-}
-
-TESSERA_SPARSE_INLINE void dot_group(const float* q, const float* k, int dk, int rows, float* out) {
-  int r = 0;
-  for (; r + 4 <= rows; r += 4) dot_rows<4>(q + r * dk, k, dk, out + r);
-  switch (rows - r) {
-    case 3:
-      dot_rows<3>(q + r * dk, k, dk, out + r);
-      break;
-    case 2:
-      dot_rows<2>(q + r * dk, k, dk, out + r);
-      break;
-    case 1:
-      dot_rows<1>(q + r * dk, k, dk, out + r);
-      break;
-  }
 }
 
 // acc_r += sum_j w_r[j] v_j for R rows over n value rows; a 16-lane slice of each accumulator
@@ -206,7 +157,7 @@ TESSERA_SPARSE_CLONES void run_item(const SparseDecodeView& a, const Item& item,
         v = vdst;
       }
       w.vrows[j] = v;
-      dot_group(w.q.data(), k, dk, group, w.dots.data());
+      sparse_simd::dot_many(w.q.data(), dk, group, k, dk, w.dots.data());
       for (int g = 0; g < group; ++g)
         w.scores[static_cast<size_t>(g) * kChunk + j] = w.dots[g] * a.scale;
     }
@@ -243,6 +194,20 @@ TESSERA_SPARSE_CLONES void run_item(const SparseDecodeView& a, const Item& item,
 }
 
 }  // namespace
+
+void sparse_decode_cpu_list(const SparseDecodeView& a, int seq, int kv_head) {
+  const PagedKv& c = a.kv;
+  thread_local std::unique_ptr<Scratch> scratch;
+  const int group = a.num_q_heads / c.num_kv_heads;
+  const bool decode = c.dtype != KvDType::kF32;
+  if (!scratch || scratch->q.size() != static_cast<size_t>(group) * c.head_dim_k ||
+      scratch->acc.size() != static_cast<size_t>(group) * c.head_dim_v ||
+      scratch->vchunk.empty() == decode) {
+    scratch = std::make_unique<Scratch>(group, c.head_dim_k, c.head_dim_v, decode);
+  }
+  const int n = a.counts[static_cast<int64_t>(seq) * c.num_kv_heads + kv_head];
+  run_item(a, Item{seq, kv_head, 0, n, a.out, a.lse}, *scratch);
+}
 
 void sparse_decode_cpu(const SparseDecodeView& a) {
   const PagedKv& c = a.kv;

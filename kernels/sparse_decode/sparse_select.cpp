@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "kernels/cluster_attention/cluster_cpu_simd.h"
 #include "kernels/sparse_decode/key_kmeans.h"
+#include "kernels/sparse_decode/sparse_cpu_simd.h"
 
 namespace tessera::kernels {
 
@@ -31,8 +32,9 @@ struct SelectScratch {
   std::vector<float> scores;   // [group, units]
   std::vector<float> density;  // [units]
   std::vector<int32_t> order;  // unit ids
+  std::vector<float> qrows;    // [group, head_dim]: the queries, contiguous
   std::vector<float> qsq;      // [group, head_dim]: q^2 (meanstd)
-  std::vector<float> qnorm2;   // [group]
+  std::vector<float> bonus;    // [group]: radius bonus factor
 };
 
 SelectScratch& scratch() {
@@ -40,55 +42,78 @@ SelectScratch& scratch() {
   return s;
 }
 
-// Raw scores of units against the group's queries: scores[g * units + u] (already scaled).
-TESSERA_CPU_CLONES void cluster_scores(const float* q, int64_t q_stride, int group, int d,
-                                       float scale, const float* centroids, const float* radius2,
-                                       bool bonus, int64_t units, const float* qnorm2,
-                                       float* scores) {
+using sparse_simd::dot_many;
+using sparse_simd::load16;
+using sparse_simd::Vec16;
+
+// Raw scores of units against the group's queries, scores[g * units + u] (scaled). q holds the
+// group's query rows contiguously [group, d].
+TESSERA_SPARSE_CLONES void cluster_scores(const float* q, int group, int d, float scale,
+                                          const float* centroids, const float* radius2,
+                                          const float* bonus, int64_t units, float* scores) {
+  float dots[64];
   for (int64_t u = 0; u < units; ++u) {
-    const float* c = centroids + u * d;
-    for (int g = 0; g < group; ++g) {
-      float s = simd::dot(q + g * q_stride, c, d) * scale;
-      if (bonus) s += 0.5f * scale * scale * qnorm2[g] * radius2[u] / static_cast<float>(d);
-      scores[g * units + u] = s;
-    }
+    dot_many(q, d, group, centroids + u * d, d, dots);
+    for (int g = 0; g < group; ++g) scores[g * units + u] = dots[g] * scale + bonus[g] * radius2[u];
   }
 }
 
-TESSERA_CPU_CLONES void quest_scores(const float* q, int64_t q_stride, int group, int d,
-                                     float scale, const float* stats, int64_t first_page,
-                                     int64_t units, float* scores) {
+// Quest's bound sum_i max(q_i lo_i, q_i hi_i) for R query rows, lo / hi loaded once.
+template <int R>
+TESSERA_SPARSE_INLINE void quest_rows(const float* q, int d, const float* lo, const float* hi,
+                                      float* out) {
+  Vec16 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = Vec16{};
+  const int d16 = d & ~15;
+  for (int i = 0; i < d16; i += 16) {
+    const Vec16 l = load16(lo + i), h = load16(hi + i);
+    for (int r = 0; r < R; ++r) {
+      const Vec16 qv = load16(q + r * d + i);
+      const Vec16 a = qv * l, b = qv * h;
+      acc[r] += a > b ? a : b;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float tail = 0.0f;
+    for (int i = d16; i < d; ++i) tail += std::max(q[r * d + i] * lo[i], q[r * d + i] * hi[i]);
+    out[r] = sparse_simd::hsum(acc[r]) + tail;
+  }
+}
+
+TESSERA_SPARSE_CLONES void quest_scores(const float* q, int group, int d, float scale,
+                                        const float* stats, int64_t first_page, int64_t units,
+                                        float* scores) {
+  float b[64];
   for (int64_t u = 0; u < units; ++u) {
     const float* lo = stats + (first_page + u) * 2 * d;
-    const float* hi = lo + d;
-    for (int g = 0; g < group; ++g) {
-      const float* qg = q + g * q_stride;
-      float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-      for (int i = 0; i < d; ++i) s += std::max(qg[i] * lo[i], qg[i] * hi[i]);
-      scores[g * units + u] = s * scale;
-    }
+    int g = 0;
+    for (; g + 4 <= group; g += 4) quest_rows<4>(q + g * d, d, lo, lo + d, b + g);
+    for (; g < group; ++g) quest_rows<1>(q + g * d, d, lo, lo + d, b + g);
+    for (g = 0; g < group; ++g) scores[g * units + u] = b[g] * scale;
   }
 }
 
-TESSERA_CPU_CLONES void meanstd_scores(const float* q, int64_t q_stride, int group, int d,
-                                       float scale, const float* stats, int64_t first_page,
-                                       int64_t units, const float* qsq, float* scores) {
+// mean+std: scale q . mu + scale^2 / 2 (q^2) . var (stats hold mean and variance per page).
+TESSERA_SPARSE_CLONES void meanstd_scores(const float* q, const float* qsq, int group, int d,
+                                          float scale, const float* stats, int64_t first_page,
+                                          int64_t units, float* scores) {
+  float m[64], v[64];
   for (int64_t u = 0; u < units; ++u) {
     const float* mu = stats + (first_page + u) * 2 * d;
-    const float* sd = mu + d;
-    for (int g = 0; g < group; ++g) {
-      const float* qg = q + g * q_stride;
-      const float* q2 = qsq + static_cast<int64_t>(g) * d;
-      float m = 0.0f, v = 0.0f;
-#pragma omp simd reduction(+ : m, v)
-      for (int i = 0; i < d; ++i) {
-        m += qg[i] * mu[i];
-        v += q2[i] * sd[i] * sd[i];
-      }
-      scores[g * units + u] = scale * m + 0.5f * scale * scale * v;
-    }
+    dot_many(q, d, group, mu, d, m);
+    dot_many(qsq, d, group, mu + d, d, v);
+    for (int g = 0; g < group; ++g)
+      scores[g * units + u] = scale * m[g] + 0.5f * scale * scale * v[g];
   }
+}
+
+// e[u] = exp(s[u] - max) in place over one head's scores; returns the max.
+TESSERA_SPARSE_CLONES float exp_shifted(float* s, int64_t n) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t u = 0; u < n; ++u) mx = std::max(mx, s[u]);
+#pragma omp simd
+  for (int64_t u = 0; u < n; ++u) s[u] = simd::exp_approx(s[u] - mx);
+  return mx;
 }
 
 }  // namespace
@@ -176,6 +201,13 @@ SparseHeadIndex::SparseHeadIndex(const SparseSelectConfig& config, int head)
   member_offsets_.push_back(0);
 }
 
+void SparseHeadIndex::set_budget(int64_t budget) {
+  SparseSelectConfig c = config_;
+  c.budget = budget;
+  c.validate();
+  config_ = c;
+}
+
 void SparseHeadIndex::update(const KeyRows& keys, int64_t num_tokens) {
   TESSERA_CHECK(keys.kv.head_dim_k == config_.head_dim, "key head_dim=", keys.kv.head_dim_k,
                 " differs from the sparse config's head_dim=", config_.head_dim);
@@ -235,7 +267,7 @@ void SparseHeadIndex::index_pages_quest_meanstd(const KeyRows& keys, int64_t fir
       for (int i = 0; i < d; ++i) {
         const double mean = sum[i] / pt;
         a[i] = static_cast<float>(mean);
-        b[i] = static_cast<float>(std::sqrt(std::max(0.0, sum2[i] / pt - mean * mean)));
+        b[i] = static_cast<float>(std::max(0.0, sum2[i] / pt - mean * mean));  // variance
       }
     }
   }
@@ -262,6 +294,9 @@ void SparseHeadIndex::cluster_chunk(const KeyRows& keys, int64_t first_page, int
                                                     config_.effective_clusters_per_page())));
   opt.iters = config_.kmeans_iters;
   opt.seed = mix_seed(config_.seed, static_cast<uint64_t>(head_), static_cast<uint64_t>(first));
+  opt.farthest_seeds = static_cast<int>(std::ceil(config_.farthest_seeds * opt.clusters));
+  opt.spherical = config_.spherical;
+  opt.metric = metric_.empty() ? nullptr : metric_.data();
   const std::vector<int32_t> assign = spherical_kmeans(x.data(), n, d, opt);
   const int k = n == 0 ? 0 : *std::max_element(assign.begin(), assign.end()) + 1;
 
@@ -298,6 +333,34 @@ void SparseHeadIndex::cluster_chunk(const KeyRows& keys, int64_t first_page, int
     max_pos_.push_back(m[count[c] - 1]);
     member_offsets_.push_back(static_cast<int32_t>(base + start[c + 1]));
   }
+}
+
+void SparseHeadIndex::set_query_samples(const float* q, int64_t rows, int64_t q_stride) {
+  const int d = config_.head_dim;
+  TESSERA_CHECK(rows > 0, "set_query_samples needs at least one query, got rows=", rows);
+  // Second moment E[q q^T] (fp64), regularised, then its Cholesky factor L (Sigma = L L^T).
+  std::vector<double> m(static_cast<size_t>(d) * d, 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* x = q + r * q_stride;
+    for (int a = 0; a < d; ++a) {
+      for (int b = 0; b <= a; ++b) m[a * d + b] += static_cast<double>(x[a]) * x[b];
+    }
+  }
+  double trace = 0.0;
+  for (int a = 0; a < d; ++a) trace += m[a * d + a];
+  TESSERA_CHECK(std::isfinite(trace), "query samples must be finite");
+  const double ridge = 1e-2 * trace / d + 1e-12;
+  for (int a = 0; a < d; ++a) m[a * d + a] += ridge;
+  metric_.assign(static_cast<size_t>(d) * d, 0.0f);
+  std::vector<double> l(static_cast<size_t>(d) * d, 0.0);
+  for (int a = 0; a < d; ++a) {
+    for (int b = 0; b <= a; ++b) {
+      double sum = m[a * d + b];
+      for (int c = 0; c < b; ++c) sum -= l[a * d + c] * l[b * d + c];
+      l[a * d + b] = a == b ? std::sqrt(std::max(sum, 1e-30)) : sum / l[b * d + b];
+    }
+  }
+  for (size_t i = 0; i < l.size(); ++i) metric_[i] = static_cast<float>(l[i]);
 }
 
 void SparseHeadIndex::recluster_globally(const KeyRows& keys) {
@@ -396,37 +459,43 @@ int64_t SparseHeadIndex::select_range(const float* q, int64_t q_stride, int64_t 
     const int64_t end_page = clusters ? 0 : (window_begin + pt - 1) / pt;
     const int64_t units = clusters ? num_units() : end_page - first_page;
     SelectScratch& s = scratch();
+    TESSERA_CHECK(group <= 64, "sparse selection supports group <= 64, got ", group);
     s.scores.resize(static_cast<size_t>(group * units));
     s.density.assign(static_cast<size_t>(units), 0.0f);
-    s.qnorm2.resize(static_cast<size_t>(group));
+    s.qrows.resize(static_cast<size_t>(group) * d);
+    s.bonus.resize(static_cast<size_t>(group));
     for (int g = 0; g < group; ++g) {
-      s.qnorm2[g] = simd::dot(q + g * q_stride, q + g * q_stride, d);
+      std::copy_n(q + g * q_stride, d, s.qrows.data() + static_cast<size_t>(g) * d);
+      float n2 = 0.0f;
+      for (int i = 0; i < d; ++i) n2 += q[g * q_stride + i] * q[g * q_stride + i];
+      // log E exp(scale q . k) over a Gaussian cluster of isotropic variance r^2 / d.
+      s.bonus[g] = config_.radius_bonus ? 0.5f * scale * scale * n2 / static_cast<float>(d) : 0.0f;
     }
     if (clusters) {
-      cluster_scores(q, q_stride, group, d, scale, centroids_.data(), radius2_.data(),
-                     config_.radius_bonus, units, s.qnorm2.data(), s.scores.data());
+      cluster_scores(s.qrows.data(), group, d, scale, centroids_.data(), radius2_.data(),
+                     s.bonus.data(), units, s.scores.data());
     } else if (config_.method == SparseMethod::kQuest) {
-      quest_scores(q, q_stride, group, d, scale, page_stats_.data(), first_page, units,
+      quest_scores(s.qrows.data(), group, d, scale, page_stats_.data(), first_page, units,
                    s.scores.data());
     } else {
       s.qsq.resize(static_cast<size_t>(group) * d);
-      for (int g = 0; g < group; ++g) {
-        for (int i = 0; i < d; ++i) s.qsq[g * d + i] = q[g * q_stride + i] * q[g * q_stride + i];
-      }
-      meanstd_scores(q, q_stride, group, d, scale, page_stats_.data(), first_page, units,
-                     s.qsq.data(), s.scores.data());
+      for (size_t i = 0; i < s.qsq.size(); ++i) s.qsq[i] = s.qrows[i] * s.qrows[i];
+      meanstd_scores(s.qrows.data(), s.qsq.data(), group, d, scale, page_stats_.data(), first_page,
+                     units, s.scores.data());
     }
     // Estimated share of each head's attention mass per token of a unit, averaged over the
     // group: exp(score) normalised by the head's total over all units (weighted by their sizes).
     for (int g = 0; g < group; ++g) {
       float* sg = s.scores.data() + static_cast<int64_t>(g) * units;
-      float mx = kNegInf;
-      for (int64_t u = 0; u < units; ++u) mx = std::max(mx, sg[u]);
+      exp_shifted(sg, units);
       double z = 0.0;
-      for (int64_t u = 0; u < units; ++u) {
-        sg[u] = std::exp(sg[u] - mx);
-        const int64_t size = clusters ? member_offsets_[u + 1] - member_offsets_[u] : pt;
-        z += static_cast<double>(size) * sg[u];
+      if (clusters) {
+        for (int64_t u = 0; u < units; ++u) {
+          z += static_cast<double>(member_offsets_[u + 1] - member_offsets_[u]) * sg[u];
+        }
+      } else {
+        for (int64_t u = 0; u < units; ++u) z += sg[u];
+        z *= pt;
       }
       const auto inv = static_cast<float>(1.0 / z);
       for (int64_t u = 0; u < units; ++u) s.density[u] += sg[u] * inv;
@@ -440,7 +509,10 @@ int64_t SparseHeadIndex::select_range(const float* q, int64_t q_stride, int64_t 
     const int64_t avg =
         std::max<int64_t>(1, (window_begin - sink_end) / std::max<int64_t>(units, 1));
     const int64_t want = std::min(units, 2 * remaining / avg + 64);
-    std::partial_sort(s.order.begin(), s.order.begin() + want, s.order.end(), by_density);
+    if (want > 0) {
+      std::nth_element(s.order.begin(), s.order.begin() + (want - 1), s.order.end(), by_density);
+    }
+    std::sort(s.order.begin(), s.order.begin() + want, by_density);
     bool sorted_all = want == units;
     for (int64_t i = 0; i < units && remaining > 0; ++i) {
       if (i == want && !sorted_all) {
@@ -480,6 +552,27 @@ SparseSequenceIndex::SparseSequenceIndex(const SparseSelectConfig& config, int n
   for (int kh = 0; kh < num_kv_heads; ++kh) heads_.emplace_back(config_, kh);
 }
 
+void SparseSequenceIndex::set_budget(int64_t budget) {
+  for (auto& h : heads_) h.set_budget(budget);
+  config_.budget = budget;
+}
+
+void SparseSequenceIndex::set_query_samples(const float* q, int64_t rows,
+                                            const int64_t q_stride[2]) {
+  const int group = config_.group, d = config_.head_dim;
+  std::vector<float> rows_of(static_cast<size_t>(rows) * group * d);
+  for (int kh = 0; kh < num_kv_heads(); ++kh) {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int g = 0; g < group; ++g) {
+        const float* src =
+            q + r * q_stride[0] + (static_cast<int64_t>(kh) * group + g) * q_stride[1];
+        std::copy(src, src + d, rows_of.data() + (r * group + g) * d);
+      }
+    }
+    heads_[static_cast<size_t>(kh)].set_query_samples(rows_of.data(), rows * group, d);
+  }
+}
+
 void SparseSequenceIndex::update(const PagedKv& kv, const int32_t* block_table,
                                  int64_t num_tokens) {
   TESSERA_CHECK(kv.num_kv_heads == num_kv_heads(), "cache has ", kv.num_kv_heads,
@@ -509,17 +602,16 @@ int64_t SparseSequenceIndex::metadata_bytes() const {
   return b;
 }
 
-void sparse_select_batch(std::span<const SparseSequenceIndex* const> seqs, const float* q,
-                         const int64_t q_stride[2], const int64_t* num_tokens, int32_t* idx,
-                         int32_t* counts, int64_t max_entries) {
+void sparse_select_check(std::span<const SparseSequenceIndex* const> seqs,
+                         const int64_t* num_tokens, int64_t max_entries) {
   if (seqs.empty()) return;
   const int heads = seqs[0]->num_kv_heads();
   const int group = seqs[0]->config().group;
-  const int64_t pairs = static_cast<int64_t>(seqs.size()) * heads;
-  // Everything that could throw is checked here: an exception cannot leave the parallel loop.
   for (size_t i = 0; i < seqs.size(); ++i) {
     const auto& c = seqs[i]->config();
     const int64_t n = num_tokens[i];
+    TESSERA_CHECK(n >= 0 && n <= std::numeric_limits<int32_t>::max(), "num_tokens[", i, "]=", n,
+                  " must be in [0, 2^31)");
     TESSERA_CHECK(seqs[i]->num_kv_heads() == heads && c.group == group,
                   "every sequence of a batch needs the same kv heads and group; sequence ", i,
                   " has ", seqs[i]->num_kv_heads(), " x ", c.group, ", sequence 0 ", heads, " x ",
@@ -533,6 +625,17 @@ void sparse_select_batch(std::span<const SparseSequenceIndex* const> seqs, const
                     indexed, " of ", n, " tokens): call update() with num_tokens=", n, " first");
     }
   }
+}
+
+void sparse_select_batch(std::span<const SparseSequenceIndex* const> seqs, const float* q,
+                         const int64_t q_stride[2], const int64_t* num_tokens, int32_t* idx,
+                         int32_t* counts, int64_t max_entries) {
+  if (seqs.empty()) return;
+  // Everything that could throw is checked first: an exception cannot leave the parallel loop.
+  sparse_select_check(seqs, num_tokens, max_entries);
+  const int heads = seqs[0]->num_kv_heads();
+  const int group = seqs[0]->config().group;
+  const int64_t pairs = static_cast<int64_t>(seqs.size()) * heads;
 #pragma omp parallel for schedule(dynamic, 1) if (pairs > 1)
   for (int64_t pr = 0; pr < pairs; ++pr) {
     const int64_t s = pr / heads;

@@ -1,16 +1,20 @@
 // Token selection for sparse decode: which cached tokens a decode step attends to, per sequence
 // and KV head (shared by the head's GQA query group), within a token budget. Every method always
 // takes the attention sinks (first tokens) and a recent window; the rest of the budget goes to:
-//   cluster      keys of full pages, centred and normalised, grouped by spherical k-means into
-//                clusters (centroid = mean raw key, mean squared radius, member list). Clustering
-//                is incremental: pages are grouped in chunks of chunk_pages; the open chunk is
-//                re-clustered when one of its pages fills, a complete chunk is never touched again.
-//                At decode the queries score centroids and whole clusters are taken in order of
-//                estimated attention mass per token until the budget is met.
+//   cluster      keys of full pages, centred (and, given query samples, mapped into the metric of
+//                the queries' second moment, where distance is the expected error of q . k),
+//                grouped by k-means (Euclidean by default, cosine on normalised keys as an option;
+//                a quarter of the seeds farthest-first so isolated keys keep their own cluster)
+//                into clusters: centroid = mean raw key, mean squared radius, member list.
+//                Clustering is incremental: pages are grouped in chunks of chunk_pages; the open
+//                chunk is re-clustered when one of its pages fills, a complete chunk is never
+//                touched again. At decode the queries score centroids (plus a radius bonus) and
+//                whole clusters are taken in order of estimated attention mass per token until the
+//                budget is met (the last one partly).
 //   quest        Quest: per page channel-wise min / max of the keys; a page's score is the upper
 //                bound sum_d max(q_d min_d, q_d max_d); whole pages in score order.
-//   meanstd      per page channel-wise mean and standard deviation; score = the log of the
-//                expected softmax mass of a Gaussian page, q.mu + scale/2 sum_d q_d^2 sigma_d^2.
+//   meanstd      per page channel-wise mean and variance; score = the log of the expected
+//                softmax mass of a Gaussian page, scale q.mu + scale^2/2 sum_d q_d^2 sigma_d^2.
 //   sink_window  nothing but the sinks and the most recent tokens.
 // Cluster and page metadata are kept at equal bytes by default (SparseSelectConfig::
 // clusters_per_page). Torch-free; the lists feed kernels/sparse_decode/sparse_attention.h.
@@ -45,7 +49,12 @@ struct SparseSelectConfig {
   int chunk_pages = 16;            // pages clustered together
   double clusters_per_page = 0.0;  // 0 = equal metadata bytes with Quest (equal_bytes_...)
   int kmeans_iters = 8;
+  // The defaults below won on the benchmark's families (docs/sparse_decode.md, `tessera bench
+  // sparse` ablation): Euclidean k-means in the query metric, a quarter of the seeds
+  // farthest-first, the radius bonus.
   bool radius_bonus = true;  // add scale^2 |q|^2 r^2 / (2 d): a cluster's spread raises its mass
+  bool spherical = false;    // true: cluster normalised keys (cosine k-means, as in ClusterKV)
+  double farthest_seeds = 0.25;  // fraction of each chunk's k-means seeds picked farthest-first
   uint64_t seed = 0;
 
   // Throws tessera::Error naming the field and value: budget <= 0, budget below sinks + window +
@@ -76,6 +85,8 @@ class SparseHeadIndex {
   // Adds the pages of positions [0, num_tokens) that are full and not indexed yet (num_tokens never
   // decreases). Cluster method: complete chunks are clustered once; the open chunk is re-clustered.
   void update(const KeyRows& keys, int64_t num_tokens);
+  // A new token budget (validated as in the config); the metadata does not depend on it.
+  void set_budget(int64_t budget);
   // Positions [0, indexed_tokens()) have metadata (whole pages).
   int64_t indexed_tokens() const { return indexed_pages_ * config_.page_tokens; }
 
@@ -89,6 +100,11 @@ class SparseHeadIndex {
   // [window_begin, num_tokens). window_begin is lowered to indexed_tokens() if it lies above.
   int64_t select_range(const float* q, int64_t q_stride, int64_t num_tokens, int64_t sink_end,
                        int64_t window_begin, int64_t middle_budget, int32_t* out) const;
+
+  // Query samples (e.g. the prefill's queries of this head's group), rows q_stride apart: later
+  // clustering measures key distances in the metric of their second moment (see KMeansOptions).
+  void set_query_samples(const float* q, int64_t rows, int64_t q_stride);
+  bool has_query_metric() const { return !metric_.empty(); }
 
   // Re-clusters every indexed token at once (one k-means over all full pages, as many clusters
   // as the chunks hold together): the from-scratch reference of incremental clustering.
@@ -107,7 +123,7 @@ class SparseHeadIndex {
   SparseSelectConfig config_;
   int head_ = 0;
   int64_t indexed_pages_ = 0;
-  // Pages: [pages, 2, head_dim]: (min, max) for quest, (mean, std) for meanstd.
+  // Pages: [pages, 2, head_dim]: (min, max) for quest, (mean, variance) for meanstd.
   std::vector<float> page_stats_;
   // Clusters, in chunk order; those of the open chunk (pages from sealed_pages_) at the tail.
   int64_t sealed_pages_ = 0;
@@ -117,6 +133,7 @@ class SparseHeadIndex {
   std::vector<int32_t> member_offsets_;  // [clusters + 1]
   std::vector<int32_t> members_;         // positions
   std::vector<int32_t> min_pos_, max_pos_;
+  std::vector<float> metric_;  // [head_dim, head_dim]: Cholesky factor of the query second moment
 };
 
 // The selection state of one sequence: one SparseHeadIndex per kv head.
@@ -128,6 +145,9 @@ class SparseSequenceIndex {
   SparseHeadIndex& head(int kh) { return heads_[static_cast<size_t>(kh)]; }
   const SparseHeadIndex& head(int kh) const { return heads_[static_cast<size_t>(kh)]; }
 
+  void set_budget(int64_t budget);
+  // q [rows, num_q_heads, head_dim] (strides q_stride): query samples for every kv head's metric.
+  void set_query_samples(const float* q, int64_t rows, const int64_t q_stride[2]);
   // Indexes newly full pages of every kv head (keys read from the pool through block_table).
   void update(const PagedKv& kv, const int32_t* block_table, int64_t num_tokens);
   // q [num_q_heads = num_kv_heads * group, head_dim], rows q_stride apart. Writes the lists of
@@ -140,6 +160,11 @@ class SparseSequenceIndex {
   SparseSelectConfig config_;
   std::vector<SparseHeadIndex> heads_;
 };
+
+// The checks of sparse_select_batch (same kv heads and group, lists long enough, indexes up to
+// date), for callers that select inside their own parallel loop.
+void sparse_select_check(std::span<const SparseSequenceIndex* const> seqs,
+                         const int64_t* num_tokens, int64_t max_entries);
 
 // One decode step's selection for a batch, (sequence, kv head) pairs in parallel: q [num_seqs,
 // num_q_heads, head_dim] (strides q_stride), num_tokens [num_seqs]; writes idx [num_seqs,
