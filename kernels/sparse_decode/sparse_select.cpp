@@ -211,6 +211,9 @@ void SparseHeadIndex::set_budget(int64_t budget) {
 void SparseHeadIndex::update(const KeyRows& keys, int64_t num_tokens) {
   TESSERA_CHECK(keys.kv.head_dim_k == config_.head_dim, "key head_dim=", keys.kv.head_dim_k,
                 " differs from the sparse config's head_dim=", config_.head_dim);
+  TESSERA_CHECK(num_tokens >= indexed_tokens(), "num_tokens=", num_tokens, " is below the ",
+                indexed_tokens(),
+                " tokens already indexed (a shortened sequence needs a new index)");
   const int64_t full = num_tokens / config_.page_tokens;
   if (full <= indexed_pages_) return;
   switch (config_.method) {
@@ -577,6 +580,12 @@ void SparseSequenceIndex::update(const PagedKv& kv, const int32_t* block_table,
                                  int64_t num_tokens) {
   TESSERA_CHECK(kv.num_kv_heads == num_kv_heads(), "cache has ", kv.num_kv_heads,
                 " kv heads, the sparse index ", num_kv_heads());
+  // Checked here as well as per head: an exception cannot leave the parallel loop below.
+  TESSERA_CHECK(kv.head_dim_k == config_.head_dim, "key head_dim=", kv.head_dim_k,
+                " differs from the sparse config's head_dim=", config_.head_dim);
+  TESSERA_CHECK(num_tokens >= heads_[0].indexed_tokens(), "num_tokens=", num_tokens,
+                " is below the ", heads_[0].indexed_tokens(),
+                " tokens already indexed (a shortened sequence needs a new index)");
   const int heads = num_kv_heads();
 #pragma omp parallel for schedule(dynamic, 1) if (heads > 1)
   for (int kh = 0; kh < heads; ++kh) {
