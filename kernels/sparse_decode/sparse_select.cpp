@@ -611,6 +611,51 @@ int64_t SparseSequenceIndex::metadata_bytes() const {
   return b;
 }
 
+SparseShard sparse_shard(const SparseSelectConfig& config, int64_t global_tokens,
+                         int64_t block_tokens, int world, int rank) {
+  config.validate();
+  TESSERA_CHECK(block_tokens > 0, "block_tokens must be positive, got ", block_tokens);
+  TESSERA_CHECK(world > 0 && rank >= 0 && rank < world, "rank=", rank,
+                " must be in [0, world=", world, ")");
+  TESSERA_CHECK(global_tokens >= 0, "global_tokens must be >= 0, got ", global_tokens);
+  // Positions below p that rank r holds.
+  auto below = [&](int64_t p, int r) {
+    const int64_t round = block_tokens * world;
+    return p / round * block_tokens +
+           std::clamp<int64_t>(p % round - r * block_tokens, 0, block_tokens);
+  };
+  const int64_t n = global_tokens;
+  const bool all = n <= config.budget;
+  const int64_t sinks = std::min(config.sinks, n);
+  const int64_t win = all ? n : std::max(sinks, n - config.window);
+  std::vector<int64_t> mid(static_cast<size_t>(world));
+  int64_t total_mid = 0;
+  for (int r = 0; r < world; ++r) {
+    mid[r] = below(win, r) - below(sinks, r);
+    total_mid += mid[r];
+  }
+  const int64_t want = all ? total_mid : config.budget - sinks - (n - win);
+  // Shares proportional to the middle tokens held; the remainder one by one to the first ranks.
+  std::vector<int64_t> share(static_cast<size_t>(world));
+  int64_t given = 0;
+  for (int r = 0; r < world; ++r) {
+    share[r] = total_mid > 0 ? want * mid[r] / total_mid : 0;
+    given += share[r];
+  }
+  for (int r = 0; r < world && given < want; ++r) {
+    if (share[r] < mid[r]) {
+      ++share[r];
+      ++given;
+    }
+  }
+  SparseShard s;
+  s.local_tokens = below(n, rank);
+  s.sink_end = below(sinks, rank);
+  s.window_begin = below(win, rank);
+  s.middle_budget = share[rank];
+  return s;
+}
+
 void sparse_select_check(std::span<const SparseSequenceIndex* const> seqs,
                          const int64_t* num_tokens, int64_t max_entries) {
   if (seqs.empty()) return;

@@ -161,6 +161,23 @@ class SparseSequenceIndex {
   std::vector<SparseHeadIndex> heads_;
 };
 
+// One rank's part of a selection over a KV cache sharded by sequence: blocks of block_tokens
+// positions dealt round-robin to `world` ranks (the placement of sharding::SequencePlacement: a
+// rank's local index i is position ((i / block_tokens) * world + rank) * block_tokens +
+// i % block_tokens). Each rank selects over its own tokens with SparseHeadIndex::select_range
+// (local positions) and the partial attention results merge exactly by LSE. The global sinks and
+// window stay forced; the chosen middle is split over the ranks in proportion to the middle tokens
+// each holds, so the ranks together take the global budget (plus at most page_tokens - 1 not yet
+// indexed tokens per rank). Every rank computes every rank's share identically: no communication.
+struct SparseShard {
+  int64_t local_tokens = 0;   // tokens this rank holds among positions [0, global_tokens)
+  int64_t sink_end = 0;       // local [0, sink_end): global sinks
+  int64_t window_begin = 0;   // local [window_begin, local_tokens): the global window
+  int64_t middle_budget = 0;  // this rank's share of the chosen tokens
+};
+SparseShard sparse_shard(const SparseSelectConfig& config, int64_t global_tokens,
+                         int64_t block_tokens, int world, int rank);
+
 // The checks of sparse_select_batch (same kv heads and group, lists long enough, indexes up to
 // date), for callers that select inside their own parallel loop.
 void sparse_select_check(std::span<const SparseSequenceIndex* const> seqs,

@@ -62,16 +62,14 @@ struct Shape {
 TEST(SparseDecodeCuda, MatchesReferenceOnTheSameViews) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
   const std::vector<Shape> shapes = {
-      {{37, 5, 61}, 16, 4, 2, 24, 24, 20},
-      {{19}, 1, 3, 1, 40, 24, 19},
-      {{50, 7, 33, 12, 29}, 3, 6, 3, 17, 33, 64},
-      {{300, 2}, 16, 8, 8, 128, 128, 150},
+      {{37, 5, 61}, 16, 4, 2, 24, 24, 20},        {{19}, 1, 3, 1, 40, 24, 19},
+      {{50, 7, 33, 12, 29}, 3, 6, 3, 17, 33, 64}, {{300, 2}, 16, 8, 8, 128, 128, 150},
       {{10000}, 16, 4, 1, 64, 64, 9000},
   };
   uint32_t seed = 5;
   for (const auto& sh : shapes) {
-    for (KvDType dtype : {KvDType::kF32, KvDType::kF16, KvDType::kBF16, KvDType::kI8,
-                          KvDType::kF8E4M3}) {
+    for (KvDType dtype :
+         {KvDType::kF32, KvDType::kF16, KvDType::kBF16, KvDType::kI8, KvDType::kF8E4M3}) {
       PoolSpec ps{sh.lens, sh.block_size, sh.hkv, sh.dk, sh.dv, dtype, seed++};
       Pool pool(ps);
       std::mt19937 rng(seed);
@@ -85,7 +83,7 @@ TEST(SparseDecodeCuda, MatchesReferenceOnTheSameViews) {
           std::shuffle(all.begin(), all.end(), rng);
           all.resize(std::min<size_t>(all.size(), sh.entries));
           if (!all.empty()) all.push_back(all[0]);  // one duplicate
-          if ((s + h) % 4 == 3) all.clear();         // some empty lists
+          if ((s + h) % 4 == 3) all.clear();        // some empty lists
           std::copy(all.begin(), all.end(), idx.begin() + (s * sh.hkv + h) * max_entries);
           counts.push_back(static_cast<int32_t>(all.size()));
         }
@@ -106,7 +104,8 @@ TEST(SparseDecodeCuda, MatchesReferenceOnTheSameViews) {
       a.num_q_heads = sh.hq;
       a.max_entries = max_entries;
       a.scale = 1.0f / std::sqrt(static_cast<float>(sh.dk));
-      std::vector<float> out(static_cast<size_t>(n) * sh.hq * sh.dv), lse(static_cast<size_t>(n) * sh.hq);
+      std::vector<float> out(static_cast<size_t>(n) * sh.hq * sh.dv),
+          lse(static_cast<size_t>(n) * sh.hq);
       a.out = out.data();
       a.lse = lse.data();
       sparse_decode_ref(a);
@@ -134,12 +133,13 @@ TEST(SparseDecodeCuda, MatchesReferenceOnTheSameViews) {
         ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
         const auto got = dout.to_host<float>();
         const auto got_lse = dlse.to_host<float>();
-        const std::string what = "bs=" + std::to_string(sh.block_size) + " dk=" +
-                                 std::to_string(sh.dk) + " dtype=" +
-                                 std::to_string(static_cast<int>(dtype)) + " splits=" +
-                                 std::to_string(splits);
+        const std::string what = "bs=" + std::to_string(sh.block_size) +
+                                 " dk=" + std::to_string(sh.dk) +
+                                 " dtype=" + std::to_string(static_cast<int>(dtype)) +
+                                 " splits=" + std::to_string(splits);
         for (size_t i = 0; i < out.size(); ++i) {
-          ASSERT_LE(std::fabs(got[i] - out[i]), 1e-4 * (1.0 + std::fabs(out[i]))) << what << " " << i;
+          ASSERT_LE(std::fabs(got[i] - out[i]), 1e-4 * (1.0 + std::fabs(out[i])))
+              << what << " " << i;
         }
         for (size_t i = 0; i < lse.size(); ++i) {
           if (std::isinf(lse[i])) {
