@@ -43,11 +43,14 @@ TESSERA_SPARSE_CLONES void dots_with(const float* y, int n, int d, const float* 
   dot_many(y, d, n, x, d, dots);
 }
 
-// Rows of x [n, d] replaced by m^T x (mt = m^T, row-major [d, d]).
+// Rows of x [n, d] replaced by m^T x for a lower-triangular m (mt = m^T, row-major [d, d]: row b
+// is zero before column b, so only its tail is read).
 TESSERA_SPARSE_CLONES void transform_rows(float* x, int n, int d, const float* mt, float* tmp) {
   for (int i = 0; i < n; ++i) {
     float* xi = x + static_cast<int64_t>(i) * d;
-    dot_many(mt, d, d, xi, d, tmp);
+    for (int b = 0; b < d; ++b) {
+      dot_many(mt + static_cast<int64_t>(b) * d + b, d, 1, xi + b, d - b, tmp + b);
+    }
     std::copy(tmp, tmp + d, xi);
   }
 }

@@ -18,9 +18,10 @@ struct KMeansOptions {
   // The first farthest_seeds centres are picked farthest-first (the key least similar to every
   // centre so far: isolated keys such as needles get a cluster of their own); the rest k-means++.
   int farthest_seeds = 0;
-  // Optional [d, d] row-major matrix M applied to every centred key (y = M^T x) before
-  // normalising: with M M^T the queries' second moment, distances approximate the expected error
-  // of q . k (null = identity).
+  // Optional lower-triangular [d, d] row-major matrix M applied to every centred key (y = M^T x)
+  // before
+  // normalising: with M M^T the queries' second moment (M its Cholesky factor), distances
+  // approximate the expected error of q . k (null = identity).
   const float* metric = nullptr;
 };
 
