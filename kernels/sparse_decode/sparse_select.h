@@ -162,9 +162,9 @@ class SparseSequenceIndex {
 };
 
 // One rank's part of a selection over a KV cache sharded by sequence: blocks of block_tokens
-// positions dealt round-robin to `world` ranks (the placement of sharding::SequencePlacement: a
-// rank's local index i is position ((i / block_tokens) * world + rank) * block_tokens +
-// i % block_tokens). Each rank selects over its own tokens with SparseHeadIndex::select_range
+// positions dealt round-robin to `world` ranks (models::SequencePlacement in
+// runtime/models/layers/sequence_sharded_kv.h: a rank's local index i is position
+// ((i / block_tokens) * world + rank) * block_tokens + i % block_tokens). Each rank selects over its own tokens with SparseHeadIndex::select_range
 // (local positions) and the partial attention results merge exactly by LSE. The global sinks and
 // window stay forced; the chosen middle is split over the ranks in proportion to the middle tokens
 // each holds, so the ranks together take the global budget (plus at most page_tokens - 1 not yet

@@ -1,5 +1,5 @@
 // Sparse decode over a KV cache sharded by sequence (run under mpirun with 1, 2 and 4 ranks): each
-// rank indexes and selects over the tokens it holds (sharding::SequenceShardedKVCache's local
+// rank indexes and selects over the tokens it holds (models::SequenceShardedKVCache's local
 // storage, read in place as one page per batch row), attends over them with the sparse kernel, and
 // the partial results merge by LSE after one all-gather. With a budget that covers the context the
 // result equals dense paged decode of the whole context on one rank (and the sharded cache's own
@@ -18,7 +18,7 @@
 #include "kernels/ops/sparse_decode_ops.h"
 #include "kernels/sparse_decode/sparse_select.h"
 #include "sharding/mpi/mpi_communicator.h"
-#include "sharding/sequence_sharded_kv.h"
+#include "runtime/models/layers/sequence_sharded_kv.h"
 
 namespace tessera::kernels {
 namespace {
@@ -77,7 +77,7 @@ TEST(SparseSharded, EachRankSelectsItsOwnTokensAndLseMergeIsExact) {
   auto q = torch::randn({kB, kHq, kD}) + topic * 0.5;
   const double scale = 1.0 / std::sqrt(static_cast<double>(kD));
 
-  sharding::SequenceShardedKVConfig cfg;
+  models::SequenceShardedKVConfig cfg;
   cfg.cache.num_layers = 1;
   cfg.cache.batch_size = kB;
   cfg.cache.max_len = kLen;
@@ -86,7 +86,7 @@ TEST(SparseSharded, EachRankSelectsItsOwnTokensAndLseMergeIsExact) {
   cfg.cache.max_chunk_tokens = kLen;
   cfg.cache.windows = {0};
   cfg.block_tokens = kBlock;
-  sharding::SequenceShardedKVCache cache(cfg, &comm);
+  models::SequenceShardedKVCache cache(cfg, &comm);
   cache.append(0, k, v,
                torch::arange(kLen, torch::kLong).unsqueeze(0).expand({kB, kLen}).contiguous());
   const auto local = cache.local_layer(0);
