@@ -69,28 +69,14 @@ void normalise(float* v, int d) {
   for (int i = 0; i < d; ++i) v[i] *= inv;
 }
 
-}  // namespace
-
-std::vector<int32_t> spherical_kmeans(const float* keys, int n, int d, const KMeansOptions& opt) {
-  std::vector<int32_t> assign(static_cast<size_t>(n), 0);
-  if (n <= 1 || d <= 0) return assign;
-  int k = std::clamp(opt.clusters, 1, n);
-
-  // Centred keys, in the query metric, normalised for cosine k-means; a key equal to the mean
-  // stays the zero vector.
-  std::vector<float> y(keys, keys + static_cast<int64_t>(n) * d);
-  if (opt.centre) {
-    std::vector<double> mu(static_cast<size_t>(d), 0.0);
-    for (int i = 0; i < n; ++i) {
-      for (int j = 0; j < d; ++j) mu[j] += y[static_cast<int64_t>(i) * d + j];
-    }
-    for (int i = 0; i < n; ++i) {
-      for (int j = 0; j < d; ++j) {
-        y[static_cast<int64_t>(i) * d + j] -= static_cast<float>(mu[j] / n);
-      }
-    }
+// Keys [n, d] mapped into the space k-means works in: minus mu, through the metric, normalised
+// when spherical. Returns the squared norms.
+std::vector<float> transform_keys(std::vector<float>& y, int n, int d, const float* mu,
+                                  const KMeansOptions& opt) {
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j < d; ++j) y[static_cast<int64_t>(i) * d + j] -= mu[j];
   }
-  std::vector<float> tmp(static_cast<size_t>(std::max(n, d)));
+  std::vector<float> tmp(static_cast<size_t>(d));
   if (opt.metric != nullptr) {
     std::vector<float> mt(static_cast<size_t>(d) * d);
     for (int a = 0; a < d; ++a) {
@@ -104,7 +90,31 @@ std::vector<int32_t> spherical_kmeans(const float* keys, int n, int d, const KMe
     if (opt.spherical) normalise(yi, d);
     y2[i] = norm2(yi, d);
   }
+  return y2;
+}
 
+}  // namespace
+
+KMeansResult kmeans_keys(const float* keys, int n, int d, const KMeansOptions& opt) {
+  KMeansResult res;
+  res.assign.assign(static_cast<size_t>(n), 0);
+  res.mu.assign(static_cast<size_t>(std::max(d, 0)), 0.0f);
+  if (n <= 0 || d <= 0) return res;
+  std::vector<int32_t>& assign = res.assign;
+  int k = std::clamp(opt.clusters, 1, n);
+
+  // Centred keys, in the query metric, normalised for cosine k-means; a key equal to the mean
+  // stays the zero vector.
+  std::vector<float> y(keys, keys + static_cast<int64_t>(n) * d);
+  if (opt.centre) {
+    std::vector<double> mu(static_cast<size_t>(d), 0.0);
+    for (int i = 0; i < n; ++i) {
+      for (int j = 0; j < d; ++j) mu[j] += y[static_cast<int64_t>(i) * d + j];
+    }
+    for (int j = 0; j < d; ++j) res.mu[j] = static_cast<float>(mu[j] / n);
+  }
+  const std::vector<float> y2 = transform_keys(y, n, d, res.mu.data(), opt);
+  std::vector<float> tmp(static_cast<size_t>(n));
   // Seeding: the first `farthest_seeds` centres farthest-first, the rest by k-means++ (drawn with
   // probability proportional to the squared distance to the nearest centre so far).
   std::mt19937_64 rng(opt.seed);
@@ -179,10 +189,30 @@ std::vector<int32_t> spherical_kmeans(const float* keys, int n, int d, const KMe
   std::vector<int32_t> renumber(static_cast<size_t>(k), -1);
   int32_t next = 0;
   for (auto& a : assign) {
-    if (renumber[a] < 0) renumber[a] = next++;
+    if (renumber[a] < 0) {
+      renumber[a] = next++;
+      res.centres.insert(res.centres.end(), c.begin() + static_cast<int64_t>(a) * d,
+                         c.begin() + static_cast<int64_t>(a + 1) * d);
+    }
     a = renumber[a];
   }
-  return assign;
+  return res;
+}
+
+void kmeans_assign(const KMeansResult& model, const float* keys, int n, int d,
+                   const KMeansOptions& opt, int32_t* out) {
+  const int k = model.clusters();
+  if (n <= 0 || k == 0) return;
+  std::vector<float> y(keys, keys + static_cast<int64_t>(n) * d);
+  transform_keys(y, n, d, model.mu.data(), opt);
+  std::vector<float> half_c2(static_cast<size_t>(k)), best(static_cast<size_t>(n)),
+      dots(static_cast<size_t>(k));
+  for (int j = 0; j < k; ++j) {
+    half_c2[j] = 0.5f * norm2(model.centres.data() + static_cast<int64_t>(j) * d, d);
+  }
+  std::fill(out, out + n, -1);
+  assign_rows(y.data(), n, d, model.centres.data(), half_c2.data(), k, out, best.data(),
+              dots.data());
 }
 
 }  // namespace tessera::kernels

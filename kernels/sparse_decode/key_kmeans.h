@@ -25,8 +25,21 @@ struct KMeansOptions {
   const float* metric = nullptr;
 };
 
-// keys [n, d] contiguous float32. Returns the cluster of every key, numbered densely from 0 in
-// order of first appearance; every returned cluster has at least one member.
-std::vector<int32_t> spherical_kmeans(const float* keys, int n, int d, const KMeansOptions& opt);
+struct KMeansResult {
+  // The cluster of every key, numbered densely from 0 in order of first appearance; every
+  // cluster has at least one member.
+  std::vector<int32_t> assign;
+  std::vector<float> mu;       // [d]: the centring vector (zeros without centring)
+  std::vector<float> centres;  // [clusters, d]: the centres the final assignment used, in the
+                               // transformed space (centred, metric, normalised if spherical)
+  int clusters() const { return static_cast<int>(mu.empty() ? 0 : centres.size() / mu.size()); }
+};
+
+// keys [n, d] contiguous float32.
+KMeansResult kmeans_keys(const float* keys, int n, int d, const KMeansOptions& opt);
+// The nearest centre of `model` for more keys [n, d], transformed the same way (opt's metric and
+// spherical flag must be those the model was made with). Writes out [n].
+void kmeans_assign(const KMeansResult& model, const float* keys, int n, int d,
+                   const KMeansOptions& opt, int32_t* out);
 
 }  // namespace tessera::kernels

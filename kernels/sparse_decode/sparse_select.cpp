@@ -222,14 +222,29 @@ void SparseHeadIndex::update(const KeyRows& keys, int64_t num_tokens) {
       index_pages_quest_meanstd(keys, indexed_pages_, full);
       break;
     case SparseMethod::kCluster: {
+      // Complete chunks: one k-means each, sealed (whatever the open chunk held before).
       int64_t p = sealed_pages_;
       while (p + config_.chunk_pages <= full) {
         cluster_chunk(keys, p, p + config_.chunk_pages);
         p += config_.chunk_pages;
         sealed_pages_ = p;
         sealed_clusters_ = static_cast<int64_t>(radius2_.size());
+        open_ = OpenChunk{};
       }
-      if (p < full) cluster_chunk(keys, p, full);  // the open chunk, re-clustered as it grows
+      // The open chunk of `want` pages: k-means on its first 2^m pages (re-run only when the
+      // page count reaches a power of two), the pages after them assigned to those centres. The
+      // result depends only on the pages, not on how they arrived: incremental = one pass.
+      const int64_t want = full - p;
+      if (want > 0) {
+        int64_t pow2 = 1;
+        while (pow2 * 2 <= want) pow2 *= 2;
+        if (open_.clustered_pages < pow2) {
+          cluster_chunk(keys, p, p + pow2);
+          open_.pages = pow2;
+        }
+        if (open_.pages < want) assign_pages(keys, p + open_.pages, p + want);
+        open_.pages = want;
+      }
       break;
     }
     case SparseMethod::kSinkWindow:
@@ -276,9 +291,72 @@ void SparseHeadIndex::index_pages_quest_meanstd(const KeyRows& keys, int64_t fir
   }
 }
 
+KMeansOptions SparseHeadIndex::kmeans_options(int64_t pages, int64_t first_token) const {
+  KMeansOptions opt;
+  opt.clusters = std::max<int>(
+      1, static_cast<int>(std::lround(pages * config_.effective_clusters_per_page())));
+  opt.iters = config_.kmeans_iters;
+  opt.seed =
+      mix_seed(config_.seed, static_cast<uint64_t>(head_), static_cast<uint64_t>(first_token));
+  opt.farthest_seeds = static_cast<int>(std::ceil(config_.farthest_seeds * opt.clusters));
+  opt.spherical = config_.spherical;
+  opt.metric = metric_.empty() ? nullptr : metric_.data();
+  return opt;
+}
+
 void SparseHeadIndex::cluster_chunk(const KeyRows& keys, int64_t first_page, int64_t end_page) {
   const int d = config_.head_dim, pt = config_.page_tokens;
-  // Drop the open chunk's previous clusters.
+  const int n = static_cast<int>((end_page - first_page) * pt);
+  const int64_t first = first_page * pt;
+  std::vector<float> x(static_cast<size_t>(n) * d);
+  for (int i = 0; i < n; ++i) keys.read(first + i, x.data() + static_cast<size_t>(i) * d);
+  OpenChunk& o = open_;
+  o = OpenChunk{};
+  o.first_token = first;
+  o.clustered_pages = end_page - first_page;
+  o.model = kmeans_keys(x.data(), n, d, kmeans_options(end_page - first_page, first));
+  const int k = o.model.clusters();
+  o.members.assign(static_cast<size_t>(k), {});
+  o.sum.assign(static_cast<size_t>(k) * d, 0.0f);
+  o.sumsq.assign(static_cast<size_t>(k), 0.0f);
+  add_to_open(x.data(), first, n, o.model.assign.data());
+  publish_open();
+}
+
+void SparseHeadIndex::assign_pages(const KeyRows& keys, int64_t first_page, int64_t end_page) {
+  const int d = config_.head_dim, pt = config_.page_tokens;
+  const int n = static_cast<int>((end_page - first_page) * pt);
+  const int64_t first = first_page * pt;
+  std::vector<float> x(static_cast<size_t>(n) * d);
+  for (int i = 0; i < n; ++i) keys.read(first + i, x.data() + static_cast<size_t>(i) * d);
+  std::vector<int32_t> assign(static_cast<size_t>(n));
+  kmeans_assign(open_.model, x.data(), n, d,
+                kmeans_options(open_.clustered_pages, open_.first_token), assign.data());
+  add_to_open(x.data(), first, n, assign.data());
+  publish_open();
+}
+
+void SparseHeadIndex::add_to_open(const float* x, int64_t first, int n, const int32_t* assign) {
+  const int d = config_.head_dim;
+  OpenChunk& o = open_;
+  for (int i = 0; i < n; ++i) {
+    const int c = assign[i];
+    const float* xi = x + static_cast<size_t>(i) * d;
+    o.members[c].push_back(static_cast<int32_t>(first + i));  // positions ascend
+    float* sum = o.sum.data() + static_cast<size_t>(c) * d;
+    float sq = 0.0f;
+    for (int j = 0; j < d; ++j) {
+      sum[j] += xi[j];
+      sq += xi[j] * xi[j];
+    }
+    o.sumsq[c] += sq;
+  }
+}
+
+// The open chunk's clusters replace the tail after the sealed ones: raw-key centroid, mean
+// squared radius E|x|^2 - |c|^2, member list.
+void SparseHeadIndex::publish_open() {
+  const int d = config_.head_dim;
   const auto keep = static_cast<size_t>(sealed_clusters_);
   centroids_.resize(keep * d);
   radius2_.resize(keep);
@@ -286,55 +364,22 @@ void SparseHeadIndex::cluster_chunk(const KeyRows& keys, int64_t first_page, int
   max_pos_.resize(keep);
   member_offsets_.resize(keep + 1);
   members_.resize(static_cast<size_t>(member_offsets_.back()));
-
-  const int n = static_cast<int>((end_page - first_page) * pt);
-  const int64_t first = first_page * pt;
-  std::vector<float> x(static_cast<size_t>(n) * d);
-  for (int i = 0; i < n; ++i) keys.read(first + i, x.data() + static_cast<size_t>(i) * d);
-  KMeansOptions opt;
-  opt.clusters =
-      std::max<int>(1, static_cast<int>(std::lround((end_page - first_page) *
-                                                    config_.effective_clusters_per_page())));
-  opt.iters = config_.kmeans_iters;
-  opt.seed = mix_seed(config_.seed, static_cast<uint64_t>(head_), static_cast<uint64_t>(first));
-  opt.farthest_seeds = static_cast<int>(std::ceil(config_.farthest_seeds * opt.clusters));
-  opt.spherical = config_.spherical;
-  opt.metric = metric_.empty() ? nullptr : metric_.data();
-  const std::vector<int32_t> assign = spherical_kmeans(x.data(), n, d, opt);
-  const int k = n == 0 ? 0 : *std::max_element(assign.begin(), assign.end()) + 1;
-
-  // Members grouped by cluster (ascending positions within each), raw-key centroids and radii.
-  std::vector<int32_t> count(static_cast<size_t>(k), 0);
-  for (int32_t a : assign) ++count[a];
-  std::vector<int32_t> start(static_cast<size_t>(k) + 1, 0);
-  for (int c = 0; c < k; ++c) start[c + 1] = start[c] + count[c];
-  const size_t base = members_.size();
-  members_.resize(base + n);
-  std::vector<int32_t> fill(start.begin(), start.end() - 1);
-  for (int i = 0; i < n; ++i) members_[base + fill[assign[i]]++] = static_cast<int32_t>(first + i);
-  std::vector<double> c_sum(static_cast<size_t>(d));
-  for (int c = 0; c < k; ++c) {
-    const int32_t* m = members_.data() + base + start[c];
-    std::fill(c_sum.begin(), c_sum.end(), 0.0);
-    for (int j = 0; j < count[c]; ++j) {
-      const float* xi = x.data() + static_cast<size_t>(m[j] - first) * d;
-      for (int i = 0; i < d; ++i) c_sum[i] += xi[i];
+  const OpenChunk& o = open_;
+  for (size_t c = 0; c < o.members.size(); ++c) {
+    const auto& m = o.members[c];
+    if (m.empty()) continue;
+    const float inv = 1.0f / static_cast<float>(m.size());
+    float c2 = 0.0f;
+    for (int j = 0; j < d; ++j) {
+      const float v = o.sum[c * d + j] * inv;
+      centroids_.push_back(v);
+      c2 += v * v;
     }
-    const size_t off = centroids_.size();
-    centroids_.resize(off + d);
-    for (int i = 0; i < d; ++i) centroids_[off + i] = static_cast<float>(c_sum[i] / count[c]);
-    double r2 = 0.0;
-    for (int j = 0; j < count[c]; ++j) {
-      const float* xi = x.data() + static_cast<size_t>(m[j] - first) * d;
-      for (int i = 0; i < d; ++i) {
-        const double diff = xi[i] - centroids_[off + i];
-        r2 += diff * diff;
-      }
-    }
-    radius2_.push_back(static_cast<float>(r2 / count[c]));
-    min_pos_.push_back(m[0]);
-    max_pos_.push_back(m[count[c] - 1]);
-    member_offsets_.push_back(static_cast<int32_t>(base + start[c + 1]));
+    radius2_.push_back(std::max(0.0f, o.sumsq[c] * inv - c2));
+    min_pos_.push_back(m.front());
+    max_pos_.push_back(m.back());
+    members_.insert(members_.end(), m.begin(), m.end());
+    member_offsets_.push_back(static_cast<int32_t>(members_.size()));
   }
 }
 
@@ -378,6 +423,7 @@ void SparseHeadIndex::recluster_globally(const KeyRows& keys) {
   config_.clusters_per_page = pages > 0 ? static_cast<double>(clusters) / pages : 1.0;
   if (pages > 0) cluster_chunk(keys, 0, pages);
   config_ = saved;
+  open_ = OpenChunk{};
   // Everything is one chunk now; later updates re-cluster from here as an open chunk would.
   sealed_pages_ = pages;
   sealed_clusters_ = num_units();

@@ -6,11 +6,12 @@
 //                grouped by k-means (Euclidean by default, cosine on normalised keys as an option;
 //                a quarter of the seeds farthest-first so isolated keys keep their own cluster)
 //                into clusters: centroid = mean raw key, mean squared radius, member list.
-//                Clustering is incremental: pages are grouped in chunks of chunk_pages; the open
-//                chunk is re-clustered when one of its pages fills, a complete chunk is never
-//                touched again. At decode the queries score centroids (plus a radius bonus) and
-//                whole clusters are taken in order of estimated attention mass per token until the
-//                budget is met (the last one partly).
+//                Clustering is incremental: pages are grouped in chunks of chunk_pages; a complete
+//                chunk is clustered once and never touched again; the open chunk is re-clustered
+//                when its page count reaches a power of two, and pages in between join the nearest
+//                centre of its last clustering. At decode the queries score centroids (plus a
+//                radius bonus) and whole clusters are taken in order of estimated attention mass
+//                per token until the budget is met (the last one partly).
 //   quest        Quest: per page channel-wise min / max of the keys; a page's score is the upper
 //                bound sum_d max(q_d min_d, q_d max_d); whole pages in score order.
 //   meanstd      per page channel-wise mean and variance; score = the log of the expected
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "kernels/paged/paged_kv.h"
+#include "kernels/sparse_decode/key_kmeans.h"
 
 namespace tessera::kernels {
 
@@ -83,7 +85,8 @@ class SparseHeadIndex {
   SparseHeadIndex(const SparseSelectConfig& config, int head);
 
   // Adds the pages of positions [0, num_tokens) that are full and not indexed yet (num_tokens never
-  // decreases). Cluster method: complete chunks are clustered once; the open chunk is re-clustered.
+  // decreases). Cluster method: see the header comment (complete chunks once, the open one at
+  // powers of two, assignment in between).
   void update(const KeyRows& keys, int64_t num_tokens);
   // A new token budget (validated as in the config); the metadata does not depend on it.
   void set_budget(int64_t budget);
@@ -118,7 +121,14 @@ class SparseHeadIndex {
 
  private:
   void index_pages_quest_meanstd(const KeyRows& keys, int64_t first_page, int64_t end_page);
+  KMeansOptions kmeans_options(int64_t pages, int64_t first_token) const;
+  // k-means over pages [first_page, end_page): they become the open chunk (sealed by the caller
+  // when complete).
   void cluster_chunk(const KeyRows& keys, int64_t first_page, int64_t end_page);
+  // Pages joining the open chunk: each key to the nearest centre of its last k-means.
+  void assign_pages(const KeyRows& keys, int64_t first_page, int64_t end_page);
+  void add_to_open(const float* x, int64_t first, int n, const int32_t* assign);
+  void publish_open();
 
   SparseSelectConfig config_;
   int head_ = 0;
@@ -134,6 +144,16 @@ class SparseHeadIndex {
   std::vector<int32_t> members_;         // positions
   std::vector<int32_t> min_pos_, max_pos_;
   std::vector<float> metric_;  // [head_dim, head_dim]: Cholesky factor of the query second moment
+  // Build state of the open chunk (not read by selection): its k-means model and running sums.
+  struct OpenChunk {
+    int64_t first_token = 0;
+    int64_t pages = 0;            // pages of the open chunk indexed
+    int64_t clustered_pages = 0;  // pages its k-means ran on (a power of two)
+    KMeansResult model;
+    std::vector<std::vector<int32_t>> members;  // per cluster, ascending positions
+    std::vector<float> sum;                     // [clusters, head_dim] raw key sums
+    std::vector<float> sumsq;                   // [clusters] sums of |x|^2
+  } open_;
 };
 
 // The selection state of one sequence: one SparseHeadIndex per kv head.
@@ -164,11 +184,12 @@ class SparseSequenceIndex {
 // One rank's part of a selection over a KV cache sharded by sequence: blocks of block_tokens
 // positions dealt round-robin to `world` ranks (models::SequencePlacement in
 // runtime/models/layers/sequence_sharded_kv.h: a rank's local index i is position
-// ((i / block_tokens) * world + rank) * block_tokens + i % block_tokens). Each rank selects over its own tokens with SparseHeadIndex::select_range
-// (local positions) and the partial attention results merge exactly by LSE. The global sinks and
-// window stay forced; the chosen middle is split over the ranks in proportion to the middle tokens
-// each holds, so the ranks together take the global budget (plus at most page_tokens - 1 not yet
-// indexed tokens per rank). Every rank computes every rank's share identically: no communication.
+// ((i / block_tokens) * world + rank) * block_tokens + i % block_tokens). Each rank selects over
+// its own tokens with SparseHeadIndex::select_range (local positions) and the partial attention
+// results merge exactly by LSE. The global sinks and window stay forced; the chosen middle is split
+// over the ranks in proportion to the middle tokens each holds, so the ranks together take the
+// global budget (plus at most page_tokens - 1 not yet indexed tokens per rank). Every rank computes
+// every rank's share identically: no communication.
 struct SparseShard {
   int64_t local_tokens = 0;   // tokens this rank holds among positions [0, global_tokens)
   int64_t sink_end = 0;       // local [0, sink_end): global sinks

@@ -4,6 +4,7 @@
 // and attention; clusters partition the indexed tokens; incremental indexing equals one pass;
 // k-means recovers separated groups; metadata bytes match Quest's.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -187,7 +188,11 @@ TEST(SparseSelect, FullBudgetEqualsDensePagedDecode) {
       tokens.push_back(lens[s]);
     }
     for (const auto& s : seqs) ptrs.push_back(&s);
-    for (bool fused : {false, true}) {
+    // Split path; fused step; the fused step's fallback when pairs are fewer than threads.
+    for (int path : {0, 1, 2}) {
+      const bool fused = path > 0;
+      const int threads = omp_get_max_threads();
+      if (path == 2) omp_set_num_threads(n * hkv + 1);
       std::vector<int32_t> idx(static_cast<size_t>(n) * hkv * 400), counts(n * hkv);
       std::vector<float> out(dense.size(), NAN), lse(dense_lse.size(), NAN);
       SparseDecodeView v;
@@ -207,13 +212,14 @@ TEST(SparseSelect, FullBudgetEqualsDensePagedDecode) {
       v.scale = scale;
       if (fused) {
         sparse_decode_step_cpu(ptrs, v, tokens.data());
+        omp_set_num_threads(threads);
       } else {
         sparse_select_batch(ptrs, q.data(), pa.q_stride, tokens.data(), idx.data(), counts.data(),
                             400);
         sparse_decode_cpu(v);
       }
       for (size_t i = 0; i < out.size(); ++i) {
-        ASSERT_NEAR(out[i], dense[i], 1e-5) << sparse_method_name(m) << " fused=" << fused;
+        ASSERT_NEAR(out[i], dense[i], 1e-5) << sparse_method_name(m) << " path " << path;
       }
       for (size_t i = 0; i < lse.size(); ++i) ASSERT_NEAR(lse[i], dense_lse[i], 1e-5);
     }
@@ -224,21 +230,22 @@ TEST(SparseSelect, FullBudgetEqualsDensePagedDecode) {
 // token at a time) equals one built in a single pass; re-clustering globally keeps a partition.
 TEST(SparseSelect, ClustersPartitionTokensAndIncrementalEqualsOnePass) {
   const int d = 24, hkv = 2, page = 4;
-  PoolSpec ps{{613}, page, hkv, d, d, KvDType::kF32, 13};
+  PoolSpec ps{{622}, page, hkv, d, d, KvDType::kF32, 13};
   Pool pool(ps);
   auto c = config(SparseMethod::kCluster, 64, d, 2, page);
+  c.chunk_pages = 8;  // 155 full pages: 19 sealed chunks, an open one of 3 (k-means on 2, 1 joined)
   SparseSequenceIndex inc(c, hkv), once(c, hkv);
   auto samples = randn(static_cast<size_t>(20) * hkv * 2 * d, 17);
   const int64_t st[2] = {static_cast<int64_t>(hkv) * 2 * d, d};
   inc.set_query_samples(samples.data(), 20, st);
   once.set_query_samples(samples.data(), 20, st);
-  for (int n = 1; n <= 613; ++n) inc.update(pool.view(), pool.table(0), n);
-  once.update(pool.view(), pool.table(0), 613);
+  for (int n = 1; n <= 622; ++n) inc.update(pool.view(), pool.table(0), n);
+  once.update(pool.view(), pool.table(0), 622);
   for (int kh = 0; kh < hkv; ++kh) {
     const auto& h = inc.head(kh);
-    EXPECT_EQ(h.indexed_tokens(), 612);
+    EXPECT_EQ(h.indexed_tokens(), 620);
     ASSERT_EQ(h.num_units(), once.head(kh).num_units());
-    std::vector<int> seen(612, 0);
+    std::vector<int> seen(620, 0);
     for (int64_t u = 0; u < h.num_units(); ++u) {
       const auto m = h.cluster_members(u);
       const auto o = once.head(kh).cluster_members(u);
@@ -248,9 +255,9 @@ TEST(SparseSelect, ClustersPartitionTokensAndIncrementalEqualsOnePass) {
       EXPECT_EQ(m.front() / (page * c.chunk_pages), m.back() / (page * c.chunk_pages));
       for (int32_t p : m) ++seen[p];
     }
-    for (int p = 0; p < 612; ++p) ASSERT_EQ(seen[p], 1) << "token " << p;
-    // Chunks of 16 tokens get round(4 * clusters_per_page) clusters each (equal bytes).
-    EXPECT_NEAR(static_cast<double>(h.num_units()) / 153.0, c.effective_clusters_per_page(), 0.3);
+    for (int p = 0; p < 620; ++p) ASSERT_EQ(seen[p], 1) << "token " << p;
+    // Sealed chunks get round(8 * clusters_per_page) clusters each (equal bytes).
+    EXPECT_NEAR(static_cast<double>(h.num_units()) / 155.0, c.effective_clusters_per_page(), 0.3);
   }
   SparseSequenceIndex global = once;
   for (int kh = 0; kh < hkv; ++kh) {
@@ -258,11 +265,11 @@ TEST(SparseSelect, ClustersPartitionTokensAndIncrementalEqualsOnePass) {
     const auto& h = global.head(kh);
     EXPECT_LE(h.num_units(), once.head(kh).num_units());
     EXPECT_GT(h.num_units(), once.head(kh).num_units() / 2);
-    std::vector<int> seen(612, 0);
+    std::vector<int> seen(620, 0);
     for (int64_t u = 0; u < h.num_units(); ++u) {
       for (int32_t p : h.cluster_members(u)) ++seen[p];
     }
-    for (int p = 0; p < 612; ++p) ASSERT_EQ(seen[p], 1) << "token " << p;
+    for (int p = 0; p < 620; ++p) ASSERT_EQ(seen[p], 1) << "token " << p;
   }
 }
 
@@ -376,8 +383,13 @@ TEST(KeyKMeans, RecoversSeparatedGroupsAndIsolatesOutliers) {
       opt.spherical = spherical;
       opt.farthest_seeds = 2;
       opt.metric = m;
-      auto a = spherical_kmeans(x.data(), n, d, opt);
-      EXPECT_EQ(a, spherical_kmeans(x.data(), n, d, opt)) << "deterministic";
+      const KMeansResult r = kmeans_keys(x.data(), n, d, opt);
+      const auto& a = r.assign;
+      EXPECT_EQ(a, kmeans_keys(x.data(), n, d, opt).assign) << "deterministic";
+      // The returned model assigns its own keys as the final step did.
+      std::vector<int32_t> again(n);
+      kmeans_assign(r, x.data(), n, d, opt, again.data());
+      EXPECT_EQ(again, a);
       for (int i = 0; i < n; ++i) {
         for (int j = 0; j < n; ++j) {
           ASSERT_EQ(a[i] == a[j], truth[i] == truth[j]) << "spherical=" << spherical;
@@ -395,7 +407,7 @@ TEST(KeyKMeans, RecoversSeparatedGroupsAndIsolatesOutliers) {
   opt.clusters = 4;
   opt.spherical = false;
   opt.farthest_seeds = 1;
-  auto a = spherical_kmeans(y.data(), 61, d, opt);
+  auto a = kmeans_keys(y.data(), 61, d, opt).assign;
   EXPECT_EQ(std::count(a.begin(), a.end(), a[60]), 1);
 }
 

@@ -17,8 +17,8 @@
 #include "kernels/ops/paged_attention_ops.h"
 #include "kernels/ops/sparse_decode_ops.h"
 #include "kernels/sparse_decode/sparse_select.h"
-#include "sharding/mpi/mpi_communicator.h"
 #include "runtime/models/layers/sequence_sharded_kv.h"
+#include "sharding/mpi/mpi_communicator.h"
 
 namespace tessera::kernels {
 namespace {
