@@ -13,27 +13,66 @@ namespace {
 
 using sparse_simd::dot_many;
 
+// out[r * ldo + j] = a_r . b_j for R rows of a and C rows of b (a 2 x 4 register tile: each loaded
+// vector of a is used C times, each of b R times).
+template <int R, int C>
+TESSERA_SPARSE_INLINE void dot_tile(const float* a, const float* b, int d, float* out,
+                                    int64_t ldo) {
+  sparse_simd::Vec16 acc[R][C];
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < C; ++j) acc[r][j] = sparse_simd::Vec16{};
+  }
+  const int d16 = d & ~15;
+  for (int i = 0; i < d16; i += 16) {
+    sparse_simd::Vec16 bv[C];
+    for (int j = 0; j < C; ++j) bv[j] = sparse_simd::load16(b + static_cast<int64_t>(j) * d + i);
+    for (int r = 0; r < R; ++r) {
+      const sparse_simd::Vec16 av = sparse_simd::load16(a + static_cast<int64_t>(r) * d + i);
+      for (int j = 0; j < C; ++j) acc[r][j] += av * bv[j];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int j = 0; j < C; ++j) {
+      float tail = 0.0f;
+      for (int i = d16; i < d; ++i)
+        tail += a[static_cast<int64_t>(r) * d + i] * b[static_cast<int64_t>(j) * d + i];
+      out[r * ldo + j] = sparse_simd::hsum(acc[r][j]) + tail;
+    }
+  }
+}
+
 // For each row of y [n, d], the nearest centre of c [k, d]: the largest y . c - |c|^2 / 2 (half_c2
 // holds |c|^2 / 2; for unit centres this is the cosine order). Returns how many rows changed
-// cluster; best[i] is the winning value.
+// cluster; best[i] is the winning value. dots: scratch of 2 * k floats.
 TESSERA_SPARSE_CLONES int assign_rows(const float* y, int n, int d, const float* c,
                                       const float* half_c2, int k, int32_t* assign, float* best,
                                       float* dots) {
   int changed = 0;
-  for (int i = 0; i < n; ++i) {
-    dot_many(c, d, k, y + static_cast<int64_t>(i) * d, d, dots);
-    int arg = 0;
-    float top = -std::numeric_limits<float>::infinity();
-    for (int j = 0; j < k; ++j) {
-      const float s = dots[j] - half_c2[j];
-      if (s > top) {
-        top = s;
-        arg = j;
-      }
+  for (int i = 0; i < n; i += 2) {
+    const int rows = std::min(2, n - i);
+    const float* yi = y + static_cast<int64_t>(i) * d;
+    int j = 0;
+    if (rows == 2) {
+      for (; j + 4 <= k; j += 4)
+        dot_tile<2, 4>(yi, c + static_cast<int64_t>(j) * d, d, dots + j, k);
+      for (; j < k; ++j) dot_tile<2, 1>(yi, c + static_cast<int64_t>(j) * d, d, dots + j, k);
+    } else {
+      dot_many(c, d, k, yi, d, dots);
     }
-    changed += assign[i] != arg;
-    assign[i] = arg;
-    best[i] = top;
+    for (int r = 0; r < rows; ++r) {
+      int arg = 0;
+      float top = -std::numeric_limits<float>::infinity();
+      for (int jj = 0; jj < k; ++jj) {
+        const float s = dots[r * k + jj] - half_c2[jj];
+        if (s > top) {
+          top = s;
+          arg = jj;
+        }
+      }
+      changed += assign[i + r] != arg;
+      assign[i + r] = arg;
+      best[i + r] = top;
+    }
   }
   return changed;
 }
@@ -152,7 +191,7 @@ KMeansResult kmeans_keys(const float* keys, int n, int d, const KMeansOptions& o
 
   // Lloyd iterations (spherical: centres are normalised member sums; else member means).
   std::vector<float> best(static_cast<size_t>(n)), half_c2(static_cast<size_t>(k)),
-      dots(static_cast<size_t>(k));
+      dots(static_cast<size_t>(2 * k));
   std::vector<int> count(static_cast<size_t>(k));
   std::fill(assign.begin(), assign.end(), -1);
   for (int it = 0; it <= opt.iters; ++it) {
@@ -206,7 +245,7 @@ void kmeans_assign(const KMeansResult& model, const float* keys, int n, int d,
   std::vector<float> y(keys, keys + static_cast<int64_t>(n) * d);
   transform_keys(y, n, d, model.mu.data(), opt);
   std::vector<float> half_c2(static_cast<size_t>(k)), best(static_cast<size_t>(n)),
-      dots(static_cast<size_t>(k));
+      dots(static_cast<size_t>(2 * k));
   for (int j = 0; j < k; ++j) {
     half_c2[j] = 0.5f * norm2(model.centres.data() + static_cast<int64_t>(j) * d, d);
   }

@@ -11,7 +11,7 @@ namespace tessera::kernels {
 
 struct KMeansOptions {
   int clusters = 1;  // wanted; fewer come back when there are fewer distinct keys
-  int iters = 8;     // Lloyd iterations after seeding (stops early once no key moves)
+  int iters = 4;     // Lloyd iterations after seeding (stops early once no key moves)
   uint64_t seed = 0;
   bool centre = true;     // subtract the mean key first (keys with a large common mean)
   bool spherical = true;  // normalise keys and centres (cosine k-means); false: Euclidean

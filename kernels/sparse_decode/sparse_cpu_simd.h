@@ -25,10 +25,21 @@ TESSERA_SPARSE_INLINE Vec16 load16(const float* p) {
   return v;
 }
 TESSERA_SPARSE_INLINE void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef float Vec4 __attribute__((vector_size(16)));
+
+// Horizontal sum as a tree of vector halves (a plain loop over the lanes compiles to 16 dependent
+// scalar adds).
 TESSERA_SPARSE_INLINE float hsum(Vec16 v) {
-  float s = 0.0f;
-  for (int i = 0; i < 16; ++i) s += v[i];
-  return s;
+  Vec8 a, b;
+  std::memcpy(&a, &v, sizeof(a));
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
+  const Vec8 s8 = a + b;
+  Vec4 c, d;
+  std::memcpy(&c, &s8, sizeof(c));
+  std::memcpy(&d, reinterpret_cast<const char*>(&s8) + sizeof(c), sizeof(d));
+  const Vec4 s4 = c + d;
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
 // out[r] = rows_r . x for R rows (row r at rows + r * ld): x is loaded once for all of them.

@@ -48,9 +48,9 @@ struct SparseSelectConfig {
   int group = 1;          // query heads per kv head (they share one selection)
   float scale = 0.0f;     // softmax scale of the scores; 0 = 1 / sqrt(head_dim)
   // Cluster method.
-  int chunk_pages = 16;            // pages clustered together
+  int chunk_pages = 64;            // pages clustered together (64 x 16 = 1,024 tokens)
   double clusters_per_page = 0.0;  // 0 = equal metadata bytes with Quest (equal_bytes_...)
-  int kmeans_iters = 8;
+  int kmeans_iters = 4;            // Lloyd iterations (8 gave the benchmark the same recall)
   // The defaults below won on the benchmark's families (docs/sparse_decode.md, `tessera bench
   // sparse` ablation): Euclidean k-means in the query metric, a quarter of the seeds
   // farthest-first, the radius bonus.
