@@ -632,6 +632,8 @@ void SparseSequenceIndex::update(const PagedKv& kv, const int32_t* block_table,
   TESSERA_CHECK(num_tokens >= heads_[0].indexed_tokens(), "num_tokens=", num_tokens,
                 " is below the ", heads_[0].indexed_tokens(),
                 " tokens already indexed (a shortened sequence needs a new index)");
+  // Most decode steps fill no page: no work, and no parallel region to start.
+  if (num_tokens / config_.page_tokens * config_.page_tokens <= heads_[0].indexed_tokens()) return;
   const int heads = num_kv_heads();
 #pragma omp parallel for schedule(dynamic, 1) if (heads > 1)
   for (int kh = 0; kh < heads; ++kh) {
