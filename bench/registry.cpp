@@ -9,6 +9,9 @@ Benchmark paged_decode_benchmark();
 Benchmark comm_benchmark();
 Benchmark sp_decode_benchmark();
 Benchmark sparse_benchmark();
+Benchmark scheduler_benchmark();
+Benchmark lora_benchmark();
+Benchmark int8_benchmark();
 
 std::vector<Benchmark> benchmarks() {
   std::vector<Benchmark> all;
@@ -18,6 +21,9 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(comm_benchmark());
   all.push_back(sp_decode_benchmark());
   all.push_back(sparse_benchmark());
+  all.push_back(scheduler_benchmark());
+  all.push_back(lora_benchmark());
+  all.push_back(int8_benchmark());
   return all;
 }
 
