@@ -8,6 +8,7 @@ Benchmark kernels_benchmark();
 Benchmark paged_decode_benchmark();
 Benchmark comm_benchmark();
 Benchmark sp_decode_benchmark();
+Benchmark sparse_benchmark();
 Benchmark scheduler_benchmark();
 Benchmark engine_benchmark();
 Benchmark lora_benchmark();
@@ -21,6 +22,7 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(paged_decode_benchmark());
   all.push_back(comm_benchmark());
   all.push_back(sp_decode_benchmark());
+  all.push_back(sparse_benchmark());
   all.push_back(scheduler_benchmark());
   all.push_back(engine_benchmark());
   all.push_back(lora_benchmark());
