@@ -9,6 +9,7 @@ Benchmark paged_decode_benchmark();
 Benchmark comm_benchmark();
 Benchmark sp_decode_benchmark();
 Benchmark scheduler_benchmark();
+Benchmark train_benchmark();
 
 std::vector<Benchmark> benchmarks() {
   std::vector<Benchmark> all;
@@ -18,6 +19,7 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(comm_benchmark());
   all.push_back(sp_decode_benchmark());
   all.push_back(scheduler_benchmark());
+  all.push_back(train_benchmark());
   return all;
 }
 
