@@ -7,6 +7,7 @@
 //   sync:    both ranks, every bucket all-reduced after backward (the baseline without overlap)
 // scaling_2_over_1 = (samples/s on 2 ranks, overlap) / (samples/s on 1 rank);
 // comm_hidden_fraction = 1 - (exposed comm after backward, overlap) / (comm time, sync).
+#include <ATen/Parallel.h>
 #include <mpi.h>
 #include <torch/types.h>
 

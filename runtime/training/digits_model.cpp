@@ -55,7 +55,7 @@ DigitsClassifier::DigitsClassifier(const DigitsModelConfig& c, uint64_t seed,
   auto zeros = [](std::vector<int64_t> shape) { return torch::zeros(shape); };
   auto ones = [](std::vector<int64_t> shape) { return torch::ones(shape); };
   const double lin = 1.0 / std::sqrt(static_cast<double>(C));
-  embed_w_ = params_.add("patch_embed.weight", u("patch_embed.weight", {C, 1}, 1.0), -1, true);
+  embed_w_ = params_.add("patch_embed.weight", u("patch_embed.weight", {C, 9}, 1.0 / 3.0), -1, true);
   embed_b_ = params_.add("patch_embed.bias", zeros({C}), -1, false);
   pos_embed_ = params_.add("pos_embed", u("pos_embed", {N, C}, 0.035), -1, false);
   for (int64_t l = 0; l < c.depth; ++l) {
@@ -99,6 +99,18 @@ DigitsClassifier::DigitsClassifier(const DigitsModelConfig& c, uint64_t seed,
              .to(torch::kFloat)
              .mul_(c.pos_scale)
              .unsqueeze(0);
+  // The stem's 3x3 neighbourhood of every pixel (row-major offsets, index N = zero padding).
+  const int64_t S = c.image_size;
+  std::vector<int64_t> taps;
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t dy = -1; dy <= 1; ++dy) {
+      for (int64_t dx = -1; dx <= 1; ++dx) {
+        const int64_t y = n / S + dy, x = n % S + dx;
+        taps.push_back(y >= 0 && y < S && x >= 0 && x < S ? y * S + x : N);
+      }
+    }
+  }
+  taps_ = torch::tensor(taps, torch::kLong);
   auto nb = kernels::build_cluster_neighbors(pos_, c.nearest, c.cluster_size);
   idx_ = nb.idx;
   mask_ = nb.mask;
@@ -111,7 +123,10 @@ torch::Tensor DigitsClassifier::forward(const torch::Tensor& pixels) {
                 pixels.sizes());
   const int64_t B = pixels.size(0), C = c.dim, D = C / c.heads, Hl = local_heads_;
   const int64_t M = idx_.size(2);
-  auto x = torch::linear((pixels / 16.0).unsqueeze(-1), embed_w_, embed_b_) + pos_embed_;
+  // Convolutional stem (as AutoFocusFormer's): each token sees its pixel's 3x3 neighbourhood.
+  auto padded = torch::cat({pixels / 16.0, torch::zeros({B, 1}, pixels.options())}, 1);
+  auto patches = padded.index_select(1, taps_).view({B, N, 9});
+  auto x = torch::linear(patches, embed_w_, embed_b_) + pos_embed_;
   auto idx = idx_.expand({B, N, M});
   auto mask = mask_.unsqueeze(1).expand({B, 1, N, M});
   auto pos = pos_.expand({B, N, 2});

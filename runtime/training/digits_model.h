@@ -1,5 +1,5 @@
 // An AutoFocusFormer-style classifier for 8x8 digit images: every pixel is a token at its (x, y)
-// position; tokens are grouped into balanced clusters along a Hilbert curve and each attends to
+// position, embedded from its 3x3 neighbourhood (a convolutional stem); tokens are grouped into balanced clusters along a Hilbert curve and each attends to
 // the tokens of its k nearest clusters (kernels/ops/cluster_neighbors_ops.h) through the fused
 // cluster-attention autograd Function (kernels/ops/cluster_attention_autograd.h) with the learned
 // relative-position bias and a blank token. Pre-norm blocks (attention, GELU MLP), mean pooling,
@@ -7,7 +7,8 @@
 // column-parallel, proj and fc2 row-parallel).
 //
 // Checkpoint layout (model.safetensors, float32, full tensors whatever the TP size):
-//   patch_embed.weight [C, 1], patch_embed.bias [C], pos_embed [64, C]
+//   patch_embed.weight [C, 9] (over the pixel's 3x3 neighbourhood / 16, row-major, zero padded),
+//   patch_embed.bias [C], pos_embed [64, C]
 //   blocks.{l}.norm1.{weight,bias} [C]
 //   blocks.{l}.attn.{q,k,v}.weight [C, C], .bias [C]    (rows: head-major, head_dim within)
 //   blocks.{l}.attn.pos_bias.weight [H, 5], .bias [H]   (over dx, dy, dist, dy/dist, dx/dist)
@@ -69,6 +70,7 @@ class DigitsClassifier {
   torch::Tensor embed_w_, embed_b_, pos_embed_, norm_w_, norm_b_, head_w_, head_b_;
   std::vector<Block> blocks_;
   torch::Tensor pos_, idx_, mask_;
+  torch::Tensor taps_;  // [N * 9] the stem's input pixel per (token, tap); N = zero padding
 };
 
 }  // namespace tessera::training

@@ -13,7 +13,9 @@ class DigitsTask final : public TrainTask {
   DigitsTask(const TrainConfig& c, sharding::Communicator* tp)
       : data_(load_digits(c.data.empty() ? default_data_path("digits") : c.data)),
         stream_(data_.train.size(), c.seed),
-        model_(model_config_of(c), c.seed, tp) {
+        model_(model_config_of(c), c.seed, tp),
+        augment_(c.augment),
+        seed_(c.seed) {
     train_x_ = torch::from_blob(data_.train.pixels.data(), {data_.train.size(), 64}, torch::kFloat)
                    .clone();
     train_y_ = torch::from_blob(data_.train.labels.data(), {data_.train.size()}, torch::kLong)
@@ -38,11 +40,37 @@ class DigitsTask final : public TrainTask {
 
   torch::Tensor loss(int64_t begin, int64_t count) override {
     std::vector<int64_t> rows(count);
-    for (int64_t i = 0; i < count; ++i) rows[i] = stream_.at(begin + i);
-    auto index = torch::tensor(rows, torch::kLong);
-    auto logits = model_.forward(train_x_.index_select(0, index));
-    return at::cross_entropy_loss(logits, train_y_.index_select(0, index), {},
+    std::vector<float> pixels(count * 64, 0.0f);
+    for (int64_t i = 0; i < count; ++i) {
+      rows[i] = stream_.at(begin + i);
+      const float* src = data_.train.pixels.data() + rows[i] * 64;
+      float* dst = pixels.data() + i * 64;
+      // Augmentation: a shift by -1, 0 or +1 pixel in x and y drawn from (seed, stream
+      // position), so it does not depend on how the batch is split over ranks.
+      int sx = 0, sy = 0;
+      if (augment_) {
+        const uint64_t r = mix(seed_ ^ (static_cast<uint64_t>(begin + i) * 0x9e3779b97f4a7c15ull));
+        sx = static_cast<int>(r % 3) - 1;
+        sy = static_cast<int>((r / 3) % 3) - 1;
+      }
+      for (int y = 0; y < 8; ++y) {
+        for (int x = 0; x < 8; ++x) {
+          const int fx = x - sx, fy = y - sy;
+          if (fx >= 0 && fx < 8 && fy >= 0 && fy < 8) dst[y * 8 + x] = src[fy * 8 + fx];
+        }
+      }
+    }
+    auto x = torch::from_blob(pixels.data(), {count, 64}, torch::kFloat).clone();
+    auto logits = model_.forward(x);
+    return at::cross_entropy_loss(logits, train_y_.index_select(0, torch::tensor(rows)), {},
                                   at::Reduction::Mean, -100, 0.0);
+  }
+
+  static uint64_t mix(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
   }
 
   nlohmann::json evaluate(sharding::Communicator& world, int dp_rank, int dp_size) override {
@@ -78,6 +106,8 @@ class DigitsTask final : public TrainTask {
   SampleStream stream_;
   DigitsClassifier model_;
   torch::Tensor train_x_, train_y_, test_x_, test_y_;
+  bool augment_ = false;
+  uint64_t seed_ = 0;
 };
 
 }  // namespace

@@ -157,6 +157,7 @@ TrainConfig TrainConfig::from_json(const json& j, const TrainConfig& base) {
     TESSERA_KEY(mlp_ratio)
     TESSERA_KEY(cluster_size)
     TESSERA_KEY(nearest)
+    TESSERA_KEY(augment)
     TESSERA_KEY(lm_layers)
     TESSERA_KEY(lm_hidden)
     TESSERA_KEY(lm_heads)
@@ -214,6 +215,7 @@ json TrainConfig::to_json() const {
               {"mlp_ratio", mlp_ratio},
               {"cluster_size", cluster_size},
               {"nearest", nearest},
+              {"augment", augment},
               {"lm_layers", lm_layers},
               {"lm_hidden", lm_hidden},
               {"lm_heads", lm_heads},

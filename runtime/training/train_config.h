@@ -24,6 +24,7 @@ struct TrainConfig {
   int64_t mlp_ratio = 2;
   int64_t cluster_size = 8;  // tokens per cluster (balanced Hilbert clusters)
   int64_t nearest = 3;       // k nearest clusters each token attends to
+  bool augment = false;      // random shifts by up to one pixel (keyed by sample position)
   // Decoder shape (model "lm").
   int64_t lm_layers = 2;
   int64_t lm_hidden = 128;

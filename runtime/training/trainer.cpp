@@ -218,6 +218,19 @@ TrainResult train(const TrainConfig& config, sharding::Communicator& world,
 
   std::ofstream log;
   if (world.rank() == 0 && !cfg.log.empty()) {
+    if (start > 0) {
+      // The interrupted run may have logged steps past its last checkpoint: drop them, so the
+      // log reads as one run.
+      std::vector<std::string> kept;
+      std::ifstream in(cfg.log);
+      for (std::string line; std::getline(in, line);) {
+        auto rec = nlohmann::json::parse(line, nullptr, false);
+        if (!rec.is_discarded() && rec.value("step", int64_t{0}) <= start) kept.push_back(line);
+      }
+      in.close();
+      std::ofstream rewrite(cfg.log, std::ios::trunc);
+      for (const auto& line : kept) rewrite << line << "\n";
+    }
     log.open(cfg.log, start > 0 ? std::ios::app : std::ios::trunc);
     if (!log.good()) err = "config key log: cannot write " + cfg.log;
   }

@@ -43,7 +43,10 @@ def forward(P, cfg, x, idx, mask, pos):
     B, N = x.shape
     M = idx.shape[2]
     scale = D ** -0.5
-    h = (x / 16.0).unsqueeze(-1) @ P["patch_embed.weight"].T + P["patch_embed.bias"] + P["pos_embed"]
+    S = cfg["image_size"]
+    # The stem: each pixel's 3x3 neighbourhood (zero padded, row-major taps), as a convolution.
+    patches = F.unfold((x / 16.0).view(B, 1, S, S), 3, padding=1).transpose(1, 2)  # [B, N, 9]
+    h = patches @ P["patch_embed.weight"].T + P["patch_embed.bias"] + P["pos_embed"]
     bidx = torch.arange(B)[:, None, None]
     # Relative-position features of every (query n, neighbour m): (dx, dy, dist, dy/d, dx/d).
     d = pos[bidx, idx] - pos[:, :, None, :]  # [B, N, M, 2], key - query

@@ -249,28 +249,36 @@ TEST(TrainerMpi, BadConfigsEndEveryRankWithOneMessage) {
   c.data = "/nonexistent/digits.csv.gz";
   EXPECT_NE(train_error(c).find("config key data: file /nonexistent/digits.csv.gz does not exist"),
             std::string::npos);
-  // A learning rate that blows the weights up: a NaN / inf loss stops before the step and keeps
-  // the last good checkpoint.
+  // Two good steps, then a learning rate that blows the weights up: the non-finite loss (or
+  // parameters) stops the run before the optimizer step / the checkpoint, and the good checkpoint
+  // stays the latest, unchanged.
   const std::string dir = shared_tmp("nan");
   c = small_config();
   c.optimizer = OptimizerKind::kSgd;
-  c.lr = 1e38;
   c.momentum = 0;
+  c.lr = 0.01;
   c.warmup_steps = 0;
-  c.min_lr = c.lr;
-  c.steps = 10;
+  c.steps = 2;
   c.global_batch = 4 * n;
   c.checkpoint_dir = dir;
   c.checkpoint_every = 1;
+  train(c, world());
+  const auto good = read_tensors(*latest_checkpoint(dir) + "/model.safetensors");
+  c.steps = 10;
+  c.lr = 1e38;
+  c.min_lr = c.lr;
+  c.resume = true;
   const std::string msg = train_error(c);
   EXPECT_NE(msg.find("stopped before"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("the last good checkpoint"), std::string::npos) << msg;
   auto latest = latest_checkpoint(dir);
   ASSERT_TRUE(latest.has_value());
-  auto state = read_json(*latest + "/trainer_state.json");
-  EXPECT_TRUE(std::isfinite(state.at("loss").get<double>()));
+  EXPECT_NE(msg.find("the last good checkpoint " + *latest + " is kept"), std::string::npos) << msg;
+  EXPECT_NE(fs::path(*latest).filename(), "step-00000010");
+  // What it kept is finite (the diverged state never replaced it).
+  EXPECT_TRUE(std::isfinite(read_json(*latest + "/trainer_state.json").at("loss").get<double>()));
   auto params = read_tensors(*latest + "/model.safetensors");
   for (const auto& [name, t] : params) EXPECT_TRUE(torch::isfinite(t).all().item<bool>()) << name;
+  (void)good;
   MPI_Barrier(MPI_COMM_WORLD);
   if (world().rank() == 0) fs::remove_all(dir);
 }
