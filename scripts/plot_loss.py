@@ -1,8 +1,8 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """Draws the loss curve of a `tessera train` JSONL log (one JSON object per step: "step", "loss",
 optionally "test_accuracy") to a PNG with Debian's matplotlib.
 
-Usage: scripts/plot_loss.py LOG.jsonl OUT.png [--title TEXT]
+Usage: /usr/bin/python3 scripts/plot_loss.py LOG.jsonl OUT.png [--title TEXT]
 """
 import argparse
 import json

@@ -309,7 +309,9 @@ int64_t TrainConfig::accumulation_steps(int world_size) const {
 
 std::string default_data_path(const std::string& model) {
   if (model == "digits") return "/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz";
-  return "/usr/share/bible-kjv-text/bible.txt";  // placeholder for the lm; checked when used
+  // The KJV as plain text: `bible -l0 "Genesis1:1-Revelation22:21" > kjv.txt` (Debian's
+  // bible-kjv); scripts/train_tiny.sh makes it.
+  return "kjv.txt";
 }
 
 double learning_rate(const TrainConfig& c, int64_t step) {

@@ -36,6 +36,7 @@ class TrainTask {
 
 // The task for config.model: "digits" (digits_task.cpp) or "lm".
 std::unique_ptr<TrainTask> make_digits_task(const TrainConfig& config, sharding::Communicator* tp);
+std::unique_ptr<TrainTask> make_lm_task(const TrainConfig& config, sharding::Communicator* tp);
 std::unique_ptr<TrainTask> make_task(const TrainConfig& config, sharding::Communicator* tp);
 
 }  // namespace tessera::training

@@ -348,7 +348,7 @@ TrainResult train(const TrainConfig& config, sharding::Communicator& world,
 
 std::unique_ptr<TrainTask> make_task(const TrainConfig& config, sharding::Communicator* tp) {
   if (config.model == "digits") return make_digits_task(config, tp);
-  TESSERA_FAIL("config key model: '", config.model, "' is not trainable yet");
+  return make_lm_task(config, tp);
 }
 
 }  // namespace tessera::training
