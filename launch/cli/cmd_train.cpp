@@ -43,21 +43,30 @@ Command register_train(CLI::App& root) {
     }
   }
   Action action = [args, defaults](launch::World& w) -> int {
-    nlohmann::json j = nlohmann::json::object();
-    if (!args->config_file.empty()) j = training::TrainConfig::read_file(args->config_file);
-    for (const auto& [key, text] : args->values) {
-      const auto& def = defaults.at(key);
-      if (def.is_string()) {
-        j[key] = text;
-      } else {
-        nlohmann::json v = nlohmann::json::parse(text, nullptr, false);
-        TESSERA_CHECK(!v.is_discarded() && v.is_number(), "--", key, ": '", text,
-                      "' is not a number");
-        j[key] = v;
+    training::TrainConfig config;
+    std::string err;
+    try {
+      nlohmann::json j = nlohmann::json::object();
+      if (!args->config_file.empty()) j = training::TrainConfig::read_file(args->config_file);
+      for (const auto& [key, text] : args->values) {
+        const auto& def = defaults.at(key);
+        if (def.is_string()) {
+          j[key] = text;
+        } else {
+          nlohmann::json v = nlohmann::json::parse(text, nullptr, false);
+          TESSERA_CHECK(!v.is_discarded() && v.is_number(), "--", key, ": '", text,
+                        "' is not a number");
+          j[key] = v;
+        }
       }
+      for (const auto& [key, on] : args->flags) j[key] = on;
+      config = training::TrainConfig::from_json(j);
+    } catch (const Error& e) {
+      err = e.message();
     }
-    for (const auto& [key, on] : args->flags) j[key] = on;
-    const auto config = training::TrainConfig::from_json(j);
+    // Every rank read the same arguments: one agreed line, not one per rank.
+    err = w.comm->agree_on_error(err);
+    if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
     auto result = training::train(config, *w.comm);
     if (w.rank == 0) {
       std::string metrics;

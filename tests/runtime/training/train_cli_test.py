@@ -37,20 +37,22 @@ def read_log(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-SMALL = ["--dim", "16", "--depth", "1", "--heads", "2", "--lr", "3e-3", "--seed", "3"]
+BASE = ["--dim", "16", "--depth", "1", "--heads", "2", "--seed", "3"]
+SMALL = BASE + ["--lr", "3e-3"]
 
 
 def test_loss_falls(tmp):
     log = os.path.join(tmp, "fall.jsonl")
     ck = os.path.join(tmp, "fall-ck")
-    r = mpirun(2, SMALL + ["--steps", "40", "--global-batch", "32", "--log", log,
+    r = mpirun(2, ["--dim", "32", "--depth", "1", "--heads", "4", "--seed", "3", "--lr", "1e-2",
+                   "--warmup-steps", "5", "--steps", "40", "--global-batch", "32", "--log", log,
                            "--checkpoint-dir", ck, "--checkpoint-every", "20"])
     check(r.returncode == 0, f"short run exits 0 (rc {r.returncode}: {r.stderr[-400:]})")
     recs = read_log(log)
     check(len(recs) == 40, f"log has 40 steps (got {len(recs)})")
     first = sum(x["loss"] for x in recs[:5]) / 5
     last = sum(x["loss"] for x in recs[-5:]) / 5
-    check(last < 0.8 * first, f"loss falls: first 5 steps {first:.3f} -> last 5 {last:.3f}")
+    check(last < 0.7 * first, f"loss falls: first 5 steps {first:.3f} -> last 5 {last:.3f}")
     check("test_accuracy" in recs[-1], "the last record has the test accuracy")
     latest = open(os.path.join(ck, "latest")).read().strip()
     check(latest == "step-00000040", f"latest checkpoint is step 40 ({latest})")
@@ -73,7 +75,7 @@ def test_bad_configs(tmp):
         (SMALL + ["--optimizer", "adam"], "unknown optimizer 'adam'"),
         (SMALL + ["--data", "/nonexistent/digits.csv.gz"],
          "config key data: file /nonexistent/digits.csv.gz does not exist"),
-        (SMALL + ["--steps", "5", "--optimizer", "sgd", "--lr", "1e38", "--min-lr", "1e38",
+        (BASE + ["--steps", "5", "--optimizer", "sgd", "--lr", "1e38", "--min-lr", "1e38",
                   "--momentum", "0", "--global-batch", "8"], "stopped before"),
     ]
     for args, expect in cases:
