@@ -9,6 +9,8 @@ Benchmark paged_decode_benchmark();
 Benchmark comm_benchmark();
 Benchmark sp_decode_benchmark();
 Benchmark scheduler_benchmark();
+Benchmark lora_benchmark();
+Benchmark int8_benchmark();
 Benchmark train_benchmark();
 
 std::vector<Benchmark> benchmarks() {
@@ -19,6 +21,8 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(comm_benchmark());
   all.push_back(sp_decode_benchmark());
   all.push_back(scheduler_benchmark());
+  all.push_back(lora_benchmark());
+  all.push_back(int8_benchmark());
   all.push_back(train_benchmark());
   return all;
 }

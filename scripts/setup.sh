@@ -9,6 +9,7 @@ pkgs=(
   libopenmpi-dev openmpi-bin
   libboost-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libzstd-dev libxxhash-dev
   python3-torch python3-numpy python3-venv python3-pip curl
   zlib1g-dev python3-sklearn python3-matplotlib
 )

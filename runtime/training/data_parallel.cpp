@@ -198,6 +198,7 @@ void DataParallel::wait_all() {
 void DataParallel::finish_backward() {
   in_backward_ = false;
   if (!sync_) return;
+  if (align_ && dp_size_ > 1) dp_->barrier();
   const double t0 = now_s();
   while (next_launch_ < num_buckets()) {
     launch(next_launch_++);

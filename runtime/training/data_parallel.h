@@ -69,6 +69,10 @@ class DataParallel {
   // during backward and everything is reduced here (the baseline `tessera bench train` measures).
   void finish_backward();
   void set_overlap(bool on) { overlap_ = on; }
+  // Measurement only (`tessera bench train`): a barrier before the exposed wait is timed, so that
+  // exposed_comm_s counts communication left after every rank's backward ended, not the time a
+  // fast rank waits for a slow one.
+  void set_align_before_wait(bool on) { align_ = on; }
 
   // Clips to the global gradient norm (when clip_grad > 0), steps the optimizer with learning rate
   // `lr`, all-gathers the parameters (ZeRO) and zeroes the gradients. Returns the global gradient
@@ -108,6 +112,7 @@ class DataParallel {
   std::vector<std::shared_ptr<void>> grad_accumulators_;  // keeps the hooked nodes alive
   bool sync_ = false;
   bool overlap_ = true;
+  bool align_ = false;
   bool in_backward_ = false;
   int next_launch_ = 0;
   int64_t steps_ = 0;
