@@ -121,8 +121,8 @@ int run_train_bench(const BenchOptions& opt) {
     comm.barrier();
     auto s = two.run(steps, x, y, false);
     // The slowest rank's figures (a step ends when the last rank ends it).
-    auto t = torch::tensor({o.step_s, o.exposed_s, s.step_s, s.exposed_s, o.backward_s},
-                           torch::kDouble);
+    auto t =
+        torch::tensor({o.step_s, o.exposed_s, s.step_s, s.exposed_s, o.backward_s}, torch::kDouble);
     comm.all_reduce(t, sharding::ReduceOp::kMax);
     if (opt.rank == 0) {
       one_sps.push_back(static_cast<double>(batch) / t1);
@@ -139,27 +139,29 @@ int run_train_bench(const BenchOptions& opt) {
   const double s1 = median(one_sps), s2 = median(two_sps);
   int64_t nparams = 0;
   for (const auto& p : two.ddp.params()) nparams += p.param.numel();
-  nlohmann::json out = {
-      {"scaling_2_over_1", s2 / s1},
-      {"comm_hidden_fraction", median(hidden)},
-      {"samples_per_s_1_rank", s1},
-      {"samples_per_s_2_ranks", s2},
-      {"samples_per_s_1_rank_min_max", {*std::min_element(one_sps.begin(), one_sps.end()),
-                                        *std::max_element(one_sps.begin(), one_sps.end())}},
-      {"samples_per_s_2_ranks_min_max", {*std::min_element(two_sps.begin(), two_sps.end()),
-                                         *std::max_element(two_sps.begin(), two_sps.end())}},
-      {"comm_hidden_fraction_min_max", {*std::min_element(hidden.begin(), hidden.end()),
-                                        *std::max_element(hidden.begin(), hidden.end())}},
-      {"step_ms_2_ranks_overlap", 1e3 * median(step_overlap)},
-      {"step_ms_2_ranks_sync", 1e3 * median(step_sync)},
-      {"backward_ms_2_ranks_overlap", 1e3 * median(backward_o)},
-      {"exposed_comm_ms_overlap", 1e3 * median(exposed_o)},
-      {"comm_ms_sync", 1e3 * median(comm_sync)},
-      {"params", nparams},
-      {"buckets", two.ddp.num_buckets()},
-      {"batch_per_rank", batch},
-      {"rounds", rounds},
-      {"steps_per_round", steps}};
+  nlohmann::json out = {{"scaling_2_over_1", s2 / s1},
+                        {"comm_hidden_fraction", median(hidden)},
+                        {"samples_per_s_1_rank", s1},
+                        {"samples_per_s_2_ranks", s2},
+                        {"samples_per_s_1_rank_min_max",
+                         {*std::min_element(one_sps.begin(), one_sps.end()),
+                          *std::max_element(one_sps.begin(), one_sps.end())}},
+                        {"samples_per_s_2_ranks_min_max",
+                         {*std::min_element(two_sps.begin(), two_sps.end()),
+                          *std::max_element(two_sps.begin(), two_sps.end())}},
+                        {"comm_hidden_fraction_min_max",
+                         {*std::min_element(hidden.begin(), hidden.end()),
+                          *std::max_element(hidden.begin(), hidden.end())}},
+                        {"step_ms_2_ranks_overlap", 1e3 * median(step_overlap)},
+                        {"step_ms_2_ranks_sync", 1e3 * median(step_sync)},
+                        {"backward_ms_2_ranks_overlap", 1e3 * median(backward_o)},
+                        {"exposed_comm_ms_overlap", 1e3 * median(exposed_o)},
+                        {"comm_ms_sync", 1e3 * median(comm_sync)},
+                        {"params", nparams},
+                        {"buckets", two.ddp.num_buckets()},
+                        {"batch_per_rank", batch},
+                        {"rounds", rounds},
+                        {"steps_per_round", steps}};
   if (opt.json) {
     std::printf("%s\n", out.dump().c_str());
   } else {
@@ -168,10 +170,11 @@ int run_train_bench(const BenchOptions& opt) {
                 static_cast<long long>(batch));
     std::printf("  1 rank:  %8.1f samples/s\n  2 ranks: %8.1f samples/s  (scaling %.2f)\n", s1, s2,
                 s2 / s1);
-    std::printf("  step 2 ranks: overlap %.2f ms, sync %.2f ms; all-reduce %.2f ms, exposed "
-                "%.2f ms -> hidden %.2f\n",
-                1e3 * median(step_overlap), 1e3 * median(step_sync), 1e3 * median(comm_sync),
-                1e3 * median(exposed_o), median(hidden));
+    std::printf(
+        "  step 2 ranks: overlap %.2f ms, sync %.2f ms; all-reduce %.2f ms, exposed "
+        "%.2f ms -> hidden %.2f\n",
+        1e3 * median(step_overlap), 1e3 * median(step_sync), 1e3 * median(comm_sync),
+        1e3 * median(exposed_o), median(hidden));
   }
   return 0;
 }

@@ -11,7 +11,7 @@ pkgs=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libzstd-dev libxxhash-dev
   python3-torch python3-numpy python3-venv python3-pip curl
-  zlib1g-dev python3-sklearn python3-matplotlib
+  zlib1g-dev python3-sklearn python3-matplotlib bible-kjv
 )
 
 missing=()

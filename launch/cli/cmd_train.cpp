@@ -34,8 +34,9 @@ Command register_train(CLI::App& root) {
       if (c == '_') c = '-';
     }
     if (value.is_boolean()) {
-      app->add_flag_callback(flag, [args, key = key] { args->flags[key] = true; },
-                             "Config key " + key + " (default " + value.dump() + ")");
+      app->add_flag_callback(
+          flag, [args, key = key] { args->flags[key] = true; },
+          "Config key " + key + " (default " + value.dump() + ")");
     } else {
       app->add_option_function<std::string>(
           flag, [args, key = key](const std::string& v) { args->values[key] = v; },

@@ -29,12 +29,12 @@ using NamedTensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
 struct CheckpointWrite {
   int64_t step = 0;
-  NamedTensors model;             // used on world rank 0
-  nlohmann::json model_config;    // config.json (rank 0)
-  NamedTensors optimizer;         // used on ranks with write_optimizer
-  bool write_optimizer = false;   // this rank writes its optimizer file
+  NamedTensors model;            // used on world rank 0
+  nlohmann::json model_config;   // config.json (rank 0)
+  NamedTensors optimizer;        // used on ranks with write_optimizer
+  bool write_optimizer = false;  // this rank writes its optimizer file
   std::string optimizer_file = "optimizer.safetensors";
-  nlohmann::json trainer_state;   // rank 0
+  nlohmann::json trainer_state;  // rank 0
   int keep = 1;
 };
 

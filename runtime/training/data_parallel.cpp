@@ -14,8 +14,7 @@ namespace tessera::training {
 namespace {
 
 double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 }  // namespace
@@ -33,8 +32,8 @@ struct DataParallel::Bucket {
   torch::Tensor send_part;   // [part] ZeRO: all-gather input
   torch::Tensor decay_mask;  // [part] 1 where weight decay applies (undefined: none / all)
   bool decay_all = false;
-  torch::Tensor m, v;        // [part] optimizer state (v: AdamW only)
-  int pending = 0;           // parameters whose gradient is not ready yet
+  torch::Tensor m, v;  // [part] optimizer state (v: AdamW only)
+  int pending = 0;     // parameters whose gradient is not ready yet
   bool launched = false;
   sharding::WorkPtr work;
   // This rank's slice of the flat buffers that the optimizer updates.
@@ -58,13 +57,14 @@ DataParallel::DataParallel(std::vector<ParamInfo> params, const OptimizerOptions
   int open[2] = {-1, -1};
   for (int i = static_cast<int>(params_.size()) - 1; i >= 0; --i) {
     auto& p = params_[i];
-    TESSERA_CHECK(p.param.scalar_type() == torch::kFloat && p.param.device().is_cpu(),
-                  "parameter ", p.name, " must be a float32 CPU tensor, got ",
-                  p.param.scalar_type(), " on ", p.param.device());
+    TESSERA_CHECK(p.param.scalar_type() == torch::kFloat && p.param.device().is_cpu(), "parameter ",
+                  p.name, " must be a float32 CPU tensor, got ", p.param.scalar_type(), " on ",
+                  p.param.device());
     TESSERA_CHECK(p.param.requires_grad(), "parameter ", p.name, " does not require grad");
     const int kind = p.tp_sharded ? 1 : 0;
     const int64_t n = p.param.numel();
-    if (open[kind] < 0 || (buckets_[open[kind]]->size > 0 && buckets_[open[kind]]->size + n > cap)) {
+    if (open[kind] < 0 ||
+        (buckets_[open[kind]]->size > 0 && buckets_[open[kind]]->size + n > cap)) {
       buckets_.push_back(std::make_unique<Bucket>());
       buckets_.back()->tp_sharded = p.tp_sharded;
       open[kind] = static_cast<int>(buckets_.size()) - 1;

@@ -108,7 +108,7 @@ class DataParallel {
   sharding::Communicator* tp_ = nullptr;
   int dp_size_ = 1, dp_rank_ = 0;
   std::vector<std::unique_ptr<Bucket>> buckets_;
-  std::vector<int> bucket_of_;  // per parameter
+  std::vector<int> bucket_of_;                            // per parameter
   std::vector<std::shared_ptr<void>> grad_accumulators_;  // keeps the hooked nodes alive
   bool sync_ = false;
   bool overlap_ = true;

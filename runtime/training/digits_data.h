@@ -12,7 +12,7 @@ namespace tessera::training {
 
 struct DigitsSet {
   int64_t size() const { return static_cast<int64_t>(labels.size()); }
-  std::vector<float> pixels;  // [size, 64], row-major 8x8 images, values 0..16
+  std::vector<float> pixels;    // [size, 64], row-major 8x8 images, values 0..16
   std::vector<int64_t> labels;  // [size] in 0..9
 };
 

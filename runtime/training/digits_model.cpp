@@ -55,7 +55,8 @@ DigitsClassifier::DigitsClassifier(const DigitsModelConfig& c, uint64_t seed,
   auto zeros = [](std::vector<int64_t> shape) { return torch::zeros(shape); };
   auto ones = [](std::vector<int64_t> shape) { return torch::ones(shape); };
   const double lin = 1.0 / std::sqrt(static_cast<double>(C));
-  embed_w_ = params_.add("patch_embed.weight", u("patch_embed.weight", {C, 9}, 1.0 / 3.0), -1, true);
+  embed_w_ =
+      params_.add("patch_embed.weight", u("patch_embed.weight", {C, 9}, 1.0 / 3.0), -1, true);
   embed_b_ = params_.add("patch_embed.bias", zeros({C}), -1, false);
   pos_embed_ = params_.add("pos_embed", u("pos_embed", {N, C}, 0.035), -1, false);
   for (int64_t l = 0; l < c.depth; ++l) {
@@ -81,8 +82,8 @@ DigitsClassifier::DigitsClassifier(const DigitsModelConfig& c, uint64_t seed,
     b.f1w = params_.add(p + "mlp.fc1.weight", u(p + "mlp.fc1.weight", {F, C}, lin), 0, true);
     b.f1b = params_.add(p + "mlp.fc1.bias", zeros({F}), 0, false);
     b.f2w = params_.add(p + "mlp.fc2.weight",
-                        u(p + "mlp.fc2.weight", {C, F}, 1.0 / std::sqrt(static_cast<double>(F))),
-                        1, true);
+                        u(p + "mlp.fc2.weight", {C, F}, 1.0 / std::sqrt(static_cast<double>(F))), 1,
+                        true);
     b.f2b = params_.add(p + "mlp.fc2.bias", zeros({C}), -1, false);
     blocks_.push_back(b);
   }
@@ -93,9 +94,8 @@ DigitsClassifier::DigitsClassifier(const DigitsModelConfig& c, uint64_t seed,
 
   // Token positions (column, row) and the neighbour structure they give, once for every image.
   auto grid = torch::arange(N, torch::kLong);
-  pos_ = torch::stack({torch::remainder(grid, c.image_size), torch::div(grid, c.image_size,
-                                                                        "floor")},
-                      1)
+  pos_ = torch::stack(
+             {torch::remainder(grid, c.image_size), torch::div(grid, c.image_size, "floor")}, 1)
              .to(torch::kFloat)
              .mul_(c.pos_scale)
              .unsqueeze(0);

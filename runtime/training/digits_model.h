@@ -1,10 +1,10 @@
 // An AutoFocusFormer-style classifier for 8x8 digit images: every pixel is a token at its (x, y)
-// position, embedded from its 3x3 neighbourhood (a convolutional stem); tokens are grouped into balanced clusters along a Hilbert curve and each attends to
-// the tokens of its k nearest clusters (kernels/ops/cluster_neighbors_ops.h) through the fused
-// cluster-attention autograd Function (kernels/ops/cluster_attention_autograd.h) with the learned
-// relative-position bias and a blank token. Pre-norm blocks (attention, GELU MLP), mean pooling,
-// a linear head. Heads and the MLP split over the tensor-parallel group (q/k/v and fc1
-// column-parallel, proj and fc2 row-parallel).
+// position, embedded from its 3x3 neighbourhood (a convolutional stem); tokens are grouped into
+// balanced clusters along a Hilbert curve and each attends to the tokens of its k nearest clusters
+// (kernels/ops/cluster_neighbors_ops.h) through the fused cluster-attention autograd Function
+// (kernels/ops/cluster_attention_autograd.h) with the learned relative-position bias and a blank
+// token. Pre-norm blocks (attention, GELU MLP), mean pooling, a linear head. Heads and the MLP
+// split over the tensor-parallel group (q/k/v and fc1 column-parallel, proj and fc2 row-parallel).
 //
 // Checkpoint layout (model.safetensors, float32, full tensors whatever the TP size):
 //   patch_embed.weight [C, 9] (over the pixel's 3x3 neighbourhood / 16, row-major, zero padded),

@@ -18,8 +18,8 @@ class DigitsTask final : public TrainTask {
         seed_(c.seed) {
     train_x_ = torch::from_blob(data_.train.pixels.data(), {data_.train.size(), 64}, torch::kFloat)
                    .clone();
-    train_y_ = torch::from_blob(data_.train.labels.data(), {data_.train.size()}, torch::kLong)
-                   .clone();
+    train_y_ =
+        torch::from_blob(data_.train.labels.data(), {data_.train.size()}, torch::kLong).clone();
     test_x_ =
         torch::from_blob(data_.test.pixels.data(), {data_.test.size(), 64}, torch::kFloat).clone();
     test_y_ = torch::from_blob(data_.test.labels.data(), {data_.test.size()}, torch::kLong).clone();
@@ -87,8 +87,8 @@ class DigitsTask final : public TrainTask {
       auto logits = model_.forward(test_x_.index_select(0, index));
       auto y = test_y_.index_select(0, index);
       correct += logits.argmax(1).eq(y).sum().item<double>();
-      loss_sum += at::cross_entropy_loss(logits, y, {}, at::Reduction::Sum, -100, 0.0)
-                      .item<double>();
+      loss_sum +=
+          at::cross_entropy_loss(logits, y, {}, at::Reduction::Sum, -100, 0.0).item<double>();
       total += m;
     }
     // Every TP rank of a data-parallel rank computed the same: count one of them.
@@ -112,8 +112,7 @@ class DigitsTask final : public TrainTask {
 
 }  // namespace
 
-std::unique_ptr<TrainTask> make_digits_task(const TrainConfig& config,
-                                            sharding::Communicator* tp) {
+std::unique_ptr<TrainTask> make_digits_task(const TrainConfig& config, sharding::Communicator* tp) {
   return std::make_unique<DigitsTask>(config, tp);
 }
 

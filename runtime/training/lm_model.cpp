@@ -26,25 +26,26 @@ DecoderLM::DecoderLM(const models::ModelConfig& c, uint64_t seed, sharding::Comm
     Layer L;
     L.window = c.layer_windows[l];
     L.in_norm = params_.add(p + "input_layernorm.weight", torch::ones({h}), -1, false);
-    L.qw = params_.add(p + "self_attn.q_proj.weight", u(p + "self_attn.q_proj.weight", {q, h},
-                                                        lin(h)), 0, true);
-    L.kw = params_.add(p + "self_attn.k_proj.weight", u(p + "self_attn.k_proj.weight", {kv, h},
-                                                        lin(h)), 0, true);
-    L.vw = params_.add(p + "self_attn.v_proj.weight", u(p + "self_attn.v_proj.weight", {kv, h},
-                                                        lin(h)), 0, true);
+    L.qw = params_.add(p + "self_attn.q_proj.weight",
+                       u(p + "self_attn.q_proj.weight", {q, h}, lin(h)), 0, true);
+    L.kw = params_.add(p + "self_attn.k_proj.weight",
+                       u(p + "self_attn.k_proj.weight", {kv, h}, lin(h)), 0, true);
+    L.vw = params_.add(p + "self_attn.v_proj.weight",
+                       u(p + "self_attn.v_proj.weight", {kv, h}, lin(h)), 0, true);
     if (c.attention_bias) {
       L.qb = params_.add(p + "self_attn.q_proj.bias", torch::zeros({q}), 0, false);
       L.kb = params_.add(p + "self_attn.k_proj.bias", torch::zeros({kv}), 0, false);
       L.vb = params_.add(p + "self_attn.v_proj.bias", torch::zeros({kv}), 0, false);
     }
-    L.ow = params_.add(p + "self_attn.o_proj.weight",
-                       u(p + "self_attn.o_proj.weight", {h, q}, lin(q) / std::sqrt(2.0 * c.num_hidden_layers)),
-                       1, true);
+    L.ow = params_.add(
+        p + "self_attn.o_proj.weight",
+        u(p + "self_attn.o_proj.weight", {h, q}, lin(q) / std::sqrt(2.0 * c.num_hidden_layers)), 1,
+        true);
     L.post_norm = params_.add(p + "post_attention_layernorm.weight", torch::ones({h}), -1, false);
-    L.gate = params_.add(p + "mlp.gate_proj.weight", u(p + "mlp.gate_proj.weight", {inter, h},
-                                                       lin(h)), 0, true);
-    L.up = params_.add(p + "mlp.up_proj.weight", u(p + "mlp.up_proj.weight", {inter, h}, lin(h)),
-                       0, true);
+    L.gate = params_.add(p + "mlp.gate_proj.weight",
+                         u(p + "mlp.gate_proj.weight", {inter, h}, lin(h)), 0, true);
+    L.up = params_.add(p + "mlp.up_proj.weight", u(p + "mlp.up_proj.weight", {inter, h}, lin(h)), 0,
+                       true);
     L.down = params_.add(p + "mlp.down_proj.weight",
                          u(p + "mlp.down_proj.weight", {h, inter},
                            lin(inter) / std::sqrt(2.0 * c.num_hidden_layers)),
@@ -52,12 +53,15 @@ DecoderLM::DecoderLM(const models::ModelConfig& c, uint64_t seed, sharding::Comm
     layers_.push_back(L);
   }
   norm_ = params_.add("model.norm.weight", torch::ones({h}), -1, false);
-  TESSERA_CHECK(!c.tie_word_embeddings, "training a model with tie_word_embeddings is not supported");
-  lm_head_ = params_.add("lm_head.weight", u("lm_head.weight", {c.vocab_size, h}, lin(h)), -1, true);
+  TESSERA_CHECK(!c.tie_word_embeddings,
+                "training a model with tie_word_embeddings is not supported");
+  lm_head_ =
+      params_.add("lm_head.weight", u("lm_head.weight", {c.vocab_size, h}, lin(h)), -1, true);
   // HF rotary: inv_freq[i] = theta^(-2i/d), computed in double as transformers does, then float.
-  inv_freq_ = torch::pow(c.rope_theta, torch::arange(0, D, 2, torch::kDouble) / static_cast<double>(D))
-                  .reciprocal()
-                  .to(torch::kFloat);
+  inv_freq_ =
+      torch::pow(c.rope_theta, torch::arange(0, D, 2, torch::kDouble) / static_cast<double>(D))
+          .reciprocal()
+          .to(torch::kFloat);
 }
 
 torch::Tensor DecoderLM::rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {
@@ -78,7 +82,8 @@ torch::Tensor DecoderLM::forward(const torch::Tensor& tokens) {
     auto x1 = t.narrow(-1, 0, D / 2), x2 = t.narrow(-1, D / 2, D / 2);
     return t * cos + torch::cat({-x2, x1}, -1) * sin;
   };
-  auto qi = torch::arange(T, torch::kLong).unsqueeze(1), ki = torch::arange(T, torch::kLong).unsqueeze(0);
+  auto qi = torch::arange(T, torch::kLong).unsqueeze(1),
+       ki = torch::arange(T, torch::kLong).unsqueeze(0);
   auto causal = ki.le(qi);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   const int64_t group = local_q_ / local_kv_;

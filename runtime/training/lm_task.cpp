@@ -1,7 +1,7 @@
-// The decoder LM as a training task: a plain-text file read as bytes (the byte tokenizer's ids 0..255),
-// windows of seq_len + 1 bytes at offsets drawn from (seed, stream position) in the first 95% of
-// the file, next-byte cross-entropy; held-out loss (and bits per byte) on fixed windows of the
-// last 5%.
+// The decoder LM as a training task: a plain-text file read as bytes (the byte tokenizer's ids
+// 0..255), windows of seq_len + 1 bytes at offsets drawn from (seed, stream position) in the first
+// 95% of the file, next-byte cross-entropy; held-out loss (and bits per byte) on fixed windows of
+// the last 5%.
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -61,6 +61,7 @@ class LmTask final : public TrainTask {
     m.bos_token_id = runtime::ByteTokenizer::kBos;
     m.eos_token_id = runtime::ByteTokenizer::kEos;
     m.layer_windows.assign(c.lm_layers, 0);
+    for (int64_t l = 1; l < c.lm_layers; l += 2) m.layer_windows[l] = c.lm_window;
     return m;
   }
 
@@ -92,8 +93,8 @@ class LmTask final : public TrainTask {
     std::vector<int64_t> offsets(count);
     const uint64_t span = static_cast<uint64_t>(split_ - seq_ - 1);
     for (int64_t i = 0; i < count; ++i) {
-      offsets[i] = static_cast<int64_t>(mix(seed_ * 0x2545f4914f6cdd1dull +
-                                            static_cast<uint64_t>(begin + i)) % span);
+      offsets[i] = static_cast<int64_t>(
+          mix(seed_ * 0x2545f4914f6cdd1dull + static_cast<uint64_t>(begin + i)) % span);
     }
     return lm_loss(windows(offsets), at::Reduction::Mean);
   }

@@ -33,8 +33,8 @@ torch::Tensor ShardedParams::slice(const torch::Tensor& full, int shard_dim,
   return full.narrow(shard_dim, r.begin, r.size);
 }
 
-torch::Tensor ShardedParams::add(const std::string& name, const torch::Tensor& full,
-                                 int shard_dim, bool decay) {
+torch::Tensor ShardedParams::add(const std::string& name, const torch::Tensor& full, int shard_dim,
+                                 bool decay) {
   ShardedParam p;
   p.name = name;
   p.full_shape = full.sizes().vec();

@@ -20,8 +20,8 @@ namespace tessera::training {
 struct ShardedParam {
   std::string name;
   std::vector<int64_t> full_shape;
-  int shard_dim = -1;  // -1 = replicated on every TP rank
-  bool decay = false;  // weight decay applies
+  int shard_dim = -1;   // -1 = replicated on every TP rank
+  bool decay = false;   // weight decay applies
   torch::Tensor local;  // this rank's slice, a leaf that requires grad
 };
 

@@ -40,8 +40,8 @@ json toml_value(const std::string& raw, const std::string& where) {
     }
     TESSERA_CHECK(i < v.size(), where, ": unterminated string ", v);
     std::string rest = trim(v.substr(i + 1));
-    TESSERA_CHECK(rest.empty() || rest.front() == '#', where, ": unexpected text after string: ",
-                  rest);
+    TESSERA_CHECK(rest.empty() || rest.front() == '#', where,
+                  ": unexpected text after string: ", rest);
     return out;
   }
   if (auto hash = v.find('#'); hash != std::string::npos) v = trim(v.substr(0, hash));
@@ -144,10 +144,10 @@ TrainConfig TrainConfig::from_json(const json& j, const TrainConfig& base) {
     for (auto& ch : key) {
       if (ch == '-') ch = '_';
     }
-#define TESSERA_KEY(name)                                       \
-  if (key == #name) {                                           \
-    c.name = get_as<decltype(c.name)>(v, key);                  \
-    continue;                                                   \
+#define TESSERA_KEY(name)                      \
+  if (key == #name) {                          \
+    c.name = get_as<decltype(c.name)>(v, key); \
+    continue;                                  \
   }
     TESSERA_KEY(model)
     TESSERA_KEY(data)
@@ -164,6 +164,7 @@ TrainConfig TrainConfig::from_json(const json& j, const TrainConfig& base) {
     TESSERA_KEY(lm_kv_heads)
     TESSERA_KEY(lm_intermediate)
     TESSERA_KEY(seq_len)
+    TESSERA_KEY(lm_window)
     TESSERA_KEY(steps)
     TESSERA_KEY(global_batch)
     TESSERA_KEY(micro_batch)
@@ -222,6 +223,7 @@ json TrainConfig::to_json() const {
               {"lm_kv_heads", lm_kv_heads},
               {"lm_intermediate", lm_intermediate},
               {"seq_len", seq_len},
+              {"lm_window", lm_window},
               {"steps", steps},
               {"global_batch", global_batch},
               {"micro_batch", micro_batch},
@@ -266,6 +268,7 @@ void TrainConfig::validate() const {
   positive(cluster_size, "cluster_size");
   positive(nearest, "nearest");
   positive(seq_len, "seq_len");
+  TESSERA_CHECK(lm_window >= 0, "config key lm_window must be >= 0, got ", lm_window);
   positive(keep_checkpoints, "keep_checkpoints");
   TESSERA_CHECK(std::isfinite(lr) && lr > 0, "config key lr must be a positive number, got ", lr);
   TESSERA_CHECK(min_lr >= 0 && min_lr <= lr, "config key min_lr must be in [0, lr], got ", min_lr);
@@ -308,7 +311,8 @@ int64_t TrainConfig::accumulation_steps(int world_size) const {
 }
 
 std::string default_data_path(const std::string& model) {
-  if (model == "digits") return "/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz";
+  if (model == "digits")
+    return "/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz";
   // The KJV as plain text: `bible -l0 "Genesis1:1-Revelation22:21" > kjv.txt` (Debian's
   // bible-kjv); scripts/train_tiny.sh makes it.
   return "kjv.txt";

@@ -32,6 +32,8 @@ struct TrainConfig {
   int64_t lm_kv_heads = 2;
   int64_t lm_intermediate = 256;
   int64_t seq_len = 128;
+  int64_t lm_window = 0;  // sliding window of the odd layers (0 = every layer full), as the tiny
+                          // model's full / sliding(16) alternation
 
   // --- schedule ----------------------------------------------------------------------------------
   int64_t steps = 100;
@@ -43,7 +45,7 @@ struct TrainConfig {
   int64_t warmup_steps = 0;
   double weight_decay = 0.0;  // decoupled (AdamW) / L2 (SGD); matrices only
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
-  double momentum = 0.9;  // SGD
+  double momentum = 0.9;   // SGD
   double clip_grad = 0.0;  // max global gradient norm; 0 = off
   bool bf16 = false;       // CPU bf16 autocast for the forward
   uint64_t seed = 0;
@@ -54,12 +56,12 @@ struct TrainConfig {
   double bucket_mb = 1.0;  // gradient bucket cap (MiB)
 
   // --- output ------------------------------------------------------------------------------------
-  std::string checkpoint_dir;    // "" = no checkpoints
-  int64_t checkpoint_every = 0;  // steps; 0 = only at the end (when checkpoint_dir is set)
-  int64_t keep_checkpoints = 1;  // complete checkpoints kept (older ones removed after a new one)
-  bool resume = false;           // continue from checkpoint_dir's latest checkpoint
-  std::string log;               // JSONL loss log ("" = none)
-  int64_t eval_every = 0;        // classifier test accuracy every N steps (0 = at the end only)
+  std::string checkpoint_dir;     // "" = no checkpoints
+  int64_t checkpoint_every = 0;   // steps; 0 = only at the end (when checkpoint_dir is set)
+  int64_t keep_checkpoints = 1;   // complete checkpoints kept (older ones removed after a new one)
+  bool resume = false;            // continue from checkpoint_dir's latest checkpoint
+  std::string log;                // JSONL loss log ("" = none)
+  int64_t eval_every = 0;         // classifier test accuracy every N steps (0 = at the end only)
   std::string progress = "auto";  // "auto" (a bar when stderr is a terminal) | "on" | "off"
 
   // Keys as in the config file / flag names with '-' → '_'. Unknown keys, wrong types and bad

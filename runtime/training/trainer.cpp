@@ -1,7 +1,6 @@
 #include "runtime/training/trainer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/autocast_mode.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -11,6 +10,7 @@
 #include <fstream>
 
 #include "common/error.h"
+#include "runtime/training/autocast.h"
 #include "runtime/training/checkpoint.h"
 #include "runtime/training/data_parallel.h"
 #include "runtime/training/train_task.h"
@@ -22,32 +22,8 @@ namespace tessera::training {
 namespace {
 
 double now_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
-
-// CPU bf16 autocast for the forward (torch 1.13: linear / matmul in bf16, reductions in fp32).
-class AutocastScope {
- public:
-  explicit AutocastScope(bool on) : on_(on) {
-    if (!on_) return;
-    prev_enabled_ = at::autocast::is_cpu_enabled();
-    prev_dtype_ = at::autocast::get_autocast_cpu_dtype();
-    at::autocast::set_cpu_enabled(true);
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-  }
-  ~AutocastScope() {
-    if (!on_) return;
-    at::autocast::set_cpu_enabled(prev_enabled_);
-    at::autocast::set_autocast_cpu_dtype(prev_dtype_);
-    at::autocast::clear_cache();
-  }
-
- private:
-  bool on_;
-  bool prev_enabled_ = false;
-  at::ScalarType prev_dtype_ = at::kBFloat16;
-};
 
 std::string format_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
@@ -81,10 +57,9 @@ class Progress {
         static_cast<int>(kWidth * static_cast<double>(step) / static_cast<double>(total_));
     std::string bar(filled, '#');
     bar.resize(kWidth, '.');
-    std::fprintf(stderr, "%s[%s] step %lld/%lld  loss %.4f  %.0f %s/s  ETA %s%s",
-                 tty_ ? "\r" : "", bar.c_str(), static_cast<long long>(step),
-                 static_cast<long long>(total_), loss, rate, unit_, format_duration(eta).c_str(),
-                 tty_ ? "\033[K" : "\n");
+    std::fprintf(stderr, "%s[%s] step %lld/%lld  loss %.4f  %.0f %s/s  ETA %s%s", tty_ ? "\r" : "",
+                 bar.c_str(), static_cast<long long>(step), static_cast<long long>(total_), loss,
+                 rate, unit_, format_duration(eta).c_str(), tty_ ? "\033[K" : "\n");
     std::fflush(stderr);
     dirty_ = tty_;
   }
@@ -176,9 +151,9 @@ TrainResult train(const TrainConfig& config, sharding::Communicator& world,
   TrainResult result;
   int64_t start = 0;
   std::string last_good;
-  const std::string opt_file =
-      cfg.tp > 1 ? "optimizer-tp" + std::to_string(tp->rank()) + ".safetensors"
-                 : "optimizer.safetensors";
+  const std::string opt_file = cfg.tp > 1
+                                   ? "optimizer-tp" + std::to_string(tp->rank()) + ".safetensors"
+                                   : "optimizer.safetensors";
   if (cfg.resume) {
     auto latest = latest_checkpoint(cfg.checkpoint_dir);
     if (latest) {
@@ -267,8 +242,7 @@ TrainResult train(const TrainConfig& config, sharding::Communicator& world,
     result.last_checkpoint = last_good;
   };
 
-  Progress progress(world.rank() == 0 ? cfg.progress : "off", start, cfg.steps,
-                    task->unit_name());
+  Progress progress(world.rank() == 0 ? cfg.progress : "off", start, cfg.steps, task->unit_name());
   const int64_t units = G * task->units_per_sample();
   double loop_start = now_s();
   int64_t timed_steps = 0;
@@ -302,8 +276,8 @@ TrainResult train(const TrainConfig& config, sharding::Communicator& world,
     const double norm = ddp.step(lr);
     if (!std::isfinite(norm)) {
       collective_fail("gradient norm is " + std::to_string(norm) + " at step " +
-                      std::to_string(step + 1) + " (lr " + std::to_string(lr) +
-                      "); stopped, " + kept_line(last_good));
+                      std::to_string(step + 1) + " (lr " + std::to_string(lr) + "); stopped, " +
+                      kept_line(last_good));
     }
     task->parameters_changed();
     const double t1 = now_s();
@@ -329,8 +303,7 @@ TrainResult train(const TrainConfig& config, sharding::Communicator& world,
         log.flush();
       }
       if (hooks.on_step) hooks.on_step(rec);
-      progress.update(step + 1, loss, rate,
-                      per_step * static_cast<double>(cfg.steps - step - 1));
+      progress.update(step + 1, loss, rate, per_step * static_cast<double>(cfg.steps - step - 1));
     }
     result.steps_done = step + 1;
     result.last_loss = loss;

@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "runtime/models/safetensors.h"
+#include "runtime/training/autocast.h"
 #include "runtime/training/checkpoint.h"
 #include "runtime/training/digits_data.h"
 #include "runtime/training/digits_model.h"
@@ -27,9 +28,9 @@ void write(const std::string& path, const std::vector<std::pair<std::string, tor
     auto t = t0.detach().contiguous();
     models::TensorToWrite w;
     w.name = name;
-    w.dtype = t.scalar_type() == torch::kLong ? DType::kI64
-                                              : (t.scalar_type() == torch::kBool ? DType::kBool
-                                                                                 : DType::kF32);
+    w.dtype = t.scalar_type() == torch::kLong
+                  ? DType::kI64
+                  : (t.scalar_type() == torch::kBool ? DType::kBool : DType::kF32);
     if (t.scalar_type() == torch::kDouble) t = t.to(torch::kFloat);
     w.shape = t.sizes().vec();
     w.bytes.resize(t.numel() * t.element_size());
@@ -80,12 +81,33 @@ TEST(DigitsModel, GradientsEqualAPurePyTorchImplementation) {
                                      {"mask", model.neighbor_mask().expand({B, 64, -1})},
                                      {"pos", model.positions().expand({B, 64, 2})}});
   std::ofstream(dir + "/config.json") << model.config().to_json().dump();
-  const std::string script =
-      std::string(std::getenv("TESSERA_SOURCE_DIR")) + "/tests/runtime/training/digits_reference.py";
+  const std::string script = std::string(std::getenv("TESSERA_SOURCE_DIR")) +
+                             "/tests/runtime/training/digits_reference.py";
   const std::string cmd = std::string(py) + " " + script + " " + dir;
   const int rc = std::system(cmd.c_str());
   EXPECT_EQ(rc, 0) << cmd;
   fs::remove_all(dir);
+}
+
+TEST(DigitsModel, Bf16AutocastRunsTheForwardInBf16) {
+  DigitsModelConfig mc;
+  mc.dim = 32;
+  DigitsClassifier model(mc, 2, nullptr);
+  auto x = torch::rand({6, 64}) * 16;
+  torch::Tensor fp32, bf16, probe;
+  {
+    torch::NoGradGuard g;
+    fp32 = model.forward(x);
+    AutocastScope autocast(true);
+    bf16 = model.forward(x);
+    probe = torch::linear(x, torch::ones({3, 64}));
+  }
+  EXPECT_EQ(probe.scalar_type(), torch::kBFloat16);  // autocast is on inside the scope
+  EXPECT_EQ(bf16.scalar_type(), torch::kFloat);      // the logits come back in fp32
+  const double diff = (bf16 - fp32).abs().max().item<double>();
+  EXPECT_GT(diff, 1e-5);                                    // bf16 rounding shows...
+  EXPECT_LT(diff, 0.05 * fp32.abs().max().item<double>());  // ...and stays small
+  EXPECT_EQ(torch::linear(x, torch::ones({3, 64})).scalar_type(), torch::kFloat);  // restored
 }
 
 TEST(DigitsModel, NeighboursComeFromBalancedClusters) {
@@ -163,10 +185,14 @@ TEST(TrainConfig, ReadsJsonTomlAndRejectsBadValues) {
     }
     return std::string();
   };
-  EXPECT_EQ(msg([&] { TrainConfig::from_json({{"optimizer", "adam"}}); }),
+  EXPECT_EQ(msg([&] {
+              TrainConfig::from_json({{"optimizer", "adam"}});
+            }),
             "config key optimizer: unknown optimizer 'adam' (expected adamw or sgd)");
   EXPECT_EQ(msg([&] { TrainConfig::from_json({{"stpes", 3}}); }), "unknown config key 'stpes'");
-  EXPECT_EQ(msg([&] { TrainConfig::from_json({{"steps", "many"}}); }),
+  EXPECT_EQ(msg([&] {
+              TrainConfig::from_json({{"steps", "many"}});
+            }),
             "config key steps must be an integer, got \"many\"");
   EXPECT_EQ(b.accumulation_steps(4), 1);
   TrainConfig odd = b;
@@ -175,8 +201,9 @@ TEST(TrainConfig, ReadsJsonTomlAndRejectsBadValues) {
             "config key global_batch=10 is not divisible by data-parallel ranks x micro_batch = 4 "
             "x 3 = 12");
   std::ofstream(dir + "/c.yaml") << "steps: 3\n";
-  EXPECT_NE(msg([&] { TrainConfig::read_file(dir + "/c.yaml"); }).find("must end in .json or .toml"),
-            std::string::npos);
+  EXPECT_NE(
+      msg([&] { TrainConfig::read_file(dir + "/c.yaml"); }).find("must end in .json or .toml"),
+      std::string::npos);
   fs::remove_all(dir);
 }
 

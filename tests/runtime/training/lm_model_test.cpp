@@ -26,8 +26,9 @@ namespace fs = std::filesystem;
 
 // A few kilobytes of English-like text made here (no download; the KJV is for the real run).
 std::string sample_text() {
-  const char* words[] = {"the", "light", "and", "darkness", "were", "divided", "in", "beginning",
-                         "earth", "waters", "of", "was", "good", "said", "let", "there", "be"};
+  const char* words[] = {"the",  "light",     "and",   "darkness", "were", "divided",
+                         "in",   "beginning", "earth", "waters",   "of",   "was",
+                         "good", "said",      "let",   "there",    "be"};
   std::string s;
   uint64_t x = 12345;
   for (int i = 0; i < 3000; ++i) {
@@ -71,9 +72,9 @@ TEST(LmModel, CheckpointLoadsInTheInferenceDecoderAndTransformers) {
   const auto config = models::ModelConfig::from_file(ck + "/config.json");
   DecoderLM lm(config, 999, nullptr);
   lm.params().load_full(read_tensors(ck + "/model.safetensors"));
-  auto tokens = torch::tensor({84, 104, 101, 32, 108, 105, 103, 104, 116, 32, 119, 97, 115},
-                              torch::kLong)
-                    .view({1, -1});
+  auto tokens =
+      torch::tensor({84, 104, 101, 32, 108, 105, 103, 104, 116, 32, 119, 97, 115}, torch::kLong)
+          .view({1, -1});
   torch::Tensor ours;
   {
     torch::NoGradGuard g;
@@ -91,6 +92,35 @@ TEST(LmModel, CheckpointLoadsInTheInferenceDecoderAndTransformers) {
   std::printf("inference decoder vs training forward: max |diff| %.3e\n", dec_diff);
   EXPECT_LT(dec_diff, 1e-4);
 
+  // Sliding-window layers (the tiny model's alternation) through both forwards: a model with
+  // window 4 on its odd layers, 13 tokens.
+  {
+    auto wc = config;
+    wc.layer_windows = {0, 4};
+    DecoderLM wlm(wc, 5, nullptr);
+    torch::NoGradGuard g;
+    auto wours = wlm.forward(tokens);
+    std::vector<models::TensorToWrite> ws;
+    for (const auto& [name, t] : wlm.params().gather_full()) {
+      models::TensorToWrite w{name, DType::kF32, t.sizes().vec(), {}};
+      w.bytes.resize(t.numel() * 4);
+      std::memcpy(w.bytes.data(), t.contiguous().data_ptr(), w.bytes.size());
+      ws.push_back(std::move(w));
+    }
+    fs::create_directories(dir + "/windowed");
+    models::write_safetensors(dir + "/windowed/model.safetensors", ws, {{"format", "pt"}});
+    std::ofstream(dir + "/windowed/config.json") << wc.to_json_text();
+    auto wfolder = models::ModelFolder::open(dir + "/windowed");
+    models::WeightLoader wweights(wfolder);
+    models::DecoderModel wdec(models::ModelConfig::from_file(dir + "/windowed/config.json"),
+                              wweights, nullptr);
+    caches::ContiguousKVCache wcache(wdec.cache_config(1, T, T));
+    const double wdiff = (wdec.forward(tokens, pos, wcache) - wours).abs().max().item<double>();
+    std::printf("sliding window 4: inference decoder vs training forward: max |diff| %.3e\n",
+                wdiff);
+    EXPECT_LT(wdiff, 1e-4);
+  }
+
   // Hugging Face transformers in the test venv.
   const char* py = std::getenv("TESSERA_VENV_PYTHON");
   if (py == nullptr || !fs::exists(py)) {
@@ -98,8 +128,8 @@ TEST(LmModel, CheckpointLoadsInTheInferenceDecoderAndTransformers) {
     GTEST_SKIP() << "no test venv (TESSERA_VENV_PYTHON) for the transformers comparison";
   }
   std::vector<models::TensorToWrite> out;
-  for (auto [name, t] : {std::pair<std::string, torch::Tensor>{"tokens", tokens},
-                         {"logits", ours.contiguous()}}) {
+  for (auto [name, t] :
+       {std::pair<std::string, torch::Tensor>{"tokens", tokens}, {"logits", ours.contiguous()}}) {
     models::TensorToWrite w;
     w.name = name;
     w.dtype = t.scalar_type() == torch::kLong ? DType::kI64 : DType::kF32;
@@ -109,10 +139,9 @@ TEST(LmModel, CheckpointLoadsInTheInferenceDecoderAndTransformers) {
     out.push_back(std::move(w));
   }
   models::write_safetensors(dir + "/expected.safetensors", out, {{"format", "pt"}});
-  const std::string cmd = std::string("HF_HUB_OFFLINE=1 ") + py + " " +
-                          std::getenv("TESSERA_SOURCE_DIR") +
-                          "/tests/runtime/training/lm_transformers.py " + ck + " " + dir +
-                          "/expected.safetensors";
+  const std::string cmd =
+      std::string("HF_HUB_OFFLINE=1 ") + py + " " + std::getenv("TESSERA_SOURCE_DIR") +
+      "/tests/runtime/training/lm_transformers.py " + ck + " " + dir + "/expected.safetensors";
   EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
   fs::remove_all(dir);
 }
