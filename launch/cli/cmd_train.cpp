@@ -1,10 +1,12 @@
 // `tessera train`: a training run from a config file (JSON or TOML) and/or flags (every config
 // key is a flag: --global-batch 64, --optimizer sgd, --zero, ...; flags override the file).
+// SIGUSR1 / SIGTERM / SIGINT: checkpoint at the next step boundary and exit with status 76.
 #include <cstdio>
 #include <memory>
 
 #include "common/error.h"
 #include "launch/cli/commands.h"
+#include "launch/signals.h"
 #include "runtime/training/train_config.h"
 #include "runtime/training/trainer.h"
 
@@ -68,7 +70,14 @@ Command register_train(CLI::App& root) {
     // Every rank read the same arguments: one agreed line, not one per rank.
     err = w.comm->agree_on_error(err);
     if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
-    auto result = training::train(config, *w.comm);
+    // Preemption: SIGUSR1 (SLURM's time-limit warning, sbatch --signal=USR1@T), SIGTERM or
+    // SIGINT on any rank → checkpoint at the next step boundary, exit kPreemptedExitCode.
+    launch::signals::install();
+    training::TrainHooks hooks;
+    hooks.stop_requested = [] {
+      return launch::signals::warning_received() || launch::signals::stop_requested();
+    };
+    auto result = training::train(config, *w.comm, hooks);
     if (w.rank == 0) {
       std::string metrics;
       for (const auto& [k, v] : result.metrics.items()) {

@@ -92,6 +92,12 @@ std::string kept_line(const std::string& last_good) {
                            : "the last good checkpoint " + last_good + " is kept";
 }
 
+std::string num(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  return buf;
+}
+
 [[noreturn]] void collective_fail(const std::string& message) {
   throw CollectiveError(message, __FILE__, __LINE__);
 }
@@ -270,14 +276,13 @@ TrainResult train(const TrainConfig& config, sharding::Communicator& world,
     const bool stop = agreed[1].item<double>() > 0;
     if (!std::isfinite(loss)) {
       collective_fail("loss is " + std::string(std::isnan(loss) ? "NaN" : "infinite") +
-                      " at step " + std::to_string(step + 1) + " (lr " + std::to_string(lr) +
+                      " at step " + std::to_string(step + 1) + " (lr " + num(lr) +
                       "); stopped before the optimizer step, " + kept_line(last_good));
     }
     const double norm = ddp.step(lr);
     if (!std::isfinite(norm)) {
-      collective_fail("gradient norm is " + std::to_string(norm) + " at step " +
-                      std::to_string(step + 1) + " (lr " + std::to_string(lr) + "); stopped, " +
-                      kept_line(last_good));
+      collective_fail("gradient norm is " + num(norm) + " at step " + std::to_string(step + 1) +
+                      " (lr " + num(lr) + "); stopped, " + kept_line(last_good));
     }
     task->parameters_changed();
     const double t1 = now_s();

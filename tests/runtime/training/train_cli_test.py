@@ -2,7 +2,8 @@
 """`tessera train` end to end under mpirun (2 ranks): the loss falls over a short run and the
 JSONL log and checkpoint are written; bad configs end with one clear line and a non-zero exit;
 SIGKILL of one rank mid-run ends the whole job within the watchdog timeout, and `--resume` from
-the last checkpoint reproduces the uninterrupted run's loss curve bit for bit (CPU fp32).
+the last checkpoint reproduces the uninterrupted run's loss curve bit for bit (CPU fp32); SIGUSR1
+to one rank checkpoints at the next step and exits 76.
 
 Environment (set by ctest): TESSERA_BIN, MPIEXEC, TESSERA_SOURCE_DIR.
 """
@@ -136,10 +137,36 @@ def test_kill_and_resume(tmp):
     check(same, f"resumed loss curve equals the uninterrupted one bitwise (differ at {diffs[:5]})")
 
 
+def test_preemption_signal(tmp):
+    """SIGUSR1 to one rank (SLURM's warning): checkpoint at the next step, exit 76, resume."""
+    ck = os.path.join(tmp, "preempt")
+    log = os.path.join(tmp, "preempt.jsonl")
+    args = SMALL + ["--global-batch", "16", "--log", log, "--checkpoint-dir", ck]
+    cmd = [MPIEXEC, "-np", "2", "--oversubscribe", BIN, "train", "--progress", "off",
+           "--steps", "400"] + args
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not os.path.exists(log) or len(read_log(log)) < 5):
+        time.sleep(0.05)
+    ranks = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(ranks[-1]), signal.SIGUSR1)
+    out, err = p.communicate(timeout=120)
+    check(p.returncode == 76, f"SIGUSR1 → exit status 76 (got {p.returncode}: {err[-300:]})")
+    done = len(read_log(log))
+    latest = open(os.path.join(ck, "latest")).read().strip()
+    check(done < 400 and latest == f"step-{done:08d}",
+          f"stopped at step {done} with its checkpoint ({latest})")
+    r = mpirun(2, args + ["--resume", "--steps", str(done + 3)])
+    check(r.returncode == 0 and len(read_log(log)) == done + 3,
+          f"--resume continues from step {done} (rc {r.returncode})")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="tessera-train-cli-")
     try:
-        for t in (test_loss_falls, test_bad_configs, test_kill_and_resume):
+        for t in (test_loss_falls, test_bad_configs, test_kill_and_resume,
+                  test_preemption_signal):
             print(f"== {t.__name__}", flush=True)
             t(tmp)
     finally:
