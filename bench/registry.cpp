@@ -14,6 +14,7 @@ Benchmark engine_benchmark();
 Benchmark lora_benchmark();
 Benchmark int8_benchmark();
 Benchmark tokenizers_benchmark();
+Benchmark train_benchmark();
 
 std::vector<Benchmark> benchmarks() {
   std::vector<Benchmark> all;
@@ -28,6 +29,7 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(lora_benchmark());
   all.push_back(int8_benchmark());
   all.push_back(tokenizers_benchmark());
+  all.push_back(train_benchmark());
   return all;
 }
 

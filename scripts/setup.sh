@@ -12,7 +12,7 @@ pkgs=(
   libzstd-dev libxxhash-dev
   libicu-dev libpcre2-dev
   python3-torch python3-numpy python3-venv python3-pip curl
-  python3-matplotlib
+  zlib1g-dev python3-sklearn python3-matplotlib bible-kjv
   # A private SLURM cluster for the tests (scripts/slurm_cluster.sh): ~3.3 MB, ~7 s to install.
   slurmctld slurmd slurm-client munge
 )
