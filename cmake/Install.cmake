@@ -30,6 +30,10 @@ set(_tessera_dep_CLI11 "find_dependency(CLI11)")
 set(_tessera_dep_Boost "find_dependency(Boost 1.74)")
 set(_tessera_dep_GTest "find_dependency(GTest)")
 set(_tessera_dep_zstd "find_dependency(zstd)")
+set(_tessera_dep_ICU "find_dependency(ICU COMPONENTS uc i18n)")
+# PCRE2 comes through pkg-config (runtime/tokenizers); the same call defines it in a consumer.
+set(_tessera_dep_PkgConfig
+    "find_dependency(PkgConfig)\npkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)")
 # A CUDA libtorch defines the CUDA:: targets itself (see cmake/Dependencies.cmake).
 set(_tessera_dep_CUDA "if(NOT TARGET CUDA::cudart)\n  find_dependency(CUDAToolkit)\nendif()")
 # libtorch's own targets carry no namespace.
