@@ -45,8 +45,13 @@ std::vector<std::string> shards_of_index(const std::string& dir, const fs::path&
   std::vector<std::string> files;
   std::error_code ec;
   for (const auto& n : names) {
+    // A file of this folder: "" would be the folder itself, "/etc/x" or "../x" a file elsewhere.
+    TESSERA_CHECK(!n.empty() && n.find('/') == std::string::npos &&
+                      n.find('\0') == std::string::npos && n != "." && n != "..",
+                  "model folder '", dir, "': model.safetensors.index.json names the shard '", n,
+                  "', which is not a plain file name");
     const fs::path shard = fs::path(dir) / n;
-    TESSERA_CHECK(fs::exists(shard, ec), "model folder '", dir,
+    TESSERA_CHECK(fs::is_regular_file(shard, ec), "model folder '", dir,
                   "': model.safetensors.index.json names the shard '", n, "', which is missing");
     files.push_back(shard.string());
   }

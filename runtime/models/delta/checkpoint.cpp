@@ -76,8 +76,10 @@ Checkpoint Checkpoint::open(const std::string& path, const std::string& what) {
         names.insert(v.get<std::string>());
       }
       for (const auto& n : names) {
-        TESSERA_CHECK(n.find('/') == std::string::npos && n != "." && n != "..", what, ": '",
-                      index_path, "' names the shard '", n, "', which is not a plain file name");
+        TESSERA_CHECK(!n.empty() && n.find('/') == std::string::npos &&
+                          n.find('\0') == std::string::npos && n != "." && n != "..",
+                      what, ": '", index_path, "' names the shard '", n,
+                      "', which is not a plain file name");
         TESSERA_CHECK(fs::is_regular_file(p / n, ec), what, ": '", index_path,
                       "' names the shard '", n, "', which is missing");
         files.emplace_back(n, (p / n).string());
