@@ -77,7 +77,15 @@ T get_as(const json& v, const std::string& key) {
     TESSERA_CHECK(v.is_number_integer() ||
                       (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()),
                   "config key ", key, " must be an integer, got ", v.dump());
-    if (v.is_number_float()) return static_cast<T>(v.get<double>());
+    if (v.is_number_float()) {
+      // A whole float (1e3) must also fit T: casting one that does not (1e300, -1.0 to uint64)
+      // is undefined behaviour.
+      const double x = v.get<double>();
+      constexpr double lo = std::is_unsigned_v<T> ? 0.0 : -0x1p63;
+      constexpr double hi = std::is_unsigned_v<T> ? 0x1p64 : 0x1p63;
+      TESSERA_CHECK(x >= lo && x < hi, "config key ", key, " is out of range, got ", v.dump());
+      return static_cast<T>(x);
+    }
     if constexpr (std::is_unsigned_v<T>) {
       TESSERA_CHECK(v.get<long long>() >= 0, "config key ", key, " must be >= 0, got ", v.dump());
     }
@@ -280,7 +288,8 @@ void TrainConfig::validate() const {
   TESSERA_CHECK(momentum >= 0 && momentum < 1, "config key momentum must be in [0, 1), got ",
                 momentum);
   TESSERA_CHECK(clip_grad >= 0, "config key clip_grad must be >= 0, got ", clip_grad);
-  TESSERA_CHECK(bucket_mb > 0, "config key bucket_mb must be positive, got ", bucket_mb);
+  TESSERA_CHECK(bucket_mb > 0 && bucket_mb <= 1 << 20,
+                "config key bucket_mb must be in (0, 1048576] (MiB), got ", bucket_mb);
   TESSERA_CHECK(checkpoint_every >= 0, "config key checkpoint_every must be >= 0, got ",
                 checkpoint_every);
   TESSERA_CHECK(eval_every >= 0, "config key eval_every must be >= 0, got ", eval_every);
@@ -304,10 +313,12 @@ int64_t TrainConfig::micro_batch_for(int world_size) const {
 int64_t TrainConfig::accumulation_steps(int world_size) const {
   const int64_t mb = micro_batch_for(world_size);
   const int64_t dp = world_size / tp;
-  TESSERA_CHECK(global_batch % (dp * mb) == 0, "config key global_batch=", global_batch,
-                " is not divisible by data-parallel ranks x micro_batch = ", dp, " x ", mb, " = ",
-                dp * mb);
-  return global_batch / (dp * mb);
+  int64_t per_step = 0;  // dp x mb, which a huge micro_batch overflows
+  const bool overflow = __builtin_mul_overflow(dp, mb, &per_step);
+  TESSERA_CHECK(!overflow && global_batch % per_step == 0, "config key global_batch=", global_batch,
+                " is not divisible by data-parallel ranks x micro_batch = ", dp, " x ", mb,
+                overflow ? std::string(" (over 2^63)") : " = " + std::to_string(per_step));
+  return global_batch / per_step;
 }
 
 std::string default_data_path(const std::string& model) {
@@ -320,7 +331,8 @@ std::string default_data_path(const std::string& model) {
 
 double learning_rate(const TrainConfig& c, int64_t step) {
   if (step < c.warmup_steps) {
-    return c.lr * static_cast<double>(step + 1) / static_cast<double>(c.warmup_steps);
+    // The fraction first: lr * (step + 1) may overflow to inf for a huge lr.
+    return c.lr * (static_cast<double>(step + 1) / static_cast<double>(c.warmup_steps));
   }
   const int64_t decay = c.steps - c.warmup_steps;
   if (decay <= 1) return c.lr;
