@@ -68,6 +68,9 @@ class PostProcessor {
  public:
   virtual ~PostProcessor() = default;
   virtual void process(std::vector<int32_t>& ids, bool add_special_tokens) const = 0;
+  // The largest id it inserts (-1: none). tokenizer.json gives these ids on their own, and
+  // nothing ties them to the vocabulary: Tokenizer::vocab_size() counts them.
+  virtual int32_t max_id() const { return -1; }
 };
 
 class Decoder {

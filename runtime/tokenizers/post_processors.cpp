@@ -1,5 +1,7 @@
 // Post-processors of tokenizer.json (the crate's src/processors/): the special tokens around a
 // single sequence. Pairs of sequences are not encoded here, so only the "single" templates run.
+#include <algorithm>
+
 #include "common/error.h"
 #include "runtime/tokenizers/pipeline.h"
 
@@ -28,6 +30,13 @@ class Template final : public PostProcessor {
     }
     ids.swap(out);
   }
+  int32_t max_id() const override {
+    int32_t m = -1;
+    for (const auto& it : items_) {
+      for (int32_t id : it.ids) m = std::max(m, id);
+    }
+    return m;
+  }
 
  private:
   std::vector<Item> items_;
@@ -43,6 +52,11 @@ class SequenceProcessor final : public PostProcessor {
   explicit SequenceProcessor(std::vector<std::unique_ptr<PostProcessor>> p) : p_(std::move(p)) {}
   void process(std::vector<int32_t>& ids, bool add_special_tokens) const override {
     for (const auto& p : p_) p->process(ids, add_special_tokens);
+  }
+  int32_t max_id() const override {
+    int32_t m = -1;
+    for (const auto& p : p_) m = std::max(m, p->max_id());
+    return m;
   }
 
  private:

@@ -303,7 +303,10 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
 
 int32_t Tokenizer::vocab_size() const {
   if (byte_mode_) return static_cast<int32_t>(ByteTokenizer::kVocabSize);
-  return std::max(model_->max_id(), added_->max_id()) + 1;
+  // The post-processor's ids too: a tokenizer.json may give its special tokens ids past both
+  // (as the `tokenizers` crate, encode returns them).
+  const int32_t post = post_processor_ ? post_processor_->max_id() : -1;
+  return std::max({model_->max_id(), added_->max_id(), post}) + 1;
 }
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
