@@ -5,8 +5,11 @@
 #   scripts/fuzz.sh --list                      names the targets
 #   scripts/fuzz.sh TARGET SECONDS [flags...]   one target for SECONDS (0 = no time limit; extra
 #                                               libFuzzer flags such as -runs=10000000 follow)
-#   scripts/fuzz.sh --all SECONDS [JOBS]        every target for SECONDS, JOBS at a time (CI: 30 2)
+#   scripts/fuzz.sh --all SECONDS [JOBS]        every target for SECONDS, JOBS at a time 
+#   scripts/fuzz.sh --ci [SECONDS]              CI: builds, then every target for SECONDS (default
+#                                               8), 2 at a time (12 targets: ~1 minute)
 #   scripts/fuzz.sh --build                     builds only
+# TESSERA_FUZZ_NO_BUILD=1 runs what is built; TESSERA_FUZZ_BIN_DIR names another folder of them.
 # The growing corpus lives in build-fuzz/corpus/<target>/ (the seeds are read, never written);
 # a crash, leak, UBSan report, timeout (10 s) or out-of-memory (2 GB) leaves its input in
 # build-fuzz/artifacts/<target>/ and fails the run. Make it a regression: copy it to
@@ -21,6 +24,7 @@ cxx=${TESSERA_FUZZ_CXX:-clang++-14}
 targets() { for f in "$src"/tests/fuzz/*_fuzz.cpp; do basename "$f" _fuzz.cpp; done; }
 
 build_targets() {
+  [ -n "${TESSERA_FUZZ_NO_BUILD:-}" ] && return 0  # run what is built (long runs beside a build)
   if ! command -v "$cxx" >/dev/null; then
     echo "fuzz.sh: $cxx not found (scripts/setup.sh installs clang-14 and libclang-rt-14-dev)" >&2
     exit 2
@@ -46,22 +50,27 @@ build_targets() {
 run() {
   local t=$1 secs=$2
   shift 2
-  local exe="$build/tests/fuzz/tessera_fuzz_$t"
+  local exe="${TESSERA_FUZZ_BIN_DIR:-$build/tests/fuzz}/tessera_fuzz_$t"
   [ -x "$exe" ] || { echo "fuzz.sh: unknown target '$t' (--list names them)" >&2; return 2; }
   mkdir -p "$build/corpus/$t" "$build/artifacts/$t"
   local dict=()
   case $t in
     http_request) cat "$src/tests/fuzz/dicts/http.dict" "$src/tests/fuzz/dicts/json.dict" \
                     > "$build/artifacts/$t.dict"; dict=(-dict="$build/artifacts/$t.dict") ;;
-    model_config|safetensors|safetensors_index|openai_request|delta)
+    model_config|safetensors|safetensors_index|openai_request|delta|tokenizer_json|chat_messages)
       dict=(-dict="$src/tests/fuzz/dicts/json.dict") ;;
+    chat_template) dict=(-dict="$src/tests/fuzz/dicts/jinja.dict") ;;
+    train_config) dict=(-dict="$src/tests/fuzz/dicts/train_config.dict") ;;
   esac
+  # Seeds beyond tests/fuzz_corpus/<target>/ (read, never written).
+  local seeds=("$src/tests/fuzz_corpus/$t")
+  [ "$t" = tokenizer_json ] && seeds+=("$src/tests/fuzz/tokenizers")
   local limit=()
   [ "$secs" != 0 ] && limit=(-max_total_time="$secs")
   local log="$build/artifacts/$t.log" rc=0
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0} \
   UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-    "$exe" "$build/corpus/$t" "$src/tests/fuzz_corpus/$t" "${dict[@]}" "${limit[@]}" \
+    "$exe" "$build/corpus/$t" "${seeds[@]}" "${dict[@]}" "${limit[@]}" \
       -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
       -artifact_prefix="$build/artifacts/$t/" "$@" > "$log" 2>&1 || rc=$?
   local runs corp
@@ -79,6 +88,7 @@ run() {
 case "${1:-}" in
   --list) targets ;;
   --build) build_targets ;;
+  --ci) exec "$0" --all "${2:-8}" 2 ;;
   --all)
     secs=${2:?usage: fuzz.sh --all SECONDS [JOBS]}
     jobs=${3:-1}
@@ -92,7 +102,7 @@ case "${1:-}" in
     for p in "${pids[@]}"; do wait "$p" || status=1; done
     exit $status
     ;;
-  ""|-h|--help) sed -n '2,15p' "$0"; exit 2 ;;
+  ""|-h|--help) sed -n '2,18p' "$0"; exit 2 ;;
   *)
     t=$1
     secs=${2:?usage: fuzz.sh TARGET SECONDS [libFuzzer flags...]}

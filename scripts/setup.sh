@@ -11,6 +11,8 @@ pkgs=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libzstd-dev libxxhash-dev
   libicu-dev libpcre2-dev
+  # libFuzzer + ASan/UBSan runtimes for scripts/fuzz.sh (clang's; the main build stays g++).
+  clang-14 libclang-rt-14-dev
   python3-torch python3-numpy python3-venv python3-pip curl
   zlib1g-dev python3-sklearn python3-matplotlib bible-kjv
   # A private SLURM cluster for the tests (scripts/slurm_cluster.sh): ~3.3 MB, ~7 s to install.

@@ -11,16 +11,38 @@
 using tessera::models::ModelConfig;
 
 namespace {
-bool same(const ModelConfig& a, const ModelConfig& b) {
-  return a.model_type == b.model_type && a.vocab_size == b.vocab_size &&
-         a.hidden_size == b.hidden_size && a.intermediate_size == b.intermediate_size &&
-         a.num_hidden_layers == b.num_hidden_layers &&
-         a.num_attention_heads == b.num_attention_heads &&
-         a.num_key_value_heads == b.num_key_value_heads && a.head_dim == b.head_dim &&
-         a.max_position_embeddings == b.max_position_embeddings && a.rope_theta == b.rope_theta &&
-         a.rms_norm_eps == b.rms_norm_eps && a.attention_bias == b.attention_bias &&
-         a.tie_word_embeddings == b.tie_word_embeddings && a.bos_token_id == b.bos_token_id &&
-         a.eos_token_id == b.eos_token_id && a.layer_windows == b.layer_windows;
+// The first field a model load reads that differs ("" when none does); the rest is compared
+// through the written text.
+std::string differs(const ModelConfig& a, const ModelConfig& b) {
+#define TESSERA_SAME(f) \
+  if (!(a.f == b.f)) return #f
+  TESSERA_SAME(model_type);
+  // An absent architectures[0] ("") is written as the family's.
+  if (!a.architecture.empty()) TESSERA_SAME(architecture);
+  TESSERA_SAME(vocab_size);
+  TESSERA_SAME(hidden_size);
+  TESSERA_SAME(intermediate_size);
+  TESSERA_SAME(num_hidden_layers);
+  TESSERA_SAME(num_attention_heads);
+  TESSERA_SAME(num_key_value_heads);
+  TESSERA_SAME(head_dim);
+  TESSERA_SAME(max_position_embeddings);
+  TESSERA_SAME(rope_theta);
+  TESSERA_SAME(rms_norm_eps);
+  TESSERA_SAME(hidden_act);
+  TESSERA_SAME(qkv_bias);
+  TESSERA_SAME(o_bias);
+  TESSERA_SAME(mlp_bias);
+  TESSERA_SAME(tie_word_embeddings);
+  if (!a.torch_dtype.empty()) TESSERA_SAME(torch_dtype);  // absent is written as float32
+  TESSERA_SAME(bos_token_id);
+  TESSERA_SAME(eos_token_ids);
+  TESSERA_SAME(layer_windows);
+  TESSERA_SAME(rope_scaling.type);
+  TESSERA_SAME(rope_scaling.factor);
+#undef TESSERA_SAME
+  if (a.to_json_text() != b.to_json_text()) return "the written text";
+  return "";
 }
 }  // namespace
 
@@ -39,14 +61,22 @@ TESSERA_FUZZ_TARGET(model_config) {
   } catch (const tessera::Error& e) {
     TESSERA_FUZZ_ASSERT(false, std::string("its own output is refused: ") + e.what());
   }
-  TESSERA_FUZZ_ASSERT(same(c, again), "to_json_text does not read back to the same config");
+  const std::string field = differs(c, again);
+  TESSERA_FUZZ_ASSERT(field.empty(), "to_json_text does not read back the same " + field + ": " +
+                                         c.to_json_text() + " vs " + again.to_json_text());
   try {
     (void)c.num_params();
+  } catch (const tessera::Error&) {
+  }
+  try {
+    (void)c.derived_max_model_len();
+    (void)c.attention_scale();
   } catch (const tessera::Error&) {
   }
   for (int tp : {1, 2, 3, 4, 8}) {
     try {
       c.check_tensor_parallel(tp);
+      (void)c.decode_context_parallel(tp);
     } catch (const tessera::Error&) {
     }
   }

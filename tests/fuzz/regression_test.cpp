@@ -2,14 +2,20 @@
 // now refused with a clear tessera::Error (or ApiError) naming what is wrong.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <vector>
 
 #include "common/error.h"
+#include "runtime/models/delta/checkpoint.h"
 #include "runtime/models/delta/delta.h"
+#include "runtime/models/model_folder.h"
+#include "runtime/models/safetensors.h"
+#include "runtime/training/train_config.h"
 #include "tests/fuzz/delta_fixture.h"
 #include "tests/fuzz/fuzz_util.h"
 
@@ -44,6 +50,79 @@ TEST(FuzzRegression, DeltaFloatStoredSizeIsRefused) {
     EXPECT_NE(std::string(e.what()).find("'stored'"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(fs::exists(out));
+}
+
+// model.safetensors.index.json naming the shard "" (the fuzzer's find: the folder itself was
+// accepted as a weight file), an absolute path or one through "..": only plain file names of the
+// folder are shards, for the model loader and the delta tools' reader alike.
+TEST(FuzzRegression, IndexShardsArePlainFileNames) {
+  const std::string dir = scratch_dir() + "/regression-index";
+  fs::create_directories(dir);
+  write_file(dir + "/config.json",
+             R"({"model_type":"llama","vocab_size":8,"hidden_size":4,)"
+             R"("intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":2})");
+  models::write_safetensors(dir + "/model-00001-of-00002.safetensors",
+                            {{"a", DType::kF32, {2}, std::vector<uint8_t>(8, 1)}});
+  for (const char* name :
+       {"crash-empty-shard-name", "crash-absolute-shard-path", "crash-parent-shard-path"}) {
+    SCOPED_TRACE(name);
+    write_file(dir + "/model.safetensors.index.json", crash_input("safetensors_index", name));
+    try {
+      models::ModelFolder::open(dir);
+      ADD_FAILURE() << "the model folder accepted the index";
+    } catch (const Error& e) {
+      EXPECT_NE(e.message().find("which is not a plain file name"), std::string::npos)
+          << e.message();
+    }
+    try {
+      models::delta::Checkpoint::open(dir, "--base");
+      ADD_FAILURE() << "the delta reader accepted the index";
+    } catch (const Error& e) {
+      EXPECT_NE(e.message().find("which is not a plain file name"), std::string::npos)
+          << e.message();
+    }
+  }
+}
+
+// Training configs (first byte: 0 = .json), found while writing the train_config target: whole
+// floats out of an integer's range were cast (undefined behaviour: steps 1e300, seed -1.0); a
+// micro_batch whose product with the data-parallel ranks overflows int64 (undefined behaviour);
+// a bucket_mb whose element count is no int64 (data_parallel.cpp casts it); an lr of 1e308
+// whose warm-up multiplied to inf. Each is now refused naming the key, or (lr) stays finite.
+TEST(FuzzRegression, TrainConfigOutOfRangeNumbersAreRefused) {
+  const std::string dir = scratch_dir() + "/regression-train-config";
+  fs::create_directories(dir);
+  auto load = [&](const std::string& name) {
+    const std::string bytes = crash_input("train_config", name);
+    const std::string path = dir + "/" + name + ".json";
+    write_file(path, bytes.substr(1));
+    auto c = training::TrainConfig::from_json(training::TrainConfig::read_file(path));
+    c.validate();
+    return c;
+  };
+  auto error_of = [&](const std::function<void()>& fn) -> std::string {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return e.message();
+    }
+    return "";
+  };
+  EXPECT_EQ(error_of([&] { load("crash-float-steps-ub"); }),
+            "config key steps is out of range, got 1e+300");
+  EXPECT_EQ(error_of([&] { load("crash-negative-float-seed-ub"); }),
+            "config key seed is out of range, got -1.0");
+  EXPECT_EQ(error_of([&] { load("crash-bucket-mb-huge"); }),
+            "config key bucket_mb must be in (0, 1048576] (MiB), got 1e+300");
+  const auto mb = load("crash-micro-batch-overflow-ub");
+  EXPECT_EQ(error_of([&] { mb.accumulation_steps(4); }),
+            "config key global_batch=8 is not divisible by data-parallel ranks x micro_batch = 4 "
+            "x 4611686018427387904 (over 2^63)");
+  const auto lr = load("crash-lr-warmup-inf");
+  for (int64_t step = 0; step < lr.steps; ++step) {
+    const double v = training::learning_rate(lr, step);
+    EXPECT_TRUE(std::isfinite(v) && v >= 0 && v <= lr.lr) << "step " << step << ": " << v;
+  }
 }
 
 }  // namespace
