@@ -418,6 +418,19 @@ class Lexer {
 
 }  // namespace
 
-std::vector<Token> lex(const std::string& source) { return Lexer(source).run(); }
+std::vector<Token> lex(const std::string& source) {
+  // The lexer decodes characters assuming valid UTF-8 (a truncated sequence at the end read past
+  // the string: a fuzzer's find). transformers gets a Python str, which cannot be anything else.
+  int line = 1;
+  for (size_t i = 0; i < source.size();) {
+    const size_t len = unicode::seq_len(static_cast<unsigned char>(source[i]));
+    if (!unicode::is_valid_utf8(std::string_view(source).substr(i, len))) {
+      fail_at(line, "the template is not valid UTF-8 (byte " + std::to_string(i) + ")");
+    }
+    if (source[i] == '\n') ++line;
+    i += len;
+  }
+  return Lexer(source).run();
+}
 
 }  // namespace tessera::tokenizers::jinja
