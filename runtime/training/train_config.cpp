@@ -87,7 +87,9 @@ T get_as(const json& v, const std::string& key) {
       return static_cast<T>(x);
     }
     if constexpr (std::is_unsigned_v<T>) {
-      TESSERA_CHECK(v.get<long long>() >= 0, "config key ", key, " must be >= 0, got ", v.dump());
+      // An unsigned JSON integer past 2^63 (the seed as to_json writes it) is no negative number.
+      TESSERA_CHECK(v.is_number_unsigned() || v.get<long long>() >= 0, "config key ", key,
+                    " must be >= 0, got ", v.dump());
     }
     return v.get<T>();
   } else {
