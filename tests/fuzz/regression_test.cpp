@@ -15,6 +15,7 @@
 #include "runtime/models/delta/delta.h"
 #include "runtime/models/model_folder.h"
 #include "runtime/models/safetensors.h"
+#include "runtime/tokenizers/chat_template.h"
 #include "runtime/training/train_config.h"
 #include "tests/fuzz/delta_fixture.h"
 #include "tests/fuzz/fuzz_util.h"
@@ -84,6 +85,18 @@ TEST(FuzzRegression, IndexShardsArePlainFileNames) {
   }
 }
 
+// A chat template whose source ends in a truncated UTF-8 sequence: the lexer's whitespace strip
+// decoded it and read past the string (ASan: heap-buffer-overflow). Now refused at parse time.
+TEST(FuzzRegression, ChatTemplateWithInvalidUtf8IsRefused) {
+  try {
+    tokenizers::ChatTemplate::from_string(
+        crash_input("chat_template", "crash-invalid-utf8-overread"));
+    FAIL() << "parsed a template that is not UTF-8";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("not valid UTF-8"), std::string::npos) << e.message();
+  }
+}
+
 // Training configs (first byte: 0 = .json), found while writing the train_config target: whole
 // floats out of an integer's range were cast (undefined behaviour: steps 1e300, seed -1.0); a
 // micro_batch whose product with the data-parallel ranks overflows int64 (undefined behaviour);
@@ -118,6 +131,11 @@ TEST(FuzzRegression, TrainConfigOutOfRangeNumbersAreRefused) {
   EXPECT_EQ(error_of([&] { mb.accumulation_steps(4); }),
             "config key global_batch=8 is not divisible by data-parallel ranks x micro_batch = 4 "
             "x 4611686018427387904 (over 2^63)");
+  // The fuzzer's find: a seed of 9223372036854775807.0 (2^63 as a double) was accepted, written
+  // by to_json as the unsigned 9223372036854775808 and then refused as negative on reading back.
+  const auto seed = load("crash-seed-past-int64-roundtrip");
+  EXPECT_EQ(seed.seed, uint64_t{1} << 63);
+  EXPECT_EQ(training::TrainConfig::from_json(seed.to_json()).seed, seed.seed);
   const auto lr = load("crash-lr-warmup-inf");
   for (int64_t step = 0; step < lr.steps; ++step) {
     const double v = training::learning_rate(lr, step);

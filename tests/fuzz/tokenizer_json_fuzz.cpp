@@ -3,7 +3,7 @@
 // tokenizers trained with the `tokenizers` package (tests/fuzz/tokenizers/). Properties: a file
 // is refused with tessera::Error or loads, and what loads encodes a fixed set of texts (scripts,
 // emoji, whitespace runs, special-token look-alikes, invalid UTF-8) with the checks of
-// tokenizer_checks.h.
+// tokenizer_checks.h, or refuses to encode with tessera::Error.
 #include <string>
 
 #include "common/error.h"
@@ -28,6 +28,6 @@ TESSERA_FUZZ_TARGET(tokenizer_json) {
   } catch (const tessera::Error&) {
     return 0;
   }
-  for (const char* text : kTexts) tessera::fuzz::check_tokenizer_on(*tok, text, false);
+  for (const char* text : kTexts) tessera::fuzz::check_tokenizer_on(*tok, text, false, true);
   return 0;
 }
