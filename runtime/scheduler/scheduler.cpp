@@ -68,6 +68,7 @@ struct Scheduler::Entry {
   int64_t kv_computed = 0;
   int64_t kv_block_end = 0;  // end of the block holding token kv_computed: a commit fills it
   int64_t kv_tokens = 0;
+  caches::SeqHandle kv;  // while in_kv: the sequence's place in the KV manager (no lookups by id)
   struct Sent {
     int32_t len = 0;    // table length the runner holds
     int32_t nulls = 0;  // leading null entries the runner holds
@@ -226,7 +227,7 @@ bool Scheduler::try_allocate(Entry& e, int64_t num_tokens, std::vector<caches::B
   const int64_t target = e.req.num_computed_tokens + num_tokens;
   if (target <= e.capacity) return true;  // the tables already hold these tokens
   sync_kv(e);                             // allocate() counts from the manager's computed tokens
-  if (!kv_.allocate(e.req.seq, num_tokens, &copies)) return false;
+  if (!kv_.allocate(e.kv, num_tokens, &copies)) return false;
   e.capacity = caches::cdiv(target, block_size_) * block_size_;
   e.tables_dirty = true;
   return true;
@@ -234,10 +235,16 @@ bool Scheduler::try_allocate(Entry& e, int64_t num_tokens, std::vector<caches::B
 
 void Scheduler::sync_kv(Entry& e) {
   Request& r = e.req;
-  for (int64_t t = e.kv_tokens; t < r.num_tokens(); ++t) kv_.append_token(r.seq, r.token_at(t));
-  e.kv_tokens = r.num_tokens();
+  const int64_t n = e.num_tokens();
+  if (e.kv_tokens < n) {
+    // The manager got prompt and output at admission, so what it lacks is newer output.
+    const int64_t from = e.kv_tokens - e.num_prompt;
+    TESSERA_CHECK(from >= 0, "request \"", r.id, "\": the KV manager lacks prompt tokens");
+    kv_.append_tokens(e.kv, std::span<const int32_t>(r.output_ids).subspan(from));
+    e.kv_tokens = n;
+  }
   if (r.num_computed_tokens > e.kv_computed) {
-    kv_.commit(r.seq, r.num_computed_tokens - e.kv_computed);
+    kv_.commit(e.kv, r.num_computed_tokens - e.kv_computed);
     e.kv_computed = r.num_computed_tokens;
     e.kv_block_end = (e.kv_computed / block_size_ + 1) * block_size_;
     if (windowed_) e.tables_dirty = true;  // blocks may have left a window
@@ -287,6 +294,7 @@ void Scheduler::preempt(Entry& e) {
   Request& r = e.req;
   kv_.free(r.seq);
   e.in_kv = false;
+  e.kv = {};
   e.capacity = 0;
   r.num_computed_tokens = 0;
   e.kv_computed = e.kv_tokens = 0;
@@ -315,6 +323,7 @@ void Scheduler::forget(Entry& e) {
   Request& r = e.req;
   if (e.in_kv) kv_.free(r.seq);
   e.in_kv = false;
+  e.kv = {};
   if (r.status == RequestStatus::kWaiting || r.status == RequestStatus::kPreempted) {
     waiting_.erase(key_of(e));
   }
@@ -383,7 +392,7 @@ void Scheduler::emit_row(StepPlan& plan, int64_t i, Entry& e, int64_t num_tokens
     for (int32_t g = 0; g < num_groups_; ++g) {
       Entry::Sent& t = e.sent(g);
       if (e.new_row) t = {};
-      auto table = kv_.block_table(r.seq, g);
+      auto table = kv_.block_table(e.kv, g);
       const auto len = static_cast<int32_t>(table.size());
       // Tables only grow, and entries only turn null from the front (blocks that left a window).
       int32_t nulls = std::min(t.nulls, len);
@@ -466,6 +475,7 @@ const StepPlan& Scheduler::schedule() {
       tokens.insert(tokens.end(), r.output_ids.begin(), r.output_ids.end());
       hit = kv_.add_sequence(r.seq, tokens, e.extra);
       e.in_kv = true;
+      e.kv = kv_.handle(r.seq);
       r.num_computed_tokens = hit;
       e.kv_computed = hit;
       e.kv_block_end = (hit / block_size_ + 1) * block_size_;
@@ -480,6 +490,7 @@ const StepPlan& Scheduler::schedule() {
       // Give the prefix hit back; the request stays first in line.
       kv_.free(r.seq);
       e.in_kv = false;
+      e.kv = {};
       e.capacity = 0;
       r.num_computed_tokens = 0;
       e.kv_computed = e.kv_tokens = 0;
