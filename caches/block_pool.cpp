@@ -84,6 +84,7 @@ void BlockPool::ref(int32_t block) {
 }
 
 void BlockPool::cache(int32_t block, uint64_t key) {
+  index_.prefetch(key);  // overlaps with the node's miss below
   check_block(block);
   Node& n = nodes_[block];
   TESSERA_CHECK(n.ref > 0, "block ", block, " must be referenced to be cached");

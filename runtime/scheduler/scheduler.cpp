@@ -590,7 +590,21 @@ const std::vector<RequestOutput>& Scheduler::update(const StepPlan& plan,
   };
   bool any_finished = false;
   const auto num_slots = static_cast<int32_t>(slots_.size());
-  for (const ScheduledSeq& row : plan.seqs) {
+  const ScheduledSeq* rows = plan.seqs.data();
+  const auto num_rows = static_cast<int64_t>(plan.seqs.size());
+  // Each row writes one token to its request's output_ids, a cache line of its own: fetch the
+  // request a few rows ahead and the end of its output_ids a few rows after that.
+  constexpr int64_t kAhead = 8;
+  auto slot_entry = [&](int64_t i) -> const Entry* {
+    const int32_t slot = i < num_rows ? rows[i].slot : -1;
+    return slot >= 0 && slot < num_slots ? slots_[slot].entry : nullptr;
+  };
+  for (int64_t i = 0; i < num_rows; ++i) {
+    if (const Entry* ahead = slot_entry(i + 2 * kAhead)) __builtin_prefetch(&ahead->req);
+    if (const Entry* ahead = slot_entry(i + kAhead)) {
+      __builtin_prefetch(ahead->req.output_ids.data() + ahead->req.output_ids.size(), 1);
+    }
+    const ScheduledSeq& row = rows[i];
     if (row.slot < 0 || row.slot >= num_slots) continue;
     Slot& s = slots_[row.slot];
     if (!s.entry || s.seq != row.seq) continue;  // aborted since the plan was made
@@ -610,7 +624,9 @@ const std::vector<RequestOutput>& Scheduler::update(const StepPlan& plan,
     if (commit_due(s)) sync_kv(s);
     if (!row.sample) continue;
     RequestOutput& o = next_output();
-    o.id.assign(r.id);
+    // Every write of an output sets id and seq together, and seq is unique over the scheduler's
+    // life: an output object that held this request last step already holds its id.
+    if (o.seq != s.seq || o.id.empty()) o.id.assign(r.id);
     o.seq = s.seq;
     o.new_token_id = s.last_token;
     o.sample_index = row.sample_index;
