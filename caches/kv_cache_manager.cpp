@@ -77,7 +77,8 @@ SeqHandle KVCacheManager::add_place(SeqId seq) {
   }
   Sequence& s = seqs_[h];
   s.id = seq;
-  s.tokens.clear();
+  s.num_tokens = 0;
+  s.tail.clear();
   s.hashes.clear();
   s.num_computed = 0;
   s.extra = {};
@@ -89,8 +90,8 @@ SeqHandle KVCacheManager::add_place(SeqId seq) {
 
 int64_t KVCacheManager::find_hit(const Sequence& s, std::vector<std::vector<int32_t>>& hits) const {
   // Leave at least one prompt token to compute (its logits start generation).
-  int64_t len = std::min<int64_t>((static_cast<int64_t>(s.tokens.size()) - 1) / block_size_,
-                                  static_cast<int64_t>(s.hashes.size()));
+  int64_t len =
+      std::min<int64_t>((s.num_tokens - 1) / block_size_, static_cast<int64_t>(s.hashes.size()));
   // Every group must accept the same hit length; shrink until all do (lengths only decrease).
   for (bool stable = false; !stable;) {
     stable = true;
@@ -109,17 +110,21 @@ int64_t KVCacheManager::add_sequence(SeqId seq, std::span<const int32_t> prompt,
                                      const BlockHashExtra& extra) {
   TESSERA_CHECK(!has(seq), "seq=", seq, " is already live");
   Sequence& s = seqs_[add_place(seq).index];
-  s.tokens.assign(prompt.begin(), prompt.end());
+  s.num_tokens = static_cast<int64_t>(prompt.size());
   s.extra = extra;
   int64_t hit_blocks = 0;
   hit_scratch_.resize(managers_.size());
   if (config_.enable_prefix_caching && !has_state_ && !prompt.empty()) {
-    extend_block_hashes(s.hashes, s.tokens, block_size_, extra);
+    extend_block_hashes(s.hashes, prompt, block_size_, extra);
     hit_blocks = find_hit(s, hit_scratch_);
     ++stats_.requests;
     stats_.queried_tokens += static_cast<int64_t>(prompt.size());
     stats_.hit_tokens += hit_blocks * block_size_;
     if (hit_blocks > 0) ++stats_.hit_requests;
+  }
+  if (keeps_tokens()) {
+    const auto hashed = static_cast<size_t>(s.hashes.size() * block_size_);
+    s.tail.assign(prompt.begin() + hashed, prompt.end());
   }
   s.num_computed = hit_blocks * block_size_;
   if (hit_blocks > 0) {
@@ -131,15 +136,18 @@ int64_t KVCacheManager::add_sequence(SeqId seq, std::span<const int32_t> prompt,
   return hit_blocks * block_size_;
 }
 
-void KVCacheManager::append_token(SeqId seq, int32_t token) { get(seq).tokens.push_back(token); }
+void KVCacheManager::append_token(SeqId seq, int32_t token) {
+  append_tokens(handle(seq), std::span<const int32_t>(&token, 1));
+}
 
 void KVCacheManager::append_tokens(SeqId seq, std::span<const int32_t> tokens) {
   append_tokens(handle(seq), tokens);
 }
 
 void KVCacheManager::append_tokens(SeqHandle h, std::span<const int32_t> tokens) {
-  auto& t = at(h).tokens;
-  t.insert(t.end(), tokens.begin(), tokens.end());
+  Sequence& s = at(h);
+  s.num_tokens += static_cast<int64_t>(tokens.size());
+  if (keeps_tokens()) s.tail.insert(s.tail.end(), tokens.begin(), tokens.end());
 }
 
 bool KVCacheManager::allocate(SeqId seq, int64_t num_new_tokens, std::vector<BlockCopy>* copies) {
@@ -193,12 +201,18 @@ void KVCacheManager::commit(SeqHandle h, int64_t num_new_tokens) {
                   s.num_computed, " exceeds the ", held, " slots allocated in group ", g);
   }
   s.num_computed = target;
-  if (config_.enable_prefix_caching && !has_state_) {
-    // Hashes only grow when a block fills: extend_block_hashes skips the known ones.
-    const int64_t known = std::min<int64_t>(target, static_cast<int64_t>(s.tokens.size()));
-    if (known / block_size_ > static_cast<int64_t>(s.hashes.size())) {
-      extend_block_hashes(s.hashes, std::span<const int32_t>(s.tokens).first(known), block_size_,
-                          s.extra);
+  if (keeps_tokens()) {
+    // Hashes only grow when a block fills, from the tail, which then drops the hashed tokens.
+    const int64_t known = std::min<int64_t>(target, s.num_tokens);
+    const auto have = static_cast<int64_t>(s.hashes.size());
+    if (known / block_size_ > have) {
+      for (int64_t i = have; i < known / block_size_; ++i) {
+        const uint64_t parent = i == 0 ? 0 : s.hashes[i - 1];
+        const auto block = std::span<const int32_t>(s.tail).subspan(
+            static_cast<size_t>((i - have) * block_size_), static_cast<size_t>(block_size_));
+        s.hashes.push_back(hash_block(parent, block, s.extra, i == 0));
+      }
+      s.tail.erase(s.tail.begin(), s.tail.begin() + (known / block_size_ - have) * block_size_);
     }
     for (size_t g = 0; g < managers_.size(); ++g) {
       managers_[g]->cache_blocks(s.rows[g], s.hashes, known / block_size_);
@@ -211,7 +225,7 @@ bool KVCacheManager::append(SeqId seq, int32_t token, std::vector<BlockCopy>* co
   const SeqHandle h = handle(seq);
   // Allocate first: a refused or failed allocation leaves the sequence as it was.
   if (!allocate(h, 1, copies)) return false;
-  seqs_[h.index].tokens.push_back(token);
+  append_tokens(h, std::span<const int32_t>(&token, 1));
   commit(h, 1);
   return true;
 }
@@ -227,7 +241,8 @@ bool KVCacheManager::fork(SeqId parent, SeqId child, std::vector<BlockCopy>* cop
   const SeqHandle ch = add_place(child);  // may move seqs_: look the parent up after
   Sequence& c = seqs_[ch.index];
   const Sequence& p = seqs_[ph.index];
-  c.tokens = p.tokens;
+  c.num_tokens = p.num_tokens;
+  c.tail = p.tail;
   c.hashes = p.hashes;
   c.num_computed = p.num_computed;
   c.extra = p.extra;
@@ -243,16 +258,14 @@ void KVCacheManager::free(SeqId seq) {
   for (size_t g = 0; g < managers_.size(); ++g) managers_[g]->free(s.rows[g]);
   index_.erase(seq);
   s.id = -1;
-  s.tokens.clear();
+  s.tail.clear();
   s.hashes.clear();
   free_places_.push_back(h.index);
 }
 
 int64_t KVCacheManager::num_computed(SeqId seq) const { return get(seq).num_computed; }
 
-int64_t KVCacheManager::num_tokens(SeqId seq) const {
-  return static_cast<int64_t>(get(seq).tokens.size());
-}
+int64_t KVCacheManager::num_tokens(SeqId seq) const { return get(seq).num_tokens; }
 
 std::span<const int32_t> KVCacheManager::block_table(SeqId seq, int32_t group) const {
   TESSERA_CHECK(group >= 0 && group < num_groups(), "group must lie in [0, ", num_groups(),

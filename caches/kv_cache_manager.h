@@ -121,8 +121,12 @@ class KVCacheManager {
   using Row = SingleTypeManager::Row;
   struct Sequence {
     SeqId id = -1;  // -1: a free place (its vectors keep their capacity for the next sequence)
-    std::vector<int32_t> tokens;
-    std::vector<uint64_t> hashes;  // chained hashes of the full blocks of `tokens`
+    int64_t num_tokens = 0;
+    // Tokens from hashes.size() * block_size on: the ones no block hash covers yet (with prefix
+    // caching only). Hashed tokens are dropped, so a decoding sequence holds less than a block
+    // here instead of a copy of its whole history.
+    std::vector<int32_t> tail;
+    std::vector<uint64_t> hashes;  // chained hashes of the full blocks of the tokens
     int64_t num_computed = 0;
     BlockHashExtra extra;
     std::vector<Row> rows;  // [group]: the sequence's row in each manager
@@ -137,6 +141,8 @@ class KVCacheManager {
   }
   const Sequence& at(SeqHandle h) const { return const_cast<KVCacheManager*>(this)->at(h); }
   SeqHandle add_place(SeqId seq);  // a fresh Sequence with a row in every manager
+  // Prefix caching hashes blocks, which needs their tokens; otherwise only counts are kept.
+  bool keeps_tokens() const { return config_.enable_prefix_caching && !has_state_; }
   int64_t find_hit(const Sequence& s, std::vector<std::vector<int32_t>>& hits) const;
 
   KVCacheManagerConfig config_;
