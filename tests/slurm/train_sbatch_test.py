@@ -3,7 +3,9 @@
 by SLURM to the job's tasks mid-run (scancel --signal=USR1, what --signal=USR1@T does at the
 warning time) → `tessera train` checkpoints and exits 76 → the script requeues the job → the next
 run resumes with --resume → the job completes with parameters bitwise equal to an uninterrupted
-`mpirun -np 2` run of the same config (CPU fp32), and the same loss curve.
+`mpirun -np 2` run of the same config (CPU fp32), and the same loss curve. Then SIGKILL of one task
+of `srun -n 2 tessera train`: every task ends within the watchdog timeout, the last checkpoint
+complete.
 
 Environment (ctest): SLURM_CONF (the cluster; missing → exit 77, skipped), TESSERA_BIN, MPIEXEC,
 TESSERA_SOURCE_DIR.
@@ -45,6 +47,48 @@ def read_log(path):
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def kill_under_srun(jobs, binary):
+    """SIGKILL of one task of `srun -n 2 tessera train`: every task ends within the watchdog
+    timeout (TESSERA_COMM_TIMEOUT) and the last checkpoint is complete (resuming from such a
+    checkpoint is train_cli_test's)."""
+    watchdog_s = 20
+    ck = os.path.join(jobs, "killed")
+    log = os.path.join(jobs, "killed.jsonl")
+    name = f"tessera-train-kill-{os.getpid()}"
+    cmd = ["srun", "--mpi=pmix", "-n", "2", f"--job-name={name}", binary, "train", "--progress",
+           "off", "--checkpoint-dir", ck, "--checkpoint-every", "5", "--log", log] + TRAIN_ARGS
+    env = dict(os.environ, TESSERA_COMM_TIMEOUT=str(watchdog_s), TESSERA_NUM_THREADS="1")
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_log(log)) < 10:
+        time.sleep(0.05)
+    job = sh(["squeue", "-h", "-n", name, "-o", "%i"]).stdout.strip()
+    # PID JOBID STEPID LOCALID GLOBALID: the task whose global rank is 1.
+    pids = [l.split() for l in sh(["scontrol", "listpids", job]).stdout.splitlines()[1:]]
+    victim = [int(f[0]) for f in pids if len(f) == 5 and f[4] == "1"]
+    check(len(victim) == 1, f"rank 1 of srun job {job} found ({pids})")
+    if not victim:
+        p.kill()
+        p.communicate()
+        return
+    t0 = time.time()
+    os.kill(victim[0], 9)
+    try:
+        _, err = p.communicate(timeout=watchdog_s + 30)
+    except subprocess.TimeoutExpired:
+        sh(["scancel", job])
+        _, err = p.communicate()
+    ended = time.time() - t0
+    check(p.returncode != 0 and ended <= watchdog_s + 5,
+          f"srun: every task ended {ended:.1f} s after SIGKILL of rank 1 (watchdog {watchdog_s} s, "
+          f"rc {p.returncode})")
+    done = len(read_log(log))
+    latest = open(os.path.join(ck, "latest")).read().strip()
+    check(done < STEPS and os.path.exists(os.path.join(ck, latest, "model.safetensors")),
+          f"cut short at step {done}; {latest} complete")
+    print(f"[srun kill] SIGKILL at step {done}, every task ended in {ended:.1f} s")
 
 
 def main():
@@ -131,6 +175,8 @@ def main():
           f"the loss fell ({want[0]['loss']:.3f} -> {want[-1]['loss']:.3f})" if want else "log")
     print(f"[train.sbatch] USR1 at step {at_signal}, checkpoint at step {k}, 1 requeue, "
           f"{seconds:.1f} s from sbatch to completion")
+    if not failures:
+        kill_under_srun(jobs, binary)
     if failures:
         print(f"{len(failures)} check(s) failed")
         sys.exit(1)
