@@ -137,7 +137,8 @@ def main():
     out = open(out_file).read() if os.path.exists(out_file) else ""
     check(state == "COMPLETED" and job_field(job, "ExitCode") == "0:0",
           f"job {job} {state} {job_field(job, 'ExitCode')} after {seconds:.1f} s:\n{out}")
-    check(job_field(job, "Restarts") == "1", f"requeued once (Restarts={job_field(job, 'Restarts')})")
+    restarts = job_field(job, "Restarts")
+    check(restarts == "1", f"requeued once (Restarts={restarts})")
 
     # What each run printed: the first stopped at step k with its checkpoint, the second went on
     # from k to the end.

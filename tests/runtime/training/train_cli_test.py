@@ -4,8 +4,9 @@ JSONL log and checkpoint are written; bad configs end with one clear line and a 
 SIGKILL of one rank mid-run ends the whole job within the watchdog timeout, and `--resume` from
 the last checkpoint reproduces the uninterrupted run's loss curve bit for bit (CPU fp32); SIGUSR1
 to one rank checkpoints at the next step and exits 76.
-With the argument `lm`: `tessera train --model lm --tp 2` writes a checkpoint that `tessera generate`
-and Hugging Face transformers (the test venv) load and decode greedily to the same tokens.
+With the argument `lm`: `tessera train --model lm --tp 2` writes a checkpoint that `tessera
+generate` and Hugging Face transformers (the test venv) load and decode greedily to the same
+tokens.
 
 Environment (set by ctest): TESSERA_BIN, MPIEXEC, TESSERA_SOURCE_DIR, TESSERA_VENV_PYTHON.
 """
@@ -209,7 +210,8 @@ def test_lm_checkpoint_in_generate_and_transformers(tmp):
                    "--lm-intermediate", "64", "--seq-len", "32", "--steps", "40",
                    "--global-batch", "8", "--lr", "1e-2", "--warmup-steps", "5", "--seed", "5",
                    "--checkpoint-dir", ck, "--log", log])
-    check(r.returncode == 0, f"tessera train --model lm --tp 2 (rc {r.returncode}: {r.stderr[-300:]})")
+    check(r.returncode == 0,
+          f"tessera train --model lm --tp 2 (rc {r.returncode}: {r.stderr[-300:]})")
     recs = read_log(log)
     check(len(recs) == 40 and recs[-1]["loss"] < 0.7 * recs[0]["loss"],
           f"the LM's loss falls ({recs[0]['loss']:.3f} -> {recs[-1]['loss']:.3f})" if recs else
