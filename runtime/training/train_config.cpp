@@ -65,35 +65,39 @@ json toml_value(const std::string& raw, const std::string& where) {
   TESSERA_FAIL(where, ": cannot read value ", v, " (expected a quoted string, number or boolean)");
 }
 
+// A value in an error message. A TOML string may hold any bytes, and dump() throws on invalid
+// UTF-8 (a fuzzer's find: the error for a bad value became an uncaught json exception).
+std::string shown(const json& v) { return v.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 template <typename T>
 T get_as(const json& v, const std::string& key) {
   if constexpr (std::is_same_v<T, bool>) {
-    TESSERA_CHECK(v.is_boolean(), "config key ", key, " must be a boolean, got ", v.dump());
+    TESSERA_CHECK(v.is_boolean(), "config key ", key, " must be a boolean, got ", shown(v));
     return v.get<bool>();
   } else if constexpr (std::is_same_v<T, std::string>) {
-    TESSERA_CHECK(v.is_string(), "config key ", key, " must be a string, got ", v.dump());
+    TESSERA_CHECK(v.is_string(), "config key ", key, " must be a string, got ", shown(v));
     return v.get<std::string>();
   } else if constexpr (std::is_integral_v<T>) {
     TESSERA_CHECK(v.is_number_integer() ||
                       (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>()),
-                  "config key ", key, " must be an integer, got ", v.dump());
+                  "config key ", key, " must be an integer, got ", shown(v));
     if (v.is_number_float()) {
       // A whole float (1e3) must also fit T: casting one that does not (1e300, -1.0 to uint64)
       // is undefined behaviour.
       const double x = v.get<double>();
       constexpr double lo = std::is_unsigned_v<T> ? 0.0 : -0x1p63;
       constexpr double hi = std::is_unsigned_v<T> ? 0x1p64 : 0x1p63;
-      TESSERA_CHECK(x >= lo && x < hi, "config key ", key, " is out of range, got ", v.dump());
+      TESSERA_CHECK(x >= lo && x < hi, "config key ", key, " is out of range, got ", shown(v));
       return static_cast<T>(x);
     }
     if constexpr (std::is_unsigned_v<T>) {
       // An unsigned JSON integer past 2^63 (the seed as to_json writes it) is no negative number.
       TESSERA_CHECK(v.is_number_unsigned() || v.get<long long>() >= 0, "config key ", key,
-                    " must be >= 0, got ", v.dump());
+                    " must be >= 0, got ", shown(v));
     }
     return v.get<T>();
   } else {
-    TESSERA_CHECK(v.is_number(), "config key ", key, " must be a number, got ", v.dump());
+    TESSERA_CHECK(v.is_number(), "config key ", key, " must be a number, got ", shown(v));
     return v.get<T>();
   }
 }
@@ -147,7 +151,7 @@ json TrainConfig::read_file(const std::string& path) {
 }
 
 TrainConfig TrainConfig::from_json(const json& j, const TrainConfig& base) {
-  TESSERA_CHECK(j.is_object(), "config must be an object, got ", j.dump());
+  TESSERA_CHECK(j.is_object(), "config must be an object, got ", shown(j));
   TrainConfig c = base;
   for (const auto& [raw_key, v] : j.items()) {
     std::string key = raw_key;

@@ -131,6 +131,17 @@ TEST(FuzzRegression, TrainConfigOutOfRangeNumbersAreRefused) {
   EXPECT_EQ(error_of([&] { mb.accumulation_steps(4); }),
             "config key global_batch=8 is not divisible by data-parallel ranks x micro_batch = 4 "
             "x 4611686018427387904 (over 2^63)");
+  // The fuzzer's find: a TOML string of invalid UTF-8 as the value of a number key; the error
+  // message's dump() of it threw a json exception past every handler.
+  {
+    const std::string bytes = crash_input("train_config", "crash-invalid-utf8-in-error");
+    const std::string path = dir + "/bad-utf8.toml";
+    write_file(path, bytes.substr(1));
+    EXPECT_NE(error_of([&] {
+                training::TrainConfig::from_json(training::TrainConfig::read_file(path));
+              }).find("config key momentum must be a number, got \"loss.jso"),
+              std::string::npos);
+  }
   // The fuzzer's find: a seed of 9223372036854775807.0 (2^63 as a double) was accepted, written
   // by to_json as the unsigned 9223372036854775808 and then refused as negative on reading back.
   const auto seed = load("crash-seed-past-int64-roundtrip");
