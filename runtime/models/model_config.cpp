@@ -346,6 +346,18 @@ double ModelConfig::attention_scale() const {
 }
 
 int64_t ModelConfig::num_params() const {
+  // The same sum in double first: huge (valid) dimensions would overflow int64, undefined
+  // behaviour (a fuzzer's find: hidden_size 409633330000).
+  {
+    const double h = static_cast<double>(hidden_size), i = static_cast<double>(intermediate_size);
+    const double qd = static_cast<double>(num_attention_heads) * static_cast<double>(head_dim);
+    const double kvd = static_cast<double>(num_key_value_heads) * static_cast<double>(head_dim);
+    const double layer = h * (qd + 2 * kvd) + qd * h + 3 * h * i + 4 * h + qd + 2 * kvd + 2 * i;
+    const double total = static_cast<double>(num_hidden_layers) * layer +
+                         2 * static_cast<double>(vocab_size) * h + h;
+    TESSERA_CHECK(total < 0x1p62, "config describes about ", total,
+                  " parameters, more than this build counts (2^62)");
+  }
   const int64_t q = num_attention_heads * head_dim, kv = num_key_value_heads * head_dim;
   int64_t per_layer = hidden_size * (q + 2 * kv) + q * hidden_size +
                       3 * hidden_size * intermediate_size + 2 * hidden_size;

@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "runtime/models/delta/checkpoint.h"
 #include "runtime/models/delta/delta.h"
+#include "runtime/models/model_config.h"
 #include "runtime/models/model_folder.h"
 #include "runtime/models/safetensors.h"
 #include "runtime/tokenizers/chat_template.h"
@@ -94,6 +95,19 @@ TEST(FuzzRegression, ChatTemplateWithInvalidUtf8IsRefused) {
     FAIL() << "parsed a template that is not UTF-8";
   } catch (const Error& e) {
     EXPECT_NE(e.message().find("not valid UTF-8"), std::string::npos) << e.message();
+  }
+}
+
+// config.json with hidden_size 409633330000 (valid on its own): num_params() multiplied past
+// int64, undefined behaviour (UBSan). Now an error.
+TEST(FuzzRegression, HugeModelConfigParameterCountIsAnError) {
+  const auto c = models::ModelConfig::from_json_text(
+      crash_input("model_config", "crash-num-params-overflow"), "config.json");
+  try {
+    (void)c.num_params();
+    FAIL() << "counted the parameters of hidden_size " << c.hidden_size;
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("more than this build counts"), std::string::npos) << e.message();
   }
 }
 
