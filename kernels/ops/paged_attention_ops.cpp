@@ -72,6 +72,8 @@ std::tuple<torch::Tensor, torch::Tensor> paged_attention(
                   ", got ", t->device());
   }
   TESSERA_CHECK(std::isfinite(options.scale), "scale must be finite, got ", options.scale);
+  TESSERA_CHECK(std::isfinite(options.softcap) && options.softcap >= 0,
+                "softcap must be >= 0 (0 = none), got ", options.softcap);
   TESSERA_CHECK(options.window >= 0 && options.window <= INT32_MAX,
                 "window must be >= 0 (0 = none), got ", options.window);
   TESSERA_CHECK(options.chunk >= 0 && options.chunk <= INT32_MAX,
@@ -101,6 +103,7 @@ std::tuple<torch::Tensor, torch::Tensor> paged_attention(
   view.max_blocks_per_seq = static_cast<int>(bt.size(1));
   view.num_q_heads = static_cast<int>(q.size(1));
   view.scale = static_cast<float>(options.scale);
+  view.softcap = static_cast<float>(options.softcap);
   view.window = static_cast<int>(options.window);
   view.chunk = static_cast<int>(options.chunk);
   TESSERA_CHECK(options.kv_splits >= 0 && options.kv_splits <= 4096,

@@ -27,6 +27,9 @@ struct PagedAttentionView {
   int max_blocks_per_seq = 0;
   int num_q_heads = 0;  // a multiple of kv.num_kv_heads; query head h reads kv head h / group
   float scale = 1.0f;
+  // > 0: each score (q.k * scale) becomes softcap * tanh(score / softcap) before the softmax
+  // (Gemma 2's attention logit soft-capping); lse is of the capped scores.
+  float softcap = 0.0f;
   // A key at position p is visible to the query at position t when p <= t and
   //   window > 0: t - p < window                (sliding window)
   //   chunk  > 0: p / chunk == t / chunk        (chunked-local attention)

@@ -64,6 +64,7 @@ __global__ void paged_attention_kernel(PagedAttentionView a) {
       float dot = 0.f;
       for (int i = 0; i < c.head_dim_k; ++i) dot += q_s[i] * kv_load(T, k, i, ks);
       score = dot * a.scale;
+      if (a.softcap > 0.f) score = a.softcap * tanhf(score / a.softcap);
     }
     const float tile_max = block_max<kThreads>(score, red);
     const float new_max = fmaxf(running_max, tile_max);
