@@ -55,6 +55,20 @@ TESSERA_CPU_INLINE const float* row_ptr(const float* base, const int64_t* st, in
   return base + b * st[0] + h * st[1] + n * st[2];
 }
 
+// out[m] = x . rows[key[m]] for m in [0, M), rows at base + key * stride. With a compile-time
+// head_dim (a multiple of 8) eight neighbours at a time share one tree of horizontal sums.
+template <int kD>
+TESSERA_CPU_INLINE void row_dots(const float* x, const float* base, int64_t stride,
+                                 const int64_t* key, int M, int D, float* out) {
+  int m = 0;
+  if constexpr (kD > 0 && kD % 8 == 0) {
+    v8f xv[kD / 8];
+    for (int i = 0; i < kD / 8; ++i) xv[i] = simd::load8(x + 8 * i);
+    for (; m + 8 <= M; m += 8) simd::store8(out + m, simd::dot8_rows<kD>(xv, base, stride, key + m));
+  }
+  for (; m < M; ++m) out[m] = dotk<kD>(x, base + key[m] * stride, D);
+}
+
 // Logits of row (b, h, n) into s[0..M] (s[M]: blank, -inf when absent); keys into key[0..M).
 // Returns the row maximum.
 template <int kD>
@@ -68,7 +82,8 @@ TESSERA_CPU_INLINE float row_logits(const ClusterAttentionView& a, int64_t b, in
       a.mask ? a.mask + ((b * a.mask_heads + (a.mask_heads == 1 ? 0 : h)) * N + n) * M : nullptr;
   const float* kbase = a.k + b * a.k_stride[0] + h * a.k_stride[1];
   for (int m = 0; m < M; ++m) key[m] = idx ? idx[m] : m;
-  for (int m = 0; m < M; ++m) s[m] = dotk<kD>(q, kbase + key[m] * a.k_stride[2], D) * a.scale;
+  row_dots<kD>(q, kbase, a.k_stride[2], key, M, D, s);
+  for (int m = 0; m < M; ++m) s[m] *= a.scale;
   if (a.bias) {
     const float* bias = a.bias + row * M;
     for (int m = 0; m < M; ++m) s[m] += bias[m];
@@ -144,9 +159,13 @@ TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int6
     }
     const float sum = row_exp(t.s.data(), mx, t.p.data(), M + 1);
     if (a.lse) a.lse[row] = mx + std::log(sum);
+    // The weights stay unnormalised (exp(s - max)); the output row is scaled by 1 / sum at the end.
     const float inv = 1.f / sum;
-    for (int m = 0; m <= M; ++m) t.p[m] *= inv;
-    row_dropout(a, row, t.p.data(), t.w.data());
+    const float* w = t.p.data();
+    if (a.dropout_p > 0.f) {
+      row_dropout(a, row, t.p.data(), t.w.data());
+      w = t.w.data();
+    }
     const float* vbase = a.v + b * a.v_stride[0] + h * a.v_stride[1];
     if constexpr (kD > 0 && kD % 8 == 0) {
       // A compile-time head_dim keeps the output row in vector registers across neighbours.
@@ -157,73 +176,105 @@ TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int6
       for (; m + kSets <= M; m += kSets) {
         for (int u = 0; u < kSets; ++u) {
           const float* v = vbase + t.key[m + u] * a.v_stride[2];
-          const float wm = t.w[m + u];
+          const float wm = w[m + u];
           for (int i = 0; i < kV; ++i) acc[u][i] += wm * simd::load8(v + 8 * i);
         }
       }
       for (; m < M; ++m) {
         const float* v = vbase + t.key[m] * a.v_stride[2];
-        for (int i = 0; i < kV; ++i) acc[0][i] += t.w[m] * simd::load8(v + 8 * i);
+        for (int i = 0; i < kV; ++i) acc[0][i] += w[m] * simd::load8(v + 8 * i);
       }
       if (a.blank_v) {
-        for (int i = 0; i < kV; ++i) acc[0][i] += t.w[M] * simd::load8(a.blank_v + h * D + 8 * i);
+        for (int i = 0; i < kV; ++i) acc[0][i] += w[M] * simd::load8(a.blank_v + h * D + 8 * i);
       }
       for (int u = 1; u < kSets; ++u) {
         for (int i = 0; i < kV; ++i) acc[0][i] += acc[u][i];
       }
-      for (int i = 0; i < kV; ++i) simd::store8(o + 8 * i, acc[0][i]);
+      for (int i = 0; i < kV; ++i) simd::store8(o + 8 * i, acc[0][i] * inv);
     } else {
       for (int m = 0; m < M; ++m) {
-        if (t.w[m] != 0.f) axpy(t.w[m], vbase + t.key[m] * a.v_stride[2], o, D);
+        if (w[m] != 0.f) axpy(w[m], vbase + t.key[m] * a.v_stride[2], o, D);
       }
-      if (a.blank_v && t.w[M] != 0.f) axpy(t.w[M], a.blank_v + h * D, o, D);
+      if (a.blank_v && w[M] != 0.f) axpy(w[M], a.blank_v + h * D, o, D);
+      for (int i = 0; i < D; ++i) o[i] *= inv;
     }
   }
 }
 
-// Row backward shared by both variants: recomputes the weights, writes dq (and dbias), and leaves
-// ds[0..M] (logit gradients) and w[0..M] (dropped-out weights) for the caller to scatter.
-template <int kD>
+// Row backward shared by both variants: recomputes the weights from the stored lse, writes dq
+// (and dbias), leaves ds[0..M] (logit gradients) and w[0..M] (dropped-out weights), and calls
+// per_slot(m, key, scale * ds[m], w[m]) for every neighbour m < M inside the same pass over the
+// neighbours that accumulates dq, so a caller that owns dk / dv scatters there. ds and w hold at
+// least M + 1 floats; w may be t.p (then no copy is made without dropout).
+template <int kD, typename PerSlot>
 TESSERA_CPU_INLINE void row_backward(const ClusterAttentionView& a, const ClusterAttentionGrads& g,
-                                     int64_t b, int h, int64_t n, Scratch& t, float* ds, float* w) {
+                                     int64_t b, int h, int64_t n, Scratch& t, float* ds, float* w,
+                                     PerSlot&& per_slot) {
   const int M = a.neighbours, D = kD ? kD : a.head_dim;
   const int64_t N = a.tokens;
   const int64_t row = (b * a.heads + h) * N + n;
   const float* q = row_ptr(a.q, a.q_stride, b, h, n);
   const float* dout = g.dout + row * D;
   float* dq = g.dq + row * D;
-  std::fill(dq, dq + D, 0.f);
   const float lse = a.lse[row];
   row_logits<kD>(a, b, h, n, q, t.s.data(), t.key.data());
   if (lse == kNegInf) {
+    std::fill(dq, dq + D, 0.f);
     std::fill(ds, ds + M + 1, 0.f);
     std::fill(w, w + M + 1, 0.f);
     if (g.dbias) std::fill(g.dbias + row * M, g.dbias + (row + 1) * M, 0.f);
     return;
   }
-  row_exp(t.s.data(), lse, t.p.data(), M + 1);
-  row_dropout(a, row, t.p.data(), w);
-  const float dsum = dotk<kD>(dout, a.out + row * D, D);  // = sum_m P[m] dP[m]
+  float* p = t.p.data();
+  row_exp(t.s.data(), lse, p, M + 1);  // P = exp(s - lse): no second normalisation pass
+  if (a.dropout_p > 0.f) {
+    row_dropout(a, row, p, w);
+  } else if (w != p) {
+    std::copy(p, p + M + 1, w);
+  }
+  // dP[m] = z[m] * dout . v[key[m]] with the dropout factor z[m] in {0, keep}; ds = P (dP - dsum).
   const float* vbase = a.v + b * a.v_stride[0] + h * a.v_stride[1];
   const float* kbase = a.k + b * a.k_stride[0] + h * a.k_stride[1];
-  const float keep = a.dropout_p > 0.f ? 1.f / (1.f - a.dropout_p) : 1.f;
-  for (int m = 0; m <= M; ++m) {
-    const float p = t.p[m];
-    if (p == 0.f) {
-      ds[m] = 0.f;
-      continue;
+  row_dots<kD>(dout, vbase, a.v_stride[2], t.key.data(), M, D, ds);
+  ds[M] = a.blank_v ? dotk<kD>(dout, a.blank_v + h * D, D) : 0.f;
+  const float dsum = dotk<kD>(dout, a.out + row * D, D);  // = sum_m P[m] dP[m]
+  if (a.dropout_p > 0.f) {
+    const float keep = 1.f / (1.f - a.dropout_p);
+    for (int m = 0; m <= M; ++m) {
+      ds[m] = p[m] == 0.f ? 0.f : p[m] * ((w[m] != 0.f ? keep : 0.f) * ds[m] - dsum);
     }
-    const float* v = m < M ? vbase + t.key[m] * a.v_stride[2] : a.blank_v + h * D;
-    // dP[m] = z[m] * dout . v with z[m] in {0, keep}.
-    const float z = a.dropout_p > 0.f ? (w[m] != 0.f ? keep : 0.f) : 1.f;
-    ds[m] = p * (z * dotk<kD>(dout, v, D) - dsum);
-    const float* k = m < M ? kbase + t.key[m] * a.k_stride[2] : a.blank_k + h * D;
-    axpyk<kD>(a.scale * ds[m], k, dq, D);
+  } else {
+    for (int m = 0; m <= M; ++m) ds[m] = p[m] == 0.f ? 0.f : p[m] * (ds[m] - dsum);
+  }
+  const int64_t* key = t.key.data();
+  if constexpr (kD > 0 && kD % 8 == 0) {
+    constexpr int kV = kD / 8;
+    v8f acc[kV] = {};
+    for (int m = 0; m < M; ++m) {
+      const float c = a.scale * ds[m];
+      const float* k = kbase + key[m] * a.k_stride[2];
+      for (int i = 0; i < kV; ++i) acc[i] += c * simd::load8(k + 8 * i);
+      per_slot(m, key[m], c, w[m]);
+    }
+    if (a.blank_k) {
+      const float c = a.scale * ds[M];
+      for (int i = 0; i < kV; ++i) acc[i] += c * simd::load8(a.blank_k + h * D + 8 * i);
+    }
+    for (int i = 0; i < kV; ++i) simd::store8(dq + 8 * i, acc[i]);
+  } else {
+    std::fill(dq, dq + D, 0.f);
+    for (int m = 0; m < M; ++m) {
+      const float c = a.scale * ds[m];
+      axpy(c, kbase + key[m] * a.k_stride[2], dq, D);
+      per_slot(m, key[m], c, w[m]);
+    }
+    if (a.blank_k) axpy(a.scale * ds[M], a.blank_k + h * D, dq, D);
   }
   if (g.dbias) std::copy(ds, ds + M, g.dbias + row * M);
 }
 
-// Default backward for one (batch, head) plane: dk / dv of the plane are owned by this call.
+// Default backward for one (batch, head) plane: dk / dv of the plane are owned by this call and
+// updated in the same pass over the neighbours that computes dq.
 template <int kD>
 TESSERA_CPU_CLONES void bwd_plane(const ClusterAttentionView& a, const ClusterAttentionGrads& g,
                                   int64_t plane, float* part_bk, float* part_bv, double* part_pe) {
@@ -236,18 +287,35 @@ TESSERA_CPU_CLONES void bwd_plane(const ClusterAttentionView& a, const ClusterAt
   float* dv = g.dv + plane * N * D;
   std::fill(dk, dk + N * D, 0.f);
   std::fill(dv, dv + N * D, 0.f);
+  float* w = a.dropout_p > 0.f ? t.w.data() : t.p.data();
   for (int64_t n = 0; n < N; ++n) {
-    row_backward<kD>(a, g, b, h, n, t, t.ds.data(), t.w.data());
     const int64_t row = plane * N + n;
     const float* q = row_ptr(a.q, a.q_stride, b, h, n);
     const float* dout = g.dout + row * D;
-    for (int m = 0; m < M; ++m) {
-      if (t.ds[m] != 0.f) axpyk<kD>(a.scale * t.ds[m], q, dk + t.key[m] * D, D);
-      if (t.w[m] != 0.f) axpyk<kD>(t.w[m], dout, dv + t.key[m] * D, D);
+    if constexpr (kD > 0 && kD % 8 == 0) {
+      constexpr int kV = kD / 8;
+      v8f qv[kV], gv[kV];
+      for (int i = 0; i < kV; ++i) {
+        qv[i] = simd::load8(q + 8 * i);
+        gv[i] = simd::load8(dout + 8 * i);
+      }
+      row_backward<kD>(a, g, b, h, n, t, t.ds.data(), w, [&](int, int64_t j, float c, float wm) {
+        float* dkj = dk + j * kD;
+        float* dvj = dv + j * kD;
+        for (int i = 0; i < kV; ++i) {
+          simd::store8(dkj + 8 * i, simd::load8(dkj + 8 * i) + c * qv[i]);
+          simd::store8(dvj + 8 * i, simd::load8(dvj + 8 * i) + wm * gv[i]);
+        }
+      });
+    } else {
+      row_backward<kD>(a, g, b, h, n, t, t.ds.data(), w, [&](int, int64_t j, float c, float wm) {
+        if (c != 0.f) axpy(c, q, dk + j * D, D);
+        if (wm != 0.f) axpy(wm, dout, dv + j * D, D);
+      });
     }
     if (part_bk) {
       axpy(a.scale * t.ds[M], q, part_bk, D);
-      axpy(t.w[M], dout, part_bv, D);
+      axpy(w[M], dout, part_bv, D);
     }
     if (part_pe) {
       float f[5];
@@ -271,7 +339,8 @@ TESSERA_CPU_CLONES void bwd_rows(const ClusterAttentionView& a, const ClusterAtt
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t n = row % N, b = row / (N * H);
     const int h = static_cast<int>((row / N) % H);
-    row_backward<kD>(a, g, b, h, n, t, ds_all + row * (M + 1), w_all + row * (M + 1));
+    row_backward<kD>(a, g, b, h, n, t, ds_all + row * (M + 1), w_all + row * (M + 1),
+                     [](int, int64_t, float, float) {});
   }
 }
 
