@@ -64,7 +64,8 @@ TESSERA_CPU_INLINE void row_dots(const float* x, const float* base, int64_t stri
   if constexpr (kD > 0 && kD % 8 == 0) {
     v8f xv[kD / 8];
     for (int i = 0; i < kD / 8; ++i) xv[i] = simd::load8(x + 8 * i);
-    for (; m + 8 <= M; m += 8) simd::store8(out + m, simd::dot8_rows<kD>(xv, base, stride, key + m));
+    for (; m + 8 <= M; m += 8)
+      simd::store8(out + m, simd::dot8_rows<kD>(xv, base, stride, key + m));
   }
   for (; m < M; ++m) out[m] = dotk<kD>(x, base + key[m] * stride, D);
 }
