@@ -2,7 +2,8 @@
 // initialised once through Tessera's own set-up, a stuck collective ends the test through the
 // watchdog instead of hanging CI, rank 0 prints the usual report, the other ranks print only their
 // failed assertions (prefixed with the rank), and the job fails if any rank fails (so a rank-local
-// failure is never hidden).
+// failure is never hidden). A run with skips and no failure on any rank exits with the skip code
+// of tests/support/skip_exit.h on every rank, so ctest reports it as skipped.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -12,6 +13,7 @@
 
 #include "sharding/mpi/mpi_env.h"
 #include "sharding/watchdog.h"
+#include "tests/support/skip_exit.h"
 
 namespace {
 
@@ -48,10 +50,10 @@ int main(int argc, char** argv) {
     delete listeners.Release(listeners.default_result_printer());
     listeners.Append(new FailuresOnly(rank));
   }
-  int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
-  int any_failed = 0;
-  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (failed) std::fprintf(stderr, "rank %d: some tests FAILED\n", rank);
+  int local[2] = {RUN_ALL_TESTS() != 0 ? 1 : 0, tessera::testing::any_test_skipped() ? 1 : 0};
+  int any[2] = {0, 0};
+  MPI_Allreduce(local, any, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (local[0]) std::fprintf(stderr, "rank %d: some tests FAILED\n", rank);
   mpi::finalize();
-  return any_failed;
+  return tessera::testing::exit_code_after_run(any[0], any[1] != 0);
 }
