@@ -14,7 +14,7 @@
 
 #include "bench/bench.h"
 #include "common/error.h"
-#include "sharding/sequence_sharded_kv.h"
+#include "runtime/models/layers/sequence_sharded_kv.h"
 
 namespace tessera::bench {
 
@@ -30,8 +30,8 @@ double median(std::vector<double> v) {
 
 constexpr int64_t kHeadsQ = 8, kHeadsKv = 2, kHeadDim = 64, kChunk = 8192, kBlock = 16;
 
-sharding::SequenceShardedKVConfig config(int64_t max_len) {
-  sharding::SequenceShardedKVConfig c;
+models::SequenceShardedKVConfig config(int64_t max_len) {
+  models::SequenceShardedKVConfig c;
   c.cache.num_layers = 1;
   c.cache.batch_size = 1;
   c.cache.max_len = max_len;
@@ -44,7 +44,7 @@ sharding::SequenceShardedKVConfig config(int64_t max_len) {
 }
 
 // The context's keys and values, the same on every rank (one seed); each cache keeps its share.
-void fill(std::vector<sharding::SequenceShardedKVCache*> caches, int64_t tokens) {
+void fill(std::vector<models::SequenceShardedKVCache*> caches, int64_t tokens) {
   torch::manual_seed(7);
   for (int64_t p = 0; p < tokens; p += kChunk) {
     const int64_t n = std::min(kChunk, tokens - p);
@@ -85,11 +85,11 @@ int run_sp_decode_bench(const BenchOptions& opt) {
   for (int64_t ctx : contexts) {
     const int steps = steps_for(ctx);
     const auto cfg = config(ctx + steps);
-    sharding::SequenceShardedKVCache sharded(cfg, &comm);
+    models::SequenceShardedKVCache sharded(cfg, &comm);
     // The baseline: the whole context on rank 0 (the other ranks wait at the barrier).
-    std::unique_ptr<sharding::SequenceShardedKVCache> single;
-    if (opt.rank == 0) single = std::make_unique<sharding::SequenceShardedKVCache>(cfg, nullptr);
-    std::vector<sharding::SequenceShardedKVCache*> caches{&sharded};
+    std::unique_ptr<models::SequenceShardedKVCache> single;
+    if (opt.rank == 0) single = std::make_unique<models::SequenceShardedKVCache>(cfg, nullptr);
+    std::vector<models::SequenceShardedKVCache*> caches{&sharded};
     if (single) caches.push_back(single.get());
     fill(caches, ctx);
 

@@ -5,7 +5,7 @@
 #include "common/device.h"
 #include "common/error.h"
 #include "common/logging.h"
-#include "runtime/torch_env.h"
+#include "runtime/engine/torch_env.h"
 #include "sharding/mpi/mpi_communicator.h"
 #include "sharding/mpi/mpi_env.h"
 #include "sharding/watchdog.h"
@@ -31,6 +31,8 @@ World bootstrap_world(int* argc, char*** argv, const BootstrapOptions& options) 
   } catch (const Error& e) {
     err = e.message();
   }
+  // MPI-level agreement: the world communicator is not made yet (it is made below, once the
+  // launcher's view is known to be sound).
   err = mpi::agree_on_error(err);
   if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
 
@@ -46,7 +48,7 @@ World bootstrap_world(int* argc, char*** argv, const BootstrapOptions& options) 
   RankInfo by_node = w.launcher;
   by_node.local_rank = w.local_rank;
   w.device = choose_device(by_node, devices.count);
-  w.torch_threads = runtime::configure_torch_threads(w.local_size);
+  w.torch_threads = engine::configure_torch_threads(w.local_size);
   w.comm = std::make_shared<sharding::MpiCommunicator>(MPI_COMM_WORLD);
 #ifdef TESSERA_WITH_NCCL
   if (options.want_nccl && w.device >= 0) {

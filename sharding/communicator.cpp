@@ -1,5 +1,7 @@
 #include "sharding/communicator.h"
 
+#include <cstring>
+
 namespace tessera::sharding {
 
 const char* dtype_label(const torch::Tensor& t) {
@@ -86,6 +88,31 @@ void Communicator::recv(torch::Tensor& tensor, int src, int tag) {
 }
 
 void Communicator::barrier() { barrier_async()->wait(); }
+
+std::string Communicator::agree_on_error(const std::string& local_error) {
+  if (size() == 1) return local_error;
+  const auto longs = torch::TensorOptions().dtype(torch::kLong).device(device());
+  // The lowest failing rank (size() when none failed) in one MIN all-reduce; its message then
+  // travels by broadcast, its length first.
+  auto first_t = torch::full({1}, local_error.empty() ? size() : rank(), longs);
+  all_reduce(first_t, ReduceOp::kMin);
+  const int first = static_cast<int>(first_t.item<int64_t>());
+  if (first == size()) return {};
+  const bool mine = first == rank();
+  auto len_t = torch::full({1}, mine ? static_cast<int64_t>(local_error.size()) : 0, longs);
+  broadcast(len_t, first);
+  const int64_t len = len_t.item<int64_t>();
+  std::string msg = mine ? local_error : std::string(static_cast<size_t>(len), '\0');
+  if (len > 0) {
+    torch::Tensor bytes = torch::from_blob(msg.data(), {len}, torch::kByte)
+                              .to(device(), /*non_blocking=*/false,
+                                  /*copy=*/true);
+    broadcast(bytes, first);
+    bytes = bytes.cpu();
+    std::memcpy(msg.data(), bytes.data_ptr<uint8_t>(), static_cast<size_t>(len));
+  }
+  return first != 0 ? "rank " + std::to_string(first) + ": " + msg : msg;
+}
 
 std::pair<int64_t, int64_t> scatter_rows(int64_t n, int rank, int size) {
   TESSERA_CHECK(size >= 1, "size must be positive, got ", size);

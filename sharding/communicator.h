@@ -63,6 +63,8 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string backend_name() const = 0;
+  // Where this communicator's tensors live (CPU for MPI, the rank's GPU for NCCL).
+  virtual torch::Device device() const = 0;
 
   // --- asynchronous forms: every rank of the communicator calls them in the same order ---------
   // In place. kAvg is for floating dtypes only.
@@ -95,6 +97,13 @@ class Communicator {
   void send(const torch::Tensor& tensor, int dst, int tag = 0);
   void recv(torch::Tensor& tensor, int src, int tag = 0);
   virtual void barrier();
+
+  // Collective agreement on success, through the collectives above (any group, any backend):
+  // every rank passes its own outcome ("" = success) and gets the lowest failing rank's message,
+  // prefixed "rank N: " when N (its rank in this communicator) is not 0, or "" when every rank
+  // succeeded. One rank's bad input then ends the group with one line on every rank, instead of
+  // leaving the others blocked in a later collective.
+  std::string agree_on_error(const std::string& local_error);
 
   // Allocating forms of the above.
   WorkPtr all_gather_async(const torch::Tensor& tensor) { return all_gather_async(tensor, {}); }

@@ -6,14 +6,14 @@
 
 #include "common/error.h"
 #include "launch/cli/commands.h"
-#include "runtime/generate.h"
+#include "runtime/engine/generate.h"
 #include "runtime/tokenizer.h"
 
 namespace tessera::cli {
 
 namespace {
 struct GenerateArgs {
-  runtime::GenerateRequest request;
+  engine::GenerateRequest request;
   bool json = false;
   bool ignore_eos = false;
 };
@@ -60,7 +60,7 @@ Command register_generate(CLI::App& root) {
 
   Action action = [args](launch::World& world) -> int {
     args->request.stop_at_eos = !args->ignore_eos;
-    const auto res = runtime::generate(args->request, world.comm.get());
+    const auto res = engine::generate(args->request, world.comm.get());
     if (world.rank != 0) return 0;
     if (args->json) {
       nlohmann::json j{{"model", args->request.model},

@@ -7,7 +7,7 @@
 #include "common/device.h"
 #include "launch/build_info.h"
 #include "launch/cli/commands.h"
-#include "runtime/torch_env.h"
+#include "runtime/engine/torch_env.h"
 #include "sharding/mpi/mpi_env.h"
 
 namespace tessera::cli {
@@ -36,8 +36,8 @@ Command register_info(CLI::App& root) {
                   {"cuda_compiler", TESSERA_CUDA_COMPILER_VERSION},
                   {"cuda_architectures", TESSERA_CUDA_ARCHITECTURES},
                   {"nccl_compiled", TESSERA_NCCL_COMPILED != 0}};
-    j["torch"] = {{"version", runtime::torch_version()},
-                  {"cuda", runtime::torch_cuda_compiled()},
+    j["torch"] = {{"version", engine::torch_version()},
+                  {"cuda", engine::torch_cuda_compiled()},
                   {"threads_per_rank", w.torch_threads}};
     j["mpi"] = sharding::mpi::library_version();
     j["nccl"] = nccl_version_string();
@@ -66,7 +66,7 @@ Command register_info(CLI::App& root) {
     std::printf("  NCCL:          %s\n", nccl_version_string().c_str());
     std::printf("  MPI:           %s\n", sharding::mpi::library_version().c_str());
     std::printf("  libtorch:      %s (%s), %d thread(s) per rank\n",
-                runtime::torch_version().c_str(), runtime::torch_cuda_compiled() ? "CUDA" : "CPU",
+                engine::torch_version().c_str(), engine::torch_cuda_compiled() ? "CUDA" : "CPU",
                 w.torch_threads);
     std::printf("  CUDA runtime:  %s, driver %s\n",
                 cuda_version_string(dev.runtime_version).c_str(),

@@ -244,7 +244,7 @@ MpiCommunicator::~MpiCommunicator() {
 std::unique_ptr<MpiCommunicator> MpiCommunicator::split(int color, int key,
                                                         std::string label) const {
   // Agreed before the collective split: a bad colour on one rank must not leave the others
-  // waiting inside MPI_Comm_split.
+  // waiting inside MPI_Comm_split. At the MPI level: a const split must not count operations.
   const std::string bad =
       color >= 0 ? std::string() : "split: color must be >= 0, got " + std::to_string(color);
   const std::string agreed = mpi::agree_on_error(bad, comm_);

@@ -24,6 +24,7 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend_name() const override { return "mpi"; }
+  torch::Device device() const override { return torch::kCPU; }
 
   WorkPtr all_reduce_async(torch::Tensor tensor, ReduceOp op) override;
   WorkPtr broadcast_async(torch::Tensor tensor, int root) override;

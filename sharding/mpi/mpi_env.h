@@ -31,6 +31,8 @@ std::string library_version();  // first line of MPI_Get_library_version
 // Collective agreement on success: every rank passes its own outcome; returns the lowest failing
 // rank's message on every rank, or an empty string when all succeeded. Lets one rank's bad input
 // end the whole job cleanly instead of leaving the others blocked in a later collective.
+// MPI level: only for where no Communicator exists (bootstrap, before the world communicator is
+// made) and inside the MPI backend; everything else calls Communicator::agree_on_error.
 std::string agree_on_error(const std::string& local_error, MPI_Comm comm = MPI_COMM_WORLD);
 
 // Gathers one string from every rank onto `root` (others get an empty vector).

@@ -36,6 +36,9 @@ class NcclCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::string backend_name() const override { return "nccl"; }
+  torch::Device device() const override {
+    return {torch::kCUDA, static_cast<c10::DeviceIndex>(device_)};
+  }
 
   WorkPtr all_reduce_async(torch::Tensor tensor, ReduceOp op) override;
   WorkPtr broadcast_async(torch::Tensor tensor, int root) override;

@@ -103,6 +103,30 @@ TEST(Communicator, SplitWithBadColorOnOneRankFailsOnEveryRank) {
   EXPECT_EQ(ok->size(), c.size());
 }
 
+TEST(Communicator, AgreeOnErrorGivesTheLowestFailingRankOfTheGroup) {
+  auto& c = world();
+  EXPECT_EQ(c.agree_on_error(""), "");
+  // Every rank but 0 fails: all get rank 1's message, named by its rank.
+  const std::string mine = c.rank() == 0 ? "" : "bad input on rank " + std::to_string(c.rank());
+  EXPECT_EQ(c.agree_on_error(mine), c.size() == 1 ? "" : "rank 1: bad input on rank 1");
+  // Within pairs of ranks (a group that is not the world), the second of each pair fails: each
+  // pair agrees on its own message, the same as MPI's own agreement over the pair computes.
+  auto pair = c.split(c.rank() / 2, c.rank(), "pair");
+  const std::string second =
+      pair->rank() == 1 ? "bad input on world rank " + std::to_string(c.rank()) : "";
+  const std::string agreed = pair->agree_on_error(second);
+  EXPECT_EQ(agreed, mpi::agree_on_error(second, pair->comm()));
+  if (pair->size() == 2) {
+    EXPECT_EQ(agreed, "rank 1: bad input on world rank " + std::to_string(c.rank() / 2 * 2 + 1));
+  } else {
+    EXPECT_EQ(agreed, "");
+  }
+  // Through the abstract interface, as process groups hand it out.
+  auto groups = make_process_groups(c, c.size() % 2 == 0 ? 2 : 1);
+  Communicator& tp = groups.group(MeshDim::kTensor);
+  EXPECT_EQ(tp.agree_on_error(tp.rank() == 0 ? "first" : ""), "first");
+}
+
 TEST(Communicator, AllReduceNonContiguousInPlace) {
   auto& c = world();
   auto base = input_of(c.rank(), 5, torch::kFloat);

@@ -5,8 +5,8 @@
 
 #include <filesystem>
 
-#include "runtime/decoder_model.h"
-#include "runtime/tiny_model.h"
+#include "runtime/models/decoder_model.h"
+#include "runtime/models/tiny_model.h"
 #include "sharding/mpi/mpi_communicator.h"
 #include "sharding/mpi/mpi_env.h"
 
@@ -17,12 +17,12 @@ TEST(TensorParallelDecoder, ShardedLogitsEqualSingleRank) {
   torch::NoGradGuard g;
   sharding::MpiCommunicator comm;
   const auto dir = (std::filesystem::temp_directory_path() / "tessera_tp_test_tiny").string();
-  if (comm.rank() == 0) runtime::ensure_tiny_model(dir);
+  if (comm.rank() == 0) models::ensure_tiny_model(dir);
   comm.barrier();
-  runtime::WeightLoader w(dir);
-  const auto config = runtime::ModelConfig::from_file(dir + "/config.json");
-  runtime::DecoderModel sharded(config, w, &comm);
-  runtime::DecoderModel whole(config, w, nullptr);
+  models::WeightLoader w(models::ModelFolder::open(dir));
+  const auto config = models::ModelConfig::from_file(dir + "/config.json");
+  models::DecoderModel sharded(config, w, &comm);
+  models::DecoderModel whole(config, w, nullptr);
   EXPECT_EQ(sharded.local_q_heads() * comm.size(), config.num_attention_heads);
 
   const int64_t n = 40;  // longer than the sliding window (16)

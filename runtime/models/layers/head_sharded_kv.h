@@ -9,7 +9,7 @@
 #include "caches/contiguous_kv_cache.h"
 #include "sharding/tensor_parallel.h"
 
-namespace tessera::sharding {
+namespace tessera::models {
 
 class HeadShardedKVCache {
  public:
@@ -17,9 +17,9 @@ class HeadShardedKVCache {
   // divisible by `world`.
   HeadShardedKVCache(const caches::ContiguousKVCacheConfig& global, int rank, int world);
 
-  ShardRange kv_heads() const { return kv_heads_; }
+  sharding::ShardRange kv_heads() const { return kv_heads_; }
   // This rank's query heads out of `num_q_heads` (a multiple of the global num_kv_heads).
-  ShardRange q_heads(int64_t num_q_heads) const;
+  sharding::ShardRange q_heads(int64_t num_q_heads) const;
 
   // k, v: [batch, T, local kv heads, head_dim]; positions [batch, T] int64.
   void append(int64_t layer, const torch::Tensor& k, const torch::Tensor& v,
@@ -37,8 +37,8 @@ class HeadShardedKVCache {
   int64_t global_kv_heads_ = 0;
   int rank_ = 0;
   int world_ = 1;
-  ShardRange kv_heads_;
+  sharding::ShardRange kv_heads_;
   caches::ContiguousKVCache local_;
 };
 
-}  // namespace tessera::sharding
+}  // namespace tessera::models

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-namespace tessera::runtime {
+namespace tessera::models {
 
 struct ModelConfig {
   std::string model_type;  // "llama", "mistral", "qwen2"
@@ -38,4 +38,4 @@ struct ModelConfig {
   int64_t num_params() const;
 };
 
-}  // namespace tessera::runtime
+}  // namespace tessera::models

@@ -1,4 +1,4 @@
-#include "runtime/safetensors.h"
+#include "runtime/models/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -15,7 +15,7 @@
 
 #include "common/error.h"
 
-namespace tessera::runtime {
+namespace tessera::models {
 
 namespace {
 // A header larger than this is not a real checkpoint's (the reference loader uses 100 MB).
@@ -191,4 +191,4 @@ void write_safetensors(const std::string& path, const std::vector<TensorToWrite>
   }
 }
 
-}  // namespace tessera::runtime
+}  // namespace tessera::models

@@ -6,11 +6,11 @@
 #include <filesystem>
 
 #include "common/error.h"
-#include "runtime/decoder_model.h"
-#include "runtime/tiny_model.h"
-#include "runtime/weights.h"
+#include "runtime/models/decoder_model.h"
+#include "runtime/models/tiny_model.h"
+#include "runtime/models/weights.h"
 
-namespace tessera::runtime {
+namespace tessera::models {
 namespace {
 
 std::string tiny_dir() {
@@ -34,7 +34,7 @@ torch::Tensor run(DecoderModel& model, const std::vector<int64_t>& ids, int64_t 
 
 TEST(DecoderModel, CachedDecodeMatchesFullRecompute) {
   torch::NoGradGuard g;
-  WeightLoader w(tiny_dir());
+  WeightLoader w(ModelFolder::open(tiny_dir()));
   const auto config = ModelConfig::from_file(tiny_dir() + "/config.json");
   DecoderModel model(config, w, nullptr);
   std::vector<int64_t> ids;
@@ -51,7 +51,7 @@ TEST(DecoderModel, SlidingLayersHoldOnlyTheirWindow) {
   // With one token per step, a sliding layer's ring holds exactly its window; full layers hold
   // the whole context.
   torch::NoGradGuard g;
-  WeightLoader w(tiny_dir());
+  WeightLoader w(ModelFolder::open(tiny_dir()));
   const auto config = ModelConfig::from_file(tiny_dir() + "/config.json");
   DecoderModel model(config, w, nullptr);
   const auto cc = model.cache_config(1, 1000, 1);
@@ -65,7 +65,7 @@ TEST(DecoderModel, SlidingLayersHoldOnlyTheirWindow) {
 }
 
 TEST(WeightLoader, SlicesMatchTheWholeTensorAndReadOnlyTheirBytes) {
-  WeightLoader w(tiny_dir());
+  WeightLoader w(ModelFolder::open(tiny_dir()));
   const std::string name = "model.layers.0.mlp.down_proj.weight";
   const auto whole = w.load(name, {});
   const int64_t before = w.bytes_loaded();
@@ -87,7 +87,7 @@ TEST(WeightLoader, SlicesMatchTheWholeTensorAndReadOnlyTheirBytes) {
 
 TEST(DecoderModel, RejectsBadTokens) {
   torch::NoGradGuard g;
-  WeightLoader w(tiny_dir());
+  WeightLoader w(ModelFolder::open(tiny_dir()));
   DecoderModel model(ModelConfig::from_file(tiny_dir() + "/config.json"), w, nullptr);
   caches::ContiguousKVCache cache(model.cache_config(1, 8, 8));
   auto pos = torch::arange(2, torch::kLong).view({1, 2});
@@ -96,4 +96,4 @@ TEST(DecoderModel, RejectsBadTokens) {
 }
 
 }  // namespace
-}  // namespace tessera::runtime
+}  // namespace tessera::models

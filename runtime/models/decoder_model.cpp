@@ -1,4 +1,4 @@
-#include "runtime/decoder_model.h"
+#include "runtime/models/decoder_model.h"
 
 #include <cmath>
 #include <string>
@@ -7,7 +7,7 @@
 #include "kernels/ops/attention_ops.h"
 #include "sharding/tensor_parallel.h"
 
-namespace tessera::runtime {
+namespace tessera::models {
 
 DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
                            sharding::Communicator* comm)
@@ -135,4 +135,4 @@ torch::Tensor DecoderModel::forward(const torch::Tensor& tokens, const torch::Te
   return torch::linear(rms_norm(x, final_norm_), lm_head_);
 }
 
-}  // namespace tessera::runtime
+}  // namespace tessera::models

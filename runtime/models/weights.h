@@ -1,6 +1,6 @@
 // Loads checkpoint tensors into torch, optionally only one rank's slice along a dimension, so a
-// tensor-parallel rank never materialises weights it does not own. Reads model.safetensors or a
-// sharded checkpoint through model.safetensors.index.json.
+// tensor-parallel rank never materialises weights it does not own. Reads the weight files of a
+// ModelFolder (model.safetensors, or the shards of model.safetensors.index.json).
 #pragma once
 
 #include <torch/types.h>
@@ -10,14 +10,15 @@
 #include <string>
 #include <vector>
 
-#include "runtime/safetensors.h"
+#include "runtime/models/model_folder.h"
+#include "runtime/models/safetensors.h"
 #include "sharding/tensor_parallel.h"
 
-namespace tessera::runtime {
+namespace tessera::models {
 
 class WeightLoader {
  public:
-  explicit WeightLoader(const std::string& model_dir);
+  explicit WeightLoader(const ModelFolder& folder);
 
   bool has(const std::string& name) const;
   // The whole tensor, converted to `dtype`, contiguous. Throws naming the tensor and the expected
@@ -38,4 +39,4 @@ class WeightLoader {
   mutable int64_t bytes_loaded_ = 0;
 };
 
-}  // namespace tessera::runtime
+}  // namespace tessera::models

@@ -1,4 +1,4 @@
-#include "runtime/model_config.h"
+#include "runtime/models/model_config.h"
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -7,7 +7,7 @@
 
 #include "common/error.h"
 
-namespace tessera::runtime {
+namespace tessera::models {
 
 namespace {
 
@@ -213,4 +213,4 @@ std::string ModelConfig::to_json_text() const {
   return j.dump(2);
 }
 
-}  // namespace tessera::runtime
+}  // namespace tessera::models

@@ -13,7 +13,7 @@
 #include "caches/contiguous_kv_cache.h"
 #include "sharding/communicator.h"
 
-namespace tessera::sharding {
+namespace tessera::models {
 
 // Which rank holds which token: blocks of `block_tokens` consecutive positions are dealt to the
 // ranks round-robin, so every rank holds ~1/world of any context and one decode step appends to
@@ -44,7 +44,7 @@ class SequenceShardedKVCache {
  public:
   // `comm` spans the sequence-parallel group (null or size 1: every token on this rank). It must
   // outlive the cache.
-  SequenceShardedKVCache(SequenceShardedKVConfig config, Communicator* comm);
+  SequenceShardedKVCache(SequenceShardedKVConfig config, sharding::Communicator* comm);
 
   const SequencePlacement& placement() const { return placement_; }
   int rank() const { return rank_; }
@@ -70,7 +70,7 @@ class SequenceShardedKVCache {
  private:
   SequenceShardedKVConfig config_;
   SequencePlacement placement_;
-  Communicator* comm_ = nullptr;
+  sharding::Communicator* comm_ = nullptr;
   int rank_ = 0;
   std::vector<caches::ContiguousKVCache::LayerView> layers_;
   std::vector<int64_t> used_slots_;  // per layer: slots [0, used) were ever written
@@ -78,6 +78,6 @@ class SequenceShardedKVCache {
 
 // Memory planning for caches split over ranks: each rank passes the blocks it can afford, every
 // rank gets the minimum (the cache is only as large as its smallest shard). Collective over comm.
-int64_t min_blocks_over_ranks(Communicator* comm, int64_t local_blocks);
+int64_t min_blocks_over_ranks(sharding::Communicator* comm, int64_t local_blocks);
 
-}  // namespace tessera::sharding
+}  // namespace tessera::models

@@ -1,13 +1,13 @@
-#include "sharding/head_sharded_kv.h"
+#include "runtime/models/layers/head_sharded_kv.h"
 
 #include "common/error.h"
 #include "kernels/ops/attention_ops.h"
 
-namespace tessera::sharding {
+namespace tessera::models {
 
 caches::ContiguousKVCacheConfig HeadShardedKVCache::local_config(
     caches::ContiguousKVCacheConfig global, int rank, int world) {
-  global.num_kv_heads = even_shard(global.num_kv_heads, rank, world, "num_kv_heads").size;
+  global.num_kv_heads = sharding::even_shard(global.num_kv_heads, rank, world, "num_kv_heads").size;
   return global;
 }
 
@@ -16,14 +16,14 @@ HeadShardedKVCache::HeadShardedKVCache(const caches::ContiguousKVCacheConfig& gl
     : global_kv_heads_(global.num_kv_heads),
       rank_(rank),
       world_(world),
-      kv_heads_(even_shard(global.num_kv_heads, rank, world, "num_kv_heads")),
+      kv_heads_(sharding::even_shard(global.num_kv_heads, rank, world, "num_kv_heads")),
       local_(local_config(global, rank, world)) {}
 
-ShardRange HeadShardedKVCache::q_heads(int64_t num_q_heads) const {
+sharding::ShardRange HeadShardedKVCache::q_heads(int64_t num_q_heads) const {
   TESSERA_CHECK(num_q_heads > 0 && num_q_heads % global_kv_heads_ == 0, "num_q_heads=", num_q_heads,
                 " must be a positive multiple of num_kv_heads=", global_kv_heads_);
   // Query head h reads kv head h / group, so the kv shard's query heads are contiguous too.
-  return even_shard(num_q_heads, rank_, world_, "num_q_heads");
+  return sharding::even_shard(num_q_heads, rank_, world_, "num_q_heads");
 }
 
 void HeadShardedKVCache::append(int64_t layer, const torch::Tensor& k, const torch::Tensor& v,
@@ -41,4 +41,4 @@ torch::Tensor HeadShardedKVCache::attention(int64_t layer, const torch::Tensor& 
   return std::get<0>(kernels::attention(q, l.k, l.v, q_pos, l.positions, scale, window));
 }
 
-}  // namespace tessera::sharding
+}  // namespace tessera::models

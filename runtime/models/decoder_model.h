@@ -9,11 +9,11 @@
 #include <vector>
 
 #include "caches/contiguous_kv_cache.h"
-#include "runtime/model_config.h"
-#include "runtime/weights.h"
+#include "runtime/models/model_config.h"
+#include "runtime/models/weights.h"
 #include "sharding/communicator.h"
 
-namespace tessera::runtime {
+namespace tessera::models {
 
 class DecoderModel {
  public:
@@ -56,4 +56,4 @@ class DecoderModel {
   std::vector<Layer> layers_;
 };
 
-}  // namespace tessera::runtime
+}  // namespace tessera::models

@@ -11,7 +11,7 @@
 
 #include "common/dtype.h"
 
-namespace tessera::runtime {
+namespace tessera::models {
 
 struct TensorEntry {
   std::string name;
@@ -60,4 +60,4 @@ struct TensorToWrite {
 void write_safetensors(const std::string& path, const std::vector<TensorToWrite>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
-}  // namespace tessera::runtime
+}  // namespace tessera::models

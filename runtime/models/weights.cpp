@@ -1,15 +1,8 @@
-#include "runtime/weights.h"
-
-#include <filesystem>
-#include <fstream>
-#include <nlohmann/json.hpp>
-#include <set>
+#include "runtime/models/weights.h"
 
 #include "common/error.h"
 
-namespace tessera::runtime {
-
-namespace fs = std::filesystem;
+namespace tessera::models {
 
 namespace {
 torch::ScalarType torch_type(DType d, const std::string& name) {
@@ -46,36 +39,8 @@ std::string shape_str(const std::vector<int64_t>& s) {
 }
 }  // namespace
 
-WeightLoader::WeightLoader(const std::string& model_dir) {
-  const fs::path dir(model_dir);
-  const fs::path single = dir / "model.safetensors";
-  const fs::path index = dir / "model.safetensors.index.json";
-  std::vector<std::string> shard_files;
-  std::error_code ec;
-  if (fs::exists(single, ec)) {
-    shard_files.push_back(single.string());
-  } else if (fs::exists(index, ec)) {
-    std::ifstream in(index);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      TESSERA_FAIL("'", index.string(), "': not valid JSON: ", e.what());
-    }
-    TESSERA_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), "'", index.string(),
-                  "' has no weight_map object");
-    std::set<std::string> names;
-    for (auto& [k, v] : j["weight_map"].items()) {
-      TESSERA_CHECK(v.is_string(), "'", index.string(), "': weight_map['", k,
-                    "'] must be a file name, got ", v.dump());
-      names.insert(v.get<std::string>());
-    }
-    for (const auto& n : names) shard_files.push_back((dir / n).string());
-  } else {
-    TESSERA_FAIL("model folder '", model_dir,
-                 "' has neither model.safetensors nor model.safetensors.index.json");
-  }
-  for (const auto& f : shard_files) {
+WeightLoader::WeightLoader(const ModelFolder& folder) {
+  for (const auto& f : folder.weight_files()) {
     files_.push_back(SafetensorsFile::open(f));
     for (const auto& n : files_.back()->names()) where_[n] = files_.back().get();
   }
@@ -121,4 +86,4 @@ torch::Tensor WeightLoader::load_slice(const std::string& name,
   return out;
 }
 
-}  // namespace tessera::runtime
+}  // namespace tessera::models

@@ -6,9 +6,9 @@
 
 #include <string>
 
-#include "runtime/model_config.h"
+#include "runtime/models/model_config.h"
 
-namespace tessera::runtime {
+namespace tessera::models {
 
 ModelConfig tiny_model_config();
 
@@ -20,8 +20,4 @@ std::string tiny_model_dir();
 // call from several processes at once (each file is written to a temporary name and renamed).
 std::string ensure_tiny_model(const std::string& dir);
 
-// Resolves a --model argument: "tiny" (written on first use) or a directory holding config.json
-// and model.safetensors. Throws naming the argument otherwise.
-std::string resolve_model_dir(const std::string& model);
-
-}  // namespace tessera::runtime
+}  // namespace tessera::models

@@ -1,19 +1,19 @@
-#include "runtime/generate.h"
+#include "runtime/engine/generate.h"
 
 #include <torch/types.h>
 
 #include <chrono>
 #include <memory>
+#include <optional>
 
 #include "common/error.h"
 #include "common/logging.h"
-#include "runtime/decoder_model.h"
-#include "runtime/tiny_model.h"
+#include "runtime/models/decoder_model.h"
+#include "runtime/models/model_folder.h"
 #include "runtime/tokenizer.h"
 #include "sharding/communicator.h"
-#include "sharding/mpi/mpi_env.h"
 
-namespace tessera::runtime {
+namespace tessera::engine {
 
 namespace {
 
@@ -23,7 +23,7 @@ double ms_since(Clock::time_point t0) {
 }
 
 // Runs `fn` on every rank; if any rank throws, every rank throws the lowest failing rank's
-// message (agreed over MPI), so no rank is left waiting in a collective.
+// message (agreed over `comm`), so no rank is left waiting in a collective.
 template <typename Fn>
 void on_all_ranks(sharding::Communicator* comm, Fn&& fn) {
   std::string err;
@@ -34,7 +34,7 @@ void on_all_ranks(sharding::Communicator* comm, Fn&& fn) {
   } catch (const std::exception& e) {
     err = e.what();
   }
-  if (comm != nullptr && comm->size() > 1) err = sharding::mpi::agree_on_error(err);
+  if (comm != nullptr) err = comm->agree_on_error(err);
   if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
 }
 
@@ -49,23 +49,25 @@ GenerateResult generate(const GenerateRequest& req, sharding::Communicator* comm
   const auto t_load = Clock::now();
 
   // Rank 0 writes the built-in model first (others would only redo identical work).
+  std::optional<models::ModelFolder> folder;
   if (rank == 0 || req.model != "tiny") {
-    on_all_ranks(comm, [&] { res.model_dir = resolve_model_dir(req.model); });
+    on_all_ranks(comm, [&] { folder = models::ModelFolder::resolve(req.model); });
   } else {
     on_all_ranks(comm, [] {});
   }
-  ModelConfig config;
-  std::unique_ptr<DecoderModel> model;
-  ByteTokenizer tokenizer;
+  models::ModelConfig config;
+  std::unique_ptr<models::DecoderModel> model;
+  runtime::ByteTokenizer tokenizer;
   on_all_ranks(comm, [&] {
-    if (res.model_dir.empty()) res.model_dir = resolve_model_dir(req.model);
-    config = ModelConfig::from_file(res.model_dir + "/config.json");
+    if (!folder) folder = models::ModelFolder::resolve(req.model);
+    res.model_dir = folder->dir();
+    config = models::ModelConfig::from_file(folder->config_json());
     config.check_tensor_parallel(res.tp_size);
-    TESSERA_CHECK(config.vocab_size >= ByteTokenizer::kVocabSize, "model '", req.model,
+    TESSERA_CHECK(config.vocab_size >= runtime::ByteTokenizer::kVocabSize, "model '", req.model,
                   "' has vocab_size=", config.vocab_size,
                   " but only the byte tokenizer (258 ids) is available so far");
-    WeightLoader weights(res.model_dir);
-    model = std::make_unique<DecoderModel>(config, weights, comm);
+    models::WeightLoader weights(*folder);
+    model = std::make_unique<models::DecoderModel>(config, weights, comm);
     res.weight_bytes_read = weights.bytes_loaded();
     res.prompt_ids = tokenizer.encode(req.prompt);
     // Compared without forming the sum: max_tokens may be as large as INT64_MAX.
@@ -119,4 +121,4 @@ GenerateResult generate(const GenerateRequest& req, sharding::Communicator* comm
   return res;
 }
 
-}  // namespace tessera::runtime
+}  // namespace tessera::engine

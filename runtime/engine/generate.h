@@ -10,7 +10,7 @@ namespace tessera::sharding {
 class Communicator;
 }
 
-namespace tessera::runtime {
+namespace tessera::engine {
 
 struct GenerateRequest {
   std::string model = "tiny";  // "tiny" or a Hugging Face model folder
@@ -36,4 +36,4 @@ struct GenerateResult {
 // than some waiting forever in a collective.
 GenerateResult generate(const GenerateRequest& request, sharding::Communicator* comm);
 
-}  // namespace tessera::runtime
+}  // namespace tessera::engine

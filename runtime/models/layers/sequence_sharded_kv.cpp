@@ -1,4 +1,4 @@
-#include "sharding/sequence_sharded_kv.h"
+#include "runtime/models/layers/sequence_sharded_kv.h"
 
 #include <algorithm>
 
@@ -6,7 +6,7 @@
 #include "kernels/ops/attention_ops.h"
 #include "kernels/ops/merge_ops.h"
 
-namespace tessera::sharding {
+namespace tessera::models {
 
 namespace {
 
@@ -26,7 +26,8 @@ int64_t local_slots(const SequenceShardedKVConfig& c, const SequencePlacement& p
 
 }  // namespace
 
-SequenceShardedKVCache::SequenceShardedKVCache(SequenceShardedKVConfig config, Communicator* comm)
+SequenceShardedKVCache::SequenceShardedKVCache(SequenceShardedKVConfig config,
+                                               sharding::Communicator* comm)
     : config_(std::move(config)), comm_(comm) {
   config_.cache.validate();
   TESSERA_CHECK(config_.block_tokens > 0, "block_tokens must be positive, got ",
@@ -132,12 +133,12 @@ void SequenceShardedKVCache::reset() {
   std::fill(used_slots_.begin(), used_slots_.end(), 0);
 }
 
-int64_t min_blocks_over_ranks(Communicator* comm, int64_t local_blocks) {
+int64_t min_blocks_over_ranks(sharding::Communicator* comm, int64_t local_blocks) {
   TESSERA_CHECK(local_blocks >= 0, "local_blocks must be >= 0, got ", local_blocks);
   if (comm == nullptr || comm->size() == 1) return local_blocks;
   auto t = torch::full({1}, local_blocks, torch::kLong);
-  comm->all_reduce(t, ReduceOp::kMin);
+  comm->all_reduce(t, sharding::ReduceOp::kMin);
   return t.item<int64_t>();
 }
 
-}  // namespace tessera::sharding
+}  // namespace tessera::models

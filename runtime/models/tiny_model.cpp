@@ -1,9 +1,7 @@
-#include "runtime/tiny_model.h"
+#include "runtime/models/tiny_model.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -12,10 +10,10 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "runtime/safetensors.h"
+#include "runtime/models/safetensors.h"
 #include "runtime/tokenizer.h"
 
-namespace tessera::runtime {
+namespace tessera::models {
 
 namespace fs = std::filesystem;
 
@@ -79,7 +77,7 @@ void write_text_atomic(const fs::path& p, const std::string& text) {
 ModelConfig tiny_model_config() {
   ModelConfig c;
   c.model_type = "qwen2";
-  c.vocab_size = ByteTokenizer::kVocabSize;
+  c.vocab_size = runtime::ByteTokenizer::kVocabSize;
   c.hidden_size = 128;
   c.intermediate_size = 256;
   c.num_hidden_layers = 4;
@@ -91,8 +89,8 @@ ModelConfig tiny_model_config() {
   c.rms_norm_eps = 1e-6;
   c.attention_bias = true;
   c.tie_word_embeddings = false;
-  c.bos_token_id = ByteTokenizer::kBos;
-  c.eos_token_id = ByteTokenizer::kEos;
+  c.bos_token_id = runtime::ByteTokenizer::kBos;
+  c.eos_token_id = runtime::ByteTokenizer::kEos;
   c.layer_windows = {0, 16, 0, 16};  // full, sliding(16), full, sliding(16)
   return c;
 }
@@ -150,21 +148,4 @@ std::string ensure_tiny_model(const std::string& dir) {
   return dir;
 }
 
-std::string resolve_model_dir(const std::string& model) {
-  if (model == "tiny") return ensure_tiny_model(tiny_model_dir());
-  std::error_code ec;
-  const fs::path p(model);
-  if (!fs::exists(p, ec)) {
-    TESSERA_CHECK(model.find('/') != std::string::npos || model.find('.') == 0, "unknown model '",
-                  model, "': not a built-in model (tiny) and not a folder");
-    TESSERA_FAIL("model path '", model, "' does not exist");
-  }
-  TESSERA_CHECK(fs::is_directory(p, ec), "model path '", model,
-                "' is not a folder (expected config.json and model.safetensors inside)");
-  TESSERA_CHECK(::access(model.c_str(), R_OK | X_OK) == 0, "model folder '", model,
-                "' is not readable: ", std::strerror(errno));
-  TESSERA_CHECK(fs::exists(p / "config.json", ec), "model folder '", model, "' has no config.json");
-  return model;
-}
-
-}  // namespace tessera::runtime
+}  // namespace tessera::models

@@ -1,4 +1,4 @@
-#include "runtime/torch_env.h"
+#include "runtime/engine/torch_env.h"
 
 #include <ATen/Parallel.h>
 #include <torch/types.h>
@@ -11,7 +11,7 @@
 
 #include "common/error.h"
 
-namespace tessera::runtime {
+namespace tessera::engine {
 
 int configure_torch_threads(int ranks_on_node) {
   int threads = 0;
@@ -40,4 +40,4 @@ bool torch_cuda_compiled() {
 #endif
 }
 
-}  // namespace tessera::runtime
+}  // namespace tessera::engine

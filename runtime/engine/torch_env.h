@@ -3,7 +3,7 @@
 
 #include <string>
 
-namespace tessera::runtime {
+namespace tessera::engine {
 
 // Threads for libtorch: TESSERA_NUM_THREADS if set, else the machine's cores shared among the
 // ranks on this node (at least 1). Returns the count applied.
@@ -12,4 +12,4 @@ int torch_threads();
 std::string torch_version();
 bool torch_cuda_compiled();
 
-}  // namespace tessera::runtime
+}  // namespace tessera::engine

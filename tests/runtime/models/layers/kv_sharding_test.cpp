@@ -5,15 +5,20 @@
 #include <gtest/gtest.h>
 #include <torch/types.h>
 
-#include "sharding/head_sharded_kv.h"
+#include "runtime/models/layers/head_sharded_kv.h"
+#include "runtime/models/layers/sequence_sharded_kv.h"
 #include "sharding/mpi/mpi_communicator.h"
-#include "sharding/sequence_sharded_kv.h"
-#include "tests/sharding/test_world.h"
 
-namespace tessera::sharding {
+namespace tessera::models {
 namespace {
 
-MpiCommunicator& world() { return test_world(); }
+using sharding::ReduceOp;
+
+// One world communicator for the whole executable (MPI is set up by tests/support's main).
+sharding::MpiCommunicator& world() {
+  static sharding::MpiCommunicator comm;
+  return comm;
+}
 
 // Attention as one process computes it: q [B, T, Hq, D] over k / v [B, S, Hkv, D] with key
 // positions k_pos [B, S], causal by position and within `window` (0 = none).
@@ -178,4 +183,4 @@ TEST(HeadShardedKV, IndivisibleHeadsAreAClearError) {
 }
 
 }  // namespace
-}  // namespace tessera::sharding
+}  // namespace tessera::models

@@ -1,11 +1,11 @@
-#include "runtime/model_config.h"
+#include "runtime/models/model_config.h"
 
 #include <gtest/gtest.h>
 
 #include "common/error.h"
-#include "runtime/tiny_model.h"
+#include "runtime/models/tiny_model.h"
 
-namespace tessera::runtime {
+namespace tessera::models {
 namespace {
 
 std::string base_config(const std::string& extra = "") {
@@ -127,4 +127,4 @@ TEST(ModelConfig, JsonRoundTrip) {
 }
 
 }  // namespace
-}  // namespace tessera::runtime
+}  // namespace tessera::models

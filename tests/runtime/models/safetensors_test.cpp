@@ -1,4 +1,4 @@
-#include "runtime/safetensors.h"
+#include "runtime/models/safetensors.h"
 
 #include <gtest/gtest.h>
 
@@ -8,7 +8,7 @@
 
 #include "common/error.h"
 
-namespace tessera::runtime {
+namespace tessera::models {
 namespace {
 
 namespace fs = std::filesystem;
@@ -149,4 +149,4 @@ TEST_F(Safetensors, WriterRejectsWrongByteCount) {
 }
 
 }  // namespace
-}  // namespace tessera::runtime
+}  // namespace tessera::models
