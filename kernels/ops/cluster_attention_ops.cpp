@@ -59,7 +59,8 @@ torch::Tensor checked_index(const torch::Tensor& idx, int64_t batch, int64_t row
   check_device(idx, "idx", device);
   auto out = idx.to(torch::kLong).contiguous();
   if (out.numel() > 0) {
-    const int64_t lo = out.min().item<int64_t>(), hi = out.max().item<int64_t>();
+    const auto [lo_t, hi_t] = at::aminmax(out);  // one pass over the index
+    const int64_t lo = lo_t.item<int64_t>(), hi = hi_t.item<int64_t>();
     TESSERA_CHECK(lo >= 0 && hi < range, "idx values must lie in [0, ", range, "), got range [", lo,
                   ", ", hi, "]");
   }
