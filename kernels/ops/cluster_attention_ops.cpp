@@ -217,8 +217,8 @@ std::tuple<torch::Tensor, torch::Tensor> forward_double(const ClusterAttentionIn
 }  // namespace
 
 std::tuple<torch::Tensor, torch::Tensor> cluster_attention_forward(const ClusterAttentionInputs& in,
-                                                                   ClusterImpl impl,
-                                                                   bool fp32_out) {
+                                                                   ClusterImpl impl, bool fp32_out,
+                                                                   torch::Tensor* weights) {
   if (in.q.defined() && in.q.scalar_type() == torch::kDouble) return forward_double(in);
   Prepared<float> p = prepare<float>(in);
   const auto fopts = p.q.options().dtype(torch::kFloat);
@@ -228,7 +228,16 @@ std::tuple<torch::Tensor, torch::Tensor> cluster_attention_forward(const Cluster
   p.view.lse = lse.data_ptr<float>();
   route(
       "cluster_attention", in.q.device(), impl == ClusterImpl::kReference,
-      [&] { cluster_attention_fwd_ref(p.view); }, [&] { cluster_attention_fwd_cpu(p.view); },
+      [&] { cluster_attention_fwd_ref(p.view); },
+      [&] {
+        if (weights != nullptr) {
+          auto sizes = in.q.sizes().slice(0, 3).vec();
+          sizes.push_back(p.view.neighbours + 1);
+          *weights = torch::empty(sizes, fopts);
+          p.view.weights = weights->data_ptr<float>();
+        }
+        cluster_attention_fwd_cpu(p.view);
+      },
       TESSERA_CUDA_IMPL([&](void* stream) {
         TESSERA_CHECK(in.q.size(3) <= 256,
                       "cluster_attention on CUDA supports head_dim <= 256, got ", in.q.size(3));
@@ -274,11 +283,9 @@ ClusterAttentionGradients alloc_grads(const Prepared<T>& p, const torch::Tensor&
 
 }  // namespace
 
-ClusterAttentionGradients cluster_attention_backward(const ClusterAttentionInputs& in,
-                                                     const torch::Tensor& out,
-                                                     const torch::Tensor& lse,
-                                                     const torch::Tensor& dout, bool deterministic,
-                                                     ClusterImpl impl) {
+ClusterAttentionGradients cluster_attention_backward(
+    const ClusterAttentionInputs& in, const torch::Tensor& out, const torch::Tensor& lse,
+    const torch::Tensor& dout, bool deterministic, ClusterImpl impl, const torch::Tensor& weights) {
   const auto& q = in.q;
   TESSERA_CHECK(q.defined(), "q must be given");
   for (auto [t, name] : {std::pair{&out, "out"}, {&dout, "dout"}}) {
@@ -315,7 +322,19 @@ ClusterAttentionGradients cluster_attention_backward(const ClusterAttentionInput
   route(
       "cluster_attention_backward", q.device(), impl == ClusterImpl::kReference,
       [&] { cluster_attention_bwd_ref(p.view, g); },
-      [&] { cluster_attention_bwd_cpu(p.view, g, deterministic); },
+      [&] {
+        if (weights.defined()) {
+          auto sizes = q.sizes().slice(0, 3).vec();
+          sizes.push_back(p.view.neighbours + 1);
+          TESSERA_CHECK(weights.sizes() == torch::IntArrayRef(sizes) &&
+                            weights.scalar_type() == torch::kFloat && weights.is_contiguous() &&
+                            weights.device() == q.device(),
+                        "weights must be the forward's contiguous float32 ", sizes, ", got ",
+                        weights.scalar_type(), " ", weights.sizes());
+          p.view.weights = weights.data_ptr<float>();
+        }
+        cluster_attention_bwd_cpu(p.view, g, deterministic);
+      },
       TESSERA_CUDA_IMPL([&](void* stream) {
         TESSERA_CHECK(q.size(3) <= 256, "cluster_attention on CUDA supports head_dim <= 256, got ",
                       q.size(3));
