@@ -231,10 +231,10 @@ TESSERA_CPU_INLINE void row_dropout(const ClusterAttentionView& a, int64_t row, 
 }
 
 template <int kD>
-TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int64_t r1) {
+TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int64_t r1,
+                                 Scratch& t) {
   const int M = a.neighbours, D = kD ? kD : a.head_dim, H = a.heads;
   const int64_t N = a.tokens;
-  Scratch t(M);
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t n = row % N, b = row / (N * H);
     const int h = static_cast<int>((row / N) % H);
@@ -586,10 +586,19 @@ inline std::pair<int64_t, int64_t> thread_range(int64_t total) {
 void cluster_attention_fwd_cpu(const ClusterAttentionView& a) {
   const int64_t rows = static_cast<int64_t>(a.batch) * a.heads * a.tokens;
   if (rows == 0) return;
-#pragma omp parallel
+  // Chunks of rows handed out dynamically: a thread that the OS preempts (on a shared machine)
+  // leaves its share to the others instead of holding up the whole call.
+  const int64_t threads = omp_get_max_threads();
+  const int64_t chunk = std::clamp<int64_t>(rows / (8 * threads), 16, 1024);
+  const int64_t chunks = (rows + chunk - 1) / chunk;
+#pragma omp parallel if (chunks > 1)
   {
-    const auto [r0, r1] = thread_range(rows);
-    if (r0 < r1) with_head_dim(a.head_dim, [&](auto kd) { fwd_rows<kd()>(a, r0, r1); });
+    Scratch t(a.neighbours);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
+      with_head_dim(a.head_dim, [&](auto kd) { fwd_rows<kd()>(a, r0, r1, t); });
+    }
   }
 }
 
