@@ -8,6 +8,7 @@ Benchmark kernels_benchmark();
 Benchmark paged_decode_benchmark();
 Benchmark comm_benchmark();
 Benchmark sp_decode_benchmark();
+Benchmark scheduler_benchmark();
 
 std::vector<Benchmark> benchmarks() {
   std::vector<Benchmark> all;
@@ -16,6 +17,7 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(paged_decode_benchmark());
   all.push_back(comm_benchmark());
   all.push_back(sp_decode_benchmark());
+  all.push_back(scheduler_benchmark());
   return all;
 }
 
