@@ -124,7 +124,19 @@ def check_sp_decode(j):
         need(r["kv_bytes_per_sharded_rank"] < r["kv_bytes_one_rank"], "sharding saves no memory")
 
 
-CHECKS = {"caches": check_caches, "kernels": check_kernels, "paged": check_paged,
+def check_scheduler(j):
+    for w in ("decode", "churn"):
+        r = j[w]
+        need(r["requests"] == 1024, f"{w}: {r['requests']} requests, the key is for 1024")
+        need(r["min_us"] <= r["p10_us"] <= r["median_us"] <= r["p90_us"] <= r["max_us"],
+             f"{w}: spread out of order")
+        finite_pos(r["median_us"], f"{w} median_us")
+        finite_pos(r["baseline_kv_append_median_us"], f"{w} baseline")
+        need(r["steps"] >= 100, f"{w}: {r['steps']} steps")
+    need(j["scheduler_step_us_1024"] == j["decode"]["median_us"], "key is not the decode median")
+
+
+CHECKS = {"caches": check_caches, "scheduler": check_scheduler, "kernels": check_kernels, "paged": check_paged,
           "comm": check_comm, "sp_decode": check_sp_decode}
 
 
