@@ -1,18 +1,25 @@
 // Timing shared by the benchmarks: candidates (ours and each baseline) are timed in interleaved
-// rounds (A B C, C B A, A B C, ...) so that a machine whose speed drifts (a shared one) slows every
-// candidate alike, and each is reported as the median and the spread (p10, p90, min, max) of its
-// rounds, never the best run alone. Header-only and torch-free (the paged bench links no torch).
+// rounds (A B C, C B A, A B C, ...) so that a machine whose speed drifts (a shared one: other jobs,
+// clock changes) slows every candidate alike, and each is reported as the median and the spread
+// (p10, p90, min, max) of its rounds, never the best run alone. time_interleaved() also keeps the
+// median process CPU time per call (all threads): on a machine shared with other jobs the CPU time
+// of a one-thread run is the steadier measure of the work done. Header-only and torch-free (the
+// paged bench links no torch).
 #pragma once
+
+#include <time.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstddef>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 namespace tessera::bench {
 
+// Median and spread of a set of samples (times, rates or ratios: the unit is the caller's).
 struct Spread {
   double median = 0, p10 = 0, p90 = 0, min = 0, max = 0;
   int samples = 0;
@@ -61,33 +68,94 @@ inline double elapsed_ms(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+inline double process_cpu_ms() {
+  timespec t{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) * 1e3 + static_cast<double>(t.tv_nsec) * 1e-6;
+}
+
 struct RoundsOptions {
   int min_rounds = 5;        // every candidate gets at least this many samples
   int max_rounds = 200;      // and at most this many
   double budget_ms = 500.0;  // more rounds while the timed total stays under this
+  int inner = 1;  // calls per sample (the sample is their mean), for calls near timer resolution
+};
+
+// Per-round samples of every candidate: wall_ms[c][round] and cpu_ms[c][round] (per call).
+struct RoundSamples {
+  std::vector<std::vector<double>> wall_ms, cpu_ms;
 };
 
 // Times every candidate once per round, after one untimed warm-up of each; even rounds run them
-// in order, odd rounds in reverse, so none always runs first after the others. Returns each
-// candidate's per-round times in milliseconds (samples[c][round]).
-inline std::vector<std::vector<double>> interleaved_ms(
-    const std::vector<std::function<void()>>& candidates, const RoundsOptions& opt) {
+// in order, odd rounds in reverse, so none always runs first after the others.
+inline RoundSamples interleaved_rounds(const std::vector<std::function<void()>>& candidates,
+                                       const RoundsOptions& opt) {
   const size_t n = candidates.size();
-  std::vector<std::vector<double>> samples(n);
+  const int inner = std::max(1, opt.inner);
+  RoundSamples s;
+  s.wall_ms.resize(n);
+  s.cpu_ms.resize(n);
   for (const auto& fn : candidates) fn();
   double spent = 0;
   for (int round = 0; round < opt.max_rounds && (round < opt.min_rounds || spent < opt.budget_ms);
        ++round) {
     for (size_t i = 0; i < n; ++i) {
       const size_t c = round % 2 == 0 ? i : n - 1 - i;
+      const double cpu0 = process_cpu_ms();
       const auto t0 = std::chrono::steady_clock::now();
-      candidates[c]();
+      for (int k = 0; k < inner; ++k) candidates[c]();
       const double ms = elapsed_ms(t0);
-      samples[c].push_back(ms);
+      s.cpu_ms[c].push_back((process_cpu_ms() - cpu0) / inner);
+      s.wall_ms[c].push_back(ms / inner);
       spent += ms;
     }
   }
-  return samples;
+  return s;
+}
+
+// Each candidate's per-round wall times in milliseconds (samples[c][round]).
+inline std::vector<std::vector<double>> interleaved_ms(
+    const std::vector<std::function<void()>>& candidates, const RoundsOptions& opt) {
+  return interleaved_rounds(candidates, opt).wall_ms;
+}
+
+// One candidate's wall-time spread and median CPU time per call, in the JSON form the benches
+// print ({"median_ms", "p10_ms", "p90_ms", "min_ms", "max_ms", "rounds", "cpu_median_ms"}).
+struct TimedSpread {
+  double median_ms = 0, p10_ms = 0, p90_ms = 0, min_ms = 0, max_ms = 0;
+  double cpu_median_ms = 0;  // process CPU time per call, all threads
+  int rounds = 0;
+  nlohmann::json to_json() const {
+    return {{"median_ms", median_ms},
+            {"p10_ms", p10_ms},
+            {"p90_ms", p90_ms},
+            {"min_ms", min_ms},
+            {"max_ms", max_ms},
+            {"rounds", rounds},
+            {"cpu_median_ms", cpu_median_ms}};
+  }
+};
+
+// interleaved_rounds() summarised per candidate: at least min_rounds, more until budget_ms of total
+// time is spent (at most max_rounds); each sample is the mean of `inner` calls.
+inline std::vector<TimedSpread> time_interleaved(
+    const std::vector<std::function<void()>>& candidates, int min_rounds, double budget_ms,
+    int max_rounds = 200, int inner = 1) {
+  const RoundSamples s = interleaved_rounds(candidates, {min_rounds, max_rounds, budget_ms, inner});
+  std::vector<TimedSpread> out;
+  for (size_t c = 0; c < candidates.size(); ++c) {
+    const Spread w = spread_of(s.wall_ms[c]);
+    TimedSpread t;
+    t.median_ms = w.median;
+    t.p10_ms = w.p10;
+    t.p90_ms = w.p90;
+    t.min_ms = w.min;
+    t.max_ms = w.max;
+    t.rounds = w.samples;
+    t.cpu_median_ms = median_of(s.cpu_ms[c]);
+    out.push_back(t);
+  }
+  return out;
 }
 
 }  // namespace tessera::bench

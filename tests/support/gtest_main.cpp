@@ -1,8 +1,8 @@
 // main() for the single-process GoogleTest executables: GoogleTest's own, plus the skip exit code
-// of tests/support/skip_exit.h.
+// of testing/skip_exit.h.
 #include <gtest/gtest.h>
 
-#include "tests/support/skip_exit.h"
+#include "testing/skip_exit.h"
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);

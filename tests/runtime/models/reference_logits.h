@@ -16,7 +16,7 @@
 
 #include "tests/support/subprocess.h"
 
-namespace tessera::testing {
+namespace tessera::models::testing {
 
 // Why the reference cannot run here, or "" when it can.
 inline std::string reference_unavailable() {
@@ -48,4 +48,4 @@ inline torch::Tensor reference_logits(const std::string& model_dir, const std::v
   return logits;
 }
 
-}  // namespace tessera::testing
+}  // namespace tessera::models::testing
