@@ -35,9 +35,10 @@ inline torch::Tensor reference_logits(const std::string& model_dir, const std::v
                    ("tessera_reference_logits_" + std::to_string(getpid()) + ".f32");
   std::string list;
   for (size_t i = 0; i < ids.size(); ++i) list += (i ? "," : "") + std::to_string(ids[i]);
-  const auto r = run_command(std::string(std::getenv("TESSERA_TORCH_PYTHON")) + " " + script +
-                                 " --logits " + model_dir + " " + out.string() + " " + list,
-                             300);
+  const auto r = tessera::testing::run_command(std::string(std::getenv("TESSERA_TORCH_PYTHON")) +
+                                                   " " + script + " --logits " + model_dir + " " +
+                                                   out.string() + " " + list,
+                                               300);
   if (r.exit_code != 0) throw std::runtime_error("reference_decoder.py failed: " + r.err);
   auto logits = torch::empty({static_cast<int64_t>(ids.size()), vocab});
   std::ifstream f(out, std::ios::binary);
