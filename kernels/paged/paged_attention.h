@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/device_error.h"
 #include "kernels/paged/paged_kv.h"
 
 namespace tessera::kernels {
@@ -40,6 +41,10 @@ struct PagedAttentionView {
   // merged by log-sum-exp (kernels/merge). 0 = automatic (split when a small batch of long
   // sequences would leave threads idle).
   int kv_splits = 0;
+  // CUDA: where a kernel records block tables, lengths or query offsets that it found out of
+  // range (it then skips them, never reading out of bounds); null = unchecked. The CPU kernels
+  // trust metadata that the ops layer has checked.
+  DeviceErrorSlot error;
 };
 
 // First key position a query at position t may see (the masks are all intervals ending at t).

@@ -9,9 +9,11 @@ prompt.k [T] int64, logits.k [T, vocab] float32 (eager attention, one forward ov
 greedy.k [N] int64 (generate, do_sample=False) and margin.k (the smallest top-1 / top-2 logit gap
 along the greedy path). OUT_DIR/manifest.json lists them. transformers 4.44 applies Qwen2's
 sliding window only under flash-attention, so it is masked here by hand for the layers >=
-max_window_layers. Gemma 2's greedy tokens come from argmax over full forwards without a cache
-(the eager path the logits use; 4.44's HybridCache decode is not what is under test here). One
-process makes everything (importing transformers is the slow part).
+max_window_layers. llama_linear is saved in shards (model-0000k-of-0000n.safetensors and
+model.safetensors.index.json, as save_pretrained writes a large model), so the sharded path is tested
+end to end against transformers' logits. Gemma 2's greedy tokens come from argmax over full forwards
+without a cache (the eager path the logits use; 4.44's HybridCache decode is not what is under test
+here). One process makes everything (importing transformers is the slow part).
 """
 import json
 import os
@@ -78,6 +80,8 @@ MODELS = [
     ("llama_fp16", LlamaForCausalLM, LlamaConfig(**common()), torch.float16, False),
 ]
 
+SHARDED = {"llama_linear"}  # saved as several safetensors files with an index
+
 
 def randomise(model, seed):
     """transformers zeroes biases and sets norms to 1: give every tensor values that matter."""
@@ -126,7 +130,10 @@ def main():
         model = cls(config).eval()
         randomise(model, 2000 + seed)
         folder = os.path.join(out, name)
-        model.to(dtype).save_pretrained(folder, safe_serialization=True)
+        shard = {"max_shard_size": "60KB"} if name in SHARDED else {}
+        model.to(dtype).save_pretrained(folder, safe_serialization=True, **shard)
+        index = os.path.join(folder, "model.safetensors.index.json")
+        assert os.path.exists(index) == (name in SHARDED), f"{name}: sharded={name in SHARDED}"
         entry = {"name": name, "dir": folder, "dtype": str(dtype).replace("torch.", ""),
                  "num_key_value_heads": config.num_key_value_heads, "reference": reference}
         if reference:
