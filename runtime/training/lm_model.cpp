@@ -32,7 +32,7 @@ DecoderLM::DecoderLM(const models::ModelConfig& c, uint64_t seed, sharding::Comm
                        u(p + "self_attn.k_proj.weight", {kv, h}, lin(h)), 0, true);
     L.vw = params_.add(p + "self_attn.v_proj.weight",
                        u(p + "self_attn.v_proj.weight", {kv, h}, lin(h)), 0, true);
-    if (c.attention_bias) {
+    if (c.qkv_bias) {
       L.qb = params_.add(p + "self_attn.q_proj.bias", torch::zeros({q}), 0, false);
       L.kb = params_.add(p + "self_attn.k_proj.bias", torch::zeros({kv}), 0, false);
       L.vb = params_.add(p + "self_attn.v_proj.bias", torch::zeros({kv}), 0, false);
