@@ -1,6 +1,8 @@
 // `tessera serve` (the OpenAI-compatible server around the engine, serve_engine.h) and `tessera router` (the
 // cache-aware router in front of several servers). Parsing and wiring only: the server, router,
 // backend cache and limits live in runtime/serving.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -120,8 +122,8 @@ int run_serve(const ServeSettings& s, launch::World& world) {
   serving::ApiServer server(io, http, api, models, s.max_loaded_models, loader);
   server.start();
   io.start();
-  std::printf("tessera serve: listening on http://%s:%d (%zu models)\n", s.host.c_str(),
-              server.port(), models.size());
+  std::printf("tessera serve: listening on http://%s:%d (%zu models, pid %d)\n", s.host.c_str(),
+              server.port(), models.size(), static_cast<int>(getpid()));
   std::fflush(stdout);
   serving::wait_for_termination_signal();
   server.shutdown(shutdown_timeout);

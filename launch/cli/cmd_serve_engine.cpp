@@ -4,6 +4,7 @@
 // on the main thread: under mpirun the engine loop owns the main thread, HTTP runs on the I/O
 // pool and a signal thread drives the shutdown.
 #include <torch/types.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <cstring>
@@ -314,8 +315,9 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
   io->start();
   if (rank == 0) {
     const int port = router ? router->port() : server->port();
-    std::printf("tessera serve: listening on http://%s:%d (model %s, tp %d, dp %d)\n",
-                setup.http.host.c_str(), port, setup.models[0].name.c_str(), tp, dp);
+    std::printf("tessera serve: listening on http://%s:%d (model %s, tp %d, dp %d, pid %d)\n",
+                setup.http.host.c_str(), port, setup.models[0].name.c_str(), tp, dp,
+                static_cast<int>(getpid()));
     std::fflush(stdout);
   }
   std::exception_ptr failure;
