@@ -29,9 +29,9 @@ try:
     import httpx
     import jinja2
     import openai
-except ImportError as e:  # the venv of outside references is missing
-    print(f"SKIPPED: {e}")
-    sys.exit(77)
+    MISSING = None
+except ImportError as e:  # the venv of outside references is missing (mpi mode needs none)
+    MISSING = e
 
 sys.path.insert(0, os.path.dirname(__file__))
 from serving_procs import _procs, _wait_line, http, sse_events  # noqa: E402
@@ -151,8 +151,12 @@ def disconnect_check(port, model, tag, max_tokens):
         time.sleep(0.005)
     dt = time.time() - t0
     steps = metric(port, "tessera_engine_steps_total") - steps0
-    check(metric(port, "tessera_kv_cache_blocks_used") == 0,
-          f"{tag} blocks back in the pool {dt * 1000:.1f} ms after the close "
+    # One engine step of this stream: the mean inter-token latency so far.
+    itl = metric(port, "tessera_inter_token_latency_seconds_sum") / \
+        metric(port, "tessera_inter_token_latency_seconds_count")
+    check(metric(port, "tessera_kv_cache_blocks_used") == 0 and dt < 2 * itl + 0.025,
+          f"{tag} blocks back in the pool {dt * 1000:.1f} ms after the close, within 2 steps "
+          f"(mean step {itl * 1000:.1f} ms) + 25 ms of /metrics polling "
           f"({steps:.0f} engine steps since the last check before it)")
     aborted = (metric(port, "tessera_request_success_total", 'finish_reason="abort"') or 0)
     check(aborted == before_abort + 1, f"{tag} the request was aborted ({aborted})")
@@ -161,8 +165,47 @@ def disconnect_check(port, model, tag, max_tokens):
     return dt, steps
 
 
-def stop_ok(proc, what):
+def stream_in_flight(port, max_tokens):
+    """Starts a stream; returns a thread whose .result is the body once the stream ended."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    body = json.dumps({"model": "tiny", "prompt": "Far over the misty mountains",
+                       "max_tokens": max_tokens, "ignore_eos": True, "stream": True}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+              b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = [b""]
+    while b"data: " not in got[0]:
+        got[0] += s.recv(65536)
+
+    def read():
+        while b"data: [DONE]" not in got[0]:
+            data = s.recv(65536)
+            if not data:
+                break
+            got[0] += data
+        s.close()
+
+    t = threading.Thread(target=read)
+    t.start()
+    t.got = got
+    return t
+
+
+def check_drained(t, max_tokens, what):
+    t.join(timeout=90)
+    raw = t.got[0]
+    events = [e for e in re.findall(rb"data: (.*?)\r?\n", raw)]
+    texts = [json.loads(e)["choices"][0] for e in events if e != b"[DONE]"]
+    n = sum(1 for c in texts if c["finish_reason"] == "length")
+    check(events and events[-1] == b"[DONE]" and n == 1,
+          f"{what}: the stream in flight at SIGTERM finished ({len(events)} events, "
+          f"finish_reason length: {n})")
+
+
+def stop_ok(proc, what, port=None):
+    t = stream_in_flight(port, 150) if port else None
     proc.send_signal(signal.SIGTERM)
+    if t:
+        check_drained(t, 150, what)
     try:
         rc = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
@@ -214,7 +257,7 @@ def run_single(tessera):
     generation_checks(port, "tiny", lambda p: 1 + len(p.encode()), len(rendered.encode()),
                       messages, "tiny")
     dt, steps = disconnect_check(port, "tiny", "tiny", 3000)
-    stop_ok(proc, "tiny server")
+    stop_ok(proc, "tiny server", port)
     print(f"tiny: {time.time() - T0:.1f} s", flush=True)
 
     # --- a random LLaMA with a real tokenizer.json and a chat template.
@@ -288,8 +331,11 @@ def run_mpi(tessera, mpiexec):
           f"the new request under uneven load went to the idle replica: {w2}")
     for s in socks:
         s.close()
-    # SIGTERM to rank 0: it drains, stops the other replica, and the job ends with 0.
+    # SIGTERM to rank 0 with a stream in flight: the stream finishes, rank 0 stops the other
+    # replica, and the job ends with 0.
+    t = stream_in_flight(port, 150)
     os.kill(rank0, signal.SIGTERM)
+    check_drained(t, 150, "dp job")
     try:
         rc = proc.wait(timeout=90)
     except subprocess.TimeoutExpired:
@@ -301,6 +347,9 @@ def main():
     mode, tessera = sys.argv[1], sys.argv[2]
     t0 = time.time()
     if mode == "single":
+        if MISSING is not None:
+            print(f"SKIPPED: {MISSING}")
+            sys.exit(77)
         run_single(tessera)
     else:
         run_mpi(tessera, sys.argv[3])
