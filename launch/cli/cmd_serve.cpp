@@ -1,6 +1,6 @@
-// `tessera serve` (the OpenAI-compatible server around the engine, serve_engine.h) and `tessera router` (the
-// cache-aware router in front of several servers). Parsing and wiring only: the server, router,
-// backend cache and limits live in runtime/serving.
+// `tessera serve` (the OpenAI-compatible server around the engine, serve_engine.h) and `tessera
+// router` (the cache-aware router in front of several servers). Parsing and wiring only: the
+// server, router, backend cache and limits live in runtime/serving.
 #include <unistd.h>
 
 #include <chrono>
@@ -113,8 +113,9 @@ int run_serve(const ServeSettings& s, launch::World& world) {
     setup.io_threads = s.io_threads;
     return run_serve_job(setup, s.engine, world);
   }
-  TESSERA_CHECK(s.engine.tp <= 1 && s.engine.dp <= 1, "--tp ", s.engine.tp, " / --dp ",
-                s.engine.dp, " need that many ranks: run under mpirun -np N");
+  TESSERA_CHECK(s.engine.tp <= 1 && s.engine.dp <= 1, "--tp ", s.engine.tp, " / --dp ", s.engine.dp,
+                " need that many ranks: run under mpirun -np N");
+  check_model_folders(models);
   serving::ServingBackendLoader loader = local_engine_loader(s.engine, world.device);
 
   serving::install_termination_handler();

@@ -70,7 +70,8 @@ engine::EngineConfig engine_config(const EngineFlags& f, const std::string& mode
   const auto& kd = f.kv_cache_dtype;
   TESSERA_CHECK(kd == "float32" || kd == "bfloat16" || kd == "float16",
                 "--kv-cache-dtype must be float32, bfloat16 or float16, got '", kd, "'");
-  ec.kv_cache_dtype = kd == "float32" ? DType::kF32 : (kd == "bfloat16" ? DType::kBF16 : DType::kF16);
+  ec.kv_cache_dtype =
+      kd == "float32" ? DType::kF32 : (kd == "bfloat16" ? DType::kBF16 : DType::kF16);
   ec.device_memory_fraction = f.kv_cache_fraction;
   ec.enable_prefix_caching = !f.no_prefix_caching;
   ec.device = device;
@@ -113,8 +114,8 @@ std::shared_ptr<serving::ServingTokenizer> tokenizer_for(const engine::EngineCor
   auto tok = serving::load_serving_tokenizer(core.model_dir());
   // Ids the tokenizer can produce must be rows of the embedding.
   TESSERA_CHECK(tok->vocab_size() <= core.model_config().vocab_size, "the tokenizer of ",
-                core.model_dir(), " has ", tok->vocab_size(),
-                " ids but the model's vocab_size is ", core.model_config().vocab_size);
+                core.model_dir(), " has ", tok->vocab_size(), " ids but the model's vocab_size is ",
+                core.model_config().vocab_size);
   return tok;
 }
 
@@ -177,17 +178,28 @@ void ask_replica_to_stop(serving::IoRuntime& io, const std::string& url, const s
 
 }  // namespace
 
+void check_model_folders(const std::vector<serving::ModelSpec>& models) {
+  for (const auto& m : models) {
+    try {
+      models::ModelFolder::resolve(m.base);
+    } catch (const Error& e) {
+      TESSERA_FAIL("--model ", m.name, "=", m.base, ": ", e.message());
+    }
+  }
+}
+
 serving::ServingBackendLoader local_engine_loader(const EngineFlags& flags, int device) {
-  return [flags, device](const serving::ModelSpec& spec) -> std::shared_ptr<serving::ServingBackend> {
-    check_no_adapter(spec);
-    auto core =
-        std::make_unique<engine::EngineCore>(engine_config(flags, spec.base, device), nullptr, nullptr);
-    auto tok = tokenizer_for(*core);
-    engine::EngineCore& ref = *core;
-    auto backend = std::make_shared<EngineBackend>(std::move(core), ref, std::move(tok));
-    backend->async().start();
-    return backend;
-  };
+  return
+      [flags, device](const serving::ModelSpec& spec) -> std::shared_ptr<serving::ServingBackend> {
+        check_no_adapter(spec);
+        auto core = std::make_unique<engine::EngineCore>(engine_config(flags, spec.base, device),
+                                                         nullptr, nullptr);
+        auto tok = tokenizer_for(*core);
+        engine::EngineCore& ref = *core;
+        auto backend = std::make_shared<EngineBackend>(std::move(core), ref, std::move(tok));
+        backend->async().start();
+        return backend;
+      };
 }
 
 int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::World& world) {
@@ -199,8 +211,8 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
     TESSERA_CHECK(setup.models.size() == 1, "under mpirun tessera serve serves one --model, got ",
                   setup.models.size());
     check_no_adapter(setup.models[0]);
-    TESSERA_CHECK(flags.tp >= 0 && flags.dp >= 0, "--tp and --dp must be >= 1, got --tp ",
-                  flags.tp, " --dp ", flags.dp);
+    TESSERA_CHECK(flags.tp >= 0 && flags.dp >= 0, "--tp and --dp must be >= 1, got --tp ", flags.tp,
+                  " --dp ", flags.dp);
     tp = flags.tp > 0 ? flags.tp : (flags.dp > 0 ? world_size / flags.dp : world_size);
     dp = flags.dp > 0 ? flags.dp : world_size / std::max(tp, 1);
     TESSERA_CHECK(tp >= 1 && dp >= 1 && tp * dp == world_size, "--tp ", tp, " x --dp ", dp,
@@ -225,13 +237,14 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
   auto groups = sharding::make_process_groups(*mpi_world, tp, 1);
   std::unique_ptr<sharding::Communicator> model_tp, dcp_comm;
   const auto factory = sharding::group_factory(*mpi_world, world.device);
-  if (world.device >= 0) model_tp = sharding::make_process_groups(world_size, rank, tp, 1, factory).tp;
+  if (world.device >= 0)
+    model_tp = sharding::make_process_groups(world_size, rank, tp, 1, factory).tp;
   if (dcp > 1) dcp_comm = factory(rank / dcp, rank, "dcp");
   sharding::Communicator* model_comm = model_tp ? model_tp.get() : groups.tp.get();
   std::unique_ptr<engine::EngineCore> core;
   agreed(wc, [&] {
-    core = std::make_unique<engine::EngineCore>(
-        engine_config(flags, model_dir, world.device), model_comm, dcp_comm.get(), groups.tp.get());
+    core = std::make_unique<engine::EngineCore>(engine_config(flags, model_dir, world.device),
+                                                model_comm, dcp_comm.get(), groups.tp.get());
   });
   const bool leader = core->leader();
 

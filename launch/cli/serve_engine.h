@@ -32,6 +32,10 @@ struct EngineFlags {
 // backend cache loads it, its loop on a thread of its own; close() stops it and frees it.
 serving::ServingBackendLoader local_engine_loader(const EngineFlags& flags, int device);
 
+// Opens every model's folder ("tiny" is written on first use) so that a wrong path is one line at
+// start-up, not a server that answers 503; throws tessera::Error naming the flag.
+void check_model_folders(const std::vector<serving::ModelSpec>& models);
+
 // Everything `tessera serve` needs to run its servers, whatever the launch.
 struct ServeSetup {
   std::vector<serving::ModelSpec> models;

@@ -27,8 +27,8 @@ class HfStreamDecoder : public StreamDecoder {
 
 HfTokenizer::HfTokenizer(const std::string& dir)
     : tok_(tokenizers::Tokenizer::from_folder(dir)),
-      chat_(std::make_unique<tokenizers::ChatTemplate>(tokenizers::ChatTemplate::from_folder(dir))) {
-}
+      chat_(
+          std::make_unique<tokenizers::ChatTemplate>(tokenizers::ChatTemplate::from_folder(dir))) {}
 
 HfTokenizer::~HfTokenizer() = default;
 

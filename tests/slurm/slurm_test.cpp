@@ -132,7 +132,8 @@ TEST(Sbatch, ServeExampleFinishesTheStreamInFlightOnSigterm) {
   const std::string d = dir.string();
   const auto r = run_command(
       "cd " + d +
-          " && for i in $(seq 600); do grep -q listening serve.out 2>/dev/null && break; sleep 0.1; "
+          " && for i in $(seq 600); do grep -q listening serve.out 2>/dev/null && break; sleep "
+          "0.1; "
           "done; port=$(grep -o '127.0.0.1:[0-9]*' serve.out | cut -d: -f2); "
           "curl -sN http://127.0.0.1:$port/v1/completions -H 'Content-Type: application/json' -d "
           "'{\"model\":\"tiny\",\"prompt\":\"abc\",\"max_tokens\":300,\"ignore_eos\":true,"
