@@ -53,6 +53,9 @@ DecoderLM::DecoderLM(const models::ModelConfig& c, uint64_t seed, sharding::Comm
     layers_.push_back(L);
   }
   norm_ = params_.add("model.norm.weight", torch::ones({h}), -1, false);
+  TESSERA_CHECK(!c.o_bias && !c.mlp_bias,
+                "training a model with o_proj or MLP biases is not supported (model_type ",
+                c.model_type, ")");
   TESSERA_CHECK(!c.tie_word_embeddings,
                 "training a model with tie_word_embeddings is not supported");
   lm_head_ =
