@@ -17,6 +17,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <future>
 #include <mutex>
 #include <random>
 #include <regex>
@@ -92,8 +93,8 @@ void stop_server(Child& c) {
 }
 
 struct Sample {
-  double ttft = -1;  // seconds from send to the first text
-  std::vector<double> itl;
+  double ttft = -1;            // seconds from send to the first text
+  double first = 0, last = 0;  // seconds since the send: first and last text
   int64_t tokens = 0;
   double end = 0;  // seconds since the run's start
   bool ok = false;
@@ -133,11 +134,10 @@ json run_rate(serving::IoRuntime& io, int port, const std::string& model, double
                     {"stream_options", {{"include_usage", true}}}}
                    .dump();
     auto sent = std::make_shared<Clock::time_point>(Clock::now());
-    auto last = std::make_shared<Clock::time_point>();
     auto buf = std::make_shared<std::string>();
     Sample* s = &samples[i];
     serving::ClientCallbacks cb;
-    cb.on_data = [s, sent, last, buf](std::string_view d) {
+    cb.on_data = [s, sent, buf](std::string_view d) {
       buf->append(d);
       size_t p;
       while ((p = buf->find("\n\n")) != std::string::npos) {
@@ -153,13 +153,9 @@ json run_rate(serving::IoRuntime& io, int port, const std::string& model, double
         const auto& c = j["choices"][0];
         if (!c.contains("text") || !c["text"].is_string() || c["text"].get<std::string>().empty())
           continue;
-        const auto now = Clock::now();
-        if (s->ttft < 0) {
-          s->ttft = std::chrono::duration<double>(now - *sent).count();
-        } else {
-          s->itl.push_back(std::chrono::duration<double>(now - *last).count());
-        }
-        *last = now;
+        const double t = std::chrono::duration<double>(Clock::now() - *sent).count();
+        if (s->ttft < 0) s->ttft = s->first = t;
+        s->last = t;
       }
     };
     cb.on_done = [s, t0, &mu, &cv, &done](const std::string& err) {
@@ -182,7 +178,9 @@ json run_rate(serving::IoRuntime& io, int port, const std::string& model, double
       continue;
     }
     ttft.push_back(s.ttft * 1e3);
-    for (double x : s.itl) itl.push_back(x * 1e3);
+    // Inter-token latency of a request: (last text - first text) / (tokens - 1), as vLLM's
+    // benchmark reports it; chunks that one TCP read brings together would make per-gap times 0.
+    if (s.tokens > 1) itl.push_back((s.last - s.first) * 1e3 / static_cast<double>(s.tokens - 1));
     tokens += s.tokens;
     end = std::max(end, s.end);
   }
@@ -194,6 +192,26 @@ json run_rate(serving::IoRuntime& io, int port, const std::string& model, double
           {"itl_p50_ms", pct(itl, 50)},
           {"itl_p99_ms", pct(itl, 99)},
           {"seconds", end}};
+}
+
+// Polls GET /health until 200 (the server loads its model after it starts listening).
+void wait_healthy(serving::IoRuntime& io, int port, double timeout_s) {
+  const auto deadline = Clock::now() + std::chrono::milliseconds(int64_t(timeout_s * 1000));
+  while (Clock::now() < deadline) {
+    auto status = std::make_shared<std::promise<int>>();
+    auto fut = status->get_future();
+    auto code = std::make_shared<int>(0);
+    serving::ClientRequest req;
+    req.target = "/health";
+    serving::ClientCallbacks cb;
+    cb.on_head = [code](int st, const serving::Headers&) { *code = st; };
+    cb.on_data = [](std::string_view) {};
+    cb.on_done = [status, code](const std::string&) { status->set_value(*code); };
+    serving::http_request(io, serving::Url{"127.0.0.1", port, ""}, std::move(req), std::move(cb));
+    if (fut.get() == 200) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  TESSERA_FAIL("tessera serve did not become healthy within ", timeout_s, " s");
 }
 
 std::string self_exe() {
@@ -223,6 +241,7 @@ int run(const BenchOptions& o) {
   Child server = start_server({self_exe(), "serve", "--model", "tiny", "--port", "0"}, 120);
   serving::IoRuntime io(2, 1);
   io.start();
+  wait_healthy(io, server.port, 120);
   json out = {{"model", "tiny"},
               {"requests_per_rate", n},
               {"max_tokens", max_tokens},

@@ -154,10 +154,12 @@ def disconnect_check(port, model, tag, max_tokens):
     # One engine step of this stream: the mean inter-token latency so far.
     itl = metric(port, "tessera_inter_token_latency_seconds_sum") / \
         metric(port, "tessera_inter_token_latency_seconds_count")
-    check(metric(port, "tessera_kv_cache_blocks_used") == 0 and dt < 2 * itl + 0.025,
-          f"{tag} blocks back in the pool {dt * 1000:.1f} ms after the close, within 2 steps "
-          f"(mean step {itl * 1000:.1f} ms) + 25 ms of /metrics polling "
-          f"({steps:.0f} engine steps since the last check before it)")
+    # In engine steps (robust on a loaded machine): the step in flight at the close, the one that
+    # takes the abort, and the steps between the last read before the close and the close itself.
+    check(metric(port, "tessera_kv_cache_blocks_used") == 0 and steps <= 6 and
+          dt < 2 * itl + 0.25,
+          f"{tag} blocks back in the pool {dt * 1000:.1f} ms after the close (mean step "
+          f"{itl * 1000:.1f} ms; {steps:.0f} engine steps since the last read before the close)")
     aborted = (metric(port, "tessera_request_success_total", 'finish_reason="abort"') or 0)
     check(aborted == before_abort + 1, f"{tag} the request was aborted ({aborted})")
     gen = metric(port, "tessera_generation_tokens_total")
