@@ -1,6 +1,7 @@
 // `tessera bench caches`: the paged KV cache's management costs and memory efficiency.
 //  - alloc_free_per_s: allocate + free of one block on one thread (BlockPool), against a baseline
-//    free list of std::list + std::vector reference counts run in the same process;
+//    free list of std::list + std::vector reference counts run in the same process, in
+//    interleaved rounds (medians and p10/p90);
 //  - paged_waste_pct vs contiguous_waste_pct: KV bytes reserved but unused while serving a
 //    mixed-length workload (described in the output), paged blocks vs max-length contiguous
 //    buffers, averaged over every decode step;
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "bench/bench.h"
+#include "bench/timing.h"
 #include "caches/block_pool.h"
 #include "caches/kv_cache_manager.h"
 #include "caches/memory_plan.h"
@@ -30,47 +32,46 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Best of `reps` timings of `iters` allocate + free pairs.
-double pool_alloc_free_per_s(int64_t iters, int reps) {
+// Allocate + free pairs per second over `iters` pairs. The pool must end with every block back
+// (*consistent is cleared otherwise).
+double pool_alloc_free_per_s(int64_t iters, bool* consistent) {
   BlockPool pool(1 << 16);
   // Hold half the pool so the free list is not trivially short.
   std::vector<int32_t> held;
   pool.allocate(pool.num_free() / 2, held);
-  double best = 0;
+  const int64_t free_before = pool.num_free();
   uint64_t sink = 0;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-    for (int64_t i = 0; i < iters; ++i) {
-      const int32_t b = pool.allocate();
-      sink += static_cast<uint32_t>(b);
-      pool.free(b);
-    }
-    best = std::max(best, iters / seconds_since(t0));
+  const auto t0 = Clock::now();
+  for (int64_t i = 0; i < iters; ++i) {
+    const int32_t b = pool.allocate();
+    sink += static_cast<uint32_t>(b);
+    pool.free(b);
   }
+  const double rate = iters / seconds_since(t0);
   if (sink == 42) std::puts("");  // keep the loop observable
-  return best;
+  if (pool.num_free() != free_before) *consistent = false;
+  return rate;
 }
 
 // Baseline: the textbook free list (std::list of ids, a node allocation per free).
-double list_alloc_free_per_s(int64_t iters, int reps) {
+double list_alloc_free_per_s(int64_t iters, bool* consistent) {
   std::list<int32_t> free_list;
   std::vector<int32_t> refs(1 << 16, 0);
   for (int32_t b = 1 + (1 << 15); b < (1 << 16); ++b) free_list.push_back(b);
-  double best = 0;
+  const size_t free_before = free_list.size();
   uint64_t sink = 0;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-    for (int64_t i = 0; i < iters; ++i) {
-      const int32_t b = free_list.front();
-      free_list.pop_front();
-      refs[b] = 1;
-      sink += static_cast<uint32_t>(b);
-      if (--refs[b] == 0) free_list.push_back(b);
-    }
-    best = std::max(best, iters / seconds_since(t0));
+  const auto t0 = Clock::now();
+  for (int64_t i = 0; i < iters; ++i) {
+    const int32_t b = free_list.front();
+    free_list.pop_front();
+    refs[b] = 1;
+    sink += static_cast<uint32_t>(b);
+    if (--refs[b] == 0) free_list.push_back(b);
   }
+  const double rate = iters / seconds_since(t0);
   if (sink == 42) std::puts("");
-  return best;
+  if (free_list.size() != free_before) *consistent = false;
+  return rate;
 }
 
 struct WasteResult {
@@ -204,14 +205,26 @@ PrefixResult prefix_workload(int64_t requests, uint32_t seed) {
 
 int run_caches(const BenchOptions& opt) {
   if (opt.rank != 0) return 0;
-  const int64_t iters = opt.quick ? 2'000'000 : 20'000'000;
-  const int reps = opt.quick ? 3 : 5;
-  // Alternate the two so that load from other processes hits both alike; best of each.
-  double pool_rate = 0, list_rate = 0;
-  for (int r = 0; r < reps; ++r) {
-    pool_rate = std::max(pool_rate, pool_alloc_free_per_s(iters, 1));
-    list_rate = std::max(list_rate, list_alloc_free_per_s(iters, 1));
+  const int64_t iters = opt.quick ? 1'000'000 : 10'000'000;
+  const int rounds = opt.quick ? 5 : 15;
+  // Interleaved rounds (the order alternates) so that load from other processes hits both
+  // alike; medians and spreads of the rates, and of each round's pool / list ratio.
+  std::vector<double> pool_rates, list_rates;
+  bool pool_ok = true, list_ok = true;
+  pool_alloc_free_per_s(iters / 10, &pool_ok);  // warm-up
+  list_alloc_free_per_s(iters / 10, &list_ok);
+  for (int r = 0; r < rounds; ++r) {
+    if (r % 2 == 0) {
+      pool_rates.push_back(pool_alloc_free_per_s(iters, &pool_ok));
+      list_rates.push_back(list_alloc_free_per_s(iters, &list_ok));
+    } else {
+      list_rates.push_back(list_alloc_free_per_s(iters, &list_ok));
+      pool_rates.push_back(pool_alloc_free_per_s(iters, &pool_ok));
+    }
   }
+  const Spread pool_s = spread_of(pool_rates), list_s = spread_of(list_rates);
+  const Spread ratio_s = spread_of(per_round_ratios(pool_rates, list_rates));
+  const double pool_rate = pool_s.median, list_rate = list_s.median;
   const auto w = waste(opt.quick ? 2000 : 20000, 64, 1);
   const auto p = prefix_workload(opt.quick ? 500 : 5000, 2);
   const std::string waste_desc =
@@ -228,8 +241,14 @@ int run_caches(const BenchOptions& opt) {
     j["bench"] = "caches";
     j["quick"] = opt.quick;
     j["alloc_free_per_s"] = pool_rate;
+    j["alloc_free_per_s_spread"] = to_json(pool_s);
     j["baseline_std_list_alloc_free_per_s"] = list_rate;
+    j["baseline_std_list_alloc_free_per_s_spread"] = to_json(list_s);
     j["alloc_free_speedup_vs_std_list"] = pool_rate / list_rate;
+    j["alloc_free_speedup_per_round"] = to_json(ratio_s);
+    // Both sides end with every block they handed out back on their free list.
+    j["pool_consistent"] = pool_ok;
+    j["baseline_consistent"] = list_ok;
     j["paged_waste_pct"] = w.paged_waste_pct;
     j["contiguous_waste_pct"] = w.contiguous_waste_pct;
     j["waste_workload"] = {{"description", waste_desc},
@@ -246,9 +265,12 @@ int run_caches(const BenchOptions& opt) {
   }
   std::printf("tessera bench caches%s\n\n", opt.quick ? " (quick)" : "");
   std::printf("%-44s %16s\n", "metric", "value");
-  std::printf("%-44s %16.3e\n", "alloc_free_per_s (BlockPool, 1 thread)", pool_rate);
-  std::printf("%-44s %16.3e\n", "baseline: std::list free list", list_rate);
-  std::printf("%-44s %15.2fx\n", "speedup vs baseline", pool_rate / list_rate);
+  std::printf("%-44s %16.3e  [p10 %.3e, p90 %.3e]\n", "alloc_free_per_s (BlockPool, 1 thread)",
+              pool_rate, pool_s.p10, pool_s.p90);
+  std::printf("%-44s %16.3e  [p10 %.3e, p90 %.3e]\n", "baseline: std::list free list", list_rate,
+              list_s.p10, list_s.p90);
+  std::printf("%-44s %15.2fx  [per round p10 %.2f, p90 %.2f]\n", "speedup vs baseline",
+              pool_rate / list_rate, ratio_s.p10, ratio_s.p90);
   std::printf("%-44s %16.2f\n", "paged_waste_pct", w.paged_waste_pct);
   std::printf("%-44s %16.2f\n", "contiguous_waste_pct (max-length buffers)",
               w.contiguous_waste_pct);

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/bench.h"
+#include "bench/timing.h"
 #include "common/error.h"
 #include "sharding/communicator.h"
 
@@ -21,12 +22,6 @@ namespace tessera::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 struct Collective {
   const char* name;
@@ -76,7 +71,7 @@ int run_comm_bench(const BenchOptions& opt) {
                                                {"broadcast", 1.0, false}};
   std::vector<int64_t> sizes;
   const int64_t max_bytes = opt.quick ? (1 << 20) : (64 << 20);
-  for (int64_t b = 8; b <= max_bytes; b *= opt.quick ? 4 : 2) sizes.push_back(b);
+  for (int64_t b = 8; b <= max_bytes; b *= opt.quick ? 16 : 2) sizes.push_back(b);
 
   nlohmann::json out;
   out["world_size"] = world;
@@ -84,10 +79,11 @@ int run_comm_bench(const BenchOptions& opt) {
   if (opt.rank == 0 && !opt.json) {
     std::printf(
         "# tessera bench comm: %d ranks, %s backend vs raw MPI (medians over interleaved "
-        "rounds; ratio = median of per-round ours/MPI)\n",
+        "rounds; ratio = median of per-round ours/MPI; results checked equal to MPI's first)\n",
         world, comm.backend_name().c_str());
   }
   std::vector<double> ratios_1k_16m;
+  double max_diff = 0;  // largest |ours - MPI| over every collective and size
   for (const auto& c : collectives) {
     if (opt.rank == 0 && !opt.json) {
       std::printf("\n%-14s %10s %11s %11s %8s %9s %9s %9s\n", c.name, "bytes", "ours_us", "mpi_us",
@@ -105,6 +101,7 @@ int run_comm_bench(const BenchOptions& opt) {
       const int iters = static_cast<int>(std::clamp<int64_t>((4 << 20) / real_bytes, 1, 200));
       const int n_chunk = static_cast<int>(elems / world);
       const int n = static_cast<int>(elems);
+      double row_diff = 0;
       std::function<void()> ours, mpi;
       const std::string name = c.name;
       if (name == "all_reduce") {
@@ -132,13 +129,49 @@ int run_comm_bench(const BenchOptions& opt) {
         ours = [&] { comm.broadcast(buf.full, 0); };
         mpi = [&] { MPI_Bcast(buf.full.data_ptr(), n, MPI_FLOAT, 0, raw); };
       }
+      // Correctness first: rank-dependent small integers (exact in float sums) through ours and
+      // through MPI into separate outputs; the results must be identical.
+      {
+        auto input = (torch::arange(elems, torch::kFloat) + 1000 * opt.rank).fmod(97);
+        auto chunk_in = input.narrow(0, 0, elems / world).clone();
+        torch::Tensor a, b;
+        if (name == "all_reduce" || name == "broadcast") {
+          a = input.clone();
+          b = input.clone();
+          if (name == "all_reduce") {
+            comm.all_reduce(a, sharding::ReduceOp::kSum);
+            MPI_Allreduce(MPI_IN_PLACE, b.data_ptr(), n, MPI_FLOAT, MPI_SUM, raw);
+          } else {
+            comm.broadcast(a, 0);
+            MPI_Bcast(b.data_ptr(), n, MPI_FLOAT, 0, raw);
+          }
+        } else if (name == "all_gather") {
+          a = comm.all_gather(chunk_in).flatten();
+          b = torch::empty({elems});
+          MPI_Allgather(chunk_in.data_ptr(), n_chunk, MPI_FLOAT, b.data_ptr(), n_chunk, MPI_FLOAT,
+                        raw);
+        } else if (name == "reduce_scatter") {
+          a = comm.reduce_scatter(input, sharding::ReduceOp::kSum).flatten();
+          b = torch::empty({elems / world});
+          MPI_Reduce_scatter_block(input.data_ptr(), b.data_ptr(), n_chunk, MPI_FLOAT, MPI_SUM,
+                                   raw);
+        } else {
+          a = comm.all_to_all(input).flatten();
+          b = torch::empty({elems});
+          MPI_Alltoall(input.data_ptr(), n_chunk, MPI_FLOAT, b.data_ptr(), n_chunk, MPI_FLOAT, raw);
+        }
+        double diff = a.numel() == b.numel() ? (a - b).abs().max().item<double>() : 1e30;
+        MPI_Allreduce(MPI_IN_PLACE, &diff, 1, MPI_DOUBLE, MPI_MAX, raw);
+        max_diff = std::max(max_diff, diff);
+        row_diff = diff;
+      }
       // Warm-up (first touch, MPI's connection set-up) also sizes the run: about 0.4 s per size
       // (0.1 s with --quick), at least 9 rounds.
       timed(raw, 1, ours);
       const double est_us = timed(raw, iters, mpi) * iters;
-      const double budget_us = opt.quick ? 1e5 : 4e5;
-      const int rounds =
-          static_cast<int>(std::clamp(budget_us / (2.0 * est_us), 9.0, opt.quick ? 15.0 : 61.0));
+      const double budget_us = opt.quick ? 3e4 : 4e5;
+      const int rounds = static_cast<int>(
+          std::clamp(budget_us / (2.0 * est_us), opt.quick ? 5.0 : 9.0, opt.quick ? 9.0 : 61.0));
       // Interleaved rounds whose order alternates, so that the machine's load drifts over both
       // sides alike; the ratio is the median of each round's ours / MPI pair.
       std::vector<double> t_ours, t_mpi, pair_ratio;
@@ -152,14 +185,23 @@ int run_comm_bench(const BenchOptions& opt) {
         }
         pair_ratio.push_back(t_ours.back() / t_mpi.back());
       }
-      const double ours_us = median(t_ours), mpi_us = median(t_mpi);
-      const double ratio = median(pair_ratio);
+      const Spread ours_s = spread_of(t_ours), mpi_s = spread_of(t_mpi);
+      const Spread ratio_s = spread_of(pair_ratio);
+      const double ours_us = ours_s.median, mpi_us = mpi_s.median;
+      const double ratio = ratio_s.median;
       const double algbw = real_bytes / ours_us / 1e3;  // GB/s
       const double mpi_algbw = real_bytes / mpi_us / 1e3;
       rows.push_back({{"bytes", real_bytes},
                       {"ours_us", ours_us},
                       {"mpi_us", mpi_us},
                       {"ratio", ratio},
+                      {"ours_us_p10", ours_s.p10},
+                      {"ours_us_p90", ours_s.p90},
+                      {"mpi_us_p10", mpi_s.p10},
+                      {"mpi_us_p90", mpi_s.p90},
+                      {"ratio_p10", ratio_s.p10},
+                      {"ratio_p90", ratio_s.p90},
+                      {"max_abs_diff_vs_mpi", row_diff},
                       {"rounds", rounds},
                       {"algbw_gbps", algbw},
                       {"busbw_gbps", algbw * c.bus_factor},
@@ -175,8 +217,11 @@ int run_comm_bench(const BenchOptions& opt) {
     }
     out[c.name] = rows;
   }
+  out["max_abs_diff_vs_mpi"] = max_diff;
+  out["benchmark"] = "comm";
+  out["quick"] = opt.quick;
   if (!ratios_1k_16m.empty()) {
-    out["all_reduce_ratio_median_1k_16m"] = median(ratios_1k_16m);
+    out["all_reduce_ratio_median_1k_16m"] = median_of(ratios_1k_16m);
     out["all_reduce_ratio_max_1k_16m"] =
         *std::max_element(ratios_1k_16m.begin(), ratios_1k_16m.end());
   }
@@ -184,9 +229,11 @@ int run_comm_bench(const BenchOptions& opt) {
     if (opt.json) {
       std::printf("%s\n", out.dump().c_str());
     } else if (!ratios_1k_16m.empty()) {
-      std::printf("\nall_reduce ours/MPI, 1 KB - 16 MB: median %.3f, max %.3f\n",
-                  out["all_reduce_ratio_median_1k_16m"].get<double>(),
-                  out["all_reduce_ratio_max_1k_16m"].get<double>());
+      std::printf(
+          "\nall_reduce ours/MPI, 1 KB - 16 MB: median %.3f, max %.3f; max |ours - MPI| over "
+          "every collective: %g\n",
+          out["all_reduce_ratio_median_1k_16m"].get<double>(),
+          out["all_reduce_ratio_max_1k_16m"].get<double>(), max_diff);
     }
   }
   MPI_Comm_free(&raw);

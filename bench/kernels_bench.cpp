@@ -1,12 +1,22 @@
-// `tessera bench kernels`: the fused CPU cluster attention (forward, forward + backward) against a
-// plain libtorch-ops version (gather + matmul + softmax, autograd for the backward) run in the same
-// process on the seed's three configurations, reported as speedups. The paged-decode bandwidth
-// figure belongs to the paged-attention kernels and is filled in where marked.
+// `tessera bench kernels`: the fused CPU cluster attention (forward, forward + backward) against
+// every libtorch formulation of the same exact result we know of, run in the same process on the
+// seed's three configurations, in interleaved rounds; speedups are against the fastest of them
+// (by median). The baselines (all exact, blank token included, autograd for the backward):
+//  - gather:         gather the M neighbour keys and values ([B,H,N,M,D] each), matmul, softmax;
+//  - dense_scatter:  dense scores Q K^T, gather the M scores, softmax, scatter-add the weights
+//                    back into a dense [B,H,N,N] (duplicate neighbours add up), P V;
+//  - dense_logcount: dense attention over all N keys plus the blank one, with log(count of j in
+//                    the row's neighbours) added to the logits (-inf where absent): exp(s + log c)
+//                    = c exp(s) counts duplicates exactly, no gather or scatter at all;
+//  - *_chunked:      the two dense ones over batch chunks whose score matrix fits in ~1 MB.
+// Tried and left out (each far slower than dense_logcount on every configuration, prototyped in
+// Python on the same libtorch): sparse COO (unique pairs + log count, sparse.softmax,
+// sparse.mm), embedding_bag with per-sample weights for P V. The paged-decode bandwidth figure
+// belongs to the paged-attention kernels.
 #include <ATen/Parallel.h>
 #include <torch/types.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -17,6 +27,8 @@
 
 #include "bench/bench.h"
 #include "bench/paged_decode_bench.h"
+#include "bench/timing.h"
+#include "kernels/ops/cluster_attention_autograd.h"
 #include "kernels/ops/cluster_attention_ops.h"
 
 #ifdef TESSERA_WITH_CUDA
@@ -31,32 +43,16 @@ namespace tessera::bench {
 
 namespace {
 
-using torch::indexing::Slice;
+using kernels::ClusterAttentionInputs;
 
 struct ClusterConfig {
   const char* name;
   int64_t B, N, C, H, M;
 };
 
-// Best wall time of fn in milliseconds, after one warm-up run: at least min_reps runs and more
-// until budget_ms has been spent (at most 500 runs). The minimum is the figure least disturbed by
-// other processes on a shared machine; the budget gives short kernels enough tries to find it.
-double best_ms(const std::function<void()>& fn, int min_reps, double budget_ms) {
-  fn();
-  double best = 1e30, spent = 0;
-  for (int i = 0; i < 500 && (i < min_reps || spent < budget_ms); ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    fn();
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    best = std::min(best, ms);
-    spent += ms;
-  }
-  return best;
-}
+using Formulation = std::function<torch::Tensor(const ClusterAttentionInputs&)>;
 
-// The baseline: AutoFocusFormer's attention written with plain libtorch ops.
-torch::Tensor baseline_forward(const kernels::ClusterAttentionInputs& in) {
+torch::Tensor gather_baseline(const ClusterAttentionInputs& in) {
   const int64_t B = in.q.size(0), H = in.q.size(1), N = in.q.size(2), D = in.q.size(3);
   const int64_t M = in.idx.size(2);
   auto gidx = in.idx.reshape({B, 1, N * M, 1}).expand({B, H, N * M, D});
@@ -65,14 +61,110 @@ torch::Tensor baseline_forward(const kernels::ClusterAttentionInputs& in) {
   auto s = torch::matmul(in.q.unsqueeze(3), kg.transpose(-1, -2)).squeeze(3) * in.scale;
   auto sb = (in.q * in.blank_k.view({1, H, 1, D})).sum(-1, true) * in.scale;
   auto p = torch::softmax(torch::cat({s, sb}, -1), -1);
-  auto out = torch::matmul(p.index({"...", Slice(0, M)}).unsqueeze(3), vg).squeeze(3);
-  return out + p.index({"...", Slice(M, M + 1)}) * in.blank_v.view({1, H, 1, D});
+  auto out = torch::matmul(p.narrow(-1, 0, M).unsqueeze(3), vg).squeeze(3);
+  return out + p.narrow(-1, M, 1) * in.blank_v.view({1, H, 1, D});
 }
+
+torch::Tensor dense_scatter_baseline(const ClusterAttentionInputs& in) {
+  const int64_t B = in.q.size(0), H = in.q.size(1), N = in.q.size(2), D = in.q.size(3);
+  const int64_t M = in.idx.size(2);
+  auto ii = in.idx.unsqueeze(1).expand({B, H, N, M});
+  auto s = torch::matmul(in.q * in.scale, in.k.transpose(-1, -2)).gather(-1, ii);
+  auto sb = (in.q * in.blank_k.view({1, H, 1, D})).sum(-1, true) * in.scale;
+  auto p = torch::softmax(torch::cat({s, sb}, -1), -1);
+  auto dense = torch::zeros({B, H, N, N}, in.q.options()).scatter_add(-1, ii, p.narrow(-1, 0, M));
+  return torch::matmul(dense, in.v) + p.narrow(-1, M, 1) * in.blank_v.view({1, H, 1, D});
+}
+
+torch::Tensor dense_logcount_baseline(const ClusterAttentionInputs& in) {
+  const int64_t B = in.q.size(0), H = in.q.size(1), N = in.q.size(2), D = in.q.size(3);
+  const int64_t M = in.idx.size(2);
+  // log(multiplicity) of every key in every row's neighbour list; column N is the blank key.
+  torch::Tensor log_count;
+  {
+    torch::NoGradGuard no_grad;
+    auto opts = in.q.options().requires_grad(false);
+    log_count = torch::zeros({B, N, N + 1}, opts);
+    log_count.scatter_add_(-1, in.idx, torch::ones({1, 1, 1}, opts).expand({B, N, M}));
+    log_count.select(-1, N).fill_(1.0);
+    log_count = log_count.log_().unsqueeze(1);  // [B, 1, N, N + 1]
+  }
+  auto kk = torch::cat({in.k, in.blank_k.view({1, H, 1, D}).expand({B, H, 1, D})}, 2);
+  auto vv = torch::cat({in.v, in.blank_v.view({1, H, 1, D}).expand({B, H, 1, D})}, 2);
+  auto s = torch::matmul(in.q * in.scale, kk.transpose(-1, -2)).add_(log_count);
+  return torch::matmul(torch::softmax(s, -1), vv);
+}
+
+// fn over batch chunks of `chunk` items, outputs concatenated.
+Formulation batch_chunked(Formulation fn, int64_t chunk) {
+  return [fn = std::move(fn), chunk](const ClusterAttentionInputs& in) {
+    const int64_t B = in.q.size(0);
+    if (chunk >= B) return fn(in);
+    std::vector<torch::Tensor> outs;
+    for (int64_t b = 0; b < B; b += chunk) {
+      ClusterAttentionInputs part = in;
+      const int64_t n = std::min(chunk, B - b);
+      part.q = in.q.narrow(0, b, n);
+      part.k = in.k.narrow(0, b, n);
+      part.v = in.v.narrow(0, b, n);
+      part.idx = in.idx.narrow(0, b, n);
+      outs.push_back(fn(part));
+    }
+    return torch::cat(outs, 0);
+  };
+}
+
+struct Baseline {
+  std::string name;
+  Formulation fn;
+};
+
+std::vector<Baseline> baselines(const ClusterConfig& c) {
+  // Batch items whose [H, N, N + 1] float scores fit in ~1 MB (at least one).
+  const int64_t per_item = c.H * c.N * (c.N + 1) * 4;
+  const int64_t chunk = std::max<int64_t>(1, (1 << 20) / per_item);
+  return {{"gather", gather_baseline},
+          {"dense_scatter", dense_scatter_baseline},
+          {"dense_logcount", dense_logcount_baseline},
+          {"dense_scatter_chunked", batch_chunked(dense_scatter_baseline, chunk)},
+          {"dense_logcount_chunked", batch_chunked(dense_logcount_baseline, chunk)}};
+}
+
+// The differentiable leaves of a copy of `in` (fresh each call, as a training step has).
+ClusterAttentionInputs with_grad_leaves(const ClusterAttentionInputs& in) {
+  ClusterAttentionInputs g = in;
+  for (auto* t : {&g.q, &g.k, &g.v, &g.blank_k, &g.blank_v}) {
+    *t = t->detach().requires_grad_(true);
+  }
+  return g;
+}
+
+std::vector<torch::Tensor> grads_of(const ClusterAttentionInputs& g) {
+  return {g.q.grad(), g.k.grad(), g.v.grad(), g.blank_k.grad(), g.blank_v.grad()};
+}
+
+// Largest |a - b| over a list of tensors, each relative to max(1, max |b|).
+double max_rel_err(const std::vector<torch::Tensor>& a, const std::vector<torch::Tensor>& b) {
+  double e = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double scale = std::max(1.0, b[i].abs().max().item<double>());
+    e = std::max(e, (a[i] - b[i]).abs().max().item<double>() / scale);
+  }
+  return e;
+}
+
+struct Timed {
+  Spread ms;
+  double err = 0;  // baselines: largest difference from ours (forward: out; fwd+bwd: gradients)
+  Spread speedup;  // per-round baseline / ours
+};
 
 struct ClusterResult {
   std::string config;
   int64_t batch = 0;
-  double fwd_ms = 0, fwd_base_ms = 0, fwd_bwd_ms = 0, fwd_bwd_base_ms = 0, max_err = 0;
+  Timed fwd, fwd_bwd;                                                 // ours
+  std::vector<std::pair<std::string, Timed>> fwd_base, fwd_bwd_base;  // per baseline
+  std::string fastest_fwd, fastest_fwd_bwd;                           // by median
 };
 
 ClusterResult run_cluster(const ClusterConfig& c, bool quick) {
@@ -80,7 +172,7 @@ ClusterResult run_cluster(const ClusterConfig& c, bool quick) {
   const int64_t B = quick ? std::min<int64_t>(c.B, 2) : c.B;
   const int64_t D = c.C / c.H;
   torch::manual_seed(0);
-  kernels::ClusterAttentionInputs in;
+  ClusterAttentionInputs in;
   in.q = torch::randn({B, c.H, c.N, D});
   in.k = torch::randn({B, c.H, c.N, D});
   in.v = torch::randn({B, c.H, c.N, D});
@@ -89,37 +181,79 @@ ClusterResult run_cluster(const ClusterConfig& c, bool quick) {
   in.blank_v = torch::randn({c.H, D});
   in.scale = 1.0 / std::sqrt(static_cast<double>(D));
   auto dout = torch::randn({B, c.H, c.N, D});
-  const int reps = quick ? 3 : 7;
-  const double budget = quick ? 150 : 1000;  // ms per measurement
+  const auto base = baselines(c);
+  RoundsOptions rounds;
+  rounds.min_rounds = quick ? 3 : 7;
+  rounds.budget_ms = quick ? 300 : 4000;  // per pass, all candidates together
 
   ClusterResult r;
   r.config = c.name;
   r.batch = B;
-  torch::Tensor out;
-  r.fwd_ms =
-      best_ms([&] { out = std::get<0>(kernels::cluster_attention_forward(in)); }, reps, budget);
-  torch::Tensor base;
+  // Correctness first (outside the timing): every baseline against ours, output and gradients.
+  torch::Tensor ours_out;
+  std::vector<torch::Tensor> ours_grads;
+  {
+    auto g = with_grad_leaves(in);
+    auto out = std::get<0>(kernels::cluster_attention(g));
+    out.backward(dout);
+    ours_out = out.detach();
+    ours_grads = grads_of(g);
+  }
+  std::vector<double> fwd_err, grad_err;
+  for (const auto& b : base) {
+    auto g = with_grad_leaves(in);
+    auto out = b.fn(g);
+    out.backward(dout);
+    fwd_err.push_back((out.detach() - ours_out).abs().max().item<double>());
+    grad_err.push_back(max_rel_err(grads_of(g), ours_grads));
+  }
+
+  // Forward: ours and every baseline, interleaved, no autograd graph.
   {
     torch::NoGradGuard no_grad;
-    r.fwd_base_ms = best_ms([&] { base = baseline_forward(in); }, reps, budget);
+    std::vector<std::function<void()>> fns{[&] { kernels::cluster_attention_forward(in); }};
+    for (const auto& b : base) fns.push_back([&] { b.fn(in); });
+    const auto t = interleaved_ms(fns, rounds);
+    r.fwd.ms = spread_of(t[0]);
+    for (size_t i = 0; i < base.size(); ++i) {
+      r.fwd_base.push_back(
+          {base[i].name,
+           {spread_of(t[i + 1]), fwd_err[i], spread_of(per_round_ratios(t[i + 1], t[0]))}});
+    }
   }
-  r.max_err = (out - base).abs().max().item<double>();
-  r.fwd_bwd_ms = best_ms(
-      [&] {
-        auto [o, lse] = kernels::cluster_attention_forward(in);
-        auto g = kernels::cluster_attention_backward(in, o, lse, dout);
-      },
-      reps, budget);
-  r.fwd_bwd_base_ms = best_ms(
-      [&] {
-        kernels::ClusterAttentionInputs g = in;
-        for (auto* t : {&g.q, &g.k, &g.v, &g.blank_k, &g.blank_v}) {
-          *t = t->detach().requires_grad_(true);
-        }
-        baseline_forward(g).backward(dout);
-      },
-      reps, budget);
+  // Forward + backward through autograd on both sides (fresh leaves, loss.backward(dout)).
+  {
+    std::vector<std::function<void()>> fns{[&] {
+      auto g = with_grad_leaves(in);
+      std::get<0>(kernels::cluster_attention(g)).backward(dout);
+    }};
+    for (const auto& b : base) {
+      fns.push_back([&] {
+        auto g = with_grad_leaves(in);
+        b.fn(g).backward(dout);
+      });
+    }
+    const auto t = interleaved_ms(fns, rounds);
+    r.fwd_bwd.ms = spread_of(t[0]);
+    for (size_t i = 0; i < base.size(); ++i) {
+      r.fwd_bwd_base.push_back(
+          {base[i].name,
+           {spread_of(t[i + 1]), grad_err[i], spread_of(per_round_ratios(t[i + 1], t[0]))}});
+    }
+  }
+  auto fastest = [](const std::vector<std::pair<std::string, Timed>>& v) {
+    return std::min_element(
+               v.begin(), v.end(),
+               [](const auto& a, const auto& b) { return a.second.ms.median < b.second.ms.median; })
+        ->first;
+  };
+  r.fastest_fwd = fastest(r.fwd_base);
+  r.fastest_fwd_bwd = fastest(r.fwd_bwd_base);
   return r;
+}
+
+const Timed& find(const std::vector<std::pair<std::string, Timed>>& v, const std::string& name) {
+  return std::find_if(v.begin(), v.end(), [&](const auto& p) { return p.first == name; })->second;
 }
 
 #ifdef TESSERA_WITH_CUDA
@@ -150,12 +284,13 @@ class DeviceMem {
   void* p_ = nullptr;
 };
 
+// Median of `reps` CUDA-event timings of fn, after one warm-up.
 double time_gpu_ms(const std::function<void()>& fn, int reps) {
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
   fn();
-  double best = 1e30;
+  std::vector<double> ms_all;
   for (int i = 0; i < reps; ++i) {
     cudaEventRecord(start);
     fn();
@@ -163,11 +298,11 @@ double time_gpu_ms(const std::function<void()>& fn, int reps) {
     cudaEventSynchronize(stop);
     float ms = 0;
     cudaEventElapsedTime(&ms, start, stop);
-    best = std::min(best, static_cast<double>(ms));
+    ms_all.push_back(ms);
   }
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
-  return best;
+  return median_of(ms_all);
 }
 
 // Device-to-device copy bandwidth (bytes read + written per second).
@@ -249,6 +384,49 @@ std::optional<std::vector<GpuResult>> run_gpu(const ClusterConfig* configs, int 
 }
 #endif
 
+nlohmann::json timed_json(const Timed& t) {
+  return {{"ms", to_json(t.ms)}, {"max_err_vs_ours", t.err}, {"speedup", to_json(t.speedup)}};
+}
+
+nlohmann::json result_json(const ClusterResult& r) {
+  const Timed& bf = find(r.fwd_base, r.fastest_fwd);
+  const Timed& bfb = find(r.fwd_bwd_base, r.fastest_fwd_bwd);
+  nlohmann::json base = nlohmann::json::object(), detail = nlohmann::json::object();
+  for (size_t i = 0; i < r.fwd_base.size(); ++i) {
+    const auto& [name, f] = r.fwd_base[i];
+    const Timed& fb = r.fwd_bwd_base[i].second;
+    base[name] = {{"fwd_ms", f.ms.median}, {"fwd_bwd_ms", fb.ms.median}};
+    detail[name] = {{"fwd", timed_json(f)}, {"fwd_bwd", timed_json(fb)}};
+  }
+  return {
+      {"config", r.config},
+      {"batch", r.batch},
+      {"fwd_ms", r.fwd.ms.median},
+      {"fwd_ms_spread", to_json(r.fwd.ms)},
+      {"fwd_baseline", r.fastest_fwd},
+      {"fwd_baseline_ms", bf.ms.median},
+      {"fwd_speedup", bf.ms.median / r.fwd.ms.median},
+      {"fwd_speedup_per_round", to_json(bf.speedup)},
+      {"fwd_bwd_ms", r.fwd_bwd.ms.median},
+      {"fwd_bwd_ms_spread", to_json(r.fwd_bwd.ms)},
+      {"fwd_bwd_baseline", r.fastest_fwd_bwd},
+      {"fwd_bwd_baseline_ms", bfb.ms.median},
+      {"fwd_bwd_speedup", bfb.ms.median / r.fwd_bwd.ms.median},
+      {"fwd_bwd_speedup_per_round", to_json(bfb.speedup)},
+      {"baselines", base},
+      {"baseline_detail", detail},
+      // Largest difference of any baseline from ours: forward output (absolute) and the five
+      // gradients (relative to max(1, |gradient|)).
+      {"max_abs_err_vs_baseline",
+       std::max_element(r.fwd_base.begin(), r.fwd_base.end(),
+                        [](const auto& a, const auto& b) { return a.second.err < b.second.err; })
+           ->second.err},
+      {"max_grad_err_vs_baseline",
+       std::max_element(r.fwd_bwd_base.begin(), r.fwd_bwd_base.end(),
+                        [](const auto& a, const auto& b) { return a.second.err < b.second.err; })
+           ->second.err}};
+}
+
 int run(const BenchOptions& opts) {
   const ClusterConfig configs[] = {
       {"small", 1, 64, 8, 1, 32}, {"medium", 16, 128, 16, 2, 48}, {"large", 32, 256, 256, 8, 64}};
@@ -269,17 +447,7 @@ int run(const BenchOptions& opts) {
     j["quick"] = opts.quick;
     j["threads"] = at::get_num_threads();
     j["cluster_attention"] = nlohmann::json::array();
-    for (const auto& r : results) {
-      j["cluster_attention"].push_back({{"config", r.config},
-                                        {"batch", r.batch},
-                                        {"fwd_ms", r.fwd_ms},
-                                        {"fwd_baseline_ms", r.fwd_base_ms},
-                                        {"fwd_speedup", r.fwd_base_ms / r.fwd_ms},
-                                        {"fwd_bwd_ms", r.fwd_bwd_ms},
-                                        {"fwd_bwd_baseline_ms", r.fwd_bwd_base_ms},
-                                        {"fwd_bwd_speedup", r.fwd_bwd_base_ms / r.fwd_bwd_ms},
-                                        {"max_abs_err_vs_baseline", r.max_err}});
-    }
+    for (const auto& r : results) j["cluster_attention"].push_back(result_json(r));
     // Paged decode (batch 16 x 4096 tokens, GQA) as a fraction of the memory bandwidth measured
     // in the same run, from the paged-attention benchmark; null where that is not built in.
     j["paged_decode_bw_fraction"] = nullptr;
@@ -303,14 +471,29 @@ int run(const BenchOptions& opts) {
     return 0;
   }
   std::printf(
-      "cluster attention, fused CPU vs libtorch ops (gather + matmul + softmax), %d threads\n",
+      "cluster attention, fused CPU vs every libtorch formulation, %d threads; median ms of "
+      "interleaved rounds [p10-p90]\n",
       at::get_num_threads());
-  std::printf("%-8s %6s %11s %11s %9s %13s %13s %9s %10s\n", "config", "batch", "fwd ms", "base ms",
-              "speedup", "fwd+bwd ms", "base ms", "speedup", "max err");
   for (const auto& r : results) {
-    std::printf("%-8s %6lld %11.3f %11.3f %8.2fx %13.3f %13.3f %8.2fx %10.2e\n", r.config.c_str(),
-                static_cast<long long>(r.batch), r.fwd_ms, r.fwd_base_ms, r.fwd_base_ms / r.fwd_ms,
-                r.fwd_bwd_ms, r.fwd_bwd_base_ms, r.fwd_bwd_base_ms / r.fwd_bwd_ms, r.max_err);
+    std::printf("\n%s (batch %lld)%28s %24s %9s\n", r.config.c_str(),
+                static_cast<long long>(r.batch), "fwd ms", "fwd+bwd ms", "max err");
+    auto line = [](const std::string& name, const Spread& f, const Spread& fb, double err) {
+      std::printf("  %-24s %9.3f [%7.3f-%7.3f] %9.3f [%7.3f-%7.3f] %9.2e\n", name.c_str(), f.median,
+                  f.p10, f.p90, fb.median, fb.p10, fb.p90, err);
+    };
+    line("tessera (fused)", r.fwd.ms, r.fwd_bwd.ms, 0.0);
+    for (size_t i = 0; i < r.fwd_base.size(); ++i) {
+      line(r.fwd_base[i].first, r.fwd_base[i].second.ms, r.fwd_bwd_base[i].second.ms,
+           std::max(r.fwd_base[i].second.err, r.fwd_bwd_base[i].second.err));
+    }
+    const Timed& bf = find(r.fwd_base, r.fastest_fwd);
+    const Timed& bfb = find(r.fwd_bwd_base, r.fastest_fwd_bwd);
+    std::printf(
+        "  speedup vs fastest: fwd %.2fx (%s; per round p10-p90 %.2f-%.2f), fwd+bwd %.2fx (%s; "
+        "%.2f-%.2f)\n",
+        bf.ms.median / r.fwd.ms.median, r.fastest_fwd.c_str(), bf.speedup.p10, bf.speedup.p90,
+        bfb.ms.median / r.fwd_bwd.ms.median, r.fastest_fwd_bwd.c_str(), bfb.speedup.p10,
+        bfb.speedup.p90);
   }
   if (paged) {
     std::printf("\npaged decode (CPU, batch 16 x %d tokens, GQA): %.2f of memory bandwidth\n",
@@ -320,7 +503,8 @@ int run(const BenchOptions& opts) {
   }
 #ifdef TESSERA_WITH_CUDA
   if (gpu) {
-    std::printf("\ncluster attention on the GPU (copy bandwidth %.0f GB/s)\n", bandwidth / 1e9);
+    std::printf("\ncluster attention on the GPU (copy bandwidth %.0f GB/s; median of events)\n",
+                bandwidth / 1e9);
     std::printf("%-8s %6s %11s %13s %16s\n", "config", "batch", "fwd ms", "fwd+bwd ms",
                 "fwd roofline");
     for (const auto& r : *gpu) {
@@ -338,7 +522,9 @@ int run(const BenchOptions& opts) {
 }  // namespace
 
 Benchmark kernels_benchmark() {
-  return {"kernels", "Cluster attention (fused CPU vs libtorch ops) and paged decode bandwidth",
+  return {"kernels",
+          "Cluster attention (fused CPU vs the fastest libtorch formulation) and paged decode "
+          "bandwidth",
           run};
 }
 

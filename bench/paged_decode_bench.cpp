@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench/bench.h"
+#include "bench/timing.h"
 #include "kernels/paged/paged_attention.h"
 
 namespace tessera::bench {
@@ -28,17 +29,6 @@ using Clock = std::chrono::steady_clock;
 #else
 #define TESSERA_BENCH_CLONES
 #endif
-
-template <typename Fn>
-double best_seconds(int reps, Fn&& fn) {
-  double best = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    const auto t0 = Clock::now();
-    fn();
-    best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count());
-  }
-  return best;
-}
 
 typedef float Vec16 __attribute__((vector_size(64)));
 
@@ -158,34 +148,58 @@ void setup_decode(DecodeSetup& st, kernels::KvDType dtype, int batch, int seq_le
 
 }  // namespace
 
+// Largest |fast - reference| over the outputs and lses of one decode step, on the same pages.
+double error_vs_reference(const DecodeSetup& st) {
+  std::vector<float> out(st.out.size()), lse(st.lse.size());
+  kernels::PagedAttentionView ref = st.view;
+  ref.out = out.data();
+  ref.lse = lse.data();
+  kernels::paged_attention_ref(ref);
+  st.run();
+  double e = 0;
+  for (size_t i = 0; i < out.size(); ++i) e = std::max(e, double(std::fabs(out[i] - st.out[i])));
+  for (size_t i = 0; i < lse.size(); ++i) e = std::max(e, double(std::fabs(lse[i] - st.lse[i])));
+  return e;
+}
+
 nlohmann::json run_paged_decode_bench(bool quick) {
   const int batch = 16, seq_len = quick ? 1024 : 4096, hq = 16, hkv = 4, d = 128, bs = 16;
-  const int reps = quick ? 20 : 15;
+  const int reps = quick ? 15 : 21;
   DecodeSetup fp32, int8;
   setup_decode(fp32, kernels::KvDType::kF32, batch, seq_len, hq, hkv, d, bs);
   setup_decode(int8, kernels::KvDType::kI8, batch, seq_len, hq, hkv, d, bs);
   // The bandwidth baseline reads a buffer as large as the fp32 K+V, so both see the same caches.
   std::vector<float> buf(static_cast<size_t>(fp32.bytes / sizeof(float)), 1.0f);
-  // Interleaved repetitions, best of each: a busy machine slows all three alike.
-  double read_s = 1e30, fp32_s = 1e30, int8_s = 1e30;
-  for (int r = 0; r < reps; ++r) {
-    read_s = std::min(read_s, read_seconds(buf));
-    fp32_s = std::min(fp32_s, best_seconds(1, [&] { fp32.run(); }));
-    int8_s = std::min(int8_s, best_seconds(1, [&] { int8.run(); }));
+  // Interleaved rounds (the order alternates): a busy machine slows all three alike. Medians,
+  // with the spread of the per-round fractions.
+  const auto t = interleaved_ms(
+      {[&] { read_seconds(buf); }, [&] { fp32.run(); }, [&] { int8.run(); }}, {reps, reps, 0.0});
+  const double read_ms = median_of(t[0]), fp32_ms = median_of(t[1]), int8_ms = median_of(t[2]);
+  const double buf_bytes = static_cast<double>(buf.size()) * sizeof(float);
+  const double mem_bw = buf_bytes / (read_ms * 1e-3);
+  const double fp32_bw = fp32.bytes / (fp32_ms * 1e-3);
+  const double int8_bw = int8.bytes / (int8_ms * 1e-3);
+  // Per round: (decode bytes / decode time) / (read bytes / read time).
+  std::vector<double> fp32_frac, int8_frac;
+  for (size_t r = 0; r < t[0].size(); ++r) {
+    fp32_frac.push_back(fp32.bytes / t[1][r] / (buf_bytes / t[0][r]));
+    int8_frac.push_back(int8.bytes / t[2][r] / (buf_bytes / t[0][r]));
   }
-  const double mem_bw = static_cast<double>(buf.size()) * sizeof(float) / read_s;
-  const double fp32_bw = fp32.bytes / fp32_s;
-  const double int8_bw = int8.bytes / int8_s;
-  struct {
-    double seconds;
-  } fp32_r{fp32_s}, int8_r{int8_s};
   return {{"paged_decode_bw_fraction", fp32_bw / mem_bw},
+          {"paged_decode_bw_fraction_per_round", to_json(spread_of(fp32_frac))},
           {"paged_decode_int8_bw_fraction", int8_bw / mem_bw},
+          {"paged_decode_int8_bw_fraction_per_round", to_json(spread_of(int8_frac))},
           {"mem_read_gbps", mem_bw / 1e9},
+          {"mem_read_ms", to_json(spread_of(t[0]))},
           {"paged_decode_gbps", fp32_bw / 1e9},
-          {"paged_decode_ms", fp32_r.seconds * 1e3},
+          {"paged_decode_ms", fp32_ms},
+          {"paged_decode_ms_spread", to_json(spread_of(t[1]))},
           {"paged_decode_int8_gbps", int8_bw / 1e9},
-          {"paged_decode_int8_ms", int8_r.seconds * 1e3},
+          {"paged_decode_int8_ms", int8_ms},
+          {"paged_decode_int8_ms_spread", to_json(spread_of(t[2]))},
+          // The fast kernel against the fp64-accumulating reference on the same pages.
+          {"max_abs_err_vs_reference", error_vs_reference(fp32)},
+          {"int8_max_abs_err_vs_reference", error_vs_reference(int8)},
           {"kv_bytes", fp32.bytes},
           {"batch", batch},
           {"seq_len", seq_len},
@@ -222,6 +236,14 @@ Benchmark paged_decode_benchmark() {
                         r["paged_decode_int8_ms"].get<double>(),
                         r["paged_decode_int8_gbps"].get<double>(),
                         r["paged_decode_int8_bw_fraction"].get<double>());
+            std::printf(
+                "medians of %d interleaved rounds; fp32 fraction per round p10-p90 %.2f-%.2f; "
+                "max |fast - reference|: fp32 %.2e, int8 %.2e\n",
+                r["paged_decode_bw_fraction_per_round"]["samples"].get<int>(),
+                r["paged_decode_bw_fraction_per_round"]["p10"].get<double>(),
+                r["paged_decode_bw_fraction_per_round"]["p90"].get<double>(),
+                r["max_abs_err_vs_reference"].get<double>(),
+                r["int8_max_abs_err_vs_reference"].get<double>());
             return 0;
           }};
 }

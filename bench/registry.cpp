@@ -15,6 +15,7 @@ Benchmark lora_benchmark();
 Benchmark int8_benchmark();
 Benchmark tokenizers_benchmark();
 Benchmark train_benchmark();
+Benchmark serve_benchmark();
 
 std::vector<Benchmark> benchmarks() {
   std::vector<Benchmark> all;
@@ -30,6 +31,7 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(int8_benchmark());
   all.push_back(tokenizers_benchmark());
   all.push_back(train_benchmark());
+  all.push_back(serve_benchmark());
   return all;
 }
 

@@ -1,34 +1,72 @@
-// Interleaved timing for benchmarks that compare formulations of one result: every round runs each
-// candidate once, in turn, so drift on a shared machine (other jobs, clock changes) falls on all of
-// them alike; each candidate reports the median and the 10th / 90th percentiles of its rounds'
-// wall time, and the median of the process CPU time per call (all threads): on a machine shared
-// with other jobs the CPU time of a one-thread run is the steadier measure of the work done.
+// Timing shared by the benchmarks: candidates (ours and each baseline) are timed in interleaved
+// rounds (A B C, C B A, A B C, ...) so that a machine whose speed drifts (a shared one: other jobs,
+// clock changes) slows every candidate alike, and each is reported as the median and the spread
+// (p10, p90, min, max) of its rounds, never the best run alone. time_interleaved() also keeps the
+// median process CPU time per call (all threads): on a machine shared with other jobs the CPU time
+// of a one-thread run is the steadier measure of the work done. Header-only and torch-free (the
+// paged bench links no torch).
 #pragma once
-
-#include <algorithm>
-#include <chrono>
-#include <cstddef>
-#include <functional>
-#include <nlohmann/json.hpp>
-#include <string>
-#include <vector>
 
 #include <time.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <vector>
+
 namespace tessera::bench {
 
+// Median and spread of a set of samples (times, rates or ratios: the unit is the caller's).
 struct Spread {
-  double median_ms = 0, p10_ms = 0, p90_ms = 0;
-  double cpu_median_ms = 0;  // process CPU time per call, all threads
-  int rounds = 0;
-  nlohmann::json to_json() const {
-    return {{"median_ms", median_ms},
-            {"p10_ms", p10_ms},
-            {"p90_ms", p90_ms},
-            {"rounds", rounds},
-            {"cpu_median_ms", cpu_median_ms}};
-  }
+  double median = 0, p10 = 0, p90 = 0, min = 0, max = 0;
+  int samples = 0;
 };
+
+// Quantile q in [0, 1] of sorted values, linear between neighbours.
+inline double quantile_sorted(const std::vector<double>& v, double q) {
+  if (v.empty()) return 0.0;
+  const double pos = q * static_cast<double>(v.size() - 1);
+  const size_t lo = static_cast<size_t>(std::floor(pos));
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (pos - static_cast<double>(lo)) * (v[hi] - v[lo]);
+}
+
+inline Spread spread_of(std::vector<double> v) {
+  Spread s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  s.median = quantile_sorted(v, 0.5);
+  s.p10 = quantile_sorted(v, 0.1);
+  s.p90 = quantile_sorted(v, 0.9);
+  s.min = v.front();
+  s.max = v.back();
+  s.samples = static_cast<int>(v.size());
+  return s;
+}
+
+inline double median_of(std::vector<double> v) { return spread_of(std::move(v)).median; }
+
+inline nlohmann::json to_json(const Spread& s) {
+  return {{"median", s.median}, {"p10", s.p10}, {"p90", s.p90},
+          {"min", s.min},       {"max", s.max}, {"samples", s.samples}};
+}
+
+// Element-wise num[i] / den[i]: the per-round ratios of two candidates timed side by side.
+inline std::vector<double> per_round_ratios(const std::vector<double>& num,
+                                            const std::vector<double>& den) {
+  std::vector<double> r;
+  for (size_t i = 0; i < std::min(num.size(), den.size()); ++i) {
+    if (den[i] > 0) r.push_back(num[i] / den[i]);
+  }
+  return r;
+}
+
+inline double elapsed_ms(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
 
 inline double process_cpu_ms() {
   timespec t{};
@@ -36,45 +74,86 @@ inline double process_cpu_ms() {
   return static_cast<double>(t.tv_sec) * 1e3 + static_cast<double>(t.tv_nsec) * 1e-6;
 }
 
-inline Spread spread_of(std::vector<double> ms) {
-  Spread s;
-  if (ms.empty()) return s;
-  std::sort(ms.begin(), ms.end());
-  auto at = [&](double q) {
-    return ms[static_cast<size_t>(q * static_cast<double>(ms.size() - 1) + 0.5)];
-  };
-  s.median_ms = at(0.5);
-  s.p10_ms = at(0.1);
-  s.p90_ms = at(0.9);
-  s.rounds = static_cast<int>(ms.size());
-  return s;
-}
+struct RoundsOptions {
+  int min_rounds = 5;        // every candidate gets at least this many samples
+  int max_rounds = 200;      // and at most this many
+  double budget_ms = 500.0;  // more rounds while the timed total stays under this
+  int inner = 1;  // calls per sample (the sample is their mean), for calls near timer resolution
+};
 
-// Runs every candidate once as a warm-up, then rounds of all candidates in turn: at least
-// min_rounds, and more until budget_ms of total time is spent (at most max_rounds). Each round may
-// repeat a short candidate `inner` times and report the mean, so timer resolution stays small.
-inline std::vector<Spread> time_interleaved(const std::vector<std::function<void()>>& candidates,
-                                            int min_rounds, double budget_ms, int max_rounds = 200,
-                                            int inner = 1) {
-  using clock = std::chrono::steady_clock;
+// Per-round samples of every candidate: wall_ms[c][round] and cpu_ms[c][round] (per call).
+struct RoundSamples {
+  std::vector<std::vector<double>> wall_ms, cpu_ms;
+};
+
+// Times every candidate once per round, after one untimed warm-up of each; even rounds run them
+// in order, odd rounds in reverse, so none always runs first after the others.
+inline RoundSamples interleaved_rounds(const std::vector<std::function<void()>>& candidates,
+                                       const RoundsOptions& opt) {
+  const size_t n = candidates.size();
+  const int inner = std::max(1, opt.inner);
+  RoundSamples s;
+  s.wall_ms.resize(n);
+  s.cpu_ms.resize(n);
   for (const auto& fn : candidates) fn();
-  std::vector<std::vector<double>> samples(candidates.size()), cpu(candidates.size());
   double spent = 0;
-  for (int round = 0; round < max_rounds && (round < min_rounds || spent < budget_ms); ++round) {
-    for (size_t c = 0; c < candidates.size(); ++c) {
+  for (int round = 0; round < opt.max_rounds && (round < opt.min_rounds || spent < opt.budget_ms);
+       ++round) {
+    for (size_t i = 0; i < n; ++i) {
+      const size_t c = round % 2 == 0 ? i : n - 1 - i;
       const double cpu0 = process_cpu_ms();
-      const auto start = clock::now();
-      for (int i = 0; i < inner; ++i) candidates[c]();
-      const double ms = std::chrono::duration<double, std::milli>(clock::now() - start).count();
-      cpu[c].push_back((process_cpu_ms() - cpu0) / inner);
-      samples[c].push_back(ms / inner);
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int k = 0; k < inner; ++k) candidates[c]();
+      const double ms = elapsed_ms(t0);
+      s.cpu_ms[c].push_back((process_cpu_ms() - cpu0) / inner);
+      s.wall_ms[c].push_back(ms / inner);
       spent += ms;
     }
   }
-  std::vector<Spread> out;
-  for (size_t c = 0; c < samples.size(); ++c) {
-    out.push_back(spread_of(std::move(samples[c])));
-    out.back().cpu_median_ms = spread_of(std::move(cpu[c])).median_ms;
+  return s;
+}
+
+// Each candidate's per-round wall times in milliseconds (samples[c][round]).
+inline std::vector<std::vector<double>> interleaved_ms(
+    const std::vector<std::function<void()>>& candidates, const RoundsOptions& opt) {
+  return interleaved_rounds(candidates, opt).wall_ms;
+}
+
+// One candidate's wall-time spread and median CPU time per call, in the JSON form the benches
+// print ({"median_ms", "p10_ms", "p90_ms", "min_ms", "max_ms", "rounds", "cpu_median_ms"}).
+struct TimedSpread {
+  double median_ms = 0, p10_ms = 0, p90_ms = 0, min_ms = 0, max_ms = 0;
+  double cpu_median_ms = 0;  // process CPU time per call, all threads
+  int rounds = 0;
+  nlohmann::json to_json() const {
+    return {{"median_ms", median_ms},
+            {"p10_ms", p10_ms},
+            {"p90_ms", p90_ms},
+            {"min_ms", min_ms},
+            {"max_ms", max_ms},
+            {"rounds", rounds},
+            {"cpu_median_ms", cpu_median_ms}};
+  }
+};
+
+// interleaved_rounds() summarised per candidate: at least min_rounds, more until budget_ms of total
+// time is spent (at most max_rounds); each sample is the mean of `inner` calls.
+inline std::vector<TimedSpread> time_interleaved(
+    const std::vector<std::function<void()>>& candidates, int min_rounds, double budget_ms,
+    int max_rounds = 200, int inner = 1) {
+  const RoundSamples s = interleaved_rounds(candidates, {min_rounds, max_rounds, budget_ms, inner});
+  std::vector<TimedSpread> out;
+  for (size_t c = 0; c < candidates.size(); ++c) {
+    const Spread w = spread_of(s.wall_ms[c]);
+    TimedSpread t;
+    t.median_ms = w.median;
+    t.p10_ms = w.p10;
+    t.p90_ms = w.p90;
+    t.min_ms = w.min;
+    t.max_ms = w.max;
+    t.rounds = w.samples;
+    t.cpu_median_ms = median_of(s.cpu_ms[c]);
+    out.push_back(t);
   }
   return out;
 }

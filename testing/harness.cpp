@@ -19,6 +19,7 @@
 #include "sharding/communicator.h"
 #include "sharding/mpi/mpi_env.h"
 #include "sharding/watchdog.h"
+#include "testing/skip_exit.h"
 #ifdef TESSERA_WITH_NCCL
 #include "sharding/nccl/nccl_communicator.h"
 #endif
@@ -390,14 +391,15 @@ int run_all_tests(int* argc, char** argv) {
   listeners.Append(new Agreement(failures_only));
   std::thread(deadline_loop).detach();
 
-  const int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
-  int any_failed = failed;
-  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, st.agree);
-  if (failed && size > 1) std::fprintf(stderr, "%ssome tests FAILED\n", tag().c_str());
+  // {failed, skipped} here -> anywhere: a skip on one rank (no device there) is a skip of the job.
+  const int local[2] = {RUN_ALL_TESTS() != 0 ? 1 : 0, any_test_skipped() ? 1 : 0};
+  int any[2] = {local[0], local[1]};
+  MPI_Allreduce(local, any, 2, MPI_INT, MPI_MAX, st.agree);
+  if (local[0] && size > 1) std::fprintf(stderr, "%ssome tests FAILED\n", tag().c_str());
   MPI_Comm_free(&st.agree);
   st.ready = false;
   launch::shutdown_world(st.world);
-  return any_failed;
+  return exit_code_after_run(any[0], any[1] != 0);
 }
 
 const launch::World& world() {

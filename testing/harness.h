@@ -20,7 +20,9 @@ inline constexpr int kDeadlineExitCode = 75;
 
 // Runs every test: the job's world (launch::bootstrap_world: MPI, launcher variables checked
 // against MPI, a device by local rank; NCCL when every rank has a GPU of its own), InitGoogleTest,
-// then RUN_ALL_TESTS with the harness's listeners. Returns 0 when every test passed on every rank.
+// then RUN_ALL_TESTS with the harness's listeners. Returns 0 when every test passed on every rank;
+// when some rank skipped a test and none failed, TESSERA_SKIP_EXIT_CODE if it is set (a ctest
+// SKIP_RETURN_CODE, so the skip reads as a skip; testing/skip_exit.h), else 0.
 // Options (flags win):
 //   --tessera_test_deadline=S / TESSERA_TEST_DEADLINE=S   seconds per test (default 60; 0 = none)
 // With several ranks, --gtest_output=xml:out.xml writes out.rank<r>.xml on each rank, and a

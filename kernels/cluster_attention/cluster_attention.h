@@ -33,6 +33,11 @@ struct ClusterAttentionViewT {
   const T* blank_v = nullptr;     // [H, D] contiguous; set together with blank_k
   T* out = nullptr;               // [B, H, N, D] contiguous
   T* lse = nullptr;               // [B, H, N] contiguous, natural log
+  // [B, H, N, M + 1] contiguous, optional, fast CPU kernels only (the reference and CUDA ones
+  // ignore it): the forward writes the softmax weights P (before dropout) here, and a backward
+  // given them reads them instead of recomputing the logits: a third less backward work for
+  // (M + 1) floats per row of memory.
+  T* weights = nullptr;
 
   int64_t q_stride[3] = {0, 0, 0};  // element strides of (batch, head, token)
   int64_t k_stride[3] = {0, 0, 0};

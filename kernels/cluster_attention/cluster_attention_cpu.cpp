@@ -23,16 +23,22 @@ using simd::axpyk;
 using simd::dot;
 using simd::dotk;
 using simd::v8f;
+using simd::v8i;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Per-thread scratch for one row: logits, softmax weights, dropped-out weights, grads, keys.
-// Float rows are padded to a multiple of 8 (padding logits -inf) for the 8-wide softmax.
+// Rows are padded to a multiple of 8 (padding logits -inf, padding keys 0, a valid key) for the
+// 8-wide loops.
 struct Scratch {
   std::vector<float> s, p, w, ds;
   std::vector<int64_t> key;
   explicit Scratch(int M)
-      : s(pad8(M + 1), kNegInf), p(pad8(M + 1)), w(pad8(M + 1)), ds(pad8(M + 1)), key(M) {}
+      : s(pad8(M + 1), kNegInf),
+        p(pad8(M + 1)),
+        w(pad8(M + 1)),
+        ds(pad8(M + 1)),
+        key(pad8(M + 1), 0) {}
   static size_t pad8(int n) { return (static_cast<size_t>(n) + 7) / 8 * 8; }
 };
 
@@ -55,6 +61,103 @@ TESSERA_CPU_INLINE const float* row_ptr(const float* base, const int64_t* st, in
   return base + b * st[0] + h * st[1] + n * st[2];
 }
 
+// out[m] = x . rows[key[m]] for m in [0, M), rows at base + key * stride. With a compile-time
+// head_dim (a multiple of 8) eight neighbours at a time share one tree of horizontal sums.
+template <int kD>
+TESSERA_CPU_INLINE void row_dots(const float* x, const float* base, int64_t stride,
+                                 const int64_t* key, int M, int D, float* out) {
+  int m = 0;
+  if constexpr (kD > 0 && kD % 8 == 0) {
+    v8f xv[kD / 8];
+    for (int i = 0; i < kD / 8; ++i) xv[i] = simd::load8(x + 8 * i);
+    for (; m + 8 <= M; m += 8)
+      simd::store8(out + m, simd::dot8_rows<kD>(xv, base, stride, key + m));
+  }
+  for (; m < M; ++m) out[m] = dotk<kD>(x, base + key[m] * stride, D);
+}
+
+// What row (b, h, n) reads, resolved once; keys of the row in key[0..M), padding keys 0.
+struct RowRefs {
+  int64_t b, n, row;
+  int h;
+  const float* q;       // [D]
+  const float* kbase;   // this (batch, head)'s keys; rows k_stride[2] apart
+  const float* vbase;   // values likewise
+  const float* bias;    // [M] or null
+  const uint8_t* mask;  // [M] or null
+  const int64_t* key;   // [pad8(M)]
+};
+
+TESSERA_CPU_INLINE RowRefs row_refs(const ClusterAttentionView& a, int64_t b, int h, int64_t n,
+                                    int64_t* key) {
+  const int M = a.neighbours;
+  const int64_t N = a.tokens;
+  RowRefs r;
+  r.b = b;
+  r.h = h;
+  r.n = n;
+  r.row = (b * a.heads + h) * N + n;
+  r.q = row_ptr(a.q, a.q_stride, b, h, n);
+  r.kbase = a.k + b * a.k_stride[0] + h * a.k_stride[1];
+  r.vbase = a.v + b * a.v_stride[0] + h * a.v_stride[1];
+  r.bias = a.bias ? a.bias + r.row * M : nullptr;
+  r.mask =
+      a.mask ? a.mask + ((b * a.mask_heads + (a.mask_heads == 1 ? 0 : h)) * N + n) * M : nullptr;
+  if (a.idx) {
+    std::copy(a.idx + (b * N + n) * M, a.idx + (b * N + n + 1) * M, key);
+  } else {
+    for (int m = 0; m < M; ++m) key[m] = m;
+  }
+  r.key = key;
+  return r;
+}
+
+// Logits of neighbours [m0, m0 + 8) (scale q.k, + bias, + position bias, masked), -inf for the
+// lanes past M. qv: q as kD / 8 vectors. Per-lane terms go through small arrays, never through
+// element access of a vector (which would keep it in memory).
+template <int kD>
+TESSERA_CPU_INLINE v8f logits8(const ClusterAttentionView& a, const RowRefs& r, int m0,
+                               const v8f* qv) {
+  const int M = a.neighbours, lanes = std::min(8, M - m0);
+  v8f s = simd::dot8_rows<kD>(qv, r.kbase, a.k_stride[2], r.key + m0) * a.scale;
+  if (r.bias) {
+    if (lanes == 8) {
+      s += simd::load8(r.bias + m0);
+    } else {
+      float b8[8] = {};
+      std::copy(r.bias + m0, r.bias + m0 + lanes, b8);
+      s += simd::load8(b8);
+    }
+  }
+  if (a.pe_w) {
+    const float* w = a.pe_w + r.h * 5;
+    const float pb = a.pe_b ? a.pe_b[r.h] : 0.f;
+    float e8[8] = {};
+    for (int i = 0; i < lanes; ++i) {
+      float f[5];
+      pos_features(a.pos, r.b, a.tokens, r.n, r.key[m0 + i], f);
+      e8[i] = w[0] * f[0] + w[1] * f[1] + w[2] * f[2] + w[3] * f[3] + w[4] * f[4] + pb;
+    }
+    s += simd::load8(e8);
+  }
+  if (r.mask) {
+    float m8[8];
+    for (int i = 0; i < 8; ++i) m8[i] = i < lanes && r.mask[m0 + i] ? 0.f : kNegInf;
+    s += simd::load8(m8);  // -inf where masked
+  } else if (lanes < 8) {
+    const v8i lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    const v8f ninf = v8f{} + kNegInf;
+    s = lane < lanes ? s : ninf;
+  }
+  return s;
+}
+
+TESSERA_CPU_INLINE float hmax8(v8f v) {
+  float mx = v[0];
+  for (int i = 1; i < 8; ++i) mx = std::max(mx, v[i]);
+  return mx;
+}
+
 // Logits of row (b, h, n) into s[0..M] (s[M]: blank, -inf when absent); keys into key[0..M).
 // Returns the row maximum.
 template <int kD>
@@ -68,7 +171,8 @@ TESSERA_CPU_INLINE float row_logits(const ClusterAttentionView& a, int64_t b, in
       a.mask ? a.mask + ((b * a.mask_heads + (a.mask_heads == 1 ? 0 : h)) * N + n) * M : nullptr;
   const float* kbase = a.k + b * a.k_stride[0] + h * a.k_stride[1];
   for (int m = 0; m < M; ++m) key[m] = idx ? idx[m] : m;
-  for (int m = 0; m < M; ++m) s[m] = dotk<kD>(q, kbase + key[m] * a.k_stride[2], D) * a.scale;
+  row_dots<kD>(q, kbase, a.k_stride[2], key, M, D, s);
+  for (int m = 0; m < M; ++m) s[m] *= a.scale;
   if (a.bias) {
     const float* bias = a.bias + row * M;
     for (int m = 0; m < M; ++m) s[m] += bias[m];
@@ -127,26 +231,51 @@ TESSERA_CPU_INLINE void row_dropout(const ClusterAttentionView& a, int64_t row, 
 }
 
 template <int kD>
-TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int64_t r1) {
+TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int64_t r1,
+                                 Scratch& t) {
   const int M = a.neighbours, D = kD ? kD : a.head_dim, H = a.heads;
   const int64_t N = a.tokens;
-  Scratch t(M);
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t n = row % N, b = row / (N * H);
     const int h = static_cast<int>((row / N) % H);
     float* o = a.out + row * D;
     std::fill(o, o + D, 0.f);
     const float* q = row_ptr(a.q, a.q_stride, b, h, n);
-    const float mx = row_logits<kD>(a, b, h, n, q, t.s.data(), t.key.data());
+    float mx;
+    if constexpr (kD > 0 && kD % 8 == 0) {
+      // One pass over blocks of eight neighbours: logits, bias terms, mask and running maximum.
+      const RowRefs r = row_refs(a, b, h, n, t.key.data());
+      v8f qv[kD / 8];
+      for (int i = 0; i < kD / 8; ++i) qv[i] = simd::load8(q + 8 * i);
+      v8f mx8 = v8f{} + kNegInf;
+      for (int m0 = 0; m0 < M; m0 += 8) {
+        const v8f s8 = logits8<kD>(a, r, m0, qv);
+        simd::store8(t.s.data() + m0, s8);
+        mx8 = mx8 > s8 ? mx8 : s8;
+      }
+      t.s[M] = a.blank_k ? dotk<kD>(q, a.blank_k + h * D, D) * a.scale : kNegInf;
+      mx = std::max(hmax8(mx8), t.s[M]);
+    } else {
+      mx = row_logits<kD>(a, b, h, n, q, t.s.data(), t.key.data());
+    }
     if (mx == kNegInf) {
       if (a.lse) a.lse[row] = kNegInf;
+      if (a.weights) std::fill(a.weights + row * (M + 1), a.weights + (row + 1) * (M + 1), 0.f);
       continue;
     }
     const float sum = row_exp(t.s.data(), mx, t.p.data(), M + 1);
     if (a.lse) a.lse[row] = mx + std::log(sum);
+    // The weights stay unnormalised (exp(s - max)); the output row is scaled by 1 / sum at the end.
     const float inv = 1.f / sum;
-    for (int m = 0; m <= M; ++m) t.p[m] *= inv;
-    row_dropout(a, row, t.p.data(), t.w.data());
+    if (a.weights) {
+      float* pw = a.weights + row * (M + 1);
+      for (int m = 0; m <= M; ++m) pw[m] = t.p[m] * inv;
+    }
+    const float* w = t.p.data();
+    if (a.dropout_p > 0.f) {
+      row_dropout(a, row, t.p.data(), t.w.data());
+      w = t.w.data();
+    }
     const float* vbase = a.v + b * a.v_stride[0] + h * a.v_stride[1];
     if constexpr (kD > 0 && kD % 8 == 0) {
       // A compile-time head_dim keeps the output row in vector registers across neighbours.
@@ -157,73 +286,178 @@ TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int6
       for (; m + kSets <= M; m += kSets) {
         for (int u = 0; u < kSets; ++u) {
           const float* v = vbase + t.key[m + u] * a.v_stride[2];
-          const float wm = t.w[m + u];
+          const float wm = w[m + u];
           for (int i = 0; i < kV; ++i) acc[u][i] += wm * simd::load8(v + 8 * i);
         }
       }
       for (; m < M; ++m) {
         const float* v = vbase + t.key[m] * a.v_stride[2];
-        for (int i = 0; i < kV; ++i) acc[0][i] += t.w[m] * simd::load8(v + 8 * i);
+        for (int i = 0; i < kV; ++i) acc[0][i] += w[m] * simd::load8(v + 8 * i);
       }
       if (a.blank_v) {
-        for (int i = 0; i < kV; ++i) acc[0][i] += t.w[M] * simd::load8(a.blank_v + h * D + 8 * i);
+        for (int i = 0; i < kV; ++i) acc[0][i] += w[M] * simd::load8(a.blank_v + h * D + 8 * i);
       }
       for (int u = 1; u < kSets; ++u) {
         for (int i = 0; i < kV; ++i) acc[0][i] += acc[u][i];
       }
-      for (int i = 0; i < kV; ++i) simd::store8(o + 8 * i, acc[0][i]);
+      for (int i = 0; i < kV; ++i) simd::store8(o + 8 * i, acc[0][i] * inv);
     } else {
       for (int m = 0; m < M; ++m) {
-        if (t.w[m] != 0.f) axpy(t.w[m], vbase + t.key[m] * a.v_stride[2], o, D);
+        if (w[m] != 0.f) axpy(w[m], vbase + t.key[m] * a.v_stride[2], o, D);
       }
-      if (a.blank_v && t.w[M] != 0.f) axpy(t.w[M], a.blank_v + h * D, o, D);
+      if (a.blank_v && w[M] != 0.f) axpy(w[M], a.blank_v + h * D, o, D);
+      for (int i = 0; i < D; ++i) o[i] *= inv;
     }
   }
 }
 
-// Row backward shared by both variants: recomputes the weights, writes dq (and dbias), and leaves
-// ds[0..M] (logit gradients) and w[0..M] (dropped-out weights) for the caller to scatter.
-template <int kD>
-TESSERA_CPU_INLINE void row_backward(const ClusterAttentionView& a, const ClusterAttentionGrads& g,
-                                     int64_t b, int h, int64_t n, Scratch& t, float* ds, float* w) {
+// Logit gradients and dropped-out weights of one row, [M + 1] each (slot M: the blank token).
+struct RowGrads {
+  const float* ds;
+  const float* w;
+};
+
+// Row backward shared by both variants: recomputes the weights from the stored lse (no max, no
+// normalisation pass), writes dq (and dbias), returns ds (logit gradients) and w (dropped-out
+// weights), and calls per_slot(m, key, scale * ds[m], w[m]) for every neighbour m < M inside the
+// same pass over the neighbours that accumulates dq, so a caller that owns dk / dv scatters there.
+// With a compile-time head_dim (a multiple of 8) the logits, weights, dout . v and ds of eight
+// neighbours are made in one pass over blocks, their dots sharing horizontal-sum trees.
+template <int kD, typename PerSlot>
+TESSERA_CPU_INLINE RowGrads row_backward(const ClusterAttentionView& a,
+                                         const ClusterAttentionGrads& g, int64_t b, int h,
+                                         int64_t n, Scratch& t, PerSlot&& per_slot) {
   const int M = a.neighbours, D = kD ? kD : a.head_dim;
   const int64_t N = a.tokens;
   const int64_t row = (b * a.heads + h) * N + n;
   const float* q = row_ptr(a.q, a.q_stride, b, h, n);
   const float* dout = g.dout + row * D;
   float* dq = g.dq + row * D;
-  std::fill(dq, dq + D, 0.f);
   const float lse = a.lse[row];
-  row_logits<kD>(a, b, h, n, q, t.s.data(), t.key.data());
-  if (lse == kNegInf) {
+  float* ds = t.ds.data();
+  float* w = t.w.data();
+  if (lse == kNegInf) {  // a fully masked row: no weight, no gradient
+    std::fill(dq, dq + D, 0.f);
     std::fill(ds, ds + M + 1, 0.f);
     std::fill(w, w + M + 1, 0.f);
     if (g.dbias) std::fill(g.dbias + row * M, g.dbias + (row + 1) * M, 0.f);
-    return;
+    return {ds, w};
   }
-  row_exp(t.s.data(), lse, t.p.data(), M + 1);
-  row_dropout(a, row, t.p.data(), w);
   const float dsum = dotk<kD>(dout, a.out + row * D, D);  // = sum_m P[m] dP[m]
-  const float* vbase = a.v + b * a.v_stride[0] + h * a.v_stride[1];
-  const float* kbase = a.k + b * a.k_stride[0] + h * a.k_stride[1];
   const float keep = a.dropout_p > 0.f ? 1.f / (1.f - a.dropout_p) : 1.f;
-  for (int m = 0; m <= M; ++m) {
-    const float p = t.p[m];
-    if (p == 0.f) {
-      ds[m] = 0.f;
-      continue;
+  const uint64_t drop_base = static_cast<uint64_t>(row) * (M + 1);
+  // z[m] in {0, keep}: the dropout factor of slot m.
+  auto z_of = [&](int m) { return dropout_keep(a.seed, drop_base + m, a.dropout_p) ? keep : 0.f; };
+  const RowRefs r = row_refs(a, b, h, n, t.key.data());
+  const int64_t* key = r.key;
+  if constexpr (kD > 0 && kD % 8 == 0) {
+    constexpr int kV = kD / 8;
+    v8f qv[kV], gv[kV];
+    for (int i = 0; i < kV; ++i) {
+      qv[i] = simd::load8(q + 8 * i);
+      gv[i] = simd::load8(dout + 8 * i);
     }
-    const float* v = m < M ? vbase + t.key[m] * a.v_stride[2] : a.blank_v + h * D;
-    // dP[m] = z[m] * dout . v with z[m] in {0, keep}.
-    const float z = a.dropout_p > 0.f ? (w[m] != 0.f ? keep : 0.f) : 1.f;
-    ds[m] = p * (z * dotk<kD>(dout, v, D) - dsum);
-    const float* k = m < M ? kbase + t.key[m] * a.k_stride[2] : a.blank_k + h * D;
-    axpyk<kD>(a.scale * ds[m], k, dq, D);
+    const v8f zero = {};
+    float* p = t.p.data();
+    // Two passes over blocks of eight, each a chain of independent blocks: weights, then
+    // dout . v and the logit gradients.
+    if (a.weights) {
+      std::copy(a.weights + row * (M + 1), a.weights + row * (M + 1) + M, p);
+      std::fill(p + M, p + Scratch::pad8(M), 0.f);
+    } else {
+      for (int m0 = 0; m0 < M; m0 += 8) {
+        const v8f s8 = logits8<kD>(a, r, m0, qv);
+        simd::store8(p + m0, s8 == kNegInf ? zero : simd::exp8(s8 - lse));
+      }
+    }
+    for (int m0 = 0; m0 < M; m0 += 8) {
+      const v8f p8 = simd::load8(p + m0);
+      const v8f dp8 = simd::dot8_rows<kD>(gv, r.vbase, a.v_stride[2], key + m0);
+      v8f w8 = p8, ds8 = p8 * (dp8 - dsum);
+      if (a.dropout_p > 0.f) {
+        float z[8] = {};
+        for (int i = 0; i < std::min(8, M - m0); ++i) z[i] = z_of(m0 + i);
+        const v8f z8 = simd::load8(z);
+        w8 = p8 * z8;
+        ds8 = p8 * (z8 * dp8 - dsum);
+      }
+      simd::store8(ds + m0, p8 == zero ? zero : ds8);
+      simd::store8(w + m0, w8);
+    }
+  } else {
+    float* p = t.p.data();
+    if (a.weights) {
+      std::copy(a.weights + row * (M + 1), a.weights + (row + 1) * (M + 1), p);
+    } else {
+      row_logits<kD>(a, b, h, n, q, t.s.data(), t.key.data());
+      row_exp(t.s.data(), lse, p, M + 1);
+    }
+    row_dots<kD>(dout, r.vbase, a.v_stride[2], key, M, D, ds);
+    for (int m = 0; m < M; ++m) {
+      const float z = a.dropout_p > 0.f ? z_of(m) : 1.f;
+      w[m] = p[m] * z;
+      ds[m] = p[m] == 0.f ? 0.f : p[m] * (z * ds[m] - dsum);
+    }
+  }
+  // The blank token, slot M.
+  {
+    float pb = 0.f;
+    if (a.weights) {
+      pb = a.weights[row * (M + 1) + M];
+    } else if (a.blank_k) {
+      pb = simd::exp_approx(dotk<kD>(q, a.blank_k + h * D, D) * a.scale - lse);
+    }
+    const float z = a.dropout_p > 0.f ? z_of(M) : 1.f;
+    const float dp = a.blank_v ? dotk<kD>(dout, a.blank_v + h * D, D) : 0.f;
+    w[M] = pb * z;
+    ds[M] = pb == 0.f ? 0.f : pb * (z * dp - dsum);
+  }
+  // Locals: the scatter's stores could alias the view as far as the compiler knows.
+  const float scale = a.scale;
+  const int64_t k_stride = a.k_stride[2];
+  if constexpr (kD > 0 && kD % 8 == 0) {
+    // dq stays in registers; independent accumulator sets hide the FMA latency when head_dim is
+    // only one or two vectors.
+    constexpr int kV = kD / 8, kSets = kV >= 4 ? 1 : 4 / kV;
+    v8f acc[kSets][kV] = {};
+    int m = 0;
+    for (; m + kSets <= M; m += kSets) {
+      for (int u = 0; u < kSets; ++u) {
+        const float c = scale * ds[m + u];
+        const float* k = r.kbase + key[m + u] * k_stride;
+        for (int i = 0; i < kV; ++i) acc[u][i] += c * simd::load8(k + 8 * i);
+        per_slot(m + u, key[m + u], c, w[m + u]);
+      }
+    }
+    for (; m < M; ++m) {
+      const float c = scale * ds[m];
+      const float* k = r.kbase + key[m] * k_stride;
+      for (int i = 0; i < kV; ++i) acc[0][i] += c * simd::load8(k + 8 * i);
+      per_slot(m, key[m], c, w[m]);
+    }
+    if (a.blank_k) {
+      const float c = scale * ds[M];
+      for (int i = 0; i < kV; ++i) acc[0][i] += c * simd::load8(a.blank_k + h * D + 8 * i);
+    }
+    for (int u = 1; u < kSets; ++u) {
+      for (int i = 0; i < kV; ++i) acc[0][i] += acc[u][i];
+    }
+    for (int i = 0; i < kV; ++i) simd::store8(dq + 8 * i, acc[0][i]);
+  } else {
+    std::fill(dq, dq + D, 0.f);
+    for (int m = 0; m < M; ++m) {
+      const float c = a.scale * ds[m];
+      axpy(c, r.kbase + key[m] * a.k_stride[2], dq, D);
+      per_slot(m, key[m], c, w[m]);
+    }
+    if (a.blank_k) axpy(a.scale * ds[M], a.blank_k + h * D, dq, D);
   }
   if (g.dbias) std::copy(ds, ds + M, g.dbias + row * M);
+  return {ds, w};
 }
 
-// Default backward for one (batch, head) plane: dk / dv of the plane are owned by this call.
+// Default backward for one (batch, head) plane: dk / dv of the plane are owned by this call and
+// updated in the same pass over the neighbours that computes dq.
 template <int kD>
 TESSERA_CPU_CLONES void bwd_plane(const ClusterAttentionView& a, const ClusterAttentionGrads& g,
                                   int64_t plane, float* part_bk, float* part_bv, double* part_pe) {
@@ -237,25 +471,42 @@ TESSERA_CPU_CLONES void bwd_plane(const ClusterAttentionView& a, const ClusterAt
   std::fill(dk, dk + N * D, 0.f);
   std::fill(dv, dv + N * D, 0.f);
   for (int64_t n = 0; n < N; ++n) {
-    row_backward<kD>(a, g, b, h, n, t, t.ds.data(), t.w.data());
     const int64_t row = plane * N + n;
     const float* q = row_ptr(a.q, a.q_stride, b, h, n);
     const float* dout = g.dout + row * D;
-    for (int m = 0; m < M; ++m) {
-      if (t.ds[m] != 0.f) axpyk<kD>(a.scale * t.ds[m], q, dk + t.key[m] * D, D);
-      if (t.w[m] != 0.f) axpyk<kD>(t.w[m], dout, dv + t.key[m] * D, D);
+    RowGrads rg;
+    if constexpr (kD > 0 && kD % 8 == 0) {
+      constexpr int kV = kD / 8;
+      v8f qv[kV], gv[kV];
+      for (int i = 0; i < kV; ++i) {
+        qv[i] = simd::load8(q + 8 * i);
+        gv[i] = simd::load8(dout + 8 * i);
+      }
+      rg = row_backward<kD>(a, g, b, h, n, t, [&](int, int64_t j, float c, float wm) {
+        float* dkj = dk + j * kD;
+        float* dvj = dv + j * kD;
+        for (int i = 0; i < kV; ++i) {
+          simd::store8(dkj + 8 * i, simd::load8(dkj + 8 * i) + c * qv[i]);
+          simd::store8(dvj + 8 * i, simd::load8(dvj + 8 * i) + wm * gv[i]);
+        }
+      });
+    } else {
+      rg = row_backward<kD>(a, g, b, h, n, t, [&](int, int64_t j, float c, float wm) {
+        if (c != 0.f) axpy(c, q, dk + j * D, D);
+        if (wm != 0.f) axpy(wm, dout, dv + j * D, D);
+      });
     }
     if (part_bk) {
-      axpy(a.scale * t.ds[M], q, part_bk, D);
-      axpy(t.w[M], dout, part_bv, D);
+      axpy(a.scale * rg.ds[M], q, part_bk, D);
+      axpy(rg.w[M], dout, part_bv, D);
     }
     if (part_pe) {
       float f[5];
       for (int m = 0; m < M; ++m) {
-        if (t.ds[m] == 0.f) continue;
+        if (rg.ds[m] == 0.f) continue;
         pos_features(a.pos, b, N, n, t.key[m], f);
-        for (int c = 0; c < 5; ++c) part_pe[c] += static_cast<double>(t.ds[m]) * f[c];
-        part_pe[5] += t.ds[m];
+        for (int c = 0; c < 5; ++c) part_pe[c] += static_cast<double>(rg.ds[m]) * f[c];
+        part_pe[5] += rg.ds[m];
       }
     }
   }
@@ -271,7 +522,9 @@ TESSERA_CPU_CLONES void bwd_rows(const ClusterAttentionView& a, const ClusterAtt
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t n = row % N, b = row / (N * H);
     const int h = static_cast<int>((row / N) % H);
-    row_backward<kD>(a, g, b, h, n, t, ds_all + row * (M + 1), w_all + row * (M + 1));
+    const RowGrads rg = row_backward<kD>(a, g, b, h, n, t, [](int, int64_t, float, float) {});
+    std::copy(rg.ds, rg.ds + M + 1, ds_all + row * (M + 1));
+    std::copy(rg.w, rg.w + M + 1, w_all + row * (M + 1));
   }
 }
 
@@ -333,10 +586,19 @@ inline std::pair<int64_t, int64_t> thread_range(int64_t total) {
 void cluster_attention_fwd_cpu(const ClusterAttentionView& a) {
   const int64_t rows = static_cast<int64_t>(a.batch) * a.heads * a.tokens;
   if (rows == 0) return;
-#pragma omp parallel
+  // Chunks of rows handed out dynamically: a thread that the OS preempts (on a shared machine)
+  // leaves its share to the others instead of holding up the whole call.
+  const int64_t threads = omp_get_max_threads();
+  const int64_t chunk = std::clamp<int64_t>(rows / (8 * threads), 16, 1024);
+  const int64_t chunks = (rows + chunk - 1) / chunk;
+#pragma omp parallel if (chunks > 1)
   {
-    const auto [r0, r1] = thread_range(rows);
-    if (r0 < r1) with_head_dim(a.head_dim, [&](auto kd) { fwd_rows<kd()>(a, r0, r1); });
+    Scratch t(a.neighbours);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t r0 = c * chunk, r1 = std::min(rows, r0 + chunk);
+      with_head_dim(a.head_dim, [&](auto kd) { fwd_rows<kd()>(a, r0, r1, t); });
+    }
   }
 }
 

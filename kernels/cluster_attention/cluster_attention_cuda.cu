@@ -452,19 +452,28 @@ int cluster_attention_bwd_cuda(const ClusterAttentionView& a, const ClusterAtten
   auto stream = static_cast<cudaStream_t>(stream_ptr);
   const int64_t rows = static_cast<int64_t>(a.batch) * a.heads * a.tokens;
   const int64_t B = a.batch, N = a.tokens, M = a.neighbours, D = a.head_dim, H = a.heads;
+  // Every memset and launch is checked as it is queued: a failure returns its own error at once
+  // instead of letting later steps run on unwritten buffers (or be reported as their error).
+#define TESSERA_CUDA_TRY(...)                           \
+  do {                                                  \
+    const cudaError_t e_ = (__VA_ARGS__);               \
+    if (e_ != cudaSuccess) return static_cast<int>(e_); \
+  } while (0)
+#define TESSERA_LAUNCHED() TESSERA_CUDA_TRY(cudaGetLastError())
   // Parameter gradients are sums that start at zero (also when there are no rows at all).
-  if (g.dblank_k) cudaMemsetAsync(g.dblank_k, 0, H * D * sizeof(float), stream);
-  if (g.dblank_v) cudaMemsetAsync(g.dblank_v, 0, H * D * sizeof(float), stream);
-  if (g.dpe_w) cudaMemsetAsync(g.dpe_w, 0, H * 5 * sizeof(float), stream);
-  if (g.dpe_b) cudaMemsetAsync(g.dpe_b, 0, H * sizeof(float), stream);
+  if (g.dblank_k) TESSERA_CUDA_TRY(cudaMemsetAsync(g.dblank_k, 0, H * D * sizeof(float), stream));
+  if (g.dblank_v) TESSERA_CUDA_TRY(cudaMemsetAsync(g.dblank_v, 0, H * D * sizeof(float), stream));
+  if (g.dpe_w) TESSERA_CUDA_TRY(cudaMemsetAsync(g.dpe_w, 0, H * 5 * sizeof(float), stream));
+  if (g.dpe_b) TESSERA_CUDA_TRY(cudaMemsetAsync(g.dpe_b, 0, H * sizeof(float), stream));
   if (rows == 0) return static_cast<int>(cudaGetLastError());
   const size_t smem = static_cast<size_t>(kWarps) * 2 * D * sizeof(float);
   if (!deterministic) {
-    cudaMemsetAsync(g.dk, 0, rows * D * sizeof(float), stream);
-    cudaMemsetAsync(g.dv, 0, rows * D * sizeof(float), stream);
+    TESSERA_CUDA_TRY(cudaMemsetAsync(g.dk, 0, rows * D * sizeof(float), stream));
+    TESSERA_CUDA_TRY(cudaMemsetAsync(g.dv, 0, rows * D * sizeof(float), stream));
     bwd_kernel<<<grid_for(rows, kWarps), kWarps * 32, smem, stream>>>(a, g, rows, false, nullptr,
                                                                       nullptr);
-    return static_cast<int>(cudaGetLastError());
+    TESSERA_LAUNCHED();
+    return 0;
   }
   char* ws = static_cast<char*>(workspace);
   float* ws_ds = reinterpret_cast<float*>(ws);
@@ -472,6 +481,7 @@ int cluster_attention_bwd_cuda(const ClusterAttentionView& a, const ClusterAtten
   float* ws_w = reinterpret_cast<float*>(ws);
   ws += align256(rows * (M + 1) * 4);
   bwd_kernel<<<grid_for(rows, kWarps), kWarps * 32, smem, stream>>>(a, g, rows, true, ws_ds, ws_w);
+  TESSERA_LAUNCHED();
   int64_t* offsets = nullptr;
   int64_t* entries = nullptr;
   if (a.idx) {
@@ -483,17 +493,30 @@ int cluster_attention_bwd_cuda(const ClusterAttentionView& a, const ClusterAtten
     ws += align256(B * (N + 1) * 8);
     entries = reinterpret_cast<int64_t*>(ws);
     const int64_t total = B * N * M;
-    cudaMemsetAsync(counts, 0, B * N * 8, stream);
+    TESSERA_CUDA_TRY(cudaMemsetAsync(counts, 0, B * N * 8, stream));
     count_keys<<<grid_for(total, 256), 256, 0, stream>>>(a.idx, total, N, M, counts);
+    TESSERA_LAUNCHED();
     scan_keys<<<grid_for(B, 64), 64, 0, stream>>>(counts, B, N, offsets, cursor);
+    TESSERA_LAUNCHED();
     fill_keys<<<grid_for(total, 256), 256, 0, stream>>>(a.idx, total, N, M, cursor, entries);
+    TESSERA_LAUNCHED();
     sort_keys<<<grid_for(B * N, 128), 128, 0, stream>>>(offsets, B, N, M, entries);
+    TESSERA_LAUNCHED();
   }
   gather_kv<<<grid_for(rows, kWarps), kWarps * 32, 0, stream>>>(a, g, rows, ws_ds, ws_w, offsets,
                                                                 entries);
-  if (a.blank_k) blank_grads<<<grid_for(H * D, 128), 128, 0, stream>>>(a, g, ws_ds, ws_w);
-  if (a.pe_w) pe_grads<<<static_cast<unsigned>(H), 256, 0, stream>>>(a, g, ws_ds);
-  return static_cast<int>(cudaGetLastError());
+  TESSERA_LAUNCHED();
+  if (a.blank_k) {
+    blank_grads<<<grid_for(H * D, 128), 128, 0, stream>>>(a, g, ws_ds, ws_w);
+    TESSERA_LAUNCHED();
+  }
+  if (a.pe_w) {
+    pe_grads<<<static_cast<unsigned>(H), 256, 0, stream>>>(a, g, ws_ds);
+    TESSERA_LAUNCHED();
+  }
+  return 0;
+#undef TESSERA_LAUNCHED
+#undef TESSERA_CUDA_TRY
 }
 
 }  // namespace tessera::kernels

@@ -110,6 +110,40 @@ TESSERA_CPU_INLINE float dotk(const float* a, const float* b, int64_t n) {
   }
 }
 
+// Horizontal sums of eight vectors at once: r[i] = hsum8(a[i]). A tree of pairwise "hadd"s (two
+// shuffles and an add each) shares the shuffles among the eight sums: 8 + 6 operations instead of
+// the ~5 per vector of eight separate hsum8 calls.
+TESSERA_CPU_INLINE v8f hadd8(v8f a, v8f b) {
+  // [a0+a1, a2+a3, b0+b1, b2+b3, a4+a5, a6+a7, b4+b5, b6+b7], as AVX's vhaddps.
+  const v8i even = {0, 2, 8, 10, 4, 6, 12, 14}, odd = {1, 3, 9, 11, 5, 7, 13, 15};
+  return __builtin_shuffle(a, b, even) + __builtin_shuffle(a, b, odd);
+}
+
+TESSERA_CPU_INLINE v8f hsum8x8(const v8f* a) {
+  const v8f t0 = hadd8(a[0], a[1]), t1 = hadd8(a[2], a[3]);
+  const v8f t2 = hadd8(a[4], a[5]), t3 = hadd8(a[6], a[7]);
+  // u0 = [s0 s1 s2 s3 | s0' s1' s2' s3'] with s = low-half sums, s' = high-half sums; u1 likewise
+  // for vectors 4..7.
+  const v8f u0 = hadd8(t0, t1), u1 = hadd8(t2, t3);
+  const v8i lo = {0, 1, 2, 3, 8, 9, 10, 11}, hi = {4, 5, 6, 7, 12, 13, 14, 15};
+  return __builtin_shuffle(u0, u1, lo) + __builtin_shuffle(u0, u1, hi);
+}
+
+// out[m] = x . rows[key[m]] for the eight m of one block: rows at base + key[m] * stride, kD (a
+// multiple of 8) floats each; x already loaded as kD / 8 vectors.
+template <int kD>
+TESSERA_CPU_INLINE v8f dot8_rows(const v8f* x, const float* base, int64_t stride,
+                                 const int64_t* key) {
+  static_assert(kD > 0 && kD % 8 == 0);
+  v8f acc[8];
+  for (int u = 0; u < 8; ++u) {
+    const float* r = base + key[u] * stride;
+    acc[u] = x[0] * load8(r);
+    for (int i = 1; i < kD / 8; ++i) acc[u] += x[i] * load8(r + 8 * i);
+  }
+  return hsum8x8(acc);
+}
+
 template <int kD>
 TESSERA_CPU_INLINE void axpyk(float w, const float* x, float* y, int64_t n) {
   if constexpr (kD > 0 && kD % 8 == 0) {

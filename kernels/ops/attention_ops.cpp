@@ -2,10 +2,7 @@
 
 #include "common/error.h"
 #include "kernels/attention/attention.h"
-
-#ifdef TESSERA_TORCH_CUDA
-#include <c10/cuda/CUDAStream.h>
-#endif
+#include "kernels/ops/route.h"
 
 namespace tessera::kernels {
 
@@ -73,22 +70,12 @@ std::tuple<torch::Tensor, torch::Tensor> attention(const torch::Tensor& q, const
   view.scale = static_cast<float>(scale);
   view.window = window;
 
-  if (q.device().is_cpu()) {
-    attention_ref(view);
-  } else if (q.device().is_cuda()) {
-#ifdef TESSERA_WITH_CUDA
-    void* stream = nullptr;
-#ifdef TESSERA_TORCH_CUDA
-    stream = c10::cuda::getCurrentCUDAStream(q.device().index()).stream();
-#endif
-    const int rc = attention_cuda(view, stream);
-    TESSERA_CHECK(rc == 0, "attention CUDA kernel launch failed with cudaError ", rc);
-#else
-    TESSERA_FAIL("attention: got CUDA tensors but Tessera was built without CUDA");
-#endif
-  } else {
-    TESSERA_FAIL("attention: unsupported device ", q.device());
-  }
+  // Positioned-KV attention has no fast CPU kernel: on the CPU it is the fp64 reference, the
+  // oracle that the paged kernels are tested against (the product runs the paged kernels).
+  route(
+      "attention", q.device(), /*reference=*/false, [&] { attention_ref(view); },
+      [&] { attention_ref(view); },
+      TESSERA_CUDA_IMPL([&](void* stream) { return attention_cuda(view, stream); }));
   return {out, lse};
 }
 

@@ -38,10 +38,18 @@ class ClusterAttentionFunction : public torch::autograd::Function<ClusterAttenti
                               .scale = scale,
                               .dropout_p = dropout_p,
                               .seed = seed};
-    // fp32 output kept for the backward (it reads dout . out); the caller gets q's dtype.
-    auto [out32, lse] = cluster_attention_forward(in, ClusterImpl::kAuto, /*fp32_out=*/true);
+    // fp32 output kept for the backward (it reads dout . out); the caller gets q's dtype. When a
+    // gradient will be asked for, the fast CPU path also keeps the softmax weights, so that the
+    // backward need not recompute the logits ((M + 1) floats per row).
+    bool grad = false;
+    for (const auto* t : {&q, &k, &v, &bias, &pe_w, &pe_b, &blank_k, &blank_v}) {
+      grad = grad || (t->defined() && t->requires_grad());
+    }
+    torch::Tensor weights;
+    auto [out32, lse] = cluster_attention_forward(in, ClusterImpl::kAuto, /*fp32_out=*/true,
+                                                  grad ? &weights : nullptr);
     ctx->save_for_backward(
-        {q, k, v, bias, pe_w, pe_b, blank_k, blank_v, idx, pos, mask, out32, lse});
+        {q, k, v, bias, pe_w, pe_b, blank_k, blank_v, idx, pos, mask, out32, lse, weights});
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["dropout_p"] = dropout_p;
     ctx->saved_data["seed"] = seed;
@@ -68,7 +76,8 @@ class ClusterAttentionFunction : public torch::autograd::Function<ClusterAttenti
                               .seed = ctx->saved_data["seed"].toInt()};
     auto dout = grads[0].defined() ? grads[0] : torch::zeros_like(s[11]);
     auto g = cluster_attention_backward(in, s[11], s[12], dout,
-                                        ctx->saved_data["deterministic"].toBool());
+                                        ctx->saved_data["deterministic"].toBool(),
+                                        ClusterImpl::kAuto, s[13]);
     return {g.dq,
             g.dk,
             g.dv,

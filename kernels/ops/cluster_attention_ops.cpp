@@ -5,10 +5,7 @@
 #include "common/error.h"
 #include "kernels/cluster_attention/cluster_attention.h"
 #include "kernels/cluster_attention/cluster_primitives.h"
-
-#ifdef TESSERA_TORCH_CUDA
-#include <c10/cuda/CUDAStream.h>
-#endif
+#include "kernels/ops/route.h"
 
 namespace tessera::kernels {
 
@@ -62,28 +59,12 @@ torch::Tensor checked_index(const torch::Tensor& idx, int64_t batch, int64_t row
   check_device(idx, "idx", device);
   auto out = idx.to(torch::kLong).contiguous();
   if (out.numel() > 0) {
-    const int64_t lo = out.min().item<int64_t>(), hi = out.max().item<int64_t>();
+    const auto [lo_t, hi_t] = at::aminmax(out);  // one pass over the index
+    const int64_t lo = lo_t.item<int64_t>(), hi = hi_t.item<int64_t>();
     TESSERA_CHECK(lo >= 0 && hi < range, "idx values must lie in [0, ", range, "), got range [", lo,
                   ", ", hi, "]");
   }
   return out;
-}
-
-void* cuda_stream_of(const torch::Tensor& t) {
-#ifdef TESSERA_TORCH_CUDA
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-#else
-  (void)t;
-  return nullptr;
-#endif
-}
-
-void check_cuda_rc(int rc, const char* what) {
-  TESSERA_CHECK(rc == 0, what, ": CUDA kernel failed with cudaError ", rc);
-}
-
-[[noreturn]] void no_cuda(const char* what) {
-  TESSERA_FAIL(what, ": got CUDA tensors but Tessera was built without CUDA");
 }
 
 // Everything the fused kernels need, checked and converted once for forward and backward.
@@ -213,13 +194,6 @@ Prepared<T> prepare(const ClusterAttentionInputs& in) {
   return p;
 }
 
-bool use_reference(const torch::Tensor& t, ClusterImpl impl) {
-  if (impl != ClusterImpl::kReference) return false;
-  TESSERA_CHECK(t.device().is_cpu(), "the reference implementation runs on CPU tensors only, got ",
-                t.device());
-  return true;
-}
-
 torch::Tensor cast_like(const torch::Tensor& t, const torch::Tensor& like) {
   return t.scalar_type() == like.scalar_type() ? t : t.to(like.scalar_type());
 }
@@ -243,8 +217,8 @@ std::tuple<torch::Tensor, torch::Tensor> forward_double(const ClusterAttentionIn
 }  // namespace
 
 std::tuple<torch::Tensor, torch::Tensor> cluster_attention_forward(const ClusterAttentionInputs& in,
-                                                                   ClusterImpl impl,
-                                                                   bool fp32_out) {
+                                                                   ClusterImpl impl, bool fp32_out,
+                                                                   torch::Tensor* weights) {
   if (in.q.defined() && in.q.scalar_type() == torch::kDouble) return forward_double(in);
   Prepared<float> p = prepare<float>(in);
   const auto fopts = p.q.options().dtype(torch::kFloat);
@@ -252,24 +226,23 @@ std::tuple<torch::Tensor, torch::Tensor> cluster_attention_forward(const Cluster
   auto lse = torch::empty(in.q.sizes().slice(0, 3), fopts);
   p.view.out = out.data_ptr<float>();
   p.view.lse = lse.data_ptr<float>();
-  if (in.q.device().is_cpu()) {
-    if (use_reference(in.q, impl)) {
-      cluster_attention_fwd_ref(p.view);
-    } else {
-      cluster_attention_fwd_cpu(p.view);
-    }
-  } else if (in.q.device().is_cuda()) {
-    use_reference(in.q, impl);
-#ifdef TESSERA_WITH_CUDA
-    TESSERA_CHECK(in.q.size(3) <= 256, "cluster_attention on CUDA supports head_dim <= 256, got ",
-                  in.q.size(3));
-    check_cuda_rc(cluster_attention_fwd_cuda(p.view, cuda_stream_of(in.q)), "cluster_attention");
-#else
-    no_cuda("cluster_attention");
-#endif
-  } else {
-    TESSERA_FAIL("cluster_attention: unsupported device ", in.q.device());
-  }
+  route(
+      "cluster_attention", in.q.device(), impl == ClusterImpl::kReference,
+      [&] { cluster_attention_fwd_ref(p.view); },
+      [&] {
+        if (weights != nullptr) {
+          auto sizes = in.q.sizes().slice(0, 3).vec();
+          sizes.push_back(p.view.neighbours + 1);
+          *weights = torch::empty(sizes, fopts);
+          p.view.weights = weights->data_ptr<float>();
+        }
+        cluster_attention_fwd_cpu(p.view);
+      },
+      TESSERA_CUDA_IMPL([&](void* stream) {
+        TESSERA_CHECK(in.q.size(3) <= 256,
+                      "cluster_attention on CUDA supports head_dim <= 256, got ", in.q.size(3));
+        return cluster_attention_fwd_cuda(p.view, stream);
+      }));
   return {fp32_out ? out : cast_like(out, in.q), lse};
 }
 
@@ -310,11 +283,9 @@ ClusterAttentionGradients alloc_grads(const Prepared<T>& p, const torch::Tensor&
 
 }  // namespace
 
-ClusterAttentionGradients cluster_attention_backward(const ClusterAttentionInputs& in,
-                                                     const torch::Tensor& out,
-                                                     const torch::Tensor& lse,
-                                                     const torch::Tensor& dout, bool deterministic,
-                                                     ClusterImpl impl) {
+ClusterAttentionGradients cluster_attention_backward(
+    const ClusterAttentionInputs& in, const torch::Tensor& out, const torch::Tensor& lse,
+    const torch::Tensor& dout, bool deterministic, ClusterImpl impl, const torch::Tensor& weights) {
   const auto& q = in.q;
   TESSERA_CHECK(q.defined(), "q must be given");
   for (auto [t, name] : {std::pair{&out, "out"}, {&dout, "dout"}}) {
@@ -348,28 +319,29 @@ ClusterAttentionGradients cluster_attention_backward(const ClusterAttentionInput
   ClusterAttentionGrads g;
   g.dout = dout_f.data_ptr<float>();
   r = alloc_grads(p, q, g);
-  if (q.device().is_cpu()) {
-    if (use_reference(q, impl)) {
-      cluster_attention_bwd_ref(p.view, g);
-    } else {
-      cluster_attention_bwd_cpu(p.view, g, deterministic);
-    }
-  } else if (q.device().is_cuda()) {
-    use_reference(q, impl);
-#ifdef TESSERA_WITH_CUDA
-    TESSERA_CHECK(q.size(3) <= 256, "cluster_attention on CUDA supports head_dim <= 256, got ",
-                  q.size(3));
-    const int64_t bytes = cluster_attention_bwd_workspace(p.view, deterministic);
-    auto ws = torch::empty({std::max<int64_t>(bytes, 1)}, q.options().dtype(torch::kByte));
-    check_cuda_rc(
-        cluster_attention_bwd_cuda(p.view, g, deterministic, ws.data_ptr(), cuda_stream_of(q)),
-        "cluster_attention_backward");
-#else
-    no_cuda("cluster_attention_backward");
-#endif
-  } else {
-    TESSERA_FAIL("cluster_attention_backward: unsupported device ", q.device());
-  }
+  route(
+      "cluster_attention_backward", q.device(), impl == ClusterImpl::kReference,
+      [&] { cluster_attention_bwd_ref(p.view, g); },
+      [&] {
+        if (weights.defined()) {
+          auto sizes = q.sizes().slice(0, 3).vec();
+          sizes.push_back(p.view.neighbours + 1);
+          TESSERA_CHECK(weights.sizes() == torch::IntArrayRef(sizes) &&
+                            weights.scalar_type() == torch::kFloat && weights.is_contiguous() &&
+                            weights.device() == q.device(),
+                        "weights must be the forward's contiguous float32 ", sizes, ", got ",
+                        weights.scalar_type(), " ", weights.sizes());
+          p.view.weights = weights.data_ptr<float>();
+        }
+        cluster_attention_bwd_cpu(p.view, g, deterministic);
+      },
+      TESSERA_CUDA_IMPL([&](void* stream) {
+        TESSERA_CHECK(q.size(3) <= 256, "cluster_attention on CUDA supports head_dim <= 256, got ",
+                      q.size(3));
+        const int64_t bytes = cluster_attention_bwd_workspace(p.view, deterministic);
+        auto ws = torch::empty({std::max<int64_t>(bytes, 1)}, q.options().dtype(torch::kByte));
+        return cluster_attention_bwd_cuda(p.view, g, deterministic, ws.data_ptr(), stream);
+      }));
   r.dq = cast_like(r.dq, q);
   r.dk = cast_like(r.dk, in.k);
   r.dv = cast_like(r.dv, in.v);
@@ -431,21 +403,20 @@ torch::Tensor cluster_qk_forward(const torch::Tensor& q, const torch::Tensor& k,
   auto qf = as_float_contig(q), kf = as_float_contig(k);
   auto attn = float_out(q, {d.batch, d.heads, d.tokens, d.neighbours});
   const int64_t* ip = ix.data_ptr<int64_t>();
-  if (q.device().is_cpu()) {
-    if (use_reference(q, impl)) {
-      cluster_qk_fwd_ref(d, qf.data_ptr<float>(), kf.data_ptr<float>(), ip, attn.data_ptr<float>());
-    } else {
-      cluster_qk_fwd_cpu(d, qf.data_ptr<float>(), kf.data_ptr<float>(), ip, attn.data_ptr<float>());
-    }
-  } else {
-#ifdef TESSERA_WITH_CUDA
-    check_cuda_rc(cluster_qk_fwd_cuda(d, qf.data_ptr<float>(), kf.data_ptr<float>(), ip,
-                                      attn.data_ptr<float>(), cuda_stream_of(q)),
-                  "cluster_qk");
-#else
-    no_cuda("cluster_qk");
-#endif
-  }
+  route(
+      "cluster_qk", q.device(), impl == ClusterImpl::kReference,
+      [&] {
+        cluster_qk_fwd_ref(d, qf.data_ptr<float>(), kf.data_ptr<float>(), ip,
+                           attn.data_ptr<float>());
+      },
+      [&] {
+        cluster_qk_fwd_cpu(d, qf.data_ptr<float>(), kf.data_ptr<float>(), ip,
+                           attn.data_ptr<float>());
+      },
+      TESSERA_CUDA_IMPL([&](void* stream) {
+        return cluster_qk_fwd_cuda(d, qf.data_ptr<float>(), kf.data_ptr<float>(), ip,
+                                   attn.data_ptr<float>(), stream);
+      }));
   return cast_like(attn, q);
 }
 
@@ -473,24 +444,21 @@ std::tuple<torch::Tensor, torch::Tensor> cluster_qk_backward(const torch::Tensor
   auto qf = as_float_contig(q), kf = as_float_contig(k), gf = as_float_contig(dattn);
   auto dq = float_out(q, q.sizes()), dk = float_out(q, q.sizes());
   const int64_t* ip = ix.data_ptr<int64_t>();
-  if (q.device().is_cpu()) {
-    if (use_reference(q, impl)) {
-      cluster_qk_bwd_ref(d, qf.data_ptr<float>(), kf.data_ptr<float>(), ip, gf.data_ptr<float>(),
-                         dq.data_ptr<float>(), dk.data_ptr<float>());
-    } else {
-      cluster_qk_bwd_cpu(d, qf.data_ptr<float>(), kf.data_ptr<float>(), ip, gf.data_ptr<float>(),
-                         dq.data_ptr<float>(), dk.data_ptr<float>());
-    }
-  } else {
-#ifdef TESSERA_WITH_CUDA
-    check_cuda_rc(
-        cluster_qk_bwd_cuda(d, qf.data_ptr<float>(), kf.data_ptr<float>(), ip, gf.data_ptr<float>(),
-                            dq.data_ptr<float>(), dk.data_ptr<float>(), cuda_stream_of(q)),
-        "cluster_qk_backward");
-#else
-    no_cuda("cluster_qk_backward");
-#endif
-  }
+  route(
+      "cluster_qk_backward", q.device(), impl == ClusterImpl::kReference,
+      [&] {
+        cluster_qk_bwd_ref(d, qf.data_ptr<float>(), kf.data_ptr<float>(), ip, gf.data_ptr<float>(),
+                           dq.data_ptr<float>(), dk.data_ptr<float>());
+      },
+      [&] {
+        cluster_qk_bwd_cpu(d, qf.data_ptr<float>(), kf.data_ptr<float>(), ip, gf.data_ptr<float>(),
+                           dq.data_ptr<float>(), dk.data_ptr<float>());
+      },
+      TESSERA_CUDA_IMPL([&](void* stream) {
+        return cluster_qk_bwd_cuda(d, qf.data_ptr<float>(), kf.data_ptr<float>(), ip,
+                                   gf.data_ptr<float>(), dq.data_ptr<float>(), dk.data_ptr<float>(),
+                                   stream);
+      }));
   return {cast_like(dq, q), cast_like(dk, k)};
 }
 
@@ -512,21 +480,20 @@ torch::Tensor cluster_av_forward(const torch::Tensor& attn, const torch::Tensor&
   auto af = as_float_contig(attn), vf = as_float_contig(v);
   auto out = float_out(v, v.sizes());
   const int64_t* ip = ix.data_ptr<int64_t>();
-  if (v.device().is_cpu()) {
-    if (use_reference(v, impl)) {
-      cluster_av_fwd_ref(d, af.data_ptr<float>(), vf.data_ptr<float>(), ip, out.data_ptr<float>());
-    } else {
-      cluster_av_fwd_cpu(d, af.data_ptr<float>(), vf.data_ptr<float>(), ip, out.data_ptr<float>());
-    }
-  } else {
-#ifdef TESSERA_WITH_CUDA
-    check_cuda_rc(cluster_av_fwd_cuda(d, af.data_ptr<float>(), vf.data_ptr<float>(), ip,
-                                      out.data_ptr<float>(), cuda_stream_of(v)),
-                  "cluster_av");
-#else
-    no_cuda("cluster_av");
-#endif
-  }
+  route(
+      "cluster_av", v.device(), impl == ClusterImpl::kReference,
+      [&] {
+        cluster_av_fwd_ref(d, af.data_ptr<float>(), vf.data_ptr<float>(), ip,
+                           out.data_ptr<float>());
+      },
+      [&] {
+        cluster_av_fwd_cpu(d, af.data_ptr<float>(), vf.data_ptr<float>(), ip,
+                           out.data_ptr<float>());
+      },
+      TESSERA_CUDA_IMPL([&](void* stream) {
+        return cluster_av_fwd_cuda(d, af.data_ptr<float>(), vf.data_ptr<float>(), ip,
+                                   out.data_ptr<float>(), stream);
+      }));
   return cast_like(out, v);
 }
 
@@ -556,24 +523,21 @@ std::tuple<torch::Tensor, torch::Tensor> cluster_av_backward(const torch::Tensor
   auto af = as_float_contig(attn), vf = as_float_contig(v), gf = as_float_contig(dout);
   auto dattn = float_out(v, attn.sizes()), dv = float_out(v, v.sizes());
   const int64_t* ip = ix.data_ptr<int64_t>();
-  if (v.device().is_cpu()) {
-    if (use_reference(v, impl)) {
-      cluster_av_bwd_ref(d, af.data_ptr<float>(), vf.data_ptr<float>(), ip, gf.data_ptr<float>(),
-                         dattn.data_ptr<float>(), dv.data_ptr<float>());
-    } else {
-      cluster_av_bwd_cpu(d, af.data_ptr<float>(), vf.data_ptr<float>(), ip, gf.data_ptr<float>(),
-                         dattn.data_ptr<float>(), dv.data_ptr<float>());
-    }
-  } else {
-#ifdef TESSERA_WITH_CUDA
-    check_cuda_rc(
-        cluster_av_bwd_cuda(d, af.data_ptr<float>(), vf.data_ptr<float>(), ip, gf.data_ptr<float>(),
-                            dattn.data_ptr<float>(), dv.data_ptr<float>(), cuda_stream_of(v)),
-        "cluster_av_backward");
-#else
-    no_cuda("cluster_av_backward");
-#endif
-  }
+  route(
+      "cluster_av_backward", v.device(), impl == ClusterImpl::kReference,
+      [&] {
+        cluster_av_bwd_ref(d, af.data_ptr<float>(), vf.data_ptr<float>(), ip, gf.data_ptr<float>(),
+                           dattn.data_ptr<float>(), dv.data_ptr<float>());
+      },
+      [&] {
+        cluster_av_bwd_cpu(d, af.data_ptr<float>(), vf.data_ptr<float>(), ip, gf.data_ptr<float>(),
+                           dattn.data_ptr<float>(), dv.data_ptr<float>());
+      },
+      TESSERA_CUDA_IMPL([&](void* stream) {
+        return cluster_av_bwd_cuda(d, af.data_ptr<float>(), vf.data_ptr<float>(), ip,
+                                   gf.data_ptr<float>(), dattn.data_ptr<float>(),
+                                   dv.data_ptr<float>(), stream);
+      }));
   return {cast_like(dattn, attn), cast_like(dv, v)};
 }
 
@@ -616,21 +580,20 @@ torch::Tensor cluster_wf_forward(const torch::Tensor& w, const torch::Tensor& f,
   auto wf = as_float_contig(w), ff = as_float_contig(f);
   auto out = float_out(w, {d.batch, d.queries, d.inner, d.channels});
   const int64_t* ip = ix.data_ptr<int64_t>();
-  if (w.device().is_cpu()) {
-    if (use_reference(w, impl)) {
-      cluster_wf_fwd_ref(d, wf.data_ptr<float>(), ff.data_ptr<float>(), ip, out.data_ptr<float>());
-    } else {
-      cluster_wf_fwd_cpu(d, wf.data_ptr<float>(), ff.data_ptr<float>(), ip, out.data_ptr<float>());
-    }
-  } else {
-#ifdef TESSERA_WITH_CUDA
-    check_cuda_rc(cluster_wf_fwd_cuda(d, wf.data_ptr<float>(), ff.data_ptr<float>(), ip,
-                                      out.data_ptr<float>(), cuda_stream_of(w)),
-                  "cluster_wf");
-#else
-    no_cuda("cluster_wf");
-#endif
-  }
+  route(
+      "cluster_wf", w.device(), impl == ClusterImpl::kReference,
+      [&] {
+        cluster_wf_fwd_ref(d, wf.data_ptr<float>(), ff.data_ptr<float>(), ip,
+                           out.data_ptr<float>());
+      },
+      [&] {
+        cluster_wf_fwd_cpu(d, wf.data_ptr<float>(), ff.data_ptr<float>(), ip,
+                           out.data_ptr<float>());
+      },
+      TESSERA_CUDA_IMPL([&](void* stream) {
+        return cluster_wf_fwd_cuda(d, wf.data_ptr<float>(), ff.data_ptr<float>(), ip,
+                                   out.data_ptr<float>(), stream);
+      }));
   return cast_like(out, f);
 }
 
@@ -660,24 +623,21 @@ std::tuple<torch::Tensor, torch::Tensor> cluster_wf_backward(const torch::Tensor
   auto wf = as_float_contig(w), ff = as_float_contig(f), gf = as_float_contig(dout);
   auto dw = float_out(w, w.sizes()), df = float_out(w, f.sizes());
   const int64_t* ip = ix.data_ptr<int64_t>();
-  if (w.device().is_cpu()) {
-    if (use_reference(w, impl)) {
-      cluster_wf_bwd_ref(d, wf.data_ptr<float>(), ff.data_ptr<float>(), ip, gf.data_ptr<float>(),
-                         dw.data_ptr<float>(), df.data_ptr<float>());
-    } else {
-      cluster_wf_bwd_cpu(d, wf.data_ptr<float>(), ff.data_ptr<float>(), ip, gf.data_ptr<float>(),
-                         dw.data_ptr<float>(), df.data_ptr<float>());
-    }
-  } else {
-#ifdef TESSERA_WITH_CUDA
-    check_cuda_rc(
-        cluster_wf_bwd_cuda(d, wf.data_ptr<float>(), ff.data_ptr<float>(), ip, gf.data_ptr<float>(),
-                            dw.data_ptr<float>(), df.data_ptr<float>(), cuda_stream_of(w)),
-        "cluster_wf_backward");
-#else
-    no_cuda("cluster_wf_backward");
-#endif
-  }
+  route(
+      "cluster_wf_backward", w.device(), impl == ClusterImpl::kReference,
+      [&] {
+        cluster_wf_bwd_ref(d, wf.data_ptr<float>(), ff.data_ptr<float>(), ip, gf.data_ptr<float>(),
+                           dw.data_ptr<float>(), df.data_ptr<float>());
+      },
+      [&] {
+        cluster_wf_bwd_cpu(d, wf.data_ptr<float>(), ff.data_ptr<float>(), ip, gf.data_ptr<float>(),
+                           dw.data_ptr<float>(), df.data_ptr<float>());
+      },
+      TESSERA_CUDA_IMPL([&](void* stream) {
+        return cluster_wf_bwd_cuda(d, wf.data_ptr<float>(), ff.data_ptr<float>(), ip,
+                                   gf.data_ptr<float>(), dw.data_ptr<float>(), df.data_ptr<float>(),
+                                   stream);
+      }));
   return {cast_like(dw, w), cast_like(df, f)};
 }
 

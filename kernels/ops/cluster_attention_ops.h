@@ -33,8 +33,12 @@ struct ClusterAttentionInputs {
 
 // Returns (out [B, H, N, D] in q's dtype, or float32 with fp32_out, lse [B, H, N] float32).
 // For fp16 / bf16 inputs keep the fp32 output for the backward: it reads dout . out per row.
+// weights: when given, the fast CPU path also returns the softmax weights [B, H, N, M + 1] float32
+// there, for cluster_attention_backward to read instead of recomputing (it stays undefined on
+// other paths).
 std::tuple<torch::Tensor, torch::Tensor> cluster_attention_forward(
-    const ClusterAttentionInputs& in, ClusterImpl impl = ClusterImpl::kAuto, bool fp32_out = false);
+    const ClusterAttentionInputs& in, ClusterImpl impl = ClusterImpl::kAuto, bool fp32_out = false,
+    torch::Tensor* weights = nullptr);
 
 struct ClusterAttentionGradients {
   torch::Tensor dq, dk, dv;          // [B, H, N, D] in q's dtype
@@ -45,9 +49,11 @@ struct ClusterAttentionGradients {
 
 // dout [B, H, N, D]; out / lse from cluster_attention_forward on the same inputs. deterministic
 // reduces dk / dv per key through an inverse index (bitwise reproducible on CUDA too).
+// weights: the forward's softmax weights (see cluster_attention_forward), or undefined.
 ClusterAttentionGradients cluster_attention_backward(
     const ClusterAttentionInputs& in, const torch::Tensor& out, const torch::Tensor& lse,
-    const torch::Tensor& dout, bool deterministic = false, ClusterImpl impl = ClusterImpl::kAuto);
+    const torch::Tensor& dout, bool deterministic = false, ClusterImpl impl = ClusterImpl::kAuto,
+    const torch::Tensor& weights = {});
 
 // Unfused primitives (kernels/cluster_attention/cluster_primitives.h). Float inputs of any float
 // dtype (computed in float32, returned in the input dtype; float64 runs the fp64 reference on

@@ -2,36 +2,11 @@
 
 #include "common/error.h"
 #include "kernels/cluster_attention/cluster_neighbors.h"
-
-#ifdef TESSERA_TORCH_CUDA
-#include <c10/cuda/CUDAStream.h>
-#endif
+#include "kernels/ops/route.h"
 
 namespace tessera::kernels {
 
 namespace {
-
-void* stream_of(const torch::Tensor& t) {
-#ifdef TESSERA_TORCH_CUDA
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
-#else
-  (void)t;
-  return nullptr;
-#endif
-}
-
-void check_rc(int rc, const char* what) {
-  TESSERA_CHECK(rc == 0, what, ": CUDA kernel failed with cudaError ", rc);
-}
-
-bool on_cuda(const torch::Tensor& t, const char* what) {
-  if (t.device().is_cpu()) return false;
-  TESSERA_CHECK(t.device().is_cuda(), what, ": unsupported device ", t.device());
-#ifndef TESSERA_WITH_CUDA
-  TESSERA_FAIL(what, ": got CUDA tensors but Tessera was built without CUDA");
-#endif
-  return true;
-}
 
 torch::Tensor checked_points(const torch::Tensor& t, const char* name) {
   TESSERA_CHECK(t.dim() == 3 && t.size(2) == 2, name, " must be [B, N, 2], got shape ", t.sizes());
@@ -52,13 +27,11 @@ torch::Tensor nearest_clusters(const torch::Tensor& centroids, int64_t k) {
   v.batch = static_cast<int>(B);
   v.clusters = static_cast<int>(K);
   v.k = static_cast<int>(k);
-  if (on_cuda(c, "nearest_clusters")) {
-#ifdef TESSERA_WITH_CUDA
-    check_rc(knn_clusters_cuda(v, stream_of(c)), "nearest_clusters");
-#endif
-  } else {
-    knn_clusters_cpu(v);
-  }
+  // One CPU implementation (plain loops): the reference and the fast path are the same code.
+  route(
+      "nearest_clusters", c.device(), false, [&] { knn_clusters_cpu(v); },
+      [&] { knn_clusters_cpu(v); },
+      TESSERA_CUDA_IMPL([&](void* stream) { return knn_clusters_cuda(v, stream); }));
   return out;
 }
 
@@ -86,16 +59,13 @@ ClusterNeighbors build_cluster_neighbors(const torch::Tensor& pos_in, int64_t ne
   s.batch = static_cast<int>(B);
   s.tokens = static_cast<int>(N);
   s.cluster_size = static_cast<int>(S);
-  const bool cuda = on_cuda(pos, "build_cluster_neighbors");
-  if (cuda) {
-#ifdef TESSERA_WITH_CUDA
-    auto ws =
-        torch::empty({std::max<int64_t>(sfc_clusters_workspace(s), 1)}, opts.dtype(torch::kByte));
-    check_rc(sfc_clusters_cuda(s, ws.data_ptr(), stream_of(pos)), "build_cluster_neighbors");
-#endif
-  } else {
-    sfc_clusters_cpu(s);
-  }
+  route(
+      "build_cluster_neighbors", pos.device(), false, [&] { sfc_clusters_cpu(s); },
+      [&] { sfc_clusters_cpu(s); }, TESSERA_CUDA_IMPL([&](void* stream) {
+        auto ws = torch::empty({std::max<int64_t>(sfc_clusters_workspace(s), 1)},
+                               opts.dtype(torch::kByte));
+        return sfc_clusters_cuda(s, ws.data_ptr(), stream);
+      }));
   if (B == 0) nearest = std::max<int64_t>(nearest, 1);
   r.nearest = B == 0 ? torch::empty({0, K, nearest}, opts.dtype(torch::kLong))
                      : nearest_clusters(r.centroids, nearest);
@@ -113,13 +83,10 @@ ClusterNeighbors build_cluster_neighbors(const torch::Tensor& pos_in, int64_t ne
   g.clusters = static_cast<int>(K);
   g.cluster_size = static_cast<int>(S);
   g.k = static_cast<int>(nearest);
-  if (cuda) {
-#ifdef TESSERA_WITH_CUDA
-    check_rc(gather_neighbors_cuda(g, stream_of(pos)), "build_cluster_neighbors");
-#endif
-  } else {
-    gather_neighbors_cpu(g);
-  }
+  route(
+      "build_cluster_neighbors", pos.device(), false, [&] { gather_neighbors_cpu(g); },
+      [&] { gather_neighbors_cpu(g); },
+      TESSERA_CUDA_IMPL([&](void* stream) { return gather_neighbors_cuda(g, stream); }));
   return r;
 }
 

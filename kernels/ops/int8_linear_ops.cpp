@@ -1,7 +1,7 @@
 #include "kernels/ops/int8_linear_ops.h"
 
 #include "kernels/int8_linear/int8_linear.h"
-#include "kernels/ops/paged_kv_tensors.h"
+#include "kernels/ops/route.h"
 
 namespace tessera::kernels {
 
@@ -33,18 +33,10 @@ std::tuple<torch::Tensor, torch::Tensor> quantize_int8_per_channel(const torch::
   v.k = w.size(1);
   v.dtype = dtype;
   if (v.k == 0) scale.fill_(1.0f);
-  if (w.device().is_cpu()) {
-    reference ? int8_quantise_ref(v) : int8_quantise_cpu(v);
-  } else if (w.device().is_cuda()) {
-#ifdef TESSERA_WITH_CUDA
-    const int rc = int8_quantise_cuda(v, detail::cuda_stream_of(w.device()));
-    TESSERA_CHECK(rc == 0, "int8 quantise CUDA kernel launch failed with cudaError ", rc);
-#else
-    TESSERA_FAIL("int8 quantise: got CUDA tensors but Tessera was built without CUDA");
-#endif
-  } else {
-    TESSERA_FAIL("int8 quantise: unsupported device ", w.device());
-  }
+  route(
+      "int8 quantise", w.device(), reference, [&] { int8_quantise_ref(v); },
+      [&] { int8_quantise_cpu(v); },
+      TESSERA_CUDA_IMPL([&](void* stream) { return int8_quantise_cuda(v, stream); }));
   return {q, scale};
 }
 
@@ -88,19 +80,12 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& q,
   v.k = x2.size(1);
   v.x_row_stride = v.k;
   v.y_row_stride = n;
-  if (x.device().is_cpu()) {
-    reference ? int8_linear_ref(v) : int8_linear_cpu(v);
-  } else if (x.device().is_cuda()) {
-#ifdef TESSERA_WITH_CUDA
-    int8_linear_check(v);
-    const int rc = int8_linear_cuda(v, detail::cuda_stream_of(x.device()));
-    TESSERA_CHECK(rc == 0, "int8_linear CUDA kernel launch failed with cudaError ", rc);
-#else
-    TESSERA_FAIL("int8_linear: got CUDA tensors but Tessera was built without CUDA");
-#endif
-  } else {
-    TESSERA_FAIL("int8_linear: unsupported device ", x.device());
-  }
+  route(
+      "int8_linear", x.device(), reference, [&] { int8_linear_ref(v); },
+      [&] { int8_linear_cpu(v); }, TESSERA_CUDA_IMPL([&](void* stream) {
+        int8_linear_check(v);
+        return int8_linear_cuda(v, stream);
+      }));
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = n;
   return y.view(shape).to(x.scalar_type());

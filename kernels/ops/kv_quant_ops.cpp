@@ -1,6 +1,7 @@
 #include "kernels/ops/kv_quant_ops.h"
 
-#include "kernels/ops/paged_kv_tensors.h"
+#include "common/error.h"
+#include "kernels/ops/route.h"
 #include "kernels/quant/kv_quant.h"
 
 namespace tessera::kernels {
@@ -26,18 +27,10 @@ std::tuple<torch::Tensor, torch::Tensor> quantize_kv(const torch::Tensor& x,
   v.rows = v.head_dim == 0 ? 0 : xf.numel() / v.head_dim;
   v.dtype = int8 ? KvDType::kI8 : KvDType::kF8E4M3;
   if (v.head_dim == 0) scale.fill_(1.0f);
-  if (x.device().is_cpu()) {
-    reference ? kv_quantise_ref(v) : kv_quantise_cpu(v);
-  } else if (x.device().is_cuda()) {
-#ifdef TESSERA_WITH_CUDA
-    const int rc = kv_quantise_cuda(v, detail::cuda_stream_of(x.device()));
-    TESSERA_CHECK(rc == 0, "quantize_kv CUDA kernel launch failed with cudaError ", rc);
-#else
-    TESSERA_FAIL("quantize_kv: got CUDA tensors but Tessera was built without CUDA");
-#endif
-  } else {
-    TESSERA_FAIL("quantize_kv: unsupported device ", x.device());
-  }
+  route(
+      "quantize_kv", x.device(), reference, [&] { kv_quantise_ref(v); },
+      [&] { kv_quantise_cpu(v); },
+      TESSERA_CUDA_IMPL([&](void* stream) { return kv_quantise_cuda(v, stream); }));
   return {q, scale};
 }
 
@@ -62,18 +55,10 @@ torch::Tensor dequantize_kv(const torch::Tensor& q, const torch::Tensor& scale, 
   v.head_dim = static_cast<int>(q.size(-1));
   v.rows = v.head_dim == 0 ? 0 : qc.numel() / v.head_dim;
   v.dtype = q.scalar_type() == torch::kChar ? KvDType::kI8 : KvDType::kF8E4M3;
-  if (q.device().is_cpu()) {
-    reference ? kv_dequantise_ref(v) : kv_dequantise_cpu(v);
-  } else if (q.device().is_cuda()) {
-#ifdef TESSERA_WITH_CUDA
-    const int rc = kv_dequantise_cuda(v, detail::cuda_stream_of(q.device()));
-    TESSERA_CHECK(rc == 0, "dequantize_kv CUDA kernel launch failed with cudaError ", rc);
-#else
-    TESSERA_FAIL("dequantize_kv: got CUDA tensors but Tessera was built without CUDA");
-#endif
-  } else {
-    TESSERA_FAIL("dequantize_kv: unsupported device ", q.device());
-  }
+  route(
+      "dequantize_kv", q.device(), reference, [&] { kv_dequantise_ref(v); },
+      [&] { kv_dequantise_cpu(v); },
+      TESSERA_CUDA_IMPL([&](void* stream) { return kv_dequantise_cuda(v, stream); }));
   return x;
 }
 

@@ -1,7 +1,7 @@
 #include "kernels/ops/lora_ops.h"
 
 #include "kernels/lora/lora_sgmv.h"
-#include "kernels/ops/paged_kv_tensors.h"
+#include "kernels/ops/route.h"
 
 namespace tessera::kernels {
 
@@ -107,23 +107,16 @@ void lora_sgmv_(torch::Tensor& y, const torch::Tensor& x, const LoraStack& ad,
   v.num_adapters = n;
   v.r_max = rmax;
   v.dtype = dtype;
-  if (device.is_cpu()) {
-    reference ? lora_sgmv_ref(v) : lora_sgmv_cpu(v);
-  } else if (device.is_cuda()) {
-#ifdef TESSERA_WITH_CUDA
-    TESSERA_CHECK(v.in_features > 0 && v.out_features > 0,
-                  "lora: in_features and out_features must be positive, got ", v.in_features,
-                  " and ", v.out_features);
-    auto workspace =
-        torch::empty({v.num_rows, std::max<int64_t>(rmax, 1)}, x.options().dtype(torch::kFloat));
-    const int rc = lora_sgmv_cuda(v, workspace.data_ptr<float>(), detail::cuda_stream_of(device));
-    TESSERA_CHECK(rc == 0, "lora_sgmv CUDA kernel launch failed with cudaError ", rc);
-#else
-    TESSERA_FAIL("lora_sgmv: got CUDA tensors but Tessera was built without CUDA");
-#endif
-  } else {
-    TESSERA_FAIL("lora_sgmv: unsupported device ", device);
-  }
+  route(
+      "lora_sgmv", device, reference, [&] { lora_sgmv_ref(v); }, [&] { lora_sgmv_cpu(v); },
+      TESSERA_CUDA_IMPL([&](void* stream) {
+        TESSERA_CHECK(v.in_features > 0 && v.out_features > 0,
+                      "lora: in_features and out_features must be positive, got ", v.in_features,
+                      " and ", v.out_features);
+        auto workspace = torch::empty({v.num_rows, std::max<int64_t>(rmax, 1)},
+                                      x.options().dtype(torch::kFloat));
+        return lora_sgmv_cuda(v, workspace.data_ptr<float>(), stream);
+      }));
 }
 
 }  // namespace tessera::kernels

@@ -2,7 +2,7 @@
 
 #include "common/error.h"
 #include "kernels/merge/lse_merge.h"
-#include "kernels/ops/paged_kv_tensors.h"
+#include "kernels/ops/route.h"
 
 namespace tessera::kernels {
 
@@ -34,18 +34,10 @@ std::tuple<torch::Tensor, torch::Tensor> merge_attention_states(const torch::Ten
   v.head_dim = outs.size(-1);
   v.rows = v.head_dim == 0 ? 0 : o.numel() / (v.num_parts * v.head_dim);
   if (v.head_dim == 0) v.rows = l.numel() / v.num_parts;
-  if (outs.device().is_cpu()) {
-    reference ? lse_merge_ref(v) : lse_merge_cpu(v);
-  } else if (outs.device().is_cuda()) {
-#ifdef TESSERA_WITH_CUDA
-    const int rc = lse_merge_cuda(v, detail::cuda_stream_of(outs.device()));
-    TESSERA_CHECK(rc == 0, "merge_attention_states CUDA kernel launch failed with cudaError ", rc);
-#else
-    TESSERA_FAIL("merge_attention_states: got CUDA tensors but Tessera was built without CUDA");
-#endif
-  } else {
-    TESSERA_FAIL("merge_attention_states: unsupported device ", outs.device());
-  }
+  route(
+      "merge_attention_states", outs.device(), reference, [&] { lse_merge_ref(v); },
+      [&] { lse_merge_cpu(v); },
+      TESSERA_CUDA_IMPL([&](void* stream) { return lse_merge_cuda(v, stream); }));
   return {out, lse};
 }
 

@@ -2,7 +2,9 @@
 
 #include <cmath>
 
+#include "kernels/common/device_error.h"
 #include "kernels/ops/paged_kv_tensors.h"
+#include "kernels/ops/route.h"
 #include "kernels/paged/paged_attention.h"
 
 namespace tessera::kernels {
@@ -10,7 +12,8 @@ namespace tessera::kernels {
 namespace {
 
 // Block tables, lengths and query offsets must describe valid pages before any kernel reads them.
-// Checked where they are readable without a device sync (CPU tensors).
+// CPU tensors are checked here; on CUDA the kernel checks the same entries on the device and the
+// error, with the same message (kernels/common/device_error.h), is raised at the next op.
 void check_metadata(const torch::Tensor& block_tables, const torch::Tensor& seq_lens,
                     const torch::Tensor& q_starts, int64_t total_q, const PagedKv& kv) {
   const auto* bt = block_tables.data_ptr<int32_t>();
@@ -18,22 +21,25 @@ void check_metadata(const torch::Tensor& block_tables, const torch::Tensor& seq_
   const auto* qs = q_starts.data_ptr<int32_t>();
   const int64_t num_seqs = seq_lens.size(0);
   const int64_t max_blocks = block_tables.size(1);
-  TESSERA_CHECK(qs[0] == 0, "q_starts[0] must be 0, got ", qs[0]);
-  TESSERA_CHECK(qs[num_seqs] == total_q, "q_starts[-1] must equal total_q=", total_q, ", got ",
-                qs[num_seqs]);
+  auto fail = [](MetadataCheck c, int64_t i, int64_t j, int64_t value, int64_t limit) {
+    TESSERA_FAIL(metadata_error_message(c, i, j, value, limit));
+  };
+  if (qs[0] != 0) fail(MetadataCheck::kQStartsFirst, 0, 0, qs[0], 0);
+  if (qs[num_seqs] != total_q)
+    fail(MetadataCheck::kQStartsLast, num_seqs, 0, qs[num_seqs], total_q);
   for (int64_t s = 0; s < num_seqs; ++s) {
     const int64_t q_len = static_cast<int64_t>(qs[s + 1]) - qs[s];
-    TESSERA_CHECK(q_len >= 0, "q_starts must be non-decreasing, got q_starts[", s, "]=", qs[s],
-                  " > q_starts[", s + 1, "]=", qs[s + 1]);
-    TESSERA_CHECK(lens[s] >= q_len, "seq_lens[", s, "]=", lens[s],
-                  " is shorter than its query count ", q_len);
-    TESSERA_CHECK(lens[s] <= max_blocks * kv.block_size, "seq_lens[", s, "]=", lens[s],
-                  " exceeds max_blocks_per_seq * block_size = ", max_blocks * kv.block_size);
+    if (q_len < 0) fail(MetadataCheck::kQStartsDecreasing, s, 0, qs[s], qs[s + 1]);
+    if (lens[s] < q_len) fail(MetadataCheck::kSeqLenShort, s, 0, lens[s], q_len);
+    if (lens[s] > max_blocks * kv.block_size) {
+      fail(MetadataCheck::kSeqLenLong, s, 0, lens[s], max_blocks * kv.block_size);
+    }
     const int64_t used = (static_cast<int64_t>(lens[s]) + kv.block_size - 1) / kv.block_size;
     for (int64_t b = 0; b < used; ++b) {
       const int32_t block = bt[s * max_blocks + b];
-      TESSERA_CHECK(block >= 0 && block < kv.num_blocks, "block_tables[", s, "][", b, "]=", block,
-                    " is out of range [0, ", kv.num_blocks, ")");
+      if (block < 0 || block >= kv.num_blocks) {
+        fail(MetadataCheck::kBlockOutOfRange, s, b, block, kv.num_blocks);
+      }
     }
   }
 }
@@ -72,6 +78,8 @@ std::tuple<torch::Tensor, torch::Tensor> paged_attention(
                   ", got ", t->device());
   }
   TESSERA_CHECK(std::isfinite(options.scale), "scale must be finite, got ", options.scale);
+  TESSERA_CHECK(std::isfinite(options.softcap) && options.softcap >= 0,
+                "softcap must be >= 0 (0 = none), got ", options.softcap);
   TESSERA_CHECK(options.window >= 0 && options.window <= INT32_MAX,
                 "window must be >= 0 (0 = none), got ", options.window);
   TESSERA_CHECK(options.chunk >= 0 && options.chunk <= INT32_MAX,
@@ -101,28 +109,19 @@ std::tuple<torch::Tensor, torch::Tensor> paged_attention(
   view.max_blocks_per_seq = static_cast<int>(bt.size(1));
   view.num_q_heads = static_cast<int>(q.size(1));
   view.scale = static_cast<float>(options.scale);
+  view.softcap = static_cast<float>(options.softcap);
   view.window = static_cast<int>(options.window);
   view.chunk = static_cast<int>(options.chunk);
   TESSERA_CHECK(options.kv_splits >= 0 && options.kv_splits <= 4096,
                 "kv_splits must be in [0, 4096] (0 = automatic), got ", options.kv_splits);
   view.kv_splits = static_cast<int>(options.kv_splits);
 
-  if (q.device().is_cpu()) {
-    if (options.reference) {
-      paged_attention_ref(view);
-    } else {
-      paged_attention_cpu(view);
-    }
-  } else if (q.device().is_cuda()) {
-#ifdef TESSERA_WITH_CUDA
-    const int rc = paged_attention_cuda(view, detail::cuda_stream_of(q.device()));
-    TESSERA_CHECK(rc == 0, "paged_attention CUDA kernel launch failed with cudaError ", rc);
-#else
-    TESSERA_FAIL("paged_attention: got CUDA tensors but Tessera was built without CUDA");
-#endif
-  } else {
-    TESSERA_FAIL("paged_attention: unsupported device ", q.device());
-  }
+  route(
+      "paged_attention", q.device(), options.reference, [&] { paged_attention_ref(view); },
+      [&] { paged_attention_cpu(view); }, TESSERA_CUDA_IMPL([&](void* stream) {
+        view.error = device_error_slot(detail::cuda_index_of(q.device()));
+        return paged_attention_cuda(view, stream);
+      }));
   if (q.scalar_type() != torch::kFloat) out = out.to(q.scalar_type());
   return {out, lse};
 }

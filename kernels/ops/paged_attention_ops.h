@@ -14,6 +14,7 @@ struct PagedAttentionOptions {
   int64_t chunk = 0;       // chunked-local attention chunk in tokens, 0 = none
   bool reference = false;  // CPU only: run the fp64 reference instead of the fast kernel
   int64_t kv_splits = 0;   // fast CPU only: key-range splits merged by LSE; 0 = automatic
+  double softcap = 0;      // > 0: scores become softcap * tanh(score / softcap) (Gemma 2)
 };
 
 // Varlen prefill / extend / decode.

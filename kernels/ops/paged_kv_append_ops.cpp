@@ -1,6 +1,8 @@
 #include "kernels/ops/paged_kv_append_ops.h"
 
+#include "kernels/common/device_error.h"
 #include "kernels/ops/paged_kv_tensors.h"
+#include "kernels/ops/route.h"
 #include "kernels/paged/paged_kv_append.h"
 
 namespace tessera::kernels {
@@ -41,12 +43,15 @@ void paged_kv_append(const torch::Tensor& key, const torch::Tensor& value,
                   k_cache.device(), ", got ", t->device());
   }
   auto slots = slot_mapping.to(torch::kLong).contiguous();
+  // Slots beyond the cache are refused: here for CPU tensors, on the device (same message,
+  // raised at the next op; the kernel skips the token) for CUDA ones. Negative slots are padding.
   if (slots.device().is_cpu()) {
     const int64_t capacity = kv.num_blocks * kv.block_size;
     const auto* s = slots.data_ptr<int64_t>();
     for (int64_t t = 0; t < tokens; ++t) {
-      TESSERA_CHECK(s[t] < capacity, "slot_mapping[", t, "]=", s[t],
-                    " is beyond the cache's num_blocks * block_size = ", capacity);
+      if (s[t] >= capacity) {
+        TESSERA_FAIL(metadata_error_message(MetadataCheck::kSlotOutOfRange, t, 0, s[t], capacity));
+      }
     }
   }
   PagedKvAppendView view;
@@ -59,22 +64,12 @@ void paged_kv_append(const torch::Tensor& key, const torch::Tensor& value,
   view.value_stride[0] = v.stride(0);
   view.value_stride[1] = v.stride(1);
   view.num_tokens = tokens;
-  if (k_cache.device().is_cpu()) {
-    if (reference) {
-      paged_kv_append_ref(view);
-    } else {
-      paged_kv_append_cpu(view);
-    }
-  } else if (k_cache.device().is_cuda()) {
-#ifdef TESSERA_WITH_CUDA
-    const int rc = paged_kv_append_cuda(view, detail::cuda_stream_of(k_cache.device()));
-    TESSERA_CHECK(rc == 0, "paged_kv_append CUDA kernel launch failed with cudaError ", rc);
-#else
-    TESSERA_FAIL("paged_kv_append: got CUDA tensors but Tessera was built without CUDA");
-#endif
-  } else {
-    TESSERA_FAIL("paged_kv_append: unsupported device ", k_cache.device());
-  }
+  route(
+      "paged_kv_append", k_cache.device(), reference, [&] { paged_kv_append_ref(view); },
+      [&] { paged_kv_append_cpu(view); }, TESSERA_CUDA_IMPL([&](void* stream) {
+        view.error = device_error_slot(detail::cuda_index_of(k_cache.device()));
+        return paged_kv_append_cuda(view, stream);
+      }));
 }
 
 }  // namespace tessera::kernels

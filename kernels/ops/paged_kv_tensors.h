@@ -8,10 +8,6 @@
 #include "common/error.h"
 #include "kernels/paged/paged_kv.h"
 
-#ifdef TESSERA_TORCH_CUDA
-#include <c10/cuda/CUDAStream.h>
-#endif
-
 namespace tessera::kernels::detail {
 
 // The page format is the cache tensor's dtype; fp8 e4m3 pages are stored as uint8.
@@ -89,15 +85,6 @@ inline PagedKv paged_kv_from_tensors(const torch::Tensor& k_cache, const torch::
     kv.v_scale_block_stride = v_scale.stride(0);
   }
   return kv;
-}
-
-// The stream to launch on for a CUDA tensor (the default stream when torch lacks CUDA).
-inline void* cuda_stream_of([[maybe_unused]] const torch::Device& device) {
-#ifdef TESSERA_TORCH_CUDA
-  return c10::cuda::getCurrentCUDAStream(device.index()).stream();
-#else
-  return nullptr;
-#endif
 }
 
 }  // namespace tessera::kernels::detail

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/ops/paged_kv_tensors.h"
+#include "kernels/ops/route.h"
 #include "kernels/sparse_decode/sparse_attention.h"
 
 namespace tessera::kernels {
@@ -112,33 +113,21 @@ std::tuple<torch::Tensor, torch::Tensor> sparse_paged_decode(
   view.scale = static_cast<float>(options.scale);
   view.splits = static_cast<int>(options.splits);
 
-  if (q.device().is_cpu()) {
-    if (options.reference) {
-      sparse_decode_ref(view);
-    } else {
-      sparse_decode_cpu(view);
-    }
-  } else if (q.device().is_cuda()) {
-#ifdef TESSERA_WITH_CUDA
-    TESSERA_CHECK(!options.reference, "reference=true runs on CPU tensors only");
-    // Split long lists when the (sequence, head) rows alone would leave the GPU idle.
-    int splits = static_cast<int>(options.splits);
-    if (splits == 0) {
-      const int64_t rows = num_seqs * q.size(1);
-      splits = rows >= 256 ? 1 : static_cast<int>(std::clamp<int64_t>(ix.size(2) / 512, 1, 16));
-    }
-    torch::Tensor ws;
-    const int64_t ws_floats = sparse_decode_cuda_workspace(view, splits);
-    if (ws_floats > 0) ws = torch::empty({ws_floats}, qf.options());
-    const int rc = sparse_decode_cuda(view, splits, ws_floats > 0 ? ws.data_ptr<float>() : nullptr,
-                                      detail::cuda_stream_of(q.device()));
-    TESSERA_CHECK(rc == 0, "sparse_paged_decode CUDA kernel launch failed with cudaError ", rc);
-#else
-    TESSERA_FAIL("sparse_paged_decode: got CUDA tensors but Tessera was built without CUDA");
-#endif
-  } else {
-    TESSERA_FAIL("sparse_paged_decode: unsupported device ", q.device());
-  }
+  route(
+      "sparse_paged_decode", q.device(), options.reference, [&] { sparse_decode_ref(view); },
+      [&] { sparse_decode_cpu(view); }, TESSERA_CUDA_IMPL([&](void* stream) {
+        // Split long lists when the (sequence, head) rows alone would leave the GPU idle.
+        int splits = static_cast<int>(options.splits);
+        if (splits == 0) {
+          const int64_t rows = num_seqs * q.size(1);
+          splits = rows >= 256 ? 1 : static_cast<int>(std::clamp<int64_t>(ix.size(2) / 512, 1, 16));
+        }
+        torch::Tensor ws;
+        const int64_t ws_floats = sparse_decode_cuda_workspace(view, splits);
+        if (ws_floats > 0) ws = torch::empty({ws_floats}, qf.options());
+        return sparse_decode_cuda(view, splits, ws_floats > 0 ? ws.data_ptr<float>() : nullptr,
+                                  stream);
+      }));
   if (q.scalar_type() != torch::kFloat) out = out.to(q.scalar_type());
   return {out, lse};
 }

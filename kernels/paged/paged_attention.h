@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/device_error.h"
 #include "kernels/paged/paged_kv.h"
 
 namespace tessera::kernels {
@@ -27,6 +28,9 @@ struct PagedAttentionView {
   int max_blocks_per_seq = 0;
   int num_q_heads = 0;  // a multiple of kv.num_kv_heads; query head h reads kv head h / group
   float scale = 1.0f;
+  // > 0: each score (q.k * scale) becomes softcap * tanh(score / softcap) before the softmax
+  // (Gemma 2's attention logit soft-capping); lse is of the capped scores.
+  float softcap = 0.0f;
   // A key at position p is visible to the query at position t when p <= t and
   //   window > 0: t - p < window                (sliding window)
   //   chunk  > 0: p / chunk == t / chunk        (chunked-local attention)
@@ -37,6 +41,10 @@ struct PagedAttentionView {
   // merged by log-sum-exp (kernels/merge). 0 = automatic (split when a small batch of long
   // sequences would leave threads idle).
   int kv_splits = 0;
+  // CUDA: where a kernel records block tables, lengths or query offsets that it found out of
+  // range (it then skips them, never reading out of bounds); null = unchecked. The CPU kernels
+  // trust metadata that the ops layer has checked.
+  DeviceErrorSlot error;
 };
 
 // First key position a query at position t may see (the masks are all intervals ending at t).

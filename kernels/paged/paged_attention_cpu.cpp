@@ -303,6 +303,12 @@ TESSERA_ALWAYS_INLINE void run_item_impl(const PagedAttentionView& a, const Item
     // Online softmax: scores become probabilities relative to the running max.
     for (int r = 0; r < rows; ++r) {
       float* s = w.scores.data() + static_cast<size_t>(r) * kKeyChunk;
+      if (a.softcap > 0) {
+        const float cap = a.softcap;
+        for (int j = 0; j < n; ++j) {
+          if (s[j] != kNegInf) s[j] = cap * std::tanh(s[j] / cap);
+        }
+      }
       float mx = kNegInf;
       for (int j = 0; j < n; ++j) mx = std::max(mx, s[j]);
       const float new_m = std::max(w.m[r], mx);

@@ -7,6 +7,7 @@
 #include <cfloat>
 
 #include "kernels/common/block_reduce.cuh"
+#include "kernels/common/device_error.cuh"
 #include "kernels/paged/paged_attention.h"
 
 namespace tessera::kernels {
@@ -14,6 +15,50 @@ namespace tessera::kernels {
 namespace {
 
 constexpr int kThreads = 128;
+
+// Whether the metadata of query row `row` (in sequence `seq`, from the binary search over
+// q_starts) lets it be computed in bounds; if not, reports the failing check. Block 0 also checks
+// the two ends of q_starts, as the CPU path does first.
+__device__ bool row_metadata_ok(const PagedAttentionView& a, int64_t row, int seq) {
+  const int64_t first = a.q_starts[0], last = a.q_starts[a.num_seqs];
+  const bool ends_ok = first == 0 && last == a.total_q;
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    if (first != 0) {
+      report_device_error(a.error, MetadataCheck::kQStartsFirst, 0, 0, first, 0);
+    } else if (last != a.total_q) {
+      report_device_error(a.error, MetadataCheck::kQStartsLast, a.num_seqs, 0, last, a.total_q);
+    }
+  }
+  if (!ends_ok || a.num_seqs == 0) return false;
+  const int64_t q0 = a.q_starts[seq], q1 = a.q_starts[seq + 1];
+  if (q0 > row || row >= q1) {
+    // q_starts decreases somewhere (the search went astray): name the first such pair.
+    if (threadIdx.x == 0) {
+      for (int s = 0; s < a.num_seqs; ++s) {
+        if (a.q_starts[s] > a.q_starts[s + 1]) {
+          report_device_error(a.error, MetadataCheck::kQStartsDecreasing, s, 0, a.q_starts[s],
+                              a.q_starts[s + 1]);
+          break;
+        }
+      }
+    }
+    return false;
+  }
+  const int64_t len = a.seq_lens[seq], q_len = q1 - q0;
+  const int64_t capacity = static_cast<int64_t>(a.max_blocks_per_seq) * a.kv.block_size;
+  if (len < q_len) {
+    if (threadIdx.x == 0)
+      report_device_error(a.error, MetadataCheck::kSeqLenShort, seq, 0, len, q_len);
+    return false;
+  }
+  if (len > capacity) {
+    if (threadIdx.x == 0) {
+      report_device_error(a.error, MetadataCheck::kSeqLenLong, seq, 0, len, capacity);
+    }
+    return false;
+  }
+  return true;
+}
 
 template <KvDType T>
 __global__ void paged_attention_kernel(PagedAttentionView a) {
@@ -39,10 +84,20 @@ __global__ void paged_attention_kernel(PagedAttentionView a) {
       hi = mid - 1;
   }
   const int seq = lo;
+  float* o = a.out + (row * a.num_q_heads + h) * c.head_dim_v;
+  // Metadata checks, the entries the CPU path checks before launching: a bad one is recorded
+  // for the host (raised at the next op) and poisons this row with NaN; nothing out of bounds is
+  // read. Every thread of the block sees the same values, so the early return is uniform.
+  if (!row_metadata_ok(a, row, seq)) {
+    for (int i = threadIdx.x; i < c.head_dim_v; i += kThreads) o[i] = NAN;
+    if (a.lse != nullptr && threadIdx.x == 0) a.lse[row * a.num_q_heads + h] = NAN;
+    return;
+  }
   const int64_t len = a.seq_lens[seq];
   const int64_t q_len = a.q_starts[seq + 1] - a.q_starts[seq];
   const int64_t t = len - q_len + (row - a.q_starts[seq]);
   const int32_t* table = a.block_tables + static_cast<int64_t>(seq) * a.max_blocks_per_seq;
+  bool bad_block = false;
 
   const float* q = a.q + row * a.q_stride[0] + h * a.q_stride[1];
   for (int i = threadIdx.x; i < c.head_dim_k; i += kThreads) q_s[i] = q[i];
@@ -54,16 +109,25 @@ __global__ void paged_attention_kernel(PagedAttentionView a) {
   for (int64_t base = paged_first_visible(t, a.window, a.chunk); base <= t; base += kThreads) {
     const int64_t p = base + threadIdx.x;
     float score = -FLT_MAX;
+    block_s[threadIdx.x] = 0;  // block 0 exists: a skipped key never points outside the cache
+    vscale_s[threadIdx.x] = 1.f;
     if (p <= t) {
       const int64_t block = table[p / c.block_size];
       const int slot = static_cast<int>(p % c.block_size);
-      block_s[threadIdx.x] = block;
-      vscale_s[threadIdx.x] = c.v_scale_at(block, slot, kh);
-      const void* k = c.k_row(block, slot, kh);
-      const float ks = c.k_scale_at(block, slot, kh);
-      float dot = 0.f;
-      for (int i = 0; i < c.head_dim_k; ++i) dot += q_s[i] * kv_load(T, k, i, ks);
-      score = dot * a.scale;
+      if (block < 0 || block >= c.num_blocks) {
+        report_device_error(a.error, MetadataCheck::kBlockOutOfRange, seq, p / c.block_size, block,
+                            c.num_blocks);
+        bad_block = true;  // score stays -FLT_MAX: weight 0, its value never read
+      } else {
+        block_s[threadIdx.x] = block;
+        vscale_s[threadIdx.x] = c.v_scale_at(block, slot, kh);
+        const void* k = c.k_row(block, slot, kh);
+        const float ks = c.k_scale_at(block, slot, kh);
+        float dot = 0.f;
+        for (int i = 0; i < c.head_dim_k; ++i) dot += q_s[i] * kv_load(T, k, i, ks);
+        score = dot * a.scale;
+        if (a.softcap > 0.f) score = a.softcap * tanhf(score / a.softcap);
+      }
     }
     const float tile_max = block_max<kThreads>(score, red);
     const float new_max = fmaxf(running_max, tile_max);
@@ -87,12 +151,14 @@ __global__ void paged_attention_kernel(PagedAttentionView a) {
     __syncthreads();
   }
 
-  float* o = a.out + (row * a.num_q_heads + h) * c.head_dim_v;
   const bool empty = running_sum == 0.f;
+  const bool poisoned = __syncthreads_or(bad_block) != 0;  // a key of this row had a bad block
   for (int i = threadIdx.x; i < c.head_dim_v; i += kThreads)
-    o[i] = empty ? 0.f : acc[i] / running_sum;
+    o[i] = poisoned ? NAN : empty ? 0.f : acc[i] / running_sum;
   if (a.lse != nullptr && threadIdx.x == 0) {
-    a.lse[row * a.num_q_heads + h] = empty ? -INFINITY : running_max + logf(running_sum);
+    a.lse[row * a.num_q_heads + h] = poisoned ? NAN
+                                     : empty  ? -INFINITY
+                                              : running_max + logf(running_sum);
   }
 }
 

@@ -40,6 +40,7 @@ void paged_attention_ref(const PagedAttentionView& a) {
             dot += static_cast<double>(q[d]) * kv_load(c.dtype, k, d, ks);
           }
           scores[p] = dot * a.scale;
+          if (a.softcap > 0) scores[p] = a.softcap * std::tanh(scores[p] / a.softcap);
           max_score = std::max(max_score, scores[p]);
         }
         float* o = a.out + (row * a.num_q_heads + h) * c.head_dim_v;

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/device_error.h"
 #include "kernels/paged/paged_kv.h"
 
 namespace tessera::kernels {
@@ -17,6 +18,8 @@ struct PagedKvAppendView {
   int64_t key_stride[2] = {0, 0};         // elements between tokens, heads; head_dim contiguous
   int64_t value_stride[2] = {0, 0};
   int64_t num_tokens = 0;
+  // CUDA: where a kernel records a slot beyond the cache (which it then skips); null = unchecked.
+  DeviceErrorSlot error;
 };
 
 // Every implementation writes bit-identical pages.

@@ -1,6 +1,7 @@
 // CUDA KV append: one warp per (token, kv_head) row of K and of V.
 #include <cuda_runtime.h>
 
+#include "kernels/common/device_error.cuh"
 #include "kernels/paged/paged_kv_append.h"
 
 namespace tessera::kernels {
@@ -48,7 +49,16 @@ __global__ void append_kernel(PagedKvAppendView a) {
   const int64_t t = row / c.num_kv_heads;
   const int h = static_cast<int>(row % c.num_kv_heads);
   const int64_t slot = a.slot_mapping[t];
-  if (slot < 0) return;
+  if (slot < 0) return;  // padding
+  if (slot >= c.num_blocks * c.block_size) {
+    // The CPU path refuses this before writing anything; here the token is skipped and the error
+    // recorded for the host (raised at the next op on this device).
+    if (h == 0 && lane == 0) {
+      report_device_error(a.error, MetadataCheck::kSlotOutOfRange, t, 0, slot,
+                          c.num_blocks * c.block_size);
+    }
+    return;
+  }
   const int64_t block = slot / c.block_size;
   const int off = static_cast<int>(slot % c.block_size);
   const int64_t sidx = static_cast<int64_t>(off) * c.num_kv_heads + h;

@@ -10,7 +10,6 @@
 #include "common/error.h"
 #include "launch/cli/commands.h"
 #include "runtime/engine/generate.h"
-#include "runtime/tokenizers/byte_tokenizer.h"
 
 namespace tessera::cli {
 
@@ -35,6 +34,22 @@ std::string join(const std::vector<int32_t>& ids) {
   std::ostringstream os;
   for (size_t i = 0; i < ids.size(); ++i) os << (i ? " " : "") << ids[i];
   return os.str();
+}
+
+// Decoded text for a terminal: UTF-8 as is, control bytes other than newline and tab as \xNN
+// (random model output never breaks a terminal).
+std::string printable(const std::string& text) {
+  std::string out;
+  for (unsigned char c : text) {
+    if ((c < 0x20 && c != '\n' && c != '\t') || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02X", c);
+      out += buf;
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out;
 }
 
 // "1073741824", "512M", "2G", "64KiB": bytes.
@@ -249,7 +264,7 @@ Command register_generate(CLI::App& root) {
                         {"id", r.id},
                         {"prompt_ids", r.prompt_ids},
                         {"output_ids", r.output_ids},
-                        {"text", runtime::escape_bytes(rep.outputs[i].text)},
+                        {"text", rep.outputs[i].text},
                         {"finish_reason", r.finish_reason},
                         {"error", r.error},
                         {"cached_prompt_tokens", r.cached_prompt_tokens},
@@ -279,7 +294,7 @@ Command register_generate(CLI::App& root) {
                          {"steps", s.steps},
                          {"preemptions", s.preemptions},
                          {"prefix_hit_tokens", s.prefix_hit_tokens}}}};
-      std::printf("%s\n", j.dump().c_str());
+      std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     } else {
       const bool one = rep.outputs.size() == 1;
       for (const auto& o : rep.outputs) {
@@ -288,7 +303,7 @@ Command register_generate(CLI::App& root) {
           std::printf("--- request %s (%s) ---\n", o.result.id.c_str(),
                       o.result.finish_reason.c_str());
         }
-        std::printf("%s\n", runtime::escape_bytes(o.text).c_str());
+        std::printf("%s\n", printable(o.text).c_str());
         std::printf("output ids: %s\n", join(o.result.output_ids).c_str());
       }
       std::fprintf(stderr,

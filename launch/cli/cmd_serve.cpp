@@ -1,6 +1,8 @@
-// `tessera serve` (the OpenAI-compatible server around the engine) and `tessera router` (the
-// cache-aware router in front of several servers). Parsing and wiring only: the server, router,
-// backend cache and limits live in runtime/serving.
+// `tessera serve` (the OpenAI-compatible server around the engine, serve_engine.h) and `tessera
+// router` (the cache-aware router in front of several servers). Parsing and wiring only: the
+// server, router, backend cache and limits live in runtime/serving.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -9,6 +11,7 @@
 
 #include "common/error.h"
 #include "launch/cli/commands.h"
+#include "launch/cli/serve_engine.h"
 #include "runtime/serving/api_server.h"
 #include "runtime/serving/router.h"
 #include "runtime/serving/signals.h"
@@ -17,7 +20,11 @@ namespace tessera::cli {
 namespace {
 
 struct ServeSettings {
-  std::vector<std::string> models;  // NAME=PATH[:ADAPTER]
+  std::vector<std::string> models;  // NAME=PATH[:ADAPTER], or PATH / tiny (named after it)
+  EngineFlags engine;
+  double cache_threshold = 0.5;
+  int64_t balance_abs_threshold = 32;
+  double balance_rel_threshold = 1.1;
   std::string host = "127.0.0.1";
   int port = 8000;
   std::string api_key;
@@ -58,16 +65,20 @@ std::vector<std::string> api_keys(const std::string& flag) {
   return {};
 }
 
-// The seam where the engine plugs in: a loader that builds an EngineClient (and its tokenizer)
-// for a --model. Empty while no engine implements EngineClient on main.
-serving::ServingBackendLoader engine_backend_loader(const ServeSettings&) { return {}; }
+// "NAME=PATH[:ADAPTER]", or a bare folder / built-in name served under its last path component.
+serving::ModelSpec model_flag(const std::string& flag) {
+  if (flag.find('=') != std::string::npos) return serving::parse_model_flag(flag);
+  std::string base = flag;
+  while (base.size() > 1 && base.back() == '/') base.pop_back();
+  const size_t slash = base.rfind('/');
+  const std::string name = slash == std::string::npos ? base : base.substr(slash + 1);
+  return serving::parse_model_flag(name + "=" + base);
+}
 
 int run_serve(const ServeSettings& s, launch::World& world) {
-  TESSERA_CHECK(world.size == 1, "tessera serve runs as one process for now (got ", world.size,
-                " ranks); data-parallel replicas under mpirun come with the engine wiring");
-  TESSERA_CHECK(!s.models.empty(), "tessera serve needs at least one --model NAME=PATH");
+  TESSERA_CHECK(!s.models.empty(), "tessera serve needs at least one --model");
   std::vector<serving::ModelSpec> models;
-  for (const auto& m : s.models) models.push_back(serving::parse_model_flag(m));
+  for (const auto& m : s.models) models.push_back(model_flag(m));
   TESSERA_CHECK(s.max_loaded_models >= 1, "--max-loaded-models must be >= 1, got ",
                 s.max_loaded_models);
   TESSERA_CHECK(s.port >= 0 && s.port <= 65535, "--port must be in [0, 65535], got ", s.port);
@@ -88,19 +99,32 @@ int run_serve(const ServeSettings& s, launch::World& world) {
   api.max_waiting = static_cast<size_t>(s.max_waiting);
   const auto shutdown_timeout = ms(s.shutdown_timeout_s, "--shutdown-timeout");
 
-  serving::ServingBackendLoader loader = engine_backend_loader(s);
-  TESSERA_CHECK(loader != nullptr,
-                "tessera serve: the inference engine is not wired into the server yet (no "
-                "EngineClient implementation on main). The HTTP server, OpenAI API, router and "
-                "backend cache are in runtime/serving; `tessera router` works today.");
+  if (world.size > 1) {
+    TESSERA_CHECK(s.cache_threshold >= 0 && s.cache_threshold <= 1,
+                  "--cache-threshold must be in [0, 1], got ", s.cache_threshold);
+    ServeSetup setup;
+    setup.models = models;
+    setup.http = http;
+    setup.api = api;
+    setup.router.policy.cache_threshold = s.cache_threshold;
+    setup.router.policy.balance_abs_threshold = s.balance_abs_threshold;
+    setup.router.policy.balance_rel_threshold = s.balance_rel_threshold;
+    setup.shutdown_timeout = shutdown_timeout;
+    setup.io_threads = s.io_threads;
+    return run_serve_job(setup, s.engine, world);
+  }
+  TESSERA_CHECK(s.engine.tp <= 1 && s.engine.dp <= 1, "--tp ", s.engine.tp, " / --dp ", s.engine.dp,
+                " need that many ranks: run under mpirun -np N");
+  check_model_folders(models);
+  serving::ServingBackendLoader loader = local_engine_loader(s.engine, world.device);
 
   serving::install_termination_handler();
   serving::IoRuntime io(s.io_threads, 2);
   serving::ApiServer server(io, http, api, models, s.max_loaded_models, loader);
   server.start();
   io.start();
-  std::printf("tessera serve: listening on http://%s:%d (%zu models)\n", s.host.c_str(),
-              server.port(), models.size());
+  std::printf("tessera serve: listening on http://%s:%d (%zu models, pid %d)\n", s.host.c_str(),
+              server.port(), models.size(), static_cast<int>(getpid()));
   std::fflush(stdout);
   serving::wait_for_termination_signal();
   server.shutdown(shutdown_timeout);
@@ -155,8 +179,37 @@ Command register_serve(CLI::App& root) {
                                   "OpenAI-compatible HTTP server (completions, chat, "
                                   "streaming, metrics)");
   app->add_option("--model", s->models,
-                  "NAME=PATH or NAME=PATH:ADAPTER; repeat for several models behind one endpoint")
+                  "a model folder or tiny (served under its folder's name), NAME=PATH or "
+                  "NAME=PATH:ADAPTER; repeat for several models behind one endpoint (one process)")
       ->required();
+  auto& e = s->engine;
+  app->add_option("--tp", e.tp, "ranks per tensor-parallel group (under mpirun)");
+  app->add_option("--dp", e.dp,
+                  "data-parallel replicas behind the cache-aware router on rank 0 (under "
+                  "mpirun; default ranks / --tp)");
+  app->add_option("--max-num-seqs", e.max_num_seqs, "most sequences per engine step")
+      ->capture_default_str();
+  app->add_option("--max-num-batched-tokens", e.max_num_batched_tokens,
+                  "most tokens per engine step")
+      ->capture_default_str();
+  app->add_option("--max-model-len", e.max_model_len,
+                  "longest prompt + output (default: the model's max_position_embeddings)");
+  app->add_option("--kv-cache-memory", e.kv_cache_memory,
+                  "KV cache bytes per rank (K/M/G suffixes)");
+  app->add_option("--kv-cache-fraction", e.kv_cache_fraction,
+                  "on a GPU without --kv-cache-memory: this fraction of its free memory");
+  app->add_option("--kv-cache-dtype", e.kv_cache_dtype, "float32, bfloat16 or float16")
+      ->capture_default_str();
+  app->add_option("--block-size", e.block_size, "KV cache tokens per block per rank")
+      ->capture_default_str();
+  app->add_flag("--no-prefix-caching", e.no_prefix_caching, "recompute shared prefixes");
+  app->add_option("--seed", e.seed, "sampling seed of requests without one");
+  app->add_option("--cache-threshold", s->cache_threshold,
+                  "--dp router: prefix match rate above which the replica holding it is chosen");
+  app->add_option("--balance-abs-threshold", s->balance_abs_threshold,
+                  "--dp router: load difference above which the least loaded replica is chosen");
+  app->add_option("--balance-rel-threshold", s->balance_rel_threshold,
+                  "--dp router: load ratio above which the least loaded replica is chosen");
   app->add_option("--host", s->host, "address to bind (default 127.0.0.1: this machine only)");
   app->add_option("--port", s->port, "port (0 = any free one)");
   app->add_option("--api-key", s->api_key,

@@ -175,9 +175,9 @@ void EngineCore::add_request(EngineRequest request, OutputFn on_output) {
   callbacks_[request.id] = std::move(on_output);
 }
 
-bool EngineCore::abort(const std::string& id) {
+bool EngineCore::abort(const std::string& id, scheduler::FinishReason reason) {
   TESSERA_CHECK(leader_, "abort runs on the group's leader");
-  return scheduler_->abort(id);
+  return scheduler_->abort(id, reason);
 }
 
 void EngineCore::abort_all() {

@@ -68,8 +68,10 @@ class EngineCore {
   // Queues a request. One refused (bad ids, parameters, length) gets its single final output
   // (finish_reason "error", one line naming the field and value) through on_output at once.
   void add_request(EngineRequest request, OutputFn on_output);
-  // Ends a request (its final output, finish_reason "abort", comes with the next step).
-  bool abort(const std::string& id);
+  // Ends a request (its final output, finish_reason "abort" or `reason`'s — kStop when the caller
+  // matched a stop string — comes with the next step).
+  bool abort(const std::string& id,
+             scheduler::FinishReason reason = scheduler::FinishReason::kAbort);
   // Aborts every live request.
   void abort_all();
   bool has_unfinished() const;

@@ -9,7 +9,7 @@
 
 #include "common/error.h"
 #include "runtime/models/model_folder.h"
-#include "runtime/tokenizers/byte_tokenizer.h"
+#include "runtime/tokenizers/tokenizer.h"
 #include "sharding/communicator.h"
 #include "sharding/mpi/mpi_communicator.h"
 #include "sharding/process_groups.h"
@@ -36,27 +36,6 @@ void agreed(sharding::Communicator* comm, Fn&& fn) {
   if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
 }
 
-// The byte tokenizer of the built-in models (the tokenizers part replaces it for model folders
-// with tokenizer.json). Ids past its vocabulary (a model whose vocab_size is larger) decode to
-// U+FFFD.
-std::vector<int32_t> encode_text(const std::string& text) {
-  runtime::ByteTokenizer tok;
-  const auto ids = tok.encode(text);
-  return std::vector<int32_t>(ids.begin(), ids.end());
-}
-
-std::string decode_ids(const std::vector<int32_t>& ids) {
-  std::string out;
-  for (int32_t id : ids) {
-    if (id >= 0 && id < 256) {
-      out.push_back(static_cast<char>(id));
-    } else if (id >= runtime::ByteTokenizer::kVocabSize) {
-      out += "\xEF\xBF\xBD";
-    }  // <bos> / <eos> are special: skipped
-  }
-  return out;
-}
-
 json to_json(int64_t index, const CompletedRequest& r) {
   return {{"index", index},
           {"id", r.id},
@@ -64,6 +43,8 @@ json to_json(int64_t index, const CompletedRequest& r) {
           {"output_ids", r.output_ids},
           {"finish_reason", r.finish_reason},
           {"error", r.error},
+          {"text", r.text},
+          {"stop_index", r.stop_index},
           {"cached_prompt_tokens", r.cached_prompt_tokens},
           {"first_token_s", r.first_token_s},
           {"finished_s", r.finished_s}};
@@ -76,6 +57,8 @@ CompletedRequest from_json(const json& j) {
   r.output_ids = j["output_ids"].get<std::vector<int32_t>>();
   r.finish_reason = j["finish_reason"].get<std::string>();
   r.error = j["error"].get<std::string>();
+  r.text = j["text"].get<std::string>();
+  r.stop_index = j["stop_index"].get<int32_t>();
   r.cached_prompt_tokens = j["cached_prompt_tokens"].get<int64_t>();
   r.first_token_s = j["first_token_s"].get<double>();
   r.finished_s = j["finished_s"].get<double>();
@@ -137,6 +120,7 @@ GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* worl
   const auto t0 = std::chrono::steady_clock::now();
   // The folder (rank 0 writes the built-in model first) and the config decide the groups.
   models::ModelConfig config;
+  std::unique_ptr<tokenizers::Tokenizer> tokenizer;
   agreed(world, [&] {
     if (rank == 0) rep.model_dir = models::ModelFolder::resolve(job.engine.model).dir();
   });
@@ -144,6 +128,8 @@ GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* worl
     if (rep.model_dir.empty()) rep.model_dir = models::ModelFolder::resolve(job.engine.model).dir();
     config = models::ModelConfig::from_file(rep.model_dir + "/config.json");
     rep.dcp = config.decode_context_parallel(rep.tp);
+    // tokenizer.json (+ tokenizer_config.json) of the folder, else the byte tokenizer.
+    tokenizer = tokenizers::Tokenizer::from_folder(rep.model_dir);
   });
   // Plans, pool sizes, error agreement and the results' gather run over MPI groups (CPU
   // tensors); the model's own collectives too on a CPU, over NCCL groups on GPUs.
@@ -185,7 +171,7 @@ GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* worl
       if (static_cast<int>(i % rep.dp) != replica || !p.error.empty()) continue;
       EngineRequest r;
       r.id = p.id.empty() ? std::to_string(i) : p.id;
-      r.prompt_ids = p.has_ids ? p.ids : encode_text(p.text);
+      r.prompt_ids = p.has_ids ? p.ids : tokenizer->encode(p.text);
       r.params = p.params;
       r.priority = p.priority;
       requests.push_back(std::move(r));
@@ -193,9 +179,9 @@ GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* worl
     }
   }
   GenerateSummary summary;
-  const auto results =
-      generate(*core, std::move(requests),
-               rank == 0 ? job.progress : std::function<void(const Progress&)>(), &summary);
+  const auto results = generate(*core, std::move(requests),
+                                rank == 0 ? job.progress : std::function<void(const Progress&)>(),
+                                &summary, tokenizer.get());
 
   // Gather the leaders' results on world rank 0.
   json mine = json::object();
@@ -206,7 +192,8 @@ GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* worl
   std::vector<json> all;
   if (tp_rank == 0) {
     if (rep.dp > 1) {
-      for (const auto& text : all_gather_text(*dp_comm, mine.dump())) {
+      for (const auto& text :
+           all_gather_text(*dp_comm, mine.dump(-1, ' ', false, json::error_handler_t::replace))) {
         all.push_back(json::parse(text));
       }
     } else {
@@ -239,7 +226,7 @@ GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* worl
     for (const auto& j : part["results"]) {
       auto& out = rep.outputs.at(j["index"].get<int64_t>());
       out.result = from_json(j);
-      out.text = decode_ids(out.result.output_ids);
+      out.text = out.result.text;
     }
     const auto& js = part["summary"];
     s.seconds = std::max(s.seconds, js["seconds"].get<double>());

@@ -1,6 +1,8 @@
 // Offline generation on one tensor-parallel group (vLLM's LLM.generate): a list of requests in,
 // every request's tokens out, run to completion with continuous batching. Every rank of the group
-// calls generate(); the leader's requests are served while the other ranks run its plans.
+// calls generate(); the leader's requests are served while the other ranks run its plans. With a
+// tokenizer, each request's output is detokenized as it streams (IncrementalDecoder) and its stop
+// strings are applied to that text (OutputProcessor): a match ends the request ("stop").
 #pragma once
 
 #include <cstdint>
@@ -11,6 +13,10 @@
 #include "runtime/engine/engine_client.h"
 #include "runtime/engine/engine_core.h"
 
+namespace tessera::tokenizers {
+class Tokenizer;
+}
+
 namespace tessera::engine {
 
 struct CompletedRequest {
@@ -19,6 +25,8 @@ struct CompletedRequest {
   std::vector<int32_t> output_ids;
   std::string finish_reason;  // "stop", "length", "abort", "error"
   std::string error;          // with "error": one line naming the request and the cause
+  std::string text;           // the decoded output (with a tokenizer), cut at a stop string
+  int32_t stop_index = -1;    // which stop string ended the request, -1 = none
   int64_t cached_prompt_tokens = 0;
   double first_token_s = 0;  // since generate() started; 0 without tokens
   double finished_s = 0;
@@ -47,9 +55,11 @@ struct Progress {
 
 // Runs `requests` (leader; the other ranks pass {} and get {}) to completion. Results come in
 // request order. `progress` runs on the leader after each step that finished a request. A failure
-// on the leader ends the other ranks' serving with the same message (CollectiveError).
+// on the leader ends the other ranks' serving with the same message (CollectiveError). Without a
+// tokenizer, `text` stays empty and stop strings are refused (they need text).
 std::vector<CompletedRequest> generate(EngineCore& core, std::vector<EngineRequest> requests,
                                        const std::function<void(const Progress&)>& progress = {},
-                                       GenerateSummary* summary = nullptr);
+                                       GenerateSummary* summary = nullptr,
+                                       const tokenizers::Tokenizer* tokenizer = nullptr);
 
 }  // namespace tessera::engine

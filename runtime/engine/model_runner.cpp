@@ -36,7 +36,8 @@ ModelRunner::ModelRunner(const models::DecoderModel& model, caches::PagedKVStora
     : model_(model),
       storage_(storage),
       attention_(storage, layer_groups(groups, model.config().num_hidden_layers),
-                 model.config().attention_scale(), model.local_q_heads(), dcp) {
+                 model.config().attention_scale(), model.local_q_heads(), dcp,
+                 model.config().attn_logit_softcapping) {
   TESSERA_CHECK(max_num_seqs > 0, "max_num_seqs must be positive, got ", max_num_seqs);
   TESSERA_CHECK(!groups.empty(), "the model runner needs at least one KV cache group");
   if (dcp != nullptr) dcp_ = {dcp->rank(), dcp->size()};

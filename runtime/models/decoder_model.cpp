@@ -50,8 +50,14 @@ DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
   // [out, in] as stored -> [in, out].
   auto t_dev = [&](torch::Tensor w) { return to_dev(w.t().contiguous()); };
 
+  // Gemma's RMSNorm multiplies by (1 + w): the offset is folded in at load (in float32, as
+  // transformers adds it).
+  auto norm = [&](const std::string& name) {
+    auto t = w.load(name, {h});
+    return to_dev(c.norm_weight_offset ? t + 1.0f : t);
+  };
   embed_ = to_dev(w.load("model.embed_tokens.weight", {c.vocab_size, h}));
-  final_norm_ = to_dev(w.load("model.norm.weight", {h}));
+  final_norm_ = norm("model.norm.weight");
   if (c.tie_word_embeddings) {
     lm_head_ = embed_.t().contiguous();
   } else {
@@ -63,8 +69,12 @@ DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const std::string a = p + "self_attn.", m = p + "mlp.";
     Layer L;
-    L.input_norm = to_dev(w.load(p + "input_layernorm.weight", {h}));
-    L.post_norm = to_dev(w.load(p + "post_attention_layernorm.weight", {h}));
+    L.input_norm = norm(p + "input_layernorm.weight");
+    L.post_norm = norm(p + "post_attention_layernorm.weight");
+    if (c.sandwich_norms) {
+      L.pre_ff_norm = norm(p + "pre_feedforward_layernorm.weight");
+      L.post_ff_norm = norm(p + "post_feedforward_layernorm.weight");
+    }
     // Fused at load: one GEMM for q, k and v, one for gate and up.
     L.qkv_w = t_dev(torch::cat({w.load_slice(a + "q_proj.weight", {q, h}, 0, qs),
                                 w.load_slice(a + "k_proj.weight", {kv, h}, 0, kvs),
@@ -100,8 +110,9 @@ DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
 int64_t DecoderModel::weight_bytes() const {
   int64_t total = embed_.numel() + final_norm_.numel() + lm_head_.numel();
   for (const auto& L : layers_) {
-    for (const auto* t : {&L.input_norm, &L.post_norm, &L.qkv_w, &L.qkv_b, &L.o_w, &L.o_b,
-                          &L.gate_up_w, &L.gate_up_b, &L.down_w, &L.down_b}) {
+    for (const auto* t :
+         {&L.input_norm, &L.post_norm, &L.pre_ff_norm, &L.post_ff_norm, &L.qkv_w, &L.qkv_b, &L.o_w,
+          &L.o_b, &L.gate_up_w, &L.gate_up_b, &L.down_w, &L.down_b}) {
       if (t->defined()) total += t->numel();
     }
   }
@@ -142,9 +153,14 @@ torch::Tensor DecoderModel::hidden_states(const ForwardInputs& in,
                 " must equal tokens shape ", in.tokens.sizes());
   const int64_t t = in.tokens.size(0), d = config_.head_dim;
   const int64_t hq = local_q_heads(), hkv = local_kv_heads();
+  TESSERA_CHECK(attention.logit_softcap() == config_.attn_logit_softcapping,
+                "the attention backend soft-caps scores at ", attention.logit_softcap(),
+                ", the model's attn_logit_softcapping is ", config_.attn_logit_softcapping);
   auto [cos, sin] = rotary_.cos_sin(in.positions, in.seq_lens);
 
   torch::Tensor x = embed_.index_select(0, in.tokens.to(device_));
+  if (config_.embedding_multiplier != 1.0f) x = x * config_.embedding_multiplier;
+  const bool sandwich = config_.sandwich_norms;
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
     auto qkv = dense(rms_norm(x, L.input_norm), L.qkv_w, L.qkv_b);
@@ -152,15 +168,24 @@ torch::Tensor DecoderModel::hidden_states(const ForwardInputs& in,
     auto k = RotaryEmbedding::apply(qkv.narrow(1, hq * d, hkv * d).view({t, hkv, d}), cos, sin);
     auto v = qkv.narrow(1, (hq + hkv) * d, hkv * d).view({t, hkv, d});
     auto attn = attention.attend(static_cast<int64_t>(l), q, k, v);
-    x = x + all_reduce(dense(attn, L.o_w), L.o_b);
-    auto gate_up = dense(rms_norm(x, L.post_norm), L.gate_up_w, L.gate_up_b);
-    x = x + all_reduce(dense(mlp_activation(gate_up), L.down_w), L.down_b);
+    auto attn_out = all_reduce(dense(attn, L.o_w), L.o_b);
+    if (sandwich) attn_out = rms_norm(attn_out, L.post_norm);
+    x = x + attn_out;
+    auto gate_up =
+        dense(rms_norm(x, sandwich ? L.pre_ff_norm : L.post_norm), L.gate_up_w, L.gate_up_b);
+    auto mlp_out = all_reduce(dense(mlp_activation(gate_up), L.down_w), L.down_b);
+    if (sandwich) mlp_out = rms_norm(mlp_out, L.post_ff_norm);
+    x = x + mlp_out;
   }
   return x;
 }
 
 torch::Tensor DecoderModel::logits(const torch::Tensor& hidden_rows) const {
-  return dense(rms_norm(hidden_rows, final_norm_), lm_head_);
+  auto logits = dense(rms_norm(hidden_rows, final_norm_), lm_head_);
+  if (const double cap = config_.final_logit_softcapping; cap > 0) {
+    logits = torch::tanh(logits / cap) * cap;
+  }
+  return logits;
 }
 
 }  // namespace tessera::models

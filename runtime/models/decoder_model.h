@@ -1,8 +1,8 @@
-// A LLaMA/Mistral/Qwen2-style decoder over a flat (ragged) batch of tokens, split tensor-parallel:
-// each rank holds its share of the attention heads (fused q/k/v column-parallel, o row-parallel)
-// and of the MLP (fused gate/up column-parallel, down row-parallel); partial outputs are
-// all-reduced. When the ranks outnumber the KV heads, the ranks sharing a KV head split its tokens
-// instead (decode context parallel, done by the AttentionBackend). Embeddings and norms are
+// A LLaMA/Mistral/Qwen2/Gemma 2-style decoder over a flat (ragged) batch of tokens, split
+// tensor-parallel: each rank holds its share of the attention heads (fused q/k/v column-parallel, o
+// row-parallel) and of the MLP (fused gate/up column-parallel, down row-parallel); partial outputs
+// are all-reduced. When the ranks outnumber the KV heads, the ranks sharing a KV head split its
+// tokens instead (decode context parallel, done by the AttentionBackend). Embeddings and norms are
 // replicated; the LM head runs only where logits are wanted (the leader). What differs between
 // families (biases, activation, rope scaling) is data in ModelConfig read by small functions, not
 // branches in forward(); attention and the KV cache are behind AttentionBackend.
@@ -49,6 +49,9 @@ class AttentionBackend {
   // head_dim] of each query over the visible keys of its sequence (this step's included).
   virtual torch::Tensor attend(int64_t layer, const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v) = 0;
+  // The score soft-cap the backend applies (cap * tanh(score / cap)); 0 = none. The model
+  // refuses a backend whose cap differs from the config's attn_logit_softcapping.
+  virtual double logit_softcap() const { return 0; }
 };
 
 class DecoderModel {
@@ -81,10 +84,11 @@ class DecoderModel {
   // Weights transposed to [in, out] (y = x @ w); this rank's slices, fused at load.
   struct Layer {
     torch::Tensor input_norm, post_norm;
-    torch::Tensor qkv_w, qkv_b;          // [hidden, (q + 2 kv) * head_dim] this rank's heads
-    torch::Tensor o_w, o_b;              // [q * head_dim, hidden]; bias added after the reduce
-    torch::Tensor gate_up_w, gate_up_b;  // [hidden, 2 * mlp]: gate columns, then up columns
-    torch::Tensor down_w, down_b;        // [mlp, hidden]; bias added after the reduce
+    torch::Tensor pre_ff_norm, post_ff_norm;  // sandwich_norms (Gemma 2) only
+    torch::Tensor qkv_w, qkv_b;               // [hidden, (q + 2 kv) * head_dim] this rank's heads
+    torch::Tensor o_w, o_b;                   // [q * head_dim, hidden]; bias added after the reduce
+    torch::Tensor gate_up_w, gate_up_b;       // [hidden, 2 * mlp]: gate columns, then up columns
+    torch::Tensor down_w, down_b;             // [mlp, hidden]; bias added after the reduce
   };
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;
   torch::Tensor mlp_activation(const torch::Tensor& gate_up) const;

@@ -54,6 +54,7 @@ constexpr std::pair<const char*, const char*> kFamilies[] = {
     {"llama", "LlamaForCausalLM"},
     {"mistral", "MistralForCausalLM"},
     {"qwen2", "Qwen2ForCausalLM"},
+    {"gemma2", "Gemma2ForCausalLM"},
 };
 
 std::vector<int64_t> token_ids(const json& j, const char* key, const std::string& origin) {
@@ -73,8 +74,7 @@ std::vector<int64_t> token_ids(const json& j, const char* key, const std::string
   return out;
 }
 
-Activation parse_activation(const json& j, const std::string& origin) {
-  std::string act = "silu";
+Activation parse_activation(const json& j, const std::string& origin, std::string act) {
   for (const char* key : {"hidden_act", "hidden_activation"}) {
     if (!j.contains(key) || j[key].is_null()) continue;
     TESSERA_CHECK(j[key].is_string(), origin, ": config field '", key, "' must be a string, got ",
@@ -176,7 +176,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     if (c.model_type == type) expected_arch = arch;
   }
   TESSERA_CHECK(expected_arch != nullptr, origin, ": model_type='", c.model_type,
-                "' is not supported (supported: llama, mistral, qwen2)");
+                "' is not supported (supported: llama, mistral, qwen2, gemma2)");
   TESSERA_CHECK(c.architecture.empty() || c.architecture == expected_arch, origin,
                 ": architectures[0]='", c.architecture, "' is not supported for model_type='",
                 c.model_type, "' (supported: ", expected_arch, ")");
@@ -192,13 +192,15 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   c.max_position_embeddings = get_int(j, "max_position_embeddings", origin, 2048);
   c.rope_theta = get_double(j, "rope_theta", 10000.0, origin);
   c.rms_norm_eps = get_double(j, "rms_norm_eps", 1e-6, origin);
-  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", false, origin);
+  const bool gemma2 = c.model_type == "gemma2";
+  // transformers' Gemma 2 ties by default (save_pretrained then omits the key).
+  c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", gemma2, origin);
   c.bos_token_id = first_token_id(j, "bos_token_id", origin);
   c.eos_token_ids = token_ids(j, "eos_token_id", origin);
   if (j.contains("torch_dtype") && j["torch_dtype"].is_string()) {
     c.torch_dtype = j["torch_dtype"].get<std::string>();
   }
-  c.hidden_act = parse_activation(j, origin);
+  c.hidden_act = parse_activation(j, origin, gemma2 ? "gelu_pytorch_tanh" : "silu");
   c.rope_scaling = parse_rope_scaling(j, origin);
   const double partial_rotary = get_double(j, "partial_rotary_factor", 1.0, origin);
   TESSERA_CHECK(partial_rotary == 1.0, origin, ": partial_rotary_factor=", partial_rotary,
@@ -207,8 +209,11 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   // Biases as each family's transformers module creates them.
   const bool attention_bias = get_bool(j, "attention_bias", false, origin);
   const bool mlp_bias = get_bool(j, "mlp_bias", false, origin);
-  if (c.model_type == "llama") {
+  if (c.model_type == "llama" || gemma2) {
     c.qkv_bias = c.o_bias = attention_bias;
+    TESSERA_CHECK(!gemma2 || !mlp_bias, origin,
+                  ": mlp_bias=true is not supported for model_type='gemma2' (its MLP has no "
+                  "biases)");
     c.mlp_bias = mlp_bias;
   } else {
     TESSERA_CHECK(!mlp_bias, origin, ": mlp_bias=true is not supported for model_type='",
@@ -243,10 +248,40 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   } else if (window > 0) {
     if (c.model_type == "mistral") {
       c.layer_windows.assign(c.layer_windows.size(), window);
+    } else if (gemma2) {
+      // Gemma2DecoderLayer: the even layers slide, the odd ones attend globally.
+      for (size_t i = 0; i < c.layer_windows.size(); i += 2) c.layer_windows[i] = window;
     } else if (c.model_type == "qwen2" && get_bool(j, "use_sliding_window", false, origin)) {
       const int64_t first = get_int(j, "max_window_layers", origin, c.num_hidden_layers);
       TESSERA_CHECK(first >= 0, origin, ": max_window_layers must be >= 0, got ", first);
       for (int64_t i = first; i < c.num_hidden_layers; ++i) c.layer_windows[i] = window;
+    }
+  }
+  if (gemma2) {
+    // An absent key takes Gemma2Config's default; null switches the cap off.
+    auto cap = [&](const char* key, double fallback) {
+      if (!j.contains(key)) return fallback;
+      if (j[key].is_null()) return 0.0;
+      const double v = get_double(j, key, fallback, origin);
+      TESSERA_CHECK(std::isfinite(v) && v > 0, origin, ": config field '", key,
+                    "' must be a positive number or null, got ", j[key].dump());
+      return v;
+    };
+    c.attn_logit_softcapping = cap("attn_logit_softcapping", 50.0);
+    c.final_logit_softcapping = cap("final_logit_softcapping", 30.0);
+    c.query_pre_attn_scalar = get_double(j, "query_pre_attn_scalar", 224.0, origin);
+    TESSERA_CHECK(c.query_pre_attn_scalar > 0, origin,
+                  ": config field 'query_pre_attn_scalar' must be positive, got ",
+                  c.query_pre_attn_scalar);
+    c.embedding_multiplier = static_cast<float>(std::sqrt(static_cast<double>(c.hidden_size)));
+    c.norm_weight_offset = true;
+    c.sandwich_norms = true;
+  } else {
+    for (const char* key : {"attn_logit_softcapping", "final_logit_softcapping"}) {
+      TESSERA_CHECK(!j.contains(key) || j[key].is_null(), origin, ": config field '", key,
+                    "'=", j.contains(key) ? j[key].dump() : "",
+                    " is not supported for model_type='", c.model_type,
+                    "' (only gemma2 soft-caps)");
     }
   }
   c.validate();
@@ -342,6 +377,7 @@ int64_t ModelConfig::derived_max_model_len() const {
 }
 
 double ModelConfig::attention_scale() const {
+  if (query_pre_attn_scalar > 0) return 1.0 / std::sqrt(query_pre_attn_scalar);
   return 1.0 / std::sqrt(static_cast<double>(head_dim));
 }
 
@@ -360,7 +396,7 @@ int64_t ModelConfig::num_params() const {
   }
   const int64_t q = num_attention_heads * head_dim, kv = num_key_value_heads * head_dim;
   int64_t per_layer = hidden_size * (q + 2 * kv) + q * hidden_size +
-                      3 * hidden_size * intermediate_size + 2 * hidden_size;
+                      3 * hidden_size * intermediate_size + (sandwich_norms ? 4 : 2) * hidden_size;
   if (qkv_bias) per_layer += q + 2 * kv;
   if (o_bias) per_layer += hidden_size;
   if (mlp_bias) per_layer += 2 * intermediate_size + hidden_size;
@@ -371,9 +407,11 @@ int64_t ModelConfig::num_params() const {
 std::string ModelConfig::to_json_text() const {
   nlohmann::ordered_json j;
   const bool qwen = model_type == "qwen2";
+  const bool gemma2 = model_type == "gemma2";
   j["architectures"] = {
-      qwen ? "Qwen2ForCausalLM"
-           : (model_type == "mistral" ? "MistralForCausalLM" : "LlamaForCausalLM")};
+      qwen     ? "Qwen2ForCausalLM"
+      : gemma2 ? "Gemma2ForCausalLM"
+               : (model_type == "mistral" ? "MistralForCausalLM" : "LlamaForCausalLM")};
   j["model_type"] = model_type;
   j["vocab_size"] = vocab_size;
   j["hidden_size"] = hidden_size;
@@ -423,6 +461,15 @@ std::string ModelConfig::to_json_text() const {
     j["max_window_layers"] = num_hidden_layers;
   }
   j["layer_types"] = types;
+  if (gemma2) {
+    auto or_null = [](double v) {
+      return v > 0 ? nlohmann::ordered_json(v) : nlohmann::ordered_json();
+    };
+    j["hidden_activation"] = j["hidden_act"];
+    j["attn_logit_softcapping"] = or_null(attn_logit_softcapping);
+    j["final_logit_softcapping"] = or_null(final_logit_softcapping);
+    j["query_pre_attn_scalar"] = query_pre_attn_scalar;
+  }
   return j.dump(2);
 }
 

@@ -1,6 +1,7 @@
-// Decoder configuration read from a Hugging Face config.json (LLaMA 2/3, Mistral and Qwen2
+// Decoder configuration read from a Hugging Face config.json (LLaMA 2/3, Mistral, Qwen2 and Gemma 2
 // families: RMSNorm, rotary embeddings with their scaling variants, grouped-query attention, gated
-// MLPs, optional biases and sliding-window layers). Every field that changes the arithmetic is
+// MLPs, optional biases and sliding-window layers; Gemma 2's soft-capping, scaled embeddings,
+// (1 + w) norms and extra feed-forward norms). Every field that changes the arithmetic is
 // read here or the config is refused with one line naming the field and its value.
 #pragma once
 
@@ -34,7 +35,7 @@ struct RopeScaling {
 const char* rope_type_name(RopeScaling::Type type);
 
 struct ModelConfig {
-  std::string model_type;    // "llama", "mistral", "qwen2"
+  std::string model_type;    // "llama", "mistral", "qwen2", "gemma2"
   std::string architecture;  // architectures[0], e.g. "LlamaForCausalLM" ("" when absent)
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -59,6 +60,19 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;  // every id of an eos_token_id list
   // Per layer: 0 = full attention, w > 0 = sliding window of w tokens.
   std::vector<int64_t> layer_windows;
+  // Gemma 2 (transformers 4.44 semantics; 0 / 1 / false elsewhere). Scores and final logits are
+  // soft-capped as cap * tanh(x / cap) when the cap is > 0; the attention scale is
+  // query_pre_attn_scalar^-0.5 when that is > 0; embeddings are multiplied by
+  // embedding_multiplier (sqrt(hidden_size) as float32); RMSNorm multiplies by (1 + weight); and
+  // with sandwich_norms the attention and MLP outputs are normed (post_attention_layernorm,
+  // post_feedforward_layernorm) before the residual add, the MLP input by
+  // pre_feedforward_layernorm.
+  double attn_logit_softcapping = 0;
+  double final_logit_softcapping = 0;
+  double query_pre_attn_scalar = 0;
+  float embedding_multiplier = 1.0f;
+  bool norm_weight_offset = false;
+  bool sandwich_norms = false;
 
   // Throws naming the field and value when a field is missing, of the wrong type, inconsistent
   // or not supported.
@@ -77,7 +91,7 @@ struct ModelConfig {
   // The longest sequence the model is meant for: max_position_embeddings, times the
   // rope_scaling factor for the types that extend the context (linear, dynamic, yarn).
   int64_t derived_max_model_len() const;
-  // The attention softmax scale: 1 / sqrt(head_dim).
+  // The attention softmax scale: 1 / sqrt(head_dim), or 1 / sqrt(query_pre_attn_scalar).
   double attention_scale() const;
 };
 

@@ -209,6 +209,18 @@ void ApiServer::Impl::handle(const std::shared_ptr<Exchange>& ex) {
       {"/health", "GET"},          {"/metrics", "GET"},
       {"/tokenize", "POST"},       {"/detokenize", "POST"},
   };
+  if (!opt.shutdown_token.empty() && req.path == "/internal/shutdown") {
+    if (req.method != "POST" ||
+        !constant_time_equal(req.header("x-tessera-shutdown"), opt.shutdown_token)) {
+      reply(*ex, "other", error_response(404, "no route " + req.path));
+      return;
+    }
+    HttpResponse r;
+    r.body = R"({"status":"shutting down"})";
+    reply(*ex, "/internal/shutdown", std::move(r));
+    if (opt.on_shutdown_request) opt.on_shutdown_request();
+    return;
+  }
   const Route* route = nullptr;
   for (const auto& r : routes) {
     if (req.path == r.path) route = &r;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,11 @@ struct ApiServerOptions {
   std::chrono::milliseconds health_poll{250};
   int max_n = 64;
   bool preload = true;  // load the first model at start (/health is 503 "loading" until then)
+  // The replicas of one `tessera serve` job: the job's router asks each to shut down with
+  // POST /internal/shutdown and header "X-Tessera-Shutdown: <token>" (compared in constant
+  // time), which calls on_shutdown_request. No such route while the token is empty.
+  std::string shutdown_token;
+  std::function<void()> on_shutdown_request;
 };
 
 class ApiServer {

@@ -46,6 +46,11 @@ void install_termination_handler() {
   TESSERA_CHECK(pthread_sigmask(SIG_BLOCK, &set, nullptr) == 0, "pthread_sigmask failed");
 }
 
+void request_termination() {
+  TESSERA_CHECK(g_pipe[1] >= 0, "install_termination_handler() was not called");
+  on_signal(SIGTERM);
+}
+
 int wait_for_termination_signal() {
   TESSERA_CHECK(g_pipe[0] >= 0, "install_termination_handler() was not called");
   sigset_t during;  // the current mask without SIGTERM / SIGINT

@@ -7,5 +7,7 @@ namespace tessera::serving {
 
 void install_termination_handler();
 int wait_for_termination_signal();  // blocks; returns the signal's number
+// Wakes wait_for_termination_signal() as SIGTERM would (from any thread; after install).
+void request_termination();
 
 }  // namespace tessera::serving

@@ -102,6 +102,17 @@ struct NcclCommunicator::Impl {
   }
   std::atomic<bool> aborted{false};
 
+  // Runs f(comm) unless the communicator was aborted or destroyed, and says whether it ran. The
+  // lock keeps abort_comm() (from any thread: a timeout, the watchdog, an error in another Work)
+  // from freeing the NCCL communicator between the check and the use.
+  template <typename F>
+  bool with_comm(F&& f) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (aborted || comm == nullptr) return false;
+    f(comm);
+    return true;
+  }
+
   // Non-blocking communicators may answer ncclInProgress; the call has then not finished
   // enqueueing, and the state must be polled until it settles (or the deadline passes).
   void settle(ncclResult_t r, const char* what, Clock::time_point deadline) {
@@ -111,34 +122,68 @@ struct NcclCommunicator::Impl {
         TESSERA_FAIL(what, ": NCCL did not settle before the deadline; communicator aborted");
       }
       std::this_thread::yield();
-      ncclCommGetAsyncError(comm, &r);
+      if (!with_comm([&](ncclComm_t c) { ncclCommGetAsyncError(c, &r); })) fail_aborted(what);
     }
     if (r != ncclSuccess) {
-      const std::string msg = std::string(what) + " failed: " + ncclGetErrorString(r) + " (" +
-                              (ncclGetLastError(comm) ? ncclGetLastError(comm) : "") + ")";
+      std::string last;
+      with_comm([&](ncclComm_t c) {
+        const char* text = ncclGetLastError(c);
+        last = text ? text : "";
+      });
+      const std::string msg =
+          std::string(what) + " failed: " + ncclGetErrorString(r) + " (" + last + ")";
       abort_comm(msg);
       TESSERA_FAIL(msg, "; communicator aborted");
     }
   }
 
+  [[noreturn]] void fail_aborted(const std::string& what) {
+    TESSERA_FAIL(what, ": the NCCL communicator was aborted (", abort_reason(), ")");
+  }
+
   void abort_comm(const std::string& why) {
-    {
-      // The reason is set before `aborted` is seen, so no thread reports an empty reason.
-      std::lock_guard<std::mutex> lock(reason_mu_);
-      if (aborted) return;
-      abort_reason_ = why;
-      aborted = true;
-    }
+    // The reason is set before `aborted` is seen, so no thread reports an empty reason; the NCCL
+    // communicator is freed under the lock that every use of it takes.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (aborted) return;
+    abort_reason_ = why;
+    aborted = true;
     if (comm) ncclCommAbort(comm);
+    comm = nullptr;
+  }
+
+  // The owner's destructor: finalize with a bounded wait (abort if it does not settle), then no
+  // Work that outlives the communicator may use it.
+  void destroy() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (aborted || comm == nullptr) return;  // ncclCommAbort already freed it
+    ncclResult_t r = ncclCommFinalize(comm);
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    while (r == ncclInProgress && Clock::now() < deadline) {
+      std::this_thread::yield();
+      ncclCommGetAsyncError(comm, &r);
+    }
+    if (r == ncclSuccess) {
+      ncclCommDestroy(comm);
+    } else {
+      ncclCommAbort(comm);
+    }
+    comm = nullptr;
+    abort_reason_ = "the communicator was destroyed";
+    aborted = true;
   }
 
   std::string abort_reason() const {
-    std::lock_guard<std::mutex> lock(reason_mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return abort_reason_;
   }
 
+  // Tests only: the next poll of the asynchronous error state reports this result instead of
+  // asking NCCL (ncclSuccess = ask NCCL).
+  std::atomic<int> injected_async_error{0};
+
  private:
-  mutable std::mutex reason_mu_;
+  mutable std::mutex mu_;
   std::string abort_reason_;
 };
 
@@ -182,7 +227,12 @@ class NcclWork final : public Work {
     }
     if (e != cudaErrorNotReady) check_cuda(e, "cudaEventQuery");
     ncclResult_t async = ncclSuccess;
-    ncclCommGetAsyncError(impl_->comm, &async);
+    if (!impl_->with_comm([&](ncclComm_t c) { ncclCommGetAsyncError(c, &async); })) {
+      impl_->fail_aborted(describe(desc_));
+    }
+    if (const int injected = impl_->injected_async_error.exchange(0); injected != 0) {
+      async = static_cast<ncclResult_t>(injected);
+    }
     if (async != ncclSuccess && async != ncclInProgress) {
       const std::string msg = describe(desc_) + ": NCCL reported " + ncclGetErrorString(async);
       impl_->abort_comm(msg);
@@ -294,24 +344,13 @@ NcclCommunicator::NcclCommunicator(MPI_Comm bootstrap, int device, std::string l
 }
 
 NcclCommunicator::~NcclCommunicator() {
-  if (!impl_ || !impl_->comm) return;
-  if (impl_->aborted) return;  // ncclCommAbort already freed it
-  // Destroying a communicator with work in flight can block; finalize with a bounded wait, and
-  // abort if it does not settle.
-  ncclResult_t r = ncclCommFinalize(impl_->comm);
-  const auto deadline = Clock::now() + std::chrono::seconds(10);
-  while (r == ncclInProgress && Clock::now() < deadline) {
-    std::this_thread::yield();
-    ncclCommGetAsyncError(impl_->comm, &r);
-  }
-  if (r == ncclSuccess) {
-    ncclCommDestroy(impl_->comm);
-  } else {
-    ncclCommAbort(impl_->comm);
-  }
+  if (impl_) impl_->destroy();
 }
 
 void NcclCommunicator::abort(const std::string& why) { impl_->abort_comm(why); }
+void NcclCommunicator::inject_async_error_for_testing(int nccl_result) {
+  impl_->injected_async_error = nccl_result;
+}
 bool NcclCommunicator::aborted() const { return impl_->aborted; }
 
 namespace {
@@ -326,7 +365,11 @@ WorkPtr launch(const std::shared_ptr<NcclCommunicator::Impl>& impl, int device, 
   cudaStream_t stream = current_stream(device);
   const auto timeout = Watchdog::global().timeout();
   const auto deadline = timeout.count() > 0 ? Clock::now() + timeout : Clock::time_point::max();
-  impl->settle(enqueue(impl->comm, stream), desc.op, deadline);
+  ncclResult_t r = ncclSuccess;
+  if (!impl->with_comm([&](ncclComm_t c) { r = enqueue(c, stream); })) {
+    impl->fail_aborted(describe(desc));
+  }
+  impl->settle(r, desc.op, deadline);
   cudaEvent_t event = nullptr;
   check_cuda(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate");
   const cudaError_t e = cudaEventRecord(event, stream);

@@ -56,6 +56,9 @@ class NcclCommunicator final : public Communicator {
   // ncclCommAbort: every pending and later operation fails. Called on timeout and on errors.
   void abort(const std::string& why);
   bool aborted() const;
+  // Tests only: the next poll of a Work's asynchronous NCCL error state reports `nccl_result` (an
+  // ncclResult_t value) instead of NCCL's answer, to exercise the error path without a real fault.
+  void inject_async_error_for_testing(int nccl_result);
 
   struct Impl;  // NCCL handles, kept out of this header so callers need no nccl.h
 

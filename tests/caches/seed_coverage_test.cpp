@@ -70,18 +70,38 @@ std::vector<SpecPtr> all_specs() {
 }
 
 TEST(SpecContract, EverySpecThroughTheBaseClass) {
+  // Expected values computed by hand from each spec's definition (not from the code):
+  // attention page = block 16 x 4 kv heads x (64 + 64) x 2 bytes (bf16) = 16,384 bytes; limits:
+  // max_model_len 2048, 512 batched tokens, 4 sequences, 1500 encoder tokens.
+  //   full:     2048 / 16 = 128 pages
+  //   sliding:  min(256 - 1 + 512, 2048) = 767 tokens -> ceil(767 / 16) = 48, +1 (the window may
+  //             start mid-page) = 49 pages
+  //   chunked:  min(512 + 512, 2048) = 1024 tokens -> 64 pages
+  //   cross:    ceil(1500 / 16) = 94 pages;  encoder-only: nothing kept
+  //   mamba1:   conv [256, 3] f16 = 1,536 + ssm [256, 16] f32 = 16,384 -> 17,920 bytes, one page
+  //   mamba2:   conv [3, 256 + 2 * 1 * 64 = 384] f16 = 2,304 + ssm [8, 32, 64] f32 = 65,536
+  //             -> 67,840 bytes
+  //   gated delta: conv [3, 2 * 4 * 64 + 8 * 64 = 1024] bf16 = 6,144 + recurrent [8, 64, 64] f32
+  //             = 131,072 -> 137,216 bytes
+  struct Want {
+    int64_t page_bytes, max_pages;
+    bool state;
+  };
+  const Want want[] = {{16384, 128, false}, {16384, 49, false}, {16384, 64, false},
+                       {16384, 94, false},  {16384, 0, false},  {17920, 1, true},
+                       {67840, 1, true},    {137216, 1, true}};
   const CacheLimits limits{2048, 512, 4, 1500};
-  for (const auto& spec : all_specs()) {
+  const auto specs = all_specs();
+  ASSERT_EQ(specs.size(), std::size(want));
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const auto& spec = specs[i];
     SCOPED_TRACE(spec->describe());
-    EXPECT_GT(spec->page_size_bytes(), 0);
+    EXPECT_EQ(spec->page_size_bytes(), want[i].page_bytes);
+    EXPECT_EQ(spec->max_pages(limits), want[i].max_pages);
+    EXPECT_EQ(spec->max_memory_usage_bytes(limits), want[i].max_pages * want[i].page_bytes);
     EXPECT_FALSE(spec->describe().empty());
-    EXPECT_EQ(spec->max_pages(limits) * spec->page_size_bytes(),
-              spec->max_memory_usage_bytes(limits));
     EXPECT_TRUE(spec->equals(*spec));
-    EXPECT_EQ(spec->is_state(),
-              spec->kind() == SpecKind::kMamba || spec->kind() == SpecKind::kLinearAttention);
-    if (spec->is_state()) EXPECT_EQ(spec->max_pages(limits), 1);
-    if (spec->kind() == SpecKind::kEncoderOnly) EXPECT_EQ(spec->max_pages(limits), 0);
+    EXPECT_EQ(spec->is_state(), want[i].state);
     // Longer contexts never need less memory.
     CacheLimits longer = limits;
     longer.max_model_len *= 2;
@@ -136,17 +156,19 @@ TEST(ManagerContract, LinearAttentionSlots) {
 }
 
 TEST(Sharding, PerRankSpecsSplitTheBytes) {
-  // Tensor parallelism splits KV heads across ranks; each rank plans its own share.
+  // Tensor parallelism splits KV heads across ranks; each rank plans its own share. By hand: a
+  // page is 16 tokens x (8 / tp) heads x (128 + 128) x 2 bytes = 65,536 / tp bytes; a request
+  // of 8192 tokens holds 512 pages; a 1 GiB budget holds 2^30 / page blocks (the null block
+  // included).
   const CacheLimits limits{8192, 1024, 8, 0};
   const int64_t heads = 8;
-  FullAttentionSpec whole({16, heads, 128, 128, DType::kBF16});
   for (int64_t tp : {1, 2, 4, 8}) {
+    SCOPED_TRACE("tp=" + std::to_string(tp));
     FullAttentionSpec rank({16, heads / tp, 128, 128, DType::kBF16});
-    EXPECT_EQ(rank.page_size_bytes() * tp, whole.page_size_bytes());
-    EXPECT_EQ(rank.max_memory_usage_bytes(limits) * tp, whole.max_memory_usage_bytes(limits));
-    // The same per-rank budget holds tp times the blocks: longer contexts per GPU.
+    EXPECT_EQ(rank.page_size_bytes(), 65536 / tp);
+    EXPECT_EQ(rank.max_memory_usage_bytes(limits), 512 * 65536 / tp);
     auto p = plan_memory({std::make_shared<FullAttentionSpec>(rank)}, limits, 1LL << 30);
-    EXPECT_EQ(p.num_blocks, (1LL << 30) / rank.page_size_bytes());
+    EXPECT_EQ(p.num_blocks, 16384 * tp);  // the same budget holds tp times the blocks
   }
 }
 

@@ -2,6 +2,10 @@
 // tensor-parallel ranks; one-line errors, non-zero exits and no hung ranks on bad input.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "tests/support/subprocess.h"
@@ -183,6 +187,35 @@ TEST(Generate, CorruptWeightsFile) {
   expect_clean_error(r, "model.safetensors");
 }
 
+// The CUDA devices this process may use, counted without the CUDA runtime (which is what
+// `tessera info` asks): `nvidia-smi -L` prints one "GPU i: ..." line per device (else the
+// /dev/nvidiaN nodes are counted); CUDA_VISIBLE_DEVICES narrows the set as the runtime does, up to
+// its first entry that names no device.
+int gpus_present() {
+  auto smi = run_command("nvidia-smi -L 2>/dev/null | grep -c '^GPU '", 60);
+  int physical = smi.exit_code == 0 ? std::atoi(smi.out.c_str()) : 0;
+  if (smi.exit_code != 0) {
+    auto nodes = run_command("ls /dev 2>/dev/null | grep -cE '^nvidia[0-9]+$'", 30);
+    physical = std::atoi(nodes.out.c_str());
+  }
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  if (visible == nullptr) return physical;
+  int count = 0;
+  std::string list = visible;
+  for (size_t start = 0; start <= list.size();) {
+    const size_t end = std::min(list.find(',', start), list.size());
+    const std::string entry = list.substr(start, end - start);
+    const bool uuid = entry.rfind("GPU-", 0) == 0 || entry.rfind("MIG-", 0) == 0;
+    const bool index = !entry.empty() &&
+                       entry.find_first_not_of("0123456789") == std::string::npos &&
+                       std::atoi(entry.c_str()) < physical;
+    if (!uuid && !index) break;
+    ++count;
+    start = end + 1;
+  }
+  return std::min(count, physical);
+}
+
 TEST(Info, WorksWithoutGpuAndShowsEveryRank) {
   const auto one = run_command(bin() + " info");
   ASSERT_EQ(one.exit_code, 0) << one.err;
@@ -199,8 +232,44 @@ TEST(Info, WorksWithoutGpuAndShowsEveryRank) {
   ASSERT_EQ(j["ranks"].size(), 2u);
   EXPECT_EQ(j["ranks"][1]["rank"], 1);
   EXPECT_EQ(j["ranks"][1]["local_rank"], 1);
-  EXPECT_EQ(j["cuda"]["devices"], 0);
+  // The devices listed are the devices present (none in a build without CUDA), and each rank
+  // uses device local_rank % devices (the CPU without one).
+  const int present = j["build"]["cuda_compiled"].get<bool>() ? gpus_present() : 0;
+  EXPECT_EQ(j["cuda"]["devices"], present) << r.out;
+  EXPECT_EQ(j["cuda"]["names"].size(), static_cast<size_t>(present));
+  if (present > 0) EXPECT_EQ(j["cuda"]["status"], "ok");
   EXPECT_FALSE(j["cuda"]["status"].get<std::string>().empty());
+  for (const auto& rank : j["ranks"]) {
+    const int local = rank["local_rank"].get<int>();
+    EXPECT_EQ(rank["device"], present > 0 ? "cuda:" + std::to_string(local % present) : "cpu")
+        << rank.dump();
+  }
+}
+
+// libtorch threads per rank: the cores of the node shared among its ranks (at least one), unless
+// TESSERA_NUM_THREADS says otherwise; a value that is not a positive integer is refused.
+TEST(Info, ThreadsPerRankFollowTheRuleAndTheVariable) {
+  const int cores = std::max(1, static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)));
+  for (int np : {1, 2, 3}) {
+    const auto r = run_command("env -u TESSERA_NUM_THREADS " + mpirun(np) + bin() + " info --json");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto j = nlohmann::json::parse(r.out);
+    ASSERT_EQ(j["ranks"].size(), static_cast<size_t>(np));
+    for (const auto& rank : j["ranks"]) {
+      EXPECT_EQ(rank["torch_threads"], std::max(1, cores / np))
+          << "np=" << np << " cores=" << cores;
+    }
+  }
+  const auto r = run_command("TESSERA_NUM_THREADS=3 " + mpirun(2) + bin() + " info --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  for (const auto& rank : j["ranks"]) EXPECT_EQ(rank["torch_threads"], 3);
+  EXPECT_EQ(j["torch"]["threads_per_rank"], 3);
+  for (const char* bad : {"0", "-2", "abc", "3x"}) {
+    expect_clean_error(
+        run_command(std::string("TESSERA_NUM_THREADS='") + bad + "' " + bin() + " info", 60),
+        "TESSERA_NUM_THREADS");
+  }
 }
 
 TEST(Launch, LauncherVariablesThatContradictMpiAreRefused) {

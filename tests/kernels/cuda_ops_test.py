@@ -5,7 +5,7 @@ CUDA tests do not: the dispatch by device, torch's current CUDA stream, autograd
 tensors allocated by PyTorch's caching allocator.
 
 Usage: python3 cuda_ops_test.py path/to/libtessera_torch.so
-Skips (exit 0, "skipped" on stdout) when torch sees no CUDA device.
+Skipped (exit 77, which ctest reports as skipped) when torch sees no CUDA device.
 TESSERA_CUDA_OPS_DEVICE=cpu runs the CPU against itself: a check of this file's own plumbing on a
 machine without a GPU, not a test of anything else.
 """
@@ -13,6 +13,8 @@ import math
 import os
 import sys
 import unittest
+
+import ctest_unittest  # tests/support (on PYTHONPATH under ctest)
 
 import torch
 
@@ -203,4 +205,4 @@ class PagedCuda(unittest.TestCase):
 if __name__ == "__main__":
     if not HAVE_GPU:
         print("skipped: torch sees no CUDA device")
-    unittest.main(verbosity=2)
+    ctest_unittest.main()  # exit 77 (ctest: skipped) when a test was skipped

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
+#include "kernels/common/device_error.h"
 #include "kernels/merge/lse_merge.h"
 #include "kernels/paged/paged_attention.h"
 #include "kernels/paged/paged_kv_append.h"
@@ -362,6 +364,109 @@ TEST(PagedCuda, LseMergeMatchesReference) {
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   expect_close(dout.to_host<float>(), out, 1e-5, "out");
   expect_close(dlse.to_host<float>(), lse, 1e-5, "lse");
+}
+
+// Device-side metadata checks: a block id outside the cache, a too-long sequence and a slot beyond
+// the cache are recorded on the device without a synchronisation and raised by the host with the
+// CPU path's message; the bad rows come out NaN, the good ones exact, nothing out of bounds is
+// touched (compute-sanitizer memcheck runs this test in scripts/gpu_check.sh).
+TEST(PagedCuda, BadMetadataIsRecordedOnTheDeviceAndRaisedLater) {
+  SKIP_WITHOUT_GPU();
+  const DeviceErrorSlot slot = device_error_slot(0);
+  EXPECT_NO_THROW(check_device_errors(0));
+  HostCase c = make_case(3, 4, 4, 2, 16, 16, KvDType::kF32, 0, 0, 0, 5);
+  const size_t out_n = static_cast<size_t>(c.q_starts.back()) * c.hq * c.dv;
+  const size_t lse_n = static_cast<size_t>(c.q_starts.back()) * c.hq;
+  std::vector<float> out_ref(out_n), lse_ref(lse_n);
+  {
+    auto k = c.k, v = c.v;
+    paged_attention_ref(view_of(c, c.q.data(), k.data(), v.data(), nullptr, nullptr,
+                                c.block_tables.data(), c.lens.data(), c.q_starts.data(),
+                                out_ref.data(), lse_ref.data()));
+  }
+  struct Spoil {
+    int seq;
+    bool long_len;  // else: a block id beyond the cache
+  };
+  for (const Spoil sp : {Spoil{1, false}, Spoil{2, true}}) {
+    auto bt = c.block_tables;
+    auto lens = c.lens;
+    std::string want;
+    if (sp.long_len) {
+      lens[sp.seq] = c.max_blocks * c.block_size + 1;
+      want = metadata_error_message(MetadataCheck::kSeqLenLong, sp.seq, 0, lens[sp.seq],
+                                    c.max_blocks * c.block_size);
+    } else {
+      bt[sp.seq * c.max_blocks] = c.num_blocks + 7;
+      want = metadata_error_message(MetadataCheck::kBlockOutOfRange, sp.seq, 0, c.num_blocks + 7,
+                                    c.num_blocks);
+    }
+    DeviceBuffer dq(c.q), dk(c.k), dv(c.v), dbt(bt), dl(lens), dqs(c.q_starts);
+    DeviceBuffer dout(out_n * sizeof(float)), dlse(lse_n * sizeof(float));
+    auto view = view_of(c, dq.as<float>(), dk.as<void>(), dv.as<void>(), nullptr, nullptr,
+                        dbt.as<int32_t>(), dl.as<int32_t>(), dqs.as<int32_t>(), dout.as<float>(),
+                        dlse.as<float>());
+    view.error = slot;
+    ASSERT_EQ(paged_attention_cuda(view, nullptr), 0);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    try {
+      check_device_errors(0);
+      ADD_FAILURE() << "no error recorded for " << want;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.message(), want);
+    }
+    EXPECT_NO_THROW(check_device_errors(0)) << "raised once";
+    // Decode: row s is sequence s.
+    const auto out = dout.to_host<float>();
+    const auto lse = dlse.to_host<float>();
+    for (int s = 0; s < c.num_seqs; ++s) {
+      for (int h = 0; h < c.hq; ++h) {
+        const size_t r = static_cast<size_t>(s) * c.hq + h;
+        if (s == sp.seq) {
+          EXPECT_TRUE(std::isnan(lse[r])) << "bad row " << s;
+          EXPECT_TRUE(std::isnan(out[r * c.dv])) << "bad row " << s;
+        } else {
+          EXPECT_NEAR(lse[r], lse_ref[r], 1e-4) << "good row " << s;
+          EXPECT_NEAR(out[r * c.dv], out_ref[r * c.dv], 1e-4) << "good row " << s;
+        }
+      }
+    }
+  }
+  // KV append: the slot beyond the cache is skipped and reported; the others are written.
+  const int nb = 3, bs = 2, h = 1, d = 8;
+  std::vector<int64_t> slots = {1, nb * bs, 2};
+  std::mt19937 rng(3);
+  auto key = randn(3 * h * d, rng), value = randn(3 * h * d, rng);
+  std::vector<float> zeros(static_cast<size_t>(nb) * bs * h * d, 0.0f);
+  DeviceBuffer dkey(key), dvalue(value), dslots(slots), dk(zeros), dv(zeros);
+  PagedKvAppendView a;
+  a.key = dkey.as<float>();
+  a.value = dvalue.as<float>();
+  a.slot_mapping = dslots.as<int64_t>();
+  a.cache = PagedKv{dk.as<void>(), dv.as<void>(), nullptr, nullptr};
+  a.cache.block_size = bs;
+  a.cache.num_blocks = nb;
+  a.cache.num_kv_heads = h;
+  a.cache.head_dim_k = a.cache.head_dim_v = d;
+  a.cache.k_block_stride = a.cache.v_block_stride = bs * h * d;
+  a.key_stride[0] = a.value_stride[0] = h * d;
+  a.key_stride[1] = a.value_stride[1] = d;
+  a.num_tokens = 3;
+  a.error = slot;
+  ASSERT_EQ(paged_kv_append_cuda(a, nullptr), 0);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  try {
+    check_device_errors(0);
+    ADD_FAILURE() << "no error recorded for the slot beyond the cache";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.message(),
+              metadata_error_message(MetadataCheck::kSlotOutOfRange, 1, 0, nb * bs, nb * bs));
+  }
+  const auto kh = dk.to_host<float>();
+  for (int i = 0; i < d; ++i) {
+    EXPECT_EQ(kh[1 * d + i], key[0 * d + i]) << "slot 1 written";
+    EXPECT_EQ(kh[2 * d + i], key[2 * d + i]) << "slot 2 written";
+  }
 }
 
 }  // namespace

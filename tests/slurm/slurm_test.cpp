@@ -1,6 +1,7 @@
 // Tessera in a real SLURM cluster (scripts/slurm_cluster.sh, started by the slurm_cluster_up test,
 // which also checks that sinfo shows the node idle, as slurm_cluster_down does after the jobs):
-// examples/slurm/generate.sbatch completes with mpirun's tokens;
+// examples/slurm/generate.sbatch completes with mpirun's tokens; examples/slurm/serve.sbatch
+// serves, and scancel --signal=TERM lets the stream in flight finish and the job end with 0;
 // srun --mpi=pmix starts the ranks with the same tokens as mpirun and Tessera reads them as srun's;
 // --mpi=pmi2 either gives the same tokens or, where the MPI library has no PMI-2 client (Debian's
 // Open MPI), ends with one clear line; SLURM variables that disagree with MPI are one agreed line;
@@ -130,6 +131,40 @@ TEST(Sbatch, GenerateExampleCompletesWithMpirunsTokens) {
   EXPECT_EQ(first_request(j, "prompt_ids"), first_request(reference, "prompt_ids"));
   EXPECT_NE(err.find("job " + id + ": 2 tasks on tessera, srun --mpi=pmix"), std::string::npos)
       << err;
+}
+
+TEST(Sbatch, ServeExampleFinishesTheStreamInFlightOnSigterm) {
+  REQUIRE_CLUSTER();
+  const auto dir = job_dir("serve");
+  const std::string id = submit("cd " + dir.string() + " && TESSERA=" + bin() +
+                                " PORT=0 sbatch --parsable --output=serve.out --error=serve.err " +
+                                env_or_die("TESSERA_SOURCE_DIR") + "/examples/slurm/serve.sbatch");
+  ASSERT_FALSE(id.empty());
+  // Wait for rank 0's line, start an 80-token stream, TERM the job once 5 chunks came. The rest
+  // must come within the cluster's KillWait (5 s) before SLURM's SIGKILL.
+  const std::string d = dir.string();
+  const auto r = run_command(
+      "cd " + d +
+          " && for i in $(seq 600); do grep -q listening serve.out 2>/dev/null && break; sleep "
+          "0.1; "
+          "done; port=$(grep -o '127.0.0.1:[0-9]*' serve.out | cut -d: -f2); "
+          "curl -sN http://127.0.0.1:$port/v1/completions -H 'Content-Type: application/json' -d "
+          "'{\"model\":\"tiny\",\"prompt\":\"abc\",\"max_tokens\":80,\"ignore_eos\":true,"
+          "\"stream\":true}' > stream.txt & "
+          "for i in $(seq 600); do [ $(grep -c '^data: ' stream.txt) -ge 5 ] && break; sleep 0.05; "
+          "done; grep -c '^data: ' stream.txt > at_signal.txt; scancel --signal=TERM " +
+          id + "; wait",
+      120);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(wait_for_job(id, 120), "JobState=COMPLETED 0:0") << slurp(dir / "serve.err");
+  const std::string stream = slurp(dir / "stream.txt");
+  const int at_signal = std::stoi(slurp(dir / "at_signal.txt"));
+  EXPECT_LT(at_signal, 80) << "the stream had ended before the signal";
+  EXPECT_EQ(count_of(stream, "\"text\""), 80u) << stream.substr(0, 500);
+  EXPECT_EQ(count_of(stream, "\"finish_reason\":\"length\""), 1u);
+  EXPECT_NE(stream.find("data: [DONE]"), std::string::npos);
+  EXPECT_NE(slurp(dir / "serve.out").find("tp 2, dp 1"), std::string::npos);
+  std::printf("[serve] %d chunks before TERM, 80 in all\n", at_signal);
 }
 
 TEST(Srun, PmixGivesMpirunsTokens) {

@@ -11,10 +11,12 @@ namespace tessera::models {
 
 PagedAttentionBackend::PagedAttentionBackend(caches::PagedKVStorage& storage,
                                              std::vector<int32_t> layer_group, double scale,
-                                             int64_t local_q_heads, sharding::Communicator* dcp)
+                                             int64_t local_q_heads, sharding::Communicator* dcp,
+                                             double softcap)
     : storage_(storage),
       layer_group_(std::move(layer_group)),
       scale_(scale),
+      softcap_(softcap),
       local_q_heads_(local_q_heads),
       dcp_(dcp != nullptr && dcp->size() > 1 ? dcp : nullptr) {}
 
@@ -23,6 +25,7 @@ std::pair<torch::Tensor, torch::Tensor> PagedAttentionBackend::local_attention(
   kernels::PagedAttentionOptions opt;
   opt.scale = scale_;
   opt.chunk = g.chunk;
+  opt.softcap = softcap_;
   if (g.calls.size() == 1 && !g.calls[0].q_index.defined()) {
     const auto& c = g.calls[0];
     opt.window = c.window;

@@ -59,7 +59,8 @@ class PagedAttentionBackend : public AttentionBackend {
   // `layer_group[l]`: the cache group of layer l. `dcp` spans the ranks sharing this rank's KV
   // head (null or size 1: no DCP); `local_q_heads` is this rank's query-head count.
   PagedAttentionBackend(caches::PagedKVStorage& storage, std::vector<int32_t> layer_group,
-                        double scale, int64_t local_q_heads, sharding::Communicator* dcp);
+                        double scale, int64_t local_q_heads, sharding::Communicator* dcp,
+                        double softcap = 0);
 
   // The batch of the next forward (must outlive it).
   void set_batch(const PagedBatch* batch) { batch_ = batch; }
@@ -70,6 +71,7 @@ class PagedAttentionBackend : public AttentionBackend {
 
   torch::Tensor attend(int64_t layer, const torch::Tensor& q, const torch::Tensor& k,
                        const torch::Tensor& v) override;
+  double logit_softcap() const override { return softcap_; }
 
  private:
   // out [T, heads, D] and lse [T, heads] of q over this rank's stored keys.
@@ -80,6 +82,7 @@ class PagedAttentionBackend : public AttentionBackend {
   caches::PagedKVStorage& storage_;
   std::vector<int32_t> layer_group_;
   double scale_;
+  double softcap_;
   int64_t local_q_heads_;
   sharding::Communicator* dcp_;
   const PagedBatch* batch_ = nullptr;

@@ -21,13 +21,19 @@ TEST(ClusterCore, FastCpuMatchesReference) {
     FusedData d(spec);
     FusedResult ref = testing::run_reference(d);
     for (bool det : {false, true}) {
-      FusedResult r(d);
-      auto a = d.host_view();
-      a.out = r.out.data();
-      a.lse = r.lse.data();
-      cluster_attention_fwd_cpu(a);
-      cluster_attention_bwd_cpu(a, testing::grads_of(r, d.dout.data()), det);
-      r.expect_close_to(ref, det ? "cpu deterministic" : "cpu");
+      for (bool saved : {false, true}) {  // the backward recomputes P, or reads the forward's
+        FusedResult r(d);
+        auto a = d.host_view();
+        a.out = r.out.data();
+        a.lse = r.lse.data();
+        std::vector<float> weights(
+            saved ? r.lse.size() * (spec.global ? spec.N + 1 : spec.M + 1) : 0, -1.f);
+        a.weights = saved ? weights.data() : nullptr;
+        cluster_attention_fwd_cpu(a);
+        cluster_attention_bwd_cpu(a, testing::grads_of(r, d.dout.data()), det);
+        r.expect_close_to(
+            ref, std::string(det ? "cpu deterministic" : "cpu") + (saved ? " saved weights" : ""));
+      }
     }
   }
 }

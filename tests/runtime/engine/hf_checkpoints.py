@@ -9,7 +9,11 @@ prompt.k [T] int64, logits.k [T, vocab] float32 (eager attention, one forward ov
 greedy.k [N] int64 (generate, do_sample=False) and margin.k (the smallest top-1 / top-2 logit gap
 along the greedy path). OUT_DIR/manifest.json lists them. transformers 4.44 applies Qwen2's
 sliding window only under flash-attention, so it is masked here by hand for the layers >=
-max_window_layers. One process makes everything (importing transformers is the slow part).
+max_window_layers. llama_linear is saved in shards (model-0000k-of-0000n.safetensors and
+model.safetensors.index.json, as save_pretrained writes a large model), so the sharded path is tested
+end to end against transformers' logits. Gemma 2's greedy tokens come from argmax over full forwards
+without a cache (the eager path the logits use; 4.44's HybridCache decode is not what is under test
+here). One process makes everything (importing transformers is the slow part).
 """
 import json
 import os
@@ -17,8 +21,8 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM)
+from transformers import (Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM,
+                          MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VOCAB = 384
@@ -64,10 +68,19 @@ MODELS = [
      Qwen2Config(**common(num_hidden_layers=3, use_sliding_window=True, sliding_window=8,
                           max_window_layers=1)),
      torch.float32, True),
+    # Sliding (even) and global (odd) layers with a window shorter than the prompts, scores and
+    # logits soft-capped where the cap bites, query_pre_attn_scalar != head_dim, tied embeddings.
+    ("gemma2", Gemma2ForCausalLM,
+     Gemma2Config(**common(num_hidden_layers=3, head_dim=16, sliding_window=8,
+                           query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                           final_logit_softcapping=4.0)),
+     torch.float32, True),
     ("llama_bf16", LlamaForCausalLM, LlamaConfig(**common(attention_bias=True)), torch.bfloat16,
      False),
     ("llama_fp16", LlamaForCausalLM, LlamaConfig(**common()), torch.float16, False),
 ]
+
+SHARDED = {"llama_linear"}  # saved as several safetensors files with an index
 
 
 def randomise(model, seed):
@@ -117,7 +130,10 @@ def main():
         model = cls(config).eval()
         randomise(model, 2000 + seed)
         folder = os.path.join(out, name)
-        model.to(dtype).save_pretrained(folder, safe_serialization=True)
+        shard = {"max_shard_size": "60KB"} if name in SHARDED else {}
+        model.to(dtype).save_pretrained(folder, safe_serialization=True, **shard)
+        index = os.path.join(folder, "model.safetensors.index.json")
+        assert os.path.exists(index) == (name in SHARDED), f"{name}: sharded={name in SHARDED}"
         entry = {"name": name, "dir": folder, "dtype": str(dtype).replace("torch.", ""),
                  "num_key_value_heads": config.num_key_value_heads, "reference": reference}
         if reference:
@@ -130,15 +146,23 @@ def main():
                 ids = torch.randint(0, VOCAB, (1, n), generator=g)
                 with torch.no_grad():
                     logits = model(ids).logits[0].float()
-                    gen = model.generate(ids, attention_mask=torch.ones_like(ids),
-                                         max_new_tokens=NEW_TOKENS, do_sample=False,
-                                         output_scores=True, return_dict_in_generate=True,
-                                         eos_token_id=None, pad_token_id=0)
+                    if name.startswith("gemma2"):
+                        seq, scores = ids, []
+                        for _ in range(NEW_TOKENS):
+                            last = model(seq, use_cache=False).logits[:, -1].float()
+                            scores.append(last)
+                            seq = torch.cat([seq, last.argmax(-1, keepdim=True)], 1)
+                    else:
+                        gen = model.generate(ids, attention_mask=torch.ones_like(ids),
+                                             max_new_tokens=NEW_TOKENS, do_sample=False,
+                                             output_scores=True, return_dict_in_generate=True,
+                                             eos_token_id=None, pad_token_id=0)
+                        seq, scores = gen.sequences, gen.scores
                 margin = min(float(s[0].topk(2).values[0] - s[0].topk(2).values[1])
-                             for s in gen.scores)
+                             for s in scores)
                 tensors[f"prompt.{k}"] = ids[0].to(torch.int64).contiguous()
                 tensors[f"logits.{k}"] = logits.contiguous()
-                tensors[f"greedy.{k}"] = gen.sequences[0, n:].to(torch.int64).contiguous()
+                tensors[f"greedy.{k}"] = seq[0, n:].to(torch.int64).contiguous()
                 tensors[f"margin.{k}"] = torch.tensor([margin], dtype=torch.float32)
             save_file(tensors, os.path.join(folder, "reference.safetensors"))
             entry["prompts"] = len(PROMPT_LENS)

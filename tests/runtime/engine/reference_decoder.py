@@ -2,7 +2,11 @@
 embeddings, GQA with q/k/v bias, SwiGLU, sliding-window layers). It parses config.json and
 model.safetensors itself, recomputes the whole sequence at every step (no KV cache, explicit
 causal / sliding-window masks), and must produce the same greedy tokens as `tessera generate`,
-run here with 1 and 2 ranks."""
+run here with 1 and 2 ranks.
+
+`reference_decoder.py --logits MODEL_DIR OUT ID,ID,...` instead writes the logits of the whole
+sequence (float32 [T, vocab], little-endian, row-major) to OUT: the independent expected value of
+the C++ decoder tests (tests/runtime/models/reference_logits.h)."""
 import json
 import os
 import struct
@@ -12,7 +16,6 @@ import sys
 import numpy as np
 import torch
 
-BIN = os.environ["TESSERA_BIN"]
 MPIEXEC = os.environ.get("MPIEXEC", "mpirun")
 PROMPT = "Tessera reference check: the quick brown fox"
 MAX_TOKENS = 24
@@ -77,7 +80,7 @@ def forward(cfg, W, ids):
 
 
 def tessera(np_):
-    cmd = [BIN, "generate", "--model", "tiny", "--prompt", PROMPT, "--max-tokens", str(MAX_TOKENS),
+    cmd = [os.environ["TESSERA_BIN"], "generate", "--model", "tiny", "--prompt", PROMPT, "--max-tokens", str(MAX_TOKENS),
            "--ignore-eos", "--json"]
     if np_ > 1:
         cmd = [MPIEXEC, "-np", str(np_), "--oversubscribe"] + cmd
@@ -117,5 +120,18 @@ def main():
     sys.exit(1 if failures else 0)
 
 
+def write_logits(model_dir, out_path, ids):
+    torch.set_num_threads(1)
+    cfg = json.load(open(os.path.join(model_dir, "config.json")))
+    W = load_safetensors(os.path.join(model_dir, "model.safetensors"))
+    with torch.no_grad():
+        logits = forward(cfg, W, ids).float().contiguous()
+    with open(out_path, "wb") as f:
+        f.write(logits.numpy().astype("<f4").tobytes())
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 5 and sys.argv[1] == "--logits":
+        write_logits(sys.argv[2], sys.argv[3], [int(t) for t in sys.argv[4].split(",")])
+    else:
+        main()

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "common/error.h"
 #include "runtime/models/tiny_model.h"
 
@@ -55,6 +57,44 @@ TEST(ModelConfig, SlidingWindowsPerFamily) {
                   R"("sliding_attention","full_attention"])"),
       "c");
   EXPECT_EQ(typed.layer_windows, (std::vector<int64_t>{8, 0, 8, 0}));
+}
+
+// Gemma 2 as transformers 4.44's Gemma2Config / Gemma2DecoderLayer read it: even layers slide,
+// absent keys take the class defaults (caps 50 / 30, query_pre_attn_scalar 224, tied embeddings,
+// gelu_pytorch_tanh), null switches a cap off; other families refuse soft-capping.
+TEST(ModelConfig, Gemma2) {
+  const std::string g =
+      R"({"model_type":"gemma2","vocab_size":100,"hidden_size":64,"intermediate_size":128,)"
+      R"("num_hidden_layers":5,"num_attention_heads":8,"num_key_value_heads":4,"head_dim":16,)"
+      R"("sliding_window":32)";
+  auto c = ModelConfig::from_json_text(g + "}", "c");
+  EXPECT_EQ(c.layer_windows, (std::vector<int64_t>{32, 0, 32, 0, 32}));
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_EQ(c.hidden_act, Activation::kGeluTanh);
+  EXPECT_DOUBLE_EQ(c.attn_logit_softcapping, 50.0);
+  EXPECT_DOUBLE_EQ(c.final_logit_softcapping, 30.0);
+  EXPECT_DOUBLE_EQ(c.attention_scale(), 1.0 / std::sqrt(224.0));
+  EXPECT_FLOAT_EQ(c.embedding_multiplier, 8.0f);
+  EXPECT_TRUE(c.norm_weight_offset && c.sandwich_norms);
+  auto off = ModelConfig::from_json_text(
+      g + R"(,"attn_logit_softcapping":null,"final_logit_softcapping":null,)" +
+          R"("query_pre_attn_scalar":16,"tie_word_embeddings":false})",
+      "c");
+  EXPECT_EQ(off.attn_logit_softcapping, 0.0);
+  EXPECT_EQ(off.final_logit_softcapping, 0.0);
+  EXPECT_DOUBLE_EQ(off.attention_scale(), 0.25);
+  EXPECT_FALSE(off.tie_word_embeddings);
+  expect_error(g + R"(,"attn_logit_softcapping":-1})", {"attn_logit_softcapping", "-1"});
+  expect_error(g + R"(,"mlp_bias":true})", {"mlp_bias"});
+  expect_error(base_config(R"(,"final_logit_softcapping":30.0)"),
+               {"final_logit_softcapping", "llama"});
+  // The writer's round trip keeps every Gemma 2 field.
+  auto back = ModelConfig::from_json_text(c.to_json_text(), "written");
+  EXPECT_EQ(back.layer_windows, c.layer_windows);
+  EXPECT_EQ(back.attn_logit_softcapping, c.attn_logit_softcapping);
+  EXPECT_EQ(back.final_logit_softcapping, c.final_logit_softcapping);
+  EXPECT_EQ(back.attention_scale(), c.attention_scale());
+  EXPECT_EQ(back.tie_word_embeddings, c.tie_word_embeddings);
 }
 
 TEST(ModelConfig, BadFieldsAreNamed) {

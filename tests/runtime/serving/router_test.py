@@ -31,12 +31,14 @@ def workers(port):
 
 
 def cli_errors():
-    """`tessera serve` without an engine, and bad flags, fail with one clear line."""
+    """`tessera serve` with a model folder that is not there, and bad flags, fail with one clear
+    line."""
     import subprocess
-    cases = [(["serve", "--model", "m=/nonexistent"], "engine is not wired"),
+    cases = [(["serve", "--model", "m=/nonexistent"], "--model m=/nonexistent: "),
              (["serve", "--model", "m=/x", "--max-loaded-models", "0"],
               "--max-loaded-models must be >= 1, got 0"),
-             (["serve", "--model", "nopath"], "NAME=PATH or NAME=PATH:ADAPTER, got 'nopath'"),
+             (["serve", "--model", "nopath"], "--model nopath=nopath: "),
+             (["serve", "--model", "=x"], "NAME=PATH or NAME=PATH:ADAPTER, got '=x'"),
              (["router", "--backend", "localhost:1"], "must start with http://")]
     for args, want in cases:
         r = subprocess.run([TESSERA, *args], capture_output=True, text=True, timeout=60)

@@ -1,0 +1,349 @@
+// The engine behind `tessera serve` (serve_engine.h): EngineCore + AsyncEngine as a
+// ServingBackend, the model folder's tokenizer, and the mpirun job (groups, replica servers,
+// router, shutdown). MPI is initialised FUNNELED, so every collective (the plans included) runs
+// on the main thread: under mpirun the engine loop owns the main thread, HTTP runs on the I/O
+// pool and a signal thread drives the shutdown.
+#include <torch/types.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cstring>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "common/error.h"
+#include "common/logging.h"
+#include "launch/cli/serve_engine.h"
+#include "runtime/engine/async_engine.h"
+#include "runtime/engine/engine_core.h"
+#include "runtime/models/model_folder.h"
+#include "runtime/serving/hf_tokenizer.h"
+#include "runtime/serving/http_client.h"
+#include "runtime/serving/signals.h"
+#include "sharding/communicator.h"
+#include "sharding/mpi/mpi_communicator.h"
+#include "sharding/process_groups.h"
+
+namespace tessera::cli {
+namespace {
+
+using nlohmann::json;
+
+// "1073741824", "512M", "2G": bytes.
+int64_t parse_size(const std::string& s) {
+  size_t used = 0;
+  double v = -1;
+  try {
+    v = std::stod(s, &used);
+  } catch (...) {
+    used = 0;
+  }
+  std::string unit = s.substr(used);
+  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (!unit.empty() && unit.back() == 'B') unit.pop_back();
+  if (unit.size() == 2 && unit[1] == 'I') unit.pop_back();
+  const double mult = unit.empty()  ? 1
+                      : unit == "K" ? 1024.0
+                      : unit == "M" ? 1024.0 * 1024
+                      : unit == "G" ? 1024.0 * 1024 * 1024
+                                    : -1;
+  TESSERA_CHECK(used > 0 && mult > 0 && v > 0, "--kv-cache-memory must be a positive size in bytes",
+                " (suffixes K, M, G allowed), got '", s, "'");
+  return static_cast<int64_t>(v * mult);
+}
+
+engine::EngineConfig engine_config(const EngineFlags& f, const std::string& model, int device) {
+  engine::EngineConfig ec;
+  ec.model = model;
+  TESSERA_CHECK(f.max_num_seqs >= 1, "--max-num-seqs must be >= 1, got ", f.max_num_seqs);
+  TESSERA_CHECK(f.max_num_batched_tokens >= 1, "--max-num-batched-tokens must be >= 1, got ",
+                f.max_num_batched_tokens);
+  TESSERA_CHECK(f.max_model_len >= 0, "--max-model-len must be >= 0, got ", f.max_model_len);
+  TESSERA_CHECK(f.seed >= 0, "--seed must be >= 0, got ", f.seed);
+  ec.max_num_seqs = f.max_num_seqs;
+  ec.max_num_batched_tokens = f.max_num_batched_tokens;
+  ec.max_model_len = f.max_model_len;
+  ec.block_size = f.block_size;
+  if (!f.kv_cache_memory.empty()) ec.kv_cache_memory = parse_size(f.kv_cache_memory);
+  const auto& kd = f.kv_cache_dtype;
+  TESSERA_CHECK(kd == "float32" || kd == "bfloat16" || kd == "float16",
+                "--kv-cache-dtype must be float32, bfloat16 or float16, got '", kd, "'");
+  ec.kv_cache_dtype =
+      kd == "float32" ? DType::kF32 : (kd == "bfloat16" ? DType::kBF16 : DType::kF16);
+  ec.device_memory_fraction = f.kv_cache_fraction;
+  ec.enable_prefix_caching = !f.no_prefix_caching;
+  ec.device = device;
+  ec.seed = static_cast<uint64_t>(f.seed);
+  return ec;
+}
+
+// An engine (owned, or the job's) with its tokenizer. close() ends the engine loop; an owned
+// engine is joined and freed with it.
+class EngineBackend : public serving::ServingBackend {
+ public:
+  EngineBackend(std::unique_ptr<engine::EngineCore> owned, engine::EngineCore& core,
+                std::shared_ptr<serving::ServingTokenizer> tok)
+      : owned_(std::move(owned)),
+        engine_(std::make_unique<engine::AsyncEngine>(core)),
+        tok_(std::move(tok)) {}
+  ~EngineBackend() override { close(); }
+
+  void close() override {
+    std::lock_guard lock(mu_);
+    if (engine_ == nullptr) return;
+    engine_->stop();
+    if (owned_) {  // our loop thread: join it and free the weights and the KV cache
+      engine_.reset();
+      owned_.reset();
+    }
+  }
+  engine::EngineClient* engine() override { return engine_.get(); }
+  const serving::ServingTokenizer& tokenizer() const override { return *tok_; }
+  engine::AsyncEngine& async() { return *engine_; }
+
+ private:
+  std::mutex mu_;
+  std::unique_ptr<engine::EngineCore> owned_;
+  std::unique_ptr<engine::AsyncEngine> engine_;
+  std::shared_ptr<serving::ServingTokenizer> tok_;
+};
+
+std::shared_ptr<serving::ServingTokenizer> tokenizer_for(const engine::EngineCore& core) {
+  auto tok = serving::load_serving_tokenizer(core.model_dir());
+  // Ids the tokenizer can produce must be rows of the embedding.
+  TESSERA_CHECK(tok->vocab_size() <= core.model_config().vocab_size, "the tokenizer of ",
+                core.model_dir(), " has ", tok->vocab_size(), " ids but the model's vocab_size is ",
+                core.model_config().vocab_size);
+  return tok;
+}
+
+void check_no_adapter(const serving::ModelSpec& spec) {
+  TESSERA_CHECK(spec.adapter.empty(), "--model ", spec.name, "=", spec.base, ":", spec.adapter,
+                ": adapters are not served yet (the engine has no LoRA path)");
+}
+
+// Runs `fn` on every rank; a failure anywhere is thrown on every rank as one CollectiveError.
+template <typename Fn>
+void agreed(sharding::Communicator* comm, Fn&& fn) {
+  std::string err;
+  try {
+    fn();
+  } catch (const Error& e) {
+    err = e.message();
+  } catch (const std::exception& e) {
+    err = e.what();
+  }
+  if (comm != nullptr && comm->size() > 1) err = comm->agree_on_error(err);
+  if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
+}
+
+// Every rank's text on every rank (lengths, then the padded bytes).
+std::vector<std::string> all_gather_text(sharding::Communicator& comm, const std::string& text) {
+  auto len = torch::full({1}, static_cast<int64_t>(text.size()), torch::kLong);
+  auto lens = comm.all_gather(len).view({-1});
+  const int64_t max_len = lens.max().item<int64_t>();
+  auto buf = torch::zeros({std::max<int64_t>(max_len, 1)}, torch::kByte);
+  std::memcpy(buf.data_ptr<uint8_t>(), text.data(), text.size());
+  auto all = comm.all_gather(buf).contiguous().view({comm.size(), -1});
+  std::vector<std::string> out;
+  for (int r = 0; r < comm.size(); ++r) {
+    const auto* p = all[r].data_ptr<uint8_t>();
+    out.emplace_back(reinterpret_cast<const char*>(p), lens[r].item<int64_t>());
+  }
+  return out;
+}
+
+// POST /internal/shutdown to a replica; waits for the answer (or the error) at most `timeout`.
+void ask_replica_to_stop(serving::IoRuntime& io, const std::string& url, const std::string& token,
+                         std::chrono::milliseconds timeout) {
+  auto done = std::make_shared<std::promise<std::string>>();
+  auto fut = done->get_future();
+  serving::ClientRequest req;
+  req.method = "POST";
+  req.target = "/internal/shutdown";
+  req.headers.emplace_back("X-Tessera-Shutdown", token);
+  serving::ClientCallbacks cb;
+  cb.on_data = [](std::string_view) {};
+  cb.on_done = [done](const std::string& error) { done->set_value(error); };
+  serving::ClientTimeouts t;
+  t.total = timeout;
+  serving::http_request(io, serving::parse_url(url), std::move(req), std::move(cb), t);
+  if (fut.wait_for(timeout + std::chrono::seconds(1)) == std::future_status::ready) {
+    const std::string err = fut.get();
+    if (!err.empty()) log::warn("asking replica {} to shut down: {}", url, err);
+  }
+}
+
+}  // namespace
+
+void check_model_folders(const std::vector<serving::ModelSpec>& models) {
+  for (const auto& m : models) {
+    try {
+      models::ModelFolder::resolve(m.base);
+    } catch (const Error& e) {
+      TESSERA_FAIL("--model ", m.name, "=", m.base, ": ", e.message());
+    }
+  }
+}
+
+serving::ServingBackendLoader local_engine_loader(const EngineFlags& flags, int device) {
+  return
+      [flags, device](const serving::ModelSpec& spec) -> std::shared_ptr<serving::ServingBackend> {
+        check_no_adapter(spec);
+        auto core = std::make_unique<engine::EngineCore>(engine_config(flags, spec.base, device),
+                                                         nullptr, nullptr);
+        auto tok = tokenizer_for(*core);
+        engine::EngineCore& ref = *core;
+        auto backend = std::make_shared<EngineBackend>(std::move(core), ref, std::move(tok));
+        backend->async().start();
+        return backend;
+      };
+}
+
+int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::World& world) {
+  sharding::Communicator* wc = world.comm.get();
+  const int world_size = world.size;
+  const int rank = world.rank;
+  int tp = 1, dp = 1;
+  agreed(wc, [&] {
+    TESSERA_CHECK(setup.models.size() == 1, "under mpirun tessera serve serves one --model, got ",
+                  setup.models.size());
+    check_no_adapter(setup.models[0]);
+    TESSERA_CHECK(flags.tp >= 0 && flags.dp >= 0, "--tp and --dp must be >= 1, got --tp ", flags.tp,
+                  " --dp ", flags.dp);
+    tp = flags.tp > 0 ? flags.tp : (flags.dp > 0 ? world_size / flags.dp : world_size);
+    dp = flags.dp > 0 ? flags.dp : world_size / std::max(tp, 1);
+    TESSERA_CHECK(tp >= 1 && dp >= 1 && tp * dp == world_size, "--tp ", tp, " x --dp ", dp,
+                  " needs ", tp * dp, " ranks, the job has ", world_size);
+  });
+  // The folder (rank 0 writes the built-in model first), then every rank's engine.
+  std::string model_dir;
+  agreed(wc, [&] {
+    if (rank == 0) model_dir = models::ModelFolder::resolve(setup.models[0].base).dir();
+  });
+  agreed(wc, [&] {
+    if (model_dir.empty()) model_dir = models::ModelFolder::resolve(setup.models[0].base).dir();
+  });
+  models::ModelConfig config;
+  int dcp = 1;
+  agreed(wc, [&] {
+    config = models::ModelConfig::from_file(model_dir + "/config.json");
+    dcp = config.decode_context_parallel(tp);
+  });
+  auto* mpi_world = dynamic_cast<sharding::MpiCommunicator*>(wc);
+  TESSERA_CHECK(mpi_world != nullptr, "tessera serve under mpirun needs the MPI world");
+  auto groups = sharding::make_process_groups(*mpi_world, tp, 1);
+  std::unique_ptr<sharding::Communicator> model_tp, dcp_comm;
+  const auto factory = sharding::group_factory(*mpi_world, world.device);
+  if (world.device >= 0)
+    model_tp = sharding::make_process_groups(world_size, rank, tp, 1, factory).tp;
+  if (dcp > 1) dcp_comm = factory(rank / dcp, rank, "dcp");
+  sharding::Communicator* model_comm = model_tp ? model_tp.get() : groups.tp.get();
+  std::unique_ptr<engine::EngineCore> core;
+  agreed(wc, [&] {
+    core = std::make_unique<engine::EngineCore>(engine_config(flags, model_dir, world.device),
+                                                model_comm, dcp_comm.get(), groups.tp.get());
+  });
+  const bool leader = core->leader();
+
+  serving::install_termination_handler();  // before any thread starts (they inherit the mask)
+
+  // A token for rank 0's router to stop the other replicas with (dp > 1).
+  std::string token;
+  if (dp > 1) {
+    if (rank == 0) {
+      std::random_device rd;
+      for (int i = 0; i < 4; ++i) token += std::to_string(rd());
+    }
+    token = all_gather_text(*wc, token)[0];
+  }
+
+  std::shared_ptr<EngineBackend> backend;
+  std::unique_ptr<serving::IoRuntime> io;
+  std::unique_ptr<serving::ApiServer> server;
+  std::string my_url;
+  agreed(wc, [&] {
+    if (!leader) return;
+    backend = std::make_shared<EngineBackend>(nullptr, *core, tokenizer_for(*core));
+    io = std::make_unique<serving::IoRuntime>(setup.io_threads, 2);
+    serving::HttpServerOptions http = setup.http;
+    serving::ApiServerOptions api = setup.api;
+    if (dp > 1) {  // a replica behind rank 0's router
+      http.host = "127.0.0.1";
+      http.port = 0;
+      api.shutdown_token = token;
+      api.on_shutdown_request = [] { serving::request_termination(); };
+    }
+    auto b = backend;
+    server = std::make_unique<serving::ApiServer>(
+        *io, http, api, setup.models, 1,
+        [b](const serving::ModelSpec&) -> std::shared_ptr<serving::ServingBackend> { return b; });
+    server->start();
+    my_url = "http://127.0.0.1:" + std::to_string(server->port());
+  });
+  // Rank 0 learns the replicas' addresses (replicas on another node would need a routable bind).
+  std::vector<std::string> urls;
+  if (dp > 1) {
+    const json mine = {{"url", my_url}, {"host", world.hostname}};
+    std::string root_host;
+    for (const auto& text : all_gather_text(*wc, mine.dump())) {
+      const json j = json::parse(text);
+      if (root_host.empty()) root_host = j["host"].get<std::string>();
+      if (j["url"].get<std::string>().empty()) continue;
+      if (j["host"].get<std::string>() != root_host) {
+        throw CollectiveError("tessera serve --dp: replica leaders must share rank 0's node (" +
+                                  root_host + "), one is on " + j["host"].get<std::string>() +
+                                  "; run one job per node behind `tessera router`",
+                              __FILE__, __LINE__);
+      }
+      urls.push_back(j["url"].get<std::string>());
+    }
+  }
+  if (!leader) {
+    core->serve();  // until the leader releases the group
+    return 0;
+  }
+
+  std::unique_ptr<serving::Router> router;
+  if (rank == 0 && dp > 1) {
+    serving::RouterOptions ro = setup.router;
+    ro.backends = urls;
+    ro.api_keys = setup.api.api_keys;
+    router = std::make_unique<serving::Router>(*io, setup.http, ro);
+    router->start();
+  }
+  std::thread signals([&] {
+    serving::wait_for_termination_signal();
+    if (router) {
+      router->shutdown(setup.shutdown_timeout);
+      for (size_t r = 1; r < urls.size(); ++r) {
+        ask_replica_to_stop(*io, urls[r], token, std::chrono::milliseconds(2000));
+      }
+    }
+    server->shutdown(setup.shutdown_timeout);
+    backend->close();  // ends the engine loop on the main thread
+  });
+  io->start();
+  if (rank == 0) {
+    const int port = router ? router->port() : server->port();
+    std::printf("tessera serve: listening on http://%s:%d (model %s, tp %d, dp %d, pid %d)\n",
+                setup.http.host.c_str(), port, setup.models[0].name.c_str(), tp, dp,
+                static_cast<int>(getpid()));
+    std::fflush(stdout);
+  }
+  std::exception_ptr failure;
+  try {
+    backend->async().run();  // the engine loop, until close()
+  } catch (...) {
+    failure = std::current_exception();
+    serving::request_termination();
+  }
+  signals.join();
+  io->stop();
+  if (failure) std::rethrow_exception(failure);
+  return 0;
+}
+
+}  // namespace tessera::cli

@@ -1,0 +1,73 @@
+#include "runtime/serving/hf_tokenizer.h"
+
+#include <filesystem>
+
+#include "common/error.h"
+#include "runtime/serving/byte_tokenizer.h"
+#include "runtime/tokenizers/chat_template.h"
+#include "runtime/tokenizers/incremental_decoder.h"
+#include "runtime/tokenizers/tokenizer.h"
+
+namespace tessera::serving {
+namespace {
+
+class HfStreamDecoder : public StreamDecoder {
+ public:
+  HfStreamDecoder(const tokenizers::Tokenizer& tok, std::span<const int32_t> prompt_ids,
+                  bool skip_special_tokens)
+      : dec_(tok, prompt_ids, skip_special_tokens) {}
+  std::string step(int32_t id) override { return dec_.step(id); }
+  std::string flush() override { return dec_.flush(); }
+
+ private:
+  tokenizers::IncrementalDecoder dec_;
+};
+
+}  // namespace
+
+HfTokenizer::HfTokenizer(const std::string& dir)
+    : tok_(tokenizers::Tokenizer::from_folder(dir)),
+      chat_(
+          std::make_unique<tokenizers::ChatTemplate>(tokenizers::ChatTemplate::from_folder(dir))) {}
+
+HfTokenizer::~HfTokenizer() = default;
+
+std::vector<int32_t> HfTokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  return tok_->encode(text, add_special_tokens);
+}
+
+std::string HfTokenizer::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
+  return tok_->decode(ids, skip_special_tokens);
+}
+
+std::unique_ptr<StreamDecoder> HfTokenizer::stream_decoder(std::span<const int32_t> prompt_ids,
+                                                           bool skip_special_tokens) const {
+  return std::make_unique<HfStreamDecoder>(*tok_, prompt_ids, skip_special_tokens);
+}
+
+std::string HfTokenizer::render_chat(const nlohmann::json& messages, bool add_generation_prompt,
+                                     const nlohmann::json& extra) const {
+  TESSERA_CHECK(!chat_->empty(),
+                "this model has no chat template (tokenizer_config.json \"chat_template\"); use "
+                "/v1/completions");
+  return chat_->render(messages, add_generation_prompt,
+                       extra.is_object() ? extra : nlohmann::json::object());
+}
+
+int32_t HfTokenizer::vocab_size() const { return tok_->vocab_size(); }
+
+std::vector<int32_t> HfTokenizer::eos_ids() const { return tok_->eos_ids(); }
+
+std::string HfTokenizer::token_text(int32_t id) const {
+  const int32_t one[1] = {id};
+  return tok_->decode(std::span<const int32_t>(one, 1), false);
+}
+
+std::shared_ptr<ServingTokenizer> load_serving_tokenizer(const std::string& dir) {
+  if (std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json")) {
+    return std::make_shared<HfTokenizer>(dir);
+  }
+  return std::make_shared<ByteTokenizer>();
+}
+
+}  // namespace tessera::serving

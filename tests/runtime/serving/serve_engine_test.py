@@ -1,0 +1,363 @@
+"""`tessera serve` on the real engine (no FakeEngine), real HTTP on 127.0.0.1 with ephemeral
+ports, each server started and stopped here.
+
+  serve_engine_test.py single <tessera>   the built-in tiny model (byte tokenizer) and a random
+      LLaMA checkpoint + BPE tokenizer made here by transformers/tokenizers: the `openai` client
+      and curl, completions and chat, streamed and not; streamed text == non-streamed text for the
+      same seed; usage against independent references (UTF-8 bytes + <bos>; jinja2 ChatML; the HF
+      tokenizer and apply_chat_template); greedy text == transformers' generate; a client that
+      disconnects mid-stream gets its request aborted and its KV blocks back (/metrics); SIGTERM
+      exits 0.
+  serve_engine_test.py mpi <tessera> <mpiexec>   `mpirun -np 4 tessera serve --tp 2`: two
+      replicas behind rank 0's router; a shared long prefix lands on one replica (router
+      counters); under uneven load a new request goes to the idle replica; SIGTERM to rank 0
+      stops the whole job with exit code 0.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+try:
+    import httpx
+    import jinja2
+    import openai
+    MISSING = None
+except ImportError as e:  # the venv of outside references is missing (mpi mode needs none)
+    MISSING = e
+
+sys.path.insert(0, os.path.dirname(__file__))
+from serving_procs import _procs, _wait_line, http, sse_events  # noqa: E402
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+failures = []
+
+
+def check(cond, what):
+    print(("ok:   " if cond else "FAIL: ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def start(cmd, timeout=120):
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    _procs.append(p)
+    m = _wait_line(p, r"listening on http://127\.0\.0\.1:(\d+) \(.*pid (\d+)\)", timeout)
+    return p, int(m.group(1)), int(m.group(2))
+
+
+def metric(port, name, labels=""):
+    """The sum of the samples of `name` whose labels contain `labels` (None: no sample)."""
+    _, _, body = http(port, "GET", "/metrics")
+    total, found = 0.0, False
+    for line in body.decode().splitlines():
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$", line)
+        if m and m.group(1) == name and labels in (m.group(2) or ""):
+            total += float(m.group(3))
+            found = True
+    return total if found else None
+
+
+def curl(port, body):
+    out = subprocess.run(["curl", "-sS", "-N", "-H", "Content-Type: application/json",
+                          f"http://127.0.0.1:{port}/v1/completions", "--data-binary",
+                          json.dumps(body)], capture_output=True, timeout=120, check=True)
+    return out.stdout
+
+
+def generation_checks(port, model, prompt_len, chat_len, messages, tag):
+    """openai + curl; streamed == non-streamed (seeded sampling); usage vs references."""
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=120,
+                           max_retries=0, http_client=httpx.Client(timeout=120))
+    prompt = "The quick brown fox jumps over the lazy dog"
+    kw = dict(model=model, prompt=prompt, max_tokens=12, temperature=0.9, seed=1234,
+              extra_body={"ignore_eos": True})
+    full = client.completions.create(**kw)
+    text = full.choices[0].text
+    check(full.usage.prompt_tokens == prompt_len(prompt),
+          f"{tag} completion usage.prompt_tokens {full.usage.prompt_tokens} == reference "
+          f"{prompt_len(prompt)}")
+    check(full.usage.completion_tokens == 12 and full.usage.total_tokens == prompt_len(prompt) + 12,
+          f"{tag} completion usage.completion_tokens {full.usage.completion_tokens} == 12")
+    check(full.choices[0].finish_reason == "length", f"{tag} finish_reason length")
+    chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True},
+                                            **kw))
+    streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+    check(streamed == text, f"{tag} openai streamed text {streamed!r} == non-streamed {text!r}")
+    usage = [c.usage for c in chunks if c.usage is not None]
+    check(len(usage) == 1 and usage[0].completion_tokens == 12 and
+          usage[0].prompt_tokens == full.usage.prompt_tokens, f"{tag} streamed usage {usage}")
+    check(sum(1 for c in chunks if c.choices) >= 2, f"{tag} several stream chunks")
+    # curl, the same request, both ways.
+    body = {"model": model, "prompt": prompt, "max_tokens": 12, "temperature": 0.9, "seed": 1234,
+            "ignore_eos": True}
+    j = json.loads(curl(port, body))
+    check(j["choices"][0]["text"] == text, f"{tag} curl text == openai text")
+    events = sse_events(curl(port, dict(body, stream=True)))
+    check(events and events[-1] == "[DONE]", f"{tag} curl stream ends with [DONE]")
+    ctext = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+    check(ctext == text, f"{tag} curl streamed text {ctext!r} == {text!r}")
+    # A different seed gives (almost surely) a different sample: the seed is honoured.
+    other = client.completions.create(**dict(kw, seed=99)).choices[0].text
+    check(other != text, f"{tag} seed 99 gives another sample ({other!r})")
+    # Chat.
+    ckw = dict(model=model, messages=messages, max_tokens=10, temperature=0.8, seed=7,
+               extra_body={"ignore_eos": True})
+    cfull = client.chat.completions.create(**ckw)
+    check(cfull.usage.prompt_tokens == chat_len,
+          f"{tag} chat usage.prompt_tokens {cfull.usage.prompt_tokens} == reference {chat_len}")
+    check(cfull.usage.completion_tokens == 10, f"{tag} chat completion_tokens 10")
+    cchunks = list(client.chat.completions.create(stream=True, **ckw))
+    ctext = "".join(c.choices[0].delta.content or "" for c in cchunks if c.choices)
+    check(ctext == cfull.choices[0].message.content,
+          f"{tag} chat streamed {ctext!r} == non-streamed {cfull.choices[0].message.content!r}")
+    return client
+
+
+def disconnect_check(port, model, tag, max_tokens):
+    """A stream cut by its client: the request is aborted and its KV blocks are freed."""
+    before_abort = metric(port, "tessera_request_success_total", 'finish_reason="abort"') or 0
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    body = json.dumps({"model": model, "prompt": "Once upon a time " * 8, "max_tokens": max_tokens,
+                       "ignore_eos": True, "stream": True}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = b""
+    while got.count(b"data: ") < 5:
+        data = s.recv(65536)
+        if not data:
+            break
+        got += data
+    check(got.startswith(b"HTTP/1.1 200"), f"{tag} stream started: {got[:300]!r}")
+    used = metric(port, "tessera_kv_cache_blocks_used")
+    running = metric(port, "tessera_num_requests_running")
+    check(used is not None and used > 0 and running == 1,
+          f"{tag} mid-stream: {used} KV blocks used, {running} running")
+    steps0 = metric(port, "tessera_engine_steps_total")
+    s.close()
+    t0 = time.time()
+    while time.time() - t0 < 10:
+        if metric(port, "tessera_kv_cache_blocks_used") == 0 and \
+                metric(port, "tessera_num_requests_running") == 0:
+            break
+        time.sleep(0.005)
+    dt = time.time() - t0
+    steps = metric(port, "tessera_engine_steps_total") - steps0
+    # One engine step of this stream: the mean inter-token latency so far.
+    itl = metric(port, "tessera_inter_token_latency_seconds_sum") / \
+        metric(port, "tessera_inter_token_latency_seconds_count")
+    # In engine steps (robust on a loaded machine): the step in flight at the close, the one that
+    # takes the abort, and the steps between the last read before the close and the close itself.
+    check(metric(port, "tessera_kv_cache_blocks_used") == 0 and steps <= 6 and
+          dt < 2 * itl + 0.25,
+          f"{tag} blocks back in the pool {dt * 1000:.1f} ms after the close (mean step "
+          f"{itl * 1000:.1f} ms; {steps:.0f} engine steps since the last read before the close)")
+    aborted = (metric(port, "tessera_request_success_total", 'finish_reason="abort"') or 0)
+    check(aborted == before_abort + 1, f"{tag} the request was aborted ({aborted})")
+    gen = metric(port, "tessera_generation_tokens_total")
+    check(gen is not None and gen < max_tokens, f"{tag} generation stopped early ({gen} tokens in all)")
+    return dt, steps
+
+
+def stream_in_flight(port, max_tokens):
+    """Starts a stream; returns a thread whose .result is the body once the stream ended."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    body = json.dumps({"model": "tiny", "prompt": "Far over the misty mountains",
+                       "max_tokens": max_tokens, "ignore_eos": True, "stream": True}).encode()
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+              b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = [b""]
+    while b"data: " not in got[0]:
+        got[0] += s.recv(65536)
+
+    def read():
+        while b"data: [DONE]" not in got[0]:
+            data = s.recv(65536)
+            if not data:
+                break
+            got[0] += data
+        s.close()
+
+    t = threading.Thread(target=read)
+    t.start()
+    t.got = got
+    return t
+
+
+def check_drained(t, max_tokens, what):
+    t.join(timeout=90)
+    raw = t.got[0]
+    events = [e for e in re.findall(rb"data: (.*?)\r?\n", raw)]
+    texts = [json.loads(e)["choices"][0] for e in events if e != b"[DONE]"]
+    n = sum(1 for c in texts if c["finish_reason"] == "length")
+    check(events and events[-1] == b"[DONE]" and n == 1,
+          f"{what}: the stream in flight at SIGTERM finished ({len(events)} events, "
+          f"finish_reason length: {n})")
+
+
+def stop_ok(proc, what, port=None):
+    t = stream_in_flight(port, 150) if port else None
+    proc.send_signal(signal.SIGTERM)
+    if t:
+        check_drained(t, 150, what)
+    try:
+        rc = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        rc = "hang"
+    check(rc == 0, f"{what}: SIGTERM exit code {rc}")
+
+
+def make_llama(d):
+    """A random LLaMA (transformers) with a byte-level BPE tokenizer trained here and a chat
+    template; returns the transformers model and tokenizer."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = ["The quick brown fox jumps over the lazy dog.", "Once upon a time there was a cat.",
+              "user assistant system hello world"] * 50
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    fast.chat_template = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] "
+                          "{{ m['content'] }}\n{% endfor %}"
+                          "{% if add_generation_prompt %}[assistant] {% endif %}")
+    fast.save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, bos_token_id=0, eos_token_id=1,
+                      tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(d, safe_serialization=True)
+    return model, fast
+
+
+def run_single(tessera):
+    global T0
+    T0 = time.time()
+    tmp = tempfile.mkdtemp()
+    env_home = os.path.join(tmp, "home")
+    os.makedirs(env_home)
+    # --- tiny: the byte tokenizer, ChatML chats.
+    proc, port, _ = start([tessera, "serve", "--model", "tiny", "--port", "0"])
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    rendered = jinja2.Template(CHATML).render(messages=messages, add_generation_prompt=True)
+    # The chat's prompt is the rendered text without added specials (the template has them).
+    generation_checks(port, "tiny", lambda p: 1 + len(p.encode()), len(rendered.encode()),
+                      messages, "tiny")
+    dt, steps = disconnect_check(port, "tiny", "tiny", 3000)
+    stop_ok(proc, "tiny server", port)
+    print(f"tiny: {time.time() - T0:.1f} s", flush=True)
+
+    # --- a random LLaMA with a real tokenizer.json and a chat template.
+    d = os.path.join(tmp, "llama")
+    model, fast = make_llama(d)
+    print(f"checkpoint made: {time.time() - T0:.1f} s", flush=True)
+    proc, port, _ = start([tessera, "serve", "--model", d, "--port", "0"])
+    prompt_len = lambda p: len(fast(p).input_ids)  # noqa: E731
+    chat_ids = fast.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    client = generation_checks(port, "llama", prompt_len, len(chat_ids), messages, "llama")
+    # Greedy text against transformers' generate on the same checkpoint.
+    import torch
+    prompt = "Once upon a time"
+    ids = fast(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None,
+                             pad_token_id=1)
+    ref = fast.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    got = client.completions.create(model="llama", prompt=prompt, max_tokens=10, temperature=0,
+                                    extra_body={"ignore_eos": True}).choices[0].text
+    check(got == ref, f"llama greedy text {got!r} == transformers {ref!r}")
+    disconnect_check(port, "llama", "llama", 400)
+    stop_ok(proc, "llama server")
+
+
+def run_mpi(tessera, mpiexec):
+    cmd = [mpiexec, "-np", "4", tessera, "serve", "--model", "tiny", "--tp", "2", "--port", "0",
+           "--balance-abs-threshold", "2", "--balance-rel-threshold", "1.5",
+           "--kv-cache-memory", "16M"]
+    proc, port, rank0 = start(cmd, timeout=180)
+    workers = lambda: {m.group(1): float(m.group(2)) for m in re.finditer(  # noqa: E731
+        r'tessera_router_requests_total\{worker="([^"]+)"\} (\S+)',
+        http(port, "GET", "/metrics")[2].decode())}
+    deadline = time.time() + 30
+    while time.time() < deadline and http(port, "GET", "/health")[0] != 200:
+        time.sleep(0.2)
+    # A long shared prefix: every request after the first goes where the prefix is.
+    prefix = "In a hole in the ground there lived a hobbit. Not a nasty, dirty, wet hole. " * 2
+    for i in range(4):
+        st, _, body = http(port, "POST", "/v1/completions",
+                           {"model": "tiny", "prompt": prefix + str(i), "max_tokens": 4})
+        check(st == 200, f"dp request {i}: {st} {body[:200]!r}")
+    w = workers()
+    cache = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'tessera_router_cache_routed_total\{worker="([^"]+)"\} (\S+)',
+        http(port, "GET", "/metrics")[2].decode())}
+    check(len(w) == 1 and list(w.values())[0] == 4,
+          f"4 requests sharing a prefix on one replica: {w}")
+    check(sum(cache.values()) >= 3, f"routed by cache: {cache}")
+    busy = list(w)[0]
+    # Uneven load: three long streams on the busy replica, then a new request with the same
+    # prefix goes to the idle one.
+    socks = []
+    for i in range(3):
+        s = socket.create_connection(("127.0.0.1", port))
+        body = json.dumps({"model": "tiny", "prompt": prefix + "stream", "max_tokens": 400,
+                           "ignore_eos": True, "stream": True}).encode()
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                  b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        got = b""
+        while b"data: " not in got:
+            got += s.recv(65536)
+        socks.append(s)
+    w1 = workers()
+    check(w1.get(busy, 0) == 7, f"the three streams went to the prefix's replica: {w1}")
+    st, _, body = http(port, "POST", "/v1/completions",
+                       {"model": "tiny", "prompt": prefix + "new", "max_tokens": 4})
+    w2 = workers()
+    idle = [u for u in w2 if u != busy]
+    check(st == 200 and len(idle) == 1 and w2[idle[0]] == 1,
+          f"the new request under uneven load went to the idle replica: {w2}")
+    for s in socks:
+        s.close()
+    # SIGTERM to rank 0 with a stream in flight: the stream finishes, rank 0 stops the other
+    # replica, and the job ends with 0.
+    t = stream_in_flight(port, 150)
+    os.kill(rank0, signal.SIGTERM)
+    check_drained(t, 150, "dp job")
+    try:
+        rc = proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        rc = "hang"
+    check(rc == 0, f"mpirun exit code after SIGTERM to rank 0: {rc}")
+
+
+def main():
+    mode, tessera = sys.argv[1], sys.argv[2]
+    t0 = time.time()
+    if mode == "single":
+        if MISSING is not None:
+            print(f"SKIPPED: {MISSING}")
+            sys.exit(77)
+        run_single(tessera)
+    else:
+        run_mpi(tessera, sys.argv[3])
+    print(f"{mode}: {time.time() - t0:.1f} s, {len(failures)} failures")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
