@@ -11,6 +11,7 @@ Benchmark sp_decode_benchmark();
 Benchmark scheduler_benchmark();
 Benchmark lora_benchmark();
 Benchmark int8_benchmark();
+Benchmark engine_benchmark();
 
 std::vector<Benchmark> benchmarks() {
   std::vector<Benchmark> all;
@@ -22,6 +23,7 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(scheduler_benchmark());
   all.push_back(lora_benchmark());
   all.push_back(int8_benchmark());
+  all.push_back(engine_benchmark());
   return all;
 }
 

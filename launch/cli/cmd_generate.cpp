@@ -1,4 +1,7 @@
-// `tessera generate`: greedy generation with the model split tensor-parallel over all ranks.
+// `tessera generate`: offline generation on the engine (continuous batching over the paged KV
+// cache), the model split tensor-parallel (--tp) and replicated (--dp) over the job's ranks.
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
@@ -12,81 +15,246 @@
 namespace tessera::cli {
 
 namespace {
+
 struct GenerateArgs {
-  engine::GenerateRequest request;
+  engine::GenerateJob job;
+  std::vector<std::string> prompts;
+  std::vector<std::string> prompt_ids;
+  std::string prompts_file;
+  scheduler::SamplingParams params;
+  int64_t seed = -1;
+  std::string stop_token_ids;
+  std::string kv_cache_memory;
+  bool no_prefix_caching = false;
   bool json = false;
-  bool ignore_eos = false;
+  bool no_progress = false;
 };
 
-std::string join(const std::vector<int64_t>& ids) {
+std::string join(const std::vector<int32_t>& ids) {
   std::ostringstream os;
   for (size_t i = 0; i < ids.size(); ++i) os << (i ? " " : "") << ids[i];
   return os.str();
 }
+
+// "1073741824", "512M", "2G", "64KiB": bytes.
+int64_t parse_bytes(const std::string& s) {
+  size_t used = 0;
+  double v = -1;
+  try {
+    v = std::stod(s, &used);
+  } catch (...) {
+    used = 0;
+  }
+  std::string unit = s.substr(used);
+  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (!unit.empty() && unit.back() == 'B') unit.pop_back();
+  if (unit.size() == 2 && unit[1] == 'I') unit.pop_back();
+  const double mult = unit.empty()  ? 1
+                      : unit == "K" ? 1024.0
+                      : unit == "M" ? 1024.0 * 1024
+                      : unit == "G" ? 1024.0 * 1024 * 1024
+                                    : -1;
+  TESSERA_CHECK(used > 0 && mult > 0 && v > 0, "--kv-cache-memory must be a positive size in bytes",
+                " (suffixes K, M, G allowed), got '", s, "'");
+  return static_cast<int64_t>(v * mult);
+}
+
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool enabled) : enabled_(enabled) {}
+  void update(const engine::Progress& p) {
+    if (!enabled_ || p.total == 0) return;
+    constexpr int kWidth = 30;
+    const int done = static_cast<int>(kWidth * p.finished / p.total);
+    std::string bar(done, '#');
+    bar.resize(kWidth, '.');
+    std::fprintf(stderr, "\r[%s] %lld/%lld requests, %lld tokens, %.0f tok/s ", bar.c_str(),
+                 static_cast<long long>(p.finished), static_cast<long long>(p.total),
+                 static_cast<long long>(p.output_tokens),
+                 p.seconds > 0 ? p.output_tokens / p.seconds : 0.0);
+    std::fflush(stderr);
+    shown_ = true;
+  }
+  void finish() {
+    if (shown_) std::fprintf(stderr, "\r\033[K");
+  }
+
+ private:
+  bool enabled_;
+  bool shown_ = false;
+};
+
 }  // namespace
 
 Command register_generate(CLI::App& root) {
   auto args = std::make_shared<GenerateArgs>();
+  auto& job = args->job;
+  auto& p = args->params;
+  p.temperature = 0.0f;  // greedy unless asked otherwise
+  p.max_tokens = 32;
   auto* app = root.add_subcommand(
-      "generate", "Generate text greedily; under mpirun the model is split tensor-parallel");
-  app->add_option("--model", args->request.model,
+      "generate",
+      "Generate from prompts with continuous batching; under mpirun the model is split "
+      "tensor-parallel (--tp) and replicated (--dp)");
+  app->add_option("--model", job.engine.model,
                   "Built-in model name (tiny) or a Hugging Face model folder")
       ->capture_default_str();
-  app->add_option("--prompt", args->request.prompt, "Prompt text")->required();
-  app->add_option("--max-tokens", args->request.max_tokens, "Tokens to generate (>= 0)")
-      ->capture_default_str()
-      ->check(CLI::Validator(
-          [](std::string& s) -> std::string {
-            try {
-              if (std::stoll(s) >= 0) return {};
-            } catch (...) {
-            }
-            return "must be an integer >= 0, got " + s;
-          },
-          "INT>=0"));
-  app->add_option("--prefill-chunk", args->request.prefill_chunk, "Prompt tokens per forward pass")
-      ->capture_default_str()
-      ->check(CLI::Validator(
-          [](std::string& s) -> std::string {
-            try {
-              if (std::stoll(s) > 0) return {};
-            } catch (...) {
-            }
-            return "must be an integer > 0, got " + s;
-          },
-          "INT>0"));
-  app->add_flag("--ignore-eos", args->ignore_eos, "Keep generating past the end-of-text token");
+  app->add_option("--prompt", args->prompts, "Prompt text (repeatable)");
+  app->add_option("--prompt-ids", args->prompt_ids, "Prompt as token ids, e.g. 1,2,3 (repeatable)");
+  app->add_option("--prompts", args->prompts_file,
+                  "JSONL file, one request per line: {\"prompt\": text or ids, ...sampling "
+                  "fields}");
+  app->add_option("--max-tokens", p.max_tokens, "Tokens to generate per request (>= 1)")
+      ->capture_default_str();
+  app->add_option("--min-tokens", p.min_tokens, "No stop before this many tokens");
+  app->add_option("--temperature", p.temperature, "0 = greedy")->capture_default_str();
+  app->add_option("--top-k", p.top_k, "Keep the k most likely tokens (0 = off)");
+  app->add_option("--top-p", p.top_p, "Nucleus mass in (0, 1]");
+  app->add_option("--min-p", p.min_p, "Drop tokens below min_p x the top probability");
+  app->add_option("--repetition-penalty", p.repetition_penalty, "Hugging Face semantics (1 = off)");
+  app->add_option("--presence-penalty", p.presence_penalty, "OpenAI semantics (0 = off)");
+  app->add_option("--frequency-penalty", p.frequency_penalty, "OpenAI semantics (0 = off)");
+  app->add_option("--seed", args->seed, "Per-request seed (-1 = none)");
+  app->add_option("--stop", p.stop, "Stop string (repeatable)");
+  app->add_option("--stop-token-ids", args->stop_token_ids, "Stop token ids, e.g. 2,7");
+  app->add_flag("--ignore-eos", p.ignore_eos, "Keep generating past end-of-sequence tokens");
+  app->add_option("--logprobs", p.logprobs, "Top-n log-probabilities per token (-1 = none)");
+  app->add_option("--tp", job.tp, "Ranks per tensor-parallel group (default: all / --dp)");
+  app->add_option("--dp", job.dp, "Data-parallel replicas")->capture_default_str();
+  app->add_option("--max-num-seqs", job.engine.max_num_seqs, "Most sequences per step")
+      ->capture_default_str();
+  app->add_option("--max-num-batched-tokens", job.engine.max_num_batched_tokens,
+                  "Most tokens per step (longer prompts are prefilled in chunks)")
+      ->capture_default_str();
+  app->add_option("--max-model-len", job.engine.max_model_len,
+                  "Longest prompt + output (default: the model's max_position_embeddings)");
+  app->add_option("--kv-cache-memory", args->kv_cache_memory,
+                  "KV cache bytes per rank (K/M/G suffixes; default: what --max-num-seqs "
+                  "sequences need, at most 1 GiB on a CPU)");
+  app->add_option("--block-size", job.engine.block_size, "KV cache tokens per block per rank")
+      ->capture_default_str();
+  app->add_flag("--no-prefix-caching", args->no_prefix_caching, "Recompute shared prefixes");
   app->add_flag("--json", args->json, "Print one JSON object instead of text");
+  app->add_flag("--no-progress", args->no_progress, "No progress bar on a terminal");
 
   Action action = [args](launch::World& world) -> int {
-    args->request.stop_at_eos = !args->ignore_eos;
-    const auto res = engine::generate(args->request, world.comm.get());
-    if (world.rank != 0) return 0;
+    auto& job = args->job;
+    // Same arguments on every rank: a bad one fails every rank together (one line from rank 0).
+    try {
+      if (args->seed >= 0) args->params.seed = static_cast<uint64_t>(args->seed);
+      if (!args->stop_token_ids.empty()) {
+        args->params.stop_token_ids = engine::parse_id_list(args->stop_token_ids);
+      }
+      args->params.validate();
+      if (!args->kv_cache_memory.empty()) {
+        job.engine.kv_cache_memory = parse_bytes(args->kv_cache_memory);
+      }
+      job.engine.enable_prefix_caching = !args->no_prefix_caching;
+      job.engine.device = world.device;
+      job.prompts.clear();
+      for (const auto& text : args->prompts) {
+        engine::PromptSpec s;
+        s.text = text;
+        s.params = args->params;
+        job.prompts.push_back(std::move(s));
+      }
+      for (const auto& ids : args->prompt_ids) {
+        engine::PromptSpec s;
+        s.ids = engine::parse_id_list(ids);
+        s.has_ids = true;
+        s.params = args->params;
+        job.prompts.push_back(std::move(s));
+      }
+      if (!args->prompts_file.empty()) {
+        for (auto& s : engine::read_prompt_file(args->prompts_file, args->params)) {
+          job.prompts.push_back(std::move(s));
+        }
+      }
+      TESSERA_CHECK(!job.prompts.empty(), "no prompts: give --prompt, --prompt-ids or --prompts");
+    } catch (const Error& e) {
+      throw CollectiveError(e.message(), __FILE__, __LINE__);
+    }
+    const bool lead = world.rank == 0;
+    ProgressBar bar(lead && !args->json && !args->no_progress && isatty(STDERR_FILENO));
+    job.on_ready = [&](const std::string& table) {
+      if (!args->json) std::fprintf(stderr, "%s", table.c_str());
+    };
+    job.progress = [&](const engine::Progress& pr) { bar.update(pr); };
+    const auto rep = engine::run_generate(job, world.comm.get());
+    bar.finish();
+    if (!lead) return 0;
+
+    int failed = 0;
+    for (const auto& o : rep.outputs) {
+      if (o.result.finish_reason == "error") {
+        ++failed;
+        std::fprintf(stderr, "tessera: error: %s\n", o.result.error.c_str());
+      }
+    }
+    const auto& s = rep.summary;
     if (args->json) {
-      nlohmann::json j{{"model", args->request.model},
-                       {"model_dir", res.model_dir},
-                       {"world_size", world.size},
-                       {"tensor_parallel", res.tp_size},
-                       {"prompt_ids", res.prompt_ids},
-                       {"output_ids", res.output_ids},
-                       {"text", runtime::escape_bytes(res.text)},
-                       {"load_ms", res.load_ms},
-                       {"prefill_ms", res.prefill_ms},
-                       {"decode_ms", res.decode_ms},
-                       {"kv_cache_bytes_per_rank", res.kv_cache_bytes}};
+      nlohmann::json reqs = nlohmann::json::array();
+      for (size_t i = 0; i < rep.outputs.size(); ++i) {
+        const auto& r = rep.outputs[i].result;
+        reqs.push_back({{"index", i},
+                        {"id", r.id},
+                        {"prompt_ids", r.prompt_ids},
+                        {"output_ids", r.output_ids},
+                        {"text", runtime::escape_bytes(rep.outputs[i].text)},
+                        {"finish_reason", r.finish_reason},
+                        {"error", r.error},
+                        {"cached_prompt_tokens", r.cached_prompt_tokens},
+                        {"first_token_s", r.first_token_s},
+                        {"finished_s", r.finished_s}});
+      }
+      nlohmann::json j{{"model", job.engine.model},
+                       {"model_dir", rep.model_dir},
+                       {"world_size", rep.world},
+                       {"tensor_parallel", rep.tp},
+                       {"data_parallel", rep.dp},
+                       {"decode_context_parallel", rep.dcp},
+                       {"kv_cache_blocks", rep.kv_blocks},
+                       {"kv_cache_bytes_per_rank", rep.kv_bytes_per_rank},
+                       {"weight_bytes_per_rank", rep.weight_bytes_per_rank},
+                       {"load_s", rep.load_s},
+                       {"requests", reqs},
+                       {"summary",
+                        {{"seconds", s.seconds},
+                         {"requests", s.requests},
+                         {"failed", s.failed},
+                         {"prompt_tokens", s.prompt_tokens},
+                         {"output_tokens", s.output_tokens},
+                         {"computed_tokens", s.computed_tokens},
+                         {"output_tok_s", s.output_tok_s()},
+                         {"steps", s.steps},
+                         {"preemptions", s.preemptions},
+                         {"prefix_hit_tokens", s.prefix_hit_tokens}}}};
       std::printf("%s\n", j.dump().c_str());
     } else {
-      std::printf("%s\n", runtime::escape_bytes(res.text).c_str());
-      std::printf("output ids: %s\n", join(res.output_ids).c_str());
-      const double tok_s = res.decode_ms > 0 ? res.output_ids.size() * 1000.0 / res.decode_ms : 0;
+      const bool one = rep.outputs.size() == 1;
+      for (const auto& o : rep.outputs) {
+        if (o.result.finish_reason == "error") continue;
+        if (!one) {
+          std::printf("--- request %s (%s) ---\n", o.result.id.c_str(),
+                      o.result.finish_reason.c_str());
+        }
+        std::printf("%s\n", runtime::escape_bytes(o.text).c_str());
+        std::printf("output ids: %s\n", join(o.result.output_ids).c_str());
+      }
       std::fprintf(stderr,
-                   "[%d rank(s), tensor-parallel %d] prompt %zu tokens, generated %zu; load %.0f "
-                   "ms, prefill %.1f ms, decode %.1f ms (%.0f tokens/s)\n",
-                   world.size, res.tp_size, res.prompt_ids.size(), res.output_ids.size(),
-                   res.load_ms, res.prefill_ms, res.decode_ms, tok_s);
+                   "[%d rank(s): tp %d x dp %d%s] %lld requests (%d failed): prompt %lld tokens "
+                   "(%lld from the prefix cache), generated %lld tokens in %.2f s (%.0f tok/s); "
+                   "load %.2f s, %lld steps, %lld preemptions\n",
+                   rep.world, rep.tp, rep.dp,
+                   rep.dcp > 1 ? (", dcp " + std::to_string(rep.dcp)).c_str() : "",
+                   static_cast<long long>(s.requests), failed,
+                   static_cast<long long>(s.prompt_tokens),
+                   static_cast<long long>(s.prefix_hit_tokens),
+                   static_cast<long long>(s.output_tokens), s.seconds, s.output_tok_s(), rep.load_s,
+                   static_cast<long long>(s.steps), static_cast<long long>(s.preemptions));
     }
     std::fflush(stdout);
-    return 0;
+    return failed > 0 ? 1 : 0;
   };
   return {app, action, false};
 }

@@ -3,29 +3,27 @@
 #include <torch/types.h>
 
 #include <chrono>
+#include <cstring>
 #include <memory>
-#include <optional>
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
-#include "common/logging.h"
-#include "runtime/models/decoder_model.h"
 #include "runtime/models/model_folder.h"
 #include "runtime/tokenizer.h"
 #include "sharding/communicator.h"
+#include "sharding/mpi/mpi_communicator.h"
+#include "sharding/process_groups.h"
 
 namespace tessera::engine {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
+using nlohmann::json;
 
-// Runs `fn` on every rank; if any rank throws, every rank throws the lowest failing rank's
-// message (agreed over `comm`), so no rank is left waiting in a collective.
+// Runs `fn` on every rank of `comm`; a failure anywhere is thrown on every rank as one agreed
+// CollectiveError.
 template <typename Fn>
-void on_all_ranks(sharding::Communicator* comm, Fn&& fn) {
+void agreed(sharding::Communicator* comm, Fn&& fn) {
   std::string err;
   try {
     fn();
@@ -34,91 +32,207 @@ void on_all_ranks(sharding::Communicator* comm, Fn&& fn) {
   } catch (const std::exception& e) {
     err = e.what();
   }
-  if (comm != nullptr) err = comm->agree_on_error(err);
+  if (comm != nullptr && comm->size() > 1) err = comm->agree_on_error(err);
   if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
+}
+
+// The byte tokenizer of the built-in models (the tokenizers part replaces it for model folders
+// with tokenizer.json). Ids past its vocabulary (a model whose vocab_size is larger) decode to
+// U+FFFD.
+std::vector<int32_t> encode_text(const std::string& text) {
+  runtime::ByteTokenizer tok;
+  const auto ids = tok.encode(text);
+  return std::vector<int32_t>(ids.begin(), ids.end());
+}
+
+std::string decode_ids(const std::vector<int32_t>& ids) {
+  std::string out;
+  for (int32_t id : ids) {
+    if (id >= 0 && id < 256) {
+      out.push_back(static_cast<char>(id));
+    } else if (id >= runtime::ByteTokenizer::kVocabSize) {
+      out += "\xEF\xBF\xBD";
+    }  // <bos> / <eos> are special: skipped
+  }
+  return out;
+}
+
+json to_json(int64_t index, const CompletedRequest& r) {
+  return {{"index", index},
+          {"id", r.id},
+          {"prompt_ids", r.prompt_ids},
+          {"output_ids", r.output_ids},
+          {"finish_reason", r.finish_reason},
+          {"error", r.error},
+          {"cached_prompt_tokens", r.cached_prompt_tokens},
+          {"first_token_s", r.first_token_s},
+          {"finished_s", r.finished_s}};
+}
+
+CompletedRequest from_json(const json& j) {
+  CompletedRequest r;
+  r.id = j["id"].get<std::string>();
+  r.prompt_ids = j["prompt_ids"].get<std::vector<int32_t>>();
+  r.output_ids = j["output_ids"].get<std::vector<int32_t>>();
+  r.finish_reason = j["finish_reason"].get<std::string>();
+  r.error = j["error"].get<std::string>();
+  r.cached_prompt_tokens = j["cached_prompt_tokens"].get<int64_t>();
+  r.first_token_s = j["first_token_s"].get<double>();
+  r.finished_s = j["finished_s"].get<double>();
+  return r;
+}
+
+json summary_json(const GenerateSummary& s) {
+  return {{"seconds", s.seconds},
+          {"requests", s.requests},
+          {"failed", s.failed},
+          {"prompt_tokens", s.prompt_tokens},
+          {"output_tokens", s.output_tokens},
+          {"computed_tokens", s.computed_tokens},
+          {"steps", s.steps},
+          {"preemptions", s.preemptions},
+          {"prefix_hit_tokens", s.prefix_hit_tokens}};
+}
+
+// Every rank's text, on every rank of `comm` (lengths first, then the padded bytes).
+std::vector<std::string> all_gather_text(sharding::Communicator& comm, const std::string& text) {
+  auto len = torch::full({1}, static_cast<int64_t>(text.size()), torch::kLong);
+  auto lens = comm.all_gather(len).view({-1});
+  const int64_t max_len = lens.max().item<int64_t>();
+  auto buf = torch::zeros({std::max<int64_t>(max_len, 1)}, torch::kByte);
+  std::memcpy(buf.data_ptr<uint8_t>(), text.data(), text.size());
+  auto all = comm.all_gather(buf).contiguous();  // [size, max_len]
+  std::vector<std::string> out;
+  for (int r = 0; r < comm.size(); ++r) {
+    const auto* p = all[r].data_ptr<uint8_t>();
+    out.emplace_back(reinterpret_cast<const char*>(p), lens[r].item<int64_t>());
+  }
+  return out;
 }
 
 }  // namespace
 
-GenerateResult generate(const GenerateRequest& req, sharding::Communicator* comm) {
-  TESSERA_CHECK(req.max_tokens >= 0, "max_tokens must be >= 0, got ", req.max_tokens);
-  TESSERA_CHECK(req.prefill_chunk > 0, "prefill_chunk must be positive, got ", req.prefill_chunk);
-  const int rank = comm ? comm->rank() : 0;
-  GenerateResult res;
-  res.tp_size = comm ? comm->size() : 1;
-  const auto t_load = Clock::now();
-
-  // Rank 0 writes the built-in model first (others would only redo identical work).
-  std::optional<models::ModelFolder> folder;
-  if (rank == 0 || req.model != "tiny") {
-    on_all_ranks(comm, [&] { folder = models::ModelFolder::resolve(req.model); });
-  } else {
-    on_all_ranks(comm, [] {});
-  }
-  models::ModelConfig config;
-  std::unique_ptr<models::DecoderModel> model;
-  runtime::ByteTokenizer tokenizer;
-  on_all_ranks(comm, [&] {
-    if (!folder) folder = models::ModelFolder::resolve(req.model);
-    res.model_dir = folder->dir();
-    config = models::ModelConfig::from_file(folder->config_json());
-    config.check_tensor_parallel(res.tp_size);
-    TESSERA_CHECK(config.vocab_size >= runtime::ByteTokenizer::kVocabSize, "model '", req.model,
-                  "' has vocab_size=", config.vocab_size,
-                  " but only the byte tokenizer (258 ids) is available so far");
-    models::WeightLoader weights(*folder);
-    model = std::make_unique<models::DecoderModel>(config, weights, comm);
-    res.weight_bytes_read = weights.bytes_loaded();
-    res.prompt_ids = tokenizer.encode(req.prompt);
-    // Compared without forming the sum: max_tokens may be as large as INT64_MAX.
-    const int64_t prompt_tokens = static_cast<int64_t>(res.prompt_ids.size());
-    TESSERA_CHECK(prompt_tokens <= config.max_position_embeddings &&
-                      req.max_tokens <= config.max_position_embeddings - prompt_tokens,
-                  "prompt (", prompt_tokens, " tokens) + max_tokens (", req.max_tokens,
-                  ") exceeds max_position_embeddings=", config.max_position_embeddings);
+GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* world) {
+  GenerateReport rep;
+  const int world_size = world != nullptr ? world->size() : 1;
+  const int rank = world != nullptr ? world->rank() : 0;
+  rep.world = world_size;
+  agreed(world, [&] {
+    TESSERA_CHECK(job.dp >= 1, "--dp must be >= 1, got ", job.dp);
+    TESSERA_CHECK(job.tp >= 0, "--tp must be >= 1, got ", job.tp);
+    rep.dp = job.dp;
+    rep.tp = job.tp > 0 ? job.tp : world_size / job.dp;
+    TESSERA_CHECK(rep.tp >= 1 && rep.tp * rep.dp == world_size, "--tp ", rep.tp, " x --dp ", rep.dp,
+                  " needs ", rep.tp * rep.dp, " ranks, the job has ", world_size);
   });
-  res.load_ms = ms_since(t_load);
-
-  const int64_t prompt_len = static_cast<int64_t>(res.prompt_ids.size());
-  const int64_t max_len = prompt_len + std::max<int64_t>(req.max_tokens, 1);
-  caches::ContiguousKVCache cache(
-      model->cache_config(1, max_len, std::min(req.prefill_chunk, prompt_len)));
-  res.kv_cache_bytes = cache.config().kv_bytes();
-  torch::NoGradGuard no_grad;
-
-  // Greedy choice on rank 0, broadcast to the group (the leader samples; every rank must feed the
-  // same token even if logits differed in the last bit).
-  auto choose = [&](const torch::Tensor& last_logits) {
-    torch::Tensor next = last_logits.argmax(-1).reshape({1}).to(torch::kLong).contiguous();
-    if (comm != nullptr && comm->size() > 1) comm->broadcast(next, 0);
-    return next.item<int64_t>();
-  };
-
-  const auto t_prefill = Clock::now();
-  auto ids = torch::tensor(res.prompt_ids, torch::kLong).view({1, -1});
-  auto pos = torch::arange(prompt_len, torch::kLong).view({1, -1});
-  torch::Tensor logits;
-  for (int64_t start = 0; start < prompt_len; start += req.prefill_chunk) {
-    const int64_t n = std::min(req.prefill_chunk, prompt_len - start);
-    logits = model->forward(ids.narrow(1, start, n), pos.narrow(1, start, n), cache);
+  const auto t0 = std::chrono::steady_clock::now();
+  // The folder (rank 0 writes the built-in model first) and the config decide the groups.
+  models::ModelConfig config;
+  agreed(world, [&] {
+    if (rank == 0) rep.model_dir = models::ModelFolder::resolve(job.engine.model).dir();
+  });
+  agreed(world, [&] {
+    if (rep.model_dir.empty()) rep.model_dir = models::ModelFolder::resolve(job.engine.model).dir();
+    config = models::ModelConfig::from_file(rep.model_dir + "/config.json");
+    rep.dcp = config.decode_context_parallel(rep.tp);
+  });
+  std::unique_ptr<sharding::Communicator> tp_comm, dp_comm, dcp_comm;
+  if (world_size > 1) {
+    auto* mpi_world = dynamic_cast<sharding::MpiCommunicator*>(world);
+    TESSERA_CHECK(mpi_world != nullptr, "run_generate needs the MPI world communicator");
+    auto groups = sharding::make_process_groups(*mpi_world, rep.tp, 1);
+    tp_comm = std::move(groups.tp);
+    dp_comm = std::move(groups.dp);
+    if (rep.dcp > 1) {
+      dcp_comm = sharding::group_factory(*mpi_world)(rank / rep.dcp, rank, "dcp");
+    }
   }
-  res.prefill_ms = ms_since(t_prefill);
+  const int replica = rank / rep.tp;
+  const int tp_rank = rank % rep.tp;
 
-  const auto t_decode = Clock::now();
-  for (int64_t i = 0; i < req.max_tokens; ++i) {
-    const int64_t next = choose(logits[0][-1]);
-    res.output_ids.push_back(next);
-    if (req.stop_at_eos && next == config.eos_token_id) break;
-    if (i + 1 == req.max_tokens) break;
-    auto tok = torch::full({1, 1}, next, torch::kLong);
-    auto p = torch::full({1, 1}, prompt_len + i, torch::kLong);
-    logits = model->forward(tok, p, cache);
+  EngineConfig ec = job.engine;
+  ec.model = rep.model_dir;
+  std::unique_ptr<EngineCore> core;
+  agreed(world, [&] { core = std::make_unique<EngineCore>(ec, tp_comm.get(), dcp_comm.get()); });
+  rep.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  rep.kv_blocks = core->kv_plan().storage.num_blocks;
+  rep.kv_bytes_per_rank = core->kv_plan().storage.total_bytes();
+  rep.weight_bytes_per_rank = core->model().weight_bytes();
+  if (rank == 0 && job.on_ready) job.on_ready(core->kv_plan().table);
+
+  // This replica's prompts: every dp-th, bad ones left to rank 0's report.
+  std::vector<EngineRequest> requests;
+  std::vector<int64_t> index;
+  if (core->leader()) {
+    for (size_t i = 0; i < job.prompts.size(); ++i) {
+      const PromptSpec& p = job.prompts[i];
+      if (static_cast<int>(i % rep.dp) != replica || !p.error.empty()) continue;
+      EngineRequest r;
+      r.id = p.id.empty() ? std::to_string(i) : p.id;
+      r.prompt_ids = p.has_ids ? p.ids : encode_text(p.text);
+      r.params = p.params;
+      r.priority = p.priority;
+      requests.push_back(std::move(r));
+      index.push_back(static_cast<int64_t>(i));
+    }
   }
-  res.decode_ms = ms_since(t_decode);
-  res.text = tokenizer.decode(res.output_ids);
-  log::info("generated {} tokens: prefill {:.1f} ms, decode {:.1f} ms", res.output_ids.size(),
-            res.prefill_ms, res.decode_ms);
-  return res;
+  GenerateSummary summary;
+  const auto results =
+      generate(*core, std::move(requests),
+               rank == 0 ? job.progress : std::function<void(const Progress&)>(), &summary);
+
+  // Gather the leaders' results on world rank 0.
+  json mine = json::object();
+  mine["results"] = json::array();
+  for (size_t k = 0; k < results.size(); ++k)
+    mine["results"].push_back(to_json(index[k], results[k]));
+  mine["summary"] = summary_json(summary);
+  std::vector<json> all;
+  if (tp_rank == 0) {
+    if (rep.dp > 1) {
+      for (const auto& text : all_gather_text(*dp_comm, mine.dump())) {
+        all.push_back(json::parse(text));
+      }
+    } else {
+      all.push_back(mine);
+    }
+  }
+  if (rank != 0) return rep;
+  rep.outputs.resize(job.prompts.size());
+  for (size_t i = 0; i < job.prompts.size(); ++i) {
+    const PromptSpec& p = job.prompts[i];
+    if (p.error.empty()) continue;
+    auto& r = rep.outputs[i].result;
+    r.id = p.id.empty() ? std::to_string(i) : p.id;
+    r.prompt_ids = p.ids;
+    r.finish_reason = "error";
+    r.error = p.error;
+  }
+  GenerateSummary& s = rep.summary;
+  for (const auto& part : all) {
+    for (const auto& j : part["results"]) {
+      auto& out = rep.outputs.at(j["index"].get<int64_t>());
+      out.result = from_json(j);
+      out.text = decode_ids(out.result.output_ids);
+    }
+    const auto& js = part["summary"];
+    s.seconds = std::max(s.seconds, js["seconds"].get<double>());
+    s.requests += js["requests"].get<int64_t>();
+    s.failed += js["failed"].get<int64_t>();
+    s.prompt_tokens += js["prompt_tokens"].get<int64_t>();
+    s.output_tokens += js["output_tokens"].get<int64_t>();
+    s.computed_tokens += js["computed_tokens"].get<int64_t>();
+    s.steps += js["steps"].get<int64_t>();
+    s.preemptions += js["preemptions"].get<int64_t>();
+    s.prefix_hit_tokens += js["prefix_hit_tokens"].get<int64_t>();
+  }
+  for (const auto& p : job.prompts) {
+    if (!p.error.empty()) {
+      ++s.requests;
+      ++s.failed;
+    }
+  }
+  return rep;
 }
 
 }  // namespace tessera::engine

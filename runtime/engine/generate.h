@@ -1,10 +1,19 @@
-// Greedy text generation on one tensor-parallel group: the plain-data entry point behind
-// `tessera generate`. Torch stays inside generate.cpp so callers (the CLI) compile cheaply.
+// Offline generation over a whole job (`tessera generate`): the world splits into dp replicas of
+// a tp-rank tensor-parallel group (decode context parallel inside a group when tp exceeds the KV
+// heads), each replica runs its own engine (scheduler, runner, paged KV cache) on the prompts
+// dealt to it round-robin, and world rank 0 gathers every result in prompt order. Prompts are
+// tokenized and outputs decoded here. Torch stays inside generate.cpp so the CLI compiles
+// cheaply.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include "runtime/engine/engine_core.h"
+#include "runtime/engine/llm.h"
+#include "runtime/engine/prompt_file.h"
 
 namespace tessera::sharding {
 class Communicator;
@@ -12,28 +21,36 @@ class Communicator;
 
 namespace tessera::engine {
 
-struct GenerateRequest {
-  std::string model = "tiny";  // "tiny" or a Hugging Face model folder
-  std::string prompt;
-  int64_t max_tokens = 32;
-  int64_t prefill_chunk = 256;  // prompt tokens per forward pass (chunked prefill)
-  bool stop_at_eos = true;
+struct GenerateJob {
+  EngineConfig engine;
+  int tp = 0;  // ranks per replica; 0 = world size / dp
+  int dp = 1;  // replicas
+  std::vector<PromptSpec> prompts;
+  // World rank 0, once every replica is loaded: the KV cache plan's start-up table.
+  std::function<void(const std::string&)> on_ready;
+  // World rank 0, as replica 0's requests finish.
+  std::function<void(const Progress&)> progress;
 };
 
-struct GenerateResult {
+struct GeneratedText {
+  CompletedRequest result;
+  std::string text;  // the decoded output
+};
+
+struct GenerateReport {
   std::string model_dir;
-  int tp_size = 1;
-  std::vector<int64_t> prompt_ids;
-  std::vector<int64_t> output_ids;
-  std::string text;  // decoded output bytes
-  double load_ms = 0, prefill_ms = 0, decode_ms = 0;
-  int64_t kv_cache_bytes = 0;     // this rank's
-  int64_t weight_bytes_read = 0;  // this rank's
+  int world = 1, tp = 1, dp = 1, dcp = 1;
+  double load_s = 0;
+  std::vector<GeneratedText> outputs;  // world rank 0: one per prompt, in prompt order
+  GenerateSummary summary;             // world rank 0: summed over replicas (seconds: slowest)
+  int64_t kv_blocks = 0;               // blocks of each replica's pool
+  int64_t kv_bytes_per_rank = 0;
+  int64_t weight_bytes_per_rank = 0;
 };
 
-// Throws tessera::Error on bad input. Must be called by every rank of `comm` (null: one rank);
-// failures while loading are agreed on across ranks first, so all ranks throw together rather
-// than some waiting forever in a collective.
-GenerateResult generate(const GenerateRequest& request, sharding::Communicator* comm);
+// Collective over `world` (every rank calls it with the same job; null = one process). Throws
+// CollectiveError (every rank together) on a failure while loading; a bad prompt fails alone
+// (its output carries finish_reason "error").
+GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* world);
 
 }  // namespace tessera::engine

@@ -4,135 +4,156 @@
 #include <string>
 
 #include "common/error.h"
-#include "kernels/ops/attention_ops.h"
-#include "sharding/tensor_parallel.h"
 
 namespace tessera::models {
 
+ShardLayout ShardLayout::make(const ModelConfig& c, int tp_rank, int tp_size) {
+  ShardLayout s;
+  s.tp_rank = tp_rank;
+  s.tp_size = tp_size;
+  s.dcp_size = c.decode_context_parallel(tp_size);
+  s.dcp_rank = tp_rank % s.dcp_size;
+  s.q_heads = sharding::even_shard(c.num_attention_heads, tp_rank, tp_size, "num_attention_heads");
+  s.kv_heads = s.dcp_size > 1 ? sharding::ShardRange{tp_rank / s.dcp_size, 1}
+                              : sharding::even_shard(c.num_key_value_heads, tp_rank, tp_size,
+                                                     "num_key_value_heads");
+  s.mlp = sharding::even_shard(c.intermediate_size, tp_rank, tp_size, "intermediate_size");
+  return s;
+}
+
+namespace {
+
+sharding::ShardRange times(sharding::ShardRange r, int64_t k) { return {r.begin * k, r.size * k}; }
+
+}  // namespace
+
 DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
-                           sharding::Communicator* comm)
-    : config_(config), comm_(comm) {
+                           sharding::Communicator* comm, int64_t max_positions,
+                           torch::Device device)
+    : config_(config), comm_(comm), device_(device), rotary_(config, max_positions, device) {
   config_.validate();
-  if (comm_ != nullptr) {
-    tp_rank_ = comm_->rank();
-    tp_size_ = comm_->size();
-  }
-  config_.check_tensor_parallel(tp_size_);
+  const int tp_rank = comm_ != nullptr ? comm_->rank() : 0;
+  const int tp_size = comm_ != nullptr ? comm_->size() : 1;
+  layout_ = ShardLayout::make(config_, tp_rank, tp_size);
   const auto& c = config_;
   const int64_t h = c.hidden_size, d = c.head_dim, inter = c.intermediate_size;
   const int64_t q = c.num_attention_heads * d, kv = c.num_key_value_heads * d;
-  const auto qs = sharding::even_shard(q, tp_rank_, tp_size_, "num_attention_heads*head_dim");
-  const auto kvs = sharding::even_shard(kv, tp_rank_, tp_size_, "num_key_value_heads*head_dim");
-  const auto ms = sharding::even_shard(inter, tp_rank_, tp_size_, "intermediate_size");
+  const auto qs = times(layout_.q_heads, d), kvs = times(layout_.kv_heads, d), ms = layout_.mlp;
+  auto to_dev = [&](torch::Tensor t) { return device_.is_cpu() ? t : t.to(device_); };
+  auto cat = [&](std::vector<torch::Tensor> parts) { return to_dev(torch::cat(parts, 0)); };
 
-  embed_ = w.load("model.embed_tokens.weight", {c.vocab_size, h});
-  final_norm_ = w.load("model.norm.weight", {h});
-  if (c.tie_word_embeddings || !w.has("lm_head.weight")) {
-    TESSERA_CHECK(c.tie_word_embeddings,
-                  "checkpoint has no 'lm_head.weight' and "
-                  "tie_word_embeddings is false");
+  embed_ = to_dev(w.load("model.embed_tokens.weight", {c.vocab_size, h}));
+  final_norm_ = to_dev(w.load("model.norm.weight", {h}));
+  if (c.tie_word_embeddings) {
     lm_head_ = embed_;
   } else {
-    lm_head_ = w.load("lm_head.weight", {c.vocab_size, h});
+    TESSERA_CHECK(w.has("lm_head.weight"),
+                  "checkpoint has no 'lm_head.weight' and tie_word_embeddings is false");
+    lm_head_ = to_dev(w.load("lm_head.weight", {c.vocab_size, h}));
   }
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
+    const std::string a = p + "self_attn.", m = p + "mlp.";
     Layer L;
-    L.window = c.layer_windows[l];
-    L.input_norm = w.load(p + "input_layernorm.weight", {h});
-    L.post_norm = w.load(p + "post_attention_layernorm.weight", {h});
-    L.q_w = w.load_slice(p + "self_attn.q_proj.weight", {q, h}, 0, qs);
-    L.k_w = w.load_slice(p + "self_attn.k_proj.weight", {kv, h}, 0, kvs);
-    L.v_w = w.load_slice(p + "self_attn.v_proj.weight", {kv, h}, 0, kvs);
-    if (c.attention_bias) {
-      L.q_b = w.load_slice(p + "self_attn.q_proj.bias", {q}, 0, qs);
-      L.k_b = w.load_slice(p + "self_attn.k_proj.bias", {kv}, 0, kvs);
-      L.v_b = w.load_slice(p + "self_attn.v_proj.bias", {kv}, 0, kvs);
+    L.input_norm = to_dev(w.load(p + "input_layernorm.weight", {h}));
+    L.post_norm = to_dev(w.load(p + "post_attention_layernorm.weight", {h}));
+    // Fused at load: one GEMM for q, k and v, one for gate and up.
+    L.qkv_w = cat({w.load_slice(a + "q_proj.weight", {q, h}, 0, qs),
+                   w.load_slice(a + "k_proj.weight", {kv, h}, 0, kvs),
+                   w.load_slice(a + "v_proj.weight", {kv, h}, 0, kvs)});
+    if (c.qkv_bias) {
+      L.qkv_b = cat({w.load_slice(a + "q_proj.bias", {q}, 0, qs),
+                     w.load_slice(a + "k_proj.bias", {kv}, 0, kvs),
+                     w.load_slice(a + "v_proj.bias", {kv}, 0, kvs)});
     }
-    L.o_w = w.load_slice(p + "self_attn.o_proj.weight", {h, q}, 1, qs);
-    L.gate_w = w.load_slice(p + "mlp.gate_proj.weight", {inter, h}, 0, ms);
-    L.up_w = w.load_slice(p + "mlp.up_proj.weight", {inter, h}, 0, ms);
-    L.down_w = w.load_slice(p + "mlp.down_proj.weight", {h, inter}, 1, ms);
+    L.o_w = to_dev(w.load_slice(a + "o_proj.weight", {h, q}, 1, qs));
+    if (c.o_bias) L.o_b = to_dev(w.load(a + "o_proj.bias", {h}));
+    L.gate_up_w = cat({w.load_slice(m + "gate_proj.weight", {inter, h}, 0, ms),
+                       w.load_slice(m + "up_proj.weight", {inter, h}, 0, ms)});
+    L.down_w = to_dev(w.load_slice(m + "down_proj.weight", {h, inter}, 1, ms));
+    if (c.mlp_bias) {
+      L.gate_up_b = cat({w.load_slice(m + "gate_proj.bias", {inter}, 0, ms),
+                         w.load_slice(m + "up_proj.bias", {inter}, 0, ms)});
+      L.down_b = to_dev(w.load(m + "down_proj.bias", {h}));
+    }
     layers_.push_back(std::move(L));
   }
-  // HF rotary: inv_freq[i] = theta^(-2i/d), applied as x*cos + rotate_half(x)*sin.
-  inv_freq_ =
-      torch::pow(c.rope_theta, torch::arange(0, d, 2, torch::kDouble) / static_cast<double>(d))
-          .reciprocal()
-          .to(torch::kFloat);
+  // A tensor the config does not account for means the arithmetic would differ from the
+  // checkpoint's: refuse rather than compute something else.
+  std::vector<std::string> ignorable = {"rotary_emb.inv_freq"};
+  if (c.tie_word_embeddings) ignorable.push_back("lm_head.weight");
+  const auto unused = w.unused(ignorable);
+  TESSERA_CHECK(unused.empty(), "checkpoint tensor '", unused.empty() ? "" : unused.front(),
+                "' is not used by a ", c.model_type, " model with this config (", unused.size(),
+                " unused tensors; attention_bias / mlp_bias / "
+                "tie_word_embeddings disagree with the weights?)");
 }
 
-caches::ContiguousKVCacheConfig DecoderModel::cache_config(int64_t batch, int64_t max_len,
-                                                           int64_t max_chunk_tokens) const {
-  caches::ContiguousKVCacheConfig cc;
-  cc.num_layers = config_.num_hidden_layers;
-  cc.batch_size = batch;
-  cc.max_len = max_len;
-  cc.num_kv_heads = local_kv_heads();
-  cc.head_dim = config_.head_dim;
-  cc.max_chunk_tokens = max_chunk_tokens;
-  cc.windows = config_.layer_windows;
-  return cc;
+int64_t DecoderModel::weight_bytes() const {
+  int64_t total = embed_.numel() + final_norm_.numel();
+  if (!lm_head_.is_same(embed_)) total += lm_head_.numel();
+  for (const auto& L : layers_) {
+    for (const auto* t : {&L.input_norm, &L.post_norm, &L.qkv_w, &L.qkv_b, &L.o_w, &L.o_b,
+                          &L.gate_up_w, &L.gate_up_b, &L.down_w, &L.down_b}) {
+      if (t->defined()) total += t->numel();
+    }
+  }
+  return total * static_cast<int64_t>(sizeof(float));
 }
 
 torch::Tensor DecoderModel::rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {
+  // transformers: x * rsqrt(mean(x^2) + eps) * w, in float32.
   auto var = x.pow(2).mean(-1, /*keepdim=*/true);
   return x * torch::rsqrt(var + config_.rms_norm_eps) * w;
 }
 
-torch::Tensor DecoderModel::rope(const torch::Tensor& x, const torch::Tensor& cos,
-                                 const torch::Tensor& sin) const {
-  const int64_t half = x.size(-1) / 2;
-  auto x1 = x.narrow(-1, 0, half);
-  auto x2 = x.narrow(-1, half, half);
-  auto rotated = torch::cat({-x2, x1}, -1);
-  return x * cos + rotated * sin;
+torch::Tensor DecoderModel::mlp_activation(const torch::Tensor& gate_up) const {
+  const int64_t n = gate_up.size(-1) / 2;
+  auto gate = gate_up.narrow(-1, 0, n), up = gate_up.narrow(-1, n, n);
+  switch (config_.hidden_act) {
+    case Activation::kSilu:
+      return torch::silu(gate) * up;
+    case Activation::kGelu:
+      return torch::gelu(gate) * up;
+    case Activation::kGeluTanh:
+      return torch::gelu(gate, "tanh") * up;
+  }
+  TESSERA_FAIL("unknown activation");
 }
 
-torch::Tensor DecoderModel::forward(const torch::Tensor& tokens, const torch::Tensor& positions,
-                                    caches::ContiguousKVCache& cache) {
-  TESSERA_CHECK(tokens.dim() == 2 && tokens.scalar_type() == torch::kLong,
-                "tokens must be int64 [batch, T], got ", tokens.scalar_type(), " ", tokens.sizes());
-  TESSERA_CHECK(positions.sizes() == tokens.sizes(), "positions shape ", positions.sizes(),
-                " must equal tokens shape ", tokens.sizes());
-  int64_t min_id = 0, max_id = 0;
-  if (tokens.numel() > 0) {
-    const auto [lo, hi] = torch::aminmax(tokens);
-    const auto range = torch::stack({lo, hi}).to(torch::kCPU);
-    min_id = range[0].item<int64_t>();
-    max_id = range[1].item<int64_t>();
-  }
-  TESSERA_CHECK(min_id >= 0 && max_id < config_.vocab_size,
-                "token ids must lie in [0, vocab_size=", config_.vocab_size, "), got [", min_id,
-                ", ", max_id, "]");
-  const int64_t b = tokens.size(0), t = tokens.size(1), d = config_.head_dim;
+torch::Tensor DecoderModel::all_reduce(torch::Tensor partial, const torch::Tensor& bias) const {
+  if (comm_ != nullptr && comm_->size() > 1) comm_->all_reduce(partial, sharding::ReduceOp::kSum);
+  if (bias.defined()) partial.add_(bias);
+  return partial;
+}
+
+torch::Tensor DecoderModel::hidden_states(const ForwardInputs& in,
+                                          AttentionBackend& attention) const {
+  TESSERA_CHECK(in.tokens.dim() == 1 && in.tokens.scalar_type() == torch::kLong,
+                "tokens must be int64 [T], got ", in.tokens.scalar_type(), " ", in.tokens.sizes());
+  TESSERA_CHECK(in.positions.sizes() == in.tokens.sizes(), "positions shape ", in.positions.sizes(),
+                " must equal tokens shape ", in.tokens.sizes());
+  const int64_t t = in.tokens.size(0), d = config_.head_dim;
   const int64_t hq = local_q_heads(), hkv = local_kv_heads();
+  auto [cos, sin] = rotary_.cos_sin(in.positions, in.seq_lens);
 
-  auto freqs = positions.to(torch::kFloat).unsqueeze(-1) * inv_freq_;  // [b, t, d/2]
-  auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(2);              // [b, t, 1, d]
-  auto cos = emb.cos(), sin = emb.sin();
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
-
-  torch::Tensor x = embed_.index_select(0, tokens.reshape({-1})).view({b, t, -1});
+  torch::Tensor x = embed_.index_select(0, in.tokens.to(device_));
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
-    auto h = rms_norm(x, L.input_norm);
-    auto q = sharding::column_parallel_linear(h, L.q_w, L.q_b).view({b, t, hq, d});
-    auto k = sharding::column_parallel_linear(h, L.k_w, L.k_b).view({b, t, hkv, d});
-    auto v = sharding::column_parallel_linear(h, L.v_w, L.v_b).view({b, t, hkv, d});
-    q = rope(q, cos, sin);
-    k = rope(k, cos, sin);
-    cache.append(static_cast<int64_t>(l), k, v, positions);
-    auto view = cache.layer(static_cast<int64_t>(l));
-    auto [attn, lse] =
-        kernels::attention(q, view.k, view.v, positions, view.positions, scale, L.window);
-    x = x + sharding::row_parallel_linear(attn.view({b, t, hq * d}), L.o_w, comm_);
-    h = rms_norm(x, L.post_norm);
-    auto m = torch::silu(sharding::column_parallel_linear(h, L.gate_w)) *
-             sharding::column_parallel_linear(h, L.up_w);
-    x = x + sharding::row_parallel_linear(m, L.down_w, comm_);
+    auto qkv = torch::linear(rms_norm(x, L.input_norm), L.qkv_w, L.qkv_b);
+    auto q = RotaryEmbedding::apply(qkv.narrow(1, 0, hq * d).view({t, hq, d}), cos, sin);
+    auto k = RotaryEmbedding::apply(qkv.narrow(1, hq * d, hkv * d).view({t, hkv, d}), cos, sin);
+    auto v = qkv.narrow(1, (hq + hkv) * d, hkv * d).view({t, hkv, d});
+    auto attn = attention.attend(static_cast<int64_t>(l), q, k, v);
+    x = x + all_reduce(torch::linear(attn, L.o_w), L.o_b);
+    auto gate_up = torch::linear(rms_norm(x, L.post_norm), L.gate_up_w, L.gate_up_b);
+    x = x + all_reduce(torch::linear(mlp_activation(gate_up), L.down_w), L.down_b);
   }
-  return torch::linear(rms_norm(x, final_norm_), lm_head_);
+  return x;
+}
+
+torch::Tensor DecoderModel::logits(const torch::Tensor& hidden_rows) const {
+  return torch::linear(rms_norm(hidden_rows, final_norm_), lm_head_);
 }
 
 }  // namespace tessera::models

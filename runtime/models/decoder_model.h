@@ -1,58 +1,100 @@
-// A LLaMA/Mistral/Qwen2-style decoder with tensor parallelism: each rank holds its share of the
-// attention heads (q, k, v column-parallel, o row-parallel) and of the MLP (gate/up column-,
-// down row-parallel); the partial outputs are all-reduced. Embeddings, norms and the LM head are
-// replicated, so every rank ends with the full logits.
+// A LLaMA/Mistral/Qwen2-style decoder over a flat (ragged) batch of tokens, split tensor-parallel:
+// each rank holds its share of the attention heads (fused q/k/v column-parallel, o row-parallel)
+// and of the MLP (fused gate/up column-parallel, down row-parallel); partial outputs are
+// all-reduced. When the ranks outnumber the KV heads, the ranks sharing a KV head split its tokens
+// instead (decode context parallel, done by the AttentionBackend). Embeddings and norms are
+// replicated; the LM head runs only where logits are wanted (the leader). What differs between
+// families (biases, activation, rope scaling) is data in ModelConfig read by small functions, not
+// branches in forward(); attention and the KV cache are behind AttentionBackend.
 #pragma once
 
 #include <torch/types.h>
 
+#include <memory>
 #include <vector>
 
-#include "caches/contiguous_kv_cache.h"
+#include "runtime/models/layers/rotary_embedding.h"
 #include "runtime/models/model_config.h"
 #include "runtime/models/weights.h"
 #include "sharding/communicator.h"
+#include "sharding/tensor_parallel.h"
 
 namespace tessera::models {
+
+// This rank's share of the model under `tp` ranks: query heads and MLP columns split evenly; KV
+// heads split evenly while tp <= num_key_value_heads, else KV head tp_rank / dcp_size is held by
+// dcp_size ranks that split its tokens (dcp_rank = tp_rank % dcp_size).
+struct ShardLayout {
+  int tp_rank = 0, tp_size = 1;
+  int dcp_rank = 0, dcp_size = 1;
+  sharding::ShardRange q_heads, kv_heads, mlp;
+
+  static ShardLayout make(const ModelConfig& config, int tp_rank, int tp_size);
+};
+
+// One forward's tokens: the rows of a step, concatenated.
+struct ForwardInputs {
+  torch::Tensor tokens;     // [T] int64
+  torch::Tensor positions;  // [T] int64
+  torch::Tensor seq_lens;   // [T] int64: each token's sequence length after this step; only
+                            // dynamic NTK rope reads it (RotaryEmbedding::needs_seq_lens)
+};
+
+// Attention over the KV cache (paged, sequence-sharded, or a test oracle).
+class AttentionBackend {
+ public:
+  virtual ~AttentionBackend() = default;
+  // q [T, local q heads, head_dim], k / v [T, local kv heads, head_dim], rotary applied. Stores
+  // k / v where later steps find them and returns the attention output [T, local q heads *
+  // head_dim] of each query over the visible keys of its sequence (this step's included).
+  virtual torch::Tensor attend(int64_t layer, const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v) = 0;
+};
 
 class DecoderModel {
  public:
   // `comm` spans the tensor-parallel group (null or size 1: the whole model on this rank).
-  // Throws when the group size does not divide the heads or the MLP.
-  DecoderModel(const ModelConfig& config, const WeightLoader& weights,
-               sharding::Communicator* comm);
+  // Reads this rank's slices of the weights (float32, on `device`); throws naming the field when
+  // the group cannot split the model, and naming the tensor when the checkpoint holds one the
+  // config does not use (a bias the config says is absent, ...). `max_positions` bounds the
+  // positions forward() may see (the rotary table's size).
+  DecoderModel(const ModelConfig& config, const WeightLoader& weights, sharding::Communicator* comm,
+               int64_t max_positions, torch::Device device = torch::kCPU);
 
   const ModelConfig& config() const { return config_; }
-  int tp_rank() const { return tp_rank_; }
-  int tp_size() const { return tp_size_; }
-  int64_t local_q_heads() const { return config_.num_attention_heads / tp_size_; }
-  int64_t local_kv_heads() const { return config_.num_key_value_heads / tp_size_; }
+  const ShardLayout& layout() const { return layout_; }
+  torch::Device device() const { return device_; }
+  int64_t local_q_heads() const { return layout_.q_heads.size; }
+  int64_t local_kv_heads() const { return layout_.kv_heads.size; }
+  const RotaryEmbedding& rotary() const { return rotary_; }
+  // Bytes of this rank's weights.
+  int64_t weight_bytes() const;
 
-  // A contiguous KV cache shaped for this rank's heads and the model's sliding windows.
-  caches::ContiguousKVCacheConfig cache_config(int64_t batch, int64_t max_len,
-                                               int64_t max_chunk_tokens) const;
-
-  // tokens, positions: [batch, T] int64. Appends the new K/V to `cache` and returns the logits
-  // [batch, T, vocab] (float32, identical on every rank).
-  torch::Tensor forward(const torch::Tensor& tokens, const torch::Tensor& positions,
-                        caches::ContiguousKVCache& cache);
+  // Hidden states [T, hidden_size] after the last layer (before the final norm), identical on
+  // every rank of the group. Collective over the group (two all-reduces per layer).
+  torch::Tensor hidden_states(const ForwardInputs& inputs, AttentionBackend& attention) const;
+  // Logits [n, vocab_size] float32 of hidden-state rows [n, hidden_size]: the final norm and
+  // the LM head. Local (no communication).
+  torch::Tensor logits(const torch::Tensor& hidden_rows) const;
 
  private:
   struct Layer {
     torch::Tensor input_norm, post_norm;
-    torch::Tensor q_w, q_b, k_w, k_b, v_w, v_b, o_w;  // this rank's heads
-    torch::Tensor gate_w, up_w, down_w;               // this rank's MLP slice
-    int64_t window = 0;
+    torch::Tensor qkv_w, qkv_b;          // [(q + 2 kv) * head_dim, hidden] this rank's heads
+    torch::Tensor o_w, o_b;              // [hidden, q * head_dim]; bias added after the reduce
+    torch::Tensor gate_up_w, gate_up_b;  // [2 * mlp, hidden]: gate rows, then up rows
+    torch::Tensor down_w, down_b;        // [hidden, mlp]; bias added after the reduce
   };
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;
-  torch::Tensor rope(const torch::Tensor& x, const torch::Tensor& cos,
-                     const torch::Tensor& sin) const;
+  torch::Tensor mlp_activation(const torch::Tensor& gate_up) const;
+  torch::Tensor all_reduce(torch::Tensor partial, const torch::Tensor& bias) const;
 
   ModelConfig config_;
+  ShardLayout layout_;
   sharding::Communicator* comm_ = nullptr;
-  int tp_rank_ = 0;
-  int tp_size_ = 1;
-  torch::Tensor embed_, final_norm_, lm_head_, inv_freq_;
+  torch::Device device_;
+  RotaryEmbedding rotary_;
+  torch::Tensor embed_, final_norm_, lm_head_;
   std::vector<Layer> layers_;
 };
 

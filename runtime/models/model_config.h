@@ -1,15 +1,41 @@
-// Decoder configuration read from a Hugging Face config.json (LLaMA, Mistral and Qwen2 families:
-// RMSNorm, rotary embeddings, grouped-query attention, SwiGLU, optional sliding-window layers).
+// Decoder configuration read from a Hugging Face config.json (LLaMA 2/3, Mistral and Qwen2
+// families: RMSNorm, rotary embeddings with their scaling variants, grouped-query attention, gated
+// MLPs, optional biases and sliding-window layers). Every field that changes the arithmetic is
+// read here or the config is refused with one line naming the field and its value.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace tessera::models {
 
+// The MLP's gate activation (config "hidden_act" / "hidden_activation").
+enum class Activation : uint8_t { kSilu, kGelu, kGeluTanh };
+const char* activation_name(Activation act);
+
+// Rotary position embedding scaling (config "rope_scaling", transformers 4.44 semantics).
+struct RopeScaling {
+  enum class Type : uint8_t { kDefault, kLinear, kDynamic, kLlama3, kYarn };
+  Type type = Type::kDefault;
+  double factor = 1.0;
+  // llama3: wavelengths above original_max_position_embeddings / low_freq_factor are divided by
+  // factor, those below ... / high_freq_factor kept, the band between interpolated.
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 0;
+  // yarn: the ramp between beta_fast and beta_slow rotations; cos / sin are multiplied by
+  // attention_factor (default 0.1 ln(factor) + 1).
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  std::optional<double> attention_factor;
+};
+const char* rope_type_name(RopeScaling::Type type);
+
 struct ModelConfig {
-  std::string model_type;  // "llama", "mistral", "qwen2"
+  std::string model_type;    // "llama", "mistral", "qwen2"
+  std::string architecture;  // architectures[0], e.g. "LlamaForCausalLM" ("" when absent)
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -19,23 +45,40 @@ struct ModelConfig {
   int64_t head_dim = 0;
   int64_t max_position_embeddings = 0;
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
   double rms_norm_eps = 1e-6;
-  bool attention_bias = false;  // q/k/v projections carry a bias (always true for qwen2)
+  Activation hidden_act = Activation::kSilu;
+  // Biases, derived once from the family: LLaMA's attention_bias covers q/k/v and o_proj; Qwen2
+  // always has q/k/v biases and none on o_proj; Mistral has none. mlp_bias: gate/up/down (LLaMA).
+  bool qkv_bias = false;
+  bool o_bias = false;
+  bool mlp_bias = false;
   bool tie_word_embeddings = false;
+  std::string torch_dtype;  // as stored ("float32", "bfloat16", ...); "" when absent
   int64_t bos_token_id = -1;
-  int64_t eos_token_id = -1;
+  std::vector<int64_t> eos_token_ids;  // every id of an eos_token_id list
   // Per layer: 0 = full attention, w > 0 = sliding window of w tokens.
   std::vector<int64_t> layer_windows;
 
-  // Throws naming the field and value when a field is missing, of the wrong type or inconsistent.
+  // Throws naming the field and value when a field is missing, of the wrong type, inconsistent
+  // or not supported.
   static ModelConfig from_json_text(const std::string& text, const std::string& origin);
   static ModelConfig from_file(const std::string& path);
   std::string to_json_text() const;  // Hugging Face layout
 
   void validate() const;
-  // Checks that `tp` ranks divide the heads and the MLP; throws naming the field otherwise.
+  // Checks that `tp` ranks divide the query heads and the MLP, and that the KV heads either split
+  // over the ranks or (decode context parallel) each KV head spans tp / num_key_value_heads ranks.
+  // Throws naming the field otherwise.
   void check_tensor_parallel(int tp) const;
+  // Ranks that share one KV head and split its tokens (1 when tp <= num_key_value_heads).
+  int decode_context_parallel(int tp) const;
   int64_t num_params() const;
+  // The longest sequence the model is meant for: max_position_embeddings, times the
+  // rope_scaling factor for the types that extend the context (linear, dynamic, yarn).
+  int64_t derived_max_model_len() const;
+  // The attention softmax scale: 1 / sqrt(head_dim).
+  double attention_scale() const;
 };
 
 }  // namespace tessera::models

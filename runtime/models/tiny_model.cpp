@@ -87,10 +87,10 @@ ModelConfig tiny_model_config() {
   c.max_position_embeddings = 4096;
   c.rope_theta = 10000.0;
   c.rms_norm_eps = 1e-6;
-  c.attention_bias = true;
+  c.qkv_bias = true;  // Qwen2 layout: q/k/v biases, none on o_proj
   c.tie_word_embeddings = false;
   c.bos_token_id = runtime::ByteTokenizer::kBos;
-  c.eos_token_id = runtime::ByteTokenizer::kEos;
+  c.eos_token_ids = {runtime::ByteTokenizer::kEos};
   c.layer_windows = {0, 16, 0, 16};  // full, sliding(16), full, sliding(16)
   return c;
 }

@@ -65,6 +65,7 @@ torch::Tensor WeightLoader::load_slice(const std::string& name,
                                        const std::vector<int64_t>& expected_shape, int64_t dim,
                                        sharding::ShardRange range, torch::ScalarType dtype) const {
   const auto& e = entry(name);
+  used_.insert(name);
   TESSERA_CHECK(expected_shape.empty() || e.shape == expected_shape, "tensor '", name,
                 "' has shape ", shape_str(e.shape), " but the config implies ",
                 shape_str(expected_shape));
@@ -83,6 +84,20 @@ torch::Tensor WeightLoader::load_slice(const std::string& name,
   torch::Tensor out = torch::empty(part.sizes(), torch::TensorOptions().dtype(dtype));
   out.copy_(part);
   bytes_loaded_ += part.numel() * static_cast<int64_t>(dtype_size(e.dtype));
+  return out;
+}
+
+std::vector<std::string> WeightLoader::unused(const std::vector<std::string>& ignorable) const {
+  std::vector<std::string> out;
+  for (const auto& [name, file] : where_) {
+    if (used_.count(name)) continue;
+    bool skip = false;
+    for (const auto& suffix : ignorable) {
+      skip = skip || (name.size() >= suffix.size() &&
+                      name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0);
+    }
+    if (!skip) out.push_back(name);
+  }
   return out;
 }
 

@@ -7,6 +7,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -31,12 +32,16 @@ class WeightLoader {
                            torch::ScalarType dtype = torch::kFloat) const;
   // Bytes copied out of the files so far (to show that ranks read only their slices).
   int64_t bytes_loaded() const { return bytes_loaded_; }
+  // Tensors of the checkpoint never loaded, in name order, leaving out names that end with one
+  // of `ignorable` (buffers such as rotary_emb.inv_freq that transformers may save).
+  std::vector<std::string> unused(const std::vector<std::string>& ignorable = {}) const;
 
  private:
   const TensorEntry& entry(const std::string& name) const;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const SafetensorsFile*> where_;
   mutable int64_t bytes_loaded_ = 0;
+  mutable std::set<std::string> used_;
 };
 
 }  // namespace tessera::models

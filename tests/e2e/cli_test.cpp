@@ -35,25 +35,39 @@ void expect_clean_error(const testing::ProcessResult& r, const std::string& need
   EXPECT_EQ(r.err.find("Stack trace"), std::string::npos) << r.err;
 }
 
-nlohmann::json generate_json(int np) {
-  const auto r = run_command(mpirun(np) + generate_cmd("--max-tokens 32 --ignore-eos --json"));
+nlohmann::json generate_json(int np, const std::string& extra = "") {
+  const auto r =
+      run_command(mpirun(np) + generate_cmd("--max-tokens 32 --ignore-eos --json "
+                                            "--kv-cache-memory 8M --max-model-len 1024 " +
+                                            extra));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   return nlohmann::json::parse(r.out);
 }
 
 TEST(Generate, IdenticalTokensWith1And2And4Ranks) {
   const auto one = generate_json(1);
-  ASSERT_EQ(one["output_ids"].size(), 32u);
+  const auto& first = one["requests"][0];
+  ASSERT_EQ(first["output_ids"].size(), 32u);
+  EXPECT_EQ(first["finish_reason"], "length");
   EXPECT_EQ(one["tensor_parallel"], 1);
   for (int np : {2, 4}) {
     const auto many = generate_json(np);
     EXPECT_EQ(many["tensor_parallel"], np);
-    EXPECT_EQ(many["output_ids"], one["output_ids"]) << "np=" << np;
-    EXPECT_EQ(many["prompt_ids"], one["prompt_ids"]);
-    // Each rank holds 1/np of the KV cache.
-    EXPECT_EQ(many["kv_cache_bytes_per_rank"].get<int64_t>() * np,
-              one["kv_cache_bytes_per_rank"].get<int64_t>());
+    EXPECT_EQ(many["requests"][0]["output_ids"], first["output_ids"]) << "np=" << np;
+    EXPECT_EQ(many["requests"][0]["prompt_ids"], first["prompt_ids"]);
+    // Each rank holds 1/np of the KV heads, so the same bytes per rank hold np times the blocks.
+    EXPECT_EQ(many["kv_cache_blocks"].get<int64_t>(), one["kv_cache_blocks"].get<int64_t>() * np);
   }
+  // 8 ranks over the tiny model's 4 KV heads: each KV head's tokens split over 2 ranks.
+  const auto dcp = generate_json(8);
+  EXPECT_EQ(dcp["decode_context_parallel"], 2);
+  EXPECT_EQ(dcp["requests"][0]["output_ids"], first["output_ids"]);
+  // Two replicas of two ranks, fed round-robin.
+  const auto dp = generate_json(4, "--dp 2 --prompt 'a second prompt' --prompt-ids 256,65,66");
+  ASSERT_EQ(dp["requests"].size(), 3u);
+  EXPECT_EQ(dp["data_parallel"], 2);
+  EXPECT_EQ(dp["requests"][0]["output_ids"], first["output_ids"]);
+  EXPECT_EQ(dp["requests"][2]["prompt_ids"], (std::vector<int>{256, 65, 66}));
 }
 
 TEST(Generate, WithoutMpirunAndPlainOutput) {
@@ -61,6 +75,26 @@ TEST(Generate, WithoutMpirunAndPlainOutput) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("output ids: "), std::string::npos) << r.out;
   EXPECT_NE(r.err.find("generated 5"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("KV cache plan"), std::string::npos) << "start-up table:\n" << r.err;
+}
+
+TEST(Generate, PromptsFileBadLinesFailAlone) {
+  const auto r = run_command(
+      "d=$(mktemp -d) && printf '%s\\n' '{\"prompt\": \"one\", \"max_tokens\": 3}' "
+      "'{\"prompt\": [256, 70], \"max_tokens\": 0}' '{\"prompt_ids\": [256, 71, 72], "
+      "\"max_tokens\": 4, \"ignore_eos\": true}' > $d/p.jsonl && " +
+      mpirun(2) + bin() +
+      " generate --model tiny --prompts $d/p.jsonl --json; rc=$?; "
+      "rm -rf $d; exit $rc");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["requests"].size(), 3u);
+  EXPECT_EQ(j["requests"][1]["finish_reason"], "error");
+  EXPECT_EQ(j["requests"][1]["error"], "line 2: max_tokens must be >= 1, got 0");
+  EXPECT_EQ(j["requests"][2]["output_ids"].size(), 4u);
+  EXPECT_NE(j["requests"][0]["finish_reason"], "error");
+  EXPECT_NE(r.err.find("tessera: error: line 2: max_tokens must be >= 1, got 0"), std::string::npos)
+      << r.err;
 }
 
 TEST(Generate, ThreeRanksDoNotDivideTheHeads) {
@@ -72,20 +106,28 @@ TEST(Generate, BadInputGivesOneLineErrors) {
   struct Case {
     std::string args;
     std::string needle;
+    bool one_rank_too = false;  // also without a second rank (the other code path)
   };
   for (const Case& c : {
-           Case{"--model gpt-17 --prompt hi", "unknown model 'gpt-17'"},
+           Case{"--model gpt-17 --prompt hi", "unknown model 'gpt-17'", true},
            Case{"--model /nonexistent/dir --prompt hi", "'/nonexistent/dir' does not exist"},
-           Case{"--model tiny --prompt hi --max-tokens -1", "--max-tokens"},
+           Case{"--model tiny --prompt hi --max-tokens -1", "max_tokens must be >= 1, got -1"},
+           Case{"--model tiny --prompt hi --max-tokens 0", "max_tokens must be >= 1, got 0", true},
            Case{"--model tiny --prompt hi --max-tokens abc", "--max-tokens"},
-           Case{"--model tiny", "--prompt is required"},
-           Case{"--model tiny --prompt hi --prefill-chunk 0", "must be an integer > 0, got 0"},
-           Case{"--model tiny --prompt hi --max-tokens 5000", "exceeds max_position_embeddings"},
-           // prompt + max_tokens used to overflow int64 and pass the check.
-           Case{"--model tiny --prompt hi --max-tokens 9223372036854775807",
-                "exceeds max_position_embeddings"},
+           Case{"--model tiny", "no prompts"},
+           Case{"--model tiny --prompt hi --max-num-batched-tokens 0",
+                "max_num_batched_tokens must be positive, got 0"},
+           Case{"--model tiny --prompt 'longer than eight' --max-model-len 8",
+                "prompt has 18 tokens, more than max_model_len=8", true},
+           Case{"--model tiny --prompt hi --max-model-len 5000",
+                "max_model_len=5000 exceeds the model's 4096"},
+           Case{"--model tiny --prompt hi --kv-cache-memory 10K", "the largest max_model_len"},
+           Case{"--model tiny --prompt hi --kv-cache-memory lots", "--kv-cache-memory"},
+           Case{"--model tiny --prompt hi --temperature -1", "temperature"},
+           Case{"--model tiny --prompt hi --tp 3", "--tp 3 x --dp 1 needs 3 ranks"},
        }) {
     for (int np : {1, 2}) {
+      if (np == 1 && !c.one_rank_too) continue;
       const auto r = run_command(mpirun(np) + bin() + " generate " + c.args, 90);
       SCOPED_TRACE(c.args + " np=" + std::to_string(np));
       expect_clean_error(r, c.needle);
@@ -104,6 +146,31 @@ TEST(Generate, UnreadableModelFolder) {
                                " generate --model $d --prompt hi; rc=$?; rm -rf $d; exit $rc");
     expect_clean_error(r, "not readable");
   }
+}
+
+// A copy of the tiny model (found through --json's model_dir) edited by `edit` (shell, $d is the
+// copy), then `tessera generate` on it under mpirun -np 2.
+testing::ProcessResult run_on_edited_tiny(const std::string& edit, const std::string& args) {
+  return run_command(
+      "d=$(mktemp -d) && " + bin() + " generate --prompt x --max-tokens 1 --json > $d/o && " +
+      "src=$(sed -E 's/.*\"model_dir\":\"([^\"]*)\".*/\\1/' $d/o) && cp $src/* $d/ && " + edit +
+      " && " + mpirun(2) + bin() + " generate --model $d " + args + "; rc=$?; rm -rf $d; exit $rc");
+}
+
+TEST(Generate, UnknownArchitecture) {
+  const auto r = run_on_edited_tiny("sed -i 's/\"qwen2\"/\"gpt2\"/' $d/config.json", "--prompt hi");
+  expect_clean_error(r, "model_type='gpt2' is not supported");
+}
+
+TEST(Generate, NanWeightsAreReportedNotTurnedIntoTokens) {
+  // The first float of model.norm.weight becomes NaN.
+  const auto r = run_on_edited_tiny(
+      "python3 -c \"import json,struct,sys; f=open(sys.argv[1],'r+b'); n=struct.unpack('<Q', "
+      "f.read(8))[0]; h=json.loads(f.read(n)); f.seek(8+n+h['model.norm.weight']['data_offsets']"
+      "[0]); f.write(struct.pack('<f', float('nan')))\" $d/model.safetensors",
+      "--prompt hi --max-tokens 4");
+  expect_clean_error(r, "NaN in logits of request \"0\" at step 1");
+  EXPECT_EQ(r.out.find("output ids"), std::string::npos) << r.out;
 }
 
 TEST(Generate, CorruptWeightsFile) {

@@ -83,7 +83,9 @@ def tessera(np_):
         cmd = [MPIEXEC, "-np", str(np_), "--oversubscribe"] + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report.update(report["requests"][0])  # one prompt: its prompt_ids / output_ids
+    return report
 
 
 def main():

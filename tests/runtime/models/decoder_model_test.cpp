@@ -1,5 +1,6 @@
 // The decoder's KV-cached paths (chunked prefill, one-token decode through sliding-window ring
-// buffers) against a full recomputation without reuse, and the weight loader's per-rank slices.
+// buffers of the contiguous test oracle) against a full recomputation without reuse, and the
+// weight loader's per-rank slices.
 #include <gtest/gtest.h>
 #include <torch/types.h>
 
@@ -9,6 +10,7 @@
 #include "runtime/models/decoder_model.h"
 #include "runtime/models/tiny_model.h"
 #include "runtime/models/weights.h"
+#include "tests/runtime/models/contiguous_attention.h"
 
 namespace tessera::models {
 namespace {
@@ -21,47 +23,30 @@ std::string tiny_dir() {
 
 torch::Tensor run(DecoderModel& model, const std::vector<int64_t>& ids, int64_t chunk) {
   const int64_t n = static_cast<int64_t>(ids.size());
-  caches::ContiguousKVCache cache(model.cache_config(1, n, chunk));
-  auto tokens = torch::tensor(ids, torch::kLong).view({1, -1});
-  auto pos = torch::arange(n, torch::kLong).view({1, -1});
+  testing::ContiguousAttention oracle(model, n, chunk);
+  auto tokens = torch::tensor(ids, torch::kLong);
+  auto pos = torch::arange(n, torch::kLong);
   std::vector<torch::Tensor> logits;
   for (int64_t s = 0; s < n; s += chunk) {
     const int64_t len = std::min(chunk, n - s);
-    logits.push_back(model.forward(tokens.narrow(1, s, len), pos.narrow(1, s, len), cache));
+    logits.push_back(oracle.forward(model, tokens.narrow(0, s, len), pos.narrow(0, s, len)));
   }
-  return torch::cat(logits, 1);
+  return torch::cat(logits, 0);
 }
 
 TEST(DecoderModel, CachedDecodeMatchesFullRecompute) {
   torch::NoGradGuard g;
   WeightLoader w(ModelFolder::open(tiny_dir()));
   const auto config = ModelConfig::from_file(tiny_dir() + "/config.json");
-  DecoderModel model(config, w, nullptr);
+  DecoderModel model(config, w, nullptr, 1024);
   std::vector<int64_t> ids;
   for (int i = 0; i < 53; ++i) ids.push_back((i * 37 + 11) % 256);  // 53 > 3 x window (16)
   const auto full = run(model, ids, 53);                            // one pass: no KV reuse at all
   const auto step = run(model, ids, 1);   // ring buffers of exactly the window
   const auto chunk = run(model, ids, 7);  // chunked prefill, ring of window-1+7
-  ASSERT_EQ(full.sizes(), (torch::IntArrayRef{1, 53, config.vocab_size}));
+  ASSERT_EQ(full.sizes(), (torch::IntArrayRef{53, config.vocab_size}));
   EXPECT_TRUE(torch::allclose(full, step, 1e-4, 1e-4)) << (full - step).abs().max().item<float>();
   EXPECT_TRUE(torch::allclose(full, chunk, 1e-4, 1e-4)) << (full - chunk).abs().max().item<float>();
-}
-
-TEST(DecoderModel, SlidingLayersHoldOnlyTheirWindow) {
-  // With one token per step, a sliding layer's ring holds exactly its window; full layers hold
-  // the whole context.
-  torch::NoGradGuard g;
-  WeightLoader w(ModelFolder::open(tiny_dir()));
-  const auto config = ModelConfig::from_file(tiny_dir() + "/config.json");
-  DecoderModel model(config, w, nullptr);
-  const auto cc = model.cache_config(1, 1000, 1);
-  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
-    if (config.layer_windows[l] > 0) {
-      EXPECT_EQ(cc.capacity(l), config.layer_windows[l]);
-    } else {
-      EXPECT_EQ(cc.capacity(l), 1000);
-    }
-  }
 }
 
 TEST(WeightLoader, SlicesMatchTheWholeTensorAndReadOnlyTheirBytes) {
@@ -83,16 +68,6 @@ TEST(WeightLoader, SlicesMatchTheWholeTensorAndReadOnlyTheirBytes) {
   }
   EXPECT_THROW(w.load_slice(name, {}, 1, {200, 64}), Error);
   EXPECT_THROW(w.load("no.such.tensor", {}), Error);
-}
-
-TEST(DecoderModel, RejectsBadTokens) {
-  torch::NoGradGuard g;
-  WeightLoader w(ModelFolder::open(tiny_dir()));
-  DecoderModel model(ModelConfig::from_file(tiny_dir() + "/config.json"), w, nullptr);
-  caches::ContiguousKVCache cache(model.cache_config(1, 8, 8));
-  auto pos = torch::arange(2, torch::kLong).view({1, 2});
-  EXPECT_THROW(model.forward(torch::tensor({1, 999}, torch::kLong).view({1, 2}), pos, cache),
-               Error);
 }
 
 }  // namespace

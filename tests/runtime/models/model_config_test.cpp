@@ -27,7 +27,11 @@ TEST(ModelConfig, LlamaDefaults) {
   auto c = ModelConfig::from_json_text(base_config(), "config.json");
   EXPECT_EQ(c.head_dim, 8);
   EXPECT_EQ(c.num_key_value_heads, 2);
-  EXPECT_FALSE(c.attention_bias);
+  EXPECT_FALSE(c.qkv_bias);
+  EXPECT_FALSE(c.o_bias);
+  EXPECT_FALSE(c.mlp_bias);
+  EXPECT_EQ(c.hidden_act, Activation::kSilu);
+  EXPECT_EQ(c.rope_scaling.type, RopeScaling::Type::kDefault);
   EXPECT_EQ(c.layer_windows, (std::vector<int64_t>{0, 0, 0, 0}));
   EXPECT_DOUBLE_EQ(c.rope_theta, 10000.0);
 }
@@ -44,7 +48,8 @@ TEST(ModelConfig, SlidingWindowsPerFamily) {
       R"("use_sliding_window":true,"max_window_layers":2})",
       "c");
   EXPECT_EQ(qwen.layer_windows, (std::vector<int64_t>{0, 0, 16, 16}));
-  EXPECT_TRUE(qwen.attention_bias);
+  EXPECT_TRUE(qwen.qkv_bias);
+  EXPECT_FALSE(qwen.o_bias);
   auto typed = ModelConfig::from_json_text(
       base_config(R"(,"sliding_window":8,"layer_types":["sliding_attention","full_attention",)"
                   R"("sliding_attention","full_attention"])"),
@@ -68,7 +73,18 @@ TEST(ModelConfig, BadFieldsAreNamed) {
   expect_error(
       base_config(R"(,"layer_types":["full_attention","x","full_attention","full_attention"])"),
       {"layer_types[1]='x'"});
-  expect_error(base_config(R"(,"rope_scaling":{"type":"linear","factor":2.0})"), {"rope_scaling"});
+  expect_error(base_config(R"(,"rope_scaling":{"type":"longrope","factor":2.0})"),
+               {"rope_scaling", "longrope"});
+  expect_error(base_config(R"(,"rope_scaling":{"rope_type":"linear"})"), {"factor"});
+  expect_error(base_config(R"(,"rope_scaling":{"rope_type":"linear","factor":0.5})"),
+               {"factor must be >= 1, got 0.5"});
+  expect_error(base_config(R"(,"hidden_act":"relu")"), {"hidden_act='relu'"});
+  expect_error(base_config(R"(,"partial_rotary_factor":0.5)"), {"partial_rotary_factor=0.5"});
+  expect_error(base_config(R"(,"architectures":["GPT2LMHeadModel"])"),
+               {"architectures[0]='GPT2LMHeadModel'"});
+  expect_error(R"({"model_type":"qwen2","mlp_bias":true,"vocab_size":100,"hidden_size":64,)"
+               R"("intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":8})",
+               {"mlp_bias=true", "qwen2"});
   expect_error(R"({"vocab_size":0,"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,)"
                R"("num_attention_heads":8})",
                {"vocab_size must be positive, got 0"});
@@ -86,7 +102,7 @@ TEST(ModelConfig, WrongTypesAndRangesAreNamed) {
                {"max_window_layers", "-3"});
   auto c = ModelConfig::from_json_text(base_config(R"(,"eos_token_id":[7,9],"bos_token_id":[])"),
                                        "config.json");
-  EXPECT_EQ(c.eos_token_id, 7);
+  EXPECT_EQ(c.eos_token_ids, (std::vector<int64_t>{7, 9}));
   EXPECT_EQ(c.bos_token_id, -1);
 }
 
@@ -101,11 +117,20 @@ TEST(ModelConfig, TensorParallelDivisibility) {
   } catch (const Error& e) {
     EXPECT_EQ(e.message(), "num_attention_heads=8 is not divisible by 3 tensor-parallel ranks");
   }
+  // 8 ranks over 4 KV heads: each KV head's tokens split over 2 ranks (decode context parallel).
+  EXPECT_NO_THROW(c.check_tensor_parallel(8));
+  EXPECT_EQ(c.decode_context_parallel(8), 2);
+  EXPECT_EQ(c.decode_context_parallel(4), 1);
+  auto six = c;
+  six.num_attention_heads = 12;
+  six.intermediate_size = 240;
   try {
-    c.check_tensor_parallel(8);  // 8 q heads divide, 4 kv heads do not
+    six.check_tensor_parallel(6);  // 12 q heads divide, 4 kv heads neither divide nor are divided
     FAIL();
   } catch (const Error& e) {
-    EXPECT_EQ(e.message(), "num_key_value_heads=4 is not divisible by 8 tensor-parallel ranks");
+    EXPECT_NE(e.message().find("num_key_value_heads=4 is not divisible by 6 tensor-parallel ranks"),
+              std::string::npos)
+        << e.message();
   }
 }
 
@@ -118,8 +143,9 @@ TEST(ModelConfig, JsonRoundTrip) {
   EXPECT_EQ(back.num_key_value_heads, c.num_key_value_heads);
   EXPECT_EQ(back.head_dim, c.head_dim);
   EXPECT_EQ(back.layer_windows, c.layer_windows);
-  EXPECT_EQ(back.attention_bias, c.attention_bias);
-  EXPECT_EQ(back.eos_token_id, c.eos_token_id);
+  EXPECT_EQ(back.qkv_bias, c.qkv_bias);
+  EXPECT_EQ(back.o_bias, c.o_bias);
+  EXPECT_EQ(back.eos_token_ids, c.eos_token_ids);
   // Has at least one full and one sliding layer (the tiny model must exercise both).
   EXPECT_NE(std::count(c.layer_windows.begin(), c.layer_windows.end(), 0), 0);
   EXPECT_NE(std::count(c.layer_windows.begin(), c.layer_windows.end(), 0),

@@ -9,6 +9,7 @@
 #include "runtime/models/tiny_model.h"
 #include "sharding/mpi/mpi_communicator.h"
 #include "sharding/mpi/mpi_env.h"
+#include "tests/runtime/models/contiguous_attention.h"
 
 namespace tessera {
 namespace {
@@ -21,24 +22,23 @@ TEST(TensorParallelDecoder, ShardedLogitsEqualSingleRank) {
   comm.barrier();
   models::WeightLoader w(models::ModelFolder::open(dir));
   const auto config = models::ModelConfig::from_file(dir + "/config.json");
-  models::DecoderModel sharded(config, w, &comm);
-  models::DecoderModel whole(config, w, nullptr);
+  models::DecoderModel sharded(config, w, &comm, 64);
+  models::DecoderModel whole(config, w, nullptr, 64);
   EXPECT_EQ(sharded.local_q_heads() * comm.size(), config.num_attention_heads);
 
   const int64_t n = 40;  // longer than the sliding window (16)
-  auto tokens = (torch::arange(n, torch::kLong) * 31 % 256).view({1, n});
-  auto pos = torch::arange(n, torch::kLong).view({1, n});
-  caches::ContiguousKVCache c1(sharded.cache_config(1, n + 1, n));
-  caches::ContiguousKVCache c2(whole.cache_config(1, n + 1, n));
-  auto a = sharded.forward(tokens, pos, c1);
-  auto b = whole.forward(tokens, pos, c2);
+  auto tokens = torch::arange(n, torch::kLong) * 31 % 256;
+  auto pos = torch::arange(n, torch::kLong);
+  models::testing::ContiguousAttention c1(sharded, n + 1, n), c2(whole, n + 1, n);
+  auto a = c1.forward(sharded, tokens, pos);
+  auto b = c2.forward(whole, tokens, pos);
   EXPECT_TRUE(torch::allclose(a, b, 1e-4, 1e-4)) << (a - b).abs().max().item<float>();
   // Then one decode step through the caches.
-  auto t1 = torch::full({1, 1}, 65, torch::kLong), p1 = torch::full({1, 1}, n, torch::kLong);
-  auto a1 = sharded.forward(t1, p1, c1), b1 = whole.forward(t1, p1, c2);
+  auto t1 = torch::full({1}, 65, torch::kLong), p1 = torch::full({1}, n, torch::kLong);
+  auto a1 = c1.forward(sharded, t1, p1), b1 = c2.forward(whole, t1, p1);
   EXPECT_TRUE(torch::allclose(a1, b1, 1e-4, 1e-4));
   // Each rank's cache holds only its kv heads.
-  EXPECT_EQ(c1.layer(0).k.size(2) * comm.size(), config.num_key_value_heads);
+  EXPECT_EQ(c1.cache().layer(0).k.size(2) * comm.size(), config.num_key_value_heads);
 }
 
 }  // namespace

@@ -1,0 +1,307 @@
+#include "runtime/engine/engine_core.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "common/error.h"
+#include "common/logging.h"
+#include "runtime/models/model_folder.h"
+
+namespace tessera::engine {
+
+namespace {
+
+// Runs `fn` on every rank; if any rank throws, every rank throws the lowest failing rank's
+// message (agreed over `comm`), so no rank is left waiting in a collective.
+template <typename Fn>
+void on_all_ranks(sharding::Communicator* comm, Fn&& fn) {
+  std::string err;
+  try {
+    fn();
+  } catch (const Error& e) {
+    err = e.message();
+  } catch (const std::exception& e) {
+    err = e.what();
+  }
+  if (comm != nullptr && comm->size() > 1) err = comm->agree_on_error(err);
+  if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
+}
+
+// eos ids of generation_config.json (an id or a list), added to the config's.
+void add_generation_eos(const std::string& path, std::vector<int32_t>& ids) {
+  std::ifstream in(path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    TESSERA_FAIL("'", path, "': not valid JSON: ", e.what());
+  }
+  if (!j.is_object() || !j.contains("eos_token_id") || j["eos_token_id"].is_null()) return;
+  auto add = [&](const nlohmann::json& v) {
+    TESSERA_CHECK(v.is_number_integer() && v.get<int64_t>() >= 0, "'", path,
+                  "': eos_token_id must be a non-negative integer or a list of them, got ",
+                  j["eos_token_id"].dump());
+    const auto id = static_cast<int32_t>(v.get<int64_t>());
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+  };
+  if (j["eos_token_id"].is_array()) {
+    for (const auto& v : j["eos_token_id"]) add(v);
+  } else {
+    add(j["eos_token_id"]);
+  }
+}
+
+}  // namespace
+
+EngineCore::EngineCore(const EngineConfig& config, sharding::Communicator* tp,
+                       sharding::Communicator* dcp, sharding::Communicator* control)
+    : config_(config),
+      tp_(tp),
+      control_(control != nullptr ? control : tp),
+      channel_(control != nullptr ? control : tp) {
+  tp_size_ = tp != nullptr ? tp->size() : 1;
+  leader_ = tp == nullptr || tp->rank() == 0;
+  TESSERA_CHECK(control_ == nullptr || tp == nullptr ||
+                    (control_->size() == tp->size() && control_->rank() == tp->rank()),
+                "the control group must span the tensor-parallel group's ranks");
+  sharding::Communicator* ctl = control_;
+  // The leader resolves first: for the built-in model it writes the files the others read.
+  std::optional<models::ModelFolder> folder;
+  on_all_ranks(ctl, [&] {
+    if (leader_) folder = models::ModelFolder::resolve(config_.model);
+  });
+  on_all_ranks(ctl, [&] {
+    if (!folder) folder = models::ModelFolder::resolve(config_.model);
+    model_dir_ = folder->dir();
+    model_config_ = models::ModelConfig::from_file(folder->config_json());
+    model_config_.check_tensor_parallel(tp_size_);
+    TESSERA_CHECK(config_.max_model_len >= 0, "max_model_len must be >= 0 (0 = the model's), got ",
+                  config_.max_model_len);
+    const int64_t derived = model_config_.derived_max_model_len();
+    TESSERA_CHECK(config_.max_model_len <= derived, "max_model_len=", config_.max_model_len,
+                  " exceeds the model's ", derived,
+                  " (max_position_embeddings, times the rope_scaling factor where it extends it)");
+    max_model_len_ = config_.max_model_len > 0 ? config_.max_model_len : derived;
+    for (int64_t id : model_config_.eos_token_ids) eos_ids_.push_back(static_cast<int32_t>(id));
+    if (folder->generation_config_json()) {
+      add_generation_eos(*folder->generation_config_json(), eos_ids_);
+    }
+    TESSERA_CHECK(config_.max_num_seqs > 0, "max_num_seqs must be positive, got ",
+                  config_.max_num_seqs);
+    TESSERA_CHECK(config_.max_num_batched_tokens > 0,
+                  "max_num_batched_tokens must be positive, got ", config_.max_num_batched_tokens);
+    const torch::Device device = config_.device >= 0 ? torch::Device(torch::kCUDA, config_.device)
+                                                     : torch::Device(torch::kCPU);
+    models::WeightLoader weights(*folder);
+    model_ =
+        std::make_unique<models::DecoderModel>(model_config_, weights, tp, max_model_len_, device);
+  });
+  on_all_ranks(ctl, [&] {
+    KVCacheOptions kv;
+    kv.block_size = config_.block_size;
+    kv.budget_bytes = config_.kv_cache_memory;
+    kv.device_memory_fraction = config_.device_memory_fraction;
+    kv.limits.max_model_len = max_model_len_;
+    kv.limits.max_num_batched_tokens = config_.max_num_batched_tokens;
+    kv.limits.batch_size = config_.max_num_seqs;
+    kv_plan_ = plan_kv_cache(model_config_, model_->layout(), kv, config_.device, ctl);
+  });
+  on_all_ranks(ctl, [&] {
+    storage_ = std::make_unique<caches::PagedKVStorage>(kv_plan_.storage, model_->device());
+    runner_ = std::make_unique<ModelRunner>(*model_, *storage_, kv_plan_.groups,
+                                            config_.max_num_seqs, dcp);
+    if (!leader_) return;
+    caches::KVCacheManagerConfig mc;
+    mc.groups = kv_plan_.groups;
+    mc.num_blocks = kv_plan_.storage.num_blocks;
+    mc.num_state_slots = kv_plan_.storage.num_state_slots;
+    mc.enable_prefix_caching = config_.enable_prefix_caching;
+    kv_ = std::make_unique<caches::KVCacheManager>(mc);
+    scheduler::SchedulerConfig sc;
+    sc.max_num_seqs = config_.max_num_seqs;
+    sc.max_num_batched_tokens = config_.max_num_batched_tokens;
+    sc.max_model_len = max_model_len_;
+    sc.long_prefill_token_threshold = config_.long_prefill_token_threshold;
+    sc.enable_chunked_prefill = config_.enable_chunked_prefill;
+    sc.eos_token_ids = eos_ids_;
+    scheduler_ = std::make_unique<scheduler::Scheduler>(sc, *kv_);
+    sampler_ = std::make_unique<GreedySampler>();
+  });
+}
+
+EngineCore::~EngineCore() = default;
+
+void EngineCore::add_request(EngineRequest request, OutputFn on_output) {
+  TESSERA_CHECK(leader_, "add_request runs on the group's leader");
+  auto refuse = [&](const std::string& error) {
+    RequestOutput o;
+    o.id = request.id;
+    o.finished = true;
+    o.finish_reason = "error";
+    o.error = error;
+    o.prompt_tokens = static_cast<int64_t>(request.prompt_ids.size());
+    if (on_output) on_output(o);
+  };
+  const std::string who = "request \"" + request.id + "\": ";
+  for (size_t i = 0; i < request.prompt_ids.size(); ++i) {
+    const int32_t id = request.prompt_ids[i];
+    if (id < 0 || id >= model_config_.vocab_size) {
+      return refuse(who + "prompt_ids[" + std::to_string(i) + "]=" + std::to_string(id) +
+                    " is outside the model's vocabulary [0, " +
+                    std::to_string(model_config_.vocab_size) + ")");
+    }
+  }
+  if (const std::string why = sampler_->check(request.params); !why.empty()) {
+    return refuse(who + why);
+  }
+  for (size_t i = 0; i < request.params.stop_token_ids.size(); ++i) {
+    const int32_t id = request.params.stop_token_ids[i];
+    if (id < 0 || id >= model_config_.vocab_size) {
+      return refuse(who + "stop_token_ids[" + std::to_string(i) + "]=" + std::to_string(id) +
+                    " is outside the model's vocabulary [0, " +
+                    std::to_string(model_config_.vocab_size) + ")");
+    }
+  }
+  scheduler::Request r;
+  r.id = request.id;
+  r.prompt_ids = request.prompt_ids;
+  r.params = request.params;
+  r.priority = request.priority;
+  r.lora = request.lora;
+  if (!r.lora.empty())
+    return refuse(who + "lora='" + r.lora + "': LoRA adapters are not supported yet");
+  const auto added = scheduler_->add_request(std::move(r));
+  if (!added) return refuse(added.error);
+  callbacks_[request.id] = std::move(on_output);
+}
+
+bool EngineCore::abort(const std::string& id) {
+  TESSERA_CHECK(leader_, "abort runs on the group's leader");
+  return scheduler_->abort(id);
+}
+
+void EngineCore::abort_all() {
+  std::vector<std::string> ids;
+  for (const auto& [id, fn] : callbacks_) ids.push_back(id);
+  for (const auto& id : ids) scheduler_->abort(id);
+}
+
+bool EngineCore::has_unfinished() const { return scheduler_ && scheduler_->has_unfinished(); }
+
+RequestOutput EngineCore::convert(const scheduler::RequestOutput& o) {
+  RequestOutput out;
+  out.id = o.id;
+  out.new_token_ids = o.new_token_ids;
+  out.finished = o.finished;
+  out.finish_reason = std::string(scheduler::finish_reason_name(o.finish_reason));
+  out.error = o.error;
+  if (auto it = errors_.find(o.id); it != errors_.end() && o.finished) {
+    out.finish_reason = "error";
+    out.error = it->second;
+    errors_.erase(it);
+  }
+  out.prompt_tokens = o.prompt_tokens;
+  out.completion_tokens = o.completion_tokens;
+  out.cached_prompt_tokens = o.cached_prompt_tokens;
+  return out;
+}
+
+void EngineCore::step() {
+  TESSERA_CHECK(leader_, "step runs on the group's leader");
+  const scheduler::StepPlan plan = scheduler_->schedule();
+  if (!plan.empty() || !plan.released.empty() || !plan.copies.empty()) {
+    if (channel_.active()) {
+      const auto bytes = plan.encode();
+      channel_.send(PlanChannel::Kind::kPlan, bytes);
+    }
+  }
+  torch::Tensor logits;
+  if (observer_) {
+    const torch::Tensor all = runner_->execute(plan, LogitsRows::kAll);
+    observer_(plan, all);
+    std::vector<int64_t> last;
+    for (const auto& row : plan.seqs) {
+      if (row.sample) last.push_back(row.token_offset + row.num_tokens - 1);
+    }
+    logits = all.index_select(0, torch::tensor(last, torch::kLong).to(all.device()));
+  } else {
+    logits = runner_->execute(plan, LogitsRows::kSampled);
+  }
+  std::vector<const scheduler::Request*> rows;
+  rows.reserve(plan.num_sampled);
+  for (const auto& row : plan.seqs) {
+    if (!row.sample) continue;
+    const scheduler::Request* r = scheduler_->running_at(row.slot);
+    TESSERA_CHECK(r != nullptr && r->seq == row.seq, "sampling row of seq ", row.seq,
+                  " has no running request in slot ", row.slot);
+    rows.push_back(r);
+  }
+  scheduler::SampledTokens sampled;
+  sampled.step = plan.step;
+  if (!rows.empty()) {
+    sampled.token_ids = sampler_->sample(logits, rows);
+    // NaN logits (from NaN weights or activations) end their request with an error: never
+    // turned into a token.
+    auto nan_rows = logits.isnan().any(1).to(torch::kCPU);
+    if (nan_rows.any().item<bool>()) {
+      const auto* bad = nan_rows.data_ptr<bool>();
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (!bad[i]) continue;
+        const std::string id = rows[i]->id;
+        errors_[id] =
+            "NaN in logits of request \"" + id + "\" at step " + std::to_string(plan.step);
+        log::warn("{}", errors_[id]);
+        scheduler_->abort(id, scheduler::FinishReason::kError);
+      }
+    }
+  }
+  for (const auto& o : scheduler_->update(plan, sampled)) {
+    const RequestOutput out = convert(o);
+    auto it = callbacks_.find(out.id);
+    if (it == callbacks_.end()) continue;
+    if (it->second) it->second(out);
+    if (out.finished) callbacks_.erase(it);
+  }
+}
+
+void EngineCore::release_workers() {
+  if (leader_ && channel_.active()) channel_.send(PlanChannel::Kind::kDone);
+}
+
+void EngineCore::fail_workers(const std::string& message) {
+  if (leader_ && channel_.active()) channel_.send_error(message);
+}
+
+void EngineCore::serve() {
+  TESSERA_CHECK(!leader_, "serve runs on the group's other ranks");
+  while (true) {
+    PlanChannel::Message m = channel_.receive();
+    if (m.kind == PlanChannel::Kind::kDone) return;
+    if (m.kind == PlanChannel::Kind::kError) {
+      throw CollectiveError(std::string(m.bytes.begin(), m.bytes.end()), __FILE__, __LINE__);
+    }
+    runner_->execute(scheduler::StepPlan::decode(m.bytes), LogitsRows::kNone);
+  }
+}
+
+scheduler::SchedulerStats EngineCore::scheduler_stats() const {
+  TESSERA_CHECK(leader_, "scheduler_stats runs on the group's leader");
+  return scheduler_->stats();
+}
+
+EngineStats EngineCore::stats() const {
+  EngineStats s{};
+  if (!leader_) return s;
+  const auto st = scheduler_->stats();
+  s.running = st.running;
+  s.waiting = st.waiting;
+  s.kv_blocks_total = st.kv_blocks_total;
+  s.kv_blocks_used = st.kv_blocks_used;
+  s.prefix_hit_rate = st.prefix_hit_rate();
+  s.steps = st.steps;
+  s.preemptions = st.preemptions;
+  return s;
+}
+
+}  // namespace tessera::engine

@@ -1,0 +1,81 @@
+#include "runtime/engine/llm.h"
+
+#include <chrono>
+#include <unordered_map>
+
+#include "common/error.h"
+
+namespace tessera::engine {
+
+std::vector<CompletedRequest> generate(EngineCore& core, std::vector<EngineRequest> requests,
+                                       const std::function<void(const Progress&)>& progress,
+                                       GenerateSummary* summary) {
+  if (!core.leader()) {
+    core.serve();
+    return {};
+  }
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+  auto now = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  std::vector<CompletedRequest> results(requests.size());
+  Progress prog;
+  prog.total = static_cast<int64_t>(requests.size());
+  bool finished_any = false;
+  const auto before = core.scheduler_stats();
+  const auto tokens_before = core.runner().stats().tokens;
+  try {
+    for (size_t i = 0; i < requests.size(); ++i) {
+      CompletedRequest& res = results[i];
+      res.id = requests[i].id;
+      res.prompt_ids = requests[i].prompt_ids;
+      core.add_request(std::move(requests[i]), [&res, &prog, &finished_any,
+                                                &now](const RequestOutput& o) {
+        if (!o.new_token_ids.empty() && res.output_ids.empty()) res.first_token_s = now();
+        res.output_ids.insert(res.output_ids.end(), o.new_token_ids.begin(), o.new_token_ids.end());
+        prog.output_tokens += static_cast<int64_t>(o.new_token_ids.size());
+        if (o.finished) {
+          res.finish_reason = o.finish_reason;
+          res.error = o.error;
+          res.cached_prompt_tokens = o.cached_prompt_tokens;
+          res.finished_s = now();
+          ++prog.finished;
+          finished_any = true;
+        }
+      });
+    }
+    while (core.has_unfinished()) {
+      core.step();
+      if (finished_any && progress) {
+        prog.seconds = now();
+        progress(prog);
+      }
+      finished_any = false;
+    }
+  } catch (const Error& e) {
+    core.fail_workers(e.message());
+    throw CollectiveError(e.message(), __FILE__, __LINE__);
+  } catch (const std::exception& e) {
+    core.fail_workers(e.what());
+    throw CollectiveError(e.what(), __FILE__, __LINE__);
+  }
+  core.release_workers();
+  if (summary != nullptr) {
+    const auto after = core.scheduler_stats();
+    GenerateSummary& s = *summary;
+    s = {};
+    s.seconds = now();
+    s.requests = static_cast<int64_t>(results.size());
+    for (const auto& r : results) {
+      if (r.finish_reason == "error") ++s.failed;
+      s.prompt_tokens += static_cast<int64_t>(r.prompt_ids.size());
+      s.output_tokens += static_cast<int64_t>(r.output_ids.size());
+    }
+    s.computed_tokens = core.runner().stats().tokens - tokens_before;
+    s.steps = after.steps - before.steps;
+    s.preemptions = after.preemptions - before.preemptions;
+    s.prefix_hit_tokens = after.prefix_hit_tokens - before.prefix_hit_tokens;
+  }
+  return results;
+}
+
+}  // namespace tessera::engine

@@ -1,0 +1,102 @@
+// The engine against Hugging Face transformers 4.44 on random checkpoints transformers made
+// (hf_checkpoints.py): LLaMA with q/k/v/o and MLP biases and tied embeddings, LLaMA with linear,
+// llama3, dynamic and yarn rope scaling, Mistral with a window shorter than the prompts, Qwen2
+// with sliding layers above max_window_layers only. All prompts of a model run together through
+// the product path (scheduler, chunked prefill mixed with decodes in one ragged batch, paged KV
+// with small blocks, paged attention); every prompt position's logits must be within 1e-4 of
+// transformers' and the greedy tokens equal to transformers' generate().
+#include <gtest/gtest.h>
+#include <torch/types.h>
+
+#include <map>
+
+#include "runtime/engine/engine_core.h"
+#include "runtime/engine/llm.h"
+#include "runtime/models/safetensors.h"
+#include "tests/runtime/engine/hf_reference.h"
+
+namespace tessera::engine {
+namespace {
+
+using testing::HfModel;
+
+class HfReference : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    try {
+      models_ = testing::hf_models(testing::hf_dir("single"), &skip_);
+    } catch (const std::exception& e) {
+      error_ = e.what();
+    }
+  }
+  void SetUp() override {
+    ASSERT_TRUE(error_.empty()) << error_;
+    if (!skip_.empty()) GTEST_SKIP() << skip_;
+  }
+  static std::vector<HfModel> models_;
+  static std::string skip_, error_;
+};
+std::vector<HfModel> HfReference::models_;
+std::string HfReference::skip_, HfReference::error_;
+
+TEST_F(HfReference, LogitsAndGreedyTokensMatchTransformers) {
+  torch::NoGradGuard no_grad;
+  int checked = 0;
+  for (const HfModel& m : models_) {
+    if (!m.reference) continue;
+    SCOPED_TRACE(m.name);
+    const auto ref = models::SafetensorsFile::open(m.dir + "/reference.safetensors");
+    EngineConfig c;
+    c.model = m.dir;
+    c.max_num_seqs = 8;
+    // Chunked prefill mixes prompt chunks with decodes of other prompts in one step. Dynamic NTK
+    // rope depends on the length a forward sees (transformers rotates a prompt's keys with the
+    // frequencies of its whole length), so that model prefills each prompt whole.
+    c.max_num_batched_tokens = m.name == "llama_dynamic" ? 64 : 16;
+    c.block_size = 4;
+    c.kv_cache_memory = 4 << 20;
+    EngineCore core(c, nullptr, nullptr);
+    std::map<int64_t, std::string> id_of;                         // seq -> request id
+    std::map<std::string, std::map<int64_t, torch::Tensor>> got;  // id -> position -> logits
+    core.set_logits_observer([&](const scheduler::StepPlan& plan, const torch::Tensor& all) {
+      for (int64_t i = 0; i < plan.num_rows(); ++i) {
+        const auto& row = plan.seqs[i];
+        if (row.is_new) id_of[row.seq] = std::string(plan.request_id(i));
+        for (int64_t k = 0; k < row.num_tokens; ++k) {
+          got[id_of.at(row.seq)][row.start_pos + k] = all[row.token_offset + k].clone();
+        }
+      }
+    });
+    std::vector<EngineRequest> reqs;
+    std::vector<torch::Tensor> prompts, greedy;
+    for (int k = 0; k < m.prompts; ++k) {
+      prompts.push_back(testing::read_tensor(*ref, "prompt." + std::to_string(k)));
+      greedy.push_back(testing::read_tensor(*ref, "greedy." + std::to_string(k)));
+      reqs.push_back(testing::greedy_request(std::to_string(k), testing::to_ids(prompts[k]),
+                                             greedy[k].numel()));
+    }
+    const auto results = generate(core, reqs);
+    float worst = 0;
+    for (int k = 0; k < m.prompts; ++k) {
+      const auto hf = testing::read_tensor(*ref, "logits." + std::to_string(k));
+      ASSERT_EQ(results[k].finish_reason, "length") << results[k].error;
+      const auto& mine = got[std::to_string(k)];
+      for (int64_t p = 0; p < hf.size(0); ++p) {
+        ASSERT_TRUE(mine.count(p)) << "prompt " << k << " position " << p << " never computed";
+        worst = std::max(worst, (mine.at(p) - hf[p]).abs().max().item<float>());
+      }
+      EXPECT_EQ(results[k].finish_reason, "length") << results[k].error;
+      EXPECT_EQ(results[k].output_ids, testing::to_ids(greedy[k]))
+          << "prompt " << k << " (transformers' smallest top-2 margin "
+          << testing::read_tensor(*ref, "margin." + std::to_string(k)).item<float>() << ")";
+    }
+    EXPECT_LE(worst, 1e-4f) << "largest |logit - transformers' logit|";
+    std::printf("[ %-15s ] max |logit diff| vs transformers %.3g over %d prompts\n", m.name.c_str(),
+                worst, m.prompts);
+    ++checked;
+  }
+  EXPECT_GE(checked, 7);
+}
+
+}  // namespace
+}  // namespace tessera::engine

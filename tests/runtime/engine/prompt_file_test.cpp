@@ -1,0 +1,73 @@
+// --prompts FILE.jsonl and --prompt-ids: every field read, a bad line fails alone naming its
+// line number and the field.
+#include "runtime/engine/prompt_file.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "common/error.h"
+
+namespace tessera::engine {
+namespace {
+
+TEST(PromptFile, LinesWithTheirOwnParametersAndBadLinesAlone) {
+  const auto path = std::filesystem::temp_directory_path() / "tessera_prompt_file_test.jsonl";
+  {
+    std::ofstream f(path);
+    f << R"({"prompt": "hello", "max_tokens": 7, "temperature": 0, "stop": "x", "id": "a"})"
+      << "\n"
+      << R"({"prompt": [1, 2, 3], "ignore_eos": true, "seed": 5, "stop_token_ids": [9]})"
+      << "\n"
+      << "\n"
+      << R"({"prompt_ids": [4], "max_tokens": 0})"
+      << "\n"
+      << R"({"prompt": "x", "bogus": 1})"
+      << "\n"
+      << "not json\n"
+      << R"({"prompt": [1, -2]})"
+      << "\n"
+      << R"({"prompt": "ok", "top_p": 0.5, "priority": 2, "logprobs": 3})"
+      << "\n";
+  }
+  scheduler::SamplingParams defaults;
+  defaults.max_tokens = 32;
+  const auto specs = read_prompt_file(path.string(), defaults);
+  std::filesystem::remove(path);
+  ASSERT_EQ(specs.size(), 7u);
+  EXPECT_EQ(specs[0].text, "hello");
+  EXPECT_FALSE(specs[0].has_ids);
+  EXPECT_EQ(specs[0].id, "a");
+  EXPECT_EQ(specs[0].params.max_tokens, 7);
+  EXPECT_EQ(specs[0].params.stop, (std::vector<std::string>{"x"}));
+  EXPECT_TRUE(specs[0].error.empty()) << specs[0].error;
+  EXPECT_TRUE(specs[1].has_ids);
+  EXPECT_EQ(specs[1].ids, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_TRUE(specs[1].params.ignore_eos);
+  EXPECT_EQ(specs[1].params.seed, 5u);
+  EXPECT_EQ(specs[1].params.max_tokens, 32);  // the default
+  EXPECT_EQ(specs[2].error, "line 4: max_tokens must be >= 1, got 0");
+  EXPECT_EQ(specs[3].error, "line 5: unknown field \"bogus\"");
+  EXPECT_NE(specs[4].error.find("line 6: not valid JSON"), std::string::npos) << specs[4].error;
+  EXPECT_NE(specs[5].error.find("line 7: prompt[1] must be a token id >= 0, got -2"),
+            std::string::npos)
+      << specs[5].error;
+  EXPECT_TRUE(specs[6].error.empty());
+  EXPECT_EQ(specs[6].priority, 2);
+  EXPECT_FLOAT_EQ(specs[6].params.top_p, 0.5f);
+  EXPECT_EQ(specs[6].params.logprobs, 3);
+}
+
+TEST(PromptFile, IdLists) {
+  EXPECT_EQ(parse_id_list("1,2, 3"), (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_THROW(parse_id_list("1,,2"), Error);
+  EXPECT_THROW(parse_id_list("1,x"), Error);
+  EXPECT_THROW(parse_id_list("-1"), Error);
+  EXPECT_THROW(parse_id_list(""), Error);
+  EXPECT_THROW(read_prompt_file("/nonexistent/prompts.jsonl", {}), Error);
+}
+
+}  // namespace
+}  // namespace tessera::engine
