@@ -12,6 +12,7 @@ Benchmark scheduler_benchmark();
 Benchmark lora_benchmark();
 Benchmark int8_benchmark();
 Benchmark engine_benchmark();
+Benchmark tokenizers_benchmark();
 
 std::vector<Benchmark> benchmarks() {
   std::vector<Benchmark> all;
@@ -24,6 +25,7 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(lora_benchmark());
   all.push_back(int8_benchmark());
   all.push_back(engine_benchmark());
+  all.push_back(tokenizers_benchmark());
   return all;
 }
 

@@ -8,7 +8,7 @@ pkgs=(
   libtorch-dev libopenblas0-openmp
   libopenmpi-dev openmpi-bin
   libboost-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libicu-dev libpcre2-dev
   libzstd-dev libxxhash-dev
   python3-torch python3-numpy python3-venv python3-pip curl
 )

@@ -10,7 +10,7 @@
 #include "common/error.h"
 #include "launch/cli/commands.h"
 #include "runtime/engine/generate.h"
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizers/byte_tokenizer.h"
 
 namespace tessera::cli {
 

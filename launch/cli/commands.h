@@ -23,6 +23,7 @@ struct Command {
 
 Command register_info(CLI::App& root);
 Command register_generate(CLI::App& root);
+Command register_tokenize(CLI::App& root);
 std::vector<Command> register_bench(CLI::App& root);
 std::vector<Command> register_delta(CLI::App& root);
 Command register_inspect(CLI::App& root);

@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   std::vector<tessera::cli::Command> commands;
   commands.push_back(tessera::cli::register_info(app));
   commands.push_back(tessera::cli::register_generate(app));
+  commands.push_back(tessera::cli::register_tokenize(app));
   for (auto& c : tessera::cli::register_bench(app)) commands.push_back(std::move(c));
   for (auto& c : tessera::cli::register_delta(app)) commands.push_back(std::move(c));
   commands.push_back(tessera::cli::register_inspect(app));

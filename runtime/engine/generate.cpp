@@ -9,7 +9,7 @@
 
 #include "common/error.h"
 #include "runtime/models/model_folder.h"
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizers/byte_tokenizer.h"
 #include "sharding/communicator.h"
 #include "sharding/mpi/mpi_communicator.h"
 #include "sharding/process_groups.h"

@@ -11,7 +11,7 @@
 
 #include "common/error.h"
 #include "runtime/models/safetensors.h"
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizers/byte_tokenizer.h"
 
 namespace tessera::models {
 

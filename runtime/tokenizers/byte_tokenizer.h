@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-namespace tessera::runtime {
+namespace tessera::tokenizers {
 
 class ByteTokenizer {
  public:
@@ -24,4 +24,10 @@ class ByteTokenizer {
 // model output never breaks a terminal.
 std::string escape_bytes(std::string_view bytes);
 
+}  // namespace tessera::tokenizers
+
+// The built-in models and `generate` name these from tessera::runtime (they predate this folder).
+namespace tessera::runtime {
+using tokenizers::ByteTokenizer;
+using tokenizers::escape_bytes;
 }  // namespace tessera::runtime

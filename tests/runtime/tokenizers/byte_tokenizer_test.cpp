@@ -1,10 +1,10 @@
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizers/byte_tokenizer.h"
 
 #include <gtest/gtest.h>
 
 #include "common/error.h"
 
-namespace tessera::runtime {
+namespace tessera::tokenizers {
 namespace {
 
 TEST(ByteTokenizer, RoundTripsAnyBytes) {
@@ -28,4 +28,4 @@ TEST(EscapeBytes, PrintableStaysOthersEscaped) {
 }
 
 }  // namespace
-}  // namespace tessera::runtime
+}  // namespace tessera::tokenizers

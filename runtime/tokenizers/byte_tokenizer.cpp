@@ -1,10 +1,10 @@
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizers/byte_tokenizer.h"
 
 #include <cstdio>
 
 #include "common/error.h"
 
-namespace tessera::runtime {
+namespace tessera::tokenizers {
 
 std::vector<int64_t> ByteTokenizer::encode(std::string_view text, bool add_bos) const {
   std::vector<int64_t> ids;
@@ -42,4 +42,4 @@ std::string escape_bytes(std::string_view bytes) {
   return out;
 }
 
-}  // namespace tessera::runtime
+}  // namespace tessera::tokenizers

@@ -1,0 +1,267 @@
+// Tokenizer loading and its failure modes: every malformed file of the seed corpus
+// (tests/fuzz_corpus/tokenizer_json) fails with one error that names the field; thousands of
+// random mutations of a valid file never crash; model folders (tokenizer_config.json, the byte
+// tokenizer of the built-in models); streaming of split characters.
+#include "runtime/tokenizers/tokenizer.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sstream>
+
+#include "common/error.h"
+#include "runtime/tokenizers/incremental_decoder.h"
+#include "runtime/tokenizers/unicode.h"
+
+namespace tessera::tokenizers {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path corpus_dir() {
+  const char* src = std::getenv("TESSERA_SOURCE_DIR");
+  return fs::path(src ? src : ".") / "tests" / "fuzz_corpus" / "tokenizer_json";
+}
+
+std::string read(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/tessera_tok_test_XXXXXX";
+    path_ = mkdtemp(tmpl);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  const fs::path& path() const { return path_; }
+  void write(const std::string& name, const std::string& text) const {
+    std::ofstream(path_ / name, std::ios::binary) << text;
+  }
+
+ private:
+  fs::path path_;
+};
+
+// What each malformed file's error must name: the field (with its path) or the problem.
+const std::map<std::string, std::string>& expected_errors() {
+  static const std::map<std::string, std::string> m = {
+      {"empty.json", "is not valid JSON"},
+      {"not_json.json", "is not valid JSON"},
+      {"truncated.json", "is not valid JSON"},
+      {"invalid_utf8.json", "is not valid JSON"},
+      {"deeply_nested.json", "nesting is deeper than"},
+      {"top_level_array.json", "must be an object"},
+      {"version_wrong.json", "field 'version'"},
+      {"model_missing.json", "field 'model' is missing"},
+      {"model_not_object.json", "field 'model' must be an object"},
+      {"model_type_unknown.json", "field 'model.type' names an unknown model"},
+      {"model_type_wrong_type.json", "field 'model.type' must be a string"},
+      {"vocab_missing.json", "field 'model.vocab' is missing"},
+      {"vocab_not_object.json", "field 'model.vocab' must be an object"},
+      {"vocab_id_string.json", "field 'model.vocab[\"a\"]' must be an integer"},
+      {"vocab_id_negative.json", "field 'model.vocab[\"a\"]' must be a token id"},
+      {"vocab_id_huge.json", "field 'model.vocab[\"a\"]' must be a token id"},
+      {"merges_missing.json", "field 'model.merges' is missing"},
+      {"merges_not_array.json", "field 'model.merges' must be an array"},
+      {"merges_wrong_type.json", "field 'model.merges[1]' must be a string"},
+      {"merges_bad_format.json", "field 'model.merges[0]' must be two tokens"},
+      {"merges_unknown_token.json", "field 'model.merges[1]' names token 'zz'"},
+      {"merges_result_unknown.json", "field 'model.merges[0]' merges into 'ba'"},
+      {"dropout_nonnull.json", "field 'model.dropout' asks for BPE dropout"},
+      {"dropout_out_of_range.json", "field 'model.dropout' must be in [0, 1]"},
+      {"fuse_unk_wrong_type.json", "field 'model.fuse_unk' must be a boolean"},
+      {"normalizer_unknown.json", "field 'normalizer.type' names an unknown normalizer"},
+      {"normalizer_missing_type.json", "field 'normalizer.type' is missing"},
+      {"normalizer_precompiled.json", "field 'normalizer.type' is not supported"},
+      {"normalizer_sequence_not_array.json", "field 'normalizer.normalizers' must be an array"},
+      {"replace_pattern_wrong.json", "field 'normalizer.pattern' must be {\"String\""},
+      {"pre_tokenizer_bad_regex.json", "regex pattern '(unclosed' is invalid"},
+      {"pre_tokenizer_bad_behavior.json", "field 'pre_tokenizer.behavior' must be one of"},
+      {"pre_tokenizer_unknown.json", "field 'pre_tokenizer.type' names an unknown"},
+      {"metaspace_replacement_two_chars.json",
+       "field 'pre_tokenizer.replacement' must be a single character"},
+      {"metaspace_scheme_unknown.json", "field 'pre_tokenizer.prepend_scheme' must be one of"},
+      {"added_tokens_not_array.json", "field 'added_tokens' must be an array"},
+      {"added_token_missing_content.json", "field 'added_tokens[0].content' is missing"},
+      {"added_token_content_wrong_type.json", "field 'added_tokens[0].content' must be a string"},
+      {"post_processor_unknown_special.json",
+       "field 'post_processor.single[0].SpecialToken.id' names a special token missing"},
+      {"post_processor_unknown.json", "field 'post_processor.type' names an unknown"},
+      {"bert_processing_bad_pair.json", "field 'post_processor.sep' must be a pair"},
+      {"decoder_unknown.json", "field 'decoder.type' names an unknown decoder"},
+      {"strip_decoder_negative.json", "field 'decoder.start' must not be negative"},
+      {"wordpiece_max_negative.json", "field 'model.max_input_chars_per_word' must not be"},
+      {"unigram_vocab_bad_pair.json", "field 'model.vocab[0]' must be a pair"},
+      {"unigram_unk_id_out_of_range.json", "field 'model.unk_id' is outside the vocab"},
+  };
+  return m;
+}
+
+TEST(TokenizerJson, MalformedFilesFailNamingTheField) {
+  ASSERT_TRUE(fs::is_directory(corpus_dir())) << corpus_dir();
+  size_t valid = 0, malformed = 0;
+  for (const auto& e : fs::directory_iterator(corpus_dir())) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("valid_", 0) == 0) {
+      auto tok = Tokenizer::from_file(e.path().string());
+      EXPECT_FALSE(tok->encode("ab ab").empty()) << name;
+      ++valid;
+      continue;
+    }
+    auto it = expected_errors().find(name);
+    ASSERT_NE(it, expected_errors().end()) << "no expected error listed for " << name;
+    try {
+      Tokenizer::from_file(e.path().string());
+      ADD_FAILURE() << name << " loaded without an error";
+    } catch (const Error& err) {
+      const std::string msg = err.message();
+      EXPECT_NE(msg.find(it->second), std::string::npos) << name << ": " << msg;
+      EXPECT_NE(msg.find(name), std::string::npos) << "the error names the file: " << msg;
+      EXPECT_EQ(msg.find('\n'), std::string::npos) << "one line: " << msg;
+    }
+    ++malformed;
+  }
+  EXPECT_EQ(valid, 3u);
+  EXPECT_EQ(malformed, expected_errors().size());
+}
+
+// Random truncations, byte flips, deletions and insertions of valid files: each loads or fails
+// with tessera::Error, and what loads encodes and decodes.
+TEST(TokenizerJson, MutationsNeverCrash) {
+  std::mt19937 rng(7);
+  const std::string strings[] = {"ab ab", "", "héllo wörld 🙂", "\xff\xfe", "<s>ab<s>"};
+  size_t loaded = 0, refused = 0;
+  for (const char* base : {"valid_bpe.json", "valid_wordpiece.json", "valid_unigram.json"}) {
+    const std::string text = read(corpus_dir() / base);
+    for (int i = 0; i < 700; ++i) {
+      std::string m = text;
+      const size_t pos = rng() % m.size();
+      switch (rng() % 4) {
+        case 0:
+          m.resize(pos);
+          break;
+        case 1:
+          m[pos] = static_cast<char>(rng() % 256);
+          break;
+        case 2:
+          m.erase(pos, 1 + rng() % 8);
+          break;
+        default:
+          m.insert(pos, 1, "{}[],:\"0a-"[rng() % 10]);
+      }
+      try {
+        auto tok = Tokenizer::from_json_text(m, base);
+        ++loaded;
+        for (const auto& s : strings) {
+          try {
+            const auto ids = tok->encode(s);
+            const std::string d = tok->decode(ids);
+            EXPECT_TRUE(unicode::is_valid_utf8(d));
+          } catch (const Error&) {
+            // e.g. a WordPiece whose mutated unk_token is no longer in the vocabulary
+          }
+        }
+      } catch (const Error&) {
+        ++refused;
+      }
+    }
+  }
+  EXPECT_EQ(loaded + refused, 2100u);
+  EXPECT_GT(refused, 0u);
+}
+
+TEST(TokenizerFolder, WithoutTokenizerJsonIsTheByteTokenizer) {
+  TempDir d;
+  d.write("config.json", "{}");
+  auto tok = Tokenizer::from_folder(d.path().string());
+  ASSERT_TRUE(tok->is_byte_tokenizer());
+  const std::string text = "h\xC3\xA9llo \xF0\x9F\x99\x82";
+  const auto ids = tok->encode(text);
+  ASSERT_EQ(ids.size(), text.size() + 1);
+  EXPECT_EQ(ids[0], *tok->bos_id());
+  for (size_t i = 0; i < text.size(); ++i) {
+    EXPECT_EQ(ids[i + 1], static_cast<unsigned char>(text[i]));
+  }
+  EXPECT_EQ(tok->decode(ids), text);
+  EXPECT_EQ(tok->vocab_size(), 258);
+  EXPECT_EQ(tok->eos_ids(), std::vector<int32_t>{257});
+  EXPECT_TRUE(tok->is_special(256));
+  // Bytes that are not UTF-8 decode to U+FFFD, one per maximal invalid subsequence.
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{0x61, 0xE2, 0x82, 0x62, 0xFF}),
+            "a\xEF\xBF\xBD"
+            "b\xEF\xBF\xBD");
+}
+
+TEST(TokenizerFolder, RefusesOtherTokenizerFormats) {
+  TempDir d;
+  d.write("tokenizer.model", "sentencepiece");
+  try {
+    Tokenizer::from_folder(d.path().string());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("has tokenizer.model but no tokenizer.json"), std::string::npos)
+        << e.message();
+  }
+  EXPECT_THROW(Tokenizer::from_folder((d.path() / "missing").string()), Error);
+}
+
+TEST(TokenizerFolder, ReadsSpecialTokensAndTransformersBosEos) {
+  TempDir d;
+  d.write("tokenizer.json", read(corpus_dir() / "valid_bpe.json"));
+  // The file's template adds <s>; transformers' LlamaTokenizer rebuilds it from the flags.
+  d.write("tokenizer_config.json",
+          R"({"tokenizer_class": "LlamaTokenizer", "add_bos_token": false, "add_eos_token": true,
+              "bos_token": {"content": "<s>"}, "eos_token": "Ġab"})");
+  d.write("generation_config.json", R"({"eos_token_id": [5, 3]})");
+  auto tok = Tokenizer::from_folder(d.path().string());
+  EXPECT_EQ(tok->bos_id(), 0);
+  EXPECT_EQ(tok->eos_ids(), (std::vector<int32_t>{5, 3}));
+  const auto plain = tok->encode("ab", false);
+  auto with = plain;
+  with.push_back(5);  // eos appended, no bos
+  EXPECT_EQ(tok->encode("ab", true), with);
+
+  d.write("tokenizer_config.json", R"({"eos_token": "<unknown>"})");
+  try {
+    Tokenizer::from_folder(d.path().string());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("field 'eos_token' names token '<unknown>'"), std::string::npos)
+        << e.message();
+  }
+}
+
+// Streaming never shows half a character, even when a character's bytes come one token at a
+// time, and invalid bytes come out as U+FFFD at the latest when the request ends.
+TEST(IncrementalDecoder, HoldsSplitCharactersAndFlushesInvalidBytes) {
+  auto tok = Tokenizer::byte_tokenizer();
+  const std::string text = "a\xC3\xA9\xF0\x9F\x99\x82z";
+  const std::vector<int32_t> prompt = {256, 'x', 'y'};
+  IncrementalDecoder dec(*tok, prompt, true);
+  std::string shown;
+  for (unsigned char c : text) {
+    const std::string piece = dec.step(c);
+    EXPECT_TRUE(unicode::is_valid_utf8(piece));
+    EXPECT_EQ(unicode::complete_utf8_prefix(piece), piece.size());
+    shown += piece;
+  }
+  shown += dec.flush();
+  EXPECT_EQ(shown, text);
+
+  IncrementalDecoder bad(*tok, {}, true);
+  std::string out = bad.step(0xE2);
+  out += bad.step(0x82);
+  EXPECT_EQ(out, "");  // could still become a character
+  out += bad.flush();
+  EXPECT_EQ(out, "\xEF\xBF\xBD");
+}
+
+}  // namespace
+}  // namespace tessera::tokenizers
