@@ -27,5 +27,7 @@ Command register_tokenize(CLI::App& root);
 std::vector<Command> register_bench(CLI::App& root);
 std::vector<Command> register_delta(CLI::App& root);
 Command register_inspect(CLI::App& root);
+// `embed` and `classify` (encoders).
+std::vector<Command> register_embed(CLI::App& root);
 
 }  // namespace tessera::cli

@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   for (auto& c : tessera::cli::register_bench(app)) commands.push_back(std::move(c));
   for (auto& c : tessera::cli::register_delta(app)) commands.push_back(std::move(c));
   commands.push_back(tessera::cli::register_inspect(app));
+  for (auto& c : tessera::cli::register_embed(app)) commands.push_back(std::move(c));
 
   try {
     app.parse(argc, argv);
