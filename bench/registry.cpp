@@ -9,9 +9,9 @@ Benchmark paged_decode_benchmark();
 Benchmark comm_benchmark();
 Benchmark sp_decode_benchmark();
 Benchmark scheduler_benchmark();
+Benchmark engine_benchmark();
 Benchmark lora_benchmark();
 Benchmark int8_benchmark();
-Benchmark engine_benchmark();
 Benchmark tokenizers_benchmark();
 
 std::vector<Benchmark> benchmarks() {
@@ -22,9 +22,9 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(comm_benchmark());
   all.push_back(sp_decode_benchmark());
   all.push_back(scheduler_benchmark());
+  all.push_back(engine_benchmark());
   all.push_back(lora_benchmark());
   all.push_back(int8_benchmark());
-  all.push_back(engine_benchmark());
   all.push_back(tokenizers_benchmark());
   return all;
 }

@@ -25,6 +25,7 @@ struct GenerateArgs {
   int64_t seed = -1;
   std::string stop_token_ids;
   std::string kv_cache_memory;
+  std::string kv_cache_dtype = "float32";
   bool no_prefix_caching = false;
   bool json = false;
   bool no_progress = false;
@@ -131,6 +132,9 @@ Command register_generate(CLI::App& root) {
   app->add_option("--kv-cache-memory", args->kv_cache_memory,
                   "KV cache bytes per rank (K/M/G suffixes; default: what --max-num-seqs "
                   "sequences need, at most 1 GiB on a CPU)");
+  app->add_option("--kv-cache-dtype", args->kv_cache_dtype,
+                  "KV cache pages: float32, bfloat16 or float16")
+      ->capture_default_str();
   app->add_option("--block-size", job.engine.block_size, "KV cache tokens per block per rank")
       ->capture_default_str();
   app->add_flag("--no-prefix-caching", args->no_prefix_caching, "Recompute shared prefixes");
@@ -150,6 +154,11 @@ Command register_generate(CLI::App& root) {
         job.engine.kv_cache_memory = parse_bytes(args->kv_cache_memory);
       }
       job.engine.enable_prefix_caching = !args->no_prefix_caching;
+      const auto& kd = args->kv_cache_dtype;
+      TESSERA_CHECK(kd == "float32" || kd == "bfloat16" || kd == "float16",
+                    "--kv-cache-dtype must be float32, bfloat16 or float16, got '", kd, "'");
+      job.engine.kv_cache_dtype =
+          kd == "float32" ? DType::kF32 : (kd == "bfloat16" ? DType::kBF16 : DType::kF16);
       job.engine.device = world.device;
       job.prompts.clear();
       for (const auto& text : args->prompts) {
@@ -182,7 +191,7 @@ Command register_generate(CLI::App& root) {
     job.progress = [&](const engine::Progress& pr) { bar.update(pr); };
     const auto rep = engine::run_generate(job, world.comm.get());
     bar.finish();
-    if (!lead) return 0;
+    if (!lead) return rep.failed > 0 ? 1 : 0;
 
     int failed = 0;
     for (const auto& o : rep.outputs) {

@@ -100,6 +100,7 @@ EngineCore::EngineCore(const EngineConfig& config, sharding::Communicator* tp,
   on_all_ranks(ctl, [&] {
     KVCacheOptions kv;
     kv.block_size = config_.block_size;
+    kv.dtype = config_.kv_cache_dtype;
     kv.budget_bytes = config_.kv_cache_memory;
     kv.device_memory_fraction = config_.device_memory_fraction;
     kv.limits.max_model_len = max_model_len_;
@@ -126,7 +127,7 @@ EngineCore::EngineCore(const EngineConfig& config, sharding::Communicator* tp,
     sc.enable_chunked_prefill = config_.enable_chunked_prefill;
     sc.eos_token_ids = eos_ids_;
     scheduler_ = std::make_unique<scheduler::Scheduler>(sc, *kv_);
-    sampler_ = std::make_unique<GreedySampler>();
+    sampler_ = std::make_unique<Sampler>(SamplerConfig{eos_ids_, config_.seed});
   });
 }
 
@@ -151,9 +152,6 @@ void EngineCore::add_request(EngineRequest request, OutputFn on_output) {
                     " is outside the model's vocabulary [0, " +
                     std::to_string(model_config_.vocab_size) + ")");
     }
-  }
-  if (const std::string why = sampler_->check(request.params); !why.empty()) {
-    return refuse(who + why);
   }
   for (size_t i = 0; i < request.params.stop_token_ids.size(); ++i) {
     const int32_t id = request.params.stop_token_ids[i];
@@ -189,13 +187,20 @@ void EngineCore::abort_all() {
 
 bool EngineCore::has_unfinished() const { return scheduler_ && scheduler_->has_unfinished(); }
 
-RequestOutput EngineCore::convert(const scheduler::RequestOutput& o) {
+RequestOutput EngineCore::convert(const scheduler::RequestOutput& o, const SamplerOutput& s) {
   RequestOutput out;
   out.id = o.id;
-  out.new_token_ids = o.new_token_ids;
+  if (o.has_new_token()) {
+    out.new_token_ids.push_back(o.new_token_id);
+    if (o.sample_index >= 0 && !s.logprobs.empty()) {
+      out.logprobs.push_back(s.logprobs[o.sample_index]);
+      std::vector<TopLogprob> top;
+      for (const auto& t : s.top_logprobs[o.sample_index]) top.push_back({t.id, t.logprob});
+      out.top_logprobs.push_back(std::move(top));
+    }
+  }
   out.finished = o.finished;
   out.finish_reason = std::string(scheduler::finish_reason_name(o.finish_reason));
-  out.error = o.error;
   if (auto it = errors_.find(o.id); it != errors_.end() && o.finished) {
     out.finish_reason = "error";
     out.error = it->second;
@@ -228,36 +233,38 @@ void EngineCore::step() {
   } else {
     logits = runner_->execute(plan, LogitsRows::kSampled);
   }
-  std::vector<const scheduler::Request*> rows;
+  std::vector<SamplerRow> rows;
+  std::vector<const scheduler::Request*> requests;
   rows.reserve(plan.num_sampled);
   for (const auto& row : plan.seqs) {
     if (!row.sample) continue;
     const scheduler::Request* r = scheduler_->running_at(row.slot);
     TESSERA_CHECK(r != nullptr && r->seq == row.seq, "sampling row of seq ", row.seq,
                   " has no running request in slot ", row.slot);
-    rows.push_back(r);
+    requests.push_back(r);
+    rows.push_back({&r->params, r->prompt_ids, r->output_ids});
   }
   scheduler::SampledTokens sampled;
   sampled.step = plan.step;
+  SamplerOutput drawn;
   if (!rows.empty()) {
-    sampled.token_ids = sampler_->sample(logits, rows);
-    // NaN logits (from NaN weights or activations) end their request with an error: never
+    drawn = sampler_->sample(logits, rows);
+    sampled.token_ids = drawn.token_ids;
+    // NaN / +inf logits (from NaN weights or activations) end their request with an error: never
     // turned into a token.
-    auto nan_rows = logits.isnan().any(1).to(torch::kCPU);
-    if (nan_rows.any().item<bool>()) {
-      const auto* bad = nan_rows.data_ptr<bool>();
-      for (size_t i = 0; i < rows.size(); ++i) {
-        if (!bad[i]) continue;
-        const std::string id = rows[i]->id;
-        errors_[id] =
-            "NaN in logits of request \"" + id + "\" at step " + std::to_string(plan.step);
-        log::warn("{}", errors_[id]);
-        scheduler_->abort(id, scheduler::FinishReason::kError);
-      }
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (drawn.token_ids[i] >= 0) continue;
+      const std::string id = requests[i]->id;
+      const bool nan = logits[static_cast<int64_t>(i)].isnan().any().item<bool>();
+      errors_[id] = std::string(nan ? "NaN" : "inf") + " in logits of request \"" + id +
+                    "\" at step " + std::to_string(plan.step);
+      log::warn("{}", errors_[id]);
+      scheduler_->abort(id, scheduler::FinishReason::kError);
+      sampled.token_ids[i] = 0;  // the aborted row is ignored by update()
     }
   }
   for (const auto& o : scheduler_->update(plan, sampled)) {
-    const RequestOutput out = convert(o);
+    const RequestOutput out = convert(o, drawn);
     auto it = callbacks_.find(out.id);
     if (it == callbacks_.end()) continue;
     if (it->second) it->second(out);

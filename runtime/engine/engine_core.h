@@ -2,7 +2,8 @@
 // of the paged KV cache; the leader (rank 0 of the group) also owns the scheduler and the KV cache
 // manager. One step: the leader schedules (scheduler::StepPlan), broadcasts the plan's bytes to
 // the group (PlanChannel), every rank runs it (ModelRunner), the leader samples from the logits of
-// the sampling rows, updates the scheduler and hands each request its output delta. The other
+// the sampling rows (Sampler), updates the scheduler and hands each request its output delta;
+// a row whose logits hold NaN / +inf ends its request with an error instead of a token. The other
 // ranks serve() plans until the leader releases them. Not thread-safe: one thread drives a core
 // (AsyncEngine puts it behind the thread-safe EngineClient).
 #pragma once
@@ -17,7 +18,7 @@
 #include "runtime/engine/kv_cache_plan.h"
 #include "runtime/engine/model_runner.h"
 #include "runtime/engine/plan_channel.h"
-#include "runtime/engine/token_sampler.h"
+#include "runtime/engine/sampler.h"
 #include "runtime/models/decoder_model.h"
 #include "runtime/scheduler/scheduler.h"
 
@@ -33,8 +34,10 @@ struct EngineConfig {
   bool enable_prefix_caching = true;
   int64_t block_size = 16;      // KV slots per block on one rank
   int64_t kv_cache_memory = 0;  // bytes per rank; 0 = a default (kv_cache_plan.h)
+  DType kv_cache_dtype = DType::kF32;  // float32, bfloat16 or float16 pages
   double device_memory_fraction = 0.9;
   int device = -1;  // CUDA device index, -1 = CPU
+  uint64_t seed = 0;  // the sampler's stream for requests without a seed
 };
 
 class EngineCore {
@@ -89,7 +92,7 @@ class EngineCore {
   void serve();
 
  private:
-  RequestOutput convert(const scheduler::RequestOutput& o);
+  RequestOutput convert(const scheduler::RequestOutput& o, const SamplerOutput& sampled);
 
   EngineConfig config_;
   sharding::Communicator* tp_ = nullptr;
@@ -108,7 +111,7 @@ class EngineCore {
   // Leader only.
   std::unique_ptr<caches::KVCacheManager> kv_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;
-  std::unique_ptr<TokenSampler> sampler_;
+  std::unique_ptr<Sampler> sampler_;
   std::unordered_map<std::string, OutputFn> callbacks_;
   std::unordered_map<std::string, std::string> errors_;  // requests failed by the engine (NaN)
   std::function<void(const scheduler::StepPlan&, const torch::Tensor&)> observer_;

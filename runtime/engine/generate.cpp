@@ -136,24 +136,31 @@ GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* worl
     config = models::ModelConfig::from_file(rep.model_dir + "/config.json");
     rep.dcp = config.decode_context_parallel(rep.tp);
   });
-  std::unique_ptr<sharding::Communicator> tp_comm, dp_comm, dcp_comm;
+  // Plans, pool sizes, error agreement and the results' gather run over MPI groups (CPU
+  // tensors); the model's own collectives too on a CPU, over NCCL groups on GPUs.
+  std::unique_ptr<sharding::Communicator> tp_comm, dp_comm, model_tp, dcp_comm;
   if (world_size > 1) {
     auto* mpi_world = dynamic_cast<sharding::MpiCommunicator*>(world);
     TESSERA_CHECK(mpi_world != nullptr, "run_generate needs the MPI world communicator");
     auto groups = sharding::make_process_groups(*mpi_world, rep.tp, 1);
     tp_comm = std::move(groups.tp);
     dp_comm = std::move(groups.dp);
-    if (rep.dcp > 1) {
-      dcp_comm = sharding::group_factory(*mpi_world)(rank / rep.dcp, rank, "dcp");
+    const auto factory = sharding::group_factory(*mpi_world, job.engine.device);
+    if (job.engine.device >= 0) {
+      model_tp = sharding::make_process_groups(world_size, rank, rep.tp, 1, factory).tp;
     }
+    if (rep.dcp > 1) dcp_comm = factory(rank / rep.dcp, rank, "dcp");
   }
+  sharding::Communicator* model_comm = model_tp ? model_tp.get() : tp_comm.get();
   const int replica = rank / rep.tp;
   const int tp_rank = rank % rep.tp;
 
   EngineConfig ec = job.engine;
   ec.model = rep.model_dir;
   std::unique_ptr<EngineCore> core;
-  agreed(world, [&] { core = std::make_unique<EngineCore>(ec, tp_comm.get(), dcp_comm.get()); });
+  agreed(world, [&] {
+    core = std::make_unique<EngineCore>(ec, model_comm, dcp_comm.get(), tp_comm.get());
+  });
   rep.load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   rep.kv_blocks = core->kv_plan().storage.num_blocks;
   rep.kv_bytes_per_rank = core->kv_plan().storage.total_bytes();
@@ -197,7 +204,17 @@ GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* worl
       all.push_back(mine);
     }
   }
-  if (rank != 0) return rep;
+  // Every rank learns whether some request failed (one exit code for the job).
+  auto agree_failed = [&](int64_t failed) {
+    if (world == nullptr || world_size == 1) return failed;
+    auto t = torch::full({1}, failed, torch::kLong);
+    world->broadcast(t, 0);
+    return t.item<int64_t>();
+  };
+  if (rank != 0) {
+    rep.failed = agree_failed(0);
+    return rep;
+  }
   rep.outputs.resize(job.prompts.size());
   for (size_t i = 0; i < job.prompts.size(); ++i) {
     const PromptSpec& p = job.prompts[i];
@@ -232,6 +249,7 @@ GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* worl
       ++s.failed;
     }
   }
+  rep.failed = agree_failed(s.failed);
   return rep;
 }
 

@@ -43,6 +43,7 @@ struct GenerateReport {
   double load_s = 0;
   std::vector<GeneratedText> outputs;  // world rank 0: one per prompt, in prompt order
   GenerateSummary summary;             // world rank 0: summed over replicas (seconds: slowest)
+  int64_t failed = 0;                  // every rank: requests that failed (bad input, NaN, ...)
   int64_t kv_blocks = 0;               // blocks of each replica's pool
   int64_t kv_bytes_per_rank = 0;
   int64_t weight_bytes_per_rank = 0;

@@ -16,21 +16,24 @@ caches::SpecPtr make_spec(int64_t window, const caches::AttentionShape& shape) {
 }
 
 caches::AttentionShape shape_of(const models::ModelConfig& c, const models::ShardLayout& layout,
-                                int64_t block_size) {
+                                int64_t block_size, DType dtype) {
   caches::AttentionShape s;
   s.block_size = block_size;
   s.num_kv_heads = layout.kv_heads.size;
   s.key_head_size = c.head_dim;
   s.value_head_size = c.head_dim;
-  s.dtype = DType::kF32;  // the decoder computes in float32
+  s.dtype = dtype;
   return s;
 }
 
 }  // namespace
 
 std::vector<caches::SpecPtr> layer_specs(const models::ModelConfig& config,
-                                         const models::ShardLayout& layout, int64_t block_size) {
-  const auto shape = shape_of(config, layout, block_size);
+                                         const models::ShardLayout& layout, int64_t block_size,
+                                         DType dtype) {
+  TESSERA_CHECK(dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16,
+                "kv cache dtype must be float32, bfloat16 or float16, got ", dtype_name(dtype));
+  const auto shape = shape_of(config, layout, block_size, dtype);
   std::vector<caches::SpecPtr> specs;
   for (int64_t w : config.layer_windows) specs.push_back(make_spec(w, shape));
   return specs;
@@ -40,7 +43,7 @@ KVCachePlan plan_kv_cache(const models::ModelConfig& config, const models::Shard
                           const KVCacheOptions& options, int device, sharding::Communicator* tp) {
   TESSERA_CHECK(options.block_size > 0, "block_size must be positive, got ", options.block_size);
   options.limits.validate();
-  const auto specs = layer_specs(config, layout, options.block_size);
+  const auto specs = layer_specs(config, layout, options.block_size, options.dtype);
   int64_t budget = options.budget_bytes;
   if (budget <= 0) {
     if (device >= 0) {
@@ -62,7 +65,7 @@ KVCachePlan plan_kv_cache(const models::ModelConfig& config, const models::Shard
   out.groups = out.storage.groups;
   if (out.dcp > 1) {
     // The manager's blocks span the dcp ranks: block_size tokens on each.
-    const auto vshape = shape_of(config, layout, options.block_size * out.dcp);
+    const auto vshape = shape_of(config, layout, options.block_size * out.dcp, options.dtype);
     for (auto& g : out.groups) {
       int64_t window = 0;
       if (g.spec->kind() == caches::SpecKind::kSlidingWindow) {

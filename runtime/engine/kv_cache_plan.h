@@ -18,6 +18,7 @@ namespace tessera::engine {
 
 struct KVCacheOptions {
   int64_t block_size = 16;              // slots per block on one rank
+  DType dtype = DType::kF32;            // pages: float32, bfloat16 or float16
   int64_t budget_bytes = 0;             // this rank's KV budget; 0 = default (see below)
   double device_memory_fraction = 0.9;  // on a GPU without budget_bytes: of its free memory
   caches::CacheLimits limits;           // max_model_len, max_num_batched_tokens, batch_size
@@ -30,9 +31,10 @@ struct KVCachePlan {
   std::string table;  // the start-up table
 };
 
-// Specs of every layer for this rank's KV heads, float32 pages of `block_size` slots.
+// Specs of every layer for this rank's KV heads, pages of `block_size` slots of `dtype`.
 std::vector<caches::SpecPtr> layer_specs(const models::ModelConfig& config,
-                                         const models::ShardLayout& layout, int64_t block_size);
+                                         const models::ShardLayout& layout, int64_t block_size,
+                                         DType dtype = DType::kF32);
 
 // The CPU default budget when none is given: enough for every sequence of limits.batch_size at
 // max_model_len, capped at kDefaultCpuBudget.

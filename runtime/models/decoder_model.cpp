@@ -25,6 +25,13 @@ namespace {
 
 sharding::ShardRange times(sharding::ShardRange r, int64_t k) { return {r.begin * k, r.size * k}; }
 
+// x [T, in] @ wt [in, out] (+ b [out]). Weights are stored transposed (input-major): OpenBLAS'
+// sgemm then packs them faster than the [out, in] layout torch::linear passes as transposed.
+torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& wt,
+                     const torch::Tensor& b = {}) {
+  return b.defined() ? torch::addmm(b, x, wt) : torch::mm(x, wt);
+}
+
 }  // namespace
 
 DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
@@ -41,15 +48,17 @@ DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
   const auto qs = times(layout_.q_heads, d), kvs = times(layout_.kv_heads, d), ms = layout_.mlp;
   auto to_dev = [&](torch::Tensor t) { return device_.is_cpu() ? t : t.to(device_); };
   auto cat = [&](std::vector<torch::Tensor> parts) { return to_dev(torch::cat(parts, 0)); };
+  // [out, in] as stored -> [in, out].
+  auto t_dev = [&](torch::Tensor w) { return to_dev(w.t().contiguous()); };
 
   embed_ = to_dev(w.load("model.embed_tokens.weight", {c.vocab_size, h}));
   final_norm_ = to_dev(w.load("model.norm.weight", {h}));
   if (c.tie_word_embeddings) {
-    lm_head_ = embed_;
+    lm_head_ = embed_.t().contiguous();
   } else {
     TESSERA_CHECK(w.has("lm_head.weight"),
                   "checkpoint has no 'lm_head.weight' and tie_word_embeddings is false");
-    lm_head_ = to_dev(w.load("lm_head.weight", {c.vocab_size, h}));
+    lm_head_ = t_dev(w.load("lm_head.weight", {c.vocab_size, h}));
   }
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -58,19 +67,19 @@ DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
     L.input_norm = to_dev(w.load(p + "input_layernorm.weight", {h}));
     L.post_norm = to_dev(w.load(p + "post_attention_layernorm.weight", {h}));
     // Fused at load: one GEMM for q, k and v, one for gate and up.
-    L.qkv_w = cat({w.load_slice(a + "q_proj.weight", {q, h}, 0, qs),
-                   w.load_slice(a + "k_proj.weight", {kv, h}, 0, kvs),
-                   w.load_slice(a + "v_proj.weight", {kv, h}, 0, kvs)});
+    L.qkv_w = t_dev(torch::cat({w.load_slice(a + "q_proj.weight", {q, h}, 0, qs),
+                                w.load_slice(a + "k_proj.weight", {kv, h}, 0, kvs),
+                                w.load_slice(a + "v_proj.weight", {kv, h}, 0, kvs)}));
     if (c.qkv_bias) {
       L.qkv_b = cat({w.load_slice(a + "q_proj.bias", {q}, 0, qs),
                      w.load_slice(a + "k_proj.bias", {kv}, 0, kvs),
                      w.load_slice(a + "v_proj.bias", {kv}, 0, kvs)});
     }
-    L.o_w = to_dev(w.load_slice(a + "o_proj.weight", {h, q}, 1, qs));
+    L.o_w = t_dev(w.load_slice(a + "o_proj.weight", {h, q}, 1, qs));
     if (c.o_bias) L.o_b = to_dev(w.load(a + "o_proj.bias", {h}));
-    L.gate_up_w = cat({w.load_slice(m + "gate_proj.weight", {inter, h}, 0, ms),
-                       w.load_slice(m + "up_proj.weight", {inter, h}, 0, ms)});
-    L.down_w = to_dev(w.load_slice(m + "down_proj.weight", {h, inter}, 1, ms));
+    L.gate_up_w = t_dev(torch::cat({w.load_slice(m + "gate_proj.weight", {inter, h}, 0, ms),
+                                    w.load_slice(m + "up_proj.weight", {inter, h}, 0, ms)}));
+    L.down_w = t_dev(w.load_slice(m + "down_proj.weight", {h, inter}, 1, ms));
     if (c.mlp_bias) {
       L.gate_up_b = cat({w.load_slice(m + "gate_proj.bias", {inter}, 0, ms),
                          w.load_slice(m + "up_proj.bias", {inter}, 0, ms)});
@@ -90,8 +99,7 @@ DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
 }
 
 int64_t DecoderModel::weight_bytes() const {
-  int64_t total = embed_.numel() + final_norm_.numel();
-  if (!lm_head_.is_same(embed_)) total += lm_head_.numel();
+  int64_t total = embed_.numel() + final_norm_.numel() + lm_head_.numel();
   for (const auto& L : layers_) {
     for (const auto* t : {&L.input_norm, &L.post_norm, &L.qkv_w, &L.qkv_b, &L.o_w, &L.o_b,
                           &L.gate_up_w, &L.gate_up_b, &L.down_w, &L.down_b}) {
@@ -140,20 +148,20 @@ torch::Tensor DecoderModel::hidden_states(const ForwardInputs& in,
   torch::Tensor x = embed_.index_select(0, in.tokens.to(device_));
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
-    auto qkv = torch::linear(rms_norm(x, L.input_norm), L.qkv_w, L.qkv_b);
+    auto qkv = dense(rms_norm(x, L.input_norm), L.qkv_w, L.qkv_b);
     auto q = RotaryEmbedding::apply(qkv.narrow(1, 0, hq * d).view({t, hq, d}), cos, sin);
     auto k = RotaryEmbedding::apply(qkv.narrow(1, hq * d, hkv * d).view({t, hkv, d}), cos, sin);
     auto v = qkv.narrow(1, (hq + hkv) * d, hkv * d).view({t, hkv, d});
     auto attn = attention.attend(static_cast<int64_t>(l), q, k, v);
-    x = x + all_reduce(torch::linear(attn, L.o_w), L.o_b);
-    auto gate_up = torch::linear(rms_norm(x, L.post_norm), L.gate_up_w, L.gate_up_b);
-    x = x + all_reduce(torch::linear(mlp_activation(gate_up), L.down_w), L.down_b);
+    x = x + all_reduce(dense(attn, L.o_w), L.o_b);
+    auto gate_up = dense(rms_norm(x, L.post_norm), L.gate_up_w, L.gate_up_b);
+    x = x + all_reduce(dense(mlp_activation(gate_up), L.down_w), L.down_b);
   }
   return x;
 }
 
 torch::Tensor DecoderModel::logits(const torch::Tensor& hidden_rows) const {
-  return torch::linear(rms_norm(hidden_rows, final_norm_), lm_head_);
+  return dense(rms_norm(hidden_rows, final_norm_), lm_head_);
 }
 
 }  // namespace tessera::models

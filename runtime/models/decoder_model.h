@@ -78,12 +78,13 @@ class DecoderModel {
   torch::Tensor logits(const torch::Tensor& hidden_rows) const;
 
  private:
+  // Weights transposed to [in, out] (y = x @ w); this rank's slices, fused at load.
   struct Layer {
     torch::Tensor input_norm, post_norm;
-    torch::Tensor qkv_w, qkv_b;          // [(q + 2 kv) * head_dim, hidden] this rank's heads
-    torch::Tensor o_w, o_b;              // [hidden, q * head_dim]; bias added after the reduce
-    torch::Tensor gate_up_w, gate_up_b;  // [2 * mlp, hidden]: gate rows, then up rows
-    torch::Tensor down_w, down_b;        // [hidden, mlp]; bias added after the reduce
+    torch::Tensor qkv_w, qkv_b;          // [hidden, (q + 2 kv) * head_dim] this rank's heads
+    torch::Tensor o_w, o_b;              // [q * head_dim, hidden]; bias added after the reduce
+    torch::Tensor gate_up_w, gate_up_b;  // [hidden, 2 * mlp]: gate columns, then up columns
+    torch::Tensor down_w, down_b;        // [mlp, hidden]; bias added after the reduce
   };
   torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w) const;
   torch::Tensor mlp_activation(const torch::Tensor& gate_up) const;
@@ -94,7 +95,8 @@ class DecoderModel {
   sharding::Communicator* comm_ = nullptr;
   torch::Device device_;
   RotaryEmbedding rotary_;
-  torch::Tensor embed_, final_norm_, lm_head_;
+  torch::Tensor embed_, final_norm_;
+  torch::Tensor lm_head_;  // [hidden, vocab] (a transposed copy of embed_ when tied)
   std::vector<Layer> layers_;
 };
 

@@ -1,7 +1,8 @@
 // The engine across ranks (mpirun -np 1, 2, 4): greedy tokens of a batch of prompts on the job's
 // ranks — tensor parallel, decode context parallel where the ranks outnumber the KV heads (one
 // KV head's tokens split over 2 or 4 ranks), and tp x dp replicas — equal the tokens of one
-// process alone, for float32, bfloat16 and float16 checkpoints made by transformers.
+// process alone, for float32, bfloat16 and float16 checkpoints made by transformers (greedy, and
+// seeded sampling).
 #include <gtest/gtest.h>
 #include <torch/types.h>
 
@@ -24,6 +25,11 @@ std::vector<PromptSpec> prompts(int64_t vocab) {
     s.params.temperature = 0.0f;
     s.params.max_tokens = 12;
     s.params.ignore_eos = true;
+    if (len == 21 || len == 60) {  // seeded sampling: the leader's draws do not depend on tp
+      s.params.temperature = 0.8f;
+      s.params.top_k = 50;
+      s.params.seed = static_cast<uint64_t>(len);
+    }
     out.push_back(std::move(s));
   }
   return out;

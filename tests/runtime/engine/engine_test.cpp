@@ -54,6 +54,11 @@ TEST(Engine, ThirtyTwoPromptsInOneBatchGiveTheirSoloTokens) {
   std::vector<EngineRequest> reqs;
   for (int i = 0; i < 32; ++i) {
     reqs.push_back(greedy_request(std::to_string(i), random_prompt(rng, 1 + (i * 37) % 150), 24));
+    if (i % 4 == 3) {  // seeded sampling: the same draws whatever the batch
+      reqs.back().params.temperature = 0.9f;
+      reqs.back().params.top_p = 0.9f;
+      reqs.back().params.seed = 100 + i;
+    }
   }
   // Solo: each request alone in an engine of its own kind, no prefix cache.
   EngineConfig solo_cfg = tiny_config();
@@ -189,7 +194,7 @@ TEST(Engine, BadRequestsFailAloneTheOthersFinish) {
   reqs.push_back(greedy_request("zero", random_prompt(rng, 5), 0));
   reqs.push_back(greedy_request("vocab", {1, 2, 999}, 5));
   auto hot = greedy_request("hot", random_prompt(rng, 5), 5);
-  hot.params.temperature = 0.7f;
+  hot.params.top_p = 1.5f;
   reqs.push_back(hot);
   reqs.push_back(greedy_request("good1", random_prompt(rng, 5), 5));  // duplicate id
   reqs.push_back(greedy_request("good2", random_prompt(rng, 30), 5));
@@ -198,7 +203,7 @@ TEST(Engine, BadRequestsFailAloneTheOthersFinish) {
       {1, "prompt has 65 tokens, more than max_model_len=64"},
       {2, "max_tokens must be >= 1, got 0"},
       {3, "prompt_ids[2]=999 is outside the model's vocabulary [0, 258)"},
-      {4, "temperature"},
+      {4, "top_p must lie in (0, 1], got 1.5"},
       {5, "already in use"}};
   for (const auto& [i, needle] : errors) {
     EXPECT_EQ(res[i].finish_reason, "error") << i;
