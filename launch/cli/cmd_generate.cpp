@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "launch/cli/cli_sizes.h"
 #include "launch/cli/commands.h"
 #include "runtime/engine/generate.h"
 #include "runtime/tokenizers/byte_tokenizer.h"
@@ -25,6 +26,7 @@ struct GenerateArgs {
   int64_t seed = -1;
   std::string stop_token_ids;
   std::string kv_cache_memory;
+  std::string load_memory_budget;
   std::string kv_cache_dtype = "float32";
   bool no_prefix_caching = false;
   bool json = false;
@@ -137,6 +139,9 @@ Command register_generate(CLI::App& root) {
       ->capture_default_str();
   app->add_option("--block-size", job.engine.block_size, "KV cache tokens per block per rank")
       ->capture_default_str();
+  app->add_option("--load-memory-budget", args->load_memory_budget,
+                  "Checkpoint bytes resident at once while loading weights (K/M/G; default "
+                  "unbounded)");
   app->add_flag("--no-prefix-caching", args->no_prefix_caching, "Recompute shared prefixes");
   app->add_flag("--json", args->json, "Print one JSON object instead of text");
   app->add_flag("--no-progress", args->no_progress, "No progress bar on a terminal");
@@ -153,6 +158,11 @@ Command register_generate(CLI::App& root) {
       if (!args->kv_cache_memory.empty()) {
         job.engine.kv_cache_memory = parse_bytes(args->kv_cache_memory);
       }
+      if (!args->load_memory_budget.empty()) {
+        job.engine.load_memory_budget =
+            parse_size("--load-memory-budget", args->load_memory_budget);
+      }
+      job.engine.load_progress = !args->json && !args->no_progress && isatty(STDERR_FILENO);
       job.engine.enable_prefix_caching = !args->no_prefix_caching;
       const auto& kd = args->kv_cache_dtype;
       TESSERA_CHECK(kd == "float32" || kd == "bfloat16" || kd == "float16",

@@ -93,7 +93,8 @@ EngineCore::EngineCore(const EngineConfig& config, sharding::Communicator* tp,
                   "max_num_batched_tokens must be positive, got ", config_.max_num_batched_tokens);
     const torch::Device device = config_.device >= 0 ? torch::Device(torch::kCUDA, config_.device)
                                                      : torch::Device(torch::kCPU);
-    models::WeightLoader weights(*folder);
+    models::WeightLoader weights(*folder, {.memory_budget = config_.load_memory_budget,
+                                           .progress = config_.load_progress && leader_});
     model_ =
         std::make_unique<models::DecoderModel>(model_config_, weights, tp, max_model_len_, device);
   });

@@ -38,6 +38,9 @@ struct EngineConfig {
   double device_memory_fraction = 0.9;
   int device = -1;  // CUDA device index, -1 = CPU
   uint64_t seed = 0;  // the sampler's stream for requests without a seed
+  // Checkpoint bytes resident at once while loading (models::WeightLoadOptions); 0 = unbounded.
+  int64_t load_memory_budget = 0;
+  bool load_progress = false;  // a loading progress bar on stderr (the leader only)
 };
 
 class EngineCore {

@@ -46,47 +46,70 @@ DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
   const int64_t h = c.hidden_size, d = c.head_dim, inter = c.intermediate_size;
   const int64_t q = c.num_attention_heads * d, kv = c.num_key_value_heads * d;
   const auto qs = times(layout_.q_heads, d), kvs = times(layout_.kv_heads, d), ms = layout_.mlp;
-  auto to_dev = [&](torch::Tensor t) { return device_.is_cpu() ? t : t.to(device_); };
-  auto cat = [&](std::vector<torch::Tensor> parts) { return to_dev(torch::cat(parts, 0)); };
-  // [out, in] as stored -> [in, out].
-  auto t_dev = [&](torch::Tensor w) { return to_dev(w.t().contiguous()); };
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device_);
+  // Every tensor goes from the checkpoint straight into its final place (fused, input-major, on
+  // the device), streamed under the loader's memory budget: no whole-tensor temporaries.
+  auto whole = [&](const std::string& name, std::vector<int64_t> shape) {
+    auto t = torch::empty(shape, opts);
+    w.load_into(name, shape, t);
+    return t;
+  };
+  // Columns [col, col + range.size) of an input-major dst [in, out] receive rows `range` of the
+  // stored [rows, in] weight.
+  auto rows_into = [&](const torch::Tensor& dst, int64_t col, const std::string& name,
+                       std::vector<int64_t> shape, sharding::ShardRange range) {
+    w.load_into(name, shape, 0, range, dst.narrow(1, col, range.size).t());
+  };
+  auto vec_into = [&](const torch::Tensor& dst, int64_t at, const std::string& name, int64_t n,
+                      sharding::ShardRange range) {
+    w.load_into(name, {n}, 0, range, dst.narrow(0, at, range.size));
+  };
+  const int64_t ql = qs.size, kvl = kvs.size, ml = ms.size;
 
-  embed_ = to_dev(w.load("model.embed_tokens.weight", {c.vocab_size, h}));
-  final_norm_ = to_dev(w.load("model.norm.weight", {h}));
+  embed_ = whole("model.embed_tokens.weight", {c.vocab_size, h});
+  final_norm_ = whole("model.norm.weight", {h});
   if (c.tie_word_embeddings) {
     lm_head_ = embed_.t().contiguous();
   } else {
     TESSERA_CHECK(w.has("lm_head.weight"),
                   "checkpoint has no 'lm_head.weight' and tie_word_embeddings is false");
-    lm_head_ = t_dev(w.load("lm_head.weight", {c.vocab_size, h}));
+    lm_head_ = torch::empty({h, c.vocab_size}, opts);
+    rows_into(lm_head_, 0, "lm_head.weight", {c.vocab_size, h}, {0, c.vocab_size});
   }
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const std::string a = p + "self_attn.", m = p + "mlp.";
     Layer L;
-    L.input_norm = to_dev(w.load(p + "input_layernorm.weight", {h}));
-    L.post_norm = to_dev(w.load(p + "post_attention_layernorm.weight", {h}));
+    L.input_norm = whole(p + "input_layernorm.weight", {h});
+    L.post_norm = whole(p + "post_attention_layernorm.weight", {h});
     // Fused at load: one GEMM for q, k and v, one for gate and up.
-    L.qkv_w = t_dev(torch::cat({w.load_slice(a + "q_proj.weight", {q, h}, 0, qs),
-                                w.load_slice(a + "k_proj.weight", {kv, h}, 0, kvs),
-                                w.load_slice(a + "v_proj.weight", {kv, h}, 0, kvs)}));
+    L.qkv_w = torch::empty({h, ql + 2 * kvl}, opts);
+    rows_into(L.qkv_w, 0, a + "q_proj.weight", {q, h}, qs);
+    rows_into(L.qkv_w, ql, a + "k_proj.weight", {kv, h}, kvs);
+    rows_into(L.qkv_w, ql + kvl, a + "v_proj.weight", {kv, h}, kvs);
     if (c.qkv_bias) {
-      L.qkv_b = cat({w.load_slice(a + "q_proj.bias", {q}, 0, qs),
-                     w.load_slice(a + "k_proj.bias", {kv}, 0, kvs),
-                     w.load_slice(a + "v_proj.bias", {kv}, 0, kvs)});
+      L.qkv_b = torch::empty({ql + 2 * kvl}, opts);
+      vec_into(L.qkv_b, 0, a + "q_proj.bias", q, qs);
+      vec_into(L.qkv_b, ql, a + "k_proj.bias", kv, kvs);
+      vec_into(L.qkv_b, ql + kvl, a + "v_proj.bias", kv, kvs);
     }
-    L.o_w = t_dev(w.load_slice(a + "o_proj.weight", {h, q}, 1, qs));
-    if (c.o_bias) L.o_b = to_dev(w.load(a + "o_proj.bias", {h}));
-    L.gate_up_w = t_dev(torch::cat({w.load_slice(m + "gate_proj.weight", {inter, h}, 0, ms),
-                                    w.load_slice(m + "up_proj.weight", {inter, h}, 0, ms)}));
-    L.down_w = t_dev(w.load_slice(m + "down_proj.weight", {h, inter}, 1, ms));
+    L.o_w = torch::empty({ql, h}, opts);
+    w.load_into(a + "o_proj.weight", {h, q}, 1, qs, L.o_w.t());
+    if (c.o_bias) L.o_b = whole(a + "o_proj.bias", {h});
+    L.gate_up_w = torch::empty({h, 2 * ml}, opts);
+    rows_into(L.gate_up_w, 0, m + "gate_proj.weight", {inter, h}, ms);
+    rows_into(L.gate_up_w, ml, m + "up_proj.weight", {inter, h}, ms);
+    L.down_w = torch::empty({ml, h}, opts);
+    w.load_into(m + "down_proj.weight", {h, inter}, 1, ms, L.down_w.t());
     if (c.mlp_bias) {
-      L.gate_up_b = cat({w.load_slice(m + "gate_proj.bias", {inter}, 0, ms),
-                         w.load_slice(m + "up_proj.bias", {inter}, 0, ms)});
-      L.down_b = to_dev(w.load(m + "down_proj.bias", {h}));
+      L.gate_up_b = torch::empty({2 * ml}, opts);
+      vec_into(L.gate_up_b, 0, m + "gate_proj.bias", inter, ms);
+      vec_into(L.gate_up_b, ml, m + "up_proj.bias", inter, ms);
+      L.down_b = whole(m + "down_proj.bias", {h});
     }
     layers_.push_back(std::move(L));
   }
+  w.finish_progress();
   // A tensor the config does not account for means the arithmetic would differ from the
   // checkpoint's: refuse rather than compute something else.
   std::vector<std::string> ignorable = {"rotary_emb.inv_freq"};
