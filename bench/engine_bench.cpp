@@ -66,6 +66,16 @@ Sizes sizes(bool quick) {
   return {{32000, 512, 1536, 8, 8, 4, 2048}, 64, 16, 384, 128, 3, 32, 512, 16, 16, 2000};
 }
 
+// The machine's 1-minute load average (other processes compete for the same cores).
+double load_average() {
+  double l = -1;
+  if (FILE* f = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(f, "%lf", &l) != 1) l = -1;
+    std::fclose(f);
+  }
+  return l;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : (v[(v.size() - 1) / 2] + v[v.size() / 2]) / 2;
@@ -239,6 +249,7 @@ int run_engine_bench(const BenchOptions& opt) {
   torch::NoGradGuard no_grad;
   const Sizes z = sizes(opt.quick);
   const int threads = at::get_num_threads();
+  const double load_before = load_average();
   char tmpl[] = "/tmp/tessera_bench_engine_XXXXXX";
   TESSERA_CHECK(::mkdtemp(tmpl) != nullptr, "cannot make a temporary folder");
   const std::string work = tmpl;
@@ -384,6 +395,8 @@ int run_engine_bench(const BenchOptions& opt) {
   out["benchmark"] = "engine";
   out["quick"] = opt.quick;
   out["threads"] = threads;
+  out["load_average"] = {{"before", load_before}, {"after", load_average()},
+                         {"cores", static_cast<int>(std::thread::hardware_concurrency())}};
   out["model"] = {{"params", config.num_params()},
                   {"vocab", z.shape.vocab},
                   {"hidden", z.shape.hidden},
@@ -433,6 +446,8 @@ int run_engine_bench(const BenchOptions& opt) {
     }
     std::printf("scheduler step, 1,024 running: %.1f us (median; p10 %.1f, p90 %.1f)\n",
                 sched.median_us, sched.p10_us, sched.p90_us);
+    std::printf("machine load average %.1f before, %.1f after, on %u cores\n", load_before,
+                load_average(), std::thread::hardware_concurrency());
     std::printf("prefix caching (%lld requests sharing %lld tokens): x%.2f\n",
                 static_cast<long long>(z.prefix_requests), static_cast<long long>(z.prefix_len),
                 prefix_speedup);

@@ -8,11 +8,13 @@ Benchmark kernels_benchmark();
 Benchmark paged_decode_benchmark();
 Benchmark comm_benchmark();
 Benchmark sp_decode_benchmark();
+Benchmark sparse_benchmark();
 Benchmark scheduler_benchmark();
 Benchmark engine_benchmark();
 Benchmark lora_benchmark();
 Benchmark int8_benchmark();
 Benchmark tokenizers_benchmark();
+Benchmark train_benchmark();
 
 std::vector<Benchmark> benchmarks() {
   std::vector<Benchmark> all;
@@ -21,11 +23,13 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(paged_decode_benchmark());
   all.push_back(comm_benchmark());
   all.push_back(sp_decode_benchmark());
+  all.push_back(sparse_benchmark());
   all.push_back(scheduler_benchmark());
   all.push_back(engine_benchmark());
   all.push_back(lora_benchmark());
   all.push_back(int8_benchmark());
   all.push_back(tokenizers_benchmark());
+  all.push_back(train_benchmark());
   return all;
 }
 

@@ -31,24 +31,12 @@ find_package(CLI11 REQUIRED)
 find_package(fmt REQUIRED)
 find_package(spdlog REQUIRED)
 
-# pip's libtorch ships its own fmt (v12) in torch/include/fmt. Its include directory is searched
-# before the system's, so `#include <fmt/...>` in a file that also sees torch would get fmt 12 while
-# spdlog and libfmt are built for the system's fmt (spdlog 1.10 does not even compile against 12).
-# A directory of links to the fmt we link, put first with -I, makes every file see that one. The
-# torch headers Tessera includes do not use fmt.
+# pip's libtorch brings its own fmt: tessera_fmt_first puts the one we link first (see there).
+include(${CMAKE_CURRENT_LIST_DIR}/TesseraFmtFirst.cmake)
 add_library(tessera_fmt_first INTERFACE)
-get_target_property(fmt_dirs fmt::fmt INTERFACE_INCLUDE_DIRECTORIES)
-find_path(TESSERA_FMT_INCLUDE_DIR fmt/core.h HINTS ${fmt_dirs})
-if(EXISTS "${TORCH_INSTALL_PREFIX}/include/fmt" AND TESSERA_FMT_INCLUDE_DIR)
-  file(REAL_PATH "${TORCH_INSTALL_PREFIX}/include/fmt" torch_fmt)
-  file(REAL_PATH "${TESSERA_FMT_INCLUDE_DIR}/fmt" our_fmt)
-  if(NOT torch_fmt STREQUAL our_fmt)
-    set(shim "${PROJECT_BINARY_DIR}/fmt-first")
-    file(MAKE_DIRECTORY "${shim}")
-    file(CREATE_LINK "${our_fmt}" "${shim}/fmt" SYMBOLIC)
-    target_include_directories(tessera_fmt_first BEFORE INTERFACE "${shim}")
-    message(STATUS "libtorch brings its own fmt: files see ${our_fmt} first")
-  endif()
+tessera_fmt_first_shim(shim "${TORCH_INSTALL_PREFIX}" "${PROJECT_BINARY_DIR}/fmt-first")
+if(shim)
+  target_include_directories(tessera_fmt_first BEFORE INTERFACE "${shim}")
 endif()
 
 # libtorch's exported target carries its compile options; keep a small interface target of our own.

@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "common/device.h"
 #include "common/error.h"
 #include "common/logging.h"
@@ -15,8 +17,32 @@
 
 namespace tessera::launch {
 
+std::vector<std::string> mpi_pmi_clients() {
+  std::vector<std::string> out;
+  std::string list = TESSERA_MPI_PMI_CLIENTS;
+  for (size_t pos = 0; pos < list.size();) {
+    const size_t comma = std::min(list.find(',', pos), list.size());
+    if (comma > pos) out.push_back(list.substr(pos, comma - pos));
+    pos = comma + 1;
+  }
+  return out;
+}
+
+int job_rank() {
+  if (sharding::mpi::initialized()) return sharding::mpi::world_rank();
+  try {
+    return discover_rank(process_env()).rank;
+  } catch (const Error&) {
+    return 0;
+  }
+}
+
 World bootstrap_world(int* argc, char*** argv, const BootstrapOptions& options) {
   namespace mpi = sharding::mpi;
+  // Open MPI would abort every task inside MPI_Init, each with a page of text.
+  if (auto err = srun_pmi_error(process_env(), mpi_pmi_clients()); !err.empty()) {
+    throw CollectiveError(err, __FILE__, __LINE__);
+  }
   mpi::init(argc, argv);
   World w;
   w.rank = mpi::world_rank();

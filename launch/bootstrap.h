@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "launch/rank_env.h"
 
@@ -35,7 +36,17 @@ struct BootstrapOptions {
 
 // Collective over every process of the job. Throws tessera::CollectiveError (every rank together)
 // when the launcher's variables and MPI disagree.
+// A task that srun started without a PMI server this MPI library can use is refused before MPI
+// starts (srun_pmi_error), with the same CollectiveError on every task.
 World bootstrap_world(int* argc, char*** argv, const BootstrapOptions& options = {});
 void shutdown_world(World& world);
+
+// This process's rank in the job for error reports, also when bootstrap_world failed: MPI's
+// rank once MPI runs, else the launcher's (0 when its variables are unreadable).
+int job_rank();
+
+// The PMI clients of the MPI library Tessera is built with ("pmix", "pmi1", "pmi2"), as Open
+// MPI's ompi_info listed them at configure time; empty when unknown.
+std::vector<std::string> mpi_pmi_clients();
 
 }  // namespace tessera::launch

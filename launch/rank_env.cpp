@@ -1,5 +1,6 @@
 #include "launch/rank_env.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 
@@ -153,7 +154,44 @@ EnvMap process_env() {
       if (const char* v = std::getenv(name)) env[name] = v;
     }
   }
+  // What srun's MPI plugin left for the step (srun_pmi_error).
+  for (const char* name :
+       {"SLURM_MPI_TYPE", "SLURM_NODELIST", "PMIX_RANK", "PMIX_NAMESPACE", "PMI_FD"}) {
+    if (const char* v = std::getenv(name)) env[name] = v;
+  }
   return env;
+}
+
+std::string srun_pmi_error(const EnvMap& env, const std::vector<std::string>& mpi_pmi_clients) {
+  // Only a task that srun started itself (Open MPI's own test: a step's SLURM_NODELIST): not
+  // sbatch's batch shell (a single process, no PMI needed), not a rank that mpirun started inside
+  // the allocation.
+  if (!get(env, "SLURM_STEP_ID") || !get(env, "SLURM_NODELIST") ||
+      get(env, "OMPI_COMM_WORLD_RANK") || mpi_pmi_clients.empty()) {
+    return {};
+  }
+  const auto has = [&](const char* client) {
+    return std::find(mpi_pmi_clients.begin(), mpi_pmi_clients.end(), client) !=
+           mpi_pmi_clients.end();
+  };
+  const std::string type = get(env, "SLURM_MPI_TYPE").value_or("none");
+  std::string what;  // the PMI srun offers this task
+  if (get(env, "PMIX_RANK") || get(env, "PMIX_NAMESPACE")) {
+    if (has("pmix")) return {};
+    what = "srun offers PMIx (--mpi=" + type + ")";
+  } else if (get(env, "PMI_FD")) {
+    if (has("pmi2") || has("pmi1")) return {};
+    what = "srun offers PMI-2 (--mpi=" + type + ")";
+  } else {
+    if (has("pmi1")) return {};
+    what = "srun offers no PMI server (--mpi=" + type + ")";
+  }
+  std::string clients;
+  for (const auto& c : mpi_pmi_clients) clients += (clients.empty() ? "" : ", ") + c;
+  return "MPI cannot start in this srun step: " + what +
+         " and the MPI library Tessera is built with has a client only for " + clients + "; " +
+         (has("pmix") ? "run srun --mpi=pmix (srun --mpi=list shows what this SLURM offers)"
+                      : "run mpirun inside the allocation");
 }
 
 void check_against_mpi(const RankInfo& info, int mpi_rank, int mpi_world_size) {

@@ -42,6 +42,13 @@ EnvMap process_env();
 // Cross-checks the launcher's view against MPI's own. Throws naming both when they disagree.
 void check_against_mpi(const RankInfo& info, int mpi_rank, int mpi_world_size);
 
+// Under srun, an MPI library learns its rank from the PMI server that srun starts for the step
+// (--mpi=pmix: PMIx; --mpi=pmi2: PMI-2; --mpi=none: none), and Open MPI aborts every task with a
+// page of text when it has no client for it (Debian's Open MPI 4.1 has PMIx only). Given the
+// process environment and the PMI clients of the MPI library ("pmix", "pmi1", "pmi2"; empty when
+// unknown), returns the one-line error to report before MPI starts, or "" when it can start.
+std::string srun_pmi_error(const EnvMap& env, const std::vector<std::string>& mpi_pmi_clients);
+
 // Device choice: local rank modulo the devices seen; -1 (CPU) when there are none.
 int choose_device(const RankInfo& info, int device_count);
 

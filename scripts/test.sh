@@ -32,7 +32,8 @@ sanitize() {
   sanitized="$sanitized, $name $(( $(date +%s) - t0 )) s: $result"
 }
 if [ "${TESSERA_SKIP_ASAN:-0}" != 1 ] && [ $# -eq 0 ]; then
-  sanitize asan address "kernels_cluster_core_test kernels_cluster_attention_test attention_test"
+  sanitize asan address \
+    "kernels_cluster_core_test kernels_cluster_attention_test attention_test kernels_sparse_core_test"
   sanitize tsan thread "sharding_watchdog_test"
 else
   sanitized=", sanitizers skipped"

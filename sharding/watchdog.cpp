@@ -286,8 +286,15 @@ void Watchdog::install_signal_report() {
     struct sigaction sa {};
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, nullptr);
-    sigaction(SIGINT, &sa, nullptr);
+    for (int sig : {SIGTERM, SIGINT}) {
+      // A handler the program installed first (launch/signals: stop gracefully) stays; it hands a
+      // second signal on to the default action.
+      struct sigaction current {};
+      if (sigaction(sig, nullptr, &current) == 0 && !(current.sa_flags & SA_SIGINFO) &&
+          current.sa_handler == SIG_DFL) {
+        sigaction(sig, &sa, nullptr);
+      }
+    }
   });
 }
 

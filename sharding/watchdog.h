@@ -62,7 +62,8 @@ class Watchdog {
   std::vector<std::string> in_flight() const;
 
   // Installs SIGTERM / SIGINT handlers that print the operation this rank is blocked in (when the
-  // launcher kills the job because a peer died) before exiting with 128 + signal. Idempotent.
+  // launcher kills the job because a peer died) before exiting with 128 + signal. Idempotent; a
+  // signal that already has a handler (launch/signals, installed first) keeps it.
   static void install_signal_report();
 
  private:

@@ -134,6 +134,9 @@ Command register_generate(CLI::App& root) {
   app->add_option("--kv-cache-memory", args->kv_cache_memory,
                   "KV cache bytes per rank (K/M/G suffixes; default: what --max-num-seqs "
                   "sequences need, at most 1 GiB on a CPU)");
+  app->add_option("--kv-cache-fraction", job.engine.device_memory_fraction,
+                  "On a GPU without --kv-cache-memory: this fraction of its free memory")
+      ->capture_default_str();
   app->add_option("--kv-cache-dtype", args->kv_cache_dtype,
                   "KV cache pages: float32, bfloat16 or float16")
       ->capture_default_str();

@@ -24,9 +24,12 @@ struct Command {
 Command register_info(CLI::App& root);
 Command register_generate(CLI::App& root);
 Command register_tokenize(CLI::App& root);
+Command register_train(CLI::App& root);
 std::vector<Command> register_bench(CLI::App& root);
 std::vector<Command> register_delta(CLI::App& root);
 Command register_inspect(CLI::App& root);
+Command register_serve(CLI::App& root);
+Command register_router(CLI::App& root);
 // `embed` and `classify` (encoders).
 std::vector<Command> register_embed(CLI::App& root);
 

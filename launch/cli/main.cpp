@@ -35,9 +35,12 @@ int main(int argc, char** argv) {
   commands.push_back(tessera::cli::register_info(app));
   commands.push_back(tessera::cli::register_generate(app));
   commands.push_back(tessera::cli::register_tokenize(app));
+  commands.push_back(tessera::cli::register_train(app));
   for (auto& c : tessera::cli::register_bench(app)) commands.push_back(std::move(c));
   for (auto& c : tessera::cli::register_delta(app)) commands.push_back(std::move(c));
   commands.push_back(tessera::cli::register_inspect(app));
+  commands.push_back(tessera::cli::register_serve(app));
+  commands.push_back(tessera::cli::register_router(app));
   for (auto& c : tessera::cli::register_embed(app)) commands.push_back(std::move(c));
 
   try {
@@ -70,8 +73,9 @@ int main(int argc, char** argv) {
     tessera::launch::shutdown_world(world);
     return rc;
   } catch (const tessera::CollectiveError& e) {
-    // Every rank raised it together: rank 0 reports, all exit normally.
-    report(world.rank == 0, e.message());
+    // Every rank raised it together: rank 0 reports, all exit normally. (`world` is unset when
+    // bootstrap_world itself failed.)
+    report(tessera::launch::job_rank() == 0, e.message());
     tessera::launch::shutdown_world(world);
     return 1;
   } catch (const tessera::Error& e) {

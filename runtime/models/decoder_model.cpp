@@ -27,8 +27,7 @@ sharding::ShardRange times(sharding::ShardRange r, int64_t k) { return {r.begin 
 
 // x [T, in] @ wt [in, out] (+ b [out]). Weights are stored transposed (input-major): OpenBLAS'
 // sgemm then packs them faster than the [out, in] layout torch::linear passes as transposed.
-torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& wt,
-                     const torch::Tensor& b = {}) {
+torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& wt, const torch::Tensor& b = {}) {
   return b.defined() ? torch::addmm(b, x, wt) : torch::mm(x, wt);
 }
 

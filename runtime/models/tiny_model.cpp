@@ -15,45 +15,30 @@
 
 namespace tessera::models {
 
+// The tiny model's weights: the decoder LM that `tessera train` trained on the King James Version
+// (public domain; scripts/train_lm.sh gives the command, which reproduces the file bit for bit),
+// committed as runtime/models/tiny/model.safetensors (float32, 2.6 MB) and embedded here with
+// .incbin. A new file needs a new kTinyVersion (stale copies are rewritten, and ccache, which does
+// not hash the embedded file, recompiles).
+extern "C" const unsigned char tessera_tiny_weights[];
+extern "C" const unsigned char tessera_tiny_weights_end[];
+__asm__(
+    ".section .rodata\n"
+    ".global tessera_tiny_weights\n"
+    ".global tessera_tiny_weights_end\n"
+    ".balign 64\n"
+    "tessera_tiny_weights:\n"
+    ".incbin \"" TESSERA_TINY_WEIGHTS
+    "\"\n"
+    "tessera_tiny_weights_end:\n"
+    ".previous\n");
+
 namespace fs = std::filesystem;
 
 namespace {
 
 // Bumped whenever the tiny model's weights or config change, so stale copies are rewritten.
-constexpr const char* kTinyVersion = "tiny-v1";
-
-// splitmix64: a fixed generator, so the weights are identical on every machine and library
-// version (torch's generators are not promised to be).
-struct SplitMix64 {
-  uint64_t state;
-  uint64_t next() {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  // Uniform in [-1, 1).
-  float uniform() { return static_cast<float>((next() >> 40) * (1.0 / 8388608.0) - 1.0); }
-};
-
-uint64_t name_seed(const std::string& name) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
-  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
-TensorToWrite make_tensor(const std::string& name, std::vector<int64_t> shape, float scale,
-                          float offset = 0.0f) {
-  int64_t n = 1;
-  for (auto d : shape) n *= d;
-  std::vector<float> values(n);
-  SplitMix64 rng{name_seed(name)};
-  for (auto& v : values) v = offset + scale * rng.uniform();
-  TensorToWrite t{name, DType::kF32, std::move(shape), {}};
-  t.bytes.resize(n * sizeof(float));
-  std::memcpy(t.bytes.data(), values.data(), t.bytes.size());
-  return t;
-}
+constexpr const char* kTinyVersion = "tiny-kjv-v1";
 
 std::string read_text(const fs::path& p) {
   std::ifstream in(p);
@@ -118,31 +103,16 @@ std::string ensure_tiny_model(const std::string& dir) {
   fs::create_directories(root, ec);
   TESSERA_CHECK(!ec, "cannot create model folder '", dir, "': ", ec.message());
 
-  std::vector<TensorToWrite> ts;
-  const int64_t h = c.hidden_size, q = c.num_attention_heads * c.head_dim,
-                kv = c.num_key_value_heads * c.head_dim, inter = c.intermediate_size;
-  // Uniform(-a, a) with a = sqrt(3 / fan_in) gives unit-variance projections; norms near 1.
-  auto lin = [](int64_t fan_in) { return static_cast<float>(std::sqrt(3.0 / fan_in)); };
-  ts.push_back(make_tensor("model.embed_tokens.weight", {c.vocab_size, h}, 1.0f));
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    ts.push_back(make_tensor(p + "input_layernorm.weight", {h}, 0.1f, 1.0f));
-    ts.push_back(make_tensor(p + "self_attn.q_proj.weight", {q, h}, lin(h)));
-    ts.push_back(make_tensor(p + "self_attn.q_proj.bias", {q}, 0.1f));
-    ts.push_back(make_tensor(p + "self_attn.k_proj.weight", {kv, h}, lin(h)));
-    ts.push_back(make_tensor(p + "self_attn.k_proj.bias", {kv}, 0.1f));
-    ts.push_back(make_tensor(p + "self_attn.v_proj.weight", {kv, h}, lin(h)));
-    ts.push_back(make_tensor(p + "self_attn.v_proj.bias", {kv}, 0.1f));
-    ts.push_back(make_tensor(p + "self_attn.o_proj.weight", {h, q}, lin(q)));
-    ts.push_back(make_tensor(p + "post_attention_layernorm.weight", {h}, 0.1f, 1.0f));
-    ts.push_back(make_tensor(p + "mlp.gate_proj.weight", {inter, h}, lin(h)));
-    ts.push_back(make_tensor(p + "mlp.up_proj.weight", {inter, h}, lin(h)));
-    ts.push_back(make_tensor(p + "mlp.down_proj.weight", {h, inter}, lin(inter)));
+  // The trained weights, embedded in the binary (see the top of this file).
+  const auto size = static_cast<size_t>(tessera_tiny_weights_end - tessera_tiny_weights);
+  const fs::path tmp = weights_path.string() + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(tessera_tiny_weights),
+              static_cast<std::streamsize>(size));
+    TESSERA_CHECK(out.good(), "cannot write '", tmp.string(), "'");
   }
-  ts.push_back(make_tensor("model.norm.weight", {h}, 0.1f, 1.0f));
-  ts.push_back(make_tensor("lm_head.weight", {c.vocab_size, h}, lin(h) * 4.0f));
-
-  write_safetensors(weights_path.string(), ts, {{"format", "pt"}, {"tessera", kTinyVersion}});
+  fs::rename(tmp, weights_path);
   write_text_atomic(config_path, c.to_json_text());
   write_text_atomic(version_path, kTinyVersion);
   return dir;

@@ -1,7 +1,8 @@
 // The built-in tiny decoder ("--model tiny"): a Qwen2-layout model (RMSNorm, rotary embeddings,
 // grouped-query attention with q/k/v bias, SwiGLU, alternating full and sliding-window layers)
-// with deterministic weights. Written once in Hugging Face layout (config.json +
-// model.safetensors) and then read back through the ordinary loader like any checkpoint.
+// trained by `tessera train` on the King James Version (byte tokens; scripts/train_lm.sh).
+// Written once in Hugging Face layout (config.json + model.safetensors) and then read back through
+// the ordinary loader like any checkpoint.
 #pragma once
 
 #include <string>

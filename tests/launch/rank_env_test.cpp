@@ -222,6 +222,49 @@ TEST(CheckAgainstMpi, TorchrunWithoutMpiWorldExplains) {
   }
 }
 
+// The variables srun 22.05 sets in a task for --mpi=pmix, --mpi=pmi2 and --mpi=none (as seen in
+// the test cluster, scripts/slurm_cluster.sh), against MPI libraries with different PMI clients.
+TEST(SrunPmi, RefusedOnlyWhenTheMpiLibraryHasNoClientForIt) {
+  const EnvMap step = {{"SLURM_PROCID", "1"},
+                       {"SLURM_NTASKS", "2"},
+                       {"SLURM_STEP_ID", "0"},
+                       {"SLURM_NODELIST", "tessera"}};
+  auto with = [&](EnvMap extra) {
+    extra.insert(step.begin(), step.end());
+    return extra;
+  };
+  const EnvMap pmix =
+      with({{"SLURM_MPI_TYPE", "pmix"}, {"PMIX_RANK", "1"}, {"PMIX_NAMESPACE", "slurm.pmix.7.0"}});
+  const EnvMap pmi2 =
+      with({{"SLURM_MPI_TYPE", "pmi2"}, {"PMI_FD", "11"}, {"PMI_RANK", "1"}, {"PMI_SIZE", "2"}});
+  const EnvMap none = step;
+  const std::vector<std::string> debian = {"pmix"}, with_pmi = {"pmix", "pmi1", "pmi2"};
+
+  EXPECT_EQ(srun_pmi_error(pmix, debian), "");
+  EXPECT_EQ(srun_pmi_error(pmi2, with_pmi), "");
+  EXPECT_EQ(srun_pmi_error(none, with_pmi), "");
+  const std::string e2 = srun_pmi_error(pmi2, debian);
+  EXPECT_NE(e2.find("srun offers PMI-2 (--mpi=pmi2)"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("client only for pmix"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("run srun --mpi=pmix"), std::string::npos) << e2;
+  const std::string e0 = srun_pmi_error(none, debian);
+  EXPECT_NE(e0.find("srun offers no PMI server (--mpi=none)"), std::string::npos) << e0;
+  // A PMI-2-only library under --mpi=pmix: the advice is mpirun, not a plugin it lacks.
+  const std::string ex = srun_pmi_error(pmix, {"pmi2"});
+  EXPECT_NE(ex.find("srun offers PMIx"), std::string::npos) << ex;
+  EXPECT_NE(ex.find("mpirun inside the allocation"), std::string::npos) << ex;
+
+  // Not an srun task (sbatch's batch shell), a rank mpirun started, or clients unknown: no say.
+  EXPECT_EQ(srun_pmi_error({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}}, debian), "");
+  EXPECT_EQ(srun_pmi_error(with({{"OMPI_COMM_WORLD_RANK", "1"}}), debian), "");
+  EXPECT_EQ(srun_pmi_error(pmi2, {}), "");
+  // Step variables without a node list: Open MPI starts as a world of one (then the launcher
+  // check reports the disagreement).
+  EXPECT_EQ(srun_pmi_error({{"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "4"}, {"SLURM_STEP_ID", "0"}},
+                           debian),
+            "");
+}
+
 TEST(ChooseDevice, LocalRankModuloDevices) {
   RankInfo r;
   r.local_rank = 5;

@@ -106,6 +106,35 @@ TEST(ModelConfig, WrongTypesAndRangesAreNamed) {
   EXPECT_EQ(c.bos_token_id, -1);
 }
 
+TEST(ModelConfig, FamilyFieldsThatChangeTheArithmetic) {
+  auto llama = ModelConfig::from_json_text(
+      base_config(R"(,"attention_bias":true,"mlp_bias":true,"hidden_act":"gelu_pytorch_tanh",)"
+                  R"("tie_word_embeddings":true,"head_dim":16,"max_position_embeddings":100,)"
+                  R"("rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,)"
+                  R"("high_freq_factor":4.0,"original_max_position_embeddings":64})"),
+      "c");
+  EXPECT_TRUE(llama.qkv_bias && llama.o_bias && llama.mlp_bias);
+  EXPECT_EQ(llama.hidden_act, Activation::kGeluTanh);
+  EXPECT_TRUE(llama.tie_word_embeddings);
+  EXPECT_EQ(llama.head_dim, 16);
+  EXPECT_EQ(llama.rope_scaling.type, RopeScaling::Type::kLlama3);
+  EXPECT_EQ(llama.rope_scaling.original_max_position_embeddings, 64);
+  EXPECT_EQ(llama.derived_max_model_len(), 100);  // llama3 does not extend the context
+  auto yarn = ModelConfig::from_json_text(
+      base_config(R"(,"max_position_embeddings":100,)"
+                  R"("rope_scaling":{"type":"yarn","factor":4.0,"beta_fast":0,"attention_factor":1.5})"),
+      "c");
+  EXPECT_EQ(yarn.rope_scaling.type, RopeScaling::Type::kYarn);
+  EXPECT_DOUBLE_EQ(yarn.rope_scaling.beta_fast, 32.0);  // 0 means the default, as transformers
+  EXPECT_DOUBLE_EQ(*yarn.rope_scaling.attention_factor, 1.5);
+  EXPECT_EQ(yarn.derived_max_model_len(), 400);
+  // Round trip of what the writer emits.
+  const auto back = ModelConfig::from_json_text(llama.to_json_text(), "c");
+  EXPECT_EQ(back.rope_scaling.type, RopeScaling::Type::kLlama3);
+  EXPECT_EQ(back.hidden_act, Activation::kGeluTanh);
+  EXPECT_TRUE(back.mlp_bias && back.o_bias);
+}
+
 TEST(ModelConfig, TensorParallelDivisibility) {
   auto c = tiny_model_config();
   EXPECT_NO_THROW(c.check_tensor_parallel(1));

@@ -1,0 +1,203 @@
+// `tessera serve` (the OpenAI-compatible server around the engine) and `tessera router` (the
+// cache-aware router in front of several servers). Parsing and wiring only: the server, router,
+// backend cache and limits live in runtime/serving.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "launch/cli/commands.h"
+#include "runtime/serving/api_server.h"
+#include "runtime/serving/router.h"
+#include "runtime/serving/signals.h"
+
+namespace tessera::cli {
+namespace {
+
+struct ServeSettings {
+  std::vector<std::string> models;  // NAME=PATH[:ADAPTER]
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::string api_key;
+  int max_loaded_models = 1;
+  int64_t max_body_bytes = 8 << 20;
+  double header_timeout_s = 30;
+  double body_timeout_s = 60;
+  int max_connections = 1024;
+  int max_waiting = 512;
+  double shutdown_timeout_s = 30;
+  int io_threads = 2;
+};
+
+struct RouterSettings {
+  std::vector<std::string> backends;
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  std::string api_key;
+  double health_interval_s = 1;
+  double health_timeout_s = 1;
+  int max_attempts = 3;
+  double cache_threshold = 0.5;
+  int64_t balance_abs_threshold = 32;
+  double balance_rel_threshold = 1.1;
+  double shutdown_timeout_s = 30;
+  int io_threads = 2;
+};
+
+std::chrono::milliseconds ms(double seconds, const char* flag) {
+  TESSERA_CHECK(seconds > 0, flag, " must be > 0 seconds, got ", seconds);
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+}
+
+std::vector<std::string> api_keys(const std::string& flag) {
+  if (!flag.empty()) return {flag};
+  const char* env = std::getenv("TESSERA_API_KEY");
+  if (env != nullptr && *env != '\0') return {env};
+  return {};
+}
+
+// The seam where the engine plugs in: a loader that builds an EngineClient (and its tokenizer)
+// for a --model. Empty while no engine implements EngineClient on main.
+serving::ServingBackendLoader engine_backend_loader(const ServeSettings&) { return {}; }
+
+int run_serve(const ServeSettings& s, launch::World& world) {
+  TESSERA_CHECK(world.size == 1, "tessera serve runs as one process for now (got ", world.size,
+                " ranks); data-parallel replicas under mpirun come with the engine wiring");
+  TESSERA_CHECK(!s.models.empty(), "tessera serve needs at least one --model NAME=PATH");
+  std::vector<serving::ModelSpec> models;
+  for (const auto& m : s.models) models.push_back(serving::parse_model_flag(m));
+  TESSERA_CHECK(s.max_loaded_models >= 1, "--max-loaded-models must be >= 1, got ",
+                s.max_loaded_models);
+  TESSERA_CHECK(s.port >= 0 && s.port <= 65535, "--port must be in [0, 65535], got ", s.port);
+  TESSERA_CHECK(s.io_threads >= 1, "--io-threads must be >= 1, got ", s.io_threads);
+  TESSERA_CHECK(s.max_body_bytes >= 1024, "--max-body-bytes must be >= 1024, got ",
+                s.max_body_bytes);
+  TESSERA_CHECK(s.max_connections >= 1, "--max-connections must be >= 1, got ", s.max_connections);
+  TESSERA_CHECK(s.max_waiting >= 1, "--max-waiting must be >= 1, got ", s.max_waiting);
+  serving::HttpServerOptions http;
+  http.host = s.host;
+  http.port = s.port;
+  http.max_body_bytes = static_cast<size_t>(s.max_body_bytes);
+  http.header_timeout = ms(s.header_timeout_s, "--header-timeout");
+  http.body_timeout = ms(s.body_timeout_s, "--body-timeout");
+  http.max_connections = static_cast<size_t>(s.max_connections);
+  serving::ApiServerOptions api;
+  api.api_keys = api_keys(s.api_key);
+  api.max_waiting = static_cast<size_t>(s.max_waiting);
+  const auto shutdown_timeout = ms(s.shutdown_timeout_s, "--shutdown-timeout");
+
+  serving::ServingBackendLoader loader = engine_backend_loader(s);
+  TESSERA_CHECK(loader != nullptr,
+                "tessera serve: the inference engine is not wired into the server yet (no "
+                "EngineClient implementation on main). The HTTP server, OpenAI API, router and "
+                "backend cache are in runtime/serving; `tessera router` works today.");
+
+  serving::install_termination_handler();
+  serving::IoRuntime io(s.io_threads, 2);
+  serving::ApiServer server(io, http, api, models, s.max_loaded_models, loader);
+  server.start();
+  io.start();
+  std::printf("tessera serve: listening on http://%s:%d (%zu models)\n", s.host.c_str(),
+              server.port(), models.size());
+  std::fflush(stdout);
+  serving::wait_for_termination_signal();
+  server.shutdown(shutdown_timeout);
+  io.stop();
+  return 0;
+}
+
+int run_router(const RouterSettings& s, launch::World& world) {
+  TESSERA_CHECK(world.size == 1, "tessera router runs as one process, got ", world.size, " ranks");
+  TESSERA_CHECK(!s.backends.empty(), "tessera router needs at least one --backend URL");
+  TESSERA_CHECK(s.port >= 0 && s.port <= 65535, "--port must be in [0, 65535], got ", s.port);
+  TESSERA_CHECK(s.io_threads >= 1, "--io-threads must be >= 1, got ", s.io_threads);
+  TESSERA_CHECK(s.cache_threshold >= 0 && s.cache_threshold <= 1,
+                "--cache-threshold must be in [0, 1], got ", s.cache_threshold);
+  TESSERA_CHECK(s.balance_abs_threshold >= 0, "--balance-abs-threshold must be >= 0, got ",
+                s.balance_abs_threshold);
+  TESSERA_CHECK(s.balance_rel_threshold >= 1, "--balance-rel-threshold must be >= 1, got ",
+                s.balance_rel_threshold);
+  serving::HttpServerOptions http;
+  http.host = s.host;
+  http.port = s.port;
+  serving::RouterOptions opt;
+  opt.backends = s.backends;
+  opt.api_keys = api_keys(s.api_key);
+  opt.health_interval = ms(s.health_interval_s, "--health-interval");
+  opt.health_timeout = ms(s.health_timeout_s, "--health-timeout");
+  opt.max_attempts = s.max_attempts;
+  opt.policy.cache_threshold = s.cache_threshold;
+  opt.policy.balance_abs_threshold = s.balance_abs_threshold;
+  opt.policy.balance_rel_threshold = s.balance_rel_threshold;
+  const auto shutdown_timeout = ms(s.shutdown_timeout_s, "--shutdown-timeout");
+
+  serving::install_termination_handler();
+  serving::IoRuntime io(s.io_threads, 1);
+  serving::Router router(io, http, opt);
+  router.start();
+  io.start();
+  std::printf("tessera router: listening on http://%s:%d (%zu replicas)\n", s.host.c_str(),
+              router.port(), s.backends.size());
+  std::fflush(stdout);
+  serving::wait_for_termination_signal();
+  router.shutdown(shutdown_timeout);
+  io.stop();
+  return 0;
+}
+
+}  // namespace
+
+Command register_serve(CLI::App& root) {
+  auto s = std::make_shared<ServeSettings>();
+  auto* app = root.add_subcommand("serve",
+                                  "OpenAI-compatible HTTP server (completions, chat, "
+                                  "streaming, metrics)");
+  app->add_option("--model", s->models,
+                  "NAME=PATH or NAME=PATH:ADAPTER; repeat for several models behind one endpoint")
+      ->required();
+  app->add_option("--host", s->host, "address to bind (default 127.0.0.1: this machine only)");
+  app->add_option("--port", s->port, "port (0 = any free one)");
+  app->add_option("--api-key", s->api_key,
+                  "required as 'Authorization: Bearer KEY' on every route but /health "
+                  "(default: $TESSERA_API_KEY)");
+  app->add_option("--max-loaded-models", s->max_loaded_models,
+                  "models kept warm at once (least recently used evicted)");
+  app->add_option("--max-body-bytes", s->max_body_bytes, "request body limit (413 above)");
+  app->add_option("--header-timeout", s->header_timeout_s, "seconds for a request's header");
+  app->add_option("--body-timeout", s->body_timeout_s, "seconds for a request's body");
+  app->add_option("--max-connections", s->max_connections, "open connections at most");
+  app->add_option("--max-waiting", s->max_waiting,
+                  "sequences waiting for their first token at most (429 above)");
+  app->add_option("--shutdown-timeout", s->shutdown_timeout_s,
+                  "seconds SIGTERM waits for requests in flight");
+  app->add_option("--io-threads", s->io_threads, "HTTP I/O threads");
+  return {app, [s](launch::World& world) { return run_serve(*s, world); }};
+}
+
+Command register_router(CLI::App& root) {
+  auto s = std::make_shared<RouterSettings>();
+  auto* app = root.add_subcommand("router", "Cache-aware router in front of several servers");
+  app->add_option("--backend", s->backends, "a server's URL (http://host:port); repeat")
+      ->required();
+  app->add_option("--host", s->host, "address to bind (default 127.0.0.1)");
+  app->add_option("--port", s->port, "port (0 = any free one)");
+  app->add_option("--api-key", s->api_key, "required key (default: $TESSERA_API_KEY)");
+  app->add_option("--health-interval", s->health_interval_s, "seconds between health checks");
+  app->add_option("--health-timeout", s->health_timeout_s, "seconds a health check may take");
+  app->add_option("--max-attempts", s->max_attempts,
+                  "replicas tried for a request that has produced no output");
+  app->add_option("--cache-threshold", s->cache_threshold,
+                  "prefix match rate above which the replica holding it is chosen");
+  app->add_option("--balance-abs-threshold", s->balance_abs_threshold,
+                  "load difference (requests) above which the least loaded replica is chosen");
+  app->add_option("--balance-rel-threshold", s->balance_rel_threshold,
+                  "load ratio above which the least loaded replica is chosen");
+  app->add_option("--shutdown-timeout", s->shutdown_timeout_s,
+                  "seconds SIGTERM waits for requests in flight");
+  app->add_option("--io-threads", s->io_threads, "HTTP I/O threads");
+  return {app, [s](launch::World& world) { return run_router(*s, world); }};
+}
+
+}  // namespace tessera::cli

@@ -1,0 +1,78 @@
+// Internal to the API server: its shared state, the generation of one request (generation.cpp)
+// and the helpers both files use.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "runtime/serving/api_server.h"
+#include "runtime/serving/protocol.h"
+
+namespace tessera::serving {
+
+struct ApiServer::Impl : std::enable_shared_from_this<ApiServer::Impl> {
+  Impl(IoRuntime& io, ApiServerOptions o, std::vector<ModelSpec> m, int max_loaded,
+       ServingBackendLoader loader);
+
+  IoRuntime& io;
+  ApiServerOptions opt;
+  std::vector<ModelSpec> models;
+  BackendCache cache;
+  MetricsRegistry metrics;
+  std::unique_ptr<HttpServer> http;
+  int64_t created_unix = 0;
+
+  Counter* http_requests = nullptr;
+  Counter* request_success = nullptr;
+  Counter* prompt_tokens = nullptr;
+  Counter* generation_tokens = nullptr;
+  Counter* cached_prompt_tokens = nullptr;
+  Histogram* ttft = nullptr;
+  Histogram* itl = nullptr;
+  Histogram* e2e = nullptr;
+  Histogram* queue_time = nullptr;
+  Histogram* prompt_len = nullptr;
+  Histogram* output_len = nullptr;
+
+  std::atomic<int64_t> waiting_seqs{0};  // admitted sequences that produced nothing yet
+  std::atomic<int64_t> live_gens{0};
+  std::atomic<bool> loading{false};
+  std::atomic<bool> draining{false};
+
+  struct StallState {
+    int64_t steps = -1;
+    std::chrono::steady_clock::time_point changed;
+  };
+  std::mutex health_mu;
+  std::map<std::string, StallState> stall;
+  std::string load_error;
+  std::string stalled_model;  // "" = none stalled
+  std::shared_ptr<TimerHandle> health_timer;
+
+  void register_metrics();
+  void poll_health();
+  void handle(const std::shared_ptr<Exchange>& ex);
+  void reply(Exchange& ex, const std::string& route, HttpResponse r);
+  void count(const std::string& route, int status);
+  const ModelSpec& resolve_model(const std::string& name) const;  // ApiError 404
+  // Runs fn with a lease of the model's backend on the exchange's strand, loading it (off the I/O
+  // threads) on a miss.
+  void with_backend(const std::shared_ptr<Exchange>& ex, const std::string& route,
+                    const ModelSpec& spec, std::function<void(BackendCache::Lease)> fn);
+
+  void handle_generate(const std::shared_ptr<Exchange>& ex, bool chat);
+  void start_generation(const std::shared_ptr<Exchange>& ex, GenerationRequest req,
+                        BackendCache::Lease lease);
+  void handle_embeddings(const std::shared_ptr<Exchange>& ex);
+  void handle_tokenize(const std::shared_ptr<Exchange>& ex);
+  void handle_detokenize(const std::shared_ptr<Exchange>& ex);
+  void handle_models(const std::shared_ptr<Exchange>& ex);
+  void handle_health(const std::shared_ptr<Exchange>& ex);
+};
+
+std::string random_hex(int n);
+int64_t unix_now();
+
+}  // namespace tessera::serving

@@ -1,0 +1,489 @@
+// One completion or chat completion request: its prompts (x n) become engine requests; each
+// engine output (one per step) is detokenized, stop strings applied, and either streamed as one
+// SSE chunk or gathered for the final response. Everything here runs on the connection's strand.
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "common/logging.h"
+#include "runtime/engine/output_processor.h"
+#include "runtime/serving/api_server_impl.h"
+#include "runtime/serving/byte_tokenizer.h"
+
+namespace tessera::serving {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+struct Sequence {
+  std::string engine_id;
+  int index = 0;  // the choice index
+  std::vector<int32_t> prompt_ids;
+  std::string prompt_text;  // for echo
+  std::unique_ptr<StreamDecoder> decoder;
+  std::unique_ptr<engine::OutputProcessor> stopper;  // stop strings
+  std::string text;                                  // gathered (non-streaming)
+  json logprobs;                                     // gathered (non-streaming)
+  size_t text_offset = 0;
+  int64_t completion_tokens = 0;
+  int64_t cached_tokens = 0;
+  bool first_output = false;
+  bool started_text = false;  // first chunk (role / echo) sent
+  bool done = false;
+  std::string finish_reason;
+  json stop_reason;
+  std::string error;
+  Clock::time_point last_token{};
+  bool has_token = false;
+};
+
+}  // namespace
+
+class Generation : public std::enable_shared_from_this<Generation> {
+ public:
+  Generation(std::shared_ptr<ApiServer::Impl> server, std::shared_ptr<Exchange> ex,
+             GenerationRequest req, BackendCache::Lease lease)
+      : server_(std::move(server)),
+        ex_(std::move(ex)),
+        req_(std::move(req)),
+        lease_(std::move(lease)) {
+    server_->live_gens++;
+    backend_ = static_cast<ServingBackend*>(lease_.get());
+    engine_ = backend_->engine();
+    tok_ = &backend_->tokenizer();
+    model_ = lease_.spec().name;
+    route_ = req_.chat ? "/v1/chat/completions" : "/v1/completions";
+    id_ = (req_.chat ? "chatcmpl-" : "cmpl-") + random_hex(24);
+    created_ = unix_now();
+    arrival_ = ex_->request().arrival;
+  }
+  ~Generation() {
+    if (lease_) {
+      auto lease = std::make_shared<BackendCache::Lease>(std::move(lease_));
+      server_->io.post_blocking([lease] {});
+    }
+    server_->live_gens--;
+  }
+
+  // Tokenizes and validates (throws ApiError), then submits every sequence to the engine.
+  void start() {
+    if (engine_ == nullptr) {
+      throw ApiError(400, "model '" + model_ + "' is an encoder: use /v1/embeddings", "model");
+    }
+    const int64_t max_len = engine_->max_model_len();
+    std::vector<PromptInput> prompts;
+    if (req_.chat) {
+      std::string text;
+      try {
+        text = tok_->render_chat(req_.messages, req_.add_generation_prompt, req_.template_extra);
+      } catch (const Error& e) {
+        throw ApiError(400, e.message(), "messages");
+      }
+      prompts.push_back({false, text, tok_->encode(text, req_.add_special_tokens)});
+    } else {
+      for (auto& p : req_.prompts) {
+        if (p.is_ids) {
+          for (int32_t id : p.ids) {
+            if (id >= tok_->vocab_size()) {
+              bad_field("prompt",
+                        "token ids below the vocabulary size " + std::to_string(tok_->vocab_size()),
+                        id);
+            }
+          }
+          p.text = tok_->decode(p.ids, false);
+        } else {
+          p.ids = tok_->encode(p.text, req_.add_special_tokens);
+        }
+        prompts.push_back(std::move(p));
+      }
+    }
+    const char* prompt_field = req_.chat ? "messages" : "prompt";
+    for (const auto& p : prompts) {
+      const int64_t len = static_cast<int64_t>(p.ids.size());
+      if (len == 0) throw ApiError(400, "the prompt is empty", prompt_field);
+      if (len >= max_len) {
+        throw ApiError(400,
+                       "this model's maximum context length is " + std::to_string(max_len) +
+                           " tokens, but the prompt has " + std::to_string(len) + " tokens",
+                       prompt_field);
+      }
+      if (req_.max_tokens && len + *req_.max_tokens > max_len) {
+        throw ApiError(400,
+                       "this model's maximum context length is " + std::to_string(max_len) +
+                           " tokens; the prompt (" + std::to_string(len) + ") plus max_tokens (" +
+                           std::to_string(*req_.max_tokens) + ") exceeds it",
+                       req_.chat ? "max_completion_tokens" : "max_tokens");
+      }
+    }
+    const int64_t n_seqs = static_cast<int64_t>(prompts.size()) * req_.n;
+    const int64_t waiting = server_->waiting_seqs.load();
+    if (waiting + n_seqs > static_cast<int64_t>(server_->opt.max_waiting)) {
+      throw ApiError(429,
+                     "the server's waiting queue is full (" + std::to_string(waiting) +
+                         " sequences waiting, limit " + std::to_string(server_->opt.max_waiting) +
+                         "); retry later",
+                     "", {{"Retry-After", std::to_string(server_->opt.retry_after_s)}});
+    }
+
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      for (int j = 0; j < req_.n; ++j) {
+        auto s = std::make_unique<Sequence>();
+        s->index = static_cast<int>(i) * req_.n + j;
+        s->engine_id = id_ + "-" + std::to_string(s->index);
+        s->prompt_ids = prompts[i].ids;
+        s->prompt_text = prompts[i].text;
+        s->decoder = tok_->stream_decoder(s->prompt_ids, req_.skip_special_tokens);
+        s->stopper = std::make_unique<engine::OutputProcessor>(req_.params);
+        if (req_.logprobs) {
+          s->logprobs = req_.chat ? json{{"content", json::array()}}
+                                  : json{{"tokens", json::array()},
+                                         {"token_logprobs", json::array()},
+                                         {"top_logprobs", json::array()},
+                                         {"text_offset", json::array()}};
+        }
+        if (req_.echo && !req_.chat) s->text_offset = s->prompt_text.size();
+        seqs_.push_back(std::move(s));
+      }
+    }
+    remaining_ = static_cast<int>(seqs_.size());
+    server_->waiting_seqs += n_seqs;
+
+    auto self = shared_from_this();
+    ex_->on_disconnect([self] { self->on_disconnect(); });
+    size_t submitted = 0;
+    try {
+      for (auto& s : seqs_) {
+        engine::EngineRequest er;
+        er.id = s->engine_id;
+        er.prompt_ids = s->prompt_ids;
+        er.params = req_.params;
+        er.params.max_tokens = req_.max_tokens
+                                   ? *req_.max_tokens
+                                   : max_len - static_cast<int64_t>(s->prompt_ids.size());
+        // n > 1: independent sequences; a seeded request gives each its own seed.
+        if (er.params.seed && req_.n > 1) {
+          *er.params.seed += static_cast<uint64_t>(s->index % req_.n);
+        }
+        er.priority = req_.priority;
+        er.lora = backend_->lora();
+        const int idx = static_cast<int>(&s - &seqs_.front());
+        auto ex = ex_;
+        engine_->add_request(std::move(er), [self, ex, idx](const engine::RequestOutput& out) {
+          ex->post([self, idx, out] { self->on_output(idx, out); });
+        });
+        ++submitted;
+      }
+    } catch (const std::exception& e) {
+      // The engine refused one: take back the others, answer once.
+      failed_ = true;
+      for (size_t i = 0; i < seqs_.size(); ++i) {
+        if (i < submitted) {
+          engine_->abort(seqs_[i]->engine_id);
+        } else {
+          seqs_[i]->done = true;
+          server_->waiting_seqs--;
+        }
+      }
+      throw ApiError(500, std::string("the engine refused the request: ") + e.what());
+    }
+  }
+
+ private:
+  void on_disconnect() {
+    for (auto& s : seqs_) {
+      if (!s->done) engine_->abort(s->engine_id);
+    }
+  }
+
+  json usage_of(int64_t prompt, int64_t completion, int64_t cached) const {
+    json u = {{"prompt_tokens", prompt},
+              {"completion_tokens", completion},
+              {"total_tokens", prompt + completion}};
+    if (cached > 0) u["prompt_tokens_details"] = {{"cached_tokens", cached}};
+    return u;
+  }
+
+  json total_usage() const {
+    int64_t prompt = 0, completion = 0, cached = 0;
+    // A prompt shared by n sequences counts once (as OpenAI counts it).
+    for (const auto& s : seqs_) {
+      if (s->index % req_.n == 0) {
+        prompt += static_cast<int64_t>(s->prompt_ids.size());
+        cached += s->cached_tokens;
+      }
+      completion += s->completion_tokens;
+    }
+    return usage_of(prompt, completion, cached);
+  }
+
+  void add_logprob(Sequence& s, json& lp, int32_t id, const engine::RequestOutput& out, size_t k,
+                   const std::string& token_text) {
+    const json logprob = k < out.logprobs.size() ? json(out.logprobs[k]) : json();
+    std::vector<engine::TopLogprob> top;
+    if (k < out.top_logprobs.size()) top = out.top_logprobs[k];
+    if (req_.chat) {
+      auto bytes_of = [](const std::string& t) {
+        json b = json::array();
+        for (unsigned char c : t) b.push_back(c);
+        return b;
+      };
+      json alts = json::array();
+      for (const auto& t : top) {
+        const std::string tt = tok_->token_text(t.id);
+        alts.push_back({{"token", tt}, {"logprob", t.logprob}, {"bytes", bytes_of(tt)}});
+      }
+      lp["content"].push_back({{"token", token_text},
+                               {"logprob", logprob},
+                               {"bytes", bytes_of(token_text)},
+                               {"top_logprobs", alts}});
+    } else {
+      json alts = json::object();
+      for (const auto& t : top) alts[tok_->token_text(t.id)] = t.logprob;
+      lp["tokens"].push_back(token_text);
+      lp["token_logprobs"].push_back(logprob);
+      lp["top_logprobs"].push_back(req_.top_logprobs > 0 ? alts : json());
+      lp["text_offset"].push_back(s.text_offset);
+    }
+    s.text_offset += token_text.size();
+    (void)id;
+  }
+
+  void on_output(int idx, const engine::RequestOutput& out) {
+    Sequence& s = *seqs_[idx];
+    if (s.done) return;  // e.g. the engine's "abort" after a stop string ended it here
+    const auto now = Clock::now();
+    const LabelValues model = {model_};
+    if (!s.first_output) {
+      s.first_output = true;
+      server_->waiting_seqs--;
+      server_->queue_time->observe(model, seconds(now - arrival_));
+    }
+    s.cached_tokens = std::max(s.cached_tokens, out.cached_prompt_tokens);
+
+    std::string delta;
+    json lp_delta;
+    if (req_.logprobs) {
+      lp_delta = req_.chat ? json{{"content", json::array()}}
+                           : json{{"tokens", json::array()},
+                                  {"token_logprobs", json::array()},
+                                  {"top_logprobs", json::array()},
+                                  {"text_offset", json::array()}};
+    }
+    bool stopped = false;
+    const size_t n_new = out.new_token_ids.size();
+    for (size_t k = 0; k < n_new; ++k) {
+      const int32_t id = out.new_token_ids[k];
+      if (!s.has_token) {
+        server_->ttft->observe(model, seconds(now - arrival_));
+      } else {
+        server_->itl->observe(model, seconds(now - s.last_token) / static_cast<double>(n_new));
+      }
+      s.has_token = true;
+      s.completion_tokens++;
+      if (req_.logprobs) add_logprob(s, lp_delta, id, out, k, tok_->token_text(id));
+      auto r = s.stopper->step(s.decoder->step(id));
+      delta += r.text;
+      if (r.stopped) {
+        stopped = true;
+        s.finish_reason = "stop";
+        s.stop_reason = req_.params.stop[r.stop_index];
+        break;
+      }
+    }
+    if (n_new > 0) s.last_token = now;
+    if (stopped) {
+      engine_->abort(s.engine_id);  // the engine does not know stop strings
+    } else if (out.finished) {
+      auto r = s.stopper->step(s.decoder->flush());
+      delta += r.text;
+      if (r.stopped) {
+        s.finish_reason = "stop";
+        s.stop_reason = req_.params.stop[r.stop_index];
+      } else {
+        delta += s.stopper->finish();
+        s.finish_reason = out.finish_reason.empty() ? "stop" : out.finish_reason;
+        if (s.finish_reason == "stop" && n_new > 0) {
+          const int32_t last = out.new_token_ids.back();
+          const auto& ids = req_.params.stop_token_ids;
+          if (std::find(ids.begin(), ids.end(), last) != ids.end()) s.stop_reason = last;
+        }
+        if (s.finish_reason == "error") {
+          s.error = out.error.empty() ? "the engine failed this request" : out.error;
+        }
+      }
+    }
+    const bool finished_now = stopped || out.finished;
+    if (finished_now) s.done = true;
+
+    if (req_.stream) {
+      emit_chunk(s, delta, lp_delta, finished_now);
+    } else {
+      s.text += delta;
+      if (req_.logprobs) {
+        for (auto& [k, v] : lp_delta.items()) {
+          for (auto& x : v) s.logprobs[k].push_back(x);
+        }
+      }
+    }
+    if (finished_now) finish_sequence(s);
+  }
+
+  void send_sse(const json& j) { ex_->send_chunk("data: " + dump_json(j) + "\n\n"); }
+
+  void ensure_stream() {
+    if (stream_started_) return;
+    stream_started_ = true;
+    server_->count(route_, 200);
+    ex_->start_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}});
+  }
+
+  void emit_chunk(Sequence& s, const std::string& delta, const json& lp, bool finished) {
+    if (!s.error.empty()) return;  // errors are reported at the end
+    std::string text = delta;
+    if (!s.started_text && req_.echo && !req_.chat) text = s.prompt_text + text;
+    const bool has_lp = req_.logprobs && !lp.empty() &&
+                        (req_.chat ? !lp["content"].empty() : !lp["tokens"].empty());
+    const bool first = !s.started_text;
+    if (text.empty() && !finished && !has_lp && !(first && req_.chat)) return;
+    ensure_stream();
+    s.started_text = true;
+    json choice = {{"index", s.index}};
+    if (req_.chat) {
+      json d = json::object();
+      if (first) d["role"] = "assistant";
+      if (!text.empty() || first) d["content"] = text;
+      choice["delta"] = d;
+    } else {
+      choice["text"] = text;
+    }
+    choice["logprobs"] = has_lp ? lp : json();
+    choice["finish_reason"] = finished ? json(s.finish_reason) : json();
+    if (finished) choice["stop_reason"] = s.stop_reason;
+    json chunk = {{"id", id_},
+                  {"object", req_.chat ? "chat.completion.chunk" : "text_completion"},
+                  {"created", created_},
+                  {"model", model_},
+                  {"choices", json::array({choice})}};
+    if (req_.include_usage) {
+      chunk["usage"] = req_.continuous_usage_stats
+                           ? usage_of(static_cast<int64_t>(s.prompt_ids.size()),
+                                      s.completion_tokens, s.cached_tokens)
+                           : json();
+    }
+    send_sse(chunk);
+  }
+
+  void finish_sequence(Sequence& s) {
+    const LabelValues model = {model_};
+    const auto now = Clock::now();
+    server_->e2e->observe(model, seconds(now - arrival_));
+    server_->request_success->inc({model_, s.finish_reason});
+    server_->prompt_tokens->inc(model, static_cast<double>(s.prompt_ids.size()));
+    server_->generation_tokens->inc(model, static_cast<double>(s.completion_tokens));
+    server_->cached_prompt_tokens->inc(model, static_cast<double>(s.cached_tokens));
+    server_->prompt_len->observe(model, static_cast<double>(s.prompt_ids.size()));
+    server_->output_len->observe(model, static_cast<double>(s.completion_tokens));
+    if (--remaining_ == 0) finalize();
+  }
+
+  void finalize() {
+    if (failed_) {  // already answered (start() threw)
+      auto lease = std::make_shared<BackendCache::Lease>(std::move(lease_));
+      server_->io.post_blocking([lease] {});
+      return;
+    }
+    std::string error;
+    for (const auto& s : seqs_) {
+      if (!s->error.empty()) error = s->error;
+    }
+    if (req_.stream) {
+      ensure_stream();
+      if (!error.empty()) {
+        send_sse(json::parse(error_json(500, error)));
+      }
+      if (req_.include_usage) {
+        send_sse({{"id", id_},
+                  {"object", req_.chat ? "chat.completion.chunk" : "text_completion"},
+                  {"created", created_},
+                  {"model", model_},
+                  {"choices", json::array()},
+                  {"usage", total_usage()}});
+      }
+      ex_->send_chunk("data: [DONE]\n\n");
+      ex_->end_stream();
+    } else if (!error.empty()) {
+      server_->reply(*ex_, route_, error_response(500, error));
+    } else {
+      json choices = json::array();
+      for (const auto& s : seqs_) {
+        json c = {{"index", s->index},
+                  {"logprobs", req_.logprobs ? s->logprobs : json()},
+                  {"finish_reason", s->finish_reason},
+                  {"stop_reason", s->stop_reason}};
+        if (req_.chat) {
+          c["message"] = {{"role", "assistant"}, {"content", s->text}};
+        } else {
+          c["text"] = req_.echo ? s->prompt_text + s->text : s->text;
+        }
+        choices.push_back(std::move(c));
+      }
+      HttpResponse r;
+      r.body = dump_json({{"id", id_},
+                          {"object", req_.chat ? "chat.completion" : "text_completion"},
+                          {"created", created_},
+                          {"model", model_},
+                          {"choices", choices},
+                          {"usage", total_usage()}});
+      server_->reply(*ex_, route_, std::move(r));
+    }
+    // Let go of the backend off the I/O thread: if it was evicted meanwhile, this closes it.
+    auto lease = std::make_shared<BackendCache::Lease>(std::move(lease_));
+    server_->io.post_blocking([lease] {});
+  }
+
+  std::shared_ptr<ApiServer::Impl> server_;
+  std::shared_ptr<Exchange> ex_;
+  GenerationRequest req_;
+  BackendCache::Lease lease_;
+  ServingBackend* backend_ = nullptr;
+  engine::EngineClient* engine_ = nullptr;
+  const ServingTokenizer* tok_ = nullptr;
+  std::string model_, route_, id_;
+  int64_t created_ = 0;
+  Clock::time_point arrival_;
+  std::vector<std::unique_ptr<Sequence>> seqs_;
+  int remaining_ = 0;
+  bool stream_started_ = false;
+  bool failed_ = false;
+};
+
+void ApiServer::Impl::handle_generate(const std::shared_ptr<Exchange>& ex, bool chat) {
+  if (draining) throw ApiError(503, "the server is shutting down");
+  json body = parse_json_body(ex->request().body);
+  GenerationRequest req = parse_generation_request(body, chat, opt.max_n);
+  const ModelSpec& spec = resolve_model(req.model);
+  const std::string route = chat ? "/v1/chat/completions" : "/v1/completions";
+  // A full queue is refused before any model load.
+  if (waiting_seqs.load() >= static_cast<int64_t>(opt.max_waiting)) {
+    throw ApiError(429, "the server's waiting queue is full; retry later", "",
+                   {{"Retry-After", std::to_string(opt.retry_after_s)}});
+  }
+  auto self = shared_from_this();
+  with_backend(ex, route, spec,
+               [self, ex, req = std::move(req)](BackendCache::Lease lease) mutable {
+                 self->start_generation(ex, std::move(req), std::move(lease));
+               });
+}
+
+void ApiServer::Impl::start_generation(const std::shared_ptr<Exchange>& ex, GenerationRequest req,
+                                       BackendCache::Lease lease) {
+  auto gen = std::make_shared<Generation>(shared_from_this(), ex, std::move(req), std::move(lease));
+  gen->start();  // throws ApiError before anything is submitted
+}
+
+}  // namespace tessera::serving

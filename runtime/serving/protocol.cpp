@@ -1,0 +1,259 @@
+#include "runtime/serving/protocol.h"
+
+#include <cmath>
+#include <limits>
+
+namespace tessera::serving {
+
+using nlohmann::json;
+
+std::string dump_json(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+HttpResponse ApiError::response() const {
+  HttpResponse r = error_response(status_, what(), param_);
+  r.headers = headers_;
+  return r;
+}
+
+void bad_field(const std::string& field, const std::string& what, const json& value) {
+  std::string v = dump_json(value);
+  if (v.size() > 100) v = v.substr(0, 100) + "...";
+  throw ApiError(400, "'" + field + "' must be " + what + ", got " + v, field);
+}
+
+json parse_json_body(const std::string& body) {
+  json j;
+  try {
+    j = json::parse(body);
+  } catch (const json::exception& e) {
+    throw ApiError(400, std::string("request body is not valid JSON: ") + e.what());
+  }
+  if (!j.is_object()) throw ApiError(400, "request body must be a JSON object");
+  return j;
+}
+
+namespace {
+
+bool present(const json& body, const char* field) {
+  auto it = body.find(field);
+  return it != body.end() && !it->is_null();
+}
+
+double number(const json& body, const char* field, double def, double lo, double hi,
+              const std::string& what) {
+  if (!present(body, field)) return def;
+  const json& v = body.at(field);
+  if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < lo ||
+      v.get<double>() > hi) {
+    bad_field(field, what, v);
+  }
+  return v.get<double>();
+}
+
+int64_t integer(const json& body, const char* field, int64_t def, int64_t lo, int64_t hi,
+                const std::string& what) {
+  if (!present(body, field)) return def;
+  const json& v = body.at(field);
+  if (!v.is_number_integer()) bad_field(field, what, v);
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi)) {
+    bad_field(field, what, v);
+  }
+  const int64_t x = v.get<int64_t>();
+  if (x < lo || x > hi) bad_field(field, what, v);
+  return x;
+}
+
+bool boolean(const json& body, const char* field, bool def) {
+  if (!present(body, field)) return def;
+  const json& v = body.at(field);
+  if (!v.is_boolean()) bad_field(field, "true or false", v);
+  return v.get<bool>();
+}
+
+std::vector<int32_t> id_list(const json& v, const std::string& field) {
+  std::vector<int32_t> ids;
+  ids.reserve(v.size());
+  for (const auto& x : v) {
+    if (!x.is_number_integer() || x.get<int64_t>() < 0 ||
+        x.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
+      bad_field(field, "a list of non-negative token ids", x);
+    }
+    ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
+  }
+  return ids;
+}
+
+}  // namespace
+
+std::vector<PromptInput> parse_prompt_field(const json& v, const std::string& field) {
+  std::vector<PromptInput> out;
+  const std::string what = "a string, a list of strings, a list of token ids or a list of them";
+  if (v.is_string()) {
+    out.push_back({false, v.get<std::string>(), {}});
+  } else if (v.is_array() && !v.empty() && v[0].is_string()) {
+    for (const auto& s : v) {
+      if (!s.is_string()) bad_field(field, what, v);
+      out.push_back({false, s.get<std::string>(), {}});
+    }
+  } else if (v.is_array() && !v.empty() && v[0].is_number()) {
+    out.push_back({true, "", id_list(v, field)});
+  } else if (v.is_array() && !v.empty() && v[0].is_array()) {
+    for (const auto& l : v) {
+      if (!l.is_array() || l.empty()) bad_field(field, what, v);
+      out.push_back({true, "", id_list(l, field)});
+    }
+  } else {
+    bad_field(field, what, v);
+  }
+  return out;
+}
+
+GenerationRequest parse_generation_request(const json& body, bool chat, int max_n) {
+  GenerationRequest r;
+  r.chat = chat;
+  if (present(body, "model")) {
+    if (!body["model"].is_string()) bad_field("model", "a string", body["model"]);
+    r.model = body["model"].get<std::string>();
+  }
+  if (chat) {
+    if (!present(body, "messages")) throw ApiError(400, "'messages' is required", "messages");
+    const json& m = body["messages"];
+    if (!m.is_array() || m.empty()) bad_field("messages", "a non-empty list of messages", m);
+    for (size_t i = 0; i < m.size(); ++i) {
+      if (!m[i].is_object() || !m[i].contains("role") || !m[i]["role"].is_string()) {
+        bad_field("messages[" + std::to_string(i) + "]", "an object with a string 'role'", m[i]);
+      }
+    }
+    r.messages = m;
+    r.add_generation_prompt = boolean(body, "add_generation_prompt", true);
+    if (present(body, "tools")) r.template_extra["tools"] = body["tools"];
+    if (present(body, "chat_template_kwargs")) {
+      if (!body["chat_template_kwargs"].is_object()) {
+        bad_field("chat_template_kwargs", "an object", body["chat_template_kwargs"]);
+      }
+      for (auto& [k, v] : body["chat_template_kwargs"].items()) r.template_extra[k] = v;
+    }
+    r.add_special_tokens = boolean(body, "add_special_tokens", false);
+  } else {
+    if (!present(body, "prompt")) throw ApiError(400, "'prompt' is required", "prompt");
+    r.prompts = parse_prompt_field(body["prompt"], "prompt");
+    r.echo = boolean(body, "echo", false);
+    r.add_special_tokens = boolean(body, "add_special_tokens", true);
+    if (present(body, "suffix")) throw ApiError(400, "'suffix' is not supported", "suffix");
+  }
+
+  auto& p = r.params;
+  p.temperature =
+      static_cast<float>(number(body, "temperature", 1.0, 0.0, 100.0, "a number in [0, 100]"));
+  p.top_p = static_cast<float>(number(body, "top_p", 1.0, 0.0, 1.0, "a number in (0, 1]"));
+  if (p.top_p <= 0.0f) bad_field("top_p", "a number in (0, 1]", body["top_p"]);
+  const int64_t top_k = integer(body, "top_k", 0, -1, std::numeric_limits<int32_t>::max(),
+                                "-1, 0 (off) or a positive integer");
+  p.top_k = top_k < 0 ? 0 : static_cast<int32_t>(top_k);
+  p.min_p = static_cast<float>(number(body, "min_p", 0.0, 0.0, 1.0, "a number in [0, 1]"));
+  p.presence_penalty =
+      static_cast<float>(number(body, "presence_penalty", 0.0, -2.0, 2.0, "a number in [-2, 2]"));
+  p.frequency_penalty =
+      static_cast<float>(number(body, "frequency_penalty", 0.0, -2.0, 2.0, "a number in [-2, 2]"));
+  p.repetition_penalty = static_cast<float>(
+      number(body, "repetition_penalty", 1.0, 0.0, 100.0, "a number in (0, 100]"));
+  if (p.repetition_penalty <= 0.0f) {
+    bad_field("repetition_penalty", "a number in (0, 100]", body["repetition_penalty"]);
+  }
+  if (present(body, "seed")) {
+    // OpenAI allows negative seeds; the engine's seed is the same 64 bits, unsigned.
+    p.seed = static_cast<uint64_t>(integer(body, "seed", 0, std::numeric_limits<int64_t>::min(),
+                                           std::numeric_limits<int64_t>::max(), "an integer"));
+  }
+
+  const char* max_field =
+      chat && present(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  if (present(body, max_field)) {
+    r.max_tokens = static_cast<int32_t>(
+        integer(body, max_field, 0, 1, std::numeric_limits<int32_t>::max(), "a positive integer"));
+  }
+  p.min_tokens = static_cast<int32_t>(
+      integer(body, "min_tokens", 0, 0, std::numeric_limits<int32_t>::max(), "an integer >= 0"));
+  if (r.max_tokens && p.min_tokens > *r.max_tokens) {
+    bad_field("min_tokens", "at most max_tokens (" + std::to_string(*r.max_tokens) + ")",
+              body["min_tokens"]);
+  }
+  p.ignore_eos = boolean(body, "ignore_eos", false);
+  r.n = static_cast<int>(
+      integer(body, "n", 1, 1, max_n, "an integer in [1, " + std::to_string(max_n) + "]"));
+  if (present(body, "best_of") && body["best_of"] != json(r.n) && body["best_of"] != json(1)) {
+    throw ApiError(400, "'best_of' other than n is not supported", "best_of");
+  }
+
+  if (present(body, "stop")) {
+    const json& s = body["stop"];
+    if (s.is_string()) {
+      p.stop.push_back(s.get<std::string>());
+    } else if (s.is_array()) {
+      for (const auto& x : s) {
+        if (!x.is_string()) bad_field("stop", "a string or a list of strings", s);
+        p.stop.push_back(x.get<std::string>());
+      }
+    } else {
+      bad_field("stop", "a string or a list of strings", s);
+    }
+    for (const auto& x : p.stop) {
+      if (x.empty()) bad_field("stop", "non-empty strings", s);
+    }
+  }
+  if (present(body, "stop_token_ids")) {
+    const json& s = body["stop_token_ids"];
+    if (!s.is_array()) bad_field("stop_token_ids", "a list of token ids", s);
+    p.stop_token_ids = id_list(s, "stop_token_ids");
+  }
+  p.include_stop_str_in_output = boolean(body, "include_stop_str_in_output", false);
+  r.skip_special_tokens = boolean(body, "skip_special_tokens", true);
+  p.skip_special_tokens = r.skip_special_tokens;
+
+  if (chat) {
+    r.logprobs = boolean(body, "logprobs", false);
+    r.top_logprobs =
+        static_cast<int>(integer(body, "top_logprobs", 0, 0, 20, "an integer in [0, 20]"));
+    if (present(body, "top_logprobs") && !r.logprobs) {
+      throw ApiError(400, "'top_logprobs' needs 'logprobs' set to true", "top_logprobs");
+    }
+  } else if (present(body, "logprobs")) {
+    r.logprobs = true;
+    r.top_logprobs = static_cast<int>(integer(body, "logprobs", 0, 0, 20, "an integer in [0, 20]"));
+    if (r.echo) {
+      throw ApiError(400, "'echo' together with 'logprobs' (prompt logprobs) is not supported",
+                     "echo");
+    }
+  }
+  p.logprobs = r.logprobs ? r.top_logprobs : -1;
+
+  r.stream = boolean(body, "stream", false);
+  if (present(body, "stream_options")) {
+    const json& so = body["stream_options"];
+    if (!r.stream) {
+      throw ApiError(400, "'stream_options' can only be given when 'stream' is true",
+                     "stream_options");
+    }
+    if (!so.is_object()) bad_field("stream_options", "an object", so);
+    r.include_usage = boolean(so, "include_usage", false);
+    r.continuous_usage_stats = boolean(so, "continuous_usage_stats", false);
+  }
+  if (present(body, "user")) {
+    if (!body["user"].is_string()) bad_field("user", "a string", body["user"]);
+    r.user = body["user"].get<std::string>();
+  }
+  r.priority = static_cast<int>(
+      integer(body, "priority", 0, -1000000, 1000000, "an integer in [-1000000, 1000000]"));
+  if (present(body, "response_format")) {
+    const json& f = body["response_format"];
+    if (!f.is_object() || f.value("type", "") != "text") {
+      throw ApiError(400, "'response_format' other than {\"type\": \"text\"} is not supported",
+                     "response_format");
+    }
+  }
+  return r;
+}
+
+}  // namespace tessera::serving

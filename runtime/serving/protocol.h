@@ -1,0 +1,80 @@
+// OpenAI request parsing and validation (completions, chat completions; vLLM's extras): every bad
+// field is refused with a 400 that names the field and the value it had.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "runtime/engine/engine_client.h"
+#include "runtime/serving/http_types.h"
+
+namespace tessera::serving {
+
+// An error answered to the client as OpenAI's error JSON.
+class ApiError : public std::runtime_error {
+ public:
+  ApiError(int status, std::string message, std::string param = "", Headers headers = {})
+      : std::runtime_error(message),
+        status_(status),
+        param_(std::move(param)),
+        headers_(std::move(headers)) {}
+  int status() const { return status_; }
+  const std::string& param() const { return param_; }
+  const Headers& headers() const { return headers_; }
+  HttpResponse response() const;
+
+ private:
+  int status_;
+  std::string param_;
+  Headers headers_;
+};
+
+// A 400 "<field> must be <what>, got <value>" (the value as JSON, cut to 100 characters).
+[[noreturn]] void bad_field(const std::string& field, const std::string& what,
+                            const nlohmann::json& value);
+
+nlohmann::json parse_json_body(const std::string& body);  // 400 when not a JSON object
+
+struct PromptInput {
+  bool is_ids = false;
+  std::string text;
+  std::vector<int32_t> ids;
+};
+
+struct GenerationRequest {
+  bool chat = false;
+  std::string model;                 // "" = the default model
+  std::vector<PromptInput> prompts;  // completions: one or more prompts
+  nlohmann::json messages;           // chat
+  bool add_generation_prompt = true;
+  nlohmann::json template_extra = nlohmann::json::object();  // tools, chat_template_kwargs
+  scheduler::SamplingParams params;  // max_tokens filled in once the prompt length is known
+  std::optional<int32_t> max_tokens;
+  int n = 1;
+  bool stream = false;
+  bool include_usage = false;
+  bool continuous_usage_stats = false;
+  bool echo = false;
+  bool logprobs = false;
+  int top_logprobs = 0;  // alternatives per position when logprobs
+  bool skip_special_tokens = true;
+  bool add_special_tokens = true;
+  int priority = 0;
+  std::string user;
+};
+
+GenerationRequest parse_generation_request(const nlohmann::json& body, bool chat, int max_n);
+
+// "prompt" or "tokens"-style inputs of /tokenize and /v1/embeddings: a string, a list of strings,
+// a list of ids or a list of lists of ids.
+std::vector<PromptInput> parse_prompt_field(const nlohmann::json& value, const std::string& field);
+
+// Dump that never throws on invalid UTF-8 (replaced by U+FFFD).
+std::string dump_json(const nlohmann::json& j);
+
+}  // namespace tessera::serving

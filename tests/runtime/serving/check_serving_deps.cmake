@@ -1,0 +1,27 @@
+# runtime/serving stays free of torch, CUDA and NCCL: no source includes their headers, and the
+# link closure of tessera_serving holds no torch target (-DCLOSURE=..., computed at configure time).
+# (tessera_common brings cudart / NCCL libraries on GPU builds; serving includes none of their
+# headers, which runtime/serving/poison also turns into compile errors.)
+file(GLOB_RECURSE sources ${ROOT}/runtime/serving/*.h ${ROOT}/runtime/serving/*.cpp
+     ${ROOT}/runtime/engine/engine_client.h)
+list(FILTER sources EXCLUDE REGEX "/runtime/serving/poison/")
+set(bad "")
+foreach(f IN LISTS sources)
+  file(STRINGS ${f} includes REGEX "^[ \t]*#[ \t]*include")
+  foreach(line IN LISTS includes)
+    if(line MATCHES "[<\"](torch/|ATen/|c10/|caffe2/|cuda|cub/|thrust/|nccl|cublas|cudnn)")
+      list(APPEND bad "${f}: ${line}")
+    endif()
+  endforeach()
+endforeach()
+foreach(lib IN LISTS CLOSURE)
+  if(lib MATCHES "torch|^c10|caffe2|tessera_kernels|tessera_sharding|tessera_runtime$")
+    list(APPEND bad "tessera_serving links ${lib}")
+  endif()
+endforeach()
+list(LENGTH sources n)
+if(bad)
+  string(REPLACE ";" "\n  " lines "${bad}")
+  message(FATAL_ERROR "runtime/serving must stay torch/CUDA/NCCL-free:\n  ${lines}")
+endif()
+message(STATUS "runtime/serving: ${n} files, no torch/CUDA/NCCL include; link closure: ${CLOSURE}")

@@ -1,0 +1,138 @@
+// OpenAI request parsing: every field's type and range, and errors that name field and value.
+#include "runtime/serving/protocol.h"
+
+#include <gtest/gtest.h>
+
+namespace tessera::serving {
+namespace {
+
+using nlohmann::json;
+
+GenerationRequest completion(json body) { return parse_generation_request(body, false, 8); }
+
+std::string error_of(json body, bool chat = false) {
+  try {
+    parse_generation_request(body, chat, 8);
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 400);
+    return e.param() + ": " + e.what();
+  }
+  return "accepted";
+}
+
+TEST(Protocol, CompletionFields) {
+  auto r = completion({{"model", "m"},
+                       {"prompt", "hi"},
+                       {"max_tokens", 7},
+                       {"temperature", 0.5},
+                       {"top_p", 0.9},
+                       {"top_k", -1},
+                       {"min_p", 0.1},
+                       {"presence_penalty", 0.5},
+                       {"frequency_penalty", -0.5},
+                       {"repetition_penalty", 1.2},
+                       {"seed", -5},
+                       {"stop", "x"},
+                       {"stop_token_ids", {3, 4}},
+                       {"n", 2},
+                       {"logprobs", 3},
+                       {"ignore_eos", true},
+                       {"min_tokens", 2},
+                       {"user", "u"},
+                       {"stream", true},
+                       {"stream_options", {{"include_usage", true}}}});
+  EXPECT_EQ(r.model, "m");
+  ASSERT_EQ(r.prompts.size(), 1u);
+  EXPECT_EQ(r.prompts[0].text, "hi");
+  EXPECT_EQ(*r.max_tokens, 7);
+  EXPECT_FLOAT_EQ(r.params.temperature, 0.5f);
+  EXPECT_EQ(r.params.top_k, 0);
+  EXPECT_EQ(*r.params.seed, static_cast<uint64_t>(int64_t{-5}));
+  EXPECT_EQ(r.params.stop, std::vector<std::string>{"x"});
+  EXPECT_EQ(r.params.stop_token_ids, (std::vector<int32_t>{3, 4}));
+  EXPECT_EQ(r.n, 2);
+  EXPECT_EQ(r.params.logprobs, 3);
+  EXPECT_TRUE(r.params.ignore_eos);
+  EXPECT_EQ(r.params.min_tokens, 2);
+  EXPECT_TRUE(r.stream);
+  EXPECT_TRUE(r.include_usage);
+}
+
+TEST(Protocol, PromptShapes) {
+  EXPECT_EQ(completion({{"prompt", {"a", "b"}}}).prompts.size(), 2u);
+  auto ids = completion({{"prompt", {1, 2, 3}}});
+  ASSERT_EQ(ids.prompts.size(), 1u);
+  EXPECT_TRUE(ids.prompts[0].is_ids);
+  EXPECT_EQ(completion({{"prompt", {{1, 2}, {3}}}}).prompts.size(), 2u);
+  for (json bad : {json(5), json::array(), json({1, "a"}), json({{1}, {}}), json({-1})}) {
+    EXPECT_NE(error_of({{"prompt", bad}}).find("prompt:"), std::string::npos) << bad;
+  }
+}
+
+TEST(Protocol, ErrorsNameFieldAndValue) {
+  struct Case {
+    json body;
+    std::string field, value;
+  };
+  const std::vector<Case> cases = {
+      {{{"prompt", "x"}, {"temperature", -0.5}}, "temperature", "-0.5"},
+      {{{"prompt", "x"}, {"top_p", 0}}, "top_p", "0"},
+      {{{"prompt", "x"}, {"top_p", 1.5}}, "top_p", "1.5"},
+      {{{"prompt", "x"}, {"top_k", -2}}, "top_k", "-2"},
+      {{{"prompt", "x"}, {"min_p", 2}}, "min_p", "2"},
+      {{{"prompt", "x"}, {"presence_penalty", 3}}, "presence_penalty", "3"},
+      {{{"prompt", "x"}, {"repetition_penalty", 0}}, "repetition_penalty", "0"},
+      {{{"prompt", "x"}, {"max_tokens", 0}}, "max_tokens", "0"},
+      {{{"prompt", "x"}, {"max_tokens", 1.5}}, "max_tokens", "1.5"},
+      {{{"prompt", "x"}, {"n", 9}}, "n", "9"},
+      {{{"prompt", "x"}, {"seed", "s"}}, "seed", "\"s\""},
+      {{{"prompt", "x"}, {"stop", {"a", 1}}}, "stop", "1"},
+      {{{"prompt", "x"}, {"stop", ""}}, "stop", "\"\""},
+      {{{"prompt", "x"}, {"logprobs", 21}}, "logprobs", "21"},
+      {{{"prompt", "x"}, {"max_tokens", 3}, {"min_tokens", 4}}, "min_tokens", "4"},
+      {{{"prompt", "x"}, {"stream", "yes"}}, "stream", "\"yes\""},
+      {{{"prompt", "x"}, {"model", 3}}, "model", "3"},
+      {{{"prompt", "x"}, {"stop_token_ids", {-1}}}, "stop_token_ids", "-1"},
+  };
+  for (const auto& c : cases) {
+    const std::string e = error_of(c.body);
+    EXPECT_EQ(e.rfind(c.field + ":", 0), 0u) << e;
+    EXPECT_NE(e.find(c.value), std::string::npos) << e;
+  }
+  EXPECT_NE(error_of({{"prompt", "x"}, {"echo", true}, {"logprobs", 1}}).find("echo"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"prompt", "x"}, {"stream_options", {{"include_usage", true}}}})
+                .find("stream_options"),
+            std::string::npos);
+}
+
+TEST(Protocol, ChatFields) {
+  json msgs = json::array({{{"role", "user"}, {"content", "hi"}}});
+  auto r = parse_generation_request({{"messages", msgs},
+                                     {"max_completion_tokens", 5},
+                                     {"max_tokens", 9},
+                                     {"logprobs", true},
+                                     {"top_logprobs", 2}},
+                                    true, 8);
+  EXPECT_EQ(*r.max_tokens, 5);  // max_completion_tokens wins
+  EXPECT_EQ(r.params.logprobs, 2);
+  EXPECT_FALSE(r.add_special_tokens);
+  EXPECT_NE(error_of({{"messages", json::array()}}, true).find("messages"), std::string::npos);
+  EXPECT_NE(error_of({{"messages", {{{"content", "x"}}}}}, true).find("messages[0]"),
+            std::string::npos);
+  EXPECT_NE(error_of({{"messages", msgs}, {"top_logprobs", 2}}, true).find("top_logprobs"),
+            std::string::npos);
+}
+
+TEST(Protocol, BodyMustBeAJsonObject) {
+  EXPECT_THROW(parse_json_body("[1]"), ApiError);
+  EXPECT_THROW(parse_json_body("{"), ApiError);
+  EXPECT_NO_THROW(parse_json_body("{}"));
+  const json e = json::parse(error_json(404, "no such model", "model"));
+  EXPECT_EQ(e["error"]["message"], "no such model");
+  EXPECT_EQ(e["error"]["param"], "model");
+  EXPECT_EQ(e["error"]["type"], "not_found_error");
+}
+
+}  // namespace
+}  // namespace tessera::serving

@@ -1,0 +1,153 @@
+"""`tessera router` in front of three FakeEngine test servers (real processes, real HTTP on
+127.0.0.1): prefix affinity, least-loaded under imbalance, SIGKILL of a replica mid-load (every
+request completes or ends with a clear error, none hangs, requests with no output yet complete
+elsewhere), the replica taken back when it returns, SIGTERM exits 0; `tessera serve` and
+`tessera router` refuse bad flags (and serve says the engine is not wired yet) in one line.
+
+Usage: router_test.py <tessera binary> <tessera_serving_test_server>"""
+
+import concurrent.futures
+import json
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+from serving_procs import http, sse_events, start_router, start_server, stop, wait_until  # noqa
+
+TESSERA, SERVER = sys.argv[1], sys.argv[2]
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+def workers(port):
+    return json.loads(http(port, "GET", "/workers")[2])["workers"]
+
+
+def cli_errors():
+    """`tessera serve` without an engine, and bad flags, fail with one clear line."""
+    import subprocess
+    cases = [(["serve", "--model", "m=/nonexistent"], "engine is not wired"),
+             (["serve", "--model", "m=/x", "--max-loaded-models", "0"],
+              "--max-loaded-models must be >= 1, got 0"),
+             (["serve", "--model", "nopath"], "NAME=PATH or NAME=PATH:ADAPTER, got 'nopath'"),
+             (["router", "--backend", "localhost:1"], "must start with http://")]
+    for args, want in cases:
+        r = subprocess.run([TESSERA, *args], capture_output=True, text=True, timeout=60)
+        check(r.returncode != 0 and want in r.stderr, f"tessera {' '.join(args)}: rc "
+              f"{r.returncode}, stderr {r.stderr.strip()!r}")
+
+
+def main():
+    cli_errors()
+    # max-running 2: most requests of a burst wait in the queue (no output yet) at any moment.
+    server_args = ["--step-us", "5000", "--max-running", "2"]
+    servers = [start_server(SERVER, *server_args) for _ in range(3)]
+    urls = [f"http://127.0.0.1:{port}" for _, port in servers]
+    router, rport = start_router(TESSERA, urls, "--health-interval", "0.2", "--health-timeout",
+                                 "0.5", "--balance-abs-threshold", "3",
+                                 "--balance-rel-threshold", "1.5")
+    wait_until(lambda: all(w["healthy"] for w in workers(rport)), 10, "every replica healthy")
+
+    # Prefix affinity: requests sharing a long prefix land on one replica.
+    system = "You are a helpful assistant. " * 20
+    for i in range(8):
+        status, _, body = http(rport, "POST", "/v1/completions",
+                               {"prompt": system + f"Question {i}?", "max_tokens": 2})
+        check(status == 200, f"affinity request {i}: {status} {body[:200]}")
+    routed = [w["routed"] for w in workers(rport)]
+    by_cache = [w["routed_by_cache"] for w in workers(rport)]
+    print("shared-prefix requests per replica:", routed, "by cache:", by_cache)
+    check(sorted(routed) == [0, 0, 8] and max(by_cache) == 7,
+          f"8 shared-prefix requests on one replica: {routed} {by_cache}")
+    home = routed.index(8)
+
+    # Uneven load: keep the home replica busy, then the same prefix goes to an idle one.
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        # Load is what the router has in flight: send long requests through it.
+        long = [pool.submit(http, rport, "POST", "/v1/completions",
+                            {"prompt": system + f"Long {i}?", "max_tokens": 60})
+                for i in range(5)]
+        wait_until(lambda: sum(w["load"] for w in workers(rport)) == 5 and
+                   workers(rport)[home]["load"] >= 4, 5, "5 long requests in flight")
+        before = [w["routed"] for w in workers(rport)]
+        status, _, _ = http(rport, "POST", "/v1/completions",
+                            {"prompt": system + "One more?", "max_tokens": 2})
+        after = [w["routed"] for w in workers(rport)]
+        moved = [a - b for a, b in zip(after, before)]
+        print("loads when imbalanced:", [w["load"] for w in workers(rport)], "new request:", moved)
+        check(status == 200 and moved[home] == 0 and sum(moved) == 1,
+              f"under uneven load the new request avoids the busy replica: {moved}")
+        for f in long:
+            check(f.result()[0] == 200, "long request completed")
+
+    # SIGKILL one replica (not the home one) in the middle of a burst.
+    victim = (home + 1) % 3
+
+    def one(i):
+        stream = i % 2 == 0
+        body = {"prompt": f"burst {i} " + "x" * (i % 7), "max_tokens": 30, "stream": stream}
+        t0 = time.time()
+        status, headers, raw = http(rport, "POST", "/v1/completions", body, timeout=30)
+        took = time.time() - t0
+        if not stream:
+            ok = status == 200 and json.loads(raw)["usage"]["completion_tokens"] == 30
+            return ("complete" if ok else f"error {status} {raw[:120]}", took, stream)
+        events = sse_events(raw)
+        if status != 200:
+            return (f"error {status} {raw[:120]}", took, stream)
+        if events and events[-1] == "[DONE]" and all('"error"' not in e for e in events):
+            text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
+            return ("complete" if len(text) == 30 else f"short {len(text)}", took, stream)
+        if events and events[-1] == "[DONE]" and any('"error"' in e for e in events):
+            return ("clear error event", took, stream)
+        return (f"broken {events[-2:]}", took, stream)
+
+    with concurrent.futures.ThreadPoolExecutor(36) as pool:
+        futures = [pool.submit(one, i) for i in range(36)]
+        time.sleep(0.25)
+        servers[victim][0].send_signal(signal.SIGKILL)
+        servers[victim][0].wait()
+        results = [f.result(timeout=40) for f in futures]
+    outcomes = {}
+    for r, took, stream in results:
+        outcomes[r] = outcomes.get(r, 0) + 1
+    print("burst of 36 with one replica SIGKILLed:", outcomes,
+          f"slowest {max(t for _, t, _ in results):.2f} s")
+    check(all(r in ("complete", "clear error event") for r, _, _ in results),
+          f"every request completes or ends with a clear error: {outcomes}")
+    check(all(r == "complete" for r, _, s in results if not s),
+          "requests with no output yet (non-streamed) all complete on another replica")
+    check(outcomes.get("complete", 0) >= 30, f"most requests complete: {outcomes}")
+    w = workers(rport)
+    check(not w[victim]["healthy"], "the killed replica is out of rotation")
+    status, _, raw = http(rport, "GET", "/metrics")
+    retries = [l for l in raw.decode().splitlines() if l.startswith("tessera_router_retries_total")]
+    print("router:", retries)
+    check(retries and float(retries[0].split()[-1]) >= 1, "requests were retried")
+
+    # The replica comes back on its port and is taken in again.
+    port = servers[victim][1]
+    revived = start_server(SERVER, *server_args[:-2], "--port", str(port))
+    del revived
+    wait_until(lambda: workers(rport)[victim]["healthy"], 5, "the replica back in rotation")
+    before = workers(rport)[victim]["routed"]
+    for i in range(6):
+        http(rport, "POST", "/v1/completions", {"prompt": f"fresh text {i}", "max_tokens": 1})
+    check(workers(rport)[victim]["routed"] > before, "the returned replica gets requests again")
+
+    rc = stop(router)
+    check(rc == 0, f"router exit code after SIGTERM: {rc}")
+    if failures:
+        print(f"{len(failures)} checks failed")
+        sys.exit(1)
+    print("all checks passed")
+
+
+main()
