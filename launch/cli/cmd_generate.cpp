@@ -11,6 +11,7 @@
 #include "launch/cli/cli_sizes.h"
 #include "launch/cli/commands.h"
 #include "runtime/engine/generate.h"
+#include "runtime/models/lora_adapter.h"
 #include "runtime/tokenizers/byte_tokenizer.h"
 
 namespace tessera::cli {
@@ -27,6 +28,8 @@ struct GenerateArgs {
   std::string stop_token_ids;
   std::string kv_cache_memory;
   std::string load_memory_budget;
+  std::vector<std::string> loras;
+  std::string use_lora;
   std::string kv_cache_dtype = "float32";
   bool no_prefix_caching = false;
   bool json = false;
@@ -145,6 +148,14 @@ Command register_generate(CLI::App& root) {
   app->add_option("--load-memory-budget", args->load_memory_budget,
                   "Checkpoint bytes resident at once while loading weights (K/M/G; default "
                   "unbounded)");
+  app->add_option("--lora", args->loras,
+                  "LoRA adapter NAME=PATH (a PEFT folder; repeatable); prompts name it with "
+                  "--use-lora or a \"lora\" field in --prompts lines");
+  app->add_option("--quantization", job.engine.quantization,
+                  "Weights: none (float32) or int8 (per output channel, computed from int8)")
+      ->capture_default_str();
+  app->add_option("--use-lora", args->use_lora,
+                  "Adapter for the --prompt / --prompt-ids prompts (default: the base model)");
   app->add_flag("--no-prefix-caching", args->no_prefix_caching, "Recompute shared prefixes");
   app->add_flag("--json", args->json, "Print one JSON object instead of text");
   app->add_flag("--no-progress", args->no_progress, "No progress bar on a terminal");
@@ -166,6 +177,7 @@ Command register_generate(CLI::App& root) {
             parse_size("--load-memory-budget", args->load_memory_budget);
       }
       job.engine.load_progress = !args->json && !args->no_progress && isatty(STDERR_FILENO);
+      for (const auto& l : args->loras) job.engine.loras.push_back(models::parse_lora_arg(l));
       job.engine.enable_prefix_caching = !args->no_prefix_caching;
       const auto& kd = args->kv_cache_dtype;
       TESSERA_CHECK(kd == "float32" || kd == "bfloat16" || kd == "float16",
@@ -178,6 +190,7 @@ Command register_generate(CLI::App& root) {
         engine::PromptSpec s;
         s.text = text;
         s.params = args->params;
+        s.lora = args->use_lora;
         job.prompts.push_back(std::move(s));
       }
       for (const auto& ids : args->prompt_ids) {
@@ -185,6 +198,7 @@ Command register_generate(CLI::App& root) {
         s.ids = engine::parse_id_list(ids);
         s.has_ids = true;
         s.params = args->params;
+        s.lora = args->use_lora;
         job.prompts.push_back(std::move(s));
       }
       if (!args->prompts_file.empty()) {

@@ -41,6 +41,9 @@ struct EngineConfig {
   // Checkpoint bytes resident at once while loading (models::WeightLoadOptions); 0 = unbounded.
   int64_t load_memory_budget = 0;
   bool load_progress = false;  // a loading progress bar on stderr (the leader only)
+  // LoRA adapters (PEFT folders) by name; requests name one in EngineRequest::lora.
+  std::vector<std::pair<std::string, std::string>> loras;
+  std::string quantization = "none";  // weights: "none" (float32) or "int8" (per channel)
 };
 
 class EngineCore {
