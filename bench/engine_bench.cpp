@@ -395,7 +395,8 @@ int run_engine_bench(const BenchOptions& opt) {
   out["benchmark"] = "engine";
   out["quick"] = opt.quick;
   out["threads"] = threads;
-  out["load_average"] = {{"before", load_before}, {"after", load_average()},
+  out["load_average"] = {{"before", load_before},
+                         {"after", load_average()},
                          {"cores", static_cast<int>(std::thread::hardware_concurrency())}};
   out["model"] = {{"params", config.num_params()},
                   {"vocab", z.shape.vocab},

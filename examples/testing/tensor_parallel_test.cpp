@@ -45,9 +45,9 @@ TEST(TensorParallel, ColumnParallelShardsAreSlicesOfTheFullOutput) {
 TEST(TensorParallel, RowParallelGivesTheFullOutputOnEveryRank) {
   Layer l;
   const auto in = even_shard(kIn, tt::rank(), tt::size(), "in_features");
-  const auto y = row_parallel_linear(l.x.narrow(1, in.begin, in.size),
-                                     l.weight.narrow(1, in.begin, in.size), &tt::cpu_comm(),
-                                     l.bias);
+  const auto y =
+      row_parallel_linear(l.x.narrow(1, in.begin, in.size), l.weight.narrow(1, in.begin, in.size),
+                          &tt::cpu_comm(), l.bias);
   EXPECT_TRUE(tt::matches_rank0(y, l.reference(), {.atol = 1e-5, .rtol = 1e-5}));
   // The all-reduce leaves bitwise the same values on every rank.
   EXPECT_TRUE(tt::same_on_all_ranks(y));

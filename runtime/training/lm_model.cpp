@@ -32,7 +32,7 @@ DecoderLM::DecoderLM(const models::ModelConfig& c, uint64_t seed, sharding::Comm
                        u(p + "self_attn.k_proj.weight", {kv, h}, lin(h)), 0, true);
     L.vw = params_.add(p + "self_attn.v_proj.weight",
                        u(p + "self_attn.v_proj.weight", {kv, h}, lin(h)), 0, true);
-    if (c.attention_bias) {
+    if (c.qkv_bias) {
       L.qb = params_.add(p + "self_attn.q_proj.bias", torch::zeros({q}), 0, false);
       L.kb = params_.add(p + "self_attn.k_proj.bias", torch::zeros({kv}), 0, false);
       L.vb = params_.add(p + "self_attn.v_proj.bias", torch::zeros({kv}), 0, false);
@@ -53,6 +53,9 @@ DecoderLM::DecoderLM(const models::ModelConfig& c, uint64_t seed, sharding::Comm
     layers_.push_back(L);
   }
   norm_ = params_.add("model.norm.weight", torch::ones({h}), -1, false);
+  TESSERA_CHECK(!c.o_bias && !c.mlp_bias,
+                "training a model with o_proj or MLP biases is not supported (model_type ",
+                c.model_type, ")");
   TESSERA_CHECK(!c.tie_word_embeddings,
                 "training a model with tie_word_embeddings is not supported");
   lm_head_ =

@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include "common/error.h"
-#include "runtime/tokenizer.h"
+#include "runtime/tokenizers/byte_tokenizer.h"
 #include "runtime/training/lm_model.h"
 #include "runtime/training/train_task.h"
 
@@ -56,10 +56,10 @@ class LmTask final : public TrainTask {
     m.max_position_embeddings = 4096;
     m.rope_theta = 10000.0;
     m.rms_norm_eps = 1e-6;
-    m.attention_bias = true;
+    m.qkv_bias = true;
     m.tie_word_embeddings = false;
     m.bos_token_id = runtime::ByteTokenizer::kBos;
-    m.eos_token_id = runtime::ByteTokenizer::kEos;
+    m.eos_token_ids = {runtime::ByteTokenizer::kEos};
     m.layer_windows.assign(c.lm_layers, 0);
     for (int64_t l = 1; l < c.lm_layers; l += 2) m.layer_windows[l] = c.lm_window;
     return m;

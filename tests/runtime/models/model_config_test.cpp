@@ -121,8 +121,9 @@ TEST(ModelConfig, FamilyFieldsThatChangeTheArithmetic) {
   EXPECT_EQ(llama.rope_scaling.original_max_position_embeddings, 64);
   EXPECT_EQ(llama.derived_max_model_len(), 100);  // llama3 does not extend the context
   auto yarn = ModelConfig::from_json_text(
-      base_config(R"(,"max_position_embeddings":100,)"
-                  R"("rope_scaling":{"type":"yarn","factor":4.0,"beta_fast":0,"attention_factor":1.5})"),
+      base_config(
+          R"(,"max_position_embeddings":100,)"
+          R"("rope_scaling":{"type":"yarn","factor":4.0,"beta_fast":0,"attention_factor":1.5})"),
       "c");
   EXPECT_EQ(yarn.rope_scaling.type, RopeScaling::Type::kYarn);
   EXPECT_DOUBLE_EQ(yarn.rope_scaling.beta_fast, 32.0);  // 0 means the default, as transformers

@@ -9,7 +9,6 @@
 #include <filesystem>
 #include <fstream>
 
-#include "caches/contiguous_kv_cache.h"
 #include "runtime/models/decoder_model.h"
 #include "runtime/models/model_folder.h"
 #include "runtime/models/safetensors.h"
@@ -18,6 +17,7 @@
 #include "runtime/training/lm_model.h"
 #include "runtime/training/trainer.h"
 #include "sharding/mpi/mpi_communicator.h"
+#include "tests/runtime/models/contiguous_attention.h"
 
 namespace tessera::training {
 namespace {
@@ -83,12 +83,12 @@ TEST(LmModel, CheckpointLoadsInTheInferenceDecoderAndTransformers) {
   // The inference decoder (`tessera generate`'s model) on the same folder.
   auto folder = models::ModelFolder::open(ck);
   models::WeightLoader weights(folder);
-  models::DecoderModel decoder(config, weights, nullptr);
   const int64_t T = tokens.size(1);
-  caches::ContiguousKVCache cache(decoder.cache_config(1, T, T));
-  auto pos = torch::arange(T, torch::kLong).view({1, T});
-  auto dec = decoder.forward(tokens, pos, cache);
-  const double dec_diff = (dec - ours).abs().max().item<double>();
+  models::DecoderModel decoder(config, weights, nullptr, T);
+  auto pos = torch::arange(T, torch::kLong);
+  models::testing::ContiguousAttention attention(decoder, T, T);
+  auto dec = attention.forward(decoder, tokens.view({T}), pos);
+  const double dec_diff = (dec - ours[0]).abs().max().item<double>();
   std::printf("inference decoder vs training forward: max |diff| %.3e\n", dec_diff);
   EXPECT_LT(dec_diff, 1e-4);
 
@@ -113,9 +113,10 @@ TEST(LmModel, CheckpointLoadsInTheInferenceDecoderAndTransformers) {
     auto wfolder = models::ModelFolder::open(dir + "/windowed");
     models::WeightLoader wweights(wfolder);
     models::DecoderModel wdec(models::ModelConfig::from_file(dir + "/windowed/config.json"),
-                              wweights, nullptr);
-    caches::ContiguousKVCache wcache(wdec.cache_config(1, T, T));
-    const double wdiff = (wdec.forward(tokens, pos, wcache) - wours).abs().max().item<double>();
+                              wweights, nullptr, T);
+    models::testing::ContiguousAttention wattention(wdec, T, T);
+    const double wdiff =
+        (wattention.forward(wdec, tokens.view({T}), pos) - wours[0]).abs().max().item<double>();
     std::printf("sliding window 4: inference decoder vs training forward: max |diff| %.3e\n",
                 wdiff);
     EXPECT_LT(wdiff, 1e-4);

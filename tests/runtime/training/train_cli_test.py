@@ -4,8 +4,11 @@ JSONL log and checkpoint are written; bad configs end with one clear line and a 
 SIGKILL of one rank mid-run ends the whole job within the watchdog timeout, and `--resume` from
 the last checkpoint reproduces the uninterrupted run's loss curve bit for bit (CPU fp32); SIGUSR1
 to one rank checkpoints at the next step and exits 76.
+With the argument `lm`: `tessera train --model lm --tp 2` writes a checkpoint that `tessera
+generate` and Hugging Face transformers (the test venv) load and decode greedily to the same
+tokens.
 
-Environment (set by ctest): TESSERA_BIN, MPIEXEC, TESSERA_SOURCE_DIR.
+Environment (set by ctest): TESSERA_BIN, MPIEXEC, TESSERA_SOURCE_DIR, TESSERA_VENV_PYTHON.
 """
 import json
 import os
@@ -162,11 +165,78 @@ def test_preemption_signal(tmp):
           f"--resume continues from step {done} (rc {r.returncode})")
 
 
+# Greedy decoding by transformers along Tessera's tokens: at each step Tessera's token must be
+# transformers' argmax, or within 1e-4 of its top logit (a tie that float rounding may break
+# either way). Prints the largest |logit gap| seen and exits non-zero on a mismatch.
+HF_CHECK = r"""
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32).eval()
+req = json.loads(sys.argv[2])["requests"][0]
+ids, out = list(req["prompt_ids"]), req["output_ids"]
+worst = 0.0
+with torch.no_grad():
+    for t in out:
+        logits = model(torch.tensor([ids])).logits[0, -1]
+        gap = (logits.max() - logits[t]).item()
+        worst = max(worst, gap)
+        ids.append(t)
+print(f"{type(model).__name__}: {len(out)} greedy tokens of tessera generate, largest gap to "
+      f"transformers' top logit {worst:.2e}")
+sys.exit(0 if worst <= 1e-4 else 1)
+"""
+
+
+def test_lm_checkpoint_in_generate_and_transformers(tmp):
+    """`tessera train --model lm --tp 2` on 2 ranks writes a checkpoint that `tessera generate`
+    and transformers load; generate's greedy tokens are transformers' greedy tokens."""
+    py = os.environ.get("TESSERA_VENV_PYTHON", "")
+    if not os.path.exists(py):
+        print("SKIP: no test venv (TESSERA_VENV_PYTHON) for transformers")
+        sys.exit(77)
+    text = os.path.join(tmp, "text.txt")
+    words = ["the", "light", "and", "darkness", "were", "divided", "in", "beginning", "earth",
+             "waters", "of", "was", "good", "said", "let", "there", "be"]
+    x, parts = 12345, []
+    for i in range(3000):
+        x = (x * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        parts.append(words[(x >> 33) % 17] + (".\n" if i % 11 == 10 else " "))
+    with open(text, "w") as f:
+        f.write("".join(parts))
+    ck = os.path.join(tmp, "lm-ck")
+    log = os.path.join(tmp, "lm.jsonl")
+    r = mpirun(2, ["--model", "lm", "--data", text, "--tp", "2", "--lm-layers", "2",
+                   "--lm-hidden", "32", "--lm-heads", "4", "--lm-kv-heads", "2",
+                   "--lm-intermediate", "64", "--seq-len", "32", "--steps", "40",
+                   "--global-batch", "8", "--lr", "1e-2", "--warmup-steps", "5", "--seed", "5",
+                   "--checkpoint-dir", ck, "--log", log])
+    check(r.returncode == 0,
+          f"tessera train --model lm --tp 2 (rc {r.returncode}: {r.stderr[-300:]})")
+    recs = read_log(log)
+    check(len(recs) == 40 and recs[-1]["loss"] < 0.7 * recs[0]["loss"],
+          f"the LM's loss falls ({recs[0]['loss']:.3f} -> {recs[-1]['loss']:.3f})" if recs else
+          "LM log written")
+    model = os.path.join(ck, "step-00000040")
+    g = subprocess.run([BIN, "generate", "--model", model, "--prompt", "the light and ",
+                        "--max-tokens", "16", "--ignore-eos", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    check(g.returncode == 0, f"tessera generate --model {model} (rc {g.returncode}: "
+                             f"{g.stderr[-300:]})")
+    out = json.loads(g.stdout)["requests"][0] if g.returncode == 0 else {}
+    check(len(out.get("output_ids", [])) == 16, f"16 tokens: {out.get('text')!r}")
+    h = subprocess.run([py, "-c", HF_CHECK, model, g.stdout], capture_output=True, text=True,
+                       timeout=180, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    print(h.stdout.strip(), flush=True)
+    check(h.returncode == 0, f"transformers agrees with tessera generate ({h.stderr[-300:]})")
+
+
 def main():
     tmp = tempfile.mkdtemp(prefix="tessera-train-cli-")
+    tests = (test_loss_falls, test_bad_configs, test_kill_and_resume, test_preemption_signal)
+    if sys.argv[1:] == ["lm"]:
+        tests = (test_lm_checkpoint_in_generate_and_transformers,)
     try:
-        for t in (test_loss_falls, test_bad_configs, test_kill_and_resume,
-                  test_preemption_signal):
+        for t in tests:
             print(f"== {t.__name__}", flush=True)
             t(tmp)
     finally:

@@ -172,7 +172,7 @@ TrainConfig small_lm_config(const std::string& dir) {
   return c;
 }
 
-TEST(TrainerMpi, DecoderLmDataZeroAndTensorParallelEqualOneRank) {
+TEST(TrainerMpi, DecoderLmDataZeroTensorParallelAndAccumulationEqualOneRank) {
   const int n = world().size();
   const std::string dir = shared_tmp("lmdata");
   TrainConfig d = small_lm_config(dir);
@@ -185,6 +185,9 @@ TEST(TrainerMpi, DecoderLmDataZeroAndTensorParallelEqualOneRank) {
   TrainConfig z = d;
   z.zero = true;
   EXPECT_LT(max_param_diff(z, r, "lm-zero1"), 1e-5);
+  // Accumulation: n ranks x 1 micro-batch of 4 == 1 rank x n micro-batches of 4.
+  TrainConfig ra = d;
+  EXPECT_LT(max_param_diff(d, ra, "lm-accumulation"), 1e-5);
   if (n % 2 == 0) {
     TrainConfig t = d;
     t.tp = 2;
