@@ -11,7 +11,8 @@ namespace tessera::kernels {
 namespace {
 
 torch::Tensor as_float(const torch::Tensor& t, const char* name) {
-  TESSERA_CHECK(t.dim() == 3, name, " must be 3-D [tokens, heads, head_dim], got shape ", t.sizes());
+  TESSERA_CHECK(t.dim() == 3, name, " must be 3-D [tokens, heads, head_dim], got shape ",
+                t.sizes());
   TESSERA_CHECK(t.scalar_type() == torch::kFloat || t.scalar_type() == torch::kHalf ||
                     t.scalar_type() == torch::kBFloat16,
                 name, " must be float32, float16 or bfloat16, got ", t.scalar_type());

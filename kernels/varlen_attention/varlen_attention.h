@@ -13,14 +13,15 @@
 namespace tessera::kernels {
 
 struct VarlenAttentionView {
-  const float* q = nullptr;  // [total, num_q_heads, head_dim], strides q_stride; head_dim contiguous
+  const float* q =
+      nullptr;  // [total, num_q_heads, head_dim], strides q_stride; head_dim contiguous
   const float* k = nullptr;  // [total, num_kv_heads, head_dim], strides k_stride
   const float* v = nullptr;  // [total, num_kv_heads, head_dim], strides v_stride
   // [num_seqs + 1]: sequence s holds tokens [cu_seqlens[s], cu_seqlens[s + 1]); 0 first,
   // non-decreasing, total last. Empty sequences are allowed.
   const int32_t* cu_seqlens = nullptr;
-  float* out = nullptr;  // [total, num_q_heads, head_dim] contiguous
-  float* lse = nullptr;  // [total, num_q_heads] contiguous, natural log; may be null
+  float* out = nullptr;          // [total, num_q_heads, head_dim] contiguous
+  float* lse = nullptr;          // [total, num_q_heads] contiguous, natural log; may be null
   int64_t q_stride[2] = {0, 0};  // elements between tokens, heads
   int64_t k_stride[2] = {0, 0};
   int64_t v_stride[2] = {0, 0};

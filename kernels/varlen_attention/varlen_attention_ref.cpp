@@ -12,8 +12,8 @@ void varlen_attention_check(const VarlenAttentionView& v) {
   TESSERA_CHECK(v.total >= 0, "total tokens must be >= 0, got ", v.total);
   TESSERA_CHECK(v.head_dim > 0, "head_dim must be positive, got ", v.head_dim);
   TESSERA_CHECK(v.num_kv_heads > 0 && v.num_q_heads > 0 && v.num_q_heads % v.num_kv_heads == 0,
-                "num_q_heads=", v.num_q_heads, " must be a positive multiple of num_kv_heads=",
-                v.num_kv_heads);
+                "num_q_heads=", v.num_q_heads,
+                " must be a positive multiple of num_kv_heads=", v.num_kv_heads);
   TESSERA_CHECK(v.cu_seqlens != nullptr, "cu_seqlens is required");
   TESSERA_CHECK(v.cu_seqlens[0] == 0, "cu_seqlens[0] must be 0, got ", v.cu_seqlens[0]);
   for (int s = 0; s < v.num_seqs; ++s) {
@@ -21,8 +21,8 @@ void varlen_attention_check(const VarlenAttentionView& v) {
                   "cu_seqlens[", s, "]=", v.cu_seqlens[s], " > cu_seqlens[", s + 1,
                   "]=", v.cu_seqlens[s + 1]);
   }
-  TESSERA_CHECK(v.cu_seqlens[v.num_seqs] == v.total, "cu_seqlens[", v.num_seqs, "]=",
-                v.cu_seqlens[v.num_seqs], " must equal the token count ", v.total);
+  TESSERA_CHECK(v.cu_seqlens[v.num_seqs] == v.total, "cu_seqlens[", v.num_seqs,
+                "]=", v.cu_seqlens[v.num_seqs], " must equal the token count ", v.total);
 }
 
 void varlen_attention_ref(const VarlenAttentionView& v) {

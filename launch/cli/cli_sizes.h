@@ -27,8 +27,8 @@ inline int64_t parse_size(const std::string& flag, const std::string& s, bool al
                       : unit == "M" ? 1024.0 * 1024
                       : unit == "G" ? 1024.0 * 1024 * 1024
                                     : -1;
-  TESSERA_CHECK(used > 0 && mult > 0 && (v > 0 || (allow_zero && v == 0)), flag,
-                " must be a ", allow_zero ? "non-negative" : "positive",
+  TESSERA_CHECK(used > 0 && mult > 0 && (v > 0 || (allow_zero && v == 0)), flag, " must be a ",
+                allow_zero ? "non-negative" : "positive",
                 " size in bytes (suffixes K, M, G allowed), got '", s, "'");
   return static_cast<int64_t>(v * mult);
 }

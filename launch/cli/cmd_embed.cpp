@@ -57,7 +57,8 @@ std::vector<int32_t> id_list(const json& v, const std::string& where, const char
 // "token_type_ids": [...]}, optionally with "label" (a class id or a value) or "labels" (a list).
 Inputs read_inputs(const EncodeArgs& a, engine::EncoderService& svc, bool classify) {
   Inputs in;
-  const std::string prompt = classify ? "" : (a.prompt.empty() ? svc.prompt(a.prompt_name) : a.prompt);
+  const std::string prompt =
+      classify ? "" : (a.prompt.empty() ? svc.prompt(a.prompt_name) : a.prompt);
   TESSERA_CHECK(classify || a.prompt.empty() || a.prompt_name.empty(),
                 "give --prompt or --prompt-name, not both");
   for (const auto& t : a.texts) in.inputs.push_back(svc.tokenize(t, prompt));
@@ -144,11 +145,11 @@ void add_common(CLI::App* app, EncodeArgs& a) {
   app->add_option("--attention", a.options.attention,
                   "dense or cluster (default: the config's tessera_attention, else dense)")
       ->check(CLI::IsMember({"dense", "cluster"}));
-  app->add_option("--cluster-size", a.options.cluster_size, "Tokens per cluster (cluster attention)");
+  app->add_option("--cluster-size", a.options.cluster_size,
+                  "Tokens per cluster (cluster attention)");
   app->add_option("--nearest-clusters", a.options.nearest_clusters,
                   "Clusters each token attends to (cluster attention)");
-  app->add_option("--max-batch-tokens", a.options.max_batch_tokens,
-                  "Tokens per packed forward")
+  app->add_option("--max-batch-tokens", a.options.max_batch_tokens, "Tokens per packed forward")
       ->capture_default_str();
   app->add_option("--load-memory-budget", a.load_memory_budget,
                   "Bytes of checkpoint data resident while loading (K/M/G; default unbounded)");
@@ -218,11 +219,16 @@ std::vector<Command> register_embed(CLI::App& root) {
         const double secs = seconds_since(t0);
         const auto& info = svc.info();
         if (a->json) {
-          json j = {{"model", info.model_dir},        {"model_type", info.model_type},
-                    {"dimensions", info.dimensions},  {"pooling", info.pooling},
-                    {"normalize", info.normalize},    {"attention", info.attention},
-                    {"tp", info.tp_size},             {"inputs", vectors.size()},
-                    {"tokens", tokens},               {"seconds", secs},
+          json j = {{"model", info.model_dir},
+                    {"model_type", info.model_type},
+                    {"dimensions", info.dimensions},
+                    {"pooling", info.pooling},
+                    {"normalize", info.normalize},
+                    {"attention", info.attention},
+                    {"tp", info.tp_size},
+                    {"inputs", vectors.size()},
+                    {"tokens", tokens},
+                    {"seconds", secs},
                     {"embeddings", vectors}};
           std::printf("%s\n", j.dump().c_str());
         } else {

@@ -33,15 +33,15 @@ struct EncoderInput {
 enum class EncoderTask : uint8_t { kEmbed, kClassify };
 
 struct EncoderOptions {
-  std::string model;                // a Hugging Face / sentence-transformers folder
-  int64_t load_memory_budget = 0;   // bytes; 0 = unbounded (WeightLoadOptions::memory_budget)
-  bool load_progress = false;       // progress bar on stderr while loading (leader only)
-  std::string attention;            // "" = the config's (dense unless tessera_attention says),
-                                    // "dense" or "cluster"
-  int64_t cluster_size = 0;         // 0 = the config's / default
-  int64_t nearest_clusters = 0;     // 0 = the config's / default
+  std::string model;                 // a Hugging Face / sentence-transformers folder
+  int64_t load_memory_budget = 0;    // bytes; 0 = unbounded (WeightLoadOptions::memory_budget)
+  bool load_progress = false;        // progress bar on stderr while loading (leader only)
+  std::string attention;             // "" = the config's (dense unless tessera_attention says),
+                                     // "dense" or "cluster"
+  int64_t cluster_size = 0;          // 0 = the config's / default
+  int64_t nearest_clusters = 0;      // 0 = the config's / default
   int64_t max_batch_tokens = 16384;  // tokens per packed forward
-  int device = -1;                  // CUDA device index, -1 = CPU
+  int device = -1;                   // CUDA device index, -1 = CPU
 };
 
 struct EncoderInfo {
@@ -54,8 +54,8 @@ struct EncoderInfo {
   std::string pooling;        // "mean", "cls", "cls+max", ...
   bool normalize = false;
   bool include_prompt = true;
-  std::string attention;  // "dense" or "cluster"
-  int64_t weight_bytes = 0;   // this rank's
+  std::string attention;     // "dense" or "cluster"
+  int64_t weight_bytes = 0;  // this rank's
   int tp_size = 1;
   // Sequence classification (has_classifier): labels in id order, the score function
   // ("softmax" / "sigmoid") and the config's problem_type ("unset" when absent).
@@ -109,8 +109,7 @@ class EncoderService final : public EmbeddingClient {
   // input), or values (one per input for one label, else one per label). Throws naming the
   // label that does not fit.
   double classifier_loss(const std::vector<std::vector<float>>& logits,
-                         const std::vector<std::vector<double>>& labels,
-                         bool integer_labels) const;
+                         const std::vector<std::vector<double>>& labels, bool integer_labels) const;
 
   // Leader: runs everything queued on this thread (batched), then returns. The blocking form
   // queues and runs at once; it throws the request's error (use it when nothing runs the loop).

@@ -95,7 +95,8 @@ struct EncoderService::Impl {
     if (released) return;
     released = true;
     if (control == nullptr || control->size() == 1) return;
-    auto header = torch::tensor({static_cast<int64_t>(kStop), int64_t{0}, int64_t{0}}, torch::kLong);
+    auto header =
+        torch::tensor({static_cast<int64_t>(kStop), int64_t{0}, int64_t{0}}, torch::kLong);
     control->broadcast(header, 0);
   }
 
@@ -194,8 +195,8 @@ struct EncoderService::Impl {
       const int64_t total = batch.tokens.numel();
       auto header = torch::tensor({static_cast<int64_t>(kBatch), n, total}, torch::kLong);
       control->broadcast(header, 0);
-      auto lens = (batch.cu_seqlens.narrow(0, 1, n) - batch.cu_seqlens.narrow(0, 0, n))
-                      .to(torch::kLong);
+      auto lens =
+          (batch.cu_seqlens.narrow(0, 1, n) - batch.cu_seqlens.narrow(0, 0, n)).to(torch::kLong);
       auto payload = torch::cat({lens, batch.tokens, batch.token_types});
       control->broadcast(payload, 0);
     }
@@ -222,8 +223,8 @@ struct EncoderService::Impl {
     };
     try {
       if (!embed_rows.empty()) {
-        auto pooled = models::pool_sentences(states, batch.cu_seqlens, sentence.pooling,
-                                             prompt_lengths);
+        auto pooled =
+            models::pool_sentences(states, batch.cu_seqlens, sentence.pooling, prompt_lengths);
         if (sentence.normalize) pooled = models::l2_normalize(pooled);
         auto idx = torch::tensor(embed_rows, torch::kLong).to(pooled.device());
         store(embed_rows, pooled.index_select(0, idx));
@@ -265,15 +266,17 @@ EncoderService::EncoderService(const EncoderOptions& options, sharding::Communic
                                     : models::EncoderAttentionChoice::Kind::kCluster;
     }
     if (options.cluster_size > 0) m.config.attention.cluster_size = options.cluster_size;
-    if (options.nearest_clusters > 0) m.config.attention.nearest_clusters = options.nearest_clusters;
+    if (options.nearest_clusters > 0)
+      m.config.attention.nearest_clusters = options.nearest_clusters;
     m.config.validate();
     m.config.check_tensor_parallel(tp_size);
-    m.sentence = models::SentenceConfig::from_folder(options.model, m.config.max_position_embeddings);
+    m.sentence =
+        models::SentenceConfig::from_folder(options.model, m.config.max_position_embeddings);
     const auto& pool = m.sentence.pooling;
-    TESSERA_CHECK(pool.word_embedding_dimension == 0 ||
-                      pool.word_embedding_dimension == m.config.hidden_size,
-                  "1_Pooling/config.json: word_embedding_dimension=", pool.word_embedding_dimension,
-                  " differs from the model's hidden_size=", m.config.hidden_size);
+    TESSERA_CHECK(
+        pool.word_embedding_dimension == 0 || pool.word_embedding_dimension == m.config.hidden_size,
+        "1_Pooling/config.json: word_embedding_dimension=", pool.word_embedding_dimension,
+        " differs from the model's hidden_size=", m.config.hidden_size);
     if (m.leader && folder.tokenizer_json()) {
       m.tokenizer = tokenizers::Tokenizer::from_folder(dir);
       // The special tokens the post-processor puts around a sequence, from one probe text:
@@ -295,9 +298,8 @@ EncoderService::EncoderService(const EncoderOptions& options, sharding::Communic
     }
     const torch::Device device = options.device >= 0 ? torch::Device(torch::kCUDA, options.device)
                                                      : torch::Device(torch::kCPU);
-    models::WeightLoader weights(
-        folder, {.memory_budget = options.load_memory_budget,
-                 .progress = options.load_progress && m.leader});
+    models::WeightLoader weights(folder, {.memory_budget = options.load_memory_budget,
+                                          .progress = options.load_progress && m.leader});
     m.model = std::make_unique<models::EncoderModel>(m.config, weights, tp, device);
 
     EncoderInfo& i = m.info;
@@ -381,8 +383,8 @@ double EncoderService::classifier_loss(const std::vector<std::vector<float>>& lo
                                        bool integer_labels) const {
   const auto& c = impl_->config;
   TESSERA_CHECK(c.has_classifier, "the model has no sequence-classification head");
-  TESSERA_CHECK(logits.size() == labels.size() && !logits.empty(), labels.size(),
-                " labels for ", logits.size(), " inputs");
+  TESSERA_CHECK(logits.size() == labels.size() && !logits.empty(), labels.size(), " labels for ",
+                logits.size(), " inputs");
   const auto b = static_cast<int64_t>(logits.size());
   auto l = torch::empty({b, c.num_labels});
   for (int64_t i = 0; i < b; ++i) {

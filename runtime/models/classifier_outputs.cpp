@@ -35,8 +35,8 @@ double classifier_loss(const torch::Tensor& logits, const torch::Tensor& labels,
                       "), got shape ", labels.sizes());
         return torch::mse_loss(logits.reshape({b}), lf.reshape({b})).item<double>();
       }
-      TESSERA_CHECK(lf.dim() == 2 && lf.size(0) == b && lf.size(1) == n,
-                    "regression labels: [", b, ", ", n, "] expected, got shape ", labels.sizes());
+      TESSERA_CHECK(lf.dim() == 2 && lf.size(0) == b && lf.size(1) == n, "regression labels: [", b,
+                    ", ", n, "] expected, got shape ", labels.sizes());
       return torch::mse_loss(logits, lf).item<double>();
     }
     case ProblemType::kSingleLabel: {

@@ -65,8 +65,8 @@ constexpr const char* kEncoderTypes = "bert, modernbert";
 void read_classifier(const json& j, EncoderConfig& c, const std::string& origin) {
   const std::string& a = c.architecture;
   const std::string suffix = "ForSequenceClassification";
-  c.has_classifier = a.size() > suffix.size() &&
-                     a.compare(a.size() - suffix.size(), suffix.size(), suffix) == 0;
+  c.has_classifier =
+      a.size() > suffix.size() && a.compare(a.size() - suffix.size(), suffix.size(), suffix) == 0;
   if (!c.has_classifier) {
     const bool known = a.empty() || a == "BertModel" || a == "BertForMaskedLM" ||
                        a == "BertForPreTraining" || a == "ModernBertModel" ||
@@ -97,8 +97,8 @@ void read_classifier(const json& j, EncoderConfig& c, const std::string& origin)
         used = 0;
       }
       TESSERA_CHECK(used == key.size() && id >= 0 && id < c.num_labels && value.is_string(), origin,
-                    ": id2label must map the ids 0..", c.num_labels - 1,
-                    " to strings, got key '", key, "' -> ", value.dump());
+                    ": id2label must map the ids 0..", c.num_labels - 1, " to strings, got key '",
+                    key, "' -> ", value.dump());
       c.labels[id] = value.get<std::string>();
     }
   } else {
@@ -200,8 +200,7 @@ void read_modernbert(const json& j, EncoderConfig& c, const std::string& origin)
       const std::string where = origin + ": rope_parameters." + kind;
       TESSERA_CHECK(p.is_object(), where, " must be an object, got ", p.dump());
       const std::string type = get_string(p, "rope_type", "default", where);
-      TESSERA_CHECK(type == "default", where, ".rope_type='", type,
-                    "' is not supported (default)");
+      TESSERA_CHECK(type == "default", where, ".rope_type='", type, "' is not supported (default)");
       double& theta = std::string(kind) == "full_attention" ? global_theta : local_theta;
       theta = get_double(p, "rope_theta", theta, where);
     }
@@ -230,7 +229,8 @@ void read_attention_choice(const json& j, EncoderConfig& c, const std::string& o
   c.attention.kind = type == "dense" ? EncoderAttentionChoice::Kind::kDense
                                      : EncoderAttentionChoice::Kind::kCluster;
   c.attention.cluster_size = get_int(a, "cluster_size", where, c.attention.cluster_size);
-  c.attention.nearest_clusters = get_int(a, "nearest_clusters", where, c.attention.nearest_clusters);
+  c.attention.nearest_clusters =
+      get_int(a, "nearest_clusters", where, c.attention.nearest_clusters);
 }
 
 }  // namespace
@@ -279,10 +279,10 @@ EncoderConfig EncoderConfig::from_json_text(const std::string& text, const std::
   c.num_hidden_layers = get_int(j, "num_hidden_layers", origin);
   c.num_attention_heads = get_int(j, "num_attention_heads", origin);
   c.pad_token_id = present(j, "pad_token_id") ? get_int(j, "pad_token_id", origin) : -1;
-  TESSERA_CHECK(c.num_attention_heads > 0 && c.hidden_size > 0 &&
-                    c.hidden_size % c.num_attention_heads == 0,
-                origin, ": hidden_size=", c.hidden_size,
-                " must be a positive multiple of num_attention_heads=", c.num_attention_heads);
+  TESSERA_CHECK(
+      c.num_attention_heads > 0 && c.hidden_size > 0 && c.hidden_size % c.num_attention_heads == 0,
+      origin, ": hidden_size=", c.hidden_size,
+      " must be a positive multiple of num_attention_heads=", c.num_attention_heads);
   c.head_dim = c.hidden_size / c.num_attention_heads;
   TESSERA_CHECK(c.num_hidden_layers > 0, origin, ": num_hidden_layers must be positive, got ",
                 c.num_hidden_layers);

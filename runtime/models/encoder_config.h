@@ -1,9 +1,9 @@
-// Encoder configuration read from a Hugging Face config.json: BERT (absolute positions, token types,
-// post-LayerNorm, GELU MLP, pooler) and ModernBERT (rotary positions with one theta for global and
-// one for local layers, pre-norm, bias-free LayerNorm, GeGLU MLP, alternating global and sliding-
-// window attention, final norm). What differs between the families is data here — position kind,
-// norm placement, biases, MLP shape, per-layer windows and rope bases — read by one forward pass,
-// not two models. A sequence-classification head (BertForSequenceClassification /
+// Encoder configuration read from a Hugging Face config.json: BERT (absolute positions, token
+// types, post-LayerNorm, GELU MLP, pooler) and ModernBERT (rotary positions with one theta for
+// global and one for local layers, pre-norm, bias-free LayerNorm, GeGLU MLP, alternating global and
+// sliding- window attention, final norm). What differs between the families is data here — position
+// kind, norm placement, biases, MLP shape, per-layer windows and rope bases — read by one forward
+// pass, not two models. A sequence-classification head (BertForSequenceClassification /
 // ModernBertForSequenceClassification) is described too. Torch-free; every field that changes the
 // arithmetic is read or the config is refused with one line naming the field and its value.
 #pragma once
@@ -24,10 +24,10 @@ enum class ClassifierPooling : uint8_t { kCls, kMean };
 
 // transformers' problem_type: which output function and loss a head's logits take.
 enum class ProblemType : uint8_t {
-  kUnset,               // regression when num_labels == 1, else softmax / from the labels' type
-  kRegression,          // identity, MSE
-  kSingleLabel,         // softmax, cross entropy
-  kMultiLabel,          // sigmoid, BCE with logits
+  kUnset,        // regression when num_labels == 1, else softmax / from the labels' type
+  kRegression,   // identity, MSE
+  kSingleLabel,  // softmax, cross entropy
+  kMultiLabel,   // sigmoid, BCE with logits
 };
 const char* problem_type_name(ProblemType p);
 

@@ -150,7 +150,8 @@ EncoderModel::EncoderModel(const EncoderConfig& config, const WeightLoader& w,
       L.qkv_w = torch::empty({h, 3 * ql}, opts);
       if (c.attention_bias) L.qkv_b = torch::empty({3 * ql}, opts);
       for (int k = 0; k < 3; ++k) {
-        rows_into(L.qkv_w.narrow(1, k * ql, ql), lp + "attn.Wqkv.weight", {3 * h, h}, at(qs, k * h));
+        rows_into(L.qkv_w.narrow(1, k * ql, ql), lp + "attn.Wqkv.weight", {3 * h, h},
+                  at(qs, k * h));
         if (c.attention_bias) {
           vec_into(L.qkv_b.narrow(0, k * ql, ql), lp + "attn.Wqkv.bias", 3 * h, at(qs, k * h));
         }
@@ -229,9 +230,9 @@ int64_t EncoderModel::weight_bytes() const {
   auto add = [&](const torch::Tensor& t) {
     if (t.defined()) n += t.numel() * static_cast<int64_t>(t.element_size());
   };
-  for (const auto* t : {&word_, &position_, &token_type_, &emb_norm_w_, &emb_norm_b_,
-                        &final_norm_w_, &final_norm_b_, &pool_w_, &pool_b_, &head_norm_w_,
-                        &head_norm_b_, &cls_w_, &cls_b_}) {
+  for (const auto* t :
+       {&word_, &position_, &token_type_, &emb_norm_w_, &emb_norm_b_, &final_norm_w_,
+        &final_norm_b_, &pool_w_, &pool_b_, &head_norm_w_, &head_norm_b_, &cls_w_, &cls_b_}) {
     add(*t);
   }
   for (const auto& L : layers_) {
@@ -283,14 +284,15 @@ void EncoderModel::check_inputs(const EncoderBatch& b) const {
                 "encoder batch: cu_seqlens must be CPU int32 [B + 1]");
   const auto* cu = b.cu_seqlens.data_ptr<int32_t>();
   const int64_t n = b.num_seqs();
-  TESSERA_CHECK(cu[0] == 0 && cu[n] == b.tokens.numel(), "encoder batch: cu_seqlens must run from 0",
-                " to the token count ", b.tokens.numel());
+  TESSERA_CHECK(cu[0] == 0 && cu[n] == b.tokens.numel(),
+                "encoder batch: cu_seqlens must run from 0", " to the token count ",
+                b.tokens.numel());
   for (int64_t s = 0; s < n; ++s) {
     const int64_t len = cu[s + 1] - cu[s];
     TESSERA_CHECK(len >= 1, "input ", s, " is empty: an encoder input needs at least one token");
-    TESSERA_CHECK(len <= c.max_position_embeddings, "input ", s, " has ", len,
-                  " tokens, more than the model's max_position_embeddings=",
-                  c.max_position_embeddings);
+    TESSERA_CHECK(
+        len <= c.max_position_embeddings, "input ", s, " has ", len,
+        " tokens, more than the model's max_position_embeddings=", c.max_position_embeddings);
   }
   if (b.tokens.numel() == 0) return;
   const auto* tok = b.tokens.data_ptr<int64_t>();

@@ -86,9 +86,9 @@ class EncoderModel {
   std::vector<RotaryEmbedding> ropes_;
   std::vector<int> layer_rope_;
   // Classification head.
-  torch::Tensor pool_w_, pool_b_;      // BERT pooler / ModernBERT head.dense [hidden, hidden]
+  torch::Tensor pool_w_, pool_b_;            // BERT pooler / ModernBERT head.dense [hidden, hidden]
   torch::Tensor head_norm_w_, head_norm_b_;  // ModernBERT head.norm
-  torch::Tensor cls_w_, cls_b_;        // classifier [hidden, num_labels], [num_labels]
+  torch::Tensor cls_w_, cls_b_;              // classifier [hidden, num_labels], [num_labels]
 };
 
 }  // namespace tessera::models

@@ -157,10 +157,10 @@ SentenceConfig SentenceConfig::from_folder(const std::string& dir, int64_t model
     const std::string origin = (tdir / "sentence_bert_config.json").string();
     TESSERA_CHECK(sb->is_object(), origin, ": must be a JSON object");
     if (sb->contains("max_seq_length") && !(*sb)["max_seq_length"].is_null()) {
-      TESSERA_CHECK((*sb)["max_seq_length"].is_number_integer() &&
-                        (*sb)["max_seq_length"].get<int64_t>() > 0,
-                    origin, ": 'max_seq_length' must be a positive integer, got ",
-                    (*sb)["max_seq_length"].dump());
+      TESSERA_CHECK(
+          (*sb)["max_seq_length"].is_number_integer() && (*sb)["max_seq_length"].get<int64_t>() > 0,
+          origin, ": 'max_seq_length' must be a positive integer, got ",
+          (*sb)["max_seq_length"].dump());
       max_len = (*sb)["max_seq_length"].get<int64_t>();
     }
     c.do_lower_case = flag(*sb, "do_lower_case", false, origin);
@@ -193,8 +193,8 @@ SentenceConfig SentenceConfig::from_folder(const std::string& dir, int64_t model
       TESSERA_CHECK((*st)["default_prompt_name"].is_string(), origin,
                     ": 'default_prompt_name' must be a string");
       c.default_prompt_name = (*st)["default_prompt_name"].get<std::string>();
-      TESSERA_CHECK(c.prompts.count(c.default_prompt_name) > 0, origin,
-                    ": default_prompt_name '", c.default_prompt_name, "' is not in 'prompts'");
+      TESSERA_CHECK(c.prompts.count(c.default_prompt_name) > 0, origin, ": default_prompt_name '",
+                    c.default_prompt_name, "' is not in 'prompts'");
     }
   }
   return c;

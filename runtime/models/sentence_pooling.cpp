@@ -20,8 +20,9 @@ torch::Tensor pool_sentences(const torch::Tensor& states, const torch::Tensor& c
   // Rows [first, last) of each sequence that pooling reads (the prompt left out when asked).
   std::vector<int64_t> begin(b), end(b);
   for (int64_t s = 0; s < b; ++s) {
-    const int64_t skip =
-        config.include_prompt || prompt_lengths.empty() ? 0 : std::max<int64_t>(0, prompt_lengths[s]);
+    const int64_t skip = config.include_prompt || prompt_lengths.empty()
+                             ? 0
+                             : std::max<int64_t>(0, prompt_lengths[s]);
     begin[s] = std::min<int64_t>(cu[s] + skip, cu[s + 1]);
     end[s] = cu[s + 1];
   }

@@ -130,8 +130,8 @@ void WeightLoader::load_into(const std::string& name, const std::vector<int64_t>
                                 torch::TensorOptions().dtype(torch_type(e.dtype, name)));
   const int64_t rows = e.shape.empty() ? 1 : e.shape[0];
   if (e.shape.empty()) {
-    TESSERA_CHECK(dst.numel() == 1, "tensor '", name, "' is a scalar but its destination has shape ",
-                  dst.sizes());
+    TESSERA_CHECK(dst.numel() == 1, "tensor '", name,
+                  "' is a scalar but its destination has shape ", dst.sizes());
     dst.copy_(whole.reshape(dst.sizes()));
     bytes_loaded_ += static_cast<int64_t>(e.nbytes);
     advance_progress(static_cast<int64_t>(e.nbytes));
@@ -145,8 +145,8 @@ void WeightLoader::load_into(const std::string& name, const std::vector<int64_t>
   part_shape[dim] = range.size;
   TESSERA_CHECK(dst.sizes().vec() == part_shape, "tensor '", name, "': destination has shape ",
                 shape_str(dst.sizes().vec()), " but the slice has shape ", shape_str(part_shape));
-  TESSERA_CHECK(dst.is_floating_point() == whole.is_floating_point(), "tensor '", name,
-                "': dtype ", dtype_name(e.dtype), " cannot be loaded into ", dst.scalar_type());
+  TESSERA_CHECK(dst.is_floating_point() == whole.is_floating_point(), "tensor '", name, "': dtype ",
+                dtype_name(e.dtype), " cannot be loaded into ", dst.scalar_type());
 
   // Leading rows the slice touches, and the bytes of one such row in the file.
   const int64_t row_begin = dim == 0 ? range.begin : 0;
@@ -157,11 +157,10 @@ void WeightLoader::load_into(const std::string& name, const std::vector<int64_t>
     // A quarter of the budget per chunk: the chunk's mapped pages, a staging copy when the
     // destination converts across devices (up to twice the bytes for 16-bit to float32), and
     // the folio borders the release rounds out to.
-    const int64_t element_ratio =
-        std::max<int64_t>(1, static_cast<int64_t>(dst.element_size()) /
-                                 static_cast<int64_t>(dtype_size(e.dtype)));
-    const int64_t chunk_bytes = std::max<int64_t>(options_.memory_budget / (2 + 2 * element_ratio),
-                                                  row_bytes);
+    const int64_t element_ratio = std::max<int64_t>(
+        1, static_cast<int64_t>(dst.element_size()) / static_cast<int64_t>(dtype_size(e.dtype)));
+    const int64_t chunk_bytes =
+        std::max<int64_t>(options_.memory_budget / (2 + 2 * element_ratio), row_bytes);
     chunk_rows = std::max<int64_t>(1, chunk_bytes / row_bytes);
   }
   for (int64_t r = row_begin; r < row_end; r += chunk_rows) {

@@ -18,8 +18,8 @@ class DenseEncoderAttention final : public EncoderAttention {
  public:
   torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
                        const torch::Tensor& cu_seqlens, int64_t window, double scale) override {
-    auto [out, lse] = kernels::varlen_attention(q, k, v, cu_seqlens,
-                                                {.scale = scale, .window = window});
+    auto [out, lse] =
+        kernels::varlen_attention(q, k, v, cu_seqlens, {.scale = scale, .window = window});
     return out.view({q.size(0), q.size(1) * q.size(2)});
   }
 };
@@ -58,8 +58,8 @@ class ClusterEncoderAttention final : public EncoderAttention {
     }
     auto it = cache_.find(window);
     if (it == cache_.end()) {
-      auto lists = cluster_neighbours(cu_seqlens, choice_.cluster_size, choice_.nearest_clusters,
-                                      window);
+      auto lists =
+          cluster_neighbours(cu_seqlens, choice_.cluster_size, choice_.nearest_clusters, window);
       lists.first = lists.first.to(device);
       lists.second = lists.second.to(device);
       it = cache_.emplace(window, std::move(lists)).first;

@@ -103,8 +103,7 @@ TEST_P(VarlenAttentionCuda, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Shapes, VarlenAttentionCuda,
                          ::testing::Values(Case{{5, 1, 17, 0, 33}, 4, 4, 32, -1},
                                            Case{{300, 3, 129}, 2, 2, 16, 64},
-                                           Case{{70, 40}, 6, 2, 7, 0},
-                                           Case{{1}, 3, 1, 80, 5}));
+                                           Case{{70, 40}, 6, 2, 7, 0}, Case{{1}, 3, 1, 80, 5}));
 
 }  // namespace
 }  // namespace tessera::kernels

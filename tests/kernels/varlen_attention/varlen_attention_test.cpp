@@ -13,8 +13,9 @@ namespace tessera::kernels {
 namespace {
 
 // Dense attention of each sequence alone, in float64 libtorch.
-torch::Tensor dense_reference(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                              const std::vector<int32_t>& cu, double scale, int64_t window) {
+torch::Tensor dense_reference(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const std::vector<int32_t>& cu, double scale,
+                              int64_t window) {
   auto out = torch::zeros(q.sizes(), torch::kDouble);
   const int64_t group = q.size(1) / k.size(1);
   for (size_t s = 0; s + 1 < cu.size(); ++s) {
@@ -72,13 +73,13 @@ TEST_P(VarlenAttention, FastCpuMatchesReferenceAndDenseTorch) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, VarlenAttention,
-    ::testing::Values(Case{{5, 1, 17, 0, 33}, 4, 4, 32, -1},     // MiniLM-like heads, empty seq
-                      Case{{200, 3, 129}, 2, 2, 16, 64},         // ModernBERT window ±64
-                      Case{{70, 40}, 6, 2, 7, 0},                // grouped, window 0 = itself
-                      Case{{1}, 3, 1, 80, 5},                    // one token, odd head_dim
-                      Case{{31, 47, 2, 100}, 4, 2, 64, 3},       // narrow window, several tiles
-                      Case{{0, 0}, 2, 1, 8, -1},                 // nothing at all
-                      Case{{513}, 1, 1, 1, -1}));                // head_dim 1, long sequence
+    ::testing::Values(Case{{5, 1, 17, 0, 33}, 4, 4, 32, -1},  // MiniLM-like heads, empty seq
+                      Case{{200, 3, 129}, 2, 2, 16, 64},      // ModernBERT window ±64
+                      Case{{70, 40}, 6, 2, 7, 0},             // grouped, window 0 = itself
+                      Case{{1}, 3, 1, 80, 5},                 // one token, odd head_dim
+                      Case{{31, 47, 2, 100}, 4, 2, 64, 3},    // narrow window, several tiles
+                      Case{{0, 0}, 2, 1, 8, -1},              // nothing at all
+                      Case{{513}, 1, 1, 1, -1}));             // head_dim 1, long sequence
 
 TEST(VarlenAttention, HalfInputsComputeInFloat) {
   torch::manual_seed(3);

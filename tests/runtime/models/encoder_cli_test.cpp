@@ -55,10 +55,10 @@ TEST(EncoderCli, ClassifyTextsMatchesTransformers) {
   std::string args;
   for (const auto& t : bert["texts"]) args += " --text '" + t.get<std::string>() + "'";
   for (int np : {1, 2}) {
-    const auto r = ::tessera::testing::run_command(
-        (np > 1 ? mpi(np) : "") + bin() + " classify --model " + bert["dir"].get<std::string>() +
-            args + " --json",
-        120);
+    const auto r =
+        ::tessera::testing::run_command((np > 1 ? mpi(np) : "") + bin() + " classify --model " +
+                                            bert["dir"].get<std::string>() + args + " --json",
+                                        120);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto j = json::parse(r.out);
     EXPECT_EQ(j["score_function"], "softmax");
@@ -86,8 +86,8 @@ TEST(EncoderCli, LabelledJsonlGivesTheLossOfTransformers) {
   for (const char* name : {"bert_single", "bert_multilabel", "modernbert_mean_regression"}) {
     SCOPED_TRACE(name);
     const json& e = model_named(m, name);
-    const std::string path = fs::temp_directory_path() / (std::string("tessera_cls_") + name +
-                                                          ".jsonl");
+    const std::string path =
+        fs::temp_directory_path() / (std::string("tessera_cls_") + name + ".jsonl");
     {
       std::ofstream out(path);
       for (size_t i = 0; i < e["inputs"].size(); ++i) {
@@ -97,10 +97,10 @@ TEST(EncoderCli, LabelledJsonlGivesTheLossOfTransformers) {
         out << line.dump() << "\n";
       }
     }
-    const auto r = ::tessera::testing::run_command(
-        bin() + " classify --model " + e["dir"].get<std::string>() + " --jsonl " + path +
-            " --json --max-batch-tokens 64",
-        120);
+    const auto r =
+        ::tessera::testing::run_command(bin() + " classify --model " + e["dir"].get<std::string>() +
+                                            " --jsonl " + path + " --json --max-batch-tokens 64",
+                                        120);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto j = json::parse(r.out);
     EXPECT_NEAR(j["loss"].get<double>(), e["loss"].get<double>(), 1e-4);
@@ -149,17 +149,15 @@ TEST(EncoderCli, BadCheckpointsAndInputsFailWithOneLine) {
       if (x.name == "bert.embeddings.word_embeddings.weight") x.shape = {100, 128};
     }
   });
-  const auto arch = broken(good, "arch", [](auto&, json& c) {
-    c["model_type"] = "t5";
-  });
-  const auto headless = broken(good, "headless", [](auto&, json& c) {
-    c["architectures"] = {"BertModel"};
-  });
+  const auto arch = broken(good, "arch", [](auto&, json& c) { c["model_type"] = "t5"; });
+  const auto headless =
+      broken(good, "headless", [](auto&, json& c) { c["architectures"] = {"BertModel"}; });
   const std::string mb = model_named(m, "modernbert_cls")["dir"];
   const std::string bad_ids = fs::temp_directory_path() / "tessera_bad_ids.jsonl";
   std::ofstream(bad_ids) << "{\"input_ids\": [2, 5000]}\n";
   const std::vector<Case> cases = {
-      {"missing tensor", missing, "classify --text hi", "checkpoint has no tensor 'classifier.bias'"},
+      {"missing tensor", missing, "classify --text hi",
+       "checkpoint has no tensor 'classifier.bias'"},
       {"shape", shape, "classify --text hi",
        "tensor 'bert.embeddings.word_embeddings.weight' has shape [100, 128] but the config "
        "implies [200, 64]"},

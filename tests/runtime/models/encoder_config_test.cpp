@@ -19,10 +19,18 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 
 json bert() {
-  return {{"architectures", {"BertModel"}}, {"model_type", "bert"},   {"vocab_size", 30522},
-          {"hidden_size", 384},             {"num_hidden_layers", 6}, {"num_attention_heads", 12},
-          {"intermediate_size", 1536},      {"hidden_act", "gelu"},   {"layer_norm_eps", 1e-12},
-          {"max_position_embeddings", 512}, {"type_vocab_size", 2},   {"pad_token_id", 0}};
+  return {{"architectures", {"BertModel"}},
+          {"model_type", "bert"},
+          {"vocab_size", 30522},
+          {"hidden_size", 384},
+          {"num_hidden_layers", 6},
+          {"num_attention_heads", 12},
+          {"intermediate_size", 1536},
+          {"hidden_act", "gelu"},
+          {"layer_norm_eps", 1e-12},
+          {"max_position_embeddings", 512},
+          {"type_vocab_size", 2},
+          {"pad_token_id", 0}};
 }
 
 json modernbert() {
@@ -90,8 +98,7 @@ TEST(EncoderConfig, ModernBertAlternatesGlobalAndLocalLayers) {
   j.erase("local_rope_theta");
   j["num_hidden_layers"] = 4;
   j["global_attn_every_n_layers"] = 2;
-  j["layer_types"] = {"full_attention", "sliding_attention", "full_attention",
-                      "sliding_attention"};
+  j["layer_types"] = {"full_attention", "sliding_attention", "full_attention", "sliding_attention"};
   j["rope_parameters"] = {{"full_attention", {{"rope_type", "default"}, {"rope_theta", 8e4}}},
                           {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 5e3}}}};
   j["local_attention"] = 10;
@@ -160,12 +167,18 @@ class SentenceConfigTest : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
   void write(const std::string& name, const json& j) { std::ofstream(dir_ / name) << j.dump(); }
   json modules(bool normalize) {
-    json m = {{{"idx", 0}, {"name", "0"}, {"path", ""},
+    json m = {{{"idx", 0},
+               {"name", "0"},
+               {"path", ""},
                {"type", "sentence_transformers.models.Transformer"}},
-              {{"idx", 1}, {"name", "1"}, {"path", "1_Pooling"},
+              {{"idx", 1},
+               {"name", "1"},
+               {"path", "1_Pooling"},
                {"type", "sentence_transformers.models.Pooling"}}};
     if (normalize) {
-      m.push_back({{"idx", 2}, {"name", "2"}, {"path", "2_Normalize"},
+      m.push_back({{"idx", 2},
+                   {"name", "2"},
+                   {"path", "2_Normalize"},
                    {"type", "sentence_transformers.models.Normalize"}});
     }
     return m;
@@ -225,7 +238,9 @@ TEST_F(SentenceConfigTest, PlainFoldersGetMeanPoolingAndTheTokenizerLimit) {
 
 TEST_F(SentenceConfigTest, RefusesModulesAndPoolingItDoesNotKnow) {
   json m = modules(false);
-  m.push_back({{"idx", 2}, {"name", "2"}, {"path", "2_Dense"},
+  m.push_back({{"idx", 2},
+               {"name", "2"},
+               {"path", "2_Dense"},
                {"type", "sentence_transformers.models.Dense"}});
   write("modules.json", m);
   write("1_Pooling/config.json", {{"pooling_mode_mean_tokens", true}});

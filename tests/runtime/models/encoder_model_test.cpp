@@ -237,8 +237,8 @@ TEST(EncoderModel, BadCheckpointsFailWithOneLineNamingTheTensor) {
       << err;
 
   err = load_error(edited_copy(good, "extra", r, [&](auto& t) {
-    t.push_back({"bert.encoder.layer.7.output.dense.weight", DType::kF32, {1},
-                 std::vector<uint8_t>(4, 0)});
+    t.push_back(
+        {"bert.encoder.layer.7.output.dense.weight", DType::kF32, {1}, std::vector<uint8_t>(4, 0)});
   }));
   EXPECT_NE(err.find("checkpoint tensor 'bert.encoder.layer.7.output.dense.weight' is not used"),
             std::string::npos)

@@ -54,10 +54,9 @@ inline std::string ensure_encoder_reference() {
   if (!std::filesystem::exists(manifest)) {
     std::filesystem::create_directories(std::filesystem::path(dir).parent_path());
     const std::string tmp = dir + ".tmp" + std::to_string(::getpid());
-    const std::string cmd = "HF_HUB_OFFLINE=1 '" + env("TESSERA_VENV_PYTHON") + "' '" +
-                            env("TESSERA_SOURCE_DIR") +
-                            "/tests/runtime/models/encoder_checkpoints.py' '" + tmp + "' > '" +
-                            dir + ".log' 2>&1";
+    const std::string cmd =
+        "HF_HUB_OFFLINE=1 '" + env("TESSERA_VENV_PYTHON") + "' '" + env("TESSERA_SOURCE_DIR") +
+        "/tests/runtime/models/encoder_checkpoints.py' '" + tmp + "' > '" + dir + ".log' 2>&1";
     if (std::system(cmd.c_str()) != 0) {
       throw std::runtime_error("encoder_checkpoints.py failed, see " + dir + ".log");
     }

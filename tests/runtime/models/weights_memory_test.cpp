@@ -52,10 +52,10 @@ TEST(WeightsMemory, StreamedLoadStaysWithinTheBudget) {
     std::string d;
     ~Cleanup() { fs::remove_all(d); }
   } cleanup{dir};
-  const auto made = testing::run_command(
-      "'" + py + "' '" + env("TESSERA_SOURCE_DIR") +
-          "/tests/runtime/models/make_llama_checkpoint.py' '" + dir + "'",
-      120);
+  const auto made =
+      testing::run_command("'" + py + "' '" + env("TESSERA_SOURCE_DIR") +
+                               "/tests/runtime/models/make_llama_checkpoint.py' '" + dir + "'",
+                           120);
   ASSERT_EQ(made.exit_code, 0) << made.err;
 
   constexpr int64_t kBudget = 64ll << 20;
