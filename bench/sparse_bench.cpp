@@ -276,7 +276,9 @@ Params params(bool quick) {
     p.timing_rounds = 7;
     p.timing_contexts = {32768};
     p.timing_budgets = {2048};
-    p.incremental_families = {"needles"};
+    // needles: isolated keys must keep their clusters; scattered: the largest gap of the full
+    // run (topics spread over every page, the hardest to group chunk by chunk).
+    p.incremental_families = {"needles", "scattered"};
     p.incremental_prefill = 2048;
     p.incremental_budget = 512;
   } else {

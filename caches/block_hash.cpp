@@ -19,7 +19,14 @@ uint64_t hash_block(uint64_t parent, std::span<const int32_t> tokens, const Bloc
                     bool first_block) {
   uint64_t h = combine(0x7e55e7a0ull, parent);
   h = combine(h, tokens.size());
-  for (int32_t t : tokens) h = combine(h, static_cast<uint32_t>(t));
+  // Two tokens per mixing round (the length above keeps [a] and [0, a] apart): half the serial
+  // multiply chain of one round per token.
+  size_t i = 0;
+  for (; i + 1 < tokens.size(); i += 2) {
+    h = combine(h, (uint64_t{static_cast<uint32_t>(tokens[i])} << 32) |
+                       static_cast<uint32_t>(tokens[i + 1]));
+  }
+  if (i < tokens.size()) h = combine(h, static_cast<uint32_t>(tokens[i]));
   h = combine(h, extra.lora_id);
   if (first_block) h = combine(h, extra.cache_salt);
   return h;

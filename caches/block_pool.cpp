@@ -1,8 +1,67 @@
 #include "caches/block_pool.h"
 
+#include <algorithm>
+
 namespace tessera::caches {
 
-BlockPool::BlockPool(int32_t num_blocks) : num_blocks_(num_blocks) {
+PrefixIndex::PrefixIndex(int32_t max_entries) : max_entries_(std::max<int64_t>(0, max_entries)) {
+  // At most half full: expected probes stay below ~1.5 (hit) and ~2.5 (miss).
+  int bits = 4;
+  while ((int64_t{1} << bits) < 2 * max_entries_) ++bits;
+  slots_.resize(size_t{1} << bits);
+  mask_ = slots_.size() - 1;
+  shift_ = 64 - bits;
+}
+
+bool PrefixIndex::insert(uint64_t key, int32_t block) {
+  TESSERA_CHECK(block >= 0, "block must be >= 0, got ", block);
+  size_t i = home(key);
+  for (; slots_[i].block >= 0; i = (i + 1) & mask_) {
+    if (slots_[i].key == key) return false;
+  }
+  TESSERA_CHECK(size_ < max_entries_, "prefix index is full (", max_entries_, " entries)");
+  slots_[i] = {key, block};
+  ++size_;
+  return true;
+}
+
+void PrefixIndex::erase(uint64_t key) {
+  size_t i = home(key);
+  for (;; i = (i + 1) & mask_) {
+    if (slots_[i].block < 0) return;  // absent
+    if (slots_[i].key == key) break;
+  }
+  // Backward shift: pull later entries of the probe run into the hole unless their home lies
+  // cyclically in (hole, j], where they must stay to remain reachable.
+  for (size_t j = i;;) {
+    j = (j + 1) & mask_;
+    if (slots_[j].block < 0) break;
+    const size_t k = home(slots_[j].key);
+    const bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+    if (stays) continue;
+    slots_[i] = slots_[j];
+    i = j;
+  }
+  slots_[i] = Slot{};
+  --size_;
+}
+
+void PrefixIndex::clear() {
+  std::fill(slots_.begin(), slots_.end(), Slot{});
+  size_ = 0;
+}
+
+std::vector<std::pair<uint64_t, int32_t>> PrefixIndex::entries() const {
+  std::vector<std::pair<uint64_t, int32_t>> out;
+  out.reserve(static_cast<size_t>(size_));
+  for (const Slot& s : slots_) {
+    if (s.block >= 0) out.emplace_back(s.key, s.block);
+  }
+  return out;
+}
+
+BlockPool::BlockPool(int32_t num_blocks)
+    : num_blocks_(num_blocks), index_(std::max<int32_t>(0, num_blocks - 1)) {
   TESSERA_CHECK(num_blocks >= 1, "num_blocks must be >= 1 (block 0 is the null block), got ",
                 num_blocks);
   nodes_.resize(static_cast<size_t>(num_blocks) + 1);
@@ -25,12 +84,13 @@ void BlockPool::ref(int32_t block) {
 }
 
 void BlockPool::cache(int32_t block, uint64_t key) {
+  index_.prefetch(key);  // overlaps with the node's miss below
   check_block(block);
   Node& n = nodes_[block];
   TESSERA_CHECK(n.ref > 0, "block ", block, " must be referenced to be cached");
   if (n.cached) return;  // already registered (e.g. reached through a prefix hit)
-  auto [it, inserted] = index_.emplace(key, block);
-  if (!inserted) return;  // another block holds the same content; this one stays uncached
+  if (!index_.insert(key, block))
+    return;  // another block holds the same content; this one stays uncached
   n.cached = true;
   n.key = key;
 }
@@ -44,7 +104,7 @@ void BlockPool::evict(int32_t b) {
 }
 
 void BlockPool::reset_prefix_cache() {
-  for (auto& [key, b] : index_) {
+  for (const auto& [key, b] : index_.entries()) {
     nodes_[b].cached = false;
     nodes_[b].key = 0;
   }

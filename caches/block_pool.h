@@ -1,17 +1,58 @@
 // The pool of KV cache blocks shared by every attention group: a reserved null block, reference
 // counts, an O(1) free list kept in LRU order (intrusive doubly linked list over a flat array, no
-// allocation on the hot path) and the prefix-cache index (block key -> block). A freed block that
+// allocation on the hot path) and the prefix-cache index (block key -> block, an open-addressing
+// table sized once for every block, so caching and evicting never allocate). A freed block that
 // holds a cached prefix stays findable until allocation reaches it at the head of the free list and
 // evicts it, so the least recently freed cached blocks go first. Torch-free.
 #pragma once
 
 #include <cstdint>
-#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "common/error.h"
 
 namespace tessera::caches {
+
+// Map from 64-bit block keys to block ids for at most `max_entries` entries: linear probing over a
+// power-of-two table at most half full, deletion by backward shift (no tombstones), so lookups stay
+// short however many inserts and erases come. Allocates only in the constructor.
+class PrefixIndex {
+ public:
+  explicit PrefixIndex(int32_t max_entries);
+  // The block under `key`, or -1.
+  int32_t find(uint64_t key) const {
+    for (size_t i = home(key);; i = (i + 1) & mask_) {
+      const Slot& s = slots_[i];
+      if (s.block < 0) return -1;
+      if (s.key == key) return s.block;
+    }
+  }
+  // False (and nothing changes) when `key` is already present.
+  bool insert(uint64_t key, int32_t block);
+  // Starts loading the slot `key` hashes to (the table is large and accessed at random).
+  void prefetch(uint64_t key) const { __builtin_prefetch(&slots_[home(key)]); }
+  void erase(uint64_t key);
+  void clear();
+  int64_t size() const { return size_; }
+  // Every (key, block), in table order.
+  std::vector<std::pair<uint64_t, int32_t>> entries() const;
+
+ private:
+  struct Slot {
+    uint64_t key = 0;
+    int32_t block = -1;  // -1: empty
+  };
+  // Fibonacci hashing: any key pattern (small integers, multiples of a power of two) spreads.
+  size_t home(uint64_t key) const {
+    return static_cast<size_t>((key * 0x9e3779b97f4a7c15ull) >> shift_);
+  }
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
+  int shift_ = 0;
+  int64_t max_entries_ = 0;
+  int64_t size_ = 0;
+};
 
 class BlockPool {
  public:
@@ -53,22 +94,19 @@ class BlockPool {
 
   // ---- prefix cache ----
   // The block cached under `key`, or -1. The key already includes the group (see block_hash.h).
-  int32_t lookup(uint64_t key) const {
-    auto it = index_.find(key);
-    return it == index_.end() ? -1 : it->second;
-  }
+  int32_t lookup(uint64_t key) const { return index_.find(key); }
   // Registers a full, referenced block under `key`; a key that is already cached keeps its block.
   void cache(int32_t block, uint64_t key);
   bool is_cached(int32_t block) const { return nodes_.at(block).cached; }
   uint64_t key_of(int32_t block) const { return nodes_.at(block).key; }
-  int64_t num_cached() const { return static_cast<int64_t>(index_.size()); }
+  int64_t num_cached() const { return index_.size(); }
   int64_t evictions() const { return evictions_; }
   // Drops every cache entry (blocks stay where they are); e.g. after weights change.
   void reset_prefix_cache();
 
-  // For invariant checks: the free list from LRU head to tail, and the whole index.
+  // For invariant checks: the free list from LRU head to tail, and the whole index (key, block).
   std::vector<int32_t> free_list() const;
-  const std::unordered_map<uint64_t, int32_t>& index() const { return index_; }
+  std::vector<std::pair<uint64_t, int32_t>> index() const { return index_.entries(); }
 
  private:
   struct Node {
@@ -104,7 +142,7 @@ class BlockPool {
   int32_t num_blocks_;
   int32_t num_free_ = 0;
   std::vector<Node> nodes_;  // num_blocks_ + 1: the last node is the free list's sentinel
-  std::unordered_map<uint64_t, int32_t> index_;
+  PrefixIndex index_;
   int64_t evictions_ = 0;
 };
 

@@ -60,22 +60,38 @@ KVCacheManager::KVCacheManager(KVCacheManagerConfig config) : config_(std::move(
   }
 }
 
-KVCacheManager::Sequence& KVCacheManager::get(SeqId seq) {
-  auto it = seqs_.find(seq);
-  TESSERA_CHECK(it != seqs_.end(), "seq=", seq, " is not a live sequence");
-  return it->second;
+SeqHandle KVCacheManager::handle(SeqId seq) const {
+  auto it = index_.find(seq);
+  TESSERA_CHECK(it != index_.end(), "seq=", seq, " is not a live sequence");
+  return SeqHandle{it->second};
 }
 
-const KVCacheManager::Sequence& KVCacheManager::get(SeqId seq) const {
-  auto it = seqs_.find(seq);
-  TESSERA_CHECK(it != seqs_.end(), "seq=", seq, " is not a live sequence");
-  return it->second;
+SeqHandle KVCacheManager::add_place(SeqId seq) {
+  int32_t h;
+  if (!free_places_.empty()) {
+    h = free_places_.back();
+    free_places_.pop_back();
+  } else {
+    h = static_cast<int32_t>(seqs_.size());
+    seqs_.emplace_back();
+  }
+  Sequence& s = seqs_[h];
+  s.id = seq;
+  s.num_tokens = 0;
+  s.tail.clear();
+  s.hashes.clear();
+  s.num_computed = 0;
+  s.extra = {};
+  s.rows.resize(managers_.size());
+  for (size_t g = 0; g < managers_.size(); ++g) s.rows[g] = managers_[g]->add(seq);
+  index_.emplace(seq, h);
+  return SeqHandle{h};
 }
 
 int64_t KVCacheManager::find_hit(const Sequence& s, std::vector<std::vector<int32_t>>& hits) const {
   // Leave at least one prompt token to compute (its logits start generation).
-  int64_t len = std::min<int64_t>((static_cast<int64_t>(s.tokens.size()) - 1) / block_size_,
-                                  static_cast<int64_t>(s.hashes.size()));
+  int64_t len =
+      std::min<int64_t>((s.num_tokens - 1) / block_size_, static_cast<int64_t>(s.hashes.size()));
   // Every group must accept the same hit length; shrink until all do (lengths only decrease).
   for (bool stable = false; !stable;) {
     stable = true;
@@ -93,41 +109,62 @@ int64_t KVCacheManager::find_hit(const Sequence& s, std::vector<std::vector<int3
 int64_t KVCacheManager::add_sequence(SeqId seq, std::span<const int32_t> prompt,
                                      const BlockHashExtra& extra) {
   TESSERA_CHECK(!has(seq), "seq=", seq, " is already live");
-  Sequence s;
-  s.tokens.assign(prompt.begin(), prompt.end());
+  Sequence& s = seqs_[add_place(seq).index];
+  s.num_tokens = static_cast<int64_t>(prompt.size());
   s.extra = extra;
   int64_t hit_blocks = 0;
-  std::vector<std::vector<int32_t>> hits(managers_.size());
+  hit_scratch_.resize(managers_.size());
   if (config_.enable_prefix_caching && !has_state_ && !prompt.empty()) {
-    extend_block_hashes(s.hashes, s.tokens, block_size_, extra);
-    hit_blocks = find_hit(s, hits);
+    extend_block_hashes(s.hashes, prompt, block_size_, extra);
+    hit_blocks = find_hit(s, hit_scratch_);
     ++stats_.requests;
     stats_.queried_tokens += static_cast<int64_t>(prompt.size());
     stats_.hit_tokens += hit_blocks * block_size_;
     if (hit_blocks > 0) ++stats_.hit_requests;
   }
+  if (keeps_tokens()) {
+    const auto hashed = static_cast<size_t>(s.hashes.size() * block_size_);
+    s.tail.assign(prompt.begin() + hashed, prompt.end());
+  }
   s.num_computed = hit_blocks * block_size_;
   if (hit_blocks > 0) {
     for (size_t g = 0; g < managers_.size(); ++g) {
-      managers_[g]->attach(seq, hits[g]);
-      managers_[g]->remove_skipped(seq, s.num_computed);
+      managers_[g]->attach(s.rows[g], hit_scratch_[g]);
+      managers_[g]->remove_skipped(s.rows[g], s.num_computed);
     }
   }
-  seqs_.emplace(seq, std::move(s));
   return hit_blocks * block_size_;
 }
 
-void KVCacheManager::append_token(SeqId seq, int32_t token) { get(seq).tokens.push_back(token); }
+void KVCacheManager::append_token(SeqId seq, int32_t token) {
+  append_tokens(handle(seq), std::span<const int32_t>(&token, 1));
+}
+
+void KVCacheManager::append_tokens(SeqId seq, std::span<const int32_t> tokens) {
+  append_tokens(handle(seq), tokens);
+}
+
+void KVCacheManager::append_tokens(SeqHandle h, std::span<const int32_t> tokens) {
+  Sequence& s = at(h);
+  s.num_tokens += static_cast<int64_t>(tokens.size());
+  if (keeps_tokens()) s.tail.insert(s.tail.end(), tokens.begin(), tokens.end());
+}
 
 bool KVCacheManager::allocate(SeqId seq, int64_t num_new_tokens, std::vector<BlockCopy>* copies) {
   TESSERA_CHECK(num_new_tokens >= 0, "num_new_tokens must be >= 0, got ", num_new_tokens);
-  const Sequence& s = get(seq);
+  return allocate(handle(seq), num_new_tokens, copies);
+}
+
+bool KVCacheManager::allocate(SeqHandle h, int64_t num_new_tokens, std::vector<BlockCopy>* copies) {
+  TESSERA_CHECK(num_new_tokens >= 0, "num_new_tokens must be >= 0, got ", num_new_tokens);
+  const Sequence& s = at(h);
   const int64_t target = s.num_computed + num_new_tokens;
   int64_t need_pool = 0;
-  for (const auto& m : managers_) {
-    const int64_t need = m->num_blocks_needed(seq, s.num_computed, target);
-    if (m->spec().is_state()) {
-      if (need > m->pool().num_free()) return false;
+  for (size_t g = 0; g < managers_.size(); ++g) {
+    const SingleTypeManager& m = *managers_[g];
+    const int64_t need = m.num_blocks_needed(s.rows[g], s.num_computed, target);
+    if (m.spec().is_state()) {
+      if (need > m.pool().num_free()) return false;
     } else {
       need_pool += need;
     }
@@ -135,75 +172,112 @@ bool KVCacheManager::allocate(SeqId seq, int64_t num_new_tokens, std::vector<Blo
   if (need_pool > pool_->num_free()) return false;
   if (copies == nullptr) {
     // All-or-nothing: refuse before any group allocates.
-    for (const auto& m : managers_) {
-      TESSERA_CHECK(!m->needs_copy_on_write(seq, s.num_computed),
-                    "copies must not be null: seq=", seq, " writes into a block of group ",
-                    m->group(), " that a fork still shares");
+    for (size_t g = 0; g < managers_.size(); ++g) {
+      TESSERA_CHECK(!managers_[g]->needs_copy_on_write(s.rows[g], s.num_computed),
+                    "copies must not be null: seq=", s.id, " writes into a block of group ", g,
+                    " that a fork still shares");
     }
   }
-  for (const auto& m : managers_) m->allocate(seq, s.num_computed, target, copies);
+  for (size_t g = 0; g < managers_.size(); ++g) {
+    managers_[g]->allocate(s.rows[g], s.num_computed, target, copies);
+  }
   return true;
 }
 
 void KVCacheManager::commit(SeqId seq, int64_t num_new_tokens) {
   TESSERA_CHECK(num_new_tokens >= 0, "num_new_tokens must be >= 0, got ", num_new_tokens);
-  Sequence& s = get(seq);
+  commit(handle(seq), num_new_tokens);
+}
+
+void KVCacheManager::commit(SeqHandle h, int64_t num_new_tokens) {
+  TESSERA_CHECK(num_new_tokens >= 0, "num_new_tokens must be >= 0, got ", num_new_tokens);
+  Sequence& s = at(h);
   const int64_t target = s.num_computed + num_new_tokens;
-  for (const auto& m : managers_) {
-    if (m->spec().is_state()) continue;
-    const int64_t held = static_cast<int64_t>(m->blocks(seq).size()) * block_size_;
-    TESSERA_CHECK(target <= held, "commit of ", num_new_tokens, " tokens to seq=", seq, " at ",
-                  s.num_computed, " exceeds the ", held, " slots allocated in group ", m->group());
+  for (size_t g = 0; g < managers_.size(); ++g) {
+    const SingleTypeManager& m = *managers_[g];
+    if (m.spec().is_state()) continue;
+    const int64_t held = static_cast<int64_t>(m.blocks(s.rows[g]).size()) * block_size_;
+    TESSERA_CHECK(target <= held, "commit of ", num_new_tokens, " tokens to seq=", s.id, " at ",
+                  s.num_computed, " exceeds the ", held, " slots allocated in group ", g);
   }
   s.num_computed = target;
-  if (config_.enable_prefix_caching && !has_state_) {
-    const int64_t known = std::min<int64_t>(target, static_cast<int64_t>(s.tokens.size()));
-    extend_block_hashes(s.hashes, std::span<const int32_t>(s.tokens).first(known), block_size_,
-                        s.extra);
-    for (const auto& m : managers_) m->cache_blocks(seq, s.hashes, known / block_size_);
+  if (keeps_tokens()) {
+    // Hashes only grow when a block fills, from the tail, which then drops the hashed tokens.
+    const int64_t known = std::min<int64_t>(target, s.num_tokens);
+    const auto have = static_cast<int64_t>(s.hashes.size());
+    if (known / block_size_ > have) {
+      for (int64_t i = have; i < known / block_size_; ++i) {
+        const uint64_t parent = i == 0 ? 0 : s.hashes[i - 1];
+        const auto block = std::span<const int32_t>(s.tail).subspan(
+            static_cast<size_t>((i - have) * block_size_), static_cast<size_t>(block_size_));
+        s.hashes.push_back(hash_block(parent, block, s.extra, i == 0));
+      }
+      s.tail.erase(s.tail.begin(), s.tail.begin() + (known / block_size_ - have) * block_size_);
+    }
+    for (size_t g = 0; g < managers_.size(); ++g) {
+      managers_[g]->cache_blocks(s.rows[g], s.hashes, known / block_size_);
+    }
   }
-  for (const auto& m : managers_) m->remove_skipped(seq, target);
+  for (size_t g = 0; g < managers_.size(); ++g) managers_[g]->remove_skipped(s.rows[g], target);
 }
 
 bool KVCacheManager::append(SeqId seq, int32_t token, std::vector<BlockCopy>* copies) {
+  const SeqHandle h = handle(seq);
   // Allocate first: a refused or failed allocation leaves the sequence as it was.
-  if (!allocate(seq, 1, copies)) return false;
-  get(seq).tokens.push_back(token);
-  commit(seq, 1);
+  if (!allocate(h, 1, copies)) return false;
+  append_tokens(h, std::span<const int32_t>(&token, 1));
+  commit(h, 1);
   return true;
 }
 
 bool KVCacheManager::fork(SeqId parent, SeqId child, std::vector<BlockCopy>* copies) {
   TESSERA_CHECK(!has(child), "child seq=", child, " is already live");
-  const Sequence& p = get(parent);
+  const SeqHandle ph = handle(parent);
   for (const auto& m : managers_) {
     if (m->num_blocks_for_fork() > m->pool().num_free()) return false;
   }
   TESSERA_CHECK(copies != nullptr || !has_state_,
                 "copies must not be null when forking seq=", parent, ": its state must be copied");
-  Sequence c = p;
-  for (const auto& m : managers_) m->fork(parent, child, p.num_computed, copies);
-  seqs_.emplace(child, std::move(c));
+  const SeqHandle ch = add_place(child);  // may move seqs_: look the parent up after
+  Sequence& c = seqs_[ch.index];
+  const Sequence& p = seqs_[ph.index];
+  c.num_tokens = p.num_tokens;
+  c.tail = p.tail;
+  c.hashes = p.hashes;
+  c.num_computed = p.num_computed;
+  c.extra = p.extra;
+  for (size_t g = 0; g < managers_.size(); ++g) {
+    managers_[g]->fork(p.rows[g], c.rows[g], p.num_computed, copies);
+  }
   return true;
 }
 
 void KVCacheManager::free(SeqId seq) {
-  get(seq);  // must be live
-  for (const auto& m : managers_) m->free(seq);
-  seqs_.erase(seq);
+  const SeqHandle h = handle(seq);  // must be live
+  Sequence& s = seqs_[h.index];
+  for (size_t g = 0; g < managers_.size(); ++g) managers_[g]->free(s.rows[g]);
+  index_.erase(seq);
+  s.id = -1;
+  s.tail.clear();
+  s.hashes.clear();
+  free_places_.push_back(h.index);
 }
 
 int64_t KVCacheManager::num_computed(SeqId seq) const { return get(seq).num_computed; }
 
-int64_t KVCacheManager::num_tokens(SeqId seq) const {
-  return static_cast<int64_t>(get(seq).tokens.size());
-}
+int64_t KVCacheManager::num_tokens(SeqId seq) const { return get(seq).num_tokens; }
 
 std::span<const int32_t> KVCacheManager::block_table(SeqId seq, int32_t group) const {
   TESSERA_CHECK(group >= 0 && group < num_groups(), "group must lie in [0, ", num_groups(),
                 "), got ", group);
-  get(seq);
-  return managers_[group]->blocks(seq);
+  return block_table(handle(seq), group);
+}
+
+std::span<const int32_t> KVCacheManager::block_table(SeqHandle h, int32_t group) const {
+  TESSERA_CHECK(group >= 0 && group < num_groups(), "group must lie in [0, ", num_groups(),
+                "), got ", group);
+  const Sequence& s = at(h);
+  return managers_[group]->blocks(s.rows[group]);
 }
 
 std::vector<int32_t> KVCacheManager::block_tables(int32_t group, std::span<const SeqId> seqs,
@@ -283,7 +357,9 @@ void KVCacheManager::check_invariants() const {
     }
   }
   check_pool(*pool_, pool_users);
-  for (const auto& [seq, s] : seqs_) {
+  for (const Sequence& s : seqs_) {
+    if (s.id < 0) continue;
+    const SeqId seq = s.id;
     for (const auto* m : pool_users) {
       auto table = m->blocks(seq);
       const int64_t first = m->first_needed_token(s.num_computed) / block_size_;

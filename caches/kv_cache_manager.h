@@ -16,6 +16,7 @@
 #include "caches/block_pool.h"
 #include "caches/kv_cache_spec.h"
 #include "caches/single_type_manager.h"
+#include "common/error.h"
 
 namespace tessera::caches {
 
@@ -48,6 +49,14 @@ struct PrefixCacheStats {
   }
 };
 
+// A live sequence's place in the manager, from KVCacheManager::handle(): the handle overloads index
+// the sequence directly (no lookup by id), for a caller that touches many sequences every step.
+// Valid until the sequence is freed (the place is then reused).
+struct SeqHandle {
+  int32_t index = -1;
+  bool valid() const { return index >= 0; }
+};
+
 class KVCacheManager {
  public:
   explicit KVCacheManager(KVCacheManagerConfig config);
@@ -64,15 +73,22 @@ class KVCacheManager {
   // in tokens, which become the sequence's computed tokens. Allocates nothing else.
   int64_t add_sequence(SeqId seq, std::span<const int32_t> prompt,
                        const BlockHashExtra& extra = {});
+  // The handle of a live sequence (throws naming it otherwise).
+  SeqHandle handle(SeqId seq) const;
   // A generated token joins the sequence (its KV is written by a later allocate + commit).
   void append_token(SeqId seq, int32_t token);
+  // Several tokens at once, in order (the same as append_token for each).
+  void append_tokens(SeqId seq, std::span<const int32_t> tokens);
+  void append_tokens(SeqHandle h, std::span<const int32_t> tokens);
   // Makes room for num_new_tokens more tokens after the computed ones, in every group, all or
   // nothing: false when the pool lacks blocks (nothing changed). Copies that must reach storage
   // before the write (copy-on-write after fork) are appended to `copies`.
   bool allocate(SeqId seq, int64_t num_new_tokens, std::vector<BlockCopy>* copies = nullptr);
+  bool allocate(SeqHandle h, int64_t num_new_tokens, std::vector<BlockCopy>* copies = nullptr);
   // num_new_tokens tokens were written: registers newly full blocks in the prefix cache and frees
   // blocks that left a window.
   void commit(SeqId seq, int64_t num_new_tokens);
+  void commit(SeqHandle h, int64_t num_new_tokens);
   // append_token + allocate(1) + commit(1): false (nothing changed) when the pool is full.
   bool append(SeqId seq, int32_t token, std::vector<BlockCopy>* copies = nullptr);
   // The child starts as a copy of the parent sharing its written blocks; false when a state
@@ -82,11 +98,12 @@ class KVCacheManager {
   // Returns the sequence's blocks to the pool (cached ones stay findable until evicted).
   void free(SeqId seq);
 
-  bool has(SeqId seq) const { return seqs_.count(seq) != 0; }
-  int64_t num_sequences() const { return static_cast<int64_t>(seqs_.size()); }
+  bool has(SeqId seq) const { return index_.count(seq) != 0; }
+  int64_t num_sequences() const { return static_cast<int64_t>(index_.size()); }
   int64_t num_computed(SeqId seq) const;
   int64_t num_tokens(SeqId seq) const;
   std::span<const int32_t> block_table(SeqId seq, int32_t group) const;
+  std::span<const int32_t> block_table(SeqHandle h, int32_t group) const;
   const SingleTypeManager& manager(int32_t group) const { return *managers_.at(group); }
   // Block tables of `seqs` for `group` as int32 [seqs.size(), max_blocks] (row-major), padded
   // with the null block: the layout the paged kernels read.
@@ -101,14 +118,31 @@ class KVCacheManager {
   void check_invariants() const;
 
  private:
+  using Row = SingleTypeManager::Row;
   struct Sequence {
-    std::vector<int32_t> tokens;
-    std::vector<uint64_t> hashes;  // chained hashes of the full blocks of `tokens`
+    SeqId id = -1;  // -1: a free place (its vectors keep their capacity for the next sequence)
+    int64_t num_tokens = 0;
+    // Tokens from hashes.size() * block_size on: the ones no block hash covers yet (with prefix
+    // caching only). Hashed tokens are dropped, so a decoding sequence holds less than a block
+    // here instead of a copy of its whole history.
+    std::vector<int32_t> tail;
+    std::vector<uint64_t> hashes;  // chained hashes of the full blocks of the tokens
     int64_t num_computed = 0;
     BlockHashExtra extra;
+    std::vector<Row> rows;  // [group]: the sequence's row in each manager
   };
-  Sequence& get(SeqId seq);
-  const Sequence& get(SeqId seq) const;
+  Sequence& get(SeqId seq) { return seqs_[handle(seq).index]; }
+  const Sequence& get(SeqId seq) const { return seqs_[handle(seq).index]; }
+  Sequence& at(SeqHandle h) {
+    TESSERA_CHECK(
+        h.index >= 0 && h.index < static_cast<int32_t>(seqs_.size()) && seqs_[h.index].id >= 0,
+        "sequence handle ", h.index, " holds no live sequence");
+    return seqs_[h.index];
+  }
+  const Sequence& at(SeqHandle h) const { return const_cast<KVCacheManager*>(this)->at(h); }
+  SeqHandle add_place(SeqId seq);  // a fresh Sequence with a row in every manager
+  // Prefix caching hashes blocks, which needs their tokens; otherwise only counts are kept.
+  bool keeps_tokens() const { return config_.enable_prefix_caching && !has_state_; }
   int64_t find_hit(const Sequence& s, std::vector<std::vector<int32_t>>& hits) const;
 
   KVCacheManagerConfig config_;
@@ -116,7 +150,10 @@ class KVCacheManager {
   bool has_state_ = false;
   std::unique_ptr<BlockPool> pool_;
   std::vector<std::unique_ptr<SingleTypeManager>> managers_;
-  std::unordered_map<SeqId, Sequence> seqs_;
+  std::vector<Sequence> seqs_;                     // by handle
+  std::vector<int32_t> free_places_;               // handles to reuse
+  std::unordered_map<SeqId, int32_t> index_;       // live sequence -> handle
+  std::vector<std::vector<int32_t>> hit_scratch_;  // add_sequence's per-group hits
   PrefixCacheStats stats_;
 };
 

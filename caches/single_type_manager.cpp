@@ -11,6 +11,31 @@ SingleTypeManager::SingleTypeManager(SpecPtr spec, BlockPool& pool, int32_t grou
                                      bool prefix_caching)
     : spec_(std::move(spec)), pool_(pool), group_(group), prefix_caching_(prefix_caching) {
   TESSERA_CHECK(spec_ != nullptr, "spec must not be null");
+  block_size_ = spec_->block_size();
+}
+
+SingleTypeManager::Row SingleTypeManager::row(SeqId seq) const {
+  auto it = rows_.find(seq);
+  return it == rows_.end() ? Row{} : Row{it->second};
+}
+
+SingleTypeManager::Row SingleTypeManager::add(SeqId seq) {
+  TESSERA_CHECK(seq >= 0, "seq must be >= 0, got ", seq);
+  TESSERA_CHECK(!has(seq), "sequence ", seq, " already has blocks in group ", group_);
+  int32_t r;
+  if (!free_rows_.empty()) {
+    r = free_rows_.back();
+    free_rows_.pop_back();
+  } else {
+    r = static_cast<int32_t>(tables_.size());
+    tables_.emplace_back();
+  }
+  SeqBlocks& s = tables_[r];
+  s.blocks.clear();
+  s.num_cached = 0;
+  s.seq = seq;
+  rows_.emplace(seq, r);
+  return Row{r};
 }
 
 std::span<const int32_t> SingleTypeManager::blocks(SeqId seq) const {
@@ -18,29 +43,30 @@ std::span<const int32_t> SingleTypeManager::blocks(SeqId seq) const {
   return s ? std::span<const int32_t>(s->blocks) : std::span<const int32_t>();
 }
 
-SingleTypeManager::SeqBlocks& SingleTypeManager::get(SeqId seq) { return seqs_[seq]; }
+SingleTypeManager::SeqBlocks& SingleTypeManager::get_or_add(SeqId seq) {
+  const Row r = row(seq);
+  return tables_[(r.valid() ? r : add(seq)).index];
+}
 
 const SingleTypeManager::SeqBlocks* SingleTypeManager::find(SeqId seq) const {
-  auto it = seqs_.find(seq);
-  return it == seqs_.end() ? nullptr : &it->second;
+  auto it = rows_.find(seq);
+  return it == rows_.end() ? nullptr : &tables_[it->second];
 }
 
 int32_t SingleTypeManager::lookup(uint64_t hash) const {
   return pool_.lookup(group_key(hash, group_));
 }
 
-int64_t SingleTypeManager::num_blocks_needed(SeqId seq, int64_t num_computed,
-                                             int64_t num_tokens) const {
-  const SeqBlocks* s = find(seq);
+int64_t SingleTypeManager::blocks_needed(const SeqBlocks* s, int64_t num_computed,
+                                         int64_t num_tokens) const {
   const int64_t have = s ? static_cast<int64_t>(s->blocks.size()) : 0;
-  int64_t need = std::max<int64_t>(0, cdiv(num_tokens, block_size()) - have);
-  if (needs_copy_on_write(seq, num_computed)) ++need;
+  int64_t need = std::max<int64_t>(0, cdiv(num_tokens, block_size_) - have);
+  if (copy_on_write_due(s, num_computed)) ++need;
   return need;
 }
 
-bool SingleTypeManager::needs_copy_on_write(SeqId seq, int64_t num_computed) const {
-  const SeqBlocks* s = find(seq);
-  const int64_t bs = block_size();
+bool SingleTypeManager::copy_on_write_due(const SeqBlocks* s, int64_t num_computed) const {
+  const int64_t bs = block_size_;
   if (!s || num_computed % bs == 0 || num_computed / bs >= static_cast<int64_t>(s->blocks.size())) {
     return false;
   }
@@ -50,21 +76,23 @@ bool SingleTypeManager::needs_copy_on_write(SeqId seq, int64_t num_computed) con
 
 void SingleTypeManager::allocate(SeqId seq, int64_t num_computed, int64_t num_tokens,
                                  std::vector<BlockCopy>* copies) {
-  SeqBlocks& s = get(seq);
-  const int64_t bs = block_size();
+  grow(get_or_add(seq), num_computed, num_tokens, copies);
+}
+
+void SingleTypeManager::grow(SeqBlocks& s, int64_t num_computed, int64_t num_tokens,
+                             std::vector<BlockCopy>* copies) {
+  const int64_t bs = block_size_;
   const int64_t idx = num_computed / bs;
-  if (needs_copy_on_write(seq, num_computed)) {
+  if (copy_on_write_due(&s, num_computed)) {
     const int32_t b = s.blocks[idx];
-    {
-      // Checked before the pool is touched, so a refused call leaks nothing.
-      TESSERA_CHECK(copies != nullptr,
-                    "copies must not be null when a shared block is written (fork)");
-      const int32_t fresh = pool_.allocate();
-      TESSERA_CHECK(fresh > 0, "block pool ran out during copy-on-write (caller must check room)");
-      copies->push_back({group_, b, fresh});
-      pool_.free(b);
-      s.blocks[idx] = fresh;
-    }
+    // Checked before the pool is touched, so a refused call leaks nothing.
+    TESSERA_CHECK(copies != nullptr,
+                  "copies must not be null when a shared block is written (fork)");
+    const int32_t fresh = pool_.allocate();
+    TESSERA_CHECK(fresh > 0, "block pool ran out during copy-on-write (caller must check room)");
+    copies->push_back({group_, b, fresh});
+    pool_.free(b);
+    s.blocks[idx] = fresh;
   }
   const int64_t want = cdiv(num_tokens, bs);
   while (static_cast<int64_t>(s.blocks.size()) < want) {
@@ -75,11 +103,16 @@ void SingleTypeManager::allocate(SeqId seq, int64_t num_computed, int64_t num_to
 }
 
 void SingleTypeManager::remove_skipped(SeqId seq, int64_t num_computed) {
-  auto it = seqs_.find(seq);
-  if (it == seqs_.end()) return;
-  auto& blocks = it->second.blocks;
-  const int64_t first = std::min<int64_t>(first_needed_token(num_computed) / block_size(),
-                                          static_cast<int64_t>(blocks.size()));
+  const Row r = row(seq);
+  if (r.valid()) remove_skipped(r, num_computed);
+}
+
+void SingleTypeManager::remove_skipped(Row r, int64_t num_computed) {
+  const int64_t first_token = first_needed_token(num_computed);
+  if (first_token < block_size_) return;  // full attention, or nothing left a window yet
+  auto& blocks = at(r).blocks;
+  const int64_t first =
+      std::min<int64_t>(first_token / block_size_, static_cast<int64_t>(blocks.size()));
   // Blocks before an already-null block were removed by an earlier call.
   for (int64_t i = first - 1; i >= 0 && blocks[i] != BlockPool::kNullBlock; --i) {
     pool_.free(blocks[i]);
@@ -89,10 +122,13 @@ void SingleTypeManager::remove_skipped(SeqId seq, int64_t num_computed) {
 
 void SingleTypeManager::cache_blocks(SeqId seq, std::span<const uint64_t> hashes,
                                      int64_t num_full) {
+  const Row r = row(seq);
+  if (r.valid()) cache_blocks(r, hashes, num_full);
+}
+
+void SingleTypeManager::cache_blocks(Row r, std::span<const uint64_t> hashes, int64_t num_full) {
   if (!prefix_caching_) return;
-  auto it = seqs_.find(seq);
-  if (it == seqs_.end()) return;
-  SeqBlocks& s = it->second;
+  SeqBlocks& s = at(r);
   num_full = std::min<int64_t>(
       {num_full, static_cast<int64_t>(hashes.size()), static_cast<int64_t>(s.blocks.size())});
   for (int64_t i = s.num_cached; i < num_full; ++i) {
@@ -105,8 +141,13 @@ void SingleTypeManager::cache_blocks(SeqId seq, std::span<const uint64_t> hashes
 
 void SingleTypeManager::attach(SeqId seq, const std::vector<int32_t>& hit) {
   TESSERA_CHECK(!has(seq), "sequence ", seq, " already has blocks in group ", group_);
-  SeqBlocks& s = get(seq);
-  s.blocks = hit;
+  attach(add(seq), hit);
+}
+
+void SingleTypeManager::attach(Row r, std::span<const int32_t> hit) {
+  SeqBlocks& s = at(r);
+  TESSERA_CHECK(s.blocks.empty(), "sequence ", s.seq, " already has blocks in group ", group_);
+  s.blocks.assign(hit.begin(), hit.end());
   s.num_cached = static_cast<int64_t>(hit.size());
   for (int32_t b : hit) {
     if (b != BlockPool::kNullBlock) pool_.ref(b);
@@ -114,14 +155,29 @@ void SingleTypeManager::attach(SeqId seq, const std::vector<int32_t>& hit) {
 }
 
 void SingleTypeManager::fork(SeqId parent, SeqId child, int64_t num_computed,
-                             std::vector<BlockCopy>* /*copies*/) {
-  const SeqBlocks* p = find(parent);
+                             std::vector<BlockCopy>* copies) {
   TESSERA_CHECK(!has(child), "sequence ", child, " already has blocks in group ", group_);
-  SeqBlocks& c = get(child);
+  const Row c = add(child);
+  const Row p = row(parent);
+  try {
+    fork_into(p.valid() ? &at(p) : nullptr, at(c), num_computed, copies);
+  } catch (...) {
+    free(c);  // a refused fork leaves no child behind
+    throw;
+  }
+}
+
+void SingleTypeManager::fork(Row parent, Row child, int64_t num_computed,
+                             std::vector<BlockCopy>* copies) {
+  fork_into(&at(parent), at(child), num_computed, copies);
+}
+
+void SingleTypeManager::fork_into(const SeqBlocks* p, SeqBlocks& c, int64_t num_computed,
+                                  std::vector<BlockCopy>* /*copies*/) {
   if (!p) return;
   // Share only written blocks; blocks reserved beyond them are the parent's own.
   const int64_t n =
-      std::min<int64_t>(cdiv(num_computed, block_size()), static_cast<int64_t>(p->blocks.size()));
+      std::min<int64_t>(cdiv(num_computed, block_size_), static_cast<int64_t>(p->blocks.size()));
   c.blocks.assign(p->blocks.begin(), p->blocks.begin() + n);
   c.num_cached = std::min(p->num_cached, n);
   for (int32_t b : c.blocks) {
@@ -130,18 +186,27 @@ void SingleTypeManager::fork(SeqId parent, SeqId child, int64_t num_computed,
 }
 
 void SingleTypeManager::free(SeqId seq) {
-  auto it = seqs_.find(seq);
-  if (it == seqs_.end()) return;
-  auto& blocks = it->second.blocks;
-  for (auto b = blocks.rbegin(); b != blocks.rend(); ++b) {
+  const Row r = row(seq);
+  if (r.valid()) free(r);
+}
+
+void SingleTypeManager::free(Row r) {
+  SeqBlocks& s = at(r);
+  for (auto b = s.blocks.rbegin(); b != s.blocks.rend(); ++b) {
     if (*b != BlockPool::kNullBlock) pool_.free(*b);
   }
-  seqs_.erase(it);
+  rows_.erase(s.seq);
+  s.blocks.clear();
+  s.num_cached = 0;
+  s.seq = -1;
+  free_rows_.push_back(r.index);
 }
 
 void SingleTypeManager::for_each_table(
     const std::function<void(SeqId, std::span<const int32_t>)>& fn) const {
-  for (const auto& [seq, s] : seqs_) fn(seq, s.blocks);
+  for (const SeqBlocks& s : tables_) {
+    if (s.seq >= 0) fn(s.seq, s.blocks);
+  }
 }
 
 // ---- full attention ----
@@ -233,13 +298,11 @@ StateManager::StateManager(SpecPtr spec, std::unique_ptr<BlockPool> slots, int32
                 spec_kind_name(spec_->kind()));
 }
 
-int64_t StateManager::num_blocks_needed(SeqId seq, int64_t, int64_t) const {
-  const SeqBlocks* s = find(seq);
+int64_t StateManager::blocks_needed(const SeqBlocks* s, int64_t, int64_t) const {
   return s && !s->blocks.empty() ? 0 : 1;
 }
 
-void StateManager::allocate(SeqId seq, int64_t, int64_t, std::vector<BlockCopy>*) {
-  SeqBlocks& s = get(seq);
+void StateManager::grow(SeqBlocks& s, int64_t, int64_t, std::vector<BlockCopy>*) {
   if (!s.blocks.empty()) return;
   const int32_t slot = pool_.allocate();
   TESSERA_CHECK(slot > 0, "state slots ran out (caller must check room)");
@@ -252,16 +315,14 @@ int64_t StateManager::find_longest_hit(std::span<const uint64_t>, int64_t,
   return 0;
 }
 
-void StateManager::fork(SeqId parent, SeqId child, int64_t, std::vector<BlockCopy>* copies) {
-  const SeqBlocks* p = find(parent);
-  TESSERA_CHECK(!has(child), "sequence ", child, " already has a state slot in group ", group_);
+void StateManager::fork_into(const SeqBlocks* p, SeqBlocks& c, int64_t,
+                             std::vector<BlockCopy>* copies) {
   const bool copy = p && !p->blocks.empty();
-  // Checked before anything changes, so a refused fork leaves no child entry and no slot behind.
+  // Checked before anything changes, so a refused fork takes no slot.
   TESSERA_CHECK(!copy || copies != nullptr, "copies must not be null when a state is forked");
-  const int32_t slot = copy ? pool_.allocate() : 0;
-  TESSERA_CHECK(!copy || slot > 0, "state slots ran out (caller must check room)");
-  SeqBlocks& c = get(child);
   if (!copy) return;
+  const int32_t slot = pool_.allocate();
+  TESSERA_CHECK(slot > 0, "state slots ran out (caller must check room)");
   copies->push_back({group_, p->blocks[0], slot});
   c.blocks.push_back(slot);
 }

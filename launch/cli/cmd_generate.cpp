@@ -90,6 +90,24 @@ class ProgressBar {
   bool shown_ = false;
 };
 
+// The sparse decode option and what it read (the leader rank of each replica: its KV heads).
+nlohmann::json sparse_json(const models::SparseDecodeConfig& c,
+                           const models::SparseDecodeStats& s) {
+  if (!c.enabled()) return nullptr;
+  return {{"method", c.method},
+          {"budget", c.budget},
+          {"sinks", c.sinks},
+          {"window", c.window},
+          {"min_context", c.threshold()},
+          {"rows", s.rows},
+          {"tokens_read", s.tokens_read},
+          {"tokens_context", s.tokens_context},
+          {"kv_bytes_read", s.kv_bytes_read},
+          {"kv_bytes_dense", s.kv_bytes_dense},
+          {"kv_read_fraction",
+           s.kv_bytes_dense > 0 ? static_cast<double>(s.kv_bytes_read) / s.kv_bytes_dense : 0.0}};
+}
+
 }  // namespace
 
 Command register_generate(CLI::App& root) {
@@ -157,6 +175,20 @@ Command register_generate(CLI::App& root) {
   app->add_option("--use-lora", args->use_lora,
                   "Adapter for the --prompt / --prompt-ids prompts (default: the base model)");
   app->add_flag("--no-prefix-caching", args->no_prefix_caching, "Recompute shared prefixes");
+  auto& sp = job.engine.sparse;
+  app->add_option("--sparse-decode", sp.method,
+                  "Sparse decode of long sequences on full-attention layers: cluster, quest, "
+                  "meanstd or sink_window (default: off, dense decode)");
+  app->add_option("--sparse-budget", sp.budget,
+                  "Sparse decode: tokens attended per sequence and KV head (sinks and window "
+                  "included)");
+  app->add_option("--sparse-sinks", sp.sinks, "Sparse decode: first tokens always attended")
+      ->capture_default_str();
+  app->add_option("--sparse-window", sp.window, "Sparse decode: recent tokens always attended")
+      ->capture_default_str();
+  app->add_option("--sparse-min-context", sp.min_context,
+                  "Sparse decode: only sequences holding more tokens than this (-1 = the budget)")
+      ->capture_default_str();
   app->add_flag("--json", args->json, "Print one JSON object instead of text");
   app->add_flag("--no-progress", args->no_progress, "No progress bar on a terminal");
 
@@ -185,6 +217,11 @@ Command register_generate(CLI::App& root) {
       job.engine.kv_cache_dtype =
           kd == "float32" ? DType::kF32 : (kd == "bfloat16" ? DType::kBF16 : DType::kF16);
       job.engine.device = world.device;
+      if (!job.engine.sparse.enabled()) {
+        TESSERA_CHECK(job.engine.sparse.budget == 0,
+                      "--sparse-budget needs --sparse-decode cluster|quest|meanstd|sink_window");
+      }
+      job.engine.sparse.validate(job.engine.block_size);
       job.prompts.clear();
       for (const auto& text : args->prompts) {
         engine::PromptSpec s;
@@ -254,6 +291,7 @@ Command register_generate(CLI::App& root) {
                        {"weight_bytes_per_rank", rep.weight_bytes_per_rank},
                        {"load_s", rep.load_s},
                        {"requests", reqs},
+                       {"sparse_decode", sparse_json(job.engine.sparse, s.sparse)},
                        {"summary",
                         {{"seconds", s.seconds},
                          {"requests", s.requests},
@@ -288,6 +326,19 @@ Command register_generate(CLI::App& root) {
                    static_cast<long long>(s.prefix_hit_tokens),
                    static_cast<long long>(s.output_tokens), s.seconds, s.output_tok_s(), rep.load_s,
                    static_cast<long long>(s.steps), static_cast<long long>(s.preemptions));
+      if (job.engine.sparse.enabled()) {
+        const auto& sp = s.sparse;
+        std::fprintf(
+            stderr,
+            "[sparse decode %s, budget %lld] %lld decode rows x layers read %lld of "
+            "%lld context tokens: %.1f of %.1f KiB of KV (%.3f of dense, leader rank)\n",
+            job.engine.sparse.method.c_str(), static_cast<long long>(job.engine.sparse.budget),
+            static_cast<long long>(sp.rows), static_cast<long long>(sp.tokens_read),
+            static_cast<long long>(sp.tokens_context), sp.kv_bytes_read / 1024.0,
+            sp.kv_bytes_dense / 1024.0,
+            sp.kv_bytes_dense > 0 ? static_cast<double>(sp.kv_bytes_read) / sp.kv_bytes_dense
+                                  : 0.0);
+      }
     }
     std::fflush(stdout);
     return failed > 0 ? 1 : 0;

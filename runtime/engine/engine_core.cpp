@@ -91,6 +91,7 @@ EngineCore::EngineCore(const EngineConfig& config, sharding::Communicator* tp,
                   config_.max_num_seqs);
     TESSERA_CHECK(config_.max_num_batched_tokens > 0,
                   "max_num_batched_tokens must be positive, got ", config_.max_num_batched_tokens);
+    config_.sparse.validate(config_.block_size);
     const torch::Device device = config_.device >= 0 ? torch::Device(torch::kCUDA, config_.device)
                                                      : torch::Device(torch::kCPU);
     models::WeightLoader weights(*folder, {.memory_budget = config_.load_memory_budget,
@@ -118,7 +119,7 @@ EngineCore::EngineCore(const EngineConfig& config, sharding::Communicator* tp,
   on_all_ranks(ctl, [&] {
     storage_ = std::make_unique<caches::PagedKVStorage>(kv_plan_.storage, model_->device());
     runner_ = std::make_unique<ModelRunner>(*model_, *storage_, kv_plan_.groups,
-                                            config_.max_num_seqs, dcp);
+                                            config_.max_num_seqs, dcp, config_.sparse);
     if (!leader_) return;
     caches::KVCacheManagerConfig mc;
     mc.groups = kv_plan_.groups;

@@ -36,8 +36,9 @@ struct EngineConfig {
   int64_t kv_cache_memory = 0;         // bytes per rank; 0 = a default (kv_cache_plan.h)
   DType kv_cache_dtype = DType::kF32;  // float32, bfloat16 or float16 pages
   double device_memory_fraction = 0.9;
-  int device = -1;    // CUDA device index, -1 = CPU
-  uint64_t seed = 0;  // the sampler's stream for requests without a seed
+  int device = -1;                    // CUDA device index, -1 = CPU
+  uint64_t seed = 0;                  // the sampler's stream for requests without a seed
+  models::SparseDecodeConfig sparse;  // sparse decode of long sequences (off by default)
   // Checkpoint bytes resident at once while loading (models::WeightLoadOptions); 0 = unbounded.
   int64_t load_memory_budget = 0;
   bool load_progress = false;  // a loading progress bar on stderr (the leader only)

@@ -82,6 +82,14 @@ CompletedRequest from_json(const json& j) {
   return r;
 }
 
+json sparse_json(const models::SparseDecodeStats& s) {
+  return {{"rows", s.rows},
+          {"tokens_read", s.tokens_read},
+          {"tokens_context", s.tokens_context},
+          {"kv_bytes_read", s.kv_bytes_read},
+          {"kv_bytes_dense", s.kv_bytes_dense}};
+}
+
 json summary_json(const GenerateSummary& s) {
   return {{"seconds", s.seconds},
           {"requests", s.requests},
@@ -91,7 +99,8 @@ json summary_json(const GenerateSummary& s) {
           {"computed_tokens", s.computed_tokens},
           {"steps", s.steps},
           {"preemptions", s.preemptions},
-          {"prefix_hit_tokens", s.prefix_hit_tokens}};
+          {"prefix_hit_tokens", s.prefix_hit_tokens},
+          {"sparse", sparse_json(s.sparse)}};
 }
 
 // Every rank's text, on every rank of `comm` (lengths first, then the padded bytes).
@@ -243,6 +252,12 @@ GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* worl
     s.steps += js["steps"].get<int64_t>();
     s.preemptions += js["preemptions"].get<int64_t>();
     s.prefix_hit_tokens += js["prefix_hit_tokens"].get<int64_t>();
+    const auto& sp = js["sparse"];
+    s.sparse.rows += sp["rows"].get<int64_t>();
+    s.sparse.tokens_read += sp["tokens_read"].get<int64_t>();
+    s.sparse.tokens_context += sp["tokens_context"].get<int64_t>();
+    s.sparse.kv_bytes_read += sp["kv_bytes_read"].get<int64_t>();
+    s.sparse.kv_bytes_dense += sp["kv_bytes_dense"].get<int64_t>();
   }
   for (const auto& p : job.prompts) {
     if (!p.error.empty()) {

@@ -23,6 +23,7 @@ std::vector<CompletedRequest> generate(EngineCore& core, std::vector<EngineReque
   bool finished_any = false;
   const auto before = core.scheduler_stats();
   const auto tokens_before = core.runner().stats().tokens;
+  const auto sparse_before = core.runner().stats().sparse;
   try {
     for (size_t i = 0; i < requests.size(); ++i) {
       CompletedRequest& res = results[i];
@@ -74,6 +75,12 @@ std::vector<CompletedRequest> generate(EngineCore& core, std::vector<EngineReque
     s.steps = after.steps - before.steps;
     s.preemptions = after.preemptions - before.preemptions;
     s.prefix_hit_tokens = after.prefix_hit_tokens - before.prefix_hit_tokens;
+    const auto& sp = core.runner().stats().sparse;
+    s.sparse.rows = sp.rows - sparse_before.rows;
+    s.sparse.tokens_read = sp.tokens_read - sparse_before.tokens_read;
+    s.sparse.tokens_context = sp.tokens_context - sparse_before.tokens_context;
+    s.sparse.kv_bytes_read = sp.kv_bytes_read - sparse_before.kv_bytes_read;
+    s.sparse.kv_bytes_dense = sp.kv_bytes_dense - sparse_before.kv_bytes_dense;
   }
   return results;
 }

@@ -34,6 +34,9 @@ struct GenerateSummary {
   int64_t steps = 0;
   int64_t preemptions = 0;
   int64_t prefix_hit_tokens = 0;
+  // Sparse decode on the leader rank (its KV heads; zeros when off): decode rows x full-attention
+  // layers served sparsely, tokens and K/V bytes they read against what dense decode reads.
+  models::SparseDecodeStats sparse;
   double output_tok_s() const { return seconds > 0 ? output_tokens / seconds : 0; }
 };
 

@@ -32,7 +32,7 @@ std::vector<int32_t> layer_groups(const std::vector<caches::CacheGroup>& groups,
 
 ModelRunner::ModelRunner(const models::DecoderModel& model, caches::PagedKVStorage& storage,
                          const std::vector<caches::CacheGroup>& groups, int64_t max_num_seqs,
-                         sharding::Communicator* dcp)
+                         sharding::Communicator* dcp, const models::SparseDecodeConfig& sparse)
     : model_(model),
       storage_(storage),
       attention_(storage, layer_groups(groups, model.config().num_hidden_layers),
@@ -68,6 +68,34 @@ ModelRunner::ModelRunner(const models::DecoderModel& model, caches::PagedKVStora
   slots_.resize(max_num_seqs);
   for (auto& s : slots_) s.tables.resize(groups_.size());
   stats_.max_live_blocks.assign(groups_.size(), 0);
+  if (sparse.enabled()) enable_sparse(sparse, groups);
+}
+
+void ModelRunner::enable_sparse(const models::SparseDecodeConfig& sparse,
+                                const std::vector<caches::CacheGroup>& groups) {
+  const std::string opt = "--sparse-decode " + sparse.method;
+  sparse.validate(block_size_);
+  std::string kinds;
+  bool full = false;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    const bool f = groups_[g].window == 0 && groups_[g].chunk == 0;
+    full = full || f;
+    kinds += (g ? ", " : "") + std::to_string(groups[g].layers.size()) + " x " +
+             std::string(caches::spec_kind_name(groups[g].spec->kind()));
+  }
+  TESSERA_CHECK(full, opt, " needs full-attention layers on the paged KV cache, but the model has",
+                " none (its paged layers: ", kinds, ")");
+  TESSERA_CHECK(dcp_.size == 1, opt, " does not run under decode context parallel yet (", dcp_.size,
+                " ranks share each KV head: use --tp <= num_key_value_heads=",
+                model_.config().num_key_value_heads, ")");
+  TESSERA_CHECK(model_.device().is_cpu(), opt,
+                " runs on the CPU only (its selection is CPU code), the model is on ",
+                model_.device().str());
+  sparse_threshold_ = sparse.threshold();
+  attention_.enable_sparse(std::make_unique<models::SparseDecodeAttention>(
+      sparse, model_.config().num_hidden_layers, static_cast<int64_t>(slots_.size()),
+      model_.local_q_heads(), model_.local_kv_heads(), model_.config().head_dim, block_size_,
+      model_.config().attention_scale()));
 }
 
 const std::vector<int32_t>& ModelRunner::table(int32_t slot, int32_t group) const {
@@ -84,6 +112,7 @@ void ModelRunner::apply(const scheduler::StepPlan& plan) {
     TESSERA_CHECK(s.live && s.seq == r.seq, "plan releases seq ", r.seq, " from slot ", r.slot,
                   " which holds ", s.live ? s.seq : -1);
     s.live = false;
+    if (attention_.sparse() != nullptr) attention_.sparse()->reset_slot(r.slot);
   }
   for (int64_t i = 0; i < plan.num_rows(); ++i) {
     const auto& row = plan.seqs[i];
@@ -101,6 +130,7 @@ void ModelRunner::apply(const scheduler::StepPlan& plan) {
       }
       TESSERA_CHECK(lora.empty() || s.lora >= 0, "seq ", row.seq, " names LoRA adapter '", lora,
                     "' which this rank did not load");
+      if (attention_.sparse() != nullptr) attention_.sparse()->reset_slot(row.slot);
     } else {
       TESSERA_CHECK(s.live && s.seq == row.seq, "row ", i, " of seq ", row.seq, " runs in slot ",
                     row.slot, " which holds ", s.live ? s.seq : -1);
@@ -152,8 +182,59 @@ void ModelRunner::build_group(const scheduler::StepPlan& plan, int32_t group,
   const auto dev = model_.device();
   out.slot_mapping = slots.to(dev);
   out.chunk = groups_[group].chunk;
-  out.calls.resize(1);
-  out.calls[0] = {torch::Tensor(), bt.to(dev), lens.to(dev), qs.to(dev), groups_[group].window};
+  out.calls.clear();
+  const bool full = groups_[group].window == 0 && groups_[group].chunk == 0;
+  if (attention_.sparse() == nullptr || !full) {
+    out.calls.push_back(
+        {torch::Tensor(), bt.to(dev), lens.to(dev), qs.to(dev), groups_[group].window});
+    return;
+  }
+  // Sparse decode: single-token rows of sequences past the threshold go to the sparse path,
+  // the others to one dense call over their query rows.
+  auto& sp_rows = out.sparse;
+  std::vector<int64_t> dense_rows, sparse_rows;
+  for (int64_t i = 0; i < rows; ++i) {
+    const auto& row = plan.seqs[i];
+    if (row.num_tokens == 1 && lp[i] > sparse_threshold_) {
+      sparse_rows.push_back(i);
+    } else {
+      dense_rows.push_back(i);
+      if (row.num_tokens > 1)
+        sp_rows.prefills.push_back({row.slot, row.token_offset, row.num_tokens});
+    }
+  }
+  if (sparse_rows.empty()) {
+    out.calls.push_back({torch::Tensor(), bt.to(dev), lens.to(dev), qs.to(dev), 0});
+    return;
+  }
+  auto pick = [&](const std::vector<int64_t>& which) {
+    auto idx = torch::tensor(which, torch::kLong);
+    return std::make_tuple(idx, bt.index_select(0, idx), lens.index_select(0, idx));
+  };
+  {
+    auto [idx, sbt, slens] = pick(sparse_rows);
+    std::vector<int64_t> q_rows;
+    for (int64_t i : sparse_rows) {
+      q_rows.push_back(plan.seqs[i].token_offset);
+      sp_rows.slots.push_back(plan.seqs[i].slot);
+      sp_rows.seq_lens.push_back(lp[i]);
+    }
+    sp_rows.q_index = torch::tensor(q_rows, torch::kLong);
+    sp_rows.block_tables = sbt.contiguous();
+  }
+  if (dense_rows.empty()) return;
+  auto [idx, dbt, dlens] = pick(dense_rows);
+  auto dqs = torch::empty({static_cast<int64_t>(dense_rows.size()) + 1}, torch::kInt);
+  auto* dq = dqs.data_ptr<int32_t>();
+  std::vector<int64_t> q_rows;
+  dq[0] = 0;
+  for (size_t j = 0; j < dense_rows.size(); ++j) {
+    const auto& row = plan.seqs[dense_rows[j]];
+    dq[j + 1] = dq[j] + row.num_tokens;
+    for (int64_t k = 0; k < row.num_tokens; ++k) q_rows.push_back(row.token_offset + k);
+  }
+  out.calls.push_back(
+      {torch::tensor(q_rows, torch::kLong).to(dev), dbt.to(dev), dlens.to(dev), dqs.to(dev), 0});
 }
 
 void ModelRunner::build_group_dcp(const scheduler::StepPlan& plan, int32_t group,
@@ -266,6 +347,7 @@ torch::Tensor ModelRunner::execute(const scheduler::StepPlan& plan, LogitsRows w
   }
   torch::Tensor hidden = model_.hidden_states(in, attention_);
   attention_.set_batch(nullptr);
+  if (attention_.sparse() != nullptr) stats_.sparse = attention_.sparse()->stats();
   ++stats_.steps;
   stats_.rows += plan.num_rows();
   stats_.tokens += total;

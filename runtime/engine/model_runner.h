@@ -27,6 +27,7 @@ struct RunnerStats {
   // Per KV cache group: the most blocks one sequence held at once (null entries, released when
   // tokens left a window, not counted), over every step so far.
   std::vector<int64_t> max_live_blocks;
+  models::SparseDecodeStats sparse;  // sparse decode (zeros when off)
 };
 
 // Which logits execute() returns.
@@ -41,9 +42,12 @@ class ModelRunner {
   // `groups` are the KV cache manager's groups (their specs count tokens per block as the
   // scheduler does: with DCP, storage block size x dcp ranks). `dcp` spans the ranks sharing
   // this rank's KV head (null or size 1: none). `model`, `storage` and `dcp` must outlive it.
+  // `sparse` (when enabled): decode rows of sequences longer than its threshold attend, on
+  // full-attention layers, to the tokens its selection picks; throws naming the option when the
+  // model has no full-attention layer, under decode context parallel, or on a GPU.
   ModelRunner(const models::DecoderModel& model, caches::PagedKVStorage& storage,
               const std::vector<caches::CacheGroup>& groups, int64_t max_num_seqs,
-              sharding::Communicator* dcp);
+              sharding::Communicator* dcp, const models::SparseDecodeConfig& sparse = {});
 
   // Applies the plan to the persistent batch and runs it. Returns logits float32 [rows, vocab]
   // of the rows `which` asks for (undefined for kNone). Collective over the tensor-parallel
@@ -66,6 +70,8 @@ class ModelRunner {
     std::vector<std::vector<int32_t>> tables;  // [group]
   };
   void apply(const scheduler::StepPlan& plan);
+  void enable_sparse(const models::SparseDecodeConfig& sparse,
+                     const std::vector<caches::CacheGroup>& groups);
   void build_group(const scheduler::StepPlan& plan, int32_t group,
                    models::PagedGroupBatch& out) const;
   void build_group_dcp(const scheduler::StepPlan& plan, int32_t group,
@@ -78,6 +84,7 @@ class ModelRunner {
   int64_t storage_block_size_ = 0;  // slots per block on this rank
   models::DcpPlacement dcp_;
   models::PagedAttentionBackend attention_;
+  int64_t sparse_threshold_ = 0;  // sparse decode past this many tokens
   std::vector<Slot> slots_;
   RunnerStats stats_;
 };

@@ -52,36 +52,41 @@ void SchedulerConfig::validate() const {
   }
 }
 
-struct Scheduler::Entry {
-  // Hot bookkeeping first (read every step), then the request (whose own per-step state leads).
-  bool in_kv = false;         // the KV manager holds the sequence
-  bool new_row = false;       // its next row is the first in its slot
-  bool tables_dirty = true;   // the block tables may differ from what the runner holds
-  bool stops_on_ids = false;  // has stop ids, or eos ids that count (ignore_eos off)
-  int32_t last_token = -1;    // the newest output token (a decode row's input)
+// Cache-line aligned with the request first: what update() touches of it (seq, computed tokens,
+// output_ids, slot, status) shares one line.
+struct alignas(64) Scheduler::Entry {
+  Request req;
+  caches::BlockHashExtra extra;
   int64_t num_prompt = 0;
+  int64_t length_limit = 0;   // prompt + output reaching this ends it: min(P + max_tokens, max_len)
+  bool in_kv = false;         // the KV manager holds the sequence (only while it holds a slot)
+  bool stops_on_ids = false;  // has stop ids, or eos ids that count (ignore_eos off)
+
+  int64_t num_tokens() const { return num_prompt + static_cast<int64_t>(req.output_ids.size()); }
+};
+
+// What a step reads and writes of a running request, by slot in one flat array: a decode step
+// touches this (and the request's output_ids) and nothing else of the request.
+struct Scheduler::Slot {
+  Entry* entry = nullptr;  // null: the slot is free
+  int64_t seq = -1;
+  int64_t num_computed = 0;  // = entry->req.num_computed_tokens
+  int64_t num_tokens = 0;    // prompt + output
+  int64_t num_prompt = 0;
+  int64_t length_limit = 0;
   // Tokens the block tables can hold (whole blocks): allocating up to here takes nothing.
   int64_t capacity = 0;
-  int64_t length_limit = 0;  // prompt + output reaching this ends it: min(P + max_tokens, max_len)
   // The KV manager's view, which may lag the request's by less than a block (see sync_kv()):
   // computed tokens committed to it, and tokens (prompt + output) appended to it.
   int64_t kv_computed = 0;
   int64_t kv_block_end = 0;  // end of the block holding token kv_computed: a commit fills it
   int64_t kv_tokens = 0;
-  struct Sent {
-    int32_t len = 0;    // table length the runner holds
-    int32_t nulls = 0;  // leading null entries the runner holds
-  };
-  static constexpr int32_t kInlineGroups = 4;
-  std::array<Sent, kInlineGroups> sent_inline;  // groups [0, 4)
-  std::vector<Sent> sent_more;                  // groups [4, ...)
-  Sent& sent(int32_t g) {
-    return g < kInlineGroups ? sent_inline[g] : sent_more[g - kInlineGroups];
-  }
-  Request req;
-  caches::BlockHashExtra extra;
-
-  int64_t num_tokens() const { return num_prompt + static_cast<int64_t>(req.output_ids.size()); }
+  caches::SeqHandle kv;      // the sequence's place in the KV manager (no lookups by id)
+  int32_t last_token = -1;   // the newest output token (a decode row's input)
+  bool new_row = false;      // its next row is the first in its slot
+  bool tables_dirty = true;  // the block tables may differ from what the runner holds
+  bool stops_on_ids = false;
+  bool finished = false;  // set by update(), which then forgets it
 };
 
 bool Scheduler::WaitKey::operator<(const WaitKey& o) const {
@@ -123,7 +128,13 @@ Scheduler::Scheduler(SchedulerConfig config, caches::KVCacheManager& kv)
   TESSERA_CHECK(pages <= usable, "the KV pool holds ", usable, " blocks but one request of ",
                 "max_model_len=", config_.max_model_len, " may need ", pages,
                 ": lower max_model_len or give the cache more memory");
-  slots_.assign(config_.max_num_seqs, nullptr);
+  slots_.assign(config_.max_num_seqs, Slot{});
+  sent_.assign(config_.max_num_seqs * num_groups_, Sent{});
+  for (int32_t g = 0; g < num_groups_; ++g) {
+    const auto kind = kv_.manager(g).spec().kind();
+    group_windowed_.push_back(kind == caches::SpecKind::kSlidingWindow ||
+                              kind == caches::SpecKind::kChunkedLocal);
+  }
   free_slots_.reserve(config_.max_num_seqs);
   for (int64_t s = 0; s < config_.max_num_seqs; ++s) free_slots_.push_back(static_cast<int32_t>(s));
   // Ascending order is already a min-heap.
@@ -183,7 +194,6 @@ AddResult Scheduler::add_request(Request request) {
   r.stop_token_id = -1;
   e.extra.lora_id = name_key(r.lora);
   e.extra.cache_salt = name_key(r.cache_salt);
-  e.sent_more.assign(std::max(0, num_groups_ - Entry::kInlineGroups), {});
   e.num_prompt = r.num_prompt_tokens();
   e.stops_on_ids =
       !r.params.stop_token_ids.empty() || (!r.params.ignore_eos && !config_.eos_token_ids.empty());
@@ -199,8 +209,10 @@ const Request* Scheduler::find(std::string_view id) const {
 }
 
 const Request* Scheduler::running_at(int32_t slot) const {
-  if (slot < 0 || slot >= static_cast<int32_t>(slots_.size()) || !slots_[slot]) return nullptr;
-  return &slots_[slot]->req;
+  if (slot < 0 || slot >= static_cast<int32_t>(slots_.size()) || !slots_[slot].entry) {
+    return nullptr;
+  }
+  return &slots_[slot].entry->req;
 }
 
 std::span<const int32_t> Scheduler::block_table(const Request& r, int32_t group) const {
@@ -222,32 +234,37 @@ SchedulerStats Scheduler::stats() const {
 
 // ---- bookkeeping ----
 
-bool Scheduler::try_allocate(Entry& e, int64_t num_tokens, std::vector<caches::BlockCopy>& copies) {
-  const int64_t target = e.req.num_computed_tokens + num_tokens;
-  if (target <= e.capacity) return true;  // the tables already hold these tokens
-  sync_kv(e);                             // allocate() counts from the manager's computed tokens
-  if (!kv_.allocate(e.req.seq, num_tokens, &copies)) return false;
-  e.capacity = caches::cdiv(target, block_size_) * block_size_;
-  e.tables_dirty = true;
+bool Scheduler::try_allocate(Slot& s, int64_t num_tokens, std::vector<caches::BlockCopy>& copies) {
+  const int64_t target = s.num_computed + num_tokens;
+  if (target <= s.capacity) return true;  // the tables already hold these tokens
+  sync_kv(s);                             // allocate() counts from the manager's computed tokens
+  if (!kv_.allocate(s.kv, num_tokens, &copies)) return false;
+  s.capacity = caches::cdiv(target, block_size_) * block_size_;
+  s.tables_dirty = true;
   return true;
 }
 
-void Scheduler::sync_kv(Entry& e) {
-  Request& r = e.req;
-  for (int64_t t = e.kv_tokens; t < r.num_tokens(); ++t) kv_.append_token(r.seq, r.token_at(t));
-  e.kv_tokens = r.num_tokens();
-  if (r.num_computed_tokens > e.kv_computed) {
-    kv_.commit(r.seq, r.num_computed_tokens - e.kv_computed);
-    e.kv_computed = r.num_computed_tokens;
-    e.kv_block_end = (e.kv_computed / block_size_ + 1) * block_size_;
-    if (windowed_) e.tables_dirty = true;  // blocks may have left a window
+void Scheduler::sync_kv(Slot& s) {
+  if (s.kv_tokens < s.num_tokens) {
+    // The manager got prompt and output at admission, so what it lacks is newer output.
+    const Request& r = s.entry->req;
+    const int64_t from = s.kv_tokens - s.num_prompt;
+    TESSERA_CHECK(from >= 0, "request \"", r.id, "\": the KV manager lacks prompt tokens");
+    kv_.append_tokens(s.kv, std::span<const int32_t>(r.output_ids).subspan(from));
+    s.kv_tokens = s.num_tokens;
+  }
+  if (s.num_computed > s.kv_computed) {
+    kv_.commit(s.kv, s.num_computed - s.kv_computed);
+    s.kv_computed = s.num_computed;
+    s.kv_block_end = (s.kv_computed / block_size_ + 1) * block_size_;
+    if (windowed_) s.tables_dirty = true;  // blocks may have left a window
   }
 }
 
-bool Scheduler::commit_due(const Entry& e) const {
+bool Scheduler::commit_due(const Slot& s) const {
   // A block filled up (the prefix cache registers it at commit) ...
-  const int64_t from = e.kv_computed, to = e.req.num_computed_tokens;
-  if (to >= e.kv_block_end) return true;
+  const int64_t from = s.kv_computed, to = s.num_computed;
+  if (to >= s.kv_block_end) return true;
   if (!windowed_) return false;
   // ... or a block left a window / chunk (commit frees it).
   for (const caches::SingleTypeManager* m : windowed_managers_) {
@@ -261,7 +278,7 @@ bool Scheduler::commit_due(const Entry& e) const {
 void Scheduler::release_slot(Entry& e, bool preempted) {
   const int32_t slot = e.req.slot;
   if (slot < 0) return;
-  slots_[slot] = nullptr;
+  slots_[slot] = Slot{};
   // A min-heap: the lowest free slot goes first, which keeps the persistent batch dense.
   free_slots_.push_back(slot);
   std::push_heap(free_slots_.begin(), free_slots_.end(), std::greater<>());
@@ -270,14 +287,16 @@ void Scheduler::release_slot(Entry& e, bool preempted) {
 }
 
 void Scheduler::remove_running(Entry& e) {
-  auto it = std::find(running_.begin(), running_.end(), &e);
-  TESSERA_CHECK(it != running_.end(), "request \"", e.req.id, "\" is not running");
+  auto it = std::find(running_.begin(), running_.end(), e.req.slot);
+  TESSERA_CHECK(e.req.slot >= 0 && it != running_.end(), "request \"", e.req.id,
+                "\" is not running");
   running_.erase(it);
 }
 
 Scheduler::Entry* Scheduler::pick_victim() const {
   Entry* victim = nullptr;
-  for (Entry* e : running_) {
+  for (int32_t slot : running_) {
+    Entry* e = slots_[slot].entry;
     if (!victim || key_of(*victim) < key_of(*e)) victim = e;
   }
   return victim;
@@ -287,13 +306,11 @@ void Scheduler::preempt(Entry& e) {
   Request& r = e.req;
   kv_.free(r.seq);
   e.in_kv = false;
-  e.capacity = 0;
   r.num_computed_tokens = 0;
-  e.kv_computed = e.kv_tokens = 0;
   ++r.num_preemptions;
   ++stats_.preemptions;
-  release_slot(e, /*preempted=*/true);
   remove_running(e);
+  release_slot(e, /*preempted=*/true);
   r.status = RequestStatus::kPreempted;
   waiting_.emplace(key_of(e), &e);
 }
@@ -338,31 +355,33 @@ bool Scheduler::abort(std::string_view id, FinishReason reason) {
 
 // ---- schedule ----
 
-void Scheduler::emit_row(StepPlan& plan, int64_t i, Entry& e, int64_t num_tokens,
+void Scheduler::emit_row(StepPlan& plan, int64_t i, int32_t slot, int64_t num_tokens,
                          int64_t token_offset) {
-  Request& r = e.req;
-  const int64_t start = r.num_computed_tokens;
+  Slot& s = slots_[slot];
+  const int64_t start = s.num_computed;
   const int64_t end = start + num_tokens;
   ScheduledSeq& row = plan.seqs[i];
-  row.seq = r.seq;
-  row.slot = r.slot;
-  row.is_new = e.new_row;
-  row.sample = end == e.num_tokens();
+  row.seq = s.seq;
+  row.slot = slot;
+  row.is_new = s.new_row;
+  row.sample = end == s.num_tokens;
   row.sample_index = row.sample ? plan.num_sampled++ : -1;
   row.start_pos = start;
   row.num_tokens = static_cast<int32_t>(num_tokens);
   row.token_offset = token_offset;
   row.new_index = -1;
   if (row.is_new) {
+    const Request& r = s.entry->req;
     row.new_index = static_cast<int32_t>(plan.new_seqs.size());
     plan.new_seqs.push_back({static_cast<int32_t>(i), r.id, r.lora});
   }
   // Tokens [start, end) of prompt ++ output; a decode is the newest output token.
   int32_t* out = plan.token_ids.data() + token_offset;
-  const int64_t p = e.num_prompt;
-  if (num_tokens == 1 && start >= p && end == e.num_tokens()) {
-    *out = e.last_token;  // a decode: the newest token
+  const int64_t p = s.num_prompt;
+  if (num_tokens == 1 && start >= p && end == s.num_tokens) {
+    *out = s.last_token;  // a decode: the newest token
   } else {
+    const Request& r = s.entry->req;
     if (start < p)
       out = std::copy(r.prompt_ids.data() + start, r.prompt_ids.data() + std::min(end, p), out);
     if (end > p) {
@@ -372,30 +391,31 @@ void Scheduler::emit_row(StepPlan& plan, int64_t i, Entry& e, int64_t num_tokens
   }
 
   BlockTableDelta* d = plan.tables.data() + i * num_groups_;
-  if (!e.new_row && !e.tables_dirty) {
+  Sent* sent = sent_.data() + static_cast<size_t>(slot) * num_groups_;
+  if (!s.new_row && !s.tables_dirty) {
     // Nothing changed since the last row: keep everything (most decode steps).
     const auto offset = static_cast<int64_t>(plan.blocks.size());
-    for (int32_t g = 0; g < num_groups_; ++g) {
-      const Entry::Sent& t = e.sent(g);
-      d[g] = {t.len, t.nulls, 0, offset};
-    }
+    for (int32_t g = 0; g < num_groups_; ++g) d[g] = {sent[g].len, sent[g].nulls, 0, offset};
   } else {
     for (int32_t g = 0; g < num_groups_; ++g) {
-      Entry::Sent& t = e.sent(g);
-      if (e.new_row) t = {};
-      auto table = kv_.block_table(r.seq, g);
+      Sent& t = sent[g];
+      if (s.new_row) t = {};
+      auto table = kv_.block_table(s.kv, g);
       const auto len = static_cast<int32_t>(table.size());
-      // Tables only grow, and entries only turn null from the front (blocks that left a window).
+      // Tables only grow, and entries only turn null from the front (blocks that left a window;
+      // a prefix hit's table may start with nulls), so only windowed groups and new rows scan.
       int32_t nulls = std::min(t.nulls, len);
-      while (nulls < len && table[nulls] == caches::BlockPool::kNullBlock) ++nulls;
+      if (group_windowed_[g] || s.new_row) {
+        while (nulls < len && table[nulls] == caches::BlockPool::kNullBlock) ++nulls;
+      }
       const int32_t keep = std::min(t.len, len);
       d[g] = {keep, nulls, len - keep, static_cast<int64_t>(plan.blocks.size())};
       plan.blocks.insert(plan.blocks.end(), table.begin() + keep, table.end());
       t = {len, nulls};
     }
   }
-  e.new_row = false;
-  e.tables_dirty = false;
+  s.new_row = false;
+  s.tables_dirty = false;
 }
 
 const StepPlan& Scheduler::schedule() {
@@ -425,31 +445,33 @@ const StepPlan& Scheduler::schedule() {
 
   // 1. Running requests, in admission order.
   for (size_t i = 0; i < running_.size() && budget > 0;) {
-    Entry* e = running_[i];
-    const int64_t n = clip(e->num_tokens() - e->req.num_computed_tokens);
-    TESSERA_CHECK(n > 0, "running request \"", e->req.id, "\" has nothing to compute");
+    const int32_t slot = running_[i];
+    Slot& s = slots_[slot];
+    const int64_t n = clip(s.num_tokens - s.num_computed);
+    TESSERA_CHECK(n > 0, "running request \"", s.entry->req.id, "\" has nothing to compute");
     bool self_preempted = false;
-    while (!try_allocate(*e, n, plan.copies)) {
+    while (!try_allocate(s, n, plan.copies)) {
       Entry* victim = pick_victim();
+      const int32_t victim_slot = victim->req.slot;
       preempted = true;
       // A victim scheduled earlier in this step gives its tokens back.
       auto it = std::find_if(scheduled_.begin(), scheduled_.end(),
-                             [&](const Scheduled& s) { return s.entry == victim; });
+                             [&](const Scheduled& x) { return x.slot == victim_slot; });
       if (it != scheduled_.end()) {
         budget += it->num_tokens;
         scheduled_.erase(it);
       }
-      const auto pos = static_cast<size_t>(std::find(running_.begin(), running_.end(), victim) -
-                                           running_.begin());
+      const auto pos = static_cast<size_t>(
+          std::find(running_.begin(), running_.end(), victim_slot) - running_.begin());
       preempt(*victim);
-      if (victim == e) {
+      if (victim_slot == slot) {
         self_preempted = true;
         break;
       }
       if (pos < i) --i;
     }
     if (self_preempted) continue;  // running_[i] is now the next request
-    scheduled_.push_back({e, n});
+    scheduled_.push_back({slot, n});
     budget -= n;
     ++i;
   }
@@ -460,44 +482,54 @@ const StepPlan& Scheduler::schedule() {
          static_cast<int64_t>(running_.size()) < config_.max_num_seqs) {
     Entry& e = *waiting_.begin()->second;
     Request& r = e.req;
-    int64_t hit = 0;
-    if (!e.in_kv) {
-      tokens.assign(r.prompt_ids.begin(), r.prompt_ids.end());
-      tokens.insert(tokens.end(), r.output_ids.begin(), r.output_ids.end());
-      hit = kv_.add_sequence(r.seq, tokens, e.extra);
-      e.in_kv = true;
-      r.num_computed_tokens = hit;
-      e.kv_computed = hit;
-      e.kv_block_end = (hit / block_size_ + 1) * block_size_;
-      e.kv_tokens = r.num_tokens();
-      e.capacity = hit;
-    }
-    const int64_t want = r.num_tokens() - r.num_computed_tokens;
+    // The lowest free slot; given back below if the request does not fit.
+    std::pop_heap(free_slots_.begin(), free_slots_.end(), std::greater<>());
+    const int32_t slot = free_slots_.back();
+    free_slots_.pop_back();
+    Slot& s = slots_[slot];
+    s = Slot{};
+    s.entry = &e;
+    s.seq = r.seq;
+    s.num_prompt = e.num_prompt;
+    s.num_tokens = e.num_tokens();
+    s.length_limit = e.length_limit;
+    s.stops_on_ids = e.stops_on_ids;
+    s.last_token = r.output_ids.empty() ? -1 : r.output_ids.back();
+    tokens.assign(r.prompt_ids.begin(), r.prompt_ids.end());
+    tokens.insert(tokens.end(), r.output_ids.begin(), r.output_ids.end());
+    const int64_t hit = kv_.add_sequence(r.seq, tokens, e.extra);
+    e.in_kv = true;
+    s.kv = kv_.handle(r.seq);
+    r.num_computed_tokens = hit;
+    s.num_computed = hit;
+    s.kv_computed = hit;
+    s.kv_block_end = (hit / block_size_ + 1) * block_size_;
+    s.kv_tokens = s.num_tokens;
+    s.capacity = hit;
+    const int64_t want = s.num_tokens - hit;
     const int64_t n = clip(want);
     bool ok = config_.enable_chunked_prefill || n == want;
-    if (ok) ok = try_allocate(e, n, plan.copies);
+    if (ok) ok = try_allocate(s, n, plan.copies);
     if (!ok) {
-      // Give the prefix hit back; the request stays first in line.
+      // Give the prefix hit and the slot back; the request stays first in line.
       kv_.free(r.seq);
       e.in_kv = false;
-      e.capacity = 0;
       r.num_computed_tokens = 0;
-      e.kv_computed = e.kv_tokens = 0;
+      s = Slot{};
+      free_slots_.push_back(slot);
+      std::push_heap(free_slots_.begin(), free_slots_.end(), std::greater<>());
       break;
     }
     waiting_.erase(waiting_.begin());
-    stats_.prefix_queried_tokens += r.num_tokens();
+    stats_.prefix_queried_tokens += s.num_tokens;
     stats_.prefix_hit_tokens += hit;
     if (r.status == RequestStatus::kWaiting) r.num_cached_prompt_tokens = hit;
     r.status = RequestStatus::kRunning;
-    std::pop_heap(free_slots_.begin(), free_slots_.end(), std::greater<>());
-    r.slot = free_slots_.back();
-    free_slots_.pop_back();
-    slots_[r.slot] = &e;
-    e.new_row = true;
-    e.tables_dirty = true;
-    running_.push_back(&e);
-    scheduled_.push_back({&e, n});
+    r.slot = slot;
+    s.new_row = true;
+    s.tables_dirty = true;
+    running_.push_back(slot);
+    scheduled_.push_back({slot, n});
     budget -= n;
   }
 
@@ -511,7 +543,7 @@ const StepPlan& Scheduler::schedule() {
   plan.tables.resize(scheduled_.size() * num_groups_);
   int64_t offset = 0;
   for (size_t i = 0; i < scheduled_.size(); ++i) {
-    emit_row(plan, static_cast<int64_t>(i), *scheduled_[i].entry, scheduled_[i].num_tokens, offset);
+    emit_row(plan, static_cast<int64_t>(i), scheduled_[i].slot, scheduled_[i].num_tokens, offset);
     offset += scheduled_[i].num_tokens;
   }
   return plan;
@@ -519,10 +551,10 @@ const StepPlan& Scheduler::schedule() {
 
 // ---- update ----
 
-bool Scheduler::check_stop(Entry& e) {
-  Request& r = e.req;
-  if (e.stops_on_ids && r.num_output_tokens() >= r.params.min_tokens) {
-    const int32_t tok = r.output_ids.back();
+bool Scheduler::check_stop(Slot& s) {
+  Request& r = s.entry->req;
+  if (s.stops_on_ids && s.num_tokens - s.num_prompt >= r.params.min_tokens) {
+    const int32_t tok = s.last_token;
     if (contains(r.params.stop_token_ids, tok) ||
         (!r.params.ignore_eos && contains(config_.eos_token_ids, tok))) {
       r.finish_reason = FinishReason::kStop;
@@ -530,7 +562,7 @@ bool Scheduler::check_stop(Entry& e) {
       return true;
     }
   }
-  if (e.num_tokens() >= e.length_limit) {  // max_tokens, or max_model_len
+  if (s.num_tokens >= s.length_limit) {  // max_tokens, or max_model_len
     r.finish_reason = FinishReason::kLength;
     return true;
   }
@@ -557,48 +589,67 @@ const std::vector<RequestOutput>& Scheduler::update(const StepPlan& plan,
     return o;
   };
   bool any_finished = false;
-  for (const ScheduledSeq& row : plan.seqs) {
-    if (row.slot < 0 || row.slot >= static_cast<int32_t>(slots_.size())) continue;
-    Entry* e = slots_[row.slot];
-    if (!e || e->req.seq != row.seq) continue;  // aborted since the plan was made
-    Request& r = e->req;
-    TESSERA_CHECK(r.num_computed_tokens == row.start_pos, "plan row of request \"", r.id,
-                  "\" starts at ", row.start_pos, " but it has ", r.num_computed_tokens,
-                  " computed tokens");
-    r.num_computed_tokens += row.num_tokens;
+  const auto num_slots = static_cast<int32_t>(slots_.size());
+  const ScheduledSeq* rows = plan.seqs.data();
+  const auto num_rows = static_cast<int64_t>(plan.seqs.size());
+  // Each row writes one token to its request's output_ids, a cache line of its own: fetch the
+  // request a few rows ahead and the end of its output_ids a few rows after that.
+  constexpr int64_t kAhead = 8;
+  auto slot_entry = [&](int64_t i) -> const Entry* {
+    const int32_t slot = i < num_rows ? rows[i].slot : -1;
+    return slot >= 0 && slot < num_slots ? slots_[slot].entry : nullptr;
+  };
+  for (int64_t i = 0; i < num_rows; ++i) {
+    if (const Entry* ahead = slot_entry(i + 2 * kAhead)) __builtin_prefetch(&ahead->req);
+    if (const Entry* ahead = slot_entry(i + kAhead)) {
+      __builtin_prefetch(ahead->req.output_ids.data() + ahead->req.output_ids.size(), 1);
+    }
+    const ScheduledSeq& row = rows[i];
+    if (row.slot < 0 || row.slot >= num_slots) continue;
+    Slot& s = slots_[row.slot];
+    if (!s.entry || s.seq != row.seq) continue;  // aborted since the plan was made
+    Request& r = s.entry->req;
+    TESSERA_CHECK(s.num_computed == row.start_pos, "plan row of request \"", r.id, "\" starts at ",
+                  row.start_pos, " but it has ", s.num_computed, " computed tokens");
+    s.num_computed += row.num_tokens;
+    r.num_computed_tokens = s.num_computed;
     if (row.sample) {
       const int32_t tok = sampled.token_ids[row.sample_index];
       TESSERA_CHECK(tok >= 0, "sampled token of request \"", r.id, "\" must be >= 0, got ", tok);
       r.output_ids.push_back(tok);
-      e->last_token = tok;
+      s.last_token = tok;
+      ++s.num_tokens;
     }
     // The KV manager learns of the new tokens when it has something to do with them.
-    if (commit_due(*e)) sync_kv(*e);
+    if (commit_due(s)) sync_kv(s);
     if (!row.sample) continue;
     RequestOutput& o = next_output();
-    o.id.assign(r.id);
-    o.seq = r.seq;
-    o.new_token_id = r.output_ids.back();
+    // Every write of an output sets id and seq together, and seq is unique over the scheduler's
+    // life: an output object that held this request last step already holds its id.
+    if (o.seq != s.seq || o.id.empty()) o.id.assign(r.id);
+    o.seq = s.seq;
+    o.new_token_id = s.last_token;
     o.sample_index = row.sample_index;
-    o.prompt_tokens = r.num_prompt_tokens();
-    o.completion_tokens = r.num_output_tokens();
+    o.prompt_tokens = s.num_prompt;
+    o.completion_tokens = s.num_tokens - s.num_prompt;
     o.cached_prompt_tokens = r.num_cached_prompt_tokens;
-    o.finished = check_stop(*e);
+    o.finished = check_stop(s);
     o.finish_reason = r.finish_reason;
     o.stop_token_id = r.stop_token_id;
     if (o.finished) {
       any_finished = true;
+      s.finished = true;
       r.status = RequestStatus::kFinished;  // leaves running_ below, in one pass
     }
   }
   if (any_finished) {
-    std::vector<Entry*> done;
-    std::erase_if(running_, [&](Entry* e) {
-      if (e->req.status != RequestStatus::kFinished) return false;
-      done.push_back(e);
+    done_.clear();
+    std::erase_if(running_, [&](int32_t slot) {
+      if (!slots_[slot].finished) return false;
+      done_.push_back(slots_[slot].entry);
       return true;
     });
-    for (Entry* e : done) forget(*e);
+    for (Entry* e : done_) forget(*e);
   }
   for (auto& p : pending_) next_output() = std::move(p);
   pending_.clear();

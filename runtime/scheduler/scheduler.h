@@ -152,6 +152,11 @@ class Scheduler {
 
  private:
   struct Entry;  // a live request plus the scheduler's bookkeeping (scheduler.cpp)
+  struct Slot;   // a running request's per-step state, by slot (scheduler.cpp)
+  struct Sent {
+    int32_t len = 0;    // table length the runner holds
+    int32_t nulls = 0;  // leading null entries the runner holds
+  };
   struct WaitKey {
     int32_t priority;
     double arrival;
@@ -159,17 +164,17 @@ class Scheduler {
     bool operator<(const WaitKey& o) const;
   };
   struct Scheduled {
-    Entry* entry;
+    int32_t slot;
     int64_t num_tokens;
   };
   static WaitKey key_of(const Entry& e);
-  bool try_allocate(Entry& e, int64_t num_tokens, std::vector<caches::BlockCopy>& copies);
+  bool try_allocate(Slot& s, int64_t num_tokens, std::vector<caches::BlockCopy>& copies);
   // Brings the KV manager up to the request: appends its new tokens and commits its computed
   // ones. update() calls it only when a commit would do something (commit_due): a block filled
   // (prefix-cache registration) or a block left a window; otherwise the manager lags by less
   // than a block, which nothing reads (allocate() syncs first; free() needs no sync).
-  void sync_kv(Entry& e);
-  bool commit_due(const Entry& e) const;
+  void sync_kv(Slot& s);
+  bool commit_due(const Slot& s) const;
   Entry* pick_victim() const;
   void preempt(Entry& e);
   void release_slot(Entry& e, bool preempted);
@@ -177,8 +182,8 @@ class Scheduler {
   RequestOutput final_output(const Entry& e) const;
   void forget(Entry& e);  // frees KV and slot; erases the entry (e dangles afterwards)
   // Fills row i of the (pre-sized) plan.
-  void emit_row(StepPlan& plan, int64_t i, Entry& e, int64_t num_tokens, int64_t token_offset);
-  bool check_stop(Entry& e);
+  void emit_row(StepPlan& plan, int64_t i, int32_t slot, int64_t num_tokens, int64_t token_offset);
+  bool check_stop(Slot& s);
 
   SchedulerConfig config_;
   caches::KVCacheManager& kv_;
@@ -188,8 +193,11 @@ class Scheduler {
   std::vector<const caches::SingleTypeManager*> windowed_managers_;
   std::unordered_map<std::string, std::unique_ptr<Entry>> by_id_;
   std::map<WaitKey, Entry*> waiting_;   // (priority, arrival, add order)
-  std::vector<Entry*> running_;         // admission order
-  std::vector<Entry*> slots_;           // [max_num_seqs]
+  std::vector<int32_t> running_;        // slots, in admission order
+  std::vector<Slot> slots_;             // [max_num_seqs]
+  std::vector<Sent> sent_;              // [max_num_seqs * num_groups]: what the runner holds
+  std::vector<bool> group_windowed_;    // [num_groups]: sliding window / chunked local
+  std::vector<Entry*> done_;            // update()'s finished requests (storage reused)
   std::vector<int32_t> free_slots_;     // a min-heap of free slots
   std::vector<ReleasedSeq> released_;   // since the last plan
   std::vector<RequestOutput> pending_;  // finished outside update(), returned by the next one

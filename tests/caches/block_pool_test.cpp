@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <random>
+#include <unordered_map>
 
 namespace tessera::caches {
 namespace {
@@ -99,6 +101,63 @@ TEST(BlockPool, DuplicateKeyKeepsFirstBlock) {
   EXPECT_THROW(pool.cache(-1, 10), Error);
   pool.free(d);
   EXPECT_THROW(pool.cache(d, 10), Error);  // only referenced blocks are cached
+}
+
+// The open-addressing index against std::unordered_map over random inserts, erases and finds, with
+// keys drawn from a small set (long probe runs, erases in the middle of runs, wrap-around) and keys
+// that share their low bits (a plain modulo table would put them all in one bucket).
+TEST(PrefixIndex, MatchesUnorderedMapUnderChurn) {
+  for (const bool aligned : {false, true}) {
+    constexpr int32_t kMax = 200;
+    PrefixIndex index(kMax);
+    std::unordered_map<uint64_t, int32_t> ref;
+    std::mt19937_64 rng(aligned ? 7 : 3);
+    auto key = [&]() -> uint64_t {
+      const uint64_t k = rng() % 400;
+      return aligned ? k << 40 : k;
+    };
+    for (int op = 0; op < 200000; ++op) {
+      const uint64_t k = key();
+      switch (rng() % 3) {
+        case 0:
+          if (static_cast<int32_t>(ref.size()) < kMax || ref.count(k)) {
+            const auto b = static_cast<int32_t>(rng() % 1000);
+            EXPECT_EQ(index.insert(k, b), ref.emplace(k, b).second);
+          }
+          break;
+        case 1:
+          index.erase(k);
+          ref.erase(k);
+          break;
+        default: {
+          auto it = ref.find(k);
+          ASSERT_EQ(index.find(k), it == ref.end() ? -1 : it->second) << "op " << op;
+        }
+      }
+      ASSERT_EQ(index.size(), static_cast<int64_t>(ref.size()));
+    }
+    auto entries = index.entries();
+    std::sort(entries.begin(), entries.end());
+    std::vector<std::pair<uint64_t, int32_t>> want(ref.begin(), ref.end());
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(entries, want);
+    for (const auto& [k, b] : want) EXPECT_EQ(index.find(k), b);
+    index.clear();
+    EXPECT_EQ(index.size(), 0);
+    for (const auto& [k, b] : want) EXPECT_EQ(index.find(k), -1);
+  }
+}
+
+TEST(PrefixIndex, RefusesMoreThanItsCapacity) {
+  PrefixIndex index(2);
+  EXPECT_TRUE(index.insert(1, 1));
+  EXPECT_TRUE(index.insert(2, 2));
+  EXPECT_FALSE(index.insert(2, 3));  // present: refused without counting against capacity
+  EXPECT_THROW(index.insert(3, 3), Error);
+  index.erase(1);
+  EXPECT_TRUE(index.insert(3, 3));
+  EXPECT_EQ(index.find(2), 2);
+  EXPECT_EQ(index.find(3), 3);
 }
 
 TEST(BlockPool, ValidatesSize) {

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <numeric>
 #include <random>
 
@@ -376,6 +377,69 @@ TEST(KVCacheHybrid, GroupLayersBySpec) {
   EXPECT_EQ(groups[1].layers, (std::vector<int64_t>{1, 3, 6}));
   EXPECT_EQ(groups[2].layers, (std::vector<int64_t>{5}));
   EXPECT_THROW(make({full(16), full(32)}, 10), Error);  // pool groups need one block size
+}
+
+}  // namespace
+}  // namespace tessera::caches
+
+namespace tessera::caches {
+namespace {
+
+// The handle calls (bulk append, allocate, commit, block_table) leave two managers fed the same
+// tokens in the same state as the per-token, by-id calls: same tables, same prefix-cache entries,
+// same counters; a handle of a freed sequence is refused, and its place is reused.
+TEST(KVCacheManager, HandleCallsMatchIdCalls) {
+  for (auto specs : {std::vector<SpecPtr>{full()}, std::vector<SpecPtr>{full(), sliding(40)}}) {
+    auto by_id = make(specs, 400);
+    auto by_handle = make(specs, 400);
+    std::mt19937 rng(5);
+    const auto shared = tokens(48, 9);
+    for (SeqId s = 0; s < 6; ++s) {
+      auto p = shared;
+      const auto own = tokens(5 + s * 7, static_cast<int32_t>(s));
+      p.insert(p.end(), own.begin(), own.end());
+      ASSERT_EQ(by_id.add_sequence(s, p), by_handle.add_sequence(s, p));
+      const SeqHandle h = by_handle.handle(s);
+      int64_t pending = static_cast<int64_t>(p.size());  // tokens appended but not computed
+      for (int step = 0; step < 60; ++step) {
+        // Several generated tokens at once on one side, one at a time on the other.
+        const auto gen = tokens(1 + rng() % 3, step * 10 + static_cast<int32_t>(s));
+        for (int32_t t : gen) by_id.append_token(s, t);
+        by_handle.append_tokens(h, gen);
+        pending = by_id.num_tokens(s) - by_id.num_computed(s);
+        const int64_t n = 1 + static_cast<int64_t>(rng() % pending);
+        ASSERT_TRUE(by_id.allocate(s, n));
+        ASSERT_TRUE(by_handle.allocate(h, n));
+        by_id.commit(s, n);
+        by_handle.commit(h, n);
+        for (int32_t g = 0; g < by_id.num_groups(); ++g) {
+          auto a = by_id.block_table(s, g);
+          auto b = by_handle.block_table(h, g);
+          ASSERT_EQ(std::vector<int32_t>(a.begin(), a.end()),
+                    std::vector<int32_t>(b.begin(), b.end()));
+        }
+      }
+      EXPECT_EQ(by_id.num_tokens(s), by_handle.num_tokens(s));
+      EXPECT_EQ(by_id.num_computed(s), by_handle.num_computed(s));
+      by_id.check_invariants();
+      by_handle.check_invariants();
+      if (s % 2 == 1) {  // free every other one: its place is reused by the next sequence
+        by_id.free(s);
+        by_handle.free(s);
+        EXPECT_THROW(by_handle.commit(h, 0), Error);
+        EXPECT_THROW(by_handle.block_table(h, 0), Error);
+      }
+    }
+    auto sorted = [](std::vector<std::pair<uint64_t, int32_t>> v) {
+      std::sort(v.begin(), v.end());
+      return v;
+    };
+    EXPECT_EQ(sorted(by_id.pool().index()), sorted(by_handle.pool().index()));
+    EXPECT_EQ(by_id.stats().hit_tokens, by_handle.stats().hit_tokens);
+    EXPECT_GT(by_id.stats().hit_tokens, 0);
+    EXPECT_THROW(by_handle.handle(1), Error);
+    EXPECT_THROW(by_handle.commit(SeqHandle{}, 0), Error);
+  }
 }
 
 }  // namespace

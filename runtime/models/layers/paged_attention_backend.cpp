@@ -55,8 +55,14 @@ torch::Tensor PagedAttentionBackend::attend(int64_t layer, const torch::Tensor& 
   const int64_t t = q.size(0), d = q.size(2);
   if (dcp_ == nullptr) {
     auto [out, lse] = local_attention(g, kv, q);
+    if (!g.sparse.empty()) {
+      TESSERA_CHECK(sparse_ != nullptr,
+                    "the batch has sparse decode rows but sparse decode is off");
+      sparse_->attend(layer, g.sparse, kv, q, out);
+    }
     return out.view({t, -1});
   }
+  TESSERA_CHECK(g.sparse.empty(), "sparse decode does not run under decode context parallel");
   // DCP: every rank of the group attends with all query heads of the shared KV head over its
   // share of the tokens, then each keeps its own heads of the merged result.
   const int64_t p = dcp_->size(), hq = q.size(1);

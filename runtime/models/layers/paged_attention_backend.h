@@ -9,10 +9,12 @@
 
 #include <torch/types.h>
 
+#include <memory>
 #include <vector>
 
 #include "caches/paged_kv_storage.h"
 #include "runtime/models/decoder_model.h"
+#include "runtime/models/layers/sparse_decode_attention.h"
 #include "sharding/communicator.h"
 
 namespace tessera::models {
@@ -44,6 +46,8 @@ struct PagedGroupBatch {
   torch::Tensor slot_mapping;  // [T] int64: page slot of each new token, -1 = not stored here
   int64_t chunk = 0;           // chunked-local attention, 0 = none
   std::vector<PagedAttentionCall> calls;  // queries no call covers see no keys on this rank
+  SparseDecodeRows sparse;                // rows decoded sparsely (sparse decode on; no call
+                                          // covers them)
 };
 
 struct PagedBatch {
@@ -60,6 +64,10 @@ class PagedAttentionBackend : public AttentionBackend {
   // The batch of the next forward (must outlive it).
   void set_batch(const PagedBatch* batch) { batch_ = batch; }
 
+  // Turns sparse decode on (the batches' SparseDecodeRows say which rows use it).
+  void enable_sparse(std::unique_ptr<SparseDecodeAttention> sparse) { sparse_ = std::move(sparse); }
+  SparseDecodeAttention* sparse() const { return sparse_.get(); }
+
   torch::Tensor attend(int64_t layer, const torch::Tensor& q, const torch::Tensor& k,
                        const torch::Tensor& v) override;
 
@@ -75,6 +83,7 @@ class PagedAttentionBackend : public AttentionBackend {
   int64_t local_q_heads_;
   sharding::Communicator* dcp_;
   const PagedBatch* batch_ = nullptr;
+  std::unique_ptr<SparseDecodeAttention> sparse_;
 };
 
 }  // namespace tessera::models
