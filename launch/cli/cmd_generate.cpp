@@ -8,8 +8,10 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "launch/cli/cli_sizes.h"
 #include "launch/cli/commands.h"
 #include "runtime/engine/generate.h"
+#include "runtime/models/lora_adapter.h"
 
 namespace tessera::cli {
 
@@ -24,6 +26,9 @@ struct GenerateArgs {
   int64_t seed = -1;
   std::string stop_token_ids;
   std::string kv_cache_memory;
+  std::string load_memory_budget;
+  std::vector<std::string> loras;
+  std::string use_lora;
   std::string kv_cache_dtype = "float32";
   bool no_prefix_caching = false;
   bool json = false;
@@ -173,6 +178,17 @@ Command register_generate(CLI::App& root) {
       ->capture_default_str();
   app->add_option("--block-size", job.engine.block_size, "KV cache tokens per block per rank")
       ->capture_default_str();
+  app->add_option("--load-memory-budget", args->load_memory_budget,
+                  "Checkpoint bytes resident at once while loading weights (K/M/G; default "
+                  "unbounded)");
+  app->add_option("--lora", args->loras,
+                  "LoRA adapter NAME=PATH (a PEFT folder; repeatable); prompts name it with "
+                  "--use-lora or a \"lora\" field in --prompts lines");
+  app->add_option("--quantization", job.engine.quantization,
+                  "Weights: none (float32) or int8 (per output channel, computed from int8)")
+      ->capture_default_str();
+  app->add_option("--use-lora", args->use_lora,
+                  "Adapter for the --prompt / --prompt-ids prompts (default: the base model)");
   app->add_flag("--no-prefix-caching", args->no_prefix_caching, "Recompute shared prefixes");
   auto& sp = job.engine.sparse;
   app->add_option("--sparse-decode", sp.method,
@@ -203,6 +219,12 @@ Command register_generate(CLI::App& root) {
       if (!args->kv_cache_memory.empty()) {
         job.engine.kv_cache_memory = parse_bytes(args->kv_cache_memory);
       }
+      if (!args->load_memory_budget.empty()) {
+        job.engine.load_memory_budget =
+            parse_size("--load-memory-budget", args->load_memory_budget);
+      }
+      job.engine.load_progress = !args->json && !args->no_progress && isatty(STDERR_FILENO);
+      for (const auto& l : args->loras) job.engine.loras.push_back(models::parse_lora_arg(l));
       job.engine.enable_prefix_caching = !args->no_prefix_caching;
       const auto& kd = args->kv_cache_dtype;
       TESSERA_CHECK(kd == "float32" || kd == "bfloat16" || kd == "float16",
@@ -220,6 +242,7 @@ Command register_generate(CLI::App& root) {
         engine::PromptSpec s;
         s.text = text;
         s.params = args->params;
+        s.lora = args->use_lora;
         job.prompts.push_back(std::move(s));
       }
       for (const auto& ids : args->prompt_ids) {
@@ -227,6 +250,7 @@ Command register_generate(CLI::App& root) {
         s.ids = engine::parse_id_list(ids);
         s.has_ids = true;
         s.params = args->params;
+        s.lora = args->use_lora;
         job.prompts.push_back(std::move(s));
       }
       if (!args->prompts_file.empty()) {

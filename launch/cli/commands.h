@@ -30,5 +30,7 @@ std::vector<Command> register_delta(CLI::App& root);
 Command register_inspect(CLI::App& root);
 Command register_serve(CLI::App& root);
 Command register_router(CLI::App& root);
+// `embed` and `classify` (encoders).
+std::vector<Command> register_embed(CLI::App& root);
 
 }  // namespace tessera::cli

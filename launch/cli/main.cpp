@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
   commands.push_back(tessera::cli::register_inspect(app));
   commands.push_back(tessera::cli::register_serve(app));
   commands.push_back(tessera::cli::register_router(app));
+  for (auto& c : tessera::cli::register_embed(app)) commands.push_back(std::move(c));
 
   try {
     app.parse(argc, argv);

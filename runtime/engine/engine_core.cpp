@@ -94,9 +94,16 @@ EngineCore::EngineCore(const EngineConfig& config, sharding::Communicator* tp,
     config_.sparse.validate(config_.block_size);
     const torch::Device device = config_.device >= 0 ? torch::Device(torch::kCUDA, config_.device)
                                                      : torch::Device(torch::kCPU);
-    models::WeightLoader weights(*folder);
+    models::WeightLoader weights(*folder, {.memory_budget = config_.load_memory_budget,
+                                           .progress = config_.load_progress && leader_});
     model_ =
-        std::make_unique<models::DecoderModel>(model_config_, weights, tp, max_model_len_, device);
+        std::make_unique<models::DecoderModel>(model_config_, weights, tp, max_model_len_, device,
+                                               models::parse_quantization(config_.quantization));
+    for (const auto& [name, path] : config_.loras) {
+      TESSERA_CHECK(!name.empty(), "--lora: an adapter needs a name (NAME=PATH), got '=", path,
+                    "'");
+      model_->add_lora(models::LoraAdapter::load(name, path, model_config_));
+    }
   });
   on_all_ranks(ctl, [&] {
     KVCacheOptions kv;
@@ -168,8 +175,18 @@ void EngineCore::add_request(EngineRequest request, OutputFn on_output) {
   r.params = request.params;
   r.priority = request.priority;
   r.lora = request.lora;
-  if (!r.lora.empty())
-    return refuse(who + "lora='" + r.lora + "': LoRA adapters are not supported yet");
+  if (!r.lora.empty()) {
+    bool known = false;
+    std::string names;
+    for (int i = 0; i < model_->num_loras(); ++i) {
+      known = known || model_->lora_name(i) == r.lora;
+      names += (names.empty() ? "" : ", ") + model_->lora_name(i);
+    }
+    if (!known) {
+      return refuse(who + "lora='" + r.lora + "' is not a loaded adapter (" +
+                    (names.empty() ? std::string("none loaded: --lora NAME=PATH") : names) + ")");
+    }
+  }
   const auto added = scheduler_->add_request(std::move(r));
   if (!added) return refuse(added.error);
   callbacks_[request.id] = std::move(on_output);

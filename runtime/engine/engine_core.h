@@ -39,6 +39,12 @@ struct EngineConfig {
   int device = -1;                    // CUDA device index, -1 = CPU
   uint64_t seed = 0;                  // the sampler's stream for requests without a seed
   models::SparseDecodeConfig sparse;  // sparse decode of long sequences (off by default)
+  // Checkpoint bytes resident at once while loading (models::WeightLoadOptions); 0 = unbounded.
+  int64_t load_memory_budget = 0;
+  bool load_progress = false;  // a loading progress bar on stderr (the leader only)
+  // LoRA adapters (PEFT folders) by name; requests name one in EngineRequest::lora.
+  std::vector<std::pair<std::string, std::string>> loras;
+  std::string quantization = "none";  // weights: "none" (float32) or "int8" (per channel)
 };
 
 class EngineCore {

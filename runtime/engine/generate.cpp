@@ -174,6 +174,7 @@ GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* worl
       r.prompt_ids = p.has_ids ? p.ids : tokenizer->encode(p.text);
       r.params = p.params;
       r.priority = p.priority;
+      r.lora = p.lora;
       requests.push_back(std::move(r));
       index.push_back(static_cast<int64_t>(i));
     }

@@ -124,6 +124,13 @@ void ModelRunner::apply(const scheduler::StepPlan& plan) {
       s.live = true;
       s.seq = row.seq;
       for (auto& t : s.tables) t.clear();
+      s.lora = -1;
+      const std::string& lora = plan.new_seqs.at(row.new_index).lora;
+      for (int a = 0; a < model_.num_loras() && !lora.empty(); ++a) {
+        if (model_.lora_name(a) == lora) s.lora = a;
+      }
+      TESSERA_CHECK(lora.empty() || s.lora >= 0, "seq ", row.seq, " names LoRA adapter '", lora,
+                    "' which this rank did not load");
       if (attention_.sparse() != nullptr) attention_.sparse()->reset_slot(row.slot);
     } else {
       TESSERA_CHECK(s.live && s.seq == row.seq, "row ", i, " of seq ", row.seq, " runs in slot ",
@@ -325,6 +332,20 @@ torch::Tensor ModelRunner::execute(const scheduler::StepPlan& plan, LogitsRows w
   const auto dev = model_.device();
   models::ForwardInputs in{tokens.to(dev), positions.to(dev),
                            seq_lens ? lens.to(dev) : torch::Tensor()};
+  if (model_.num_loras() > 0) {
+    // One segment per row, its slot's adapter (the kernel groups rows by adapter itself).
+    std::vector<int32_t> indptr = {0}, ids;
+    bool any = false;
+    for (const auto& row : plan.seqs) {
+      indptr.push_back(static_cast<int32_t>(row.token_offset + row.num_tokens));
+      ids.push_back(slots_[row.slot].lora);
+      any = any || ids.back() >= 0;
+    }
+    if (any) {
+      in.lora_indptr = torch::tensor(indptr, torch::kInt);
+      in.lora_ids = torch::tensor(ids, torch::kInt);
+    }
+  }
   torch::Tensor hidden = model_.hidden_states(in, attention_);
   attention_.set_batch(nullptr);
   if (attention_.sparse() != nullptr) stats_.sparse = attention_.sparse()->stats();

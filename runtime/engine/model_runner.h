@@ -66,6 +66,7 @@ class ModelRunner {
   struct Slot {
     bool live = false;
     int64_t seq = -1;
+    int32_t lora = -1;                         // DecoderModel adapter index, -1 = base
     std::vector<std::vector<int32_t>> tables;  // [group]
   };
   void apply(const scheduler::StepPlan& plan);

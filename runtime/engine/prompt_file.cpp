@@ -58,6 +58,9 @@ void parse_into(const json& j, PromptSpec& s) {
       s.id = v.get<std::string>();
     } else if (key == "priority") {
       s.priority = static_cast<int32_t>(as_int(v, k));
+    } else if (key == "lora") {
+      TESSERA_CHECK(v.is_string(), "lora must be an adapter name (a string), got ", v.dump());
+      s.lora = v.get<std::string>();
     } else if (key == "max_tokens") {
       p.max_tokens = as_int(v, k);
     } else if (key == "min_tokens") {

@@ -23,6 +23,7 @@ struct PromptSpec {
   bool has_ids = false;
   scheduler::SamplingParams params;
   int32_t priority = 0;
+  std::string lora;   // adapter name ("" = base model)
   std::string error;  // a bad input: refused with this one line, the others still run
 };
 

@@ -138,6 +138,22 @@ SafetensorsFile::~SafetensorsFile() {
   if (map_ != nullptr && map_ != MAP_FAILED) munmap(map_, map_size_);
 }
 
+void SafetensorsFile::release(const void* p, size_t n) const {
+  if (n == 0 || map_ == nullptr || map_ == MAP_FAILED) return;
+  // The page cache holds files in large folios and a read fault maps the whole folio (up to
+  // 2 MiB) around the byte read: releasing only the bytes read would leave most of it mapped.
+  // Dropping a little of the neighbours is harmless. Never past the mapping: MADV_DONTNEED on a
+  // neighbouring anonymous mapping would zero it.
+  constexpr uintptr_t kSpan = uintptr_t{2} << 20;
+  static const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto lo = reinterpret_cast<uintptr_t>(map_);
+  const auto hi = (lo + map_size_ + page - 1) & ~(page - 1);
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  const auto begin = std::max(lo, at & ~(kSpan - 1));
+  const auto end = std::min(hi, (at + n + kSpan - 1) & ~(kSpan - 1));
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 const TensorEntry& SafetensorsFile::get(const std::string& name) const {
   auto it = entries_.find(name);
   TESSERA_CHECK(it != entries_.end(), "tensor '", name, "' not found in '", path_, "'");

@@ -38,6 +38,10 @@ class SafetensorsFile {
   const TensorEntry& get(const std::string& name) const;
   std::vector<std::string> names() const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Drops this process's mapping of the file pages around bytes [p, p + n) of the mapping (they
+  // stay in the page cache; a later read maps them again), so consumed tensor data stops counting
+  // in the resident set. Rounded outwards to 2 MiB, never past the mapping.
+  void release(const void* p, size_t n) const;
 
  private:
   SafetensorsFile() = default;

@@ -1,0 +1,94 @@
+// A BERT / ModernBERT encoder over a packed batch: the sequences are concatenated without padding
+// and cu_seqlens marks where each begins, so a batch of mixed lengths costs its real tokens. Split
+// tensor-parallel like the decoder: each rank holds its share of the attention heads (fused
+// q/k/v column-parallel, the output projection row-parallel) and of the MLP (column-parallel up /
+// GeGLU halves, row-parallel down); the partial outputs are all-reduced, so every rank ends with
+// the same token states. Embeddings, norms and the classification head are replicated. What
+// differs between the families (positions, norm placement, biases, MLP shape, per-layer windows
+// and rope bases) is data in EncoderConfig; the attention is an EncoderAttention (dense varlen or
+// cluster).
+#pragma once
+
+#include <torch/types.h>
+
+#include <memory>
+#include <vector>
+
+#include "runtime/models/encoder_config.h"
+#include "runtime/models/layers/encoder_attention.h"
+#include "runtime/models/layers/rotary_embedding.h"
+#include "runtime/models/weights.h"
+#include "sharding/communicator.h"
+#include "sharding/tensor_parallel.h"
+
+namespace tessera::models {
+
+// One forward's sequences, packed.
+struct EncoderBatch {
+  torch::Tensor tokens;       // [T] int64
+  torch::Tensor token_types;  // [T] int64 (zeros when the inputs have none)
+  torch::Tensor positions;    // [T] int64: each token's index within its sequence
+  torch::Tensor cu_seqlens;   // [B + 1] int32 on the CPU
+  int64_t num_seqs() const { return cu_seqlens.numel() - 1; }
+
+  // `types` empty, or one list per sequence of the same lengths as `ids`.
+  static EncoderBatch pack(const std::vector<std::vector<int32_t>>& ids,
+                           const std::vector<std::vector<int32_t>>& types = {});
+};
+
+class EncoderModel {
+ public:
+  // `tp` spans the tensor-parallel group (null or size 1: the whole model here). Reads this
+  // rank's slices of the weights into float32 on `device`; throws naming the tensor when the
+  // checkpoint lacks one, has it in another shape, or holds one the config does not use.
+  EncoderModel(const EncoderConfig& config, const WeightLoader& weights, sharding::Communicator* tp,
+               torch::Device device = torch::kCPU);
+
+  const EncoderConfig& config() const { return config_; }
+  torch::Device device() const { return device_; }
+  int64_t weight_bytes() const;
+  // Swaps the attention (dense / cluster) without reloading.
+  void set_attention(const EncoderAttentionChoice& choice);
+
+  // Token states [T, hidden_size] float32 after the last layer (ModernBERT: after its final
+  // norm), identical on every rank of the group. Collective (two all-reduces per layer). Throws
+  // naming the input when a token id, token type or length is out of the model's range.
+  torch::Tensor forward(const EncoderBatch& batch) const;
+  // Classifier logits [B, num_labels] from forward()'s states: BERT's pooler + classifier, or
+  // ModernBERT's head (over the first token or the mean) + classifier. Local.
+  torch::Tensor classify(const torch::Tensor& states, const EncoderBatch& batch) const;
+
+ private:
+  struct Layer {
+    torch::Tensor attn_norm_w, attn_norm_b;  // pre-norm (ModernBERT; absent on layer 0) or BERT's
+                                             // post-attention LayerNorm
+    torch::Tensor qkv_w, qkv_b;              // [hidden, 3 * local heads * head_dim] (input-major)
+    torch::Tensor o_w, o_b;                  // [local heads * head_dim, hidden]; bias after reduce
+    torch::Tensor mlp_norm_w, mlp_norm_b;    // pre-norm (ModernBERT) or BERT's output LayerNorm
+    torch::Tensor up_w, up_b;                // [hidden, local mlp] or GeGLU [hidden, 2 * local mlp]
+    torch::Tensor down_w, down_b;            // [local mlp, hidden]; bias after reduce
+  };
+  torch::Tensor norm(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) const;
+  torch::Tensor activation(const torch::Tensor& x, Activation act) const;
+  torch::Tensor all_reduce(torch::Tensor partial, const torch::Tensor& bias) const;
+  void check_inputs(const EncoderBatch& batch) const;
+
+  EncoderConfig config_;
+  sharding::Communicator* tp_ = nullptr;
+  torch::Device device_;
+  sharding::ShardRange heads_, mlp_;
+  std::unique_ptr<EncoderAttention> attention_;
+  // Embeddings.
+  torch::Tensor word_, position_, token_type_, emb_norm_w_, emb_norm_b_;
+  std::vector<Layer> layers_;
+  torch::Tensor final_norm_w_, final_norm_b_;
+  // Rotary tables, one per distinct theta; layer_rope_[l] indexes ropes_ (rotary models only).
+  std::vector<RotaryEmbedding> ropes_;
+  std::vector<int> layer_rope_;
+  // Classification head.
+  torch::Tensor pool_w_, pool_b_;            // BERT pooler / ModernBERT head.dense [hidden, hidden]
+  torch::Tensor head_norm_w_, head_norm_b_;  // ModernBERT head.norm
+  torch::Tensor cls_w_, cls_b_;              // classifier [hidden, num_labels], [num_labels]
+};
+
+}  // namespace tessera::models

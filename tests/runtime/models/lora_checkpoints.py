@@ -1,0 +1,95 @@
+"""A random LLaMA made by transformers (test venv) and PEFT LoRA adapters for it, with PEFT's own
+logits: the outside reference of tests/runtime/models/lora_test.cpp.
+
+    python lora_checkpoints.py OUT_DIR
+
+writes OUT_DIR/base/ (save_pretrained, float32), OUT_DIR/<adapter>/ (peft save_pretrained:
+adapter_config.json + adapter_model.safetensors) with reference.safetensors (prompt [T] int64,
+logits [T, vocab] float32 of PeftModel, unmerged, eager attention; greedy [8] int64, PEFT's
+generate), OUT_DIR/wide/ (a wider random LLaMA for the int8 tests), bad adapters (bad_rank: the
+config's r disagrees with the tensors; bad_target: an unknown target module; bad_missing: a
+tensor removed) and OUT_DIR/manifest.json.
+"""
+import copy
+import json
+import os
+import shutil
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+NEW_TOKENS = 8
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                     rms_norm_eps=1e-6, initializer_range=0.2, bos_token_id=None,
+                     eos_token_id=None, pad_token_id=None, attn_implementation="eager")
+base = LlamaForCausalLM(config).eval()
+base.save_pretrained(os.path.join(out, "base"), safe_serialization=True)
+
+# For the int8 tests: a wider random LLaMA (hidden 128), untied.
+torch.manual_seed(1)
+wide = LlamaForCausalLM(LlamaConfig(
+    vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-6,
+    initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None)).eval()
+wide.save_pretrained(os.path.join(out, "wide"), safe_serialization=True)
+
+ADAPTERS = [
+    ("qv", dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])),
+    ("all_rslora", dict(r=4, lora_alpha=8, use_rslora=True,
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                        "up_proj", "down_proj"])),
+    ("mlp", dict(r=16, lora_alpha=8, target_modules=["k_proj", "up_proj", "down_proj"])),
+    ("regex_layer1", dict(r=2, lora_alpha=4,
+                          target_modules=r"model\.layers\.1\.(self_attn\.o_proj|mlp\.gate_proj)")),
+]
+manifest = {"base": "base", "vocab_size": config.vocab_size, "adapters": [], "bad": []}
+for i, (name, kw) in enumerate(ADAPTERS):
+    model = get_peft_model(copy.deepcopy(base), LoraConfig(lora_dropout=0.0, **kw)).eval()
+    g = torch.Generator().manual_seed(100 + i)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "lora_" in pname:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    d = os.path.join(out, name)
+    model.save_pretrained(d, safe_serialization=True)
+    prompt = torch.randint(0, config.vocab_size, (7 + 5 * i,), generator=g)
+    with torch.no_grad():
+        logits = model(prompt.unsqueeze(0)).logits[0].float()
+        greedy = model.generate(input_ids=prompt.unsqueeze(0), max_new_tokens=NEW_TOKENS,
+                                do_sample=False, min_new_tokens=NEW_TOKENS)[0, prompt.numel():]
+    save_file({"prompt": prompt.to(torch.int64), "logits": logits.contiguous(),
+               "greedy": greedy.to(torch.int64).contiguous()},
+              os.path.join(d, "reference.safetensors"))
+    manifest["adapters"].append(name)
+
+
+def bad(name, edit_config=None, edit_tensors=None):
+    d = os.path.join(out, name)
+    shutil.copytree(os.path.join(out, "qv"), d, dirs_exist_ok=True)
+    if edit_config:
+        with open(os.path.join(d, "adapter_config.json")) as f:
+            c = json.load(f)
+        edit_config(c)
+        with open(os.path.join(d, "adapter_config.json"), "w") as f:
+            json.dump(c, f)
+    if edit_tensors:
+        t = load_file(os.path.join(d, "adapter_model.safetensors"))
+        edit_tensors(t)
+        save_file(t, os.path.join(d, "adapter_model.safetensors"))
+    manifest["bad"].append(name)
+
+
+bad("bad_rank", edit_config=lambda c: c.update(r=4))
+bad("bad_target", edit_config=lambda c: c.update(target_modules=["q_proj", "foo_proj"]))
+bad("bad_missing",
+    edit_tensors=lambda t: t.pop("base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"))
+with open(os.path.join(out, "manifest.json"), "w") as f:
+    json.dump(manifest, f)
