@@ -4,6 +4,7 @@
 
 #include "common/error.h"
 #include "kernels/ops/paged_kv_tensors.h"
+#include "kernels/ops/route.h"
 #include "kernels/varlen_attention/varlen_attention.h"
 
 namespace tessera::kernels {
@@ -66,24 +67,14 @@ std::tuple<torch::Tensor, torch::Tensor> varlen_attention(const torch::Tensor& q
   view.window = options.window < 0 ? -1 : static_cast<int>(options.window);
   varlen_attention_check(view);
 
-  if (q.device().is_cpu()) {
-    if (options.reference) {
-      varlen_attention_ref(view);
-    } else {
-      varlen_attention_cpu(view);
-    }
-  } else if (q.device().is_cuda()) {
-#ifdef TESSERA_WITH_CUDA
-    auto cu_dev = cu.to(q.device());
-    view.cu_seqlens = cu_dev.data_ptr<int32_t>();
-    const int rc = varlen_attention_cuda(view, detail::cuda_stream_of(q.device()));
-    TESSERA_CHECK(rc == 0, "varlen_attention CUDA kernel launch failed with cudaError ", rc);
-#else
-    TESSERA_FAIL("varlen_attention: got CUDA tensors but Tessera was built without CUDA");
-#endif
-  } else {
-    TESSERA_FAIL("varlen_attention: unsupported device ", q.device());
-  }
+  torch::Tensor cu_dev;  // the offsets on the device, alive until the launch returns
+  route(
+      "varlen_attention", q.device(), options.reference, [&] { varlen_attention_ref(view); },
+      [&] { varlen_attention_cpu(view); }, TESSERA_CUDA_IMPL([&](void* stream) {
+        cu_dev = cu.to(q.device());
+        view.cu_seqlens = cu_dev.data_ptr<int32_t>();
+        return varlen_attention_cuda(view, stream);
+      }));
   if (q.scalar_type() != torch::kFloat) out = out.to(q.scalar_type());
   return {out, lse};
 }
