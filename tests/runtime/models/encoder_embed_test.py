@@ -152,8 +152,16 @@ def main():
             ("all_modes_unnormalised", every, False, None, []),
             ("compact_weightedmean", {"pooling_mode": "weightedmean"}, True, None, []),
             ("default_prompt", {"pooling_mode_mean_tokens": True}, True, prompts, []),
-            ("all_modes_prompt_name_excluded", dict(every, include_prompt=False), False, prompts,
+            # sentence-transformers 3.0.1 writes max pooling's -1e9 into the token embeddings in
+            # place, and its CLS output is a view of token 0: with the prompt excluded (token 0
+            # masked) and both modes on, its CLS vector becomes -1e9. Tessera keeps the CLS state,
+            # so CLS is checked beside modes that do not alias it.
+            ("all_modes_prompt_name_excluded",
+             dict(every, pooling_mode_cls_token=False, include_prompt=False), False, prompts,
              ["--prompt-name", "passage"]),
+            ("cls_mean_prompt_name_excluded",
+             {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": True,
+              "include_prompt": False}, False, prompts, ["--prompt-name", "passage"]),
             ("prompt_excluded", {"pooling_mode_max_tokens": True, "pooling_mode_lasttoken": True,
                                  "include_prompt": False}, True, None,
              ["--prompt", "Represent this sentence for retrieval: "]),
