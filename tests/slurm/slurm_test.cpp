@@ -140,8 +140,9 @@ TEST(Sbatch, ServeExampleFinishesTheStreamInFlightOnSigterm) {
                                 " PORT=0 sbatch --parsable --output=serve.out --error=serve.err " +
                                 env_or_die("TESSERA_SOURCE_DIR") + "/examples/slurm/serve.sbatch");
   ASSERT_FALSE(id.empty());
-  // Wait for rank 0's line, start an 80-token stream, TERM the job once 5 chunks came. The rest
-  // must come within the cluster's KillWait (5 s) before SLURM's SIGKILL.
+  // Wait for rank 0's line, start a 400-token stream, TERM the job once its first chunk came (an
+  // unloaded machine streams 80 tokens of the tiny model before a 50 ms poll sees 5 chunks). The
+  // rest must come within the cluster's KillWait (5 s) before SLURM's SIGKILL.
   const std::string d = dir.string();
   const auto r = run_command(
       "cd " + d +
@@ -149,9 +150,9 @@ TEST(Sbatch, ServeExampleFinishesTheStreamInFlightOnSigterm) {
           "0.1; "
           "done; port=$(grep -o '127.0.0.1:[0-9]*' serve.out | cut -d: -f2); "
           "curl -sN http://127.0.0.1:$port/v1/completions -H 'Content-Type: application/json' -d "
-          "'{\"model\":\"tiny\",\"prompt\":\"abc\",\"max_tokens\":80,\"ignore_eos\":true,"
+          "'{\"model\":\"tiny\",\"prompt\":\"abc\",\"max_tokens\":400,\"ignore_eos\":true,"
           "\"stream\":true}' > stream.txt & "
-          "for i in $(seq 600); do [ $(grep -c '^data: ' stream.txt) -ge 5 ] && break; sleep 0.05; "
+          "for i in $(seq 600); do [ $(grep -c '^data: ' stream.txt) -ge 1 ] && break; sleep 0.01; "
           "done; grep -c '^data: ' stream.txt > at_signal.txt; scancel --signal=TERM " +
           id + "; wait",
       120);
@@ -159,12 +160,12 @@ TEST(Sbatch, ServeExampleFinishesTheStreamInFlightOnSigterm) {
   EXPECT_EQ(wait_for_job(id, 120), "JobState=COMPLETED 0:0") << slurp(dir / "serve.err");
   const std::string stream = slurp(dir / "stream.txt");
   const int at_signal = std::stoi(slurp(dir / "at_signal.txt"));
-  EXPECT_LT(at_signal, 80) << "the stream had ended before the signal";
-  EXPECT_EQ(count_of(stream, "\"text\""), 80u) << stream.substr(0, 500);
+  EXPECT_LT(at_signal, 400) << "the stream had ended before the signal";
+  EXPECT_EQ(count_of(stream, "\"text\""), 400u) << stream.substr(0, 500);
   EXPECT_EQ(count_of(stream, "\"finish_reason\":\"length\""), 1u);
   EXPECT_NE(stream.find("data: [DONE]"), std::string::npos);
   EXPECT_NE(slurp(dir / "serve.out").find("tp 2, dp 1"), std::string::npos);
-  std::printf("[serve] %d chunks before TERM, 80 in all\n", at_signal);
+  std::printf("[serve] %d chunks before TERM, 400 in all\n", at_signal);
 }
 
 TEST(Srun, PmixGivesMpirunsTokens) {
