@@ -72,6 +72,7 @@ void route(const char* op, const torch::Device& device, bool reference, Ref&& re
   TESSERA_CHECK(!reference, op, ": the reference implementation runs on CPU tensors only, got ",
                 device);
   if (device.is_cuda()) {
+#ifdef TESSERA_WITH_CUDA
     if constexpr (std::is_same_v<std::decay_t<Cuda>, NoCudaImpl>) {
       TESSERA_FAIL(op, ": got CUDA tensors but Tessera was built without CUDA");
     } else {
@@ -79,6 +80,10 @@ void route(const char* op, const torch::Device& device, bool reference, Ref&& re
       const int rc = cuda(detail::cuda_stream_of(device));
       TESSERA_CHECK(rc == 0, op, ": CUDA kernel failed with ", cuda_error_text(rc));
     }
+#else
+    (void)cuda;  // TESSERA_CUDA_IMPL gave NoCudaImpl: its text was not compiled
+    TESSERA_FAIL(op, ": got CUDA tensors but Tessera was built without CUDA");
+#endif
     return;
   }
   TESSERA_FAIL(op, ": no implementation for device ", device);
