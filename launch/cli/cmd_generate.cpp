@@ -57,29 +57,6 @@ std::string printable(const std::string& text) {
   return out;
 }
 
-// "1073741824", "512M", "2G", "64KiB": bytes.
-int64_t parse_bytes(const std::string& s) {
-  size_t used = 0;
-  double v = -1;
-  try {
-    v = std::stod(s, &used);
-  } catch (...) {
-    used = 0;
-  }
-  std::string unit = s.substr(used);
-  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (!unit.empty() && unit.back() == 'B') unit.pop_back();
-  if (unit.size() == 2 && unit[1] == 'I') unit.pop_back();
-  const double mult = unit.empty()  ? 1
-                      : unit == "K" ? 1024.0
-                      : unit == "M" ? 1024.0 * 1024
-                      : unit == "G" ? 1024.0 * 1024 * 1024
-                                    : -1;
-  TESSERA_CHECK(used > 0 && mult > 0 && v > 0, "--kv-cache-memory must be a positive size in bytes",
-                " (suffixes K, M, G allowed), got '", s, "'");
-  return static_cast<int64_t>(v * mult);
-}
-
 class ProgressBar {
  public:
   explicit ProgressBar(bool enabled) : enabled_(enabled) {}
@@ -217,7 +194,7 @@ Command register_generate(CLI::App& root) {
       }
       args->params.validate();
       if (!args->kv_cache_memory.empty()) {
-        job.engine.kv_cache_memory = parse_bytes(args->kv_cache_memory);
+        job.engine.kv_cache_memory = parse_size("--kv-cache-memory", args->kv_cache_memory);
       }
       if (!args->load_memory_budget.empty()) {
         job.engine.load_memory_budget =

@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "common/logging.h"
+#include "launch/cli/cli_sizes.h"
 #include "launch/cli/serve_engine.h"
 #include "runtime/engine/async_engine.h"
 #include "runtime/engine/engine_core.h"
@@ -31,29 +32,6 @@ namespace {
 
 using nlohmann::json;
 
-// "1073741824", "512M", "2G": bytes.
-int64_t parse_size(const std::string& s) {
-  size_t used = 0;
-  double v = -1;
-  try {
-    v = std::stod(s, &used);
-  } catch (...) {
-    used = 0;
-  }
-  std::string unit = s.substr(used);
-  for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  if (!unit.empty() && unit.back() == 'B') unit.pop_back();
-  if (unit.size() == 2 && unit[1] == 'I') unit.pop_back();
-  const double mult = unit.empty()  ? 1
-                      : unit == "K" ? 1024.0
-                      : unit == "M" ? 1024.0 * 1024
-                      : unit == "G" ? 1024.0 * 1024 * 1024
-                                    : -1;
-  TESSERA_CHECK(used > 0 && mult > 0 && v > 0, "--kv-cache-memory must be a positive size in bytes",
-                " (suffixes K, M, G allowed), got '", s, "'");
-  return static_cast<int64_t>(v * mult);
-}
-
 engine::EngineConfig engine_config(const EngineFlags& f, const std::string& model, int device) {
   engine::EngineConfig ec;
   ec.model = model;
@@ -66,7 +44,8 @@ engine::EngineConfig engine_config(const EngineFlags& f, const std::string& mode
   ec.max_num_batched_tokens = f.max_num_batched_tokens;
   ec.max_model_len = f.max_model_len;
   ec.block_size = f.block_size;
-  if (!f.kv_cache_memory.empty()) ec.kv_cache_memory = parse_size(f.kv_cache_memory);
+  if (!f.kv_cache_memory.empty())
+    ec.kv_cache_memory = parse_size("--kv-cache-memory", f.kv_cache_memory);
   const auto& kd = f.kv_cache_dtype;
   TESSERA_CHECK(kd == "float32" || kd == "bfloat16" || kd == "float16",
                 "--kv-cache-dtype must be float32, bfloat16 or float16, got '", kd, "'");
