@@ -67,6 +67,7 @@ if [ "$kind" = address-all ]; then
 fi
 
 targets=${*:-$defaults}
+set -f  # name:filter targets hold glob characters
 # shellcheck disable=SC2086
 ninja_targets=$(for t in $targets; do echo "${t%%:*}"; done | tr '\n' ' ')
 cmake -S "$src" -B "$build" -G Ninja -DTESSERA_ENABLE_CUDA=OFF "${flags[@]}" >/dev/null
