@@ -145,6 +145,9 @@ void add_common(CLI::App* app, EncodeArgs& a) {
   app->add_option("--attention", a.options.attention,
                   "dense or cluster (default: the config's tessera_attention, else dense)")
       ->check(CLI::IsMember({"dense", "cluster"}));
+  app->add_option("--lora", a.options.lora,
+                  "A PEFT LoRA adapter folder (BERT; target_modules query / key / value / dense, "
+                  "modules_to_save classifier / pooler) merged into the weights for every input");
   app->add_option("--cluster-size", a.options.cluster_size,
                   "Tokens per cluster (cluster attention)");
   app->add_option("--nearest-clusters", a.options.nearest_clusters,

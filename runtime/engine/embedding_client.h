@@ -42,6 +42,8 @@ struct EncoderOptions {
   int64_t nearest_clusters = 0;      // 0 = the config's / default
   int64_t max_batch_tokens = 16384;  // tokens per packed forward
   int device = -1;                   // CUDA device index, -1 = CPU
+  std::string lora;                  // a PEFT LoRA folder merged into the weights ("" = none;
+                                     // BERT), read by every rank
 };
 
 struct EncoderInfo {
@@ -63,6 +65,7 @@ struct EncoderInfo {
   std::vector<std::string> labels;
   std::string score_function;
   std::string problem_type;
+  std::string lora;  // the merged adapter's folder ("" = none)
 };
 
 class EmbeddingClient {

@@ -301,6 +301,11 @@ EncoderService::EncoderService(const EncoderOptions& options, sharding::Communic
     models::WeightLoader weights(folder, {.memory_budget = options.load_memory_budget,
                                           .progress = options.load_progress && m.leader});
     m.model = std::make_unique<models::EncoderModel>(m.config, weights, tp, device);
+    if (!options.lora.empty()) {
+      // One adapter for every input: merged once (the model then costs what the base costs).
+      m.model->merge_lora(
+          m.model->add_lora(models::EncoderLoraAdapter::load("", options.lora, m.config)));
+    }
 
     EncoderInfo& i = m.info;
     i.model_dir = dir;
@@ -321,6 +326,7 @@ EncoderService::EncoderService(const EncoderOptions& options, sharding::Communic
     i.labels = m.config.labels;
     i.score_function = m.config.has_classifier ? models::classifier_score_function(m.config) : "";
     i.problem_type = models::problem_type_name(m.config.problem_type);
+    i.lora = options.lora;
   });
 }
 
