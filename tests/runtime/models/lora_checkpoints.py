@@ -71,6 +71,25 @@ for i, (name, kw) in enumerate(ADAPTERS):
     manifest["adapters"].append(name)
 
 
+# float64 references for the mixed-batch test (lora_test.cpp's MixedBatch...: the same prompts):
+# each request's logits by PeftModel in float64 (unmerged; float64 rounding is ~1e-16), so that
+# the float32 merged model and the float32 unmerged batch can each be measured against it.
+MIXED_IDS = [2, -1, 0, 3, 1, 0]
+fp64 = {}
+for i, a in enumerate(MIXED_IDS):
+    n = 3 + 4 * i
+    prompt = (torch.arange(n, dtype=torch.long) * 37 + 11 * i + 5) % config.vocab_size
+    if a < 0:
+        model = copy.deepcopy(base).double()
+    else:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(copy.deepcopy(base), os.path.join(out, ADAPTERS[a][0]))
+        model = model.double()
+    with torch.no_grad():
+        fp64["request%d" % i] = model.eval()(prompt.unsqueeze(0)).logits[0].contiguous()
+save_file(fp64, os.path.join(out, "mixed_fp64.safetensors"))
+
+
 def bad(name, edit_config=None, edit_tensors=None):
     d = os.path.join(out, name)
     shutil.copytree(os.path.join(out, "qv"), d, dirs_exist_ok=True)

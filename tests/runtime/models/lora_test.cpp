@@ -3,7 +3,8 @@
 // made by lora_checkpoints.py in a temporary folder. Unmerged logits (segmented LoRA kernel)
 // within 1e-4 of PeftModel's; merge then unmerge restores the weights within 1e-6; one batch
 // mixing the four adapters and the base model equals each request run alone (bit for bit through
-// the kernel, and within 1e-5 x max |logit| on its merged model); bad adapters (rank mismatch,
+// the kernel, and within 1e-5 x max |logit| on its merged model; against PeftModel in float64 the
+// batch is no further off than the merged models); bad adapters (rank mismatch,
 // unknown target module, missing tensor) -> one line.
 #include <gtest/gtest.h>
 #include <torch/types.h>
@@ -114,7 +115,9 @@ std::unique_ptr<DecoderModel> load_base(const Fixture& f) {
 torch::Tensor read_tensor(const std::string& path, const std::string& name) {
   const auto file = SafetensorsFile::open(path);
   const auto& e = file->get(name);
-  const auto type = e.dtype == DType::kI64 ? torch::kLong : torch::kFloat;
+  const auto type = e.dtype == DType::kI64   ? torch::kLong
+                    : e.dtype == DType::kF64 ? torch::kDouble
+                                             : torch::kFloat;
   return torch::from_blob(const_cast<uint8_t*>(e.data), e.shape, type).clone();
 }
 
@@ -206,7 +209,7 @@ TEST(Lora, MixedBatchEqualsEachRequestOnItsMergedModel) {
   }
   const auto batch = run(*model, prompts, ids);
   int64_t row = 0;
-  double worst = 0, worst_rel = 0;
+  double worst = 0, worst_rel = 0, worst_batch_exact = 0, worst_merged_exact = 0;
   for (size_t i = 0; i < ids.size(); ++i) {
     auto alone_model = load_base(f);
     if (ids[i] >= 0) {
@@ -227,12 +230,28 @@ TEST(Lora, MixedBatchEqualsEachRequestOnItsMergedModel) {
     worst = std::max(worst, err);
     worst_rel = std::max(worst_rel, rel);
     EXPECT_LE(rel, 1e-5) << "request " << i << " (adapter " << ids[i] << "): " << err;
+    // Both against the exact function (PeftModel in float64): the merged float32 model is itself
+    // ~1e-5 away from it at these logit sizes, so "batch == merged within 1e-5" cannot hold for
+    // every request even for an exact batch; what must hold is that the unmerged batch is no
+    // further from the exact logits than the merged models are.
+    const auto exact =
+        read_tensor(f.dir + "/mixed_fp64.safetensors", "request" + std::to_string(i));
+    const double batch_exact = (mine.to(torch::kDouble) - exact).abs().max().item<double>();
+    const double merged_exact = (alone.to(torch::kDouble) - exact).abs().max().item<double>();
+    worst_batch_exact = std::max(worst_batch_exact, batch_exact);
+    worst_merged_exact = std::max(worst_merged_exact, merged_exact);
+    std::printf(
+        "[ figures  ] request %zu (adapter %2d, max |logit| %.2f): |batch - merged| %.2e, |batch - "
+        "fp64| %.2e, |merged - fp64| %.2e\n",
+        i, ids[i], exact.abs().max().item<double>(), err, batch_exact, merged_exact);
     row += n;
   }
   std::printf(
       "[ figures  ] mixed batch of 4 adapters + base vs each alone merged: max |diff| %.2e "
-      "(%.2e of the largest |logit|); vs each alone unmerged: bit-exact\n",
-      worst, worst_rel);
+      "(%.2e of the largest |logit|); vs each alone unmerged: bit-exact; vs fp64: batch %.2e, "
+      "merged models %.2e\n",
+      worst, worst_rel, worst_batch_exact, worst_merged_exact);
+  EXPECT_LE(worst_batch_exact, worst_merged_exact);
 }
 
 TEST(Lora, BadAdaptersGiveOneClearLine) {
