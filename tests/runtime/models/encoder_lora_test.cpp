@@ -3,7 +3,8 @@
 // classifier), made by encoder_lora_checkpoints.py in a temporary folder. Unmerged outputs
 // (segmented LoRA kernel, one adapter per sequence, several adapters in one batch) within 1e-4 of
 // PeftModel's; merged outputs too, and merge then unmerge restores the weights within 1e-6; bad
-// adapters -> one line; `tessera classify --lora` on 1 and 2 ranks against PEFT's logits.
+// adapters -> one line; `tessera classify --lora` on 1 and 2 ranks against PEFT's logits, and
+// `tessera embed --lora` against PEFT's token states mean-pooled.
 #include <gtest/gtest.h>
 #include <torch/types.h>
 #include <unistd.h>
@@ -260,8 +261,9 @@ TEST(EncoderLora, BadAdaptersGiveOneClearLine) {
 }
 
 // `tessera classify --lora PATH`: the adapter merged on every rank gives PEFT's logits (1 and 2
-// ranks, the adapter sliced like the layers); a bad adapter fails the command with one line.
-TEST(EncoderLora, ClassifyCliMatchesPeft) {
+// ranks, the adapter sliced like the layers), `tessera embed --lora PATH` PEFT's mean-pooled
+// states; a bad adapter fails the command with one line.
+TEST(EncoderLora, ClassifyAndEmbedCliMatchPeft) {
   ENCODER_LORA_FIXTURE(f);
   const std::string jsonl = f.dir + "/inputs.jsonl";
   {
@@ -287,6 +289,29 @@ TEST(EncoderLora, ClassifyCliMatchesPeft) {
     std::printf("[ figures  ] tessera classify --lora (%s): max |logit - PEFT| %.2e\n",
                 prefix.empty() ? "1 rank" : "2 ranks", err);
     EXPECT_LE(err, 1e-4) << prefix;
+  }
+  // `tessera embed --lora`: a BertModel folder without sentence-transformers files pools by the
+  // mean, unnormalised: PEFT's token states averaged per input.
+  {
+    const auto r = testing::run_command(env("TESSERA_BIN") + " embed --model '" + f.dir +
+                                            "/bert_plain' --jsonl '" + jsonl + "' --json --lora '" +
+                                            f.dir + "/plain_qv_out'",
+                                        120);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto j = json::parse(r.out.substr(r.out.find('{')));
+    const auto states = reference(f, "plain_qv_out", false);
+    const auto b = batch_of(f);
+    const auto* cu = b.cu_seqlens.data_ptr<int32_t>();
+    ASSERT_EQ(j["embeddings"].size(), static_cast<size_t>(b.num_seqs()));
+    double err = 0;
+    for (int64_t s = 0; s < b.num_seqs(); ++s) {
+      const auto want = states.narrow(0, cu[s], cu[s + 1] - cu[s]).mean(0);
+      const auto got = torch::tensor(j["embeddings"][s].get<std::vector<float>>());
+      err = std::max(err, (got - want).abs().max().item<double>());
+    }
+    std::printf("[ figures  ] tessera embed --lora: max |embedding - PEFT's mean state| %.2e\n",
+                err);
+    EXPECT_LE(err, 1e-4);
   }
   const auto bad =
       testing::run_command(env("TESSERA_BIN") + " classify --model '" + f.dir +
