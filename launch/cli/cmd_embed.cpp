@@ -228,6 +228,7 @@ std::vector<Command> register_embed(CLI::App& root) {
                     {"pooling", info.pooling},
                     {"normalize", info.normalize},
                     {"attention", info.attention},
+                    {"lora", info.lora},
                     {"tp", info.tp_size},
                     {"inputs", vectors.size()},
                     {"tokens", tokens},
@@ -285,6 +286,7 @@ std::vector<Command> register_embed(CLI::App& root) {
                     {"labels", info.labels},
                     {"score_function", info.score_function},
                     {"problem_type", info.problem_type},
+                    {"lora", info.lora},
                     {"results", results}};
           if (loss) j["loss"] = *loss;
           std::printf("%s\n", j.dump().c_str());

@@ -281,6 +281,7 @@ TEST(EncoderLora, ClassifyAndEmbedCliMatchPeft) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto j = json::parse(r.out.substr(r.out.find('{')));
     ASSERT_EQ(j["results"].size(), static_cast<size_t>(want.size(0)));
+    EXPECT_EQ(j["lora"], f.dir + "/cls_all");
     double err = 0;
     for (size_t i = 0; i < j["results"].size(); ++i) {
       const auto got = torch::tensor(j["results"][i]["logits"].get<std::vector<float>>());
