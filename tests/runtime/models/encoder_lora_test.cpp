@@ -4,7 +4,8 @@
 // (segmented LoRA kernel, one adapter per sequence, several adapters in one batch) within 1e-4 of
 // PeftModel's; merged outputs too, and merge then unmerge restores the weights within 1e-6; bad
 // adapters -> one line; `tessera classify --lora` on 1 and 2 ranks against PEFT's logits, and
-// `tessera embed --lora` against PEFT's token states mean-pooled.
+// `tessera embed --lora` against PEFT's token states mean-pooled, and `classify --lora NAME=PATH`
+// with inputs of three adapters and the base in one batch.
 #include <gtest/gtest.h>
 #include <torch/types.h>
 #include <unistd.h>
@@ -313,6 +314,55 @@ TEST(EncoderLora, ClassifyAndEmbedCliMatchPeft) {
     std::printf("[ figures  ] tessera embed --lora: max |embedding - PEFT's mean state| %.2e\n",
                 err);
     EXPECT_LE(err, 1e-4);
+  }
+  // --lora NAME=PATH adapters kept unmerged, chosen per input by a "lora" field: one batch mixes
+  // three adapters and the base model through the segmented kernel (1 and 2 ranks).
+  {
+    const std::string mixed = f.dir + "/mixed.jsonl";
+    const std::vector<std::string> names = {"", "cls_all", "cls_regex", "cls_rslora_qv"};
+    std::vector<std::string> line_lora;
+    {
+      std::ofstream out(mixed);
+      int64_t k = 0;
+      for (const auto& x : f.manifest["inputs"]) {
+        json line = {{"input_ids", x["ids"]}, {"token_type_ids", x["types"]}};
+        line_lora.push_back(names[k++ % names.size()]);
+        if (!line_lora.back().empty()) line["lora"] = line_lora.back();
+        out << line.dump() << "\n";
+      }
+    }
+    Loaded base = load(f.dir + "/bert_cls");
+    const auto base_logits = outputs(base, batch_of(f));
+    std::string named = env("TESSERA_BIN") + " classify --model '" + f.dir + "/bert_cls' --json";
+    for (size_t i = 1; i < names.size(); ++i) {
+      named += " --lora " + names[i] + "='" + f.dir + "/" + names[i] + "'";
+    }
+    for (const std::string prefix : {std::string(), env("MPIEXEC") + " -np 2 --oversubscribe "}) {
+      const auto r = testing::run_command(prefix + named + " --jsonl '" + mixed + "'", 120);
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      const auto j = json::parse(r.out.substr(r.out.find('{')));
+      ASSERT_EQ(j["results"].size(), line_lora.size());
+      double err = 0;
+      for (size_t i = 0; i < line_lora.size(); ++i) {
+        const auto got = torch::tensor(j["results"][i]["logits"].get<std::vector<float>>());
+        const auto row = static_cast<int64_t>(i);
+        const auto ref =
+            line_lora[i].empty() ? base_logits[row] : reference(f, line_lora[i], true)[row];
+        err = std::max(err, (got - ref).abs().max().item<double>());
+      }
+      std::printf(
+          "[ figures  ] tessera classify --lora NAME=PATH x3, mixed per input (%s): max "
+          "|logit - PEFT| %.2e\n",
+          prefix.empty() ? "1 rank" : "2 ranks", err);
+      EXPECT_LE(err, 1e-4) << prefix;
+    }
+    // An input naming an adapter that is not loaded fails with one line.
+    std::ofstream(mixed) << R"({"input_ids": [2, 5, 3], "lora": "nope"})"
+                         << "\n";
+    const auto r = testing::run_command(named + " --jsonl '" + mixed + "'", 120);
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_NE(r.err.find("lora='nope', which is not a loaded adapter"), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   }
   const auto bad =
       testing::run_command(env("TESSERA_BIN") + " classify --model '" + f.dir +
