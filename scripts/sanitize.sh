@@ -55,7 +55,8 @@ if [ "$kind" = address-all ]; then
   #   clang_format: a style check, runs no Tessera code.
   ASAN_ALL_EXCLUDE=${ASAN_ALL_EXCLUDE:-^clang_format$}
   cmake -S "$src" -B "$build" -G Ninja -DTESSERA_ENABLE_CUDA=OFF "${flags[@]}" \
-    "-DTESSERA_TORCH_PYTHON=$supp/asan-python3" >/dev/null
+    "-DTESSERA_TORCH_PYTHON=$supp/asan-python3" \
+    "-DTESSERA_VENV_PYTHON=${TESSERA_VENV:-${TESSERA_BUILD_DIR:-$src/build}/venv}/bin/python" >/dev/null
   t0=$(date +%s)
   nice -n 19 ninja -C "$build" -j"$jobs"
   t1=$(date +%s)
