@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
 """Chaos: SIGKILL or SIGSTOP one rank of a 2-rank job at a random moment, and check how the job ends.
 
-Jobs (the first four rounds: serve KILL, serve STOP of an idle group, train KILL, train STOP;
-later rounds draw job and signal at random; the victim rank and the moment are always random):
+Jobs (the first four rounds: serve KILL, serve STOP of an idle group, train KILL, train STOP,
+with --router a fifth: router STOP; later rounds draw job and signal at random; the victim rank
+and the moment are always random):
   serve  `mpirun -np 2 tessera serve --model tiny --tp 2` with streamed completions in flight, or
          idle (no request for longer than the watchdog's timeout, which the group must survive,
          then the signal);
   train  `mpirun -np 2 tessera train` (digits, ZeRO-1, a checkpoint every 5 steps), signalled once
          its first checkpoint is written; afterwards `--resume` must continue from the last
          complete checkpoint and finish.
+  router (--router) two single-process `tessera serve` behind `tessera router`, whole completions
+         through the router one after another; one replica is killed or stopped: every request
+         must still be answered 200 (the router retries a request that has produced nothing on
+         the other replica, and cuts the calls of a replica its health check takes out).
 For every round: the rank that was not signalled ends within TESSERA_COMM_TIMEOUT + 5 s of the
 signal and the job (mpirun) exits non-zero; after a SIGSTOP the survivor's output has the
 watchdog's line ("tessera: watchdog: ... did not complete within ..."), which is what ends that
@@ -17,8 +22,10 @@ and a survivor's last words no longer reach mpirun's output); and no process of 
 every job runs in a session of its own, and within timeout + 20 s of the signal no process of that
 session may remain (any that does is a failure, and is killed: it is ours).
 
-Usage: chaos_test.py [--rounds N] [--seed S] [--timeout T] [--json FILE]
-  (default 4 rounds; TESSERA_CHAOS_ROUNDS=20 for the long run; --json writes every round).
+Usage: chaos_test.py [--rounds N] [--seed S] [--timeout T] [--json FILE] [--router]
+        [--only serve|train|router]
+  (default 4 rounds; ctest runs 5 with --router; TESSERA_CHAOS_ROUNDS=20 for the long run;
+   --json writes every round).
   Environment (ctest): TESSERA_BIN, MPIEXEC.
 """
 import argparse
@@ -33,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 BIN = os.environ["TESSERA_BIN"]
@@ -212,16 +220,18 @@ def finish_round(job, ranks, victim, sig, timeout, info, stop=None, t=None, coun
     survivor = 1 - victim
     # When each rank ended (gone or a zombie), and mpirun.
     ended = {}
-    while time.time() < t0 + timeout + 20 and job.p.poll() is None:
+    mpirun_ended = None
+    while time.time() < t0 + timeout + 20:
         for r, pid in ranks.items():
             if r not in ended and not alive(pid):
                 ended[r] = time.time() - t0
+        if mpirun_ended is None and job.p.poll() is not None:
+            mpirun_ended = time.time() - t0
+        if mpirun_ended is not None and len(ended) == len(ranks):
+            break
         time.sleep(0.02)
     rc = job.p.poll()
-    info["ended_after_s"] = round(time.time() - t0, 2)
-    for r, pid in ranks.items():
-        if r not in ended and not alive(pid):
-            ended[r] = time.time() - t0
+    info["ended_after_s"] = round(mpirun_ended, 2) if mpirun_ended is not None else None
     info["survivor_ended_after_s"] = round(ended[survivor], 2) if survivor in ended else None
     info["victim_ended_after_s"] = round(ended[victim], 2) if victim in ended else None
     info["exit"] = rc
@@ -280,6 +290,87 @@ def train_round(rng, sig, timeout, tmp):
     return info
 
 
+def start_plain(argv, tmp, name, pattern):
+    """A process in a session of its own; returns (Popen, port) once it prints `pattern`."""
+    out = open(os.path.join(tmp, name + ".out"), "w+")
+    p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and p.poll() is None:
+        out.flush()
+        with open(out.name) as f:
+            m = re.search(pattern, f.read())
+        if m:
+            return p, int(m.group(1))
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} did not start: " + open(out.name).read()[-500:])
+
+
+def router_round(rng, sig, tmp):
+    """Two single-process servers behind `tessera router`; one is killed or stopped while whole
+    completions go through the router one after another. Every request must be answered 200
+    (a request that has produced nothing is retried on the other replica), and the router must
+    route around the failed replica."""
+    info = {"job": "router", "signal": sig.name}
+    procs = []
+    try:
+        ports = []
+        for i in range(2):
+            p, port = start_plain([BIN, "serve", "--model", "tiny", "--port", "0"], tmp,
+                                  f"replica{i}", r"listening on http://127\.0\.0\.1:(\d+)")
+            procs.append(p)
+            ports.append(port)
+        argv = [BIN, "router", "--port", "0", "--health-interval", "0.2", "--health-timeout", "0.5"]
+        for port in ports:
+            argv += ["--backend", f"http://127.0.0.1:{port}"]
+        router, rport = start_plain(argv, tmp, "router", r"listening on http://127\.0\.0\.1:(\d+)")
+        procs.append(router)
+        victim = rng.choice([0, 1])
+        info["victim_replica"] = victim
+        body = json.dumps({"model": "tiny", "prompt": "the river under the stone",
+                           "max_tokens": 16, "ignore_eos": True}).encode()
+        codes, slow = [], 0
+        t_end = time.time() + 8
+        signalled_at = time.time() + rng.uniform(0.5, 2.0)
+        signalled = False
+        while time.time() < t_end:
+            if not signalled and time.time() >= signalled_at:
+                os.kill(procs[victim].pid, sig)
+                signalled = True
+                info["requests_before_signal"] = len(codes)
+            req = urllib.request.Request(f"http://127.0.0.1:{rport}/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+            t0 = time.time()
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    r.read()
+                    codes.append(r.status)
+            except urllib.error.HTTPError as e:
+                codes.append(e.code)
+            except Exception as e:  # no answer at all
+                codes.append(str(e)[:80])
+            slow = max(slow, time.time() - t0)
+        info["requests"] = len(codes)
+        info["not_200"] = [c for c in codes if c != 200]
+        info["slowest_request_s"] = round(slow, 2)
+    finally:
+        left = []
+        for p in procs:
+            for sg in (signal.SIGCONT, signal.SIGTERM):
+                try:
+                    os.kill(p.pid, sg)
+                except OSError:
+                    pass
+        for p in procs:
+            try:
+                p.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                left.append(p.pid)
+                p.kill()
+                p.wait()
+        info["leftovers"] = left
+    return info
+
+
 def judge(info, timeout):
     """The failures of one round."""
     bad = []
@@ -288,6 +379,14 @@ def judge(info, timeout):
         return bad
     if info.get("alive_after_idle") is False:
         bad.append("the idle job ended before the signal")
+    if info["job"] == "router":
+        if info["not_200"]:
+            bad.append(f"requests through the router not answered 200: {info['not_200'][:5]}")
+        if info["requests"] - info.get("requests_before_signal", 0) < 3:
+            bad.append("fewer than 3 requests after the signal")
+        if info["leftovers"]:
+            bad.append(f"processes left behind: {info['leftovers']}")
+        return bad
     if info["exit"] is None:
         bad.append(f"the job did not end within {timeout + 20} s of the signal")
     elif info["exit"] == 0:
@@ -315,6 +414,10 @@ def main():
                     int(time.time()))
     ap.add_argument("--timeout", type=float, default=8)
     ap.add_argument("--json", default=os.environ.get("TESSERA_CHAOS_JSON", ""))
+    ap.add_argument("--router", action="store_true",
+                    help="also rounds of two servers behind tessera router, one killed/stopped")
+    ap.add_argument("--only", choices=["serve", "train", "router"], default=None,
+                    help="every round this job (signals alternate KILL, STOP)")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     print(f"chaos: {a.rounds} rounds, seed {a.seed}, TESSERA_COMM_TIMEOUT={a.timeout}", flush=True)
@@ -322,15 +425,22 @@ def main():
     t_start = time.time()
     for i in range(a.rounds):
         # The first four rounds cover every (job, signal) pair; later ones draw both at random.
-        if i < 4:
+        if a.only:
+            job = a.only
+            sig = signal.SIGKILL if i % 2 == 0 else signal.SIGSTOP
+        elif i < 4:
             job = "serve" if i < 2 else "train"
             sig = signal.SIGKILL if i % 2 == 0 else signal.SIGSTOP
+        elif i == 4 and a.router:
+            job, sig = "router", signal.SIGSTOP
         else:
-            job = rng.choice(["serve", "train"])
+            job = rng.choice(["serve", "train", "router"] if a.router else ["serve", "train"])
             sig = rng.choice([signal.SIGKILL, signal.SIGSTOP])
         tmp = tempfile.mkdtemp(prefix="tessera-chaos-")
         try:
-            if job == "serve":
+            if job == "router":
+                info = router_round(rng, sig, tmp)
+            elif job == "serve":
                 # Round 2 (and a third of the later serve rounds) signals an idle group.
                 idle = i == 1 if i < 4 else rng.random() < 1 / 3
                 info = serve_round(rng, sig, a.timeout, tmp, idle=idle)
@@ -342,7 +452,9 @@ def main():
         info["failures"] = bad
         failures += bool(bad)
         results.append(info)
-        short = {k: info.get(k) for k in ("job", "signal", "victim_rank", "idle",
+        short = {k: info.get(k) for k in ("job", "signal", "victim_rank", "victim_replica", "idle",
+                                          "requests", "requests_before_signal", "not_200",
+                                          "slowest_request_s",
                                           "survivor_ended_after_s", "victim_ended_after_s",
                                           "ended_after_s", "all_gone_after_s", "exit", "leftovers",
                                           "resumed_from")
