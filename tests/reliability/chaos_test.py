@@ -24,8 +24,8 @@ session may remain (any that does is a failure, and is killed: it is ours).
 
 Usage: chaos_test.py [--rounds N] [--seed S] [--timeout T] [--json FILE] [--router]
         [--only serve|train|router]
-  (default 4 rounds; ctest runs 5 with --router; TESSERA_CHAOS_ROUNDS=20 for the long run;
-   --json writes every round).
+  (default 4 rounds, or TESSERA_CHAOS_ROUNDS; ctest runs 5 with --router; --rounds 20 for the
+   long run; --json writes every round).
   Environment (ctest): TESSERA_BIN, MPIEXEC.
 """
 import argparse
