@@ -451,7 +451,7 @@ class Soak {
             {"completed", completed_},
             {"errored", errored},
             {"errors", errors},
-            {"unexpected", unexpected + unexpected_completion_},
+            {"unexpected", unexpected},
             {"lost", lost_ + inflight_},
             {"lost_reasons", lost_reasons_},
             {"duplicated", duplicated_},
@@ -586,7 +586,6 @@ class Soak {
   std::mutex mu_;
   std::condition_variable cv_;
   int64_t sent_ = 0, inflight_ = 0, completed_ = 0, lost_ = 0, duplicated_ = 0;
-  int64_t unexpected_completion_ = 0;
   std::map<std::string, std::pair<int64_t, bool>> errors_;
   json lost_reasons_ = json::object();
   std::set<std::string> response_ids_;
