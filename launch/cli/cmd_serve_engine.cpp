@@ -3,6 +3,7 @@
 // router, shutdown). MPI is initialised FUNNELED, so every collective (the plans included) runs
 // on the main thread: under mpirun the engine loop owns the main thread, HTTP runs on the I/O
 // pool and a signal thread drives the shutdown.
+#include <signal.h>
 #include <torch/types.h>
 #include <unistd.h>
 
@@ -26,6 +27,7 @@
 #include "sharding/communicator.h"
 #include "sharding/mpi/mpi_communicator.h"
 #include "sharding/process_groups.h"
+#include "sharding/watchdog.h"
 
 namespace tessera::cli {
 namespace {
@@ -281,6 +283,22 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
     }
   }
   if (!leader) {
+    // The launcher ends a job whose rank died with SIGTERM. A follower has no server to drain:
+    // it reports the collective it is blocked in (the watchdog's signal report) and exits now,
+    // rather than when its watchdog fires TESSERA_COMM_TIMEOUT later.
+    std::thread([] {
+      const int sig = serving::wait_for_termination_signal();
+      struct sigaction dfl {};
+      dfl.sa_handler = SIG_DFL;
+      sigaction(SIGTERM, &dfl, nullptr);
+      sigaction(SIGINT, &dfl, nullptr);
+      sharding::Watchdog::install_signal_report();
+      sigset_t set;
+      sigemptyset(&set);
+      sigaddset(&set, sig);
+      pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+      raise(sig);  // on this thread: the report, then exit 128 + sig
+    }).detach();
     core->serve();  // until the leader releases the group
     return 0;
   }
