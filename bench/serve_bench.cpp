@@ -418,6 +418,19 @@ int run(const BenchOptions& o) {
     TESSERA_CHECK(threads >= 1, "TESSERA_BENCH_SERVE_THREADS must be >= 1, got '", t, "'");
   }
   threads = std::max(threads, 1);
+  // The checkpoint's size: HIDDENxLAYERS (default 256x4, --quick 128x2). llama-cpp-python's server
+  // runs one request at a time, so a run lasts about rates x requests x its time per request.
+  std::string hidden = o.quick ? "128" : "256", layers = o.quick ? "2" : "4";
+  if (const char* m = std::getenv("TESSERA_BENCH_SERVE_MODEL"); m && *m) {
+    const std::string v = m;
+    const size_t x = v.find('x');
+    const bool ok = x != std::string::npos && x > 0 && x + 1 < v.size() &&
+                    v.find_first_not_of("0123456789x") == std::string::npos;
+    TESSERA_CHECK(ok, "TESSERA_BENCH_SERVE_MODEL must be HIDDENxLAYERS (e.g. 512x8), got '", v,
+                  "'");
+    hidden = v.substr(0, x);
+    layers = v.substr(x + 1);
+  }
   std::vector<std::string> prompts;
   const char* words[] = {"the",   "river",  "stone",  "light",  "across", "quiet",
                          "north", "garden", "winter", "market", "slowly", "under"};
@@ -452,8 +465,7 @@ int run(const BenchOptions& o) {
   } else if (access(script.c_str(), R_OK) != 0) {
     llama_skip = script + " is missing (an installed tessera without its sources)";
   } else {
-    const auto [rc, out] =
-        run_capture({python, script, work, o.quick ? "128" : "512", o.quick ? "2" : "8"});
+    const auto [rc, out] = run_capture({python, script, work, hidden, layers});
     const json j = json::parse(last_line(out), nullptr, false);
     if (rc != 0 || j.is_discarded() || !j.contains("gguf")) {
       llama_skip = "could not write the checkpoint: " + last_line(out);
@@ -511,9 +523,11 @@ int run(const BenchOptions& o) {
       ++compared;
       same += !a.empty() && a == b;
     }
-  } else {
-    complete(io, targets[0], prompts[0], max_tokens);
   }
+  // Warm-up (not measured): concurrent streams at the top rate, so that neither server meets its
+  // first batch, first allocations or first code paths inside a measured run.
+  for (const auto& t : targets)
+    run_rate(io, t, rates.back(), o.quick ? 4 : 16, max_tokens, prompts);
   json out = {{"model", model_name},          {"checkpoint", model_info},
               {"requests_per_rate", n},       {"max_tokens", max_tokens},
               {"threads", threads},           {"cores", std::thread::hardware_concurrency()},
@@ -528,16 +542,17 @@ int run(const BenchOptions& o) {
     for (size_t k = 0; k < targets.size(); ++k) {
       const Target& t = targets[(k + ri) % targets.size()];  // who goes first alternates
       row[t.name] = run_rate(io, t, r, n, max_tokens, prompts);
-      if (!o.json) {
+      {  // a table line (on stderr with --json: progress of a long run)
         const auto& m = row[t.name];
-        std::printf(
-            "%5.1f req/s  %-9s: %8.1f tok/s  TTFT p50 %7.1f p99 %7.1f ms  ITL p50 %6.1f "
-            "p99 %6.1f ms  (%lld failed, load %.1f)\n",
-            r, t.name.c_str(), m["tok_s"].get<double>(), m["ttft_p50_ms"].get<double>(),
-            m["ttft_p99_ms"].get<double>(), m["itl_p50_ms"].get<double>(),
-            m["itl_p99_ms"].get<double>(), static_cast<long long>(m["failed"].get<int64_t>()),
-            m["load_after"].get<double>());
-        std::fflush(stdout);
+        std::fprintf(o.json ? stderr : stdout,
+                     "%5.1f req/s  %-9s: %8.1f tok/s  TTFT p50 %7.1f p99 %7.1f ms  ITL p50 %6.1f "
+                     "p99 %6.1f ms  (%lld failed, load %.1f)\n",
+                     r, t.name.c_str(), m["tok_s"].get<double>(), m["ttft_p50_ms"].get<double>(),
+                     m["ttft_p99_ms"].get<double>(), m["itl_p50_ms"].get<double>(),
+                     m["itl_p99_ms"].get<double>(),
+                     static_cast<long long>(m["failed"].get<int64_t>()),
+                     m["load_after"].get<double>());
+        std::fflush(o.json ? stderr : stdout);
       }
     }
     out["rates"].push_back(row);
