@@ -515,13 +515,18 @@ int run(const BenchOptions& o) {
   if (targets.size() > 1) wait_healthy(io, targets[1].port, 120, "/v1/models");
 
   // Same checkpoint: greedy texts of a few prompts agree (the warm-up too).
+  // A difference is shown (greedy over a random model can flip where two logits nearly tie).
   int same = 0, compared = 0;
+  json mismatches = json::array();
   if (targets.size() > 1) {
     for (int i = 0; i < 4; ++i) {
       const std::string a = complete(io, targets[0], prompts[i], max_tokens);
       const std::string b = complete(io, targets[1], prompts[i], max_tokens);
       ++compared;
       same += !a.empty() && a == b;
+      if (a.empty() || a != b) {
+        mismatches.push_back({{"prompt", prompts[i]}, {"tessera", a}, {"llama_cpp", b}});
+      }
     }
   }
   // Warm-up (not measured): concurrent streams at the top rate, so that neither server meets its
@@ -534,6 +539,7 @@ int run(const BenchOptions& o) {
               {"load_start", load_average()}, {"rates", json::array()}};
   if (compared > 0) {
     out["same_greedy_output"] = std::to_string(same) + "/" + std::to_string(compared);
+    out["greedy_mismatches"] = mismatches;
   }
   for (size_t ri = 0; ri < rates.size(); ++ri) {
     const double r = rates[ri];

@@ -44,8 +44,8 @@ def main():
              for f in ("load_before", "load_after") if k in r and f in r[k]]
     load = f", load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
     fig.suptitle(f"tessera bench serve: {model}, {data.get('requests_per_rate')} requests per "
-                 f"rate, {data.get('max_tokens')} tokens each, {data.get('threads', '?')} threads "
-                 f"per server{load}")
+                 f"rate, {data.get('max_tokens')} tokens each\n{data.get('threads', '?')} threads "
+                 f"per server{load} {data.get('date', '')}")
     fig.tight_layout()
     fig.savefig(sys.argv[2], dpi=100)
 
