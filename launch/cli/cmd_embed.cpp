@@ -32,6 +32,8 @@ struct EncodeArgs {
   std::string jsonl;
   std::string prompt, prompt_name;
   std::string load_memory_budget;
+  std::vector<std::string> loras;  // --lora values: PATH (merged) or NAME=PATH (per input)
+  std::string use_lora;
   bool json = false;
   bool no_progress = false;
 };
@@ -61,7 +63,10 @@ Inputs read_inputs(const EncodeArgs& a, engine::EncoderService& svc, bool classi
       classify ? "" : (a.prompt.empty() ? svc.prompt(a.prompt_name) : a.prompt);
   TESSERA_CHECK(classify || a.prompt.empty() || a.prompt_name.empty(),
                 "give --prompt or --prompt-name, not both");
-  for (const auto& t : a.texts) in.inputs.push_back(svc.tokenize(t, prompt));
+  for (const auto& t : a.texts) {
+    in.inputs.push_back(svc.tokenize(t, prompt));
+    in.inputs.back().lora = a.use_lora;
+  }
   if (!a.jsonl.empty()) {
     std::ifstream f(a.jsonl);
     TESSERA_CHECK(f.good(), "cannot read --jsonl file '", a.jsonl, "'");
@@ -76,6 +81,7 @@ Inputs read_inputs(const EncodeArgs& a, engine::EncoderService& svc, bool classi
       TESSERA_CHECK(!j.is_discarded(), where, ": not valid JSON");
       if (j.is_string()) {
         in.inputs.push_back(svc.tokenize(j.get<std::string>(), prompt));
+        in.inputs.back().lora = a.use_lora;
         all_labels = false;
         continue;
       }
@@ -91,6 +97,11 @@ Inputs read_inputs(const EncodeArgs& a, engine::EncoderService& svc, bool classi
         }
       } else {
         TESSERA_FAIL(where, ": an object needs 'text' or 'input_ids'");
+      }
+      e.lora = a.use_lora;
+      if (j.contains("lora")) {
+        TESSERA_CHECK(j["lora"].is_string(), where, ": 'lora' must be an adapter name");
+        e.lora = j["lora"].get<std::string>();
       }
       in.inputs.push_back(std::move(e));
       const bool has = j.contains("label") || j.contains("labels");
@@ -145,6 +156,13 @@ void add_common(CLI::App* app, EncodeArgs& a) {
   app->add_option("--attention", a.options.attention,
                   "dense or cluster (default: the config's tessera_attention, else dense)")
       ->check(CLI::IsMember({"dense", "cluster"}));
+  app->add_option("--lora", a.loras,
+                  "A PEFT LoRA adapter (BERT; target_modules query / key / value / dense, "
+                  "modules_to_save classifier / pooler): PATH, merged into the weights for every "
+                  "input, or NAME=PATH (repeatable), kept unmerged and chosen per input with "
+                  "--use-lora or a \"lora\" field in --jsonl lines");
+  app->add_option("--use-lora", a.use_lora,
+                  "The NAME=PATH adapter of inputs that do not name one (default: none)");
   app->add_option("--cluster-size", a.options.cluster_size,
                   "Tokens per cluster (cluster attention)");
   app->add_option("--nearest-clusters", a.options.nearest_clusters,
@@ -166,6 +184,22 @@ int run_encoder(const EncodeArgs& a0, launch::World& world,
     if (!a.load_memory_budget.empty()) {
       a.options.load_memory_budget = parse_size("--load-memory-budget", a.load_memory_budget);
     }
+    // --lora NAME=PATH (a name: no '/') is kept unmerged; --lora PATH is merged.
+    for (const auto& v : a.loras) {
+      const auto eq = v.find('=');
+      if (eq != std::string::npos && eq > 0 && v.substr(0, eq).find('/') == std::string::npos) {
+        TESSERA_CHECK(eq + 1 < v.size(), "--lora NAME=PATH needs a PATH, got '", v, "'");
+        a.options.loras.emplace_back(v.substr(0, eq), v.substr(eq + 1));
+      } else {
+        TESSERA_CHECK(a.options.lora.empty(), "--lora PATH (merged) is given twice: '",
+                      a.options.lora, "' and '", v, "'");
+        a.options.lora = v;
+      }
+    }
+    TESSERA_CHECK(
+        a.use_lora.empty() || std::any_of(a.options.loras.begin(), a.options.loras.end(),
+                                          [&](const auto& l) { return l.first == a.use_lora; }),
+        "--use-lora '", a.use_lora, "' is not the NAME of a --lora NAME=PATH adapter");
   } catch (const Error& e) {
     throw CollectiveError(e.message(), __FILE__, __LINE__);
   }
@@ -225,6 +259,7 @@ std::vector<Command> register_embed(CLI::App& root) {
                     {"pooling", info.pooling},
                     {"normalize", info.normalize},
                     {"attention", info.attention},
+                    {"lora", info.lora},
                     {"tp", info.tp_size},
                     {"inputs", vectors.size()},
                     {"tokens", tokens},
@@ -282,6 +317,7 @@ std::vector<Command> register_embed(CLI::App& root) {
                     {"labels", info.labels},
                     {"score_function", info.score_function},
                     {"problem_type", info.problem_type},
+                    {"lora", info.lora},
                     {"results", results}};
           if (loss) j["loss"] = *loss;
           std::printf("%s\n", j.dump().c_str());

@@ -28,6 +28,7 @@ struct EncoderInput {
   std::vector<int32_t> token_types;  // empty = all 0
   int64_t prompt_length = 0;         // leading prompt tokens (left out of pooling when the
                                      // model's Pooling says include_prompt = false)
+  std::string lora;                  // a named adapter of EncoderOptions::loras ("" = none)
 };
 
 enum class EncoderTask : uint8_t { kEmbed, kClassify };
@@ -42,6 +43,11 @@ struct EncoderOptions {
   int64_t nearest_clusters = 0;      // 0 = the config's / default
   int64_t max_batch_tokens = 16384;  // tokens per packed forward
   int device = -1;                   // CUDA device index, -1 = CPU
+  std::string lora;                  // a PEFT LoRA folder merged into the weights ("" = none;
+                                     // BERT), read by every rank
+  // Named adapters (NAME, PATH) kept unmerged: each input picks one (EncoderInput::lora) and a
+  // batch mixes them through the segmented LoRA kernel. Not together with `lora`.
+  std::vector<std::pair<std::string, std::string>> loras;
 };
 
 struct EncoderInfo {
@@ -63,6 +69,7 @@ struct EncoderInfo {
   std::vector<std::string> labels;
   std::string score_function;
   std::string problem_type;
+  std::string lora;  // the merged adapter's folder ("" = none)
 };
 
 class EmbeddingClient {

@@ -7,6 +7,7 @@
 #include <deque>
 #include <filesystem>
 #include <future>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -77,6 +78,7 @@ struct EncoderService::Impl {
   std::unique_ptr<tokenizers::Tokenizer> tokenizer;  // leader, when the folder has one
   std::vector<int32_t> special_prefix, special_suffix;
   std::unique_ptr<models::EncoderModel> model;
+  std::map<std::string, int> lora_index;  // named adapter -> EncoderModel::add_lora index
   EncoderInfo info;
 
   struct Pending {
@@ -130,6 +132,9 @@ struct EncoderService::Impl {
       }
     }
     if (in.prompt_length < 0) return "has a negative prompt length";
+    if (!in.lora.empty() && !lora_index.count(in.lora)) {
+      return "names lora='" + in.lora + "', which is not a loaded adapter";
+    }
     return "";
   }
 
@@ -180,8 +185,8 @@ struct EncoderService::Impl {
                  std::vector<std::string>& errors) {
     const auto n = static_cast<int64_t>(end - begin);
     std::vector<std::vector<int32_t>> ids, types;
-    std::vector<int64_t> prompt_lengths;
-    bool any_types = false;
+    std::vector<int64_t> prompt_lengths, lora_ids;
+    bool any_types = false, any_lora = false;
     for (size_t s = begin; s < end; ++s) {
       const auto& in = work[slots[s].request].inputs[slots[s].input];
       ids.push_back(in.ids);
@@ -189,15 +194,19 @@ struct EncoderService::Impl {
                                              : in.token_types);
       any_types = any_types || !in.token_types.empty();
       prompt_lengths.push_back(in.prompt_length);
+      lora_ids.push_back(in.lora.empty() ? -1 : lora_index.at(in.lora));
+      any_lora = any_lora || !in.lora.empty();
     }
     auto batch = models::EncoderBatch::pack(ids, any_types ? types : decltype(types){});
+    const auto lora_tensor = torch::tensor(lora_ids, torch::kLong);
+    if (any_lora) batch.lora_ids = lora_tensor.to(torch::kInt);
     if (control != nullptr && control->size() > 1) {
       const int64_t total = batch.tokens.numel();
       auto header = torch::tensor({static_cast<int64_t>(kBatch), n, total}, torch::kLong);
       control->broadcast(header, 0);
       auto lens =
           (batch.cu_seqlens.narrow(0, 1, n) - batch.cu_seqlens.narrow(0, 0, n)).to(torch::kLong);
-      auto payload = torch::cat({lens, batch.tokens, batch.token_types});
+      auto payload = torch::cat({lens, batch.tokens, batch.token_types, lora_tensor});
       control->broadcast(payload, 0);
     }
     torch::Tensor states;
@@ -301,6 +310,18 @@ EncoderService::EncoderService(const EncoderOptions& options, sharding::Communic
     models::WeightLoader weights(folder, {.memory_budget = options.load_memory_budget,
                                           .progress = options.load_progress && m.leader});
     m.model = std::make_unique<models::EncoderModel>(m.config, weights, tp, device);
+    TESSERA_CHECK(options.lora.empty() || options.loras.empty(),
+                  "give one --lora PATH (merged) or NAME=PATH adapters (unmerged), not both");
+    for (const auto& [name, path] : options.loras) {
+      TESSERA_CHECK(!m.lora_index.count(name), "LoRA adapter name '", name, "' is given twice");
+      m.lora_index[name] =
+          m.model->add_lora(models::EncoderLoraAdapter::load(name, path, m.config));
+    }
+    if (!options.lora.empty()) {
+      // One adapter for every input: merged once (the model then costs what the base costs).
+      m.model->merge_lora(
+          m.model->add_lora(models::EncoderLoraAdapter::load("", options.lora, m.config)));
+    }
 
     EncoderInfo& i = m.info;
     i.model_dir = dir;
@@ -321,6 +342,7 @@ EncoderService::EncoderService(const EncoderOptions& options, sharding::Communic
     i.labels = m.config.labels;
     i.score_function = m.config.has_classifier ? models::classifier_score_function(m.config) : "";
     i.problem_type = models::problem_type_name(m.config.problem_type);
+    i.lora = options.lora;
   });
 }
 
@@ -472,7 +494,7 @@ void EncoderService::serve() {
     const auto* h = header.data_ptr<int64_t>();
     if (h[0] == kStop) return;
     const int64_t n = h[1], total = h[2];
-    auto payload = torch::empty({n + 2 * total}, torch::kLong);
+    auto payload = torch::empty({2 * n + 2 * total}, torch::kLong);
     m.control->broadcast(payload, 0);
     models::EncoderBatch b;
     auto lens = payload.narrow(0, 0, n);
@@ -480,6 +502,8 @@ void EncoderService::serve() {
     b.cu_seqlens.narrow(0, 1, n).copy_(lens.cumsum(0));
     b.tokens = payload.narrow(0, n, total).clone();
     b.token_types = payload.narrow(0, n + total, total).clone();
+    const auto lora_ids = payload.narrow(0, n + 2 * total, n);
+    if (lora_ids.ge(0).any().item<bool>()) b.lora_ids = lora_ids.to(torch::kInt);
     b.positions = torch::empty({total}, torch::kLong);
     const auto* cu = b.cu_seqlens.data_ptr<int32_t>();
     auto* pos = b.positions.data_ptr<int64_t>();

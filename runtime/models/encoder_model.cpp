@@ -307,6 +307,7 @@ void EncoderModel::check_inputs(const EncoderBatch& b) const {
 
 torch::Tensor EncoderModel::forward(const EncoderBatch& batch) const {
   check_inputs(batch);
+  check_lora_ids(batch);
   const auto& c = config_;
   const int64_t t = batch.tokens.numel(), d = c.head_dim, hl = heads_.size, ql = hl * d;
   const int64_t il = mlp_.size;
@@ -320,11 +321,28 @@ torch::Tensor EncoderModel::forward(const EncoderBatch& batch) const {
   }
   x = norm(x, emb_norm_w_, emb_norm_b_);
   const double scale = c.attention_scale();
+  // Unmerged LoRA: the batch's sequences are the kernel's segments.
+  const bool lora = !loras_.empty() && batch.lora_ids.defined();
+  torch::Tensor seg_indptr, seg_ids;
+  if (lora) {
+    seg_indptr = batch.cu_seqlens.to(device_);
+    seg_ids = batch.lora_ids.to(device_);
+  }
+  auto update = [&](size_t l, EncoderLoraModule m, const torch::Tensor& y,
+                    const torch::Tensor& in) {
+    if (!lora) return;
+    const auto place = lora_place(m);
+    apply_lora(lora_stacks_[l][static_cast<int>(m)], y.narrow(1, place.col, place.cols), in,
+               seg_indptr, seg_ids);
+  };
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
     torch::Tensor in = x;
     if (c.pre_norm && L.attn_norm_w.defined()) in = norm(x, L.attn_norm_w, L.attn_norm_b);
     auto qkv = dense(in, L.qkv_w, L.qkv_b);
+    for (auto m : {EncoderLoraModule::kQuery, EncoderLoraModule::kKey, EncoderLoraModule::kValue}) {
+      update(l, m, qkv, in);
+    }
     auto q = qkv.narrow(1, 0, ql).view({t, hl, d});
     auto k = qkv.narrow(1, ql, ql).view({t, hl, d});
     auto v = qkv.narrow(1, 2 * ql, ql).view({t, hl, d});
@@ -335,7 +353,9 @@ torch::Tensor EncoderModel::forward(const EncoderBatch& batch) const {
       k = RotaryEmbedding::apply(k, cos, sin);
     }
     auto a = attention_->attend(q, k, v, batch.cu_seqlens, c.layer_windows[l], scale);
-    auto o = all_reduce(dense(a, L.o_w), L.o_b);
+    auto o_part = dense(a, L.o_w);
+    update(l, EncoderLoraModule::kAttnOut, o_part, a);
+    auto o = all_reduce(o_part, L.o_b);
     torch::Tensor m_in;
     if (c.pre_norm) {
       x = x + o;
@@ -345,9 +365,12 @@ torch::Tensor EncoderModel::forward(const EncoderBatch& batch) const {
       m_in = x;
     }
     auto up = dense(m_in, L.up_w, L.up_b);
+    if (!c.glu_mlp) update(l, EncoderLoraModule::kIntermediate, up, m_in);
     auto act = c.glu_mlp ? activation(up.narrow(1, 0, il), c.hidden_act) * up.narrow(1, il, il)
                          : activation(up, c.hidden_act);
-    auto m = all_reduce(dense(act, L.down_w), L.down_b);
+    auto down = dense(act, L.down_w);
+    update(l, EncoderLoraModule::kOutput, down, act);
+    auto m = all_reduce(down, L.down_b);
     x = c.pre_norm ? x + m : norm(x + m, L.mlp_norm_w, L.mlp_norm_b);
   }
   if (c.final_norm) x = norm(x, final_norm_w_, final_norm_b_);
@@ -363,9 +386,39 @@ torch::Tensor EncoderModel::classify(const torch::Tensor& states, const EncoderB
   std::vector<int64_t> first(n);
   for (int64_t s = 0; s < n; ++s) first[s] = cu[s];
   auto firsts = torch::tensor(first, torch::kLong).to(device_);
+  check_lora_ids(batch);
+  // Sequences of each adapter whose head an adapter replaces (modules_to_save), and the pooler's
+  // LoRA segments (one row per sequence).
+  const bool lora = !loras_.empty() && batch.lora_ids.defined();
+  std::vector<std::vector<int64_t>> rows_of(loras_.size());
+  if (lora) {
+    const auto* ids = batch.lora_ids.data_ptr<int32_t>();
+    for (int64_t s = 0; s < n; ++s) {
+      if (ids[s] >= 0) rows_of[ids[s]].push_back(s);
+    }
+  }
+  // out[rows of adapter i] = f_i(in[rows of adapter i]) for the adapters that save a module.
+  auto replace_rows = [&](torch::Tensor& out, const torch::Tensor& in, const auto& weights_of) {
+    for (size_t i = 0; i < loras_.size(); ++i) {
+      const auto [w, b] = weights_of(loras_[i]);
+      if (!w.defined() || rows_of[i].empty()) continue;
+      auto idx = torch::tensor(rows_of[i], torch::kLong).to(device_);
+      out.index_copy_(0, idx, dense(in.index_select(0, idx), w, b));
+    }
+  };
   torch::Tensor pooled;
   if (c.family == EncoderFamily::kBert) {
-    pooled = torch::tanh(dense(states.index_select(0, firsts), pool_w_, pool_b_));
+    auto first_states = states.index_select(0, firsts);
+    auto pre = dense(first_states, pool_w_, pool_b_);
+    if (lora) {
+      if (pooler_stack_.a.defined()) {
+        auto indptr = torch::arange(n + 1, torch::kInt).to(device_);
+        apply_lora(pooler_stack_, pre, first_states, indptr, batch.lora_ids.to(device_));
+      }
+      replace_rows(pre, first_states,
+                   [](const LocalLora& a) { return std::make_pair(a.pooler_w, a.pooler_b); });
+    }
+    pooled = torch::tanh(pre);
   } else {
     if (c.classifier_pooling == ClassifierPooling::kCls) {
       pooled = states.index_select(0, firsts);
@@ -382,7 +435,221 @@ torch::Tensor EncoderModel::classify(const torch::Tensor& states, const EncoderB
     pooled = norm(activation(dense(pooled, pool_w_, pool_b_), c.classifier_activation),
                   head_norm_w_, head_norm_b_);
   }
-  return dense(pooled, cls_w_, cls_b_);
+  auto logits = dense(pooled, cls_w_, cls_b_);
+  if (lora) {
+    replace_rows(logits, pooled,
+                 [](const LocalLora& a) { return std::make_pair(a.classifier_w, a.classifier_b); });
+  }
+  return logits;
+}
+
+void EncoderModel::check_lora_ids(const EncoderBatch& b) const {
+  if (!b.lora_ids.defined()) return;
+  TESSERA_CHECK(b.lora_ids.device().is_cpu() && b.lora_ids.scalar_type() == torch::kInt &&
+                    b.lora_ids.dim() == 1 && b.lora_ids.numel() == b.num_seqs(),
+                "encoder batch: lora_ids must be CPU int32 [", b.num_seqs(), "]");
+  const auto* ids = b.lora_ids.data_ptr<int32_t>();
+  for (int64_t s = 0; s < b.num_seqs(); ++s) {
+    TESSERA_CHECK(ids[s] >= -1 && ids[s] < num_loras(), "input ", s, " names LoRA adapter ", ids[s],
+                  ", the model holds ", num_loras());
+    TESSERA_CHECK(ids[s] < 0 || merged_ < 0, "input ", s, " names LoRA adapter ", ids[s],
+                  " while adapter ", merged_, " is merged into the weights");
+  }
+}
+
+EncoderModel::LoraPlace EncoderModel::lora_place(EncoderLoraModule m) const {
+  const int64_t h = config_.hidden_size, ql = heads_.size * config_.head_dim;
+  const sharding::ShardRange qs{heads_.begin * config_.head_dim, ql}, all_h{0, h};
+  switch (m) {
+    case EncoderLoraModule::kQuery:
+      return {0, ql, qs, all_h};
+    case EncoderLoraModule::kKey:
+      return {ql, ql, qs, all_h};
+    case EncoderLoraModule::kValue:
+      return {2 * ql, ql, qs, all_h};
+    case EncoderLoraModule::kAttnOut:
+      return {0, h, all_h, qs};
+    case EncoderLoraModule::kIntermediate:
+      return {0, mlp_.size, mlp_, all_h};
+    case EncoderLoraModule::kOutput:
+      return {0, h, all_h, mlp_};
+  }
+  TESSERA_FAIL("unknown LoRA module");
+}
+
+torch::Tensor& EncoderModel::lora_weight(size_t layer, EncoderLoraModule m) {
+  Layer& L = layers_[layer];
+  switch (m) {
+    case EncoderLoraModule::kAttnOut:
+      return L.o_w;
+    case EncoderLoraModule::kIntermediate:
+      return L.up_w;
+    case EncoderLoraModule::kOutput:
+      return L.down_w;
+    default:
+      return L.qkv_w;
+  }
+}
+
+int EncoderModel::add_lora(const EncoderLoraAdapter& adapter) {
+  const auto& c = config_;
+  TESSERA_CHECK(c.family == EncoderFamily::kBert && !c.glu_mlp, "LoRA adapter '", adapter.dir,
+                "': LoRA is implemented for BERT encoders, the model is ", c.model_type);
+  TESSERA_CHECK(static_cast<int64_t>(adapter.layers.size()) == c.num_hidden_layers,
+                "LoRA adapter '", adapter.dir, "' has ", adapter.layers.size(),
+                " layers, the model ", c.num_hidden_layers);
+  TESSERA_CHECK(merged_ < 0, "LoRA adapter '", adapter.dir, "' added while adapter ", merged_,
+                " is merged");
+  for (const auto& other : loras_) {
+    TESSERA_CHECK(adapter.name.empty() || other.name != adapter.name, "LoRA adapter name '",
+                  adapter.name, "' is given twice");
+  }
+  LocalLora local;
+  local.name = adapter.name;
+  local.r = adapter.r;
+  local.scale = adapter.scale;
+  local.layers.resize(adapter.layers.size());
+  for (size_t l = 0; l < adapter.layers.size(); ++l) {
+    for (int m = 0; m < kNumEncoderLoraModules; ++m) {
+      const auto& pair = adapter.layers[l][m];
+      if (!pair.a.defined()) continue;
+      const auto place = lora_place(static_cast<EncoderLoraModule>(m));
+      local.layers[l][m].a =
+          pair.a.narrow(1, place.in_cols.begin, place.in_cols.size).contiguous().to(device_);
+      local.layers[l][m].b =
+          pair.b.narrow(0, place.out_rows.begin, place.out_rows.size).contiguous().to(device_);
+    }
+  }
+  // The head is replicated: whole tensors (used only where the model has the head).
+  if (c.has_classifier) {
+    if (adapter.pooler.a.defined()) {
+      local.pooler.a = adapter.pooler.a.to(device_);
+      local.pooler.b = adapter.pooler.b.to(device_);
+    }
+    auto input_major = [&](const torch::Tensor& t) {
+      return t.defined() ? t.t().contiguous().to(device_) : torch::Tensor();
+    };
+    local.classifier_w = input_major(adapter.classifier_w);
+    local.pooler_w = input_major(adapter.pooler_w);
+    if (adapter.classifier_b.defined()) local.classifier_b = adapter.classifier_b.to(device_);
+    if (adapter.pooler_b.defined()) local.pooler_b = adapter.pooler_b.to(device_);
+  }
+  loras_.push_back(std::move(local));
+  rebuild_lora_stacks();
+  return static_cast<int>(loras_.size()) - 1;
+}
+
+void EncoderModel::rebuild_lora_stacks() {
+  const int64_t n = static_cast<int64_t>(loras_.size());
+  const auto f32 = torch::TensorOptions().dtype(torch::kFloat).device(device_);
+  // Adapters stacked and zero-padded to the largest rank that targets the module.
+  auto stack = [&](const auto& pair_of, int64_t in, int64_t out) {
+    int64_t r_max = 0;
+    for (const auto& a : loras_) {
+      if (pair_of(a).a.defined()) r_max = std::max(r_max, a.r);
+    }
+    kernels::LoraStack st;
+    if (r_max == 0) return st;
+    st.a = torch::zeros({n, r_max, in}, f32);
+    st.b = torch::zeros({n, out, r_max}, f32);
+    std::vector<int32_t> ranks(n, 0);
+    std::vector<float> scales(n, 0.f);
+    for (int64_t i = 0; i < n; ++i) {
+      const auto& p = pair_of(loras_[i]);
+      scales[i] = static_cast<float>(loras_[i].scale);
+      if (!p.a.defined()) continue;
+      ranks[i] = static_cast<int32_t>(loras_[i].r);
+      st.a[i].narrow(0, 0, loras_[i].r).copy_(p.a);
+      st.b[i].narrow(1, 0, loras_[i].r).copy_(p.b);
+    }
+    st.ranks = torch::tensor(ranks, torch::kInt).to(device_);
+    st.scales = torch::tensor(scales, torch::kFloat).to(device_);
+    return st;
+  };
+  lora_stacks_.assign(layers_.size(), {});
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    for (int m = 0; m < kNumEncoderLoraModules; ++m) {
+      const auto place = lora_place(static_cast<EncoderLoraModule>(m));
+      lora_stacks_[l][m] = stack(
+          [&](const LocalLora& a) -> const auto& { return a.layers[l][m]; }, place.in_cols.size,
+          place.cols);
+    }
+  }
+  const int64_t h = config_.hidden_size;
+  pooler_stack_ = stack(
+      [](const LocalLora& a) -> const auto& { return a.pooler; }, h, h);
+}
+
+void EncoderModel::apply_lora(const kernels::LoraStack& stack, torch::Tensor y,
+                              const torch::Tensor& x, const torch::Tensor& indptr,
+                              const torch::Tensor& ids) const {
+  if (!stack.a.defined()) return;
+  kernels::lora_sgmv_(y, x.contiguous(), stack, indptr, ids);
+}
+
+void EncoderModel::merge_lora(int index, double sign) {
+  TESSERA_CHECK(index >= 0 && index < num_loras(), "LoRA index ", index, " is not in [0, ",
+                num_loras(), ")");
+  if (sign > 0) {
+    TESSERA_CHECK(merged_ < 0, "LoRA adapter ", index, " cannot be merged: adapter ", merged_,
+                  " is merged");
+  } else {
+    TESSERA_CHECK(merged_ == index, "LoRA adapter ", index, " is not merged");
+  }
+  const auto& a = loras_[index];
+  auto add = [&](torch::Tensor& w, int64_t col, int64_t cols, const EncoderLoraAdapter::Pair& p) {
+    // Input-major: W^T [in, out] += scale * A^T B^T, in float64 and rounded once.
+    auto part = w.narrow(1, col, cols);
+    const auto delta = torch::mm(p.a.t().to(torch::kDouble), p.b.t().to(torch::kDouble));
+    part.copy_(part.to(torch::kDouble).add_(delta, sign * a.scale));
+  };
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    for (int m = 0; m < kNumEncoderLoraModules; ++m) {
+      const auto& p = a.layers[l][m];
+      if (!p.a.defined()) continue;
+      const auto mod = static_cast<EncoderLoraModule>(m);
+      const auto place = lora_place(mod);
+      add(lora_weight(l, mod), place.col, place.cols, p);
+    }
+  }
+  if (a.pooler.a.defined()) add(pool_w_, 0, config_.hidden_size, a.pooler);
+  // Saved modules: swapped in whole, and the originals restored exactly.
+  auto swap = [&](torch::Tensor& w, torch::Tensor& keep, const torch::Tensor& saved) {
+    if (!saved.defined()) return;
+    if (sign > 0) {
+      keep = w.clone();
+      w.copy_(saved);
+    } else {
+      w.copy_(keep);
+      keep = torch::Tensor();
+    }
+  };
+  swap(cls_w_, unmerged_cls_w_, a.classifier_w);
+  swap(cls_b_, unmerged_cls_b_, a.classifier_b);
+  swap(pool_w_, unmerged_pool_w_, a.pooler_w);
+  swap(pool_b_, unmerged_pool_b_, a.pooler_b);
+  merged_ = sign > 0 ? index : -1;
+}
+
+void EncoderModel::merge_lora(int index) { merge_lora(index, 1.0); }
+void EncoderModel::unmerge_lora(int index) { merge_lora(index, -1.0); }
+
+std::map<std::string, torch::Tensor> EncoderModel::lora_weights() const {
+  std::map<std::string, torch::Tensor> out;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    out[p + "qkv_w"] = layers_[l].qkv_w;
+    out[p + "o_w"] = layers_[l].o_w;
+    out[p + "up_w"] = layers_[l].up_w;
+    out[p + "down_w"] = layers_[l].down_w;
+  }
+  for (const auto& [name, t] : {std::pair<const char*, const torch::Tensor*>{"pool_w", &pool_w_},
+                                {"pool_b", &pool_b_},
+                                {"cls_w", &cls_w_},
+                                {"cls_b", &cls_b_}}) {
+    if (t->defined()) out[name] = *t;
+  }
+  return out;
 }
 
 }  // namespace tessera::models

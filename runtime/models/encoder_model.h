@@ -11,10 +11,14 @@
 
 #include <torch/types.h>
 
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "kernels/ops/lora_ops.h"
 #include "runtime/models/encoder_config.h"
+#include "runtime/models/encoder_lora.h"
 #include "runtime/models/layers/encoder_attention.h"
 #include "runtime/models/layers/rotary_embedding.h"
 #include "runtime/models/weights.h"
@@ -29,6 +33,9 @@ struct EncoderBatch {
   torch::Tensor token_types;  // [T] int64 (zeros when the inputs have none)
   torch::Tensor positions;    // [T] int64: each token's index within its sequence
   torch::Tensor cu_seqlens;   // [B + 1] int32 on the CPU
+  // LoRA without merging (optional): sequence s uses adapter lora_ids[s] (an add_lora index, -1 =
+  // the base model), int32 [B] on the CPU. Undefined = every sequence on the base model.
+  torch::Tensor lora_ids;
   int64_t num_seqs() const { return cu_seqlens.numel() - 1; }
 
   // `types` empty, or one list per sequence of the same lengths as `ids`.
@@ -58,6 +65,22 @@ class EncoderModel {
   // ModernBERT's head (over the first token or the mean) + classifier. Local.
   torch::Tensor classify(const torch::Tensor& states, const EncoderBatch& batch) const;
 
+  // LoRA (encoder_lora.h; BERT). add_lora takes this rank's slices of an adapter validated against
+  // the config and returns its index for EncoderBatch::lora_ids: the sequences of a batch may name
+  // different adapters (or none), applied unmerged through the segmented LoRA kernel
+  // (kernels/lora) with the batch's sequences as segments; a saved classifier / pooler
+  // (modules_to_save) replaces the head for that adapter's sequences.
+  int add_lora(const EncoderLoraAdapter& adapter);
+  int num_loras() const { return static_cast<int>(loras_.size()); }
+  // Adds (removes) scale * B A to the targeted weights in float64, rounded once to float32, and
+  // swaps in (back out) the saved modules; one adapter merged at a time. While merged, batches
+  // run the merged model and must not name adapters.
+  void merge_lora(int index);
+  void unmerge_lora(int index);
+  int merged_lora() const { return merged_; }
+  // This rank's weights an adapter can change, by name (tests).
+  std::map<std::string, torch::Tensor> lora_weights() const;
+
  private:
   struct Layer {
     torch::Tensor attn_norm_w, attn_norm_b;  // pre-norm (ModernBERT; absent on layer 0) or BERT's
@@ -72,6 +95,7 @@ class EncoderModel {
   torch::Tensor activation(const torch::Tensor& x, Activation act) const;
   torch::Tensor all_reduce(torch::Tensor partial, const torch::Tensor& bias) const;
   void check_inputs(const EncoderBatch& batch) const;
+  void check_lora_ids(const EncoderBatch& batch) const;
 
   EncoderConfig config_;
   sharding::Communicator* tp_ = nullptr;
@@ -89,6 +113,33 @@ class EncoderModel {
   torch::Tensor pool_w_, pool_b_;            // BERT pooler / ModernBERT head.dense [hidden, hidden]
   torch::Tensor head_norm_w_, head_norm_b_;  // ModernBERT head.norm
   torch::Tensor cls_w_, cls_b_;              // classifier [hidden, num_labels], [num_labels]
+
+  // LoRA: where module m's update lands (the input-major weight, its columns [col, col + cols)),
+  // and the rows of B / columns of A this rank holds.
+  struct LoraPlace {
+    int64_t col, cols;
+    sharding::ShardRange out_rows, in_cols;
+  };
+  LoraPlace lora_place(EncoderLoraModule m) const;
+  torch::Tensor& lora_weight(size_t layer, EncoderLoraModule m);
+  struct LocalLora {
+    std::string name;
+    int64_t r = 0;
+    double scale = 0;
+    std::vector<std::array<EncoderLoraAdapter::Pair, kNumEncoderLoraModules>> layers;
+    EncoderLoraAdapter::Pair pooler;
+    torch::Tensor classifier_w, classifier_b, pooler_w, pooler_b;  // input-major, on the device
+  };
+  void rebuild_lora_stacks();
+  // y += the update of (layer, module) for the rows of x; segments = the batch's sequences.
+  void apply_lora(const kernels::LoraStack& stack, torch::Tensor y, const torch::Tensor& x,
+                  const torch::Tensor& indptr, const torch::Tensor& ids) const;
+  void merge_lora(int index, double sign);
+  std::vector<LocalLora> loras_;
+  std::vector<std::array<kernels::LoraStack, kNumEncoderLoraModules>> lora_stacks_;
+  kernels::LoraStack pooler_stack_;
+  int merged_ = -1;
+  torch::Tensor unmerged_cls_w_, unmerged_cls_b_, unmerged_pool_w_, unmerged_pool_b_;
 };
 
 }  // namespace tessera::models

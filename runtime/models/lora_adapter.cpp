@@ -49,7 +49,9 @@ std::string module_path(int64_t layer, int m) {
   return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + kNames[m];
 }
 
-torch::Tensor to_float(const TensorEntry& e, const std::string& where) {
+}  // namespace
+
+torch::Tensor peft_tensor_to_float(const TensorEntry& e, const std::string& where) {
   torch::ScalarType t;
   switch (e.dtype) {
     case DType::kF32:
@@ -73,6 +75,8 @@ torch::Tensor to_float(const TensorEntry& e, const std::string& where) {
       .contiguous();
 }
 
+namespace {
+
 bool is_null_or_empty(const nlohmann::json& j, const char* key) {
   if (!j.contains(key)) return true;
   const auto& v = j[key];
@@ -90,17 +94,19 @@ std::pair<std::string, std::string> parse_lora_arg(const std::string& arg) {
   return {arg.substr(0, eq), arg.substr(eq + 1)};
 }
 
-LoraAdapter LoraAdapter::load(const std::string& name, const std::string& dir,
-                              const ModelConfig& config) {
+PeftLoraConfig PeftLoraConfig::read(const std::string& dir, bool allow_modules_to_save) {
   namespace fs = std::filesystem;
-  const std::string where = "LoRA adapter '" + dir + "'";
-  const std::string cfg_path = dir + "/adapter_config.json";
-  const std::string st_path = dir + "/adapter_model.safetensors";
+  PeftLoraConfig p;
+  p.where = "LoRA adapter '" + dir + "'";
+  p.config_path = dir + "/adapter_config.json";
+  p.weights_path = dir + "/adapter_model.safetensors";
+  const std::string& where = p.where;
+  const std::string& cfg_path = p.config_path;
   TESSERA_CHECK(fs::is_directory(dir), where, ": not a folder");
   TESSERA_CHECK(fs::exists(cfg_path), where, ": missing adapter_config.json");
-  TESSERA_CHECK(fs::exists(st_path), where,
+  TESSERA_CHECK(fs::exists(p.weights_path), where,
                 ": missing adapter_model.safetensors (adapter_model.bin is not read)");
-  nlohmann::json j;
+  nlohmann::json& j = p.json;
   {
     std::ifstream in(cfg_path);
     try {
@@ -113,37 +119,72 @@ LoraAdapter LoraAdapter::load(const std::string& name, const std::string& dir,
   const std::string peft_type = j.value("peft_type", std::string("LORA"));
   TESSERA_CHECK(peft_type == "LORA", cfg_path, ": peft_type '", peft_type,
                 "' is not supported (LORA only)");
-  LoraAdapter a;
-  a.name = name;
-  a.dir = dir;
   TESSERA_CHECK(j.contains("r") && j["r"].is_number_integer() && j["r"].get<int64_t>() > 0,
                 cfg_path, ": r must be a positive integer, got ",
                 j.contains("r") ? j["r"].dump() : "nothing");
-  a.r = j["r"].get<int64_t>();
+  p.r = j["r"].get<int64_t>();
   TESSERA_CHECK(j.contains("lora_alpha") && j["lora_alpha"].is_number(), cfg_path,
                 ": lora_alpha must be a number, got ",
                 j.contains("lora_alpha") ? j["lora_alpha"].dump() : "nothing");
-  a.lora_alpha = j["lora_alpha"].get<double>();
-  a.use_rslora = j.value("use_rslora", false);
-  a.scale = a.use_rslora ? a.lora_alpha / std::sqrt(static_cast<double>(a.r))
-                         : a.lora_alpha / static_cast<double>(a.r);
+  p.lora_alpha = j["lora_alpha"].get<double>();
+  p.use_rslora = j.value("use_rslora", false);
+  p.scale = p.use_rslora ? p.lora_alpha / std::sqrt(static_cast<double>(p.r))
+                         : p.lora_alpha / static_cast<double>(p.r);
   TESSERA_CHECK(!j.value("use_dora", false), cfg_path, ": use_dora=true is not supported");
   TESSERA_CHECK(!j.value("fan_in_fan_out", false), cfg_path,
-                ": fan_in_fan_out=true is not supported (decoder linears are nn.Linear)");
+                ": fan_in_fan_out=true is not supported (the targeted linears are nn.Linear)");
   const std::string bias =
       j.contains("bias") && j["bias"].is_string() ? j["bias"].get<std::string>() : "none";
   TESSERA_CHECK(bias == "none", cfg_path, ": bias='", bias, "' is not supported (only 'none')");
-  for (const char* key :
-       {"rank_pattern", "alpha_pattern", "modules_to_save", "layer_replication"}) {
+  for (const char* key : {"rank_pattern", "alpha_pattern", "layer_replication"}) {
     TESSERA_CHECK(is_null_or_empty(j, key), cfg_path, ": ", key, "=", j[key].dump(),
                   " is not supported");
   }
+  if (!is_null_or_empty(j, "modules_to_save")) {
+    TESSERA_CHECK(allow_modules_to_save, cfg_path,
+                  ": modules_to_save=", j["modules_to_save"].dump(), " is not supported");
+    const auto& ms = j["modules_to_save"];
+    TESSERA_CHECK(ms.is_array(), cfg_path, ": modules_to_save must be a list of names, got ",
+                  ms.dump());
+    for (const auto& e : ms) {
+      TESSERA_CHECK(e.is_string(), cfg_path, ": modules_to_save entry ", e.dump(),
+                    " is not a string");
+      p.modules_to_save.push_back(e.get<std::string>());
+    }
+  }
+  TESSERA_CHECK(j.contains("target_modules") && !j["target_modules"].is_null(), cfg_path,
+                ": target_modules is missing");
+  return p;
+}
+
+std::string peft_canonical_name(const std::string& stored) {
+  std::string c = stored;
+  for (const char* part : {"lora_A", "lora_B"}) {
+    const std::string with = std::string(".") + part + ".default.weight";
+    const auto p = c.find(with);
+    if (p != std::string::npos) c = c.substr(0, p) + "." + part + ".weight";
+  }
+  return c;
+}
+
+LoraAdapter LoraAdapter::load(const std::string& name, const std::string& dir,
+                              const ModelConfig& config) {
+  const PeftLoraConfig pc = PeftLoraConfig::read(dir, /*allow_modules_to_save=*/false);
+  const std::string& where = pc.where;
+  const std::string& cfg_path = pc.config_path;
+  const std::string& st_path = pc.weights_path;
+  const nlohmann::json& j = pc.json;
+  LoraAdapter a;
+  a.name = name;
+  a.dir = dir;
+  a.r = pc.r;
+  a.lora_alpha = pc.lora_alpha;
+  a.use_rslora = pc.use_rslora;
+  a.scale = pc.scale;
 
   // Which (layer, module) pairs the adapter targets, as PEFT matches module names.
   const int64_t nl = config.num_hidden_layers;
   std::vector<std::array<bool, kNumLoraModules>> targeted(nl);
-  TESSERA_CHECK(j.contains("target_modules") && !j["target_modules"].is_null(), cfg_path,
-                ": target_modules is missing");
   const auto& tm = j["target_modules"];
   if (tm.is_string() && tm.get<std::string>() != "all-linear") {
     std::regex re;
@@ -204,13 +245,7 @@ LoraAdapter LoraAdapter::load(const std::string& name, const std::string& dir,
   std::map<std::string, std::string> canonical;  // PEFT name (adapter name stripped) -> stored
   for (const auto& n : file->names()) {
     unused.insert(n);
-    std::string c = n;
-    for (const char* part : {"lora_A", "lora_B"}) {
-      const std::string with = std::string(".") + part + ".default.weight";
-      const auto p = c.find(with);
-      if (p != std::string::npos) c = c.substr(0, p) + "." + part + ".weight";
-    }
-    canonical[c] = n;
+    canonical[peft_canonical_name(n)] = n;
   }
   a.layers.resize(nl);
   for (int64_t l = 0; l < nl; ++l) {
@@ -232,7 +267,7 @@ LoraAdapter LoraAdapter::load(const std::string& name, const std::string& dir,
         TESSERA_CHECK(e.shape == want, where, ": tensor '", it->second, "' has shape ", got.str(),
                       ", expected ", exp.str(), " (r=", a.r, " in adapter_config.json, ", kNames[m],
                       " is [", out, ", ", in, "])");
-        return to_float(e, where);
+        return peft_tensor_to_float(e, where);
       };
       a.layers[l][m].a = read("lora_A", {a.r, in});
       a.layers[l][m].b = read("lora_B", {out, a.r});

@@ -9,12 +9,35 @@
 #include <torch/types.h>
 
 #include <array>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "runtime/models/model_config.h"
+#include "runtime/models/safetensors.h"
 
 namespace tessera::models {
+
+// adapter_config.json as far as every model family reads it, validated: r, lora_alpha, use_rslora
+// (-> scale), peft_type LORA, no DoRA / fan_in_fan_out / bias / rank_pattern / alpha_pattern /
+// layer_replication, target_modules present; modules_to_save only where the family allows it.
+// The families read target_modules / layers_to_transform from `json` against their own modules.
+struct PeftLoraConfig {
+  std::string where;  // "LoRA adapter 'DIR'", the prefix of every error
+  std::string config_path, weights_path;
+  int64_t r = 0;
+  double lora_alpha = 0;
+  bool use_rslora = false;
+  double scale = 0;
+  std::vector<std::string> modules_to_save;
+  nlohmann::json json;
+  static PeftLoraConfig read(const std::string& dir, bool allow_modules_to_save);
+};
+// A stored PEFT tensor name with the adapter name removed ("...lora_A.default.weight" ->
+// "...lora_A.weight"), as save_pretrained writes them.
+std::string peft_canonical_name(const std::string& stored);
+// A floating tensor of an adapter file as float32 on the CPU; throws naming it otherwise.
+torch::Tensor peft_tensor_to_float(const TensorEntry& e, const std::string& where);
 
 // The linear layers of a decoder block an adapter may target, in this order everywhere.
 enum class LoraModule : int { kQ, kK, kV, kO, kGate, kUp, kDown };

@@ -41,6 +41,63 @@ wide = LlamaForCausalLM(LlamaConfig(
     initializer_range=0.1, bos_token_id=None, eos_token_id=None, pad_token_id=None)).eval()
 wide.save_pretrained(os.path.join(out, "wide"), safe_serialization=True)
 
+
+# Trained checkpoints for the int8 tests: random weights give near-flat logits (top-1 / top-2
+# margins below the int8 logit error), where greedy decoding follows noise; a model trained a few
+# hundred steps on text (byte-level, Python standard library sources: present wherever the venv
+# is) has the margins of what users quantise. Then <name>_fq/: each checkpoint with its 2-D weights
+# (linears, embedding, LM head) quantised per output channel, symmetric (scale = absmax / 127 in
+# float32, q = round-half-even of w / scale computed in float64, clamped to [-127, 127]) and stored
+# as q * scale: the independent reference of Tessera's int8 arithmetic.
+def train_bytes(model, steps, seq=64, batch=8, lr=3e-3):
+    import inspect
+    import argparse
+    import json.decoder
+    import string
+    import textwrap
+    text = "".join(inspect.getsource(m) for m in [json.decoder, textwrap, argparse, string])
+    data = torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, data.numel() - seq - 1, (batch,), generator=g)
+        x = torch.stack([data[i:i + seq] for i in idx])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), float(loss)
+
+
+INT8 = {"base": base, "wide": wide}
+for name, h, inter, vocab in [("trained_base", 64, 128, 256), ("trained_wide", 128, 256, 512)]:
+    torch.manual_seed(2)
+    m = LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=h, intermediate_size=inter, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        rms_norm_eps=1e-6, bos_token_id=None, eos_token_id=None, pad_token_id=None))
+    INT8[name], _ = train_bytes(m, 200)
+    INT8[name].save_pretrained(os.path.join(out, name), safe_serialization=True)
+fake_quant_off = {}
+for name, m in INT8.items():
+    fq = copy.deepcopy(m)
+    off = 0
+    with torch.no_grad():
+        for p in fq.parameters():
+            if p.dim() == 2:
+                scale = p.abs().amax(1) / 127  # float32, as the scheme defines it
+                # Round to nearest (even) of the exact quotient w / scale, in float64.
+                q = torch.round(p.double() / scale.double().unsqueeze(1)).clamp(-127, 127)
+                zero = torch.zeros(scale.shape, dtype=torch.int32)
+                torch_fq = torch.fake_quantize_per_channel_affine(p, scale, zero, 0, -127, 127)
+                p.copy_((q * scale.double().unsqueeze(1)).float())
+                # torch's fake quantisation multiplies by the float32 reciprocal of the scale, which
+                # lands some quotients just above k + 0.5 on the tie itself: counted, for the report.
+                off += int((torch_fq != p).sum())
+    fake_quant_off[name] = off
+    fq.save_pretrained(os.path.join(out, name + "_fq"), safe_serialization=True)
+
 ADAPTERS = [
     ("qv", dict(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])),
     ("all_rslora", dict(r=4, lora_alpha=8, use_rslora=True,
@@ -50,7 +107,8 @@ ADAPTERS = [
     ("regex_layer1", dict(r=2, lora_alpha=4,
                           target_modules=r"model\.layers\.1\.(self_attn\.o_proj|mlp\.gate_proj)")),
 ]
-manifest = {"base": "base", "vocab_size": config.vocab_size, "adapters": [], "bad": []}
+manifest = {"base": "base", "vocab_size": config.vocab_size, "adapters": [], "bad": [],
+            "fake_quant_off": fake_quant_off}
 for i, (name, kw) in enumerate(ADAPTERS):
     model = get_peft_model(copy.deepcopy(base), LoraConfig(lora_dropout=0.0, **kw)).eval()
     g = torch.Generator().manual_seed(100 + i)
@@ -69,6 +127,25 @@ for i, (name, kw) in enumerate(ADAPTERS):
                "greedy": greedy.to(torch.int64).contiguous()},
               os.path.join(d, "reference.safetensors"))
     manifest["adapters"].append(name)
+
+
+# float64 references for the mixed-batch test (lora_test.cpp's MixedBatch...: the same prompts):
+# each request's logits by PeftModel in float64 (unmerged; float64 rounding is ~1e-16), so that
+# the float32 merged model and the float32 unmerged batch can each be measured against it.
+MIXED_IDS = [2, -1, 0, 3, 1, 0]
+fp64 = {}
+for i, a in enumerate(MIXED_IDS):
+    n = 3 + 4 * i
+    prompt = (torch.arange(n, dtype=torch.long) * 37 + 11 * i + 5) % config.vocab_size
+    if a < 0:
+        model = copy.deepcopy(base).double()
+    else:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(copy.deepcopy(base), os.path.join(out, ADAPTERS[a][0]))
+        model = model.double()
+    with torch.no_grad():
+        fp64["request%d" % i] = model.eval()(prompt.unsqueeze(0)).logits[0].contiguous()
+save_file(fp64, os.path.join(out, "mixed_fp64.safetensors"))
 
 
 def bad(name, edit_config=None, edit_tensors=None):

@@ -3,7 +3,8 @@
 // made by lora_checkpoints.py in a temporary folder. Unmerged logits (segmented LoRA kernel)
 // within 1e-4 of PeftModel's; merge then unmerge restores the weights within 1e-6; one batch
 // mixing the four adapters and the base model equals each request run alone (bit for bit through
-// the kernel, and within 1e-5 x max |logit| on its merged model); bad adapters (rank mismatch,
+// the kernel, and within 1e-5 x max |logit| on its merged model; against PeftModel in float64 the
+// batch is no further off than the merged models); bad adapters (rank mismatch,
 // unknown target module, missing tensor) -> one line.
 #include <gtest/gtest.h>
 #include <torch/types.h>
@@ -69,6 +70,7 @@ struct Fixture {
   std::string dir;
   ModelConfig config;
   std::vector<std::string> adapters, bad;
+  nlohmann::json fake_quant_off;
 };
 
 // Made once per test binary run; empty dir = skipped.
@@ -99,6 +101,7 @@ const Fixture& fixture(std::string* skip) {
       const auto j = nlohmann::json::parse(in);
       f.adapters = j["adapters"].get<std::vector<std::string>>();
       f.bad = j["bad"].get<std::vector<std::string>>();
+      f.fake_quant_off = j["fake_quant_off"];
       f.config = ModelConfig::from_file(f.dir + "/base/config.json");
     }
   }
@@ -114,7 +117,9 @@ std::unique_ptr<DecoderModel> load_base(const Fixture& f) {
 torch::Tensor read_tensor(const std::string& path, const std::string& name) {
   const auto file = SafetensorsFile::open(path);
   const auto& e = file->get(name);
-  const auto type = e.dtype == DType::kI64 ? torch::kLong : torch::kFloat;
+  const auto type = e.dtype == DType::kI64   ? torch::kLong
+                    : e.dtype == DType::kF64 ? torch::kDouble
+                                             : torch::kFloat;
   return torch::from_blob(const_cast<uint8_t*>(e.data), e.shape, type).clone();
 }
 
@@ -206,7 +211,7 @@ TEST(Lora, MixedBatchEqualsEachRequestOnItsMergedModel) {
   }
   const auto batch = run(*model, prompts, ids);
   int64_t row = 0;
-  double worst = 0, worst_rel = 0;
+  double worst = 0, worst_rel = 0, worst_batch_exact = 0, worst_merged_exact = 0;
   for (size_t i = 0; i < ids.size(); ++i) {
     auto alone_model = load_base(f);
     if (ids[i] >= 0) {
@@ -227,12 +232,31 @@ TEST(Lora, MixedBatchEqualsEachRequestOnItsMergedModel) {
     worst = std::max(worst, err);
     worst_rel = std::max(worst_rel, rel);
     EXPECT_LE(rel, 1e-5) << "request " << i << " (adapter " << ids[i] << "): " << err;
+    // Both against the exact function (PeftModel in float64): the merged float32 model is itself
+    // ~1e-5 away from it at these logit sizes, so "batch == merged within 1e-5" cannot hold for
+    // every request even for an exact batch; what must hold is that the unmerged batch is no
+    // further from the exact logits than the merged models are.
+    const auto exact =
+        read_tensor(f.dir + "/mixed_fp64.safetensors", "request" + std::to_string(i));
+    const double batch_exact = (mine.to(torch::kDouble) - exact).abs().max().item<double>();
+    const double merged_exact = (alone.to(torch::kDouble) - exact).abs().max().item<double>();
+    worst_batch_exact = std::max(worst_batch_exact, batch_exact);
+    worst_merged_exact = std::max(worst_merged_exact, merged_exact);
+    std::printf(
+        "[ figures  ] request %zu (adapter %2d, max |logit| %.2f): |batch - merged| %.2e, |batch - "
+        "fp64| %.2e, |merged - fp64| %.2e\n",
+        i, ids[i], exact.abs().max().item<double>(), err, batch_exact, merged_exact);
+    // And on its own: float32 over two layers, 1e-5 per unit of the largest exact |logit|.
+    EXPECT_LE(batch_exact, 1e-5 * std::max(1.0, exact.abs().max().item<double>()))
+        << "request " << i;
     row += n;
   }
   std::printf(
       "[ figures  ] mixed batch of 4 adapters + base vs each alone merged: max |diff| %.2e "
-      "(%.2e of the largest |logit|); vs each alone unmerged: bit-exact\n",
-      worst, worst_rel);
+      "(%.2e of the largest |logit|); vs each alone unmerged: bit-exact; vs fp64: batch %.2e, "
+      "merged models %.2e\n",
+      worst, worst_rel, worst_batch_exact, worst_merged_exact);
+  EXPECT_LE(worst_batch_exact, worst_merged_exact);
 }
 
 TEST(Lora, BadAdaptersGiveOneClearLine) {
@@ -284,54 +308,89 @@ std::vector<int64_t> greedy(const DecoderModel& model, const torch::Tensor& prom
   return out;
 }
 
+// int8 weights per output channel on four checkpoints: the two random LLaMAs (near-flat logits)
+// and two trained a few hundred steps on text by lora_checkpoints.py (the margins of a model users
+// quantise). Against float32: weight memory, greedy agreement (free-running and teacher-forced
+// along fp32's path), logit error and the fp32 top-1 / top-2 margins; against the same weights
+// quantised per channel by torch in lora_checkpoints.py and run in float32 (<name>_fq): the logits
+// of Tessera's int8 arithmetic must be those of the standard scheme up to float32 rounding.
 TEST(Int8, WeightMemoryGreedyAgreementAndLogitError) {
   LORA_FIXTURE(f);
-  for (const std::string name : {"base", "wide"}) {
+  for (const std::string name : {"base", "wide", "trained_base", "trained_wide"}) {
     const auto config = ModelConfig::from_file(f.dir + "/" + name + "/config.json");
     WeightLoader w(ModelFolder::open(f.dir + "/" + name));
     DecoderModel fp32(config, w, nullptr, 128);
     WeightLoader w8(ModelFolder::open(f.dir + "/" + name));
     DecoderModel int8(config, w8, nullptr, 128, torch::kCPU, WeightQuantization::kInt8);
+    WeightLoader wq(ModelFolder::open(f.dir + "/" + name + "_fq"));
+    DecoderModel torch_fq(config, wq, nullptr, 128);
     const double ratio =
         static_cast<double>(int8.weight_bytes()) / static_cast<double>(fp32.weight_bytes());
-    int64_t forced_same = 0, forced_total = 0, free_same = 0, free_total = 0;
-    double max_err = 0, sum_err = 0, sum_abs = 0;
+    int64_t forced_same = 0, forced_total = 0, free_same = 0, free_total = 0, fq_same = 0;
+    int64_t below = 0;  // positions whose fp32 margin is below the int8 logit error there
+    double max_err = 0, sum_err = 0, sum_abs = 0, fq_err = 0;
     int64_t count = 0;
+    std::vector<double> margins;
     for (int64_t k = 0; k < 6; ++k) {
       const auto prompt =
           (torch::arange(4 + 2 * k, torch::kLong) * (29 + 2 * k) + 7 * k + 3) % config.vocab_size;
       const auto want = greedy(fp32, prompt, 24);
       const auto got = greedy(int8, prompt, 24);
-      for (size_t i = 0; i < want.size(); ++i) free_same += want[i] == got[i];
+      const auto fq = greedy(torch_fq, prompt, 24);
+      for (size_t i = 0; i < want.size(); ++i) {
+        free_same += want[i] == got[i];
+        fq_same += fq[i] == got[i];
+      }
       free_total += static_cast<int64_t>(want.size());
       // Teacher-forced along fp32's path: every position's argmax and logits.
       const auto seq = torch::cat({prompt, torch::tensor(want, torch::kLong)});
       const auto lf = run(fp32, {seq}, {}), lq = run(int8, {seq}, {});
+      fq_err = std::max(fq_err, (lq - run(torch_fq, {seq}, {})).abs().max().item<double>());
       const int64_t from = prompt.size(0) - 1;
-      const auto af = lf.narrow(0, from, seq.size(0) - from).argmax(1);
-      const auto aq = lq.narrow(0, from, seq.size(0) - from).argmax(1);
-      forced_same += af.eq(aq).sum().item<int64_t>();
-      forced_total += af.size(0);
+      const auto pf = lf.narrow(0, from, seq.size(0) - from);
+      const auto pq = lq.narrow(0, from, seq.size(0) - from);
+      forced_same += pf.argmax(1).eq(pq.argmax(1)).sum().item<int64_t>();
+      forced_total += pf.size(0);
+      const auto top = std::get<0>(pf.topk(2, 1));
+      const auto margin = top.select(1, 0) - top.select(1, 1);
+      const auto pos_err = (pq - pf).abs().amax(1);
+      below += margin.lt(pos_err).sum().item<int64_t>();
+      for (int64_t i = 0; i < margin.size(0); ++i) margins.push_back(margin[i].item<double>());
       const auto diff = (lq - lf).abs();
       max_err = std::max(max_err, diff.max().item<double>());
       sum_err += diff.sum().item<double>();
       sum_abs += lf.abs().sum().item<double>();
       count += diff.numel();
     }
+    std::sort(margins.begin(), margins.end());
+    const auto quantile = [&](double q) {
+      return margins[static_cast<size_t>(q * static_cast<double>(margins.size() - 1))];
+    };
+    const auto fake_quant_off = f.fake_quant_off.at(name).get<long long>();
     const double forced = static_cast<double>(forced_same) / static_cast<double>(forced_total);
     const double free_run = static_cast<double>(free_same) / static_cast<double>(free_total);
+    const double fq_run = static_cast<double>(fq_same) / static_cast<double>(free_total);
     std::printf(
-        "[ figures  ] int8 %-4s (hidden %lld): weights %lld of %lld bytes (%.4fx fp32); greedy "
-        "argmax agrees on %.1f%% of %lld positions teacher-forced, %.1f%% free-running; logit "
-        "error max %.3e, mean %.3e (mean |logit| %.3f)\n",
-        name.c_str(), static_cast<long long>(config.hidden_size),
-        static_cast<long long>(int8.weight_bytes()), static_cast<long long>(fp32.weight_bytes()),
-        ratio, 100 * forced, static_cast<long long>(forced_total), 100 * free_run, max_err,
-        sum_err / count, sum_abs / count);
+        "[ figures  ] int8 %-12s (hidden %lld): weights %.4fx fp32; greedy agrees on %.1f%% of "
+        "%lld positions free-running, %.1f%% teacher-forced; logit error max %.3e, mean %.3e "
+        "(mean |logit| %.3f); fp32 top-1/top-2 margin p10 %.3f, median %.3f, below the int8 "
+        "error at %lld positions; vs torch-quantised weights: max |logit diff| %.2e, greedy "
+        "%.1f%% (torch.fake_quantize_per_channel_affine differs from exact rounding at %lld "
+        "weights)\n",
+        name.c_str(), static_cast<long long>(config.hidden_size), ratio, 100 * free_run,
+        static_cast<long long>(free_total), 100 * forced, max_err, sum_err / count, sum_abs / count,
+        quantile(0.1), quantile(0.5), static_cast<long long>(below), fq_err, 100 * fq_run,
+        fake_quant_off);
     EXPECT_LE(ratio, 0.27) << name;
     EXPECT_GE(forced, 0.9) << name;
     EXPECT_GT(max_err, 0.0) << name << ": int8 must change the arithmetic";
-    // Adapters run unmerged on int8 weights; merging into them is refused.
+    // The standard scheme: float32 rounding apart, the same logits as torch's fake quantisation.
+    EXPECT_LE(fq_err, 1e-4) << name;
+    // Greedy agreement >= 90% of positions, free-running, on the trained checkpoints. The random
+    // ones are reported above: their margins are mostly below the int8 error, so free-running
+    // greedy there follows the noise of any 8-bit rounding (torch's fake quantisation gives the
+    // same tokens as Tessera's int8).
+    if (name.rfind("trained_", 0) == 0) EXPECT_GE(free_run, 0.9) << name;
     if (name == "base") {
       // Adapters run unmerged on int8 weights; merging into them is refused.
       int8.add_lora(LoraAdapter::load("qv", f.dir + "/qv", config));
