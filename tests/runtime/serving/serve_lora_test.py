@@ -2,12 +2,16 @@
 
     serve_lora_test.py <tessera>
 
-A random LLaMA + BPE tokenizer (transformers/tokenizers, serve_engine_test.make_llama) and two PEFT
-adapters with random weights (peft, made here). One server:
+A random LLaMA + BPE tokenizer (transformers/tokenizers, serve_engine_test.make_llama; lm_head rows
+kept only for printable-ASCII tokens, so that texts compare token by token) and two PEFT adapters
+with random weights (peft, made here). One server:
     tessera serve --model llama=DIR --lora a=A --lora b=B --model solo=DIR:A
 The `openai` client asks for "llama", "llama:a", "llama:b" at the same time (streamed, greedy):
-each text and its tokens (logprobs, one per id) equal PEFT's greedy generate of that adapter (transformers'
-for the base), and the three ran in one batch (engine steps well below the sequential count).
+each text and its tokens (logprobs, one per id) equal PEFT's greedy generate of that adapter
+(transformers' for the base), and the three ran in one batch (streams live at once, engine steps
+well below the sequential count); chats of the three at once (token bytes vs PEFT's ids); the
+adapters again once the prompt's blocks are in the prefix cache (the base's blocks never serve an
+adapter).
 "solo" (NAME=PATH:ADAPTER, its own engine) equals PEFT's adapter a too. /v1/models lists the
 adapters with their parent; an unknown adapter, a path, or an adapter's path as "model" is 404
 in OpenAI's error JSON naming the model.
@@ -53,6 +57,19 @@ def make_adapter(base, d, seed, **kw):
     return model
 
 
+def bytes_to_unicode():
+    """GPT-2's byte -> character map (how byte-level BPE tokens spell their bytes)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
 def greedy_ids(model, ids):
     import torch
     with torch.no_grad():
@@ -69,17 +86,38 @@ def main():
     t0 = time.time()
     from serve_engine_test import make_llama, metric, start, stop_ok
     import serve_engine_test
+    import torch
     tmp = tempfile.mkdtemp()
     d = os.path.join(tmp, "llama")
     base, fast = make_llama(d)
+    # Only printable-ASCII tokens can win (the other rows of lm_head are 0, below the best of the
+    # rest): then every token's text is its own and its bytes exact, so texts compare id by id
+    # (random ids of a byte-level BPE would often show as U+FFFD, ambiguous).
+    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+
+    def token_bytes(i):
+        return [byte_of[ch] for ch in fast.convert_ids_to_tokens(i)]
+
+    with torch.no_grad():
+        for i in range(base.lm_head.weight.shape[0]):
+            if i in fast.all_special_ids or not all(32 <= b < 127 for b in token_bytes(i)):
+                base.lm_head.weight[i] = 0
+    base.save_pretrained(d, safe_serialization=True)
     a_dir, b_dir = os.path.join(tmp, "adapter_a"), os.path.join(tmp, "adapter_b")
     model_a = make_adapter(base, a_dir, 1, r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
     model_b = make_adapter(base, b_dir, 2, r=4, lora_alpha=8,
                            target_modules=["k_proj", "o_proj", "gate_proj", "down_proj"])
-    prompt = "Once upon a time"
+    # Longer than a KV block (16), so the prefix cache holds full blocks of it: blocks computed by
+    # the base must not serve an adapter's request (the cache key carries the adapter).
+    prompt = "Once upon a time there was a cat. The quick brown fox jumps over the lazy dog. " * 3
     ids = fast(prompt, return_tensors="pt").input_ids
     ref = {"llama": greedy_ids(base, ids), "llama:a": greedy_ids(model_a, ids),
            "llama:b": greedy_ids(model_b, ids)}
+    # A chat: its logprobs carry each token's bytes.
+    messages = [{"role": "user", "content": "Once upon a time"}]
+    chat_ids = torch.tensor([fast.apply_chat_template(messages, add_generation_prompt=True)])
+    chat_ref = {"llama": greedy_ids(base, chat_ids), "llama:a": greedy_ids(model_a, chat_ids),
+                "llama:b": greedy_ids(model_b, chat_ids)}
     check(len({tuple(v) for v in ref.values()}) == 3,
           f"the adapters change PEFT's greedy output: {ref}")
     print(f"checkpoint and PEFT references: {time.time() - t0:.1f} s", flush=True)
@@ -118,8 +156,9 @@ def main():
                     toks += c.choices[0].logprobs.tokens
         out[name] = (text, toks, model, first, last)
 
-    # Warm the engine (first-step costs) so that the three start together.
-    client.completions.create(model="llama", prompt="warm", max_tokens=1)
+    # Warm the engine (first-step costs) so that the three start together; the base's blocks of the
+    # prompt are now in the prefix cache.
+    client.completions.create(model="llama", prompt=prompt, max_tokens=1)
     steps0 = metric(port, "tessera_engine_steps_total", 'model="llama"')
     results = {}
     threads = [threading.Thread(target=run, args=(n, results)) for n in ref]
@@ -145,6 +184,34 @@ def main():
           f"base and adapters batched together: streams overlap "
           f"({(min(lasts) - max(firsts)) * 1e3:.0f} ms all three live), {steps:.0f} engine steps "
           f"for 3 x {MAX_TOKENS} tokens")
+    # Chats (mixed too): each token's bytes against PEFT's ids.
+    def chat(name, out):
+        r = client.chat.completions.create(model=name, messages=messages, max_tokens=MAX_TOKENS,
+                                           temperature=0, logprobs=True,
+                                           extra_body={"ignore_eos": True})
+        out[name] = [t.bytes for t in r.choices[0].logprobs.content]
+
+    got = {}
+    threads = [threading.Thread(target=chat, args=(n, got)) for n in chat_ref]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for name, want in chat_ref.items():
+        exp = [token_bytes(i) for i in want]
+        g = got.get(name) or []
+        k = next((j for j in range(min(len(g), len(exp))) if g[j] != exp[j]), None)
+        diff = "" if g == exp else f" (first difference at token {k}; {len(g)} vs {len(exp)})"
+        check(g == exp, f"{name}: chat token bytes == PEFT greedy ids {want[:8]}...{diff}")
+    # Again, now that every adapter's blocks of the prompt are cached too.
+    for name in ("llama:b", "llama:a"):
+        again = client.completions.create(model=name, prompt=prompt, max_tokens=MAX_TOKENS,
+                                          temperature=0, extra_body={"ignore_eos": True})
+        want_text = fast.decode(ref[name], skip_special_tokens=True)
+        check(again.choices[0].text == want_text,
+              f"{name} again (prefix cached): {again.choices[0].text!r} == PEFT")
+    hits = metric(port, "tessera_prefix_cache_hit_rate", 'model="llama"')
+    check(hits is not None and hits > 0, f"the prefix cache was used (hit rate {hits})")
     solo = client.completions.create(model="solo", prompt=prompt, max_tokens=MAX_TOKENS,
                                       temperature=0, extra_body={"ignore_eos": True})
     want_text = fast.decode(ref["llama:a"], skip_special_tokens=True)
