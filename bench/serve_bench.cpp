@@ -481,7 +481,7 @@ int run(const BenchOptions& o) {
       if (prc != 0) {
         llama_skip = "llama-cpp-python[server] is not in the test venv (" + last_line(pout) +
                      "): PyPI has no wheel of it (a C++ build of many minutes), so CI leaves it "
-                     "out; README.md says how to install it for the full benchmark";
+                     "out; docs/serving.md says how to install it for the full benchmark";
       } else {
         model_info["llama_cpp_python"] = last_line(pout);
       }
