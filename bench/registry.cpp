@@ -16,6 +16,7 @@ Benchmark int8_benchmark();
 Benchmark tokenizers_benchmark();
 Benchmark train_benchmark();
 Benchmark serve_benchmark();
+Benchmark soak_benchmark();
 
 std::vector<Benchmark> benchmarks() {
   std::vector<Benchmark> all;
@@ -32,6 +33,7 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(tokenizers_benchmark());
   all.push_back(train_benchmark());
   all.push_back(serve_benchmark());
+  all.push_back(soak_benchmark());
   return all;
 }
 

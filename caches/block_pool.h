@@ -65,6 +65,8 @@ class BlockPool {
   int32_t num_blocks() const { return num_blocks_; }
   int32_t num_free() const { return num_free_; }  // includes cached blocks nobody references
 
+  // Starts loading the prefix-index slot of `key` (see KVCacheManager::commit of a batch).
+  void prefetch_key(uint64_t key) const { index_.prefetch(key); }
   // Pops the least recently freed block (evicting its prefix-cache entry) with one reference;
   // -1 when no block is free.
   int32_t allocate() {

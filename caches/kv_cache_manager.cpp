@@ -190,8 +190,29 @@ void KVCacheManager::commit(SeqId seq, int64_t num_new_tokens) {
 }
 
 void KVCacheManager::commit(SeqHandle h, int64_t num_new_tokens) {
-  TESSERA_CHECK(num_new_tokens >= 0, "num_new_tokens must be >= 0, got ", num_new_tokens);
   Sequence& s = at(h);
+  commit_count(s, num_new_tokens, nullptr);
+  commit_register(s);
+}
+
+void KVCacheManager::commit(std::span<const Commit> commits) {
+  const bool caching = keeps_tokens();
+  for (const Commit& c : commits) {
+    Sequence& s = at(c.seq);
+    int64_t before = 0;
+    commit_count(s, c.num_new_tokens, &before);
+    if (!caching) continue;
+    for (auto i = static_cast<size_t>(before); i < s.hashes.size(); ++i) {
+      for (size_t g = 0; g < managers_.size(); ++g) {
+        pool_->prefetch_key(group_key(s.hashes[i], static_cast<int32_t>(g)));
+      }
+    }
+  }
+  for (const Commit& c : commits) commit_register(at(c.seq));
+}
+
+void KVCacheManager::commit_count(Sequence& s, int64_t num_new_tokens, int64_t* hashed_before) {
+  TESSERA_CHECK(num_new_tokens >= 0, "num_new_tokens must be >= 0, got ", num_new_tokens);
   const int64_t target = s.num_computed + num_new_tokens;
   for (size_t g = 0; g < managers_.size(); ++g) {
     const SingleTypeManager& m = *managers_[g];
@@ -201,24 +222,32 @@ void KVCacheManager::commit(SeqHandle h, int64_t num_new_tokens) {
                   s.num_computed, " exceeds the ", held, " slots allocated in group ", g);
   }
   s.num_computed = target;
-  if (keeps_tokens()) {
-    // Hashes only grow when a block fills, from the tail, which then drops the hashed tokens.
-    const int64_t known = std::min<int64_t>(target, s.num_tokens);
-    const auto have = static_cast<int64_t>(s.hashes.size());
-    if (known / block_size_ > have) {
-      for (int64_t i = have; i < known / block_size_; ++i) {
-        const uint64_t parent = i == 0 ? 0 : s.hashes[i - 1];
-        const auto block = std::span<const int32_t>(s.tail).subspan(
-            static_cast<size_t>((i - have) * block_size_), static_cast<size_t>(block_size_));
-        s.hashes.push_back(hash_block(parent, block, s.extra, i == 0));
-      }
-      s.tail.erase(s.tail.begin(), s.tail.begin() + (known / block_size_ - have) * block_size_);
+  const auto have = static_cast<int64_t>(s.hashes.size());
+  if (hashed_before) *hashed_before = have;
+  if (!keeps_tokens()) return;
+  // Hashes only grow when a block fills, from the tail, which then drops the hashed tokens.
+  const int64_t known = std::min<int64_t>(target, s.num_tokens);
+  if (known / block_size_ > have) {
+    for (int64_t i = have; i < known / block_size_; ++i) {
+      const uint64_t parent = i == 0 ? 0 : s.hashes[i - 1];
+      const auto block = std::span<const int32_t>(s.tail).subspan(
+          static_cast<size_t>((i - have) * block_size_), static_cast<size_t>(block_size_));
+      s.hashes.push_back(hash_block(parent, block, s.extra, i == 0));
     }
+    s.tail.erase(s.tail.begin(), s.tail.begin() + (known / block_size_ - have) * block_size_);
+  }
+}
+
+void KVCacheManager::commit_register(Sequence& s) {
+  if (keeps_tokens()) {
+    const int64_t known = std::min<int64_t>(s.num_computed, s.num_tokens);
     for (size_t g = 0; g < managers_.size(); ++g) {
       managers_[g]->cache_blocks(s.rows[g], s.hashes, known / block_size_);
     }
   }
-  for (size_t g = 0; g < managers_.size(); ++g) managers_[g]->remove_skipped(s.rows[g], target);
+  for (size_t g = 0; g < managers_.size(); ++g) {
+    managers_[g]->remove_skipped(s.rows[g], s.num_computed);
+  }
 }
 
 bool KVCacheManager::append(SeqId seq, int32_t token, std::vector<BlockCopy>* copies) {

@@ -89,6 +89,17 @@ class KVCacheManager {
   // blocks that left a window.
   void commit(SeqId seq, int64_t num_new_tokens);
   void commit(SeqHandle h, int64_t num_new_tokens);
+  // Several commits, each the same as commit(seq, num_new_tokens), in two passes: the first
+  // checks, hashes the newly full blocks and starts loading the prefix-index slots they go to,
+  // the second registers them. A decode step fills a block in about one sequence of every
+  // block_size, each a few independent cache misses into tables far larger than the cache: one by
+  // one each waits for its own, batched they overlap. A failed check throws with the commits
+  // before it done.
+  struct Commit {
+    SeqHandle seq;
+    int64_t num_new_tokens = 0;
+  };
+  void commit(std::span<const Commit> commits);
   // append_token + allocate(1) + commit(1): false (nothing changed) when the pool is full.
   bool append(SeqId seq, int32_t token, std::vector<BlockCopy>* copies = nullptr);
   // The child starts as a copy of the parent sharing its written blocks; false when a state
@@ -144,6 +155,11 @@ class KVCacheManager {
   // Prefix caching hashes blocks, which needs their tokens; otherwise only counts are kept.
   bool keeps_tokens() const { return config_.enable_prefix_caching && !has_state_; }
   int64_t find_hit(const Sequence& s, std::vector<std::vector<int32_t>>& hits) const;
+  // commit()'s two halves: checks room and moves the computed count, hashing newly full blocks
+  // (their count before is returned in *hashed_before); then registers full blocks and frees what
+  // left a window.
+  void commit_count(Sequence& s, int64_t num_new_tokens, int64_t* hashed_before);
+  void commit_register(Sequence& s);
 
   KVCacheManagerConfig config_;
   int64_t block_size_ = 0;

@@ -110,7 +110,9 @@ if want memcheck; then
     memcheck() {
       local exe tool rc=0
       for exe in "$build/tests/kernels/attention_cuda_test" \
-          "$build/tests/kernels/cluster_attention/kernels_cluster_cuda_test"; do
+          "$build/tests/kernels/cluster_attention/kernels_cluster_cuda_test" \
+          "$build/tests/kernels/sparse_decode/kernels_sparse_cuda_test" \
+          "$build/tests/kernels/lora/kernels_lora_cuda_test"; do
         for tool in memcheck initcheck; do
           echo "== $tool $(basename "$exe")"
           timeout 300 compute-sanitizer --tool "$tool" --error-exitcode 86 "$exe" --gtest_color=no \

@@ -29,15 +29,23 @@ def main():
         ax1.plot(x, [p[1]["tok_s"] for p in pts], style, label=label)
         ax2.plot(x, [p[1]["ttft_p99_ms"] for p in pts], style, label=label)
     ax1.set(xlabel="request rate (req/s)", ylabel="output tokens/s", title="Throughput")
-    ax2.set(xlabel="request rate (req/s)", ylabel="ms", title="p99 time to first token")
+    ax2.set(xlabel="request rate (req/s)", ylabel="ms (log scale)", title="p99 time to first token")
+    ax2.set_yscale("log")
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_xticks(rates, [f"{r:g}" for r in rates])
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"tessera bench serve: model {data.get('model')}, "
-                 f"{data.get('requests_per_rate')} requests per rate, "
-                 f"{data.get('max_tokens')} tokens each")
+    ck = data.get("checkpoint", {})
+    model = data.get("model")
+    if "params" in ck:
+        model = f"{ck.get('name', model)} {ck['params'] / 1e6:.1f} M params"
+    loads = [r[k][f] for r in rows for k in ("tessera", "llama_cpp")
+             for f in ("load_before", "load_after") if k in r and f in r[k]]
+    load = f", load {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+    fig.suptitle(f"tessera bench serve: {model}, {data.get('requests_per_rate')} requests per "
+                 f"rate, {data.get('max_tokens')} tokens each\n{data.get('threads', '?')} threads "
+                 f"per server{load} {data.get('date', '')}")
     fig.tight_layout()
     fig.savefig(sys.argv[2], dpi=100)
 

@@ -17,6 +17,9 @@ pkgs=(
   zlib1g-dev python3-sklearn python3-matplotlib bible-kjv
   # A private SLURM cluster for the tests (scripts/slurm_cluster.sh): ~3.3 MB, ~7 s to install.
   slurmctld slurmd slurm-client munge
+  # MPICH beside Open MPI (whose alternatives stay the default): srun --mpi=pmi2 needs an MPI with a
+  # PMI-2 client, which Debian's Open MPI lacks (scripts/build_mpich.sh, slurm_pmi2_test).
+  mpich libmpich-dev
 )
 
 missing=()

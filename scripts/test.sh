@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test (ctest: unit, multi-rank under mpirun with
-# 1, 2 and 4 ranks, end-to-end, Python, style; GPU tests skip without a GPU), then the kernel tests
-# and the scheduler again under AddressSanitizer + UBSan in build-asan/, the watchdog's lock-free
-# record, the scheduler and the server under ThreadSanitizer in build-tsan/ (TESSERA_SKIP_ASAN=1
-# skips both sanitizer steps; the whole suite under ASan is `scripts/sanitize.sh address-all`,
-# hours on 2 cores: docs/reliability.md).
+# Installs what is missing, builds (and the tessera binary against MPICH, for srun --mpi=pmi2), and
+# runs every test (ctest: unit, multi-rank under mpirun with 1, 2 and 4 ranks, end-to-end, Python,
+# style; GPU tests skip without a GPU), then the kernel tests and the scheduler again under
+# AddressSanitizer + UBSan in build-asan/, the watchdog's lock-free record, the scheduler and the
+# server under ThreadSanitizer in build-tsan/ (TESSERA_SKIP_ASAN=1 skips both sanitizer steps; the
+# whole suite under ASan is `scripts/sanitize.sh address-all`, hours on 2 cores:
+# docs/reliability.md).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 t0=$(date +%s)
@@ -12,6 +13,14 @@ t0=$(date +%s)
 "$TESSERA_ROOT/scripts/test_venv.sh"
 t1=$(date +%s)
 "$TESSERA_ROOT/scripts/build.sh"
+# The tessera binary against MPICH too, for srun --mpi=pmi2 (slurm_pmi2_test); TESSERA_SKIP_MPICH=1
+# leaves it out (the test then skips).
+mpich=""
+if [ "${TESSERA_SKIP_MPICH:-0}" != 1 ]; then
+  tm=$(date +%s)
+  "$TESSERA_ROOT/scripts/build_mpich.sh"
+  mpich=" (MPICH build $(( $(date +%s) - tm )) s)"
+fi
 t2=$(date +%s)
 cd "$TESSERA_BUILD_DIR"
 rc=0
@@ -48,5 +57,5 @@ if [ "${TESSERA_CI_FUZZ:-0}" = 1 ] && [ $# -eq 0 ]; then
   if "$TESSERA_ROOT/scripts/fuzz.sh" --ci; then f=clean; else f=FAILED; rc=1; fi
   sanitized="$sanitized, fuzz $(( $(date +%s) - tf )) s: $f"
 fi
-echo "[test] setup + venv $((t1 - t0)) s, build $((t2 - t1)) s, tests $((t3 - t2)) s$sanitized"
+echo "[test] setup + venv $((t1 - t0)) s, build $((t2 - t1)) s$mpich, tests $((t3 - t2)) s$sanitized"
 exit $rc

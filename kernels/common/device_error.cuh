@@ -8,7 +8,8 @@
 namespace tessera::kernels {
 
 __device__ inline void report_device_error(const DeviceErrorSlot& slot, MetadataCheck check,
-                                           int64_t i, int64_t j, int64_t value, int64_t limit) {
+                                           int64_t i, int64_t j, int64_t value, int64_t limit,
+                                           int32_t k = 0) {
   if (slot.record == nullptr || slot.claimed == nullptr) return;
   if (atomicCAS(slot.claimed, 0, 1) != 0) return;  // someone else reports
   DeviceErrorRecord* r = slot.record;
@@ -16,6 +17,7 @@ __device__ inline void report_device_error(const DeviceErrorSlot& slot, Metadata
   r->j = j;
   r->value = value;
   r->limit = limit;
+  r->k = k;
   __threadfence_system();
   r->code = static_cast<int32_t>(check);
   __threadfence_system();

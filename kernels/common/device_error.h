@@ -21,12 +21,23 @@ enum class MetadataCheck : int32_t {
   kSeqLenLong = 5,         // seq_lens[i] = value > max_blocks_per_seq * block_size = limit
   kBlockOutOfRange = 6,    // block_tables[i][j] = value outside [0, limit = num_blocks)
   kSlotOutOfRange = 7,     // slot_mapping[i] = value >= num_blocks * block_size = limit
+  // Sparse decode (kernels/sparse_decode): per (sequence i, kv head j) token lists.
+  kSeqLenNegative = 8,    // seq_lens[i] = value < 0
+  kCountOutOfRange = 9,   // counts[i][j] = value outside [0, limit = max_entries]
+  kEntryOutOfRange = 10,  // idx[i][j][k] = value outside [0, limit = seq_lens[i])
+  // Segmented LoRA (kernels/lora): segments i of rows, adapters i.
+  kSegIndptrFirst = 11,        // seg_indptr[0] = value, must be 0
+  kSegIndptrLast = 12,         // seg_indptr[i = num_segments] = value, must equal num_rows = limit
+  kSegIndptrDecreasing = 13,   // seg_indptr[i] = value > seg_indptr[i + 1] = limit
+  kSegAdapterOutOfRange = 14,  // seg_adapter[i] = value outside [-1, limit = num_adapters)
+  kRankOutOfRange = 15,        // ranks[i] = value outside [0, limit = r_max]
+  kScaleNotFinite = 16,        // scales[i] not finite; value = its float32 bits
 };
 
 // Written by the device (fields first, code last, after a system-wide fence), read by the host.
 struct DeviceErrorRecord {
   volatile int32_t code = 0;  // a MetadataCheck; nonzero once the record is complete
-  int32_t unused = 0;
+  volatile int32_t k = 0;     // a third index (kEntryOutOfRange)
   volatile int64_t i = 0, j = 0, value = 0, limit = 0;
 };
 
@@ -38,7 +49,7 @@ struct DeviceErrorSlot {
 
 // The one-line message of a failed check (the CPU path throws the same text).
 std::string metadata_error_message(MetadataCheck check, int64_t i, int64_t j, int64_t value,
-                                   int64_t limit);
+                                   int64_t limit, int64_t k = 0);
 std::string metadata_error_message(const DeviceErrorRecord& record);
 
 // If `record` holds an error: clears it and throws tessera::Error with its message; otherwise

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "kernels/common/device_error.h"
 
 namespace tessera::kernels {
 
@@ -32,6 +33,10 @@ struct LoraSgmvView {
   int64_t num_adapters = 0;
   int64_t r_max = 0;
   DType dtype = DType::kF32;
+  // CUDA: where a check kernel, run before the products, records the first bad metadata entry
+  // (the message lora_sgmv_check() raises on the CPU), raised at the next op on the device. The
+  // products themselves never read outside the tensors whatever the metadata says.
+  DeviceErrorSlot error;
 };
 
 // Throws tessera::Error naming the field and value when the view's sizes or its metadata (indptr,

@@ -3,6 +3,7 @@
 // thread per output element). Each row finds its segment by binary search over seg_indptr.
 #include <cuda_runtime.h>
 
+#include "kernels/common/device_error.cuh"
 #include "kernels/lora/lora_sgmv.h"
 #include "kernels/quant/kv_format.h"
 
@@ -46,6 +47,38 @@ __device__ int adapter_of_row(const LoraSgmvView& v, int64_t row) {
   return (a >= 0 && a < v.num_adapters) ? a : -1;
 }
 
+// One block: the checks of lora_sgmv_check() over the metadata, on the device.
+__global__ void check_kernel(LoraSgmvView v) {
+  if (threadIdx.x == 0) {
+    if (v.seg_indptr[0] != 0) {
+      report_device_error(v.error, MetadataCheck::kSegIndptrFirst, 0, 0, v.seg_indptr[0], 0);
+    }
+    if (v.seg_indptr[v.num_segments] != v.num_rows) {
+      report_device_error(v.error, MetadataCheck::kSegIndptrLast, v.num_segments, 0,
+                          v.seg_indptr[v.num_segments], v.num_rows);
+    }
+  }
+  for (int64_t s = threadIdx.x; s < v.num_segments; s += blockDim.x) {
+    if (v.seg_indptr[s + 1] < v.seg_indptr[s]) {
+      report_device_error(v.error, MetadataCheck::kSegIndptrDecreasing, s, 0, v.seg_indptr[s],
+                          v.seg_indptr[s + 1]);
+    }
+    const int32_t a = v.seg_adapter[s];
+    if (a < -1 || a >= v.num_adapters) {
+      report_device_error(v.error, MetadataCheck::kSegAdapterOutOfRange, s, 0, a, v.num_adapters);
+    }
+  }
+  for (int64_t a = threadIdx.x; a < v.num_adapters; a += blockDim.x) {
+    if (v.ranks[a] < 0 || v.ranks[a] > v.r_max) {
+      report_device_error(v.error, MetadataCheck::kRankOutOfRange, a, 0, v.ranks[a], v.r_max);
+    }
+    if (!isfinite(v.scales[a])) {
+      report_device_error(v.error, MetadataCheck::kScaleNotFinite, a, 0,
+                          static_cast<int64_t>(__float_as_uint(v.scales[a])), 0);
+    }
+  }
+}
+
 __global__ void shrink_kernel(LoraSgmvView v, float* t) {
   const int64_t row = blockIdx.x;
   const int a = adapter_of_row(v, row);
@@ -81,8 +114,13 @@ __global__ void expand_kernel(LoraSgmvView v, const float* t) {
 }  // namespace
 
 int lora_sgmv_cuda(const LoraSgmvView& v, float* workspace, void* cuda_stream) {
-  if (v.num_rows == 0 || v.num_segments == 0 || v.num_adapters == 0 || v.r_max == 0) return 0;
   auto stream = static_cast<cudaStream_t>(cuda_stream);
+  if (v.error.record != nullptr) {
+    check_kernel<<<1, 256, 0, stream>>>(v);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return static_cast<int>(err);
+  }
+  if (v.num_rows == 0 || v.num_segments == 0 || v.num_adapters == 0 || v.r_max == 0) return 0;
   shrink_kernel<<<static_cast<unsigned>(v.num_rows), kShrinkThreads, 0, stream>>>(v, workspace);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return static_cast<int>(err);

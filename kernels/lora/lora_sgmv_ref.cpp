@@ -1,7 +1,9 @@
+#include <bit>
 #include <cmath>
 #include <vector>
 
 #include "common/error.h"
+#include "kernels/common/device_error.h"
 #include "kernels/lora/lora_sgmv.h"
 #include "kernels/quant/kv_format.h"
 
@@ -48,22 +50,30 @@ void lora_sgmv_check(const LoraSgmvView& v) {
                 " is smaller than in_features=", v.in_features);
   TESSERA_CHECK(v.y_row_stride >= v.out_features, "lora: y_row_stride=", v.y_row_stride,
                 " is smaller than out_features=", v.out_features);
-  TESSERA_CHECK(v.seg_indptr[0] == 0, "lora: seg_indptr[0] must be 0, got ", v.seg_indptr[0]);
-  TESSERA_CHECK(v.seg_indptr[v.num_segments] == v.num_rows, "lora: seg_indptr[", v.num_segments,
-                "] must equal num_rows=", v.num_rows, ", got ", v.seg_indptr[v.num_segments]);
+  // The metadata, with the messages the CUDA kernel's device-side checks record.
+  auto fail = [](MetadataCheck c, int64_t i, int64_t value, int64_t limit) {
+    TESSERA_FAIL(metadata_error_message(c, i, 0, value, limit));
+  };
+  if (v.seg_indptr[0] != 0) fail(MetadataCheck::kSegIndptrFirst, 0, v.seg_indptr[0], 0);
+  if (v.seg_indptr[v.num_segments] != v.num_rows) {
+    fail(MetadataCheck::kSegIndptrLast, v.num_segments, v.seg_indptr[v.num_segments], v.num_rows);
+  }
   for (int64_t s = 0; s < v.num_segments; ++s) {
-    TESSERA_CHECK(v.seg_indptr[s + 1] >= v.seg_indptr[s],
-                  "lora: seg_indptr must be non-decreasing, got seg_indptr[", s,
-                  "]=", v.seg_indptr[s], " > seg_indptr[", s + 1, "]=", v.seg_indptr[s + 1]);
+    if (v.seg_indptr[s + 1] < v.seg_indptr[s]) {
+      fail(MetadataCheck::kSegIndptrDecreasing, s, v.seg_indptr[s], v.seg_indptr[s + 1]);
+    }
     const int32_t a = v.seg_adapter[s];
-    TESSERA_CHECK(a >= -1 && a < v.num_adapters, "lora: seg_adapter[", s, "]=", a,
-                  " is out of range [-1, ", v.num_adapters, ")");
+    if (a < -1 || a >= v.num_adapters) {
+      fail(MetadataCheck::kSegAdapterOutOfRange, s, a, v.num_adapters);
+    }
   }
   for (int64_t a = 0; a < v.num_adapters; ++a) {
-    TESSERA_CHECK(v.ranks[a] >= 0 && v.ranks[a] <= v.r_max, "lora: ranks[", a, "]=", v.ranks[a],
-                  " is out of range [0, r_max=", v.r_max, "]");
-    TESSERA_CHECK(std::isfinite(v.scales[a]), "lora: scales[", a, "]=", v.scales[a],
-                  " is not finite");
+    if (v.ranks[a] < 0 || v.ranks[a] > v.r_max) {
+      fail(MetadataCheck::kRankOutOfRange, a, v.ranks[a], v.r_max);
+    }
+    if (!std::isfinite(v.scales[a])) {
+      fail(MetadataCheck::kScaleNotFinite, a, std::bit_cast<uint32_t>(v.scales[a]), 0);
+    }
   }
 }
 

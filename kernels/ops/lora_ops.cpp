@@ -113,6 +113,7 @@ void lora_sgmv_(torch::Tensor& y, const torch::Tensor& x, const LoraStack& ad,
         TESSERA_CHECK(v.in_features > 0 && v.out_features > 0,
                       "lora: in_features and out_features must be positive, got ", v.in_features,
                       " and ", v.out_features);
+        v.error = device_error_slot(detail::cuda_index_of(device));
         auto workspace = torch::empty({v.num_rows, std::max<int64_t>(rmax, 1)},
                                       x.options().dtype(torch::kFloat));
         return lora_sgmv_cuda(v, workspace.data_ptr<float>(), stream);

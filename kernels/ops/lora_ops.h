@@ -16,8 +16,9 @@ struct LoraStack {
 // place. x [num_rows, in_features] and y share a dtype (float32, float16, bfloat16) and device;
 // each has its last dimension contiguous. seg_indptr int32 [num_segments + 1] (0, non-decreasing,
 // num_rows), seg_adapter int32 [num_segments] (adapter index or -1 = none). On CPU every index is
-// checked before a kernel reads it; CUDA tensors are checked for shape and dtype (their values
-// would need a device sync) and the kernel skips rows whose adapter index is out of range.
+// checked before a kernel reads it; on CUDA a check kernel records the first bad one without a
+// sync (kernels/common/device_error.h) and the same message is raised at the next op on the
+// device, while the products skip rows whose adapter index is out of range.
 void lora_sgmv_(torch::Tensor& y, const torch::Tensor& x, const LoraStack& adapters,
                 const torch::Tensor& seg_indptr, const torch::Tensor& seg_adapter,
                 bool reference = false);

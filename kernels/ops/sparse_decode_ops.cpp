@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kernels/common/device_error.h"
 #include "kernels/ops/paged_kv_tensors.h"
 #include "kernels/ops/route.h"
 #include "kernels/sparse_decode/sparse_attention.h"
@@ -20,24 +21,29 @@ void check_metadata(const torch::Tensor& block_tables, const torch::Tensor& seq_
   const int64_t num_seqs = seq_lens.size(0);
   const int64_t max_blocks = block_tables.size(1);
   const int64_t heads = idx.size(1), max_entries = idx.size(2);
+  // The messages the CUDA kernel's device-side checks record (kernels/common/device_error.h).
+  auto fail = [](MetadataCheck c, int64_t i, int64_t j, int64_t value, int64_t limit,
+                 int64_t k = 0) { TESSERA_FAIL(metadata_error_message(c, i, j, value, limit, k)); };
   for (int64_t s = 0; s < num_seqs; ++s) {
-    TESSERA_CHECK(
-        lens[s] >= 0 && lens[s] <= max_blocks * kv.block_size, "seq_lens[", s, "]=", lens[s],
-        " must be in [0, max_blocks_per_seq * block_size = ", max_blocks * kv.block_size, "]");
+    if (lens[s] < 0) fail(MetadataCheck::kSeqLenNegative, s, 0, lens[s], 0);
+    if (lens[s] > max_blocks * kv.block_size) {
+      fail(MetadataCheck::kSeqLenLong, s, 0, lens[s], max_blocks * kv.block_size);
+    }
     const int64_t used = (static_cast<int64_t>(lens[s]) + kv.block_size - 1) / kv.block_size;
     for (int64_t b = 0; b < used; ++b) {
       const int32_t block = bt[s * max_blocks + b];
-      TESSERA_CHECK(block >= 0 && block < kv.num_blocks, "block_tables[", s, "][", b, "]=", block,
-                    " is out of range [0, ", kv.num_blocks, ")");
+      if (block < 0 || block >= kv.num_blocks) {
+        fail(MetadataCheck::kBlockOutOfRange, s, b, block, kv.num_blocks);
+      }
     }
     for (int64_t h = 0; h < heads; ++h) {
       const int32_t n = cnt[s * heads + h];
-      TESSERA_CHECK(n >= 0 && n <= max_entries, "counts[", s, "][", h, "]=", n,
-                    " must be in [0, max_entries=", max_entries, "]");
+      if (n < 0 || n > max_entries) fail(MetadataCheck::kCountOutOfRange, s, h, n, max_entries);
       const int32_t* list = ix + (s * heads + h) * max_entries;
       for (int32_t e = 0; e < n; ++e) {
-        TESSERA_CHECK(list[e] >= 0 && list[e] < lens[s], "idx[", s, "][", h, "][", e, "]=", list[e],
-                      " is outside [0, seq_lens[", s, "]=", lens[s], ")");
+        if (list[e] < 0 || list[e] >= lens[s]) {
+          fail(MetadataCheck::kEntryOutOfRange, s, h, list[e], lens[s], e);
+        }
       }
     }
   }
@@ -122,6 +128,8 @@ std::tuple<torch::Tensor, torch::Tensor> sparse_paged_decode(
           const int64_t rows = num_seqs * q.size(1);
           splits = rows >= 256 ? 1 : static_cast<int>(std::clamp<int64_t>(ix.size(2) / 512, 1, 16));
         }
+        view.seq_lens = lens.data_ptr<int32_t>();
+        view.error = device_error_slot(detail::cuda_index_of(q.device()));
         torch::Tensor ws;
         const int64_t ws_floats = sparse_decode_cuda_workspace(view, splits);
         if (ws_floats > 0) ws = torch::empty({ws_floats}, qf.options());

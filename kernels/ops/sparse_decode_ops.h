@@ -24,8 +24,10 @@ struct SparseDecodeOptions {
 //   counts       [num_seqs, Hkv] int32 in [0, max_entries]
 //   k_scale, v_scale [num_blocks, block_size, Hkv] float32 for int8 / fp8 caches
 // Returns (out [num_seqs, Hq, Dv] in q's dtype, lse [num_seqs, Hq] float32, natural log). An empty
-// list gives zeros and lse = -inf; a duplicated entry counts twice. Metadata (positions, block
-// table entries) is checked where it is readable without a device sync: on CPU.
+// list gives zeros and lse = -inf; a duplicated entry counts twice. Metadata (lengths, block table
+// entries, counts, positions) is checked: on CPU before the kernel runs, on CUDA by the kernel
+// itself without a sync (kernels/common/device_error.h), the same message raised at the next op on
+// the device; a bad entry is never read through.
 std::tuple<torch::Tensor, torch::Tensor> sparse_paged_decode(
     const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache,
     const torch::Tensor& block_tables, const torch::Tensor& seq_lens, const torch::Tensor& idx,

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/device_error.h"
 #include "kernels/paged/paged_kv.h"
 
 namespace tessera::kernels {
@@ -36,6 +37,11 @@ struct SparseDecodeView {
   int num_q_heads = 0;  // a multiple of kv.num_kv_heads; query head h uses list h / group
   int max_entries = 0;
   float scale = 1.0f;
+  // CUDA: seq_lens [num_seqs] (device) and the slot where the kernel records the first bad
+  // entry of seq_lens, block_tables, counts or idx (the message the CPU dispatch raises), raised
+  // at the next op on the device; with both set a bad entry is reported and never read through.
+  const int32_t* seq_lens = nullptr;
+  DeviceErrorSlot error;
   // Fast CPU: split each list into this many ranges, computed in parallel and merged by LSE. 0 =
   // automatic (split when there are fewer (sequence, kv head) lists than threads can use).
   int splits = 0;

@@ -8,6 +8,7 @@
 #include <cfloat>
 
 #include "kernels/common/block_reduce.cuh"
+#include "kernels/common/device_error.cuh"
 #include "kernels/merge/lse_merge.h"
 #include "kernels/sparse_decode/sparse_attention.h"
 
@@ -37,9 +38,41 @@ __global__ void sparse_decode_kernel(SparseDecodeView a, int splits, float* part
   const int kh = h / (a.num_q_heads / c.num_kv_heads);
   const int64_t list = static_cast<int64_t>(seq) * c.num_kv_heads + kh;
   const int32_t* idx = a.idx + list * a.max_entries;
-  const int64_t n = a.counts[list];
-  const int64_t e_begin = n * split / splits, e_end = n * (split + 1) / splits;
+  int64_t n = a.counts[list];
   const int32_t* table = a.block_tables + static_cast<int64_t>(seq) * a.max_blocks_per_seq;
+  // Metadata checks (the CPU dispatch's, same messages): the first bad entry is recorded, and no
+  // bad entry is read through. Sequence-wide ones in one block of the sequence, a list's count in
+  // one block of its query group.
+  const bool checks = a.error.record != nullptr && a.seq_lens != nullptr;
+  const int64_t capacity = static_cast<int64_t>(a.max_blocks_per_seq) * c.block_size;
+  int64_t readable = capacity;  // positions [0, readable) may be read
+  int64_t len = capacity;
+  if (checks) {
+    len = a.seq_lens[seq];
+    readable = len < 0 ? 0 : (len > capacity ? capacity : len);
+    if (h == 0 && split == 0) {
+      if (threadIdx.x == 0 && len < 0) {
+        report_device_error(a.error, MetadataCheck::kSeqLenNegative, seq, 0, len, 0);
+      }
+      if (threadIdx.x == 0 && len > capacity) {
+        report_device_error(a.error, MetadataCheck::kSeqLenLong, seq, 0, len, capacity);
+      }
+      const int64_t used = (readable + c.block_size - 1) / c.block_size;
+      for (int64_t b = threadIdx.x; b < used; b += kThreads) {
+        if (table[b] < 0 || table[b] >= c.num_blocks) {
+          report_device_error(a.error, MetadataCheck::kBlockOutOfRange, seq, b, table[b],
+                              c.num_blocks);
+        }
+      }
+    }
+    if (n < 0 || n > a.max_entries) {
+      if (h % (a.num_q_heads / c.num_kv_heads) == 0 && split == 0 && threadIdx.x == 0) {
+        report_device_error(a.error, MetadataCheck::kCountOutOfRange, seq, kh, n, a.max_entries);
+      }
+      n = n < 0 ? 0 : a.max_entries;
+    }
+  }
+  const int64_t e_begin = n * split / splits, e_end = n * (split + 1) / splits;
 
   const float* q = a.q + seq * a.q_stride[0] + h * a.q_stride[1];
   for (int i = threadIdx.x; i < c.head_dim_k; i += kThreads) q_s[i] = q[i];
@@ -51,9 +84,24 @@ __global__ void sparse_decode_kernel(SparseDecodeView a, int splits, float* part
   for (int64_t base = e_begin; base < e_end; base += kThreads) {
     const int64_t e = base + threadIdx.x;
     float score = -FLT_MAX;
-    if (e < e_end) {
-      const int64_t p = idx[e];
-      const int64_t block = table[p / c.block_size];
+    bool valid = e < e_end;
+    int64_t p = 0, block = 0;
+    if (valid) {
+      p = idx[e];
+      if (checks && (p < 0 || p >= len)) {
+        report_device_error(a.error, MetadataCheck::kEntryOutOfRange, seq, kh, p, len,
+                            static_cast<int32_t>(e));
+      }
+      valid = p >= 0 && p < readable;
+      if (valid) block = table[p / c.block_size];
+      // A bad table entry is recorded by the sequence's checks above.
+      valid = valid && (!checks || (block >= 0 && block < c.num_blocks));
+    }
+    if (!valid) {
+      block_s[threadIdx.x] = 0;
+      slot_s[threadIdx.x] = -1;  // skipped below
+      vscale_s[threadIdx.x] = 0.f;
+    } else {
       const int slot = static_cast<int>(p % c.block_size);
       block_s[threadIdx.x] = block;
       slot_s[threadIdx.x] = slot;
@@ -66,7 +114,7 @@ __global__ void sparse_decode_kernel(SparseDecodeView a, int splits, float* part
     }
     const float tile_max = block_max<kThreads>(score, red);
     const float new_max = fmaxf(running_max, tile_max);
-    const float pr = e < e_end ? __expf(score - new_max) : 0.f;
+    const float pr = valid ? __expf(score - new_max) : 0.f;
     p_s[threadIdx.x] = pr;
     const float correction = running_max == -FLT_MAX ? 0.f : __expf(running_max - new_max);
     running_sum = running_sum * correction + block_sum<kThreads>(pr, red);
@@ -75,6 +123,7 @@ __global__ void sparse_decode_kernel(SparseDecodeView a, int splits, float* part
     for (int i = threadIdx.x; i < c.head_dim_v; i += kThreads) {
       float sum = acc[i] * correction;
       for (int j = 0; j < tile; ++j) {
+        if (slot_s[j] < 0) continue;  // an entry that failed the checks (uniform across threads)
         sum += p_s[j] * kv_load(T, c.v_row(block_s[j], slot_s[j], kh), i, vscale_s[j]);
       }
       acc[i] = sum;

@@ -21,6 +21,7 @@ namespace {
 
 struct ServeSettings {
   std::vector<std::string> models;  // NAME=PATH[:ADAPTER], or PATH / tiny (named after it)
+  std::vector<std::string> loras;   // NAME=PATH: adapters in the first model's engine
   EngineFlags engine;
   double cache_threshold = 0.5;
   int64_t balance_abs_threshold = 32;
@@ -75,10 +76,35 @@ serving::ModelSpec model_flag(const std::string& flag) {
   return serving::parse_model_flag(name + "=" + base);
 }
 
+// `--lora NAME=PATH`: adapters loaded into the engine of the first --model (and of every other
+// name for the same folder, which shares that engine), served as "model": "FIRST:NAME".
+void attach_loras(std::vector<serving::ModelSpec>& models, const std::vector<std::string>& flags) {
+  if (flags.empty()) return;
+  TESSERA_CHECK(models.front().adapter.empty(), "--lora needs a base model first, --model ",
+                models.front().name, " is an adapter (", models.front().adapter, ")");
+  std::vector<std::pair<std::string, std::string>> loras;
+  for (const auto& f : flags) {
+    const size_t eq = f.find('=');
+    TESSERA_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < f.size(),
+                  "--lora must be NAME=PATH, got '", f, "'");
+    const std::string name = f.substr(0, eq);
+    for (char c : name) {
+      TESSERA_CHECK(c > ' ' && c != '"' && c != '\\' && c != ':', "--lora name '", name,
+                    "' may not hold spaces, quotes, backslashes or ':'");
+    }
+    loras.emplace_back(name, f.substr(eq + 1));
+  }
+  const auto base = serving::cache_key_for(models.front()).base;
+  for (auto& m : models) {
+    if (m.adapter.empty() && serving::cache_key_for(m).base == base) m.loras = loras;
+  }
+}
+
 int run_serve(const ServeSettings& s, launch::World& world) {
   TESSERA_CHECK(!s.models.empty(), "tessera serve needs at least one --model");
   std::vector<serving::ModelSpec> models;
   for (const auto& m : s.models) models.push_back(model_flag(m));
+  attach_loras(models, s.loras);
   TESSERA_CHECK(s.max_loaded_models >= 1, "--max-loaded-models must be >= 1, got ",
                 s.max_loaded_models);
   TESSERA_CHECK(s.port >= 0 && s.port <= 65535, "--port must be in [0, 65535], got ", s.port);
@@ -182,6 +208,10 @@ Command register_serve(CLI::App& root) {
                   "a model folder or tiny (served under its folder's name), NAME=PATH or "
                   "NAME=PATH:ADAPTER; repeat for several models behind one endpoint (one process)")
       ->required();
+  app->add_option("--lora", s->loras,
+                  "LoRA adapter NAME=PATH (a PEFT folder; repeatable), loaded into the first "
+                  "--model's engine; requests ask for it with \"model\": \"MODEL:NAME\" and are "
+                  "batched with base requests");
   auto& e = s->engine;
   app->add_option("--tp", e.tp, "ranks per tensor-parallel group (under mpirun)");
   app->add_option("--dp", e.dp,

@@ -3,11 +3,13 @@
 // router, shutdown). MPI is initialised FUNNELED, so every collective (the plans included) runs
 // on the main thread: under mpirun the engine loop owns the main thread, HTTP runs on the I/O
 // pool and a signal thread drives the shutdown.
+#include <signal.h>
 #include <torch/types.h>
 #include <unistd.h>
 
 #include <cctype>
 #include <cstring>
+#include <filesystem>
 #include <future>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -26,11 +28,16 @@
 #include "sharding/communicator.h"
 #include "sharding/mpi/mpi_communicator.h"
 #include "sharding/process_groups.h"
+#include "sharding/watchdog.h"
 
 namespace tessera::cli {
 namespace {
 
 using nlohmann::json;
+
+std::string adapter_lora_name(const serving::ModelSpec& spec) {
+  return spec.adapter.empty() ? "" : "adapter:" + spec.name;
+}
 
 engine::EngineConfig engine_config(const EngineFlags& f, const std::string& model, int device) {
   engine::EngineConfig ec;
@@ -63,10 +70,11 @@ engine::EngineConfig engine_config(const EngineFlags& f, const std::string& mode
 class EngineBackend : public serving::ServingBackend {
  public:
   EngineBackend(std::unique_ptr<engine::EngineCore> owned, engine::EngineCore& core,
-                std::shared_ptr<serving::ServingTokenizer> tok)
+                std::shared_ptr<serving::ServingTokenizer> tok, std::string lora = "")
       : owned_(std::move(owned)),
         engine_(std::make_unique<engine::AsyncEngine>(core)),
-        tok_(std::move(tok)) {}
+        tok_(std::move(tok)),
+        lora_(std::move(lora)) {}
   ~EngineBackend() override { close(); }
 
   void close() override {
@@ -80,6 +88,7 @@ class EngineBackend : public serving::ServingBackend {
   }
   engine::EngineClient* engine() override { return engine_.get(); }
   const serving::ServingTokenizer& tokenizer() const override { return *tok_; }
+  std::string lora() const override { return lora_; }
   engine::AsyncEngine& async() { return *engine_; }
 
  private:
@@ -87,6 +96,7 @@ class EngineBackend : public serving::ServingBackend {
   std::unique_ptr<engine::EngineCore> owned_;
   std::unique_ptr<engine::AsyncEngine> engine_;
   std::shared_ptr<serving::ServingTokenizer> tok_;
+  std::string lora_;  // a NAME=PATH:ADAPTER backend: every request runs its adapter
 };
 
 std::shared_ptr<serving::ServingTokenizer> tokenizer_for(const engine::EngineCore& core) {
@@ -98,9 +108,12 @@ std::shared_ptr<serving::ServingTokenizer> tokenizer_for(const engine::EngineCor
   return tok;
 }
 
-void check_no_adapter(const serving::ModelSpec& spec) {
-  TESSERA_CHECK(spec.adapter.empty(), "--model ", spec.name, "=", spec.base, ":", spec.adapter,
-                ": adapters are not served yet (the engine has no LoRA path)");
+// The adapters of a model's engine: its --lora ones, and for NAME=PATH:ADAPTER its own (named
+// after the served name, which --lora names cannot be: they hold no ':' and NAME is unique).
+std::vector<std::pair<std::string, std::string>> engine_loras(const serving::ModelSpec& spec) {
+  auto loras = spec.loras;
+  if (!spec.adapter.empty()) loras.emplace_back(adapter_lora_name(spec), spec.adapter);
+  return loras;
 }
 
 // Runs `fn` on every rank; a failure anywhere is thrown on every rank as one CollectiveError.
@@ -164,18 +177,26 @@ void check_model_folders(const std::vector<serving::ModelSpec>& models) {
     } catch (const Error& e) {
       TESSERA_FAIL("--model ", m.name, "=", m.base, ": ", e.message());
     }
+    // Adapter folders are checked at start-up too (the engine reads them when it loads).
+    TESSERA_CHECK(m.adapter.empty() || std::filesystem::is_directory(m.adapter), "--model ", m.name,
+                  "=", m.base, ":", m.adapter, ": the adapter is not a folder");
+    for (const auto& [name, path] : m.loras) {
+      TESSERA_CHECK(std::filesystem::is_directory(path), "--lora ", name, "=", path,
+                    ": not a folder");
+    }
   }
 }
 
 serving::ServingBackendLoader local_engine_loader(const EngineFlags& flags, int device) {
   return
       [flags, device](const serving::ModelSpec& spec) -> std::shared_ptr<serving::ServingBackend> {
-        check_no_adapter(spec);
-        auto core = std::make_unique<engine::EngineCore>(engine_config(flags, spec.base, device),
-                                                         nullptr, nullptr);
+        engine::EngineConfig ec = engine_config(flags, spec.base, device);
+        ec.loras = engine_loras(spec);
+        auto core = std::make_unique<engine::EngineCore>(ec, nullptr, nullptr);
         auto tok = tokenizer_for(*core);
         engine::EngineCore& ref = *core;
-        auto backend = std::make_shared<EngineBackend>(std::move(core), ref, std::move(tok));
+        auto backend = std::make_shared<EngineBackend>(std::move(core), ref, std::move(tok),
+                                                       adapter_lora_name(spec));
         backend->async().start();
         return backend;
       };
@@ -189,7 +210,6 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
   agreed(wc, [&] {
     TESSERA_CHECK(setup.models.size() == 1, "under mpirun tessera serve serves one --model, got ",
                   setup.models.size());
-    check_no_adapter(setup.models[0]);
     TESSERA_CHECK(flags.tp >= 0 && flags.dp >= 0, "--tp and --dp must be >= 1, got --tp ", flags.tp,
                   " --dp ", flags.dp);
     tp = flags.tp > 0 ? flags.tp : (flags.dp > 0 ? world_size / flags.dp : world_size);
@@ -222,8 +242,9 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
   sharding::Communicator* model_comm = model_tp ? model_tp.get() : groups.tp.get();
   std::unique_ptr<engine::EngineCore> core;
   agreed(wc, [&] {
-    core = std::make_unique<engine::EngineCore>(engine_config(flags, model_dir, world.device),
-                                                model_comm, dcp_comm.get(), groups.tp.get());
+    engine::EngineConfig ec = engine_config(flags, model_dir, world.device);
+    ec.loras = engine_loras(setup.models[0]);
+    core = std::make_unique<engine::EngineCore>(ec, model_comm, dcp_comm.get(), groups.tp.get());
   });
   const bool leader = core->leader();
 
@@ -245,7 +266,8 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
   std::string my_url;
   agreed(wc, [&] {
     if (!leader) return;
-    backend = std::make_shared<EngineBackend>(nullptr, *core, tokenizer_for(*core));
+    backend = std::make_shared<EngineBackend>(nullptr, *core, tokenizer_for(*core),
+                                              adapter_lora_name(setup.models[0]));
     io = std::make_unique<serving::IoRuntime>(setup.io_threads, 2);
     serving::HttpServerOptions http = setup.http;
     serving::ApiServerOptions api = setup.api;
@@ -281,6 +303,22 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
     }
   }
   if (!leader) {
+    // The launcher ends a job whose rank died with SIGTERM. A follower has no server to drain:
+    // it reports the collective it is blocked in (the watchdog's signal report) and exits now,
+    // rather than when its watchdog fires TESSERA_COMM_TIMEOUT later.
+    std::thread([] {
+      const int sig = serving::wait_for_termination_signal();
+      struct sigaction dfl {};
+      dfl.sa_handler = SIG_DFL;
+      sigaction(SIGTERM, &dfl, nullptr);
+      sigaction(SIGINT, &dfl, nullptr);
+      sharding::Watchdog::install_signal_report();
+      sigset_t set;
+      sigemptyset(&set);
+      sigaddset(&set, sig);
+      pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+      raise(sig);  // on this thread: the report, then exit 128 + sig
+    }).detach();
     core->serve();  // until the leader releases the group
     return 0;
   }

@@ -1,6 +1,10 @@
 #include "runtime/engine/async_engine.h"
 
+#include <algorithm>
+#include <chrono>
+
 #include "common/error.h"
+#include "sharding/watchdog.h"
 
 namespace tessera::engine {
 
@@ -70,18 +74,33 @@ void AsyncEngine::run() {
 }
 
 void AsyncEngine::loop() {
+  // An idle leader pings its group a few times per watchdog timeout, at least every 4 s: the
+  // other ranks' watchdogs see it alive, and a stopped peer ends the job within timeout + 4 s.
+  const auto watchdog = sharding::Watchdog::global().timeout();
+  const auto ping_every = std::clamp<std::chrono::milliseconds>(
+      watchdog / 4, std::chrono::milliseconds(10), std::chrono::milliseconds(4000));
   while (true) {
     std::deque<Pending> pending;
     std::deque<std::string> aborts;
     bool stopping = false;
+    bool idle = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] {
+      const auto ready = [&] {
         return stop_ || !pending_.empty() || !aborts_.empty() || core_.has_unfinished();
-      });
+      };
+      if (watchdog.count() > 0) {
+        idle = !cv_.wait_for(lock, ping_every, ready);
+      } else {
+        cv_.wait(lock, ready);
+      }
       pending.swap(pending_);
       aborts.swap(aborts_);
       stopping = stop_;
+    }
+    if (idle) {
+      core_.heartbeat();
+      continue;
     }
     for (auto& p : pending) core_.add_request(std::move(p.request), std::move(p.on_output));
     for (const auto& id : aborts) core_.abort(id);

@@ -294,6 +294,10 @@ void EngineCore::release_workers() {
   if (leader_ && channel_.active()) channel_.send(PlanChannel::Kind::kDone);
 }
 
+void EngineCore::heartbeat() {
+  if (leader_ && channel_.active()) channel_.ping();
+}
+
 void EngineCore::fail_workers(const std::string& message) {
   if (leader_ && channel_.active()) channel_.send_error(message);
 }
@@ -303,6 +307,7 @@ void EngineCore::serve() {
   while (true) {
     PlanChannel::Message m = channel_.receive();
     if (m.kind == PlanChannel::Kind::kDone) return;
+    if (m.kind == PlanChannel::Kind::kPing) continue;
     if (m.kind == PlanChannel::Kind::kError) {
       throw CollectiveError(std::string(m.bytes.begin(), m.bytes.end()), __FILE__, __LINE__);
     }

@@ -85,6 +85,9 @@ class EngineCore {
   void step();
   // The other ranks return from serve().
   void release_workers();
+  // While idle (leader): pings the group so its ranks' watchdogs see it alive, and a stopped or
+  // dead rank ends the job within the watchdog's timeout even without requests.
+  void heartbeat();
   // Ends the group together: the other ranks' serve() throws CollectiveError(message).
   void fail_workers(const std::string& message);
   EngineStats stats() const;

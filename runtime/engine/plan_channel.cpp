@@ -33,12 +33,18 @@ void PlanChannel::send_error(const std::string& message) {
        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(message.data()), message.size()));
 }
 
+void PlanChannel::ping() {
+  if (comm_ == nullptr) return;
+  send(Kind::kPing);
+  comm_->barrier();
+}
+
 PlanChannel::Message PlanChannel::receive() {
   TESSERA_CHECK(comm_ != nullptr, "PlanChannel::receive needs a group of more than one rank");
   comm_->broadcast(header_, 0);
   const auto* h = header_.data_ptr<int64_t>();
   Message m;
-  TESSERA_CHECK(h[0] >= 1 && h[0] <= 3 && h[1] >= 0 && h[1] < (int64_t{1} << 40),
+  TESSERA_CHECK(h[0] >= 1 && h[0] <= 4 && h[1] >= 0 && h[1] < (int64_t{1} << 40),
                 "plan channel: bad header [", h[0], ", ", h[1], "]");
   m.kind = static_cast<Kind>(h[0]);
   if (h[1] > 0) {
@@ -48,6 +54,7 @@ PlanChannel::Message PlanChannel::receive() {
   }
   ++messages_;
   bytes_ += h[1];
+  if (m.kind == Kind::kPing) comm_->barrier();
   return m;
 }
 

@@ -2,6 +2,10 @@
 // Communicator: each engine step's plan as bytes (scheduler::StepPlan::encode), "done" when a
 // generation ends (the workers return to their caller), or an error that ends the group together.
 // A message is a broadcast of its header [kind, length] (int64) and then, if any, of its bytes.
+// While the engine is idle the leader pings the group now and then (a header, then a barrier):
+// the other ranks wait for plans inside a collective the watchdog watches, so without pings an
+// idle group would be ended by its own watchdog, and a stopped or dead rank of an idle group
+// would go unnoticed until the next request.
 #pragma once
 
 #include <cstdint>
@@ -17,7 +21,7 @@ namespace tessera::engine {
 
 class PlanChannel {
  public:
-  enum class Kind : int64_t { kPlan = 1, kDone = 2, kError = 3 };
+  enum class Kind : int64_t { kPlan = 1, kDone = 2, kError = 3, kPing = 4 };
   struct Message {
     Kind kind = Kind::kDone;
     std::vector<uint8_t> bytes;  // the plan, or the error text
@@ -30,7 +34,9 @@ class PlanChannel {
   // Leader (rank 0 of the group).
   void send(Kind kind, std::span<const uint8_t> bytes = {});
   void send_error(const std::string& message);
-  // The other ranks: blocks until the leader's next message.
+  // A ping, then a barrier of the group (every rank answers or the watchdog ends the job).
+  void ping();
+  // The other ranks: blocks until the leader's next message (a ping's barrier is done here).
   Message receive();
 
   int64_t messages() const { return messages_; }

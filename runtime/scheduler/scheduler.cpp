@@ -261,6 +261,22 @@ void Scheduler::sync_kv(Slot& s) {
   }
 }
 
+void Scheduler::sync_kv_deferred(Slot& s) {
+  if (s.kv_tokens < s.num_tokens) {
+    const Request& r = s.entry->req;
+    const int64_t from = s.kv_tokens - s.num_prompt;
+    TESSERA_CHECK(from >= 0, "request \"", r.id, "\": the KV manager lacks prompt tokens");
+    kv_.append_tokens(s.kv, std::span<const int32_t>(r.output_ids).subspan(from));
+    s.kv_tokens = s.num_tokens;
+  }
+  if (s.num_computed > s.kv_computed) {
+    commits_.push_back({s.kv, s.num_computed - s.kv_computed});
+    s.kv_computed = s.num_computed;
+    s.kv_block_end = (s.kv_computed / block_size_ + 1) * block_size_;
+    if (windowed_) s.tables_dirty = true;
+  }
+}
+
 bool Scheduler::commit_due(const Slot& s) const {
   // A block filled up (the prefix cache registers it at commit) ...
   const int64_t from = s.kv_computed, to = s.num_computed;
@@ -589,6 +605,7 @@ const std::vector<RequestOutput>& Scheduler::update(const StepPlan& plan,
     return o;
   };
   bool any_finished = false;
+  commits_.clear();
   const auto num_slots = static_cast<int32_t>(slots_.size());
   const ScheduledSeq* rows = plan.seqs.data();
   const auto num_rows = static_cast<int64_t>(plan.seqs.size());
@@ -621,7 +638,7 @@ const std::vector<RequestOutput>& Scheduler::update(const StepPlan& plan,
       ++s.num_tokens;
     }
     // The KV manager learns of the new tokens when it has something to do with them.
-    if (commit_due(s)) sync_kv(s);
+    if (commit_due(s)) sync_kv_deferred(s);
     if (!row.sample) continue;
     RequestOutput& o = next_output();
     // Every write of an output sets id and seq together, and seq is unique over the scheduler's
@@ -642,6 +659,8 @@ const std::vector<RequestOutput>& Scheduler::update(const StepPlan& plan,
       r.status = RequestStatus::kFinished;  // leaves running_ below, in one pass
     }
   }
+  // Before forget() below frees any of them.
+  kv_.commit(std::span<const caches::KVCacheManager::Commit>(commits_));
   if (any_finished) {
     done_.clear();
     std::erase_if(running_, [&](int32_t slot) {

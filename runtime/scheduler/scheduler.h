@@ -174,6 +174,9 @@ class Scheduler {
   // (prefix-cache registration) or a block left a window; otherwise the manager lags by less
   // than a block, which nothing reads (allocate() syncs first; free() needs no sync).
   void sync_kv(Slot& s);
+  // sync_kv() with the commit put on commits_ (update() commits them together, see
+  // KVCacheManager::commit of a batch).
+  void sync_kv_deferred(Slot& s);
   bool commit_due(const Slot& s) const;
   Entry* pick_victim() const;
   void preempt(Entry& e);
@@ -205,6 +208,7 @@ class Scheduler {
   StepPlan plan_;                       // schedule()'s result, storage reused
   std::vector<RequestOutput> outputs_;  // update()'s result, storage reused
   std::vector<int32_t> scratch_;
+  std::vector<caches::KVCacheManager::Commit> commits_;  // update()'s deferred commits
   int64_t next_seq_ = 0;
   int64_t step_ = 0;
   bool outstanding_ = false;

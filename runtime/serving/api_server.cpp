@@ -53,6 +53,18 @@ ApiServer::Impl::Impl(IoRuntime& io_, ApiServerOptions o, std::vector<ModelSpec>
       TESSERA_CHECK(models[i].name != models[j].name, "--model name '", models[i].name,
                     "' is given twice");
     }
+    for (size_t a = 0; a < models[i].loras.size(); ++a) {
+      const std::string& l = models[i].loras[a].first;
+      TESSERA_CHECK(!l.empty() && l.find(':') == std::string::npos, "--lora name '", l,
+                    "' must be non-empty and hold no ':'");
+      for (size_t b = 0; b < a; ++b) {
+        TESSERA_CHECK(models[i].loras[b].first != l, "--lora name '", l, "' is given twice");
+      }
+      for (const auto& other : models) {
+        TESSERA_CHECK(other.name != models[i].name + ":" + l, "--model name '", other.name,
+                      "' is also model '", models[i].name, "' with --lora '", l, "'");
+      }
+    }
   }
   created_unix = unix_now();
   register_metrics();
@@ -157,10 +169,24 @@ void ApiServer::Impl::reply(Exchange& ex, const std::string& route, HttpResponse
   ex.respond(std::move(r));
 }
 
-const ModelSpec& ApiServer::Impl::resolve_model(const std::string& name) const {
+const ModelSpec& ApiServer::Impl::resolve_model(const std::string& name, std::string* lora) const {
+  if (lora != nullptr) lora->clear();
   if (name.empty()) return models.front();
   for (const auto& m : models) {
     if (m.name == name) return m;
+  }
+  // "BASE:ADAPTER": an adapter loaded into BASE's engine (--lora), matched by name only.
+  const size_t colon = name.rfind(':');
+  if (colon != std::string::npos) {
+    const std::string base = name.substr(0, colon), adapter = name.substr(colon + 1);
+    for (const auto& m : models) {
+      if (m.name != base) continue;
+      for (const auto& l : m.loras) {
+        if (l.first != adapter) continue;
+        if (lora != nullptr) *lora = adapter;
+        return m;
+      }
+    }
   }
   // Only configured names are ever served: a path or anything else is just an unknown model.
   throw ApiError(404, "The model '" + name + "' does not exist.", "model");
@@ -291,6 +317,15 @@ void ApiServer::Impl::handle_models(const std::shared_ptr<Exchange>& ex) {
                     {"owned_by", "tessera"},
                     {"root", m.name},
                     {"parent", parent}});
+    for (const auto& l : m.loras) {  // its --lora adapters (no paths in the answer)
+      const std::string id = m.name + ":" + l.first;
+      data.push_back({{"id", id},
+                      {"object", "model"},
+                      {"created", created_unix},
+                      {"owned_by", "tessera"},
+                      {"root", id},
+                      {"parent", m.name}});
+    }
   }
   HttpResponse r;
   r.body = dump_json({{"object", "list"}, {"data", data}});
@@ -439,7 +474,14 @@ void ApiServer::Impl::handle_embeddings(const std::shared_ptr<Exchange>& ex) {
   if (body.contains("model") && !body["model"].is_string()) {
     bad_field("model", "a string", body["model"]);
   }
-  const ModelSpec& spec = resolve_model(body.value("model", ""));
+  std::string lora;
+  const ModelSpec& spec = resolve_model(body.value("model", ""), &lora);
+  if (!lora.empty()) {
+    throw ApiError(400,
+                   "model '" + spec.name + ":" + lora +
+                       "' is a LoRA adapter: /v1/embeddings serves the base model only",
+                   "model");
+  }
   if (!body.contains("input")) throw ApiError(400, "'input' is required", "input");
   auto inputs = parse_prompt_field(body["input"], "input");
   const std::string format = body.value("encoding_format", "float");

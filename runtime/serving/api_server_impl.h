@@ -56,7 +56,9 @@ struct ApiServer::Impl : std::enable_shared_from_this<ApiServer::Impl> {
   void handle(const std::shared_ptr<Exchange>& ex);
   void reply(Exchange& ex, const std::string& route, HttpResponse r);
   void count(const std::string& route, int status);
-  const ModelSpec& resolve_model(const std::string& name) const;  // ApiError 404
+  // A configured name, or "NAME:ADAPTER" for one of that model's --lora adapters (then *lora is
+  // set to it); anything else (a path included) is ApiError 404 naming the model.
+  const ModelSpec& resolve_model(const std::string& name, std::string* lora = nullptr) const;
   // Runs fn with a lease of the model's backend on the exchange's strand, loading it (off the I/O
   // threads) on a miss.
   void with_backend(const std::shared_ptr<Exchange>& ex, const std::string& route,

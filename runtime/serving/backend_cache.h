@@ -16,6 +16,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace tessera::serving {
@@ -25,6 +26,10 @@ struct ModelSpec {
   std::string base;                // base model folder (or a built-in name such as "tiny")
   std::string adapter;             // adapter folder, "" = none
   bool trust_remote_code = false;  // not identity, as in the seed
+  // `tessera serve --lora NAME=PATH`: adapters loaded into this model's engine beside the base,
+  // asked for with "model": "<name>:<NAME>" and batched with base requests. Configuration of the
+  // server, not of a request (a request only ever names one of these); not identity.
+  std::vector<std::pair<std::string, std::string>> loras;
 };
 
 // `--model NAME=PATH` or `NAME=PATH:ADAPTER` (the adapter after the last ':'). Throws

@@ -56,7 +56,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
     backend_ = static_cast<ServingBackend*>(lease_.get());
     engine_ = backend_->engine();
     tok_ = &backend_->tokenizer();
-    model_ = lease_.spec().name;
+    model_ = req_.lora.empty() ? lease_.spec().name : lease_.spec().name + ":" + req_.lora;
     route_ = req_.chat ? "/v1/chat/completions" : "/v1/completions";
     id_ = (req_.chat ? "chatcmpl-" : "cmpl-") + random_hex(24);
     created_ = unix_now();
@@ -170,7 +170,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
           *er.params.seed += static_cast<uint64_t>(s->index % req_.n);
         }
         er.priority = req_.priority;
-        er.lora = backend_->lora();
+        er.lora = req_.lora.empty() ? backend_->lora() : req_.lora;
         const int idx = static_cast<int>(&s - &seqs_.front());
         auto ex = ex_;
         engine_->add_request(std::move(er), [self, ex, idx](const engine::RequestOutput& out) {
@@ -466,7 +466,7 @@ void ApiServer::Impl::handle_generate(const std::shared_ptr<Exchange>& ex, bool 
   if (draining) throw ApiError(503, "the server is shutting down");
   json body = parse_json_body(ex->request().body);
   GenerationRequest req = parse_generation_request(body, chat, opt.max_n);
-  const ModelSpec& spec = resolve_model(req.model);
+  const ModelSpec& spec = resolve_model(req.model, &req.lora);
   const std::string route = chat ? "/v1/chat/completions" : "/v1/completions";
   // A full queue is refused before any model load.
   if (waiting_seqs.load() >= static_cast<int64_t>(opt.max_waiting)) {

@@ -49,6 +49,7 @@ struct PromptInput {
 struct GenerationRequest {
   bool chat = false;
   std::string model;                 // "" = the default model
+  std::string lora;                  // set by the server from "model": "BASE:ADAPTER"
   std::vector<PromptInput> prompts;  // completions: one or more prompts
   nlohmann::json messages;           // chat
   bool add_generation_prompt = true;

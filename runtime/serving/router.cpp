@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -103,6 +104,10 @@ struct Router::Impl : std::enable_shared_from_this<Router::Impl> {
     int fails = 0, oks = 0;
     int64_t load = 0, routed = 0, by_cache = 0, failures = 0;
     bool checking = false;
+    // Calls in flight to this replica: cut when it is taken out, so that a replica that stopped
+    // answering (SIGSTOP, a hung host) does not hold its requests forever.
+    std::map<uint64_t, std::weak_ptr<ClientCall>> calls;
+    uint64_t next_call = 0;
   };
 
   IoRuntime& io;
@@ -118,7 +123,18 @@ struct Router::Impl : std::enable_shared_from_this<Router::Impl> {
   std::atomic<int64_t> in_flight{0};
 
   void set_health(int i, bool ok, const std::string& why) {
-    std::lock_guard lock(mu);
+    std::vector<std::shared_ptr<ClientCall>> cut;
+    {
+      std::lock_guard lock(mu);
+      set_health_locked(i, ok, why, cut);
+    }
+    // Each cut call ends with an error: one that had produced nothing is retried elsewhere, a
+    // stream that had started ends with an error event (Forward::on_done).
+    for (auto& c : cut) c->cancel();
+  }
+
+  void set_health_locked(int i, bool ok, const std::string& why,
+                         std::vector<std::shared_ptr<ClientCall>>& cut) {
     Worker& w = workers[i];
     if (ok) {
       w.fails = 0;
@@ -132,6 +148,10 @@ struct Router::Impl : std::enable_shared_from_this<Router::Impl> {
         w.healthy = false;
         log::warn("router: replica {} taken out: {}", w.name, why);
         policy.remove_worker(i);
+        for (auto& [id, call] : w.calls) {
+          if (auto c = call.lock()) cut.push_back(std::move(c));
+        }
+        w.calls.clear();
       }
     }
   }
@@ -260,6 +280,12 @@ class Forward : public std::enable_shared_from_this<Forward> {
          },
          [self](const std::string& err) { self->ex_->post([self, err] { self->on_done(err); }); }},
         t);
+    {
+      std::lock_guard lock(r_->mu);
+      auto& w = r_->workers[worker_];
+      call_id_ = ++w.next_call;
+      w.calls[call_id_] = call_;
+    }
   }
 
   void on_head(int status, const Headers& hs) {
@@ -294,6 +320,7 @@ class Forward : public std::enable_shared_from_this<Forward> {
     {
       std::lock_guard lock(r_->mu);
       r_->workers[worker_].load--;
+      r_->workers[worker_].calls.erase(call_id_);
     }
     if (client_gone_) return;
     const bool retryable_status =
@@ -357,6 +384,7 @@ class Forward : public std::enable_shared_from_this<Forward> {
   int worker_ = -1;
   std::string name_;
   std::shared_ptr<ClientCall> call_;
+  uint64_t call_id_ = 0;
   int status_ = 0;
   std::string content_type_ = "application/json";
   Headers headers_;

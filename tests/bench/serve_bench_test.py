@@ -1,7 +1,8 @@
 """Runs `tessera bench serve --quick --json` as a user would and checks its report: every rate has
 Tessera's throughput, TTFT and ITL percentiles, no request failed, p50 <= p99, the measured tokens
 are the requests' (requests x max_tokens over the run's seconds), llama.cpp's entry either has the
-same keys or says why it was skipped; and scripts/plot_serve.py draws the report as a PNG.
+same keys (then no failure, every output max_tokens long, and greedy texts equal to Tessera's on
+the same checkpoint) or says why it was skipped; and scripts/plot_serve.py draws the report as a PNG.
 
 Usage: python3 serve_bench_test.py   (TESSERA_BIN, TESSERA_SOURCE_DIR from the ctest environment)
 """
@@ -40,6 +41,12 @@ class ServeBenchTest(unittest.TestCase):
             self.assertAlmostEqual(t["tok_s"] * t["seconds"], tokens, delta=0.5)
             peer = r["llama_cpp"]
             self.assertTrue(KEYS <= set(peer) or peer.get("skipped"), peer)
+            if "skipped" not in peer:  # llama-cpp-python installed: measured like Tessera
+                self.assertEqual(peer["failed"], 0, peer)
+                self.assertEqual(peer["outputs_not_max_tokens"], 0, peer)
+        if any("skipped" not in r["llama_cpp"] for r in rows):
+            # The same checkpoint on both sides: greedy texts agree.
+            self.assertEqual(self.data["same_greedy_output"], "4/4")
 
     def test_plot(self):
         with tempfile.TemporaryDirectory() as d:

@@ -442,5 +442,78 @@ TEST(KVCacheManager, HandleCallsMatchIdCalls) {
   }
 }
 
+// A batch of commits (what the scheduler hands over after a decode step) leaves the manager as
+// the same commits one at a time: tables, prefix index, hits of later sequences, freed blocks.
+TEST(KVCacheManager, BatchedCommitsMatchOneAtATime) {
+  for (auto specs : {std::vector<SpecPtr>{full()}, std::vector<SpecPtr>{full(), sliding(40)},
+                     std::vector<SpecPtr>{full(), chunked(32)}}) {
+    for (bool caching : {true, false}) {
+      auto one = make(specs, 2000, caching);
+      auto batch = make(specs, 2000, caching);
+      std::mt19937 rng(11);
+      const auto shared = tokens(40, 3);
+      constexpr SeqId kSeqs = 12;
+      std::vector<SeqHandle> h1, h2;
+      for (SeqId s = 0; s < kSeqs; ++s) {
+        auto p = shared;
+        const auto own = tokens(3 + s * 5, static_cast<int32_t>(100 + s));
+        p.insert(p.end(), own.begin(), own.end());
+        ASSERT_EQ(one.add_sequence(s, p), batch.add_sequence(s, p));
+        h1.push_back(one.handle(s));
+        h2.push_back(batch.handle(s));
+      }
+      for (int step = 0; step < 80; ++step) {
+        std::vector<KVCacheManager::Commit> commits;
+        for (SeqId s = 0; s < kSeqs; ++s) {
+          if (rng() % 4 == 0) continue;  // not in this step
+          const auto gen = tokens(rng() % 3, step * 100 + static_cast<int32_t>(s));
+          one.append_tokens(h1[s], gen);
+          batch.append_tokens(h2[s], gen);
+          const int64_t pending = one.num_tokens(s) - one.num_computed(s);
+          if (pending == 0) continue;
+          const int64_t n = 1 + static_cast<int64_t>(rng() % pending);
+          ASSERT_TRUE(one.allocate(h1[s], n));
+          ASSERT_TRUE(batch.allocate(h2[s], n));
+          one.commit(h1[s], n);
+          commits.push_back({h2[s], n});
+        }
+        batch.commit(std::span<const KVCacheManager::Commit>(commits));
+        for (SeqId s = 0; s < kSeqs; ++s) {
+          ASSERT_EQ(one.num_computed(s), batch.num_computed(s));
+          for (int32_t g = 0; g < one.num_groups(); ++g) {
+            auto a = one.block_table(s, g);
+            auto b = batch.block_table(s, g);
+            ASSERT_EQ(std::vector<int32_t>(a.begin(), a.end()),
+                      std::vector<int32_t>(b.begin(), b.end()))
+                << "seq " << s << " group " << g << " step " << step;
+          }
+        }
+        one.check_invariants();
+        batch.check_invariants();
+      }
+      auto sorted = [](std::vector<std::pair<uint64_t, int32_t>> v) {
+        std::sort(v.begin(), v.end());
+        return v;
+      };
+      EXPECT_EQ(sorted(one.pool().index()), sorted(batch.pool().index()));
+      if (caching) EXPECT_FALSE(one.pool().index().empty());
+      // A later sequence with a computed sequence's tokens hits the same blocks on both.
+      for (SeqId s = 0; s < kSeqs; s += 5) {
+        one.free(s);
+        batch.free(s);
+      }
+      auto again = shared;
+      const auto own = tokens(3, 100);
+      again.insert(again.end(), own.begin(), own.end());
+      EXPECT_EQ(one.add_sequence(99, again), batch.add_sequence(99, again));
+      // Bad input in a batch: the commits before it are done, the error names the sequence.
+      std::vector<KVCacheManager::Commit> bad{{batch.handle(1), 0}, {batch.handle(2), 1 << 20}};
+      EXPECT_THROW(batch.commit(std::span<const KVCacheManager::Commit>(bad)), Error);
+      std::vector<KVCacheManager::Commit> negative{{batch.handle(1), -1}};
+      EXPECT_THROW(batch.commit(std::span<const KVCacheManager::Commit>(negative)), Error);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tessera::caches

@@ -5,12 +5,16 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "common/error.h"
+#include "kernels/common/device_error.h"
 #include "kernels/lora/lora_sgmv.h"
 #include "kernels/quant/kv_format.h"
 
@@ -145,6 +149,105 @@ TEST_P(LoraSgmvCuda, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(DTypes, LoraSgmvCuda,
                          ::testing::Values(DType::kF32, DType::kF16, DType::kBF16));
+
+// Bad metadata is recorded on the device by the check kernel, without a synchronisation, and
+// raised by the host with lora_sgmv_check()'s message (what the CPU path throws).
+TEST(LoraSgmvCudaErrors, BadMetadataIsRecordedOnTheDeviceAndRaisedLater) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+    GTEST_SKIP() << "no CUDA device";
+  }
+  const DeviceErrorSlot slot = device_error_slot(0);
+  EXPECT_NO_THROW(check_device_errors(0));
+  const int64_t in = 16, out = 8, rmax = 4, rows = 6;
+  struct Meta {
+    std::vector<int32_t> indptr{0, 2, 6}, adapter{0, 1}, ranks{2, 4};
+    std::vector<float> scales{1.0f, 0.5f};
+  };
+  struct Case {
+    void (*spoil)(Meta&);
+    MetadataCheck check;
+    int64_t i, value, limit;
+  };
+  const float inf = std::numeric_limits<float>::infinity();
+  const Case cases[] = {
+      {[](Meta& m) { m.indptr[0] = 1; }, MetadataCheck::kSegIndptrFirst, 0, 1, 0},
+      {[](Meta& m) { m.indptr[2] = 5; }, MetadataCheck::kSegIndptrLast, 2, 5, rows},
+      {[](Meta& m) { m.indptr[1] = 7; }, MetadataCheck::kSegIndptrDecreasing, 1, 7, 6},
+      {[](Meta& m) { m.adapter[1] = 2; }, MetadataCheck::kSegAdapterOutOfRange, 1, 2, 2},
+      {[](Meta& m) { m.ranks[0] = 5; }, MetadataCheck::kRankOutOfRange, 0, 5, rmax},
+      {[](Meta& m) { m.scales[1] = std::numeric_limits<float>::infinity(); },
+       MetadataCheck::kScaleNotFinite, 1, static_cast<int64_t>(std::bit_cast<uint32_t>(inf)), 0},
+  };
+  for (const Case& c : cases) {
+    Meta m;
+    c.spoil(m);
+    std::vector<float> x(rows * in, 0.25f), y(rows * out, 1.0f), a(2 * rmax * in, 0.1f),
+        b(2 * out * rmax, 0.1f);
+    LoraSgmvView v;
+    v.x_row_stride = in;
+    v.y_row_stride = out;
+    v.num_rows = rows;
+    v.in_features = in;
+    v.out_features = out;
+    v.num_segments = 2;
+    v.num_adapters = 2;
+    v.r_max = rmax;
+    v.dtype = DType::kF32;
+    // The CPU message for the same view.
+    std::string cpu;
+    LoraSgmvView h = v;
+    h.x = x.data();
+    h.y = y.data();
+    h.a = a.data();
+    h.b = b.data();
+    h.seg_indptr = m.indptr.data();
+    h.seg_adapter = m.adapter.data();
+    h.ranks = m.ranks.data();
+    h.scales = m.scales.data();
+    try {
+      lora_sgmv_check(h);
+      ADD_FAILURE() << "the CPU check accepted a bad view";
+    } catch (const Error& e) {
+      cpu = e.message();
+    }
+    EXPECT_EQ(cpu, metadata_error_message(c.check, c.i, 0, c.value, c.limit));
+    auto* dx = to_device(x);
+    auto* dy = to_device(y);
+    auto* da = to_device(a);
+    auto* db = to_device(b);
+    auto* dind = to_device(m.indptr);
+    auto* dad = to_device(m.adapter);
+    auto* dr = to_device(m.ranks);
+    auto* ds = to_device(m.scales);
+    auto* work = to_device(std::vector<float>(rows * rmax, 0.0f));
+    ASSERT_TRUE(dx && dy && da && db && dind && dad && dr && ds && work);
+    LoraSgmvView d = v;
+    d.x = dx;
+    d.y = dy;
+    d.a = da;
+    d.b = db;
+    d.seg_indptr = dind;
+    d.seg_adapter = dad;
+    d.ranks = dr;
+    d.scales = ds;
+    d.error = slot;
+    ASSERT_EQ(lora_sgmv_cuda(d, work, nullptr), 0);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    try {
+      check_device_errors(0);
+      ADD_FAILURE() << "no error recorded for " << cpu;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.message(), cpu);
+    }
+    EXPECT_NO_THROW(check_device_errors(0)) << "raised once";
+    for (void* p : {static_cast<void*>(dx), static_cast<void*>(dy), static_cast<void*>(da),
+                    static_cast<void*>(db), static_cast<void*>(dind), static_cast<void*>(dad),
+                    static_cast<void*>(dr), static_cast<void*>(ds), static_cast<void*>(work)}) {
+      cudaFree(p);
+    }
+  }
+}
 
 }  // namespace
 }  // namespace tessera::kernels

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "common/error.h"
+#include "kernels/common/device_error.h"
 #include "kernels/sparse_decode/sparse_attention.h"
 #include "tests/kernels/sparse_decode/sparse_test_pool.h"
 
@@ -148,6 +150,103 @@ TEST(SparseDecodeCuda, MatchesReferenceOnTheSameViews) {
             ASSERT_LE(std::fabs(got_lse[i] - lse[i]), 1e-4 * (1.0 + std::fabs(lse[i]))) << what;
           }
         }
+      }
+    }
+  }
+}
+
+// Bad metadata (a length past the tables, a block id beyond the pool, a count past max_entries, an
+// entry past its sequence) is recorded on the device without a synchronisation and raised by the
+// host with the CPU dispatch's message; good sequences come out as the reference computes them
+// and nothing outside the buffers is read (compute-sanitizer memcheck runs this in gpu_check.sh).
+TEST(SparseDecodeCuda, BadMetadataIsRecordedOnTheDeviceAndRaisedLater) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const DeviceErrorSlot slot = device_error_slot(0);
+  EXPECT_NO_THROW(check_device_errors(0));
+  PoolSpec ps{{37, 20, 45}, 16, 2, 24, 24, KvDType::kF32, 9};
+  Pool pool(ps);
+  const int n = 3, hkv = 2, hq = 4, max_entries = 12;
+  std::vector<int32_t> idx(static_cast<size_t>(n) * hkv * max_entries), counts(n * hkv, 10);
+  for (int s = 0; s < n; ++s) {
+    for (int h = 0; h < hkv; ++h) {
+      for (int e = 0; e < max_entries; ++e) idx[(s * hkv + h) * max_entries + e] = (e * 3 + h) % 20;
+    }
+  }
+  std::vector<int32_t> lens(ps.lens.begin(), ps.lens.end());
+  std::vector<float> q(static_cast<size_t>(n) * hq * ps.dk, 0.5f);
+  const int64_t capacity = static_cast<int64_t>(pool.max_blocks) * ps.block_size;
+  struct Spoil {
+    const char* what;
+    int bad_seq;
+  };
+  for (const Spoil sp :
+       {Spoil{"len", 1}, Spoil{"block", 2}, Spoil{"count", 0}, Spoil{"entry", 1}}) {
+    auto bt = pool.tables;
+    auto l = lens;
+    auto ix = idx;
+    auto cnt = counts;
+    std::string want;
+    const std::string what = sp.what;
+    if (what == "len") {
+      l[1] = static_cast<int32_t>(capacity + 5);
+      want = metadata_error_message(MetadataCheck::kSeqLenLong, 1, 0, capacity + 5, capacity);
+    } else if (what == "block") {
+      bt[2 * pool.max_blocks + 1] = static_cast<int32_t>(pool.num_blocks + 3);
+      want = metadata_error_message(MetadataCheck::kBlockOutOfRange, 2, 1, pool.num_blocks + 3,
+                                    pool.num_blocks);
+    } else if (what == "count") {
+      cnt[0 * hkv + 1] = max_entries + 1;
+      want = metadata_error_message(MetadataCheck::kCountOutOfRange, 0, 1, max_entries + 1,
+                                    max_entries);
+    } else {
+      ix[(1 * hkv + 0) * max_entries + 4] = 20;  // sequence 1 holds 20 tokens
+      want = metadata_error_message(MetadataCheck::kEntryOutOfRange, 1, 0, 20, 20, 4);
+    }
+    SparseDecodeView a;
+    a.kv = pool.view();
+    a.num_seqs = n;
+    a.max_blocks_per_seq = pool.max_blocks;
+    a.num_q_heads = hq;
+    a.max_entries = max_entries;
+    a.q_stride[0] = static_cast<int64_t>(hq) * ps.dk;
+    a.q_stride[1] = ps.dk;
+    a.scale = 0.2f;
+    // The reference over the good metadata: the sequences not spoilt must match it.
+    std::vector<float> out(static_cast<size_t>(n) * hq * ps.dv), lse(static_cast<size_t>(n) * hq);
+    a.q = q.data();
+    a.block_tables = pool.tables.data();
+    a.idx = idx.data();
+    a.counts = counts.data();
+    a.out = out.data();
+    a.lse = lse.data();
+    sparse_decode_ref(a);
+    DeviceBuffer dq(q), dk(pool.kbytes), dv(pool.vbytes), dt(bt), dl(l), di(ix), dc(cnt);
+    DeviceBuffer dout(out.size() * sizeof(float)), dlse(lse.size() * sizeof(float));
+    SparseDecodeView g = a;
+    g.q = dq.as<float>();
+    g.kv.k = dk.as<void>();
+    g.kv.v = dv.as<void>();
+    g.block_tables = dt.as<int32_t>();
+    g.seq_lens = dl.as<int32_t>();
+    g.idx = di.as<int32_t>();
+    g.counts = dc.as<int32_t>();
+    g.out = dout.as<float>();
+    g.lse = dlse.as<float>();
+    g.error = slot;
+    ASSERT_EQ(sparse_decode_cuda(g, 1, nullptr, nullptr), 0) << what;
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess) << what;
+    try {
+      check_device_errors(0);
+      ADD_FAILURE() << "no error recorded for " << want;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.message(), want) << what;
+    }
+    EXPECT_NO_THROW(check_device_errors(0)) << "raised once";
+    const auto got = dout.to_host<float>();
+    for (int s = 0; s < n; ++s) {
+      if (s == sp.bad_seq) continue;
+      for (int64_t i = s * hq * ps.dv; i < (s + 1) * hq * ps.dv; ++i) {
+        ASSERT_LE(std::fabs(got[i] - out[i]), 1e-4 * (1.0 + std::fabs(out[i]))) << what << " " << i;
       }
     }
   }

@@ -635,6 +635,36 @@ TEST_F(ServerTest, ModelsTokenizeDetokenize) {
   EXPECT_EQ(post("/detokenize", {{"tokens", {1, 100000}}}).status, 400);
 }
 
+TEST_F(ServerTest, LoraAdaptersAreNamesOfTheBaseEngine) {
+  ModelSpec m{"m", "fake-m", "", false};
+  m.loras = {{"a", "/adapters/a"}, {"b", "/adapters/b"}};
+  start({}, {}, {m, {"other", "fake-o", "", false}});
+  auto models = get("/v1/models");
+  ASSERT_EQ(models.status, 200);
+  std::vector<std::string> ids;
+  for (const auto& d : models.body["data"]) ids.push_back(d["id"]);
+  EXPECT_EQ(ids, (std::vector<std::string>{"m", "m:a", "m:b", "other"}));
+  EXPECT_EQ(models.body["data"][1]["parent"], "m");
+  EXPECT_EQ(models.body.dump().find("/adapters"), std::string::npos);  // no paths
+  for (const char* name : {"m:a", "m", "m:b"}) {
+    auto r = post("/v1/completions", {{"model", name}, {"prompt", "x"}, {"max_tokens", 2}});
+    ASSERT_EQ(r.status, 200) << name << r.body.dump();
+    EXPECT_EQ(r.body["model"], name);
+  }
+  // One backend (the base's engine) got all three, each with its adapter name.
+  ASSERT_EQ(fake_.loaded.size(), 1u);
+  EXPECT_EQ(fake_.last()->fake()->loras(), (std::vector<std::string>{"a", "", "b"}));
+  for (const char* name : {"m:c", "other:a", "m:/adapters/a", "/adapters/a", "m:a:b", "m:"}) {
+    auto r = post("/v1/completions", {{"model", name}, {"prompt", "x"}, {"max_tokens", 1}});
+    EXPECT_EQ(r.status, 404) << name;
+    EXPECT_EQ(r.body["error"]["message"], std::string("The model '") + name + "' does not exist.");
+    EXPECT_EQ(r.body["error"]["param"], "model");
+  }
+  EXPECT_EQ(fake_.loaded.size(), 1u);  // nothing else was loaded
+  EXPECT_EQ(post("/v1/embeddings", {{"model", "m:a"}, {"input", "x"}}).status, 400);
+  EXPECT_EQ(post("/tokenize", {{"model", "m:b"}, {"prompt", "x"}}).status, 200);
+}
+
 TEST_F(ServerTest, EmbeddingsNeedAnEncoder) {
   fake_.encoders = {"enc"};
   start({}, {}, {{"m", "fake-m", "", false}, {"enc", "fake-enc", "", false}});

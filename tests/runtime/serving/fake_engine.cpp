@@ -82,7 +82,13 @@ void FakeEngine::add_request(engine::EngineRequest request,
     throw std::runtime_error("fake engine refuses request " + r->r.id);
   }
   added_++;
+  loras_.push_back(r->r.lora);
   waiting_.push_back(std::move(r));
+}
+
+std::vector<std::string> FakeEngine::loras() const {
+  std::lock_guard lock(mu_);
+  return loras_;
 }
 
 void FakeEngine::abort(const std::string& id) {

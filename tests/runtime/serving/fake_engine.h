@@ -48,6 +48,7 @@ class FakeEngine : public engine::EngineClient {
   void stop();               // joins the engine thread; requests left get a final "abort"
   void set_stalled(bool s);  // a stalled engine makes no step
   int64_t aborts() const;    // requests that ended by abort
+  std::vector<std::string> loras() const;  // EngineRequest::lora of every request, in order
   const FakeEngineOptions& options() const { return opt_; }
 
   // The tokens a request generates (greedy or seeded), as the tests' reference.
@@ -83,6 +84,7 @@ class FakeEngine : public engine::EngineClient {
   std::set<uint64_t> prefix_blocks_;
   int64_t blocks_used_ = 0, steps_ = 0, aborts_ = 0, added_ = 0;
   int64_t prompt_tokens_ = 0, hit_tokens_ = 0;
+  std::vector<std::string> loras_;
   bool stalled_ = false, stop_ = false;
   std::thread thread_;
 };
