@@ -7,7 +7,9 @@
 #include <torch/types.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <future>
@@ -303,11 +305,24 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
     }
   }
   if (!leader) {
-    // The launcher ends a job whose rank died with SIGTERM. A follower has no server to drain:
-    // it reports the collective it is blocked in (the watchdog's signal report) and exits now,
+    // SIGTERM comes two ways. SLURM's scancel (or a batch scheduler's time limit) sends it to every
+    // task: the leader drains its requests, still sending plans, and then releases the group, so a
+    // follower keeps serving. The launcher also ends a job whose rank died with SIGTERM: then no
+    // plan or ping comes any more (an idle leader pings at least every `ping_every`), and the
+    // follower reports the collective it is blocked in (the watchdog's signal report) and exits,
     // rather than when its watchdog fires TESSERA_COMM_TIMEOUT later.
-    std::thread([] {
+    const auto timeout = sharding::Watchdog::global().timeout();
+    const auto ping_every = std::clamp<std::chrono::milliseconds>(
+        timeout / 4, std::chrono::milliseconds(10), std::chrono::milliseconds(4000));
+    std::thread([received = core->received_counter(),
+                 grace = 2 * ping_every + std::chrono::seconds(1)] {
       const int sig = serving::wait_for_termination_signal();
+      for (uint64_t seen = received->load();;) {
+        std::this_thread::sleep_for(grace);
+        const uint64_t now = received->load();
+        if (now == seen) break;  // nothing from the leader for two ping intervals
+        seen = now;
+      }
       struct sigaction dfl {};
       dfl.sa_handler = SIG_DFL;
       sigaction(SIGTERM, &dfl, nullptr);

@@ -306,6 +306,7 @@ void EngineCore::serve() {
   TESSERA_CHECK(!leader_, "serve runs on the group's other ranks");
   while (true) {
     PlanChannel::Message m = channel_.receive();
+    received_->fetch_add(1, std::memory_order_relaxed);
     if (m.kind == PlanChannel::Kind::kDone) return;
     if (m.kind == PlanChannel::Kind::kPing) continue;
     if (m.kind == PlanChannel::Kind::kError) {

@@ -8,6 +8,8 @@
 // (AsyncEngine puts it behind the thread-safe EngineClient).
 #pragma once
 
+#include <atomic>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -102,6 +104,9 @@ class EngineCore {
 
   // ---- other ranks ----
   void serve();
+  // Messages (plans and pings) serve() has received so far; shared so that a thread watching for
+  // a dead leader (cmd_serve_engine.cpp) may read it after the core is gone.
+  std::shared_ptr<const std::atomic<uint64_t>> received_counter() const { return received_; }
 
  private:
   RequestOutput convert(const scheduler::RequestOutput& o, const SamplerOutput& sampled);
@@ -120,6 +125,7 @@ class EngineCore {
   std::unique_ptr<caches::PagedKVStorage> storage_;
   std::unique_ptr<ModelRunner> runner_;
   PlanChannel channel_;
+  std::shared_ptr<std::atomic<uint64_t>> received_ = std::make_shared<std::atomic<uint64_t>>(0);
   // Leader only.
   std::unique_ptr<caches::KVCacheManager> kv_;
   std::unique_ptr<scheduler::Scheduler> scheduler_;

@@ -234,11 +234,11 @@ TEST(Srun, Pmi2GivesMpirunsTokens) {
   } else if (const char* m = std::getenv("TESSERA_MPICH_BIN"); m && *m && fs::exists(m)) {
     pmi2_bin = m;
   } else {
-    GTEST_SKIP() << "this Open MPI has no PMI-2 client (its pmix components: "
-                 << ompi_pmix_components()
-                 << "; s2 would be PMI-2) and no MPICH build of tessera was found (TESSERA_MPICH_BIN="
-                 << (std::getenv("TESSERA_MPICH_BIN") ? std::getenv("TESSERA_MPICH_BIN") : "")
-                 << "; scripts/build_mpich.sh makes one)";
+    GTEST_SKIP()
+        << "this Open MPI has no PMI-2 client (its pmix components: " << ompi_pmix_components()
+        << "; s2 would be PMI-2) and no MPICH build of tessera was found (TESSERA_MPICH_BIN="
+        << (std::getenv("TESSERA_MPICH_BIN") ? std::getenv("TESSERA_MPICH_BIN") : "")
+        << "; scripts/build_mpich.sh makes one)";
   }
   const auto reference = mpirun_generate(2, 16);
   const auto r = run_command("srun --mpi=pmi2 -n 2 " + pmi2_bin + generate_args(16), 120);
