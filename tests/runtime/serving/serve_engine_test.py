@@ -192,10 +192,30 @@ def stream_in_flight(port, max_tokens):
     return t
 
 
+def http_body(raw):
+    """The body of a raw HTTP/1.1 response, de-chunked when it is chunked (a relay such as the
+    router may split one SSE event over two chunks); a cut-off last chunk is kept as far as it
+    came."""
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" not in head.lower():
+        return rest
+    body = b""
+    while rest:
+        size_line, sep, rest = rest.partition(b"\r\n")
+        if not sep:
+            break
+        size = int(size_line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        body += rest[:size]
+        rest = rest[size + 2:]
+    return body
+
+
 def check_drained(t, max_tokens, what):
     t.join(timeout=90)
     raw = t.got[0]
-    events = [e for e in re.findall(rb"data: (.*?)\r?\n", raw)]
+    events = [e for e in re.findall(rb"data: (.*?)\r?\n", http_body(raw))]
     texts = [json.loads(e)["choices"][0] for e in events if e != b"[DONE]"]
     n = sum(1 for c in texts if c["finish_reason"] == "length")
     check(events and events[-1] == b"[DONE]" and n == 1,
