@@ -244,7 +244,7 @@ bool Scheduler::try_allocate(Slot& s, int64_t num_tokens, std::vector<caches::Bl
   return true;
 }
 
-void Scheduler::sync_kv(Slot& s) {
+int64_t Scheduler::sync_kv_view(Slot& s) {
   if (s.kv_tokens < s.num_tokens) {
     // The manager got prompt and output at admission, so what it lacks is newer output.
     const Request& r = s.entry->req;
@@ -253,28 +253,17 @@ void Scheduler::sync_kv(Slot& s) {
     kv_.append_tokens(s.kv, std::span<const int32_t>(r.output_ids).subspan(from));
     s.kv_tokens = s.num_tokens;
   }
-  if (s.num_computed > s.kv_computed) {
-    kv_.commit(s.kv, s.num_computed - s.kv_computed);
+  const int64_t to_commit = s.num_computed - s.kv_computed;
+  if (to_commit > 0) {
     s.kv_computed = s.num_computed;
     s.kv_block_end = (s.kv_computed / block_size_ + 1) * block_size_;
     if (windowed_) s.tables_dirty = true;  // blocks may have left a window
   }
+  return to_commit;
 }
 
-void Scheduler::sync_kv_deferred(Slot& s) {
-  if (s.kv_tokens < s.num_tokens) {
-    const Request& r = s.entry->req;
-    const int64_t from = s.kv_tokens - s.num_prompt;
-    TESSERA_CHECK(from >= 0, "request \"", r.id, "\": the KV manager lacks prompt tokens");
-    kv_.append_tokens(s.kv, std::span<const int32_t>(r.output_ids).subspan(from));
-    s.kv_tokens = s.num_tokens;
-  }
-  if (s.num_computed > s.kv_computed) {
-    commits_.push_back({s.kv, s.num_computed - s.kv_computed});
-    s.kv_computed = s.num_computed;
-    s.kv_block_end = (s.kv_computed / block_size_ + 1) * block_size_;
-    if (windowed_) s.tables_dirty = true;
-  }
+void Scheduler::sync_kv(Slot& s) {
+  if (const int64_t n = sync_kv_view(s); n > 0) kv_.commit(s.kv, n);
 }
 
 bool Scheduler::commit_due(const Slot& s) const {
@@ -638,7 +627,9 @@ const std::vector<RequestOutput>& Scheduler::update(const StepPlan& plan,
       ++s.num_tokens;
     }
     // The KV manager learns of the new tokens when it has something to do with them.
-    if (commit_due(s)) sync_kv_deferred(s);
+    if (commit_due(s)) {
+      if (const int64_t n = sync_kv_view(s); n > 0) commits_.push_back({s.kv, n});
+    }
     if (!row.sample) continue;
     RequestOutput& o = next_output();
     // Every write of an output sets id and seq together, and seq is unique over the scheduler's

@@ -174,9 +174,10 @@ class Scheduler {
   // (prefix-cache registration) or a block left a window; otherwise the manager lags by less
   // than a block, which nothing reads (allocate() syncs first; free() needs no sync).
   void sync_kv(Slot& s);
-  // sync_kv() with the commit put on commits_ (update() commits them together, see
+  // sync_kv() but the commit: appends the new tokens, moves the slot's view of the manager, and
+  // returns the computed tokens to commit (update() commits a step's together, see
   // KVCacheManager::commit of a batch).
-  void sync_kv_deferred(Slot& s);
+  int64_t sync_kv_view(Slot& s);
   bool commit_due(const Slot& s) const;
   Entry* pick_victim() const;
   void preempt(Entry& e);
