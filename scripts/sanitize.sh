@@ -33,12 +33,6 @@ case "$kind" in
     flags=(-DTESSERA_ASAN=ON "-DCMAKE_CXX_FLAGS=-fsanitize=undefined -fno-sanitize-recover=undefined")
     defaults="kernels_cluster_core_test"
     export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}
-    # address-all runs mpirun ranks: with the fast unwinder, Open MPI's process-lifetime
-    # allocations carry one frame at an address LeakSanitizer places in no module, so lsan.supp
-    # cannot match them (every rank exited 134); the full unwinder reaches the Open MPI frames.
-    if [ "$kind" = address-all ] && [[ "$ASAN_OPTIONS" != *fast_unwind_on_malloc* ]]; then
-      ASAN_OPTIONS+=:fast_unwind_on_malloc=0
-    fi
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
     ;;
   thread)
