@@ -32,6 +32,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // 8-wide loops.
 struct Scratch {
   std::vector<float> s, p, w, ds;
+  std::vector<float> sums;  // forward: the softmax sums of a chunk of rows
   std::vector<int64_t> key;
   explicit Scratch(int M)
       : s(pad8(M + 1), kNegInf),
@@ -240,6 +241,7 @@ TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int6
                                  Scratch& t) {
   const int M = a.neighbours, D = kD ? kD : a.head_dim, H = a.heads;
   const int64_t N = a.tokens;
+  if (a.lse && t.sums.size() < static_cast<size_t>(r1 - r0)) t.sums.resize(r1 - r0);
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t n = row % N, b = row / (N * H);
     const int h = static_cast<int>((row / N) % H);
@@ -271,7 +273,12 @@ TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int6
       continue;
     }
     const float sum = row_exp(t.s.data(), mx, t.p.data(), M + 1);
-    if (a.lse) a.lse[row] = mx + std::log(sum);
+    if (a.lse) {
+      // lse = mx + log(sum), the log taken after the loop: a libm call here would spill every
+      // vector register of the row.
+      a.lse[row] = mx;
+      t.sums[row - r0] = sum;
+    }
     // The weights stay unnormalised (exp(s - max)); the output row is scaled by 1 / sum at the end.
     const float inv = 1.f / sum;
     if (a.weights) {
@@ -316,6 +323,11 @@ TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int6
       }
       if (a.blank_v && w[M] != 0.f) axpy(w[M], a.blank_v + h * D, o, D);
       for (int i = 0; i < D; ++i) o[i] *= inv;
+    }
+  }
+  if (a.lse) {
+    for (int64_t row = r0; row < r1; ++row) {
+      if (a.lse[row] != kNegInf) a.lse[row] += std::log(t.sums[row - r0]);
     }
   }
 }
