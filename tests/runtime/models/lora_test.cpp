@@ -3,9 +3,9 @@
 // made by lora_checkpoints.py in a temporary folder. Unmerged logits (segmented LoRA kernel)
 // within 1e-4 of PeftModel's; merge then unmerge restores the weights within 1e-6; one batch
 // mixing the four adapters and the base model equals each request run alone (bit for bit through
-// the kernel, and within 1e-5 x max |logit| on its merged model; against PeftModel in float64 the
-// batch is no further off than the merged models); bad adapters (rank mismatch,
-// unknown target module, missing tensor) -> one line.
+// the kernel; on its merged model within 1e-5 with the decoder in float64, and in float32 within
+// 1e-5 x max |logit|, no further from PeftModel in float64 than the merged models); bad adapters
+// (rank mismatch, unknown target module, missing tensor) -> one line.
 #include <gtest/gtest.h>
 #include <torch/types.h>
 #include <unistd.h>
@@ -109,9 +109,10 @@ const Fixture& fixture(std::string* skip) {
   return f;
 }
 
-std::unique_ptr<DecoderModel> load_base(const Fixture& f) {
+std::unique_ptr<DecoderModel> load_base(const Fixture& f, torch::ScalarType dtype = torch::kFloat) {
   WeightLoader w(ModelFolder::open(f.dir + "/base"));
-  return std::make_unique<DecoderModel>(f.config, w, nullptr, 128);
+  return std::make_unique<DecoderModel>(f.config, w, nullptr, 128, torch::kCPU,
+                                        WeightQuantization::kNone, dtype);
 }
 
 torch::Tensor read_tensor(const std::string& path, const std::string& name) {
@@ -226,16 +227,20 @@ TEST(Lora, MixedBatchEqualsEachRequestOnItsMergedModel) {
     const auto unmerged = run(*model, {prompts[i]}, {ids[i]});
     EXPECT_TRUE(torch::equal(mine, unmerged)) << "request " << i << " (adapter " << ids[i] << ")";
     // Against the merged model: W x + s (x A^T) B^T vs (W + s B A) x differ only by float32
-    // rounding, which grows with the logits' size: 1e-5 per unit of the largest |logit|.
+    // rounding, which grows with the logits' size: 1e-5 per unit of the largest |logit|. (The
+    // absolute 1e-5 is checked in float64 below: in float32 the two are up to 1.13e-5 apart at
+    // |logit| ~6 here, the same size as each one's distance from the float64 logits; rounding
+    // the merged weights to float32 accounts for only ~1e-6 of it, the rest is float32
+    // arithmetic through the two layers, and an fp64-accumulating LoRA kernel gives 1.17e-5.)
     const double err = (mine - alone).abs().max().item<double>();
     const double rel = err / std::max(1.0, alone.abs().max().item<double>());
     worst = std::max(worst, err);
     worst_rel = std::max(worst_rel, rel);
     EXPECT_LE(rel, 1e-5) << "request " << i << " (adapter " << ids[i] << "): " << err;
     // Both against the exact function (PeftModel in float64): the merged float32 model is itself
-    // ~1e-5 away from it at these logit sizes, so "batch == merged within 1e-5" cannot hold for
-    // every request even for an exact batch; what must hold is that the unmerged batch is no
-    // further from the exact logits than the merged models are.
+    // ~1e-5 away from it at these logit sizes, so "batch == merged within 1e-5" cannot hold in
+    // float32 for every request even for an exact batch; what must hold is that the unmerged
+    // batch is no further from the exact logits than the merged models are.
     const auto exact =
         read_tensor(f.dir + "/mixed_fp64.safetensors", "request" + std::to_string(i));
     const double batch_exact = (mine.to(torch::kDouble) - exact).abs().max().item<double>();
@@ -257,6 +262,70 @@ TEST(Lora, MixedBatchEqualsEachRequestOnItsMergedModel) {
       "merged models %.2e\n",
       worst, worst_rel, worst_batch_exact, worst_merged_exact);
   EXPECT_LE(worst_batch_exact, worst_merged_exact);
+}
+
+// The same mixed batch with the decoder in float64 (weights, activations, LoRA kernel): float32
+// rounding out of the way, the segmented path must compute each request's merged function within
+// 1e-5 (the acceptance bound), and PeftModel's in float64 (mixed_fp64.safetensors; rotary angles
+// in float32 on both sides, as transformers computes them). Both within 1e-10 too: float64
+// rounding is ~1e-14 here, and a single float32 step anywhere would show as >= 1e-7.
+TEST(Lora, MixedBatchEqualsEachRequestOnItsMergedModelInFloat64) {
+  LORA_FIXTURE(f);
+  auto model = load_base(f, torch::kDouble);
+  for (const auto& name : f.adapters) {
+    model->add_lora(LoraAdapter::load(name, f.dir + "/" + name, f.config));
+  }
+  const std::vector<int32_t> ids = {2, -1, 0, 3, 1, 0};
+  std::vector<torch::Tensor> prompts;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int64_t n = 3 + 4 * static_cast<int64_t>(i);
+    prompts.push_back((torch::arange(n, torch::kLong) * 37 + 11 * static_cast<int64_t>(i) + 5) %
+                      f.config.vocab_size);
+  }
+  const auto batch = run(*model, prompts, ids);
+  ASSERT_EQ(batch.scalar_type(), torch::kDouble);
+  int64_t row = 0;
+  double worst = 0, worst_peft = 0, worst_gap = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto alone_model = load_base(f, torch::kDouble);
+    if (ids[i] >= 0) {
+      const auto& name = f.adapters[ids[i]];
+      alone_model->merge_lora(
+          alone_model->add_lora(LoraAdapter::load(name, f.dir + "/" + name, f.config)));
+    }
+    const auto alone = run(*alone_model, {prompts[i]}, {});
+    const int64_t n = prompts[i].size(0);
+    const auto mine = batch.narrow(0, row, n);
+    const auto exact =
+        read_tensor(f.dir + "/mixed_fp64.safetensors", "request" + std::to_string(i));
+    const double err = (mine - alone).abs().max().item<double>();
+    const double peft = (mine - exact).abs().max().item<double>();
+    worst = std::max(worst, err);
+    worst_peft = std::max(worst_peft, peft);
+    EXPECT_LE(err, 1e-5) << "request " << i << " (adapter " << ids[i] << ")";
+    EXPECT_LE(err, 1e-10) << "request " << i << " (adapter " << ids[i] << ")";
+    EXPECT_LE(peft, 1e-10) << "request " << i << " (adapter " << ids[i] << ")";
+    if (ids[i] >= 0) {
+      // The adapter moves this request's logits far more than the error: the check has teeth.
+      const auto base = run(*model, {prompts[i]}, {-1});
+      const double gap = (mine - base).abs().max().item<double>();
+      EXPECT_GT(gap, 1e-2) << "request " << i << " (adapter " << ids[i] << ")";
+      worst_gap = std::max(worst_gap, gap);
+    }
+    row += n;
+  }
+  std::printf(
+      "[ figures  ] float64: mixed batch of 4 adapters + base vs each alone merged: max |diff| "
+      "%.2e; vs PeftModel float64: %.2e (the adapters move the logits by up to %.2e)\n",
+      worst, worst_peft, worst_gap);
+  // float64 is a CPU, one-rank, unquantised mode; other dtypes are refused.
+  WeightLoader w(ModelFolder::open(f.dir + "/base"));
+  EXPECT_THROW(DecoderModel(f.config, w, nullptr, 128, torch::kCPU, WeightQuantization::kInt8,
+                            torch::kDouble),
+               Error);
+  EXPECT_THROW(
+      DecoderModel(f.config, w, nullptr, 128, torch::kCPU, WeightQuantization::kNone, torch::kHalf),
+      Error);
 }
 
 TEST(Lora, BadAdaptersGiveOneClearLine) {
