@@ -72,7 +72,7 @@ WeightQuantization parse_quantization(const std::string& text);
 class DecoderModel {
  public:
   // `comm` spans the tensor-parallel group (null or size 1: the whole model on this rank).
-  // Reads this rank's slices of the weights (float32, on `device`); throws naming the field when
+  // Reads this rank's slices of the weights (as `dtype`, on `device`); throws naming the field when
   // the group cannot split the model, and naming the tensor when the checkpoint holds one the
   // config does not use (a bias the config says is absent, ...). `max_positions` bounds the
   // positions forward() may see (the rotary table's size). `dtype` float64 is a validation mode
@@ -113,7 +113,7 @@ class DecoderModel {
   // Hidden states [T, hidden_size] after the last layer (before the final norm), identical on
   // every rank of the group. Collective over the group (two all-reduces per layer).
   torch::Tensor hidden_states(const ForwardInputs& inputs, AttentionBackend& attention) const;
-  // Logits [n, vocab_size] float32 of hidden-state rows [n, hidden_size]: the final norm and
+  // Logits [n, vocab_size] (`dtype`) of hidden-state rows [n, hidden_size]: the final norm and
   // the LM head. Local (no communication).
   torch::Tensor logits(const torch::Tensor& hidden_rows) const;
 

@@ -6,9 +6,11 @@ logits: the outside reference of tests/runtime/models/lora_test.cpp.
 writes OUT_DIR/base/ (save_pretrained, float32), OUT_DIR/<adapter>/ (peft save_pretrained:
 adapter_config.json + adapter_model.safetensors) with reference.safetensors (prompt [T] int64,
 logits [T, vocab] float32 of PeftModel, unmerged, eager attention; greedy [8] int64, PEFT's
-generate), OUT_DIR/wide/ (a wider random LLaMA for the int8 tests), bad adapters (bad_rank: the
-config's r disagrees with the tensors; bad_target: an unknown target module; bad_missing: a
-tensor removed) and OUT_DIR/manifest.json.
+generate), OUT_DIR/mixed_fp64.safetensors (PeftModel's logits in float64 for the mixed-batch
+test's requests), OUT_DIR/wide/ and OUT_DIR/trained_*/ (more LLaMAs for the int8 tests, with
+their torch-quantised copies *_fq/), bad adapters (bad_rank: the config's r disagrees with the
+tensors; bad_target: an unknown target module; bad_missing: a tensor removed) and
+OUT_DIR/manifest.json.
 """
 import copy
 import json
