@@ -38,21 +38,29 @@ torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& wt, const torch
 
 DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
                            sharding::Communicator* comm, int64_t max_positions,
-                           torch::Device device, WeightQuantization quantization)
+                           torch::Device device, WeightQuantization quantization,
+                           torch::ScalarType dtype)
     : config_(config),
       comm_(comm),
       device_(device),
       rotary_(config, max_positions, device),
-      quantization_(quantization) {
+      quantization_(quantization),
+      dtype_(dtype) {
   config_.validate();
   const int tp_rank = comm_ != nullptr ? comm_->rank() : 0;
   const int tp_size = comm_ != nullptr ? comm_->size() : 1;
+  TESSERA_CHECK(dtype_ == torch::kFloat || dtype_ == torch::kDouble,
+                "decoder dtype must be float32 or float64, got ", dtype_);
+  TESSERA_CHECK(dtype_ == torch::kFloat || (device_.is_cpu() && tp_size == 1 &&
+                                            quantization_ == WeightQuantization::kNone),
+                "float64 decoder runs on the CPU, on one rank, without quantization (device ",
+                device_, ", ", tp_size, " ranks)");
   layout_ = ShardLayout::make(config_, tp_rank, tp_size);
   const auto& c = config_;
   const int64_t h = c.hidden_size, d = c.head_dim, inter = c.intermediate_size;
   const int64_t q = c.num_attention_heads * d, kv = c.num_key_value_heads * d;
   const auto qs = times(layout_.q_heads, d), kvs = times(layout_.kv_heads, d), ms = layout_.mlp;
-  const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device_);
+  const auto opts = torch::TensorOptions().dtype(dtype_).device(device_);
   // Every tensor goes from the checkpoint straight into its final place (fused, input-major, on
   // the device), streamed under the loader's memory budget: no whole-tensor temporaries.
   auto whole = [&](const std::string& name, std::vector<int64_t> shape) {
@@ -319,10 +327,12 @@ int DecoderModel::add_lora(const LoraAdapter& adapter) {
       const auto& pair = adapter.layers[l][m];
       if (!pair.a.defined()) continue;
       const auto place = lora_place(static_cast<LoraModule>(m));
-      local.layers[l][m].a =
-          pair.a.narrow(1, place.in_cols.begin, place.in_cols.size).contiguous().to(device_);
-      local.layers[l][m].b =
-          pair.b.narrow(0, place.out_rows.begin, place.out_rows.size).contiguous().to(device_);
+      local.layers[l][m].a = pair.a.narrow(1, place.in_cols.begin, place.in_cols.size)
+                                 .contiguous()
+                                 .to(device_, dtype_);
+      local.layers[l][m].b = pair.b.narrow(0, place.out_rows.begin, place.out_rows.size)
+                                 .contiguous()
+                                 .to(device_, dtype_);
     }
   }
   loras_.push_back(std::move(local));
@@ -333,7 +343,7 @@ int DecoderModel::add_lora(const LoraAdapter& adapter) {
 void DecoderModel::rebuild_lora_stacks() {
   const int64_t n = static_cast<int64_t>(loras_.size());
   lora_stacks_.assign(layers_.size(), {});
-  const auto f32 = torch::TensorOptions().dtype(torch::kFloat).device(device_);
+  const auto opts = torch::TensorOptions().dtype(dtype_).device(device_);
   for (size_t l = 0; l < layers_.size(); ++l) {
     for (int m = 0; m < kNumLoraModules; ++m) {
       int64_t r_max = 0;
@@ -344,8 +354,8 @@ void DecoderModel::rebuild_lora_stacks() {
       const auto place = lora_place(static_cast<LoraModule>(m));
       const int64_t in = place.in_cols.size, out = place.cols;
       kernels::LoraStack st;
-      st.a = torch::zeros({n, r_max, in}, f32);
-      st.b = torch::zeros({n, out, r_max}, f32);
+      st.a = torch::zeros({n, r_max, in}, opts);
+      st.b = torch::zeros({n, out, r_max}, opts);
       std::vector<int32_t> ranks(n, 0);
       std::vector<float> scales(n, 0.f);
       for (int64_t i = 0; i < n; ++i) {
