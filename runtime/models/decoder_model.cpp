@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "common/error.h"
+#include "kernels/fused/fused_cpu.h"
 #include "kernels/ops/int8_linear_ops.h"
 
 namespace tessera::models {
@@ -205,8 +206,20 @@ torch::Tensor DecoderModel::linear(const torch::Tensor& x, const torch::Tensor& 
   return i8.q.defined() ? kernels::int8_linear(x, i8.q, i8.scale, b) : dense(x, w, b);
 }
 
+// The fused CPU row kernels apply to float32 rows in memory on the CPU.
+static bool fused_rows_apply(const torch::Tensor& x) {
+  return x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 2 &&
+         x.is_contiguous();
+}
+
 torch::Tensor DecoderModel::rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {
   // transformers: x * rsqrt(mean(x^2) + eps) * w, in float32.
+  if (fused_rows_apply(x) && w.scalar_type() == torch::kFloat && w.is_contiguous()) {
+    auto out = torch::empty_like(x);
+    kernels::rms_norm_cpu(x.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr<float>(),
+                          x.size(0), x.size(1), static_cast<float>(config_.rms_norm_eps));
+    return out;
+  }
   auto var = x.pow(2).mean(-1, /*keepdim=*/true);
   return x * torch::rsqrt(var + config_.rms_norm_eps) * w;
 }
@@ -216,6 +229,11 @@ torch::Tensor DecoderModel::mlp_activation(const torch::Tensor& gate_up) const {
   auto gate = gate_up.narrow(-1, 0, n), up = gate_up.narrow(-1, n, n);
   switch (config_.hidden_act) {
     case Activation::kSilu:
+      if (fused_rows_apply(gate_up)) {
+        auto out = torch::empty({gate_up.size(0), n}, gate_up.options());
+        kernels::silu_mul_cpu(gate_up.data_ptr<float>(), out.data_ptr<float>(), gate_up.size(0), n);
+        return out;
+      }
       return torch::silu(gate) * up;
     case Activation::kGelu:
       return torch::gelu(gate) * up;
@@ -263,7 +281,7 @@ torch::Tensor DecoderModel::hidden_states(const ForwardInputs& in,
     apply_lora(l, LoraModule::kO, o, attn, in);
     auto attn_out = all_reduce(o, L.o_b);
     if (sandwich) attn_out = rms_norm(attn_out, L.post_norm);
-    x = x + attn_out;
+    x.add_(attn_out);
     auto xp = rms_norm(x, sandwich ? L.pre_ff_norm : L.post_norm);
     auto gate_up = linear(xp, L.gate_up_w, L.gate_up_i8, L.gate_up_b);
     for (auto m : {LoraModule::kGate, LoraModule::kUp}) apply_lora(l, m, gate_up, xp, in);
@@ -272,7 +290,7 @@ torch::Tensor DecoderModel::hidden_states(const ForwardInputs& in,
     apply_lora(l, LoraModule::kDown, down, act, in);
     auto mlp_out = all_reduce(down, L.down_b);
     if (sandwich) mlp_out = rms_norm(mlp_out, L.post_ff_norm);
-    x = x + mlp_out;
+    x.add_(mlp_out);
   }
   return x;
 }
