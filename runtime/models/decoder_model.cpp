@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "kernels/fused/fused_cpu.h"
+#include "kernels/gemm/small_m_gemm_cpu.h"
 #include "kernels/ops/int8_linear_ops.h"
 
 namespace tessera::models {
@@ -32,6 +33,21 @@ sharding::ShardRange times(sharding::ShardRange r, int64_t k) { return {r.begin 
 // x [T, in] @ wt [in, out] (+ b [out]). Weights are stored transposed (input-major): OpenBLAS'
 // sgemm then packs them faster than the [out, in] layout torch::linear passes as transposed.
 torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& wt, const torch::Tensor& b = {}) {
+  // Decode-sized batches on the CPU: our kernel reads the weights in place, where BLAS would pack
+  // all of them again at every step (kernels/gemm/small_m_gemm_cpu.h).
+  constexpr int64_t kSmallM = 128;
+  const auto f32_cpu = [](const torch::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == torch::kFloat;
+  };
+  if (x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kSmallM && f32_cpu(x) && x.stride(1) == 1 &&
+      wt.dim() == 2 && f32_cpu(wt) && wt.stride(1) == 1 && x.size(1) == wt.size(0) &&
+      (!b.defined() || (f32_cpu(b) && b.dim() == 1 && b.is_contiguous()))) {
+    auto out = torch::empty({x.size(0), wt.size(1)}, x.options());
+    kernels::small_m_gemm_cpu(x.data_ptr<float>(), x.stride(0), wt.data_ptr<float>(), wt.stride(0),
+                              b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>(),
+                              out.stride(0), x.size(0), wt.size(1), x.size(1));
+    return out;
+  }
   return b.defined() ? torch::addmm(b, x, wt) : torch::mm(x, wt);
 }
 

@@ -1,5 +1,5 @@
-// The fused CPU row kernels (RMSNorm, SiLU * up) and the vector exp they and the paged attention
-// kernel use, against float64 computations of the same formulas.
+// The fused CPU row kernels (RMSNorm, SiLU * up), the small-batch GEMM and the vector exp they and
+// the paged attention kernel use, against float64 computations of the same formulas.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,6 +9,7 @@
 
 #include "kernels/common/vec16.h"
 #include "kernels/fused/fused_cpu.h"
+#include "kernels/gemm/small_m_gemm_cpu.h"
 
 namespace tessera::kernels {
 namespace {
@@ -101,6 +102,55 @@ TEST(FusedCpu, SiluMulMatchesFloat64Formula) {
   silu_mul_cpu(in.data(), out.data(), 1, 2);
   EXPECT_TRUE(std::isnan(out[0]));
   EXPECT_NEAR(out[1], 1.0 / (1.0 + std::exp(-1.0)) * 2.0, 1e-6);
+}
+
+TEST(SmallMGemm, MatchesFloat64ProductWithTailsStridesAndBias) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (int64_t m : {1, 7, 8, 13, 64, 128}) {
+    for (int64_t n : {1, 31, 32, 100, 512}) {
+      for (int64_t k : {1, 17, 512}) {
+        for (bool with_bias : {false, true}) {
+          const int64_t lda = k + 3, ldb = n + 5, ldc = n + 2;  // row strides wider than rows
+          std::vector<float> a(m * lda), b(k * ldb), bias(n), c(m * ldc, -7.0f);
+          for (auto& v : a) v = nd(rng);
+          for (auto& v : b) v = nd(rng);
+          for (auto& v : bias) v = nd(rng);
+          small_m_gemm_cpu(a.data(), lda, b.data(), ldb, with_bias ? bias.data() : nullptr,
+                           c.data(), ldc, m, n, k);
+          double worst = 0;
+          for (int64_t r = 0; r < m; ++r) {
+            for (int64_t j = 0; j < n; ++j) {
+              double want = with_bias ? bias[j] : 0.0, mag = std::fabs(want);
+              for (int64_t p = 0; p < k; ++p) {
+                want += double(a[r * lda + p]) * b[p * ldb + j];
+                mag += std::fabs(double(a[r * lda + p]) * b[p * ldb + j]);
+              }
+              // Sequential float32 sums: error within k + 2 roundings of the sum of magnitudes.
+              worst = std::max(worst,
+                               std::fabs(c[r * ldc + j] - want) / (mag * (k + 2) * 6e-8 + 1e-30));
+            }
+            for (int64_t j = n; j < ldc; ++j) ASSERT_EQ(c[r * ldc + j], -7.0f) << "wrote past n";
+          }
+          EXPECT_LE(worst, 1.0) << "m=" << m << " n=" << n << " k=" << k;
+        }
+      }
+    }
+  }
+}
+
+TEST(SmallMGemm, ARowsResultDoesNotDependOnTheBatch) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const int64_t m = 37, n = 200, k = 300;
+  std::vector<float> a(m * k), b(k * n), c(m * n), one(n);
+  for (auto& v : a) v = nd(rng);
+  for (auto& v : b) v = nd(rng);
+  small_m_gemm_cpu(a.data(), k, b.data(), n, nullptr, c.data(), n, m, n, k);
+  for (int64_t r : {0, 8, 36}) {
+    small_m_gemm_cpu(a.data() + r * k, k, b.data(), n, nullptr, one.data(), n, 1, n, k);
+    for (int64_t j = 0; j < n; ++j) ASSERT_EQ(one[j], c[r * n + j]) << "row " << r << " col " << j;
+  }
 }
 
 }  // namespace
