@@ -23,6 +23,7 @@ using vec::Vec16;
 
 constexpr int kPanel = 32;  // columns of C per register tile (two vectors)
 constexpr int kRows = 8;    // rows of C per register tile
+constexpr int kAhead = 12;  // rows of B prefetched ahead
 
 // C[r0 .. r0+R, n0 .. n0+32) for R rows: 2R vector accumulators, one broadcast of A per row and
 // two vector loads of B per k.
@@ -34,6 +35,11 @@ __attribute__((always_inline)) inline void tile32(const float* a, int64_t lda, c
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = Vec16{};
   for (int64_t p = 0; p < k; ++p) {
+    // The rows of B are far apart (a whole weight row): the hardware prefetcher does not follow,
+    // so the rows a few steps ahead are requested here (they come from memory for the first tile
+    // of a panel, from cache for the others).
+    __builtin_prefetch(b + (p + kAhead) * ldb, 0, 3);
+    __builtin_prefetch(b + (p + kAhead) * ldb + 16, 0, 3);
     const Vec16 b0 = load16(b + p * ldb), b1 = load16(b + p * ldb + 16);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
