@@ -36,8 +36,9 @@ torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& wt, const torch
   // Decode-sized batches on the CPU: our kernel reads the weights in place, where BLAS would pack
   // all of them again at every step (kernels/gemm/small_m_gemm_cpu.h).
   constexpr int64_t kSmallM = 128;
+  // (Inference only: these kernels record nothing for autograd.)
   const auto f32_cpu = [](const torch::Tensor& t) {
-    return t.device().is_cpu() && t.scalar_type() == torch::kFloat;
+    return t.device().is_cpu() && t.scalar_type() == torch::kFloat && !t.requires_grad();
   };
   if (x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kSmallM && f32_cpu(x) && x.stride(1) == 1 &&
       wt.dim() == 2 && f32_cpu(wt) && wt.stride(1) == 1 && x.size(1) == wt.size(0) &&
@@ -225,12 +226,13 @@ torch::Tensor DecoderModel::linear(const torch::Tensor& x, const torch::Tensor& 
 // The fused CPU row kernels apply to float32 rows in memory on the CPU.
 static bool fused_rows_apply(const torch::Tensor& x) {
   return x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 2 &&
-         x.is_contiguous();
+         x.is_contiguous() && !x.requires_grad();  // inference only: nothing recorded for autograd
 }
 
 torch::Tensor DecoderModel::rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {
   // transformers: x * rsqrt(mean(x^2) + eps) * w, in float32.
-  if (fused_rows_apply(x) && w.scalar_type() == torch::kFloat && w.is_contiguous()) {
+  if (fused_rows_apply(x) && w.scalar_type() == torch::kFloat && w.is_contiguous() &&
+      !w.requires_grad()) {
     auto out = torch::empty_like(x);
     kernels::rms_norm_cpu(x.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr<float>(),
                           x.size(0), x.size(1), static_cast<float>(config_.rms_norm_eps));
