@@ -1,6 +1,8 @@
 // `tessera bench kernels`: the fused CPU cluster attention (forward, forward + backward) against
 // every libtorch formulation of the same exact result we know of, run in the same process on the
-// seed's three configurations, in interleaved rounds; speedups are against the fastest of them
+// seed's three configurations, in interleaved rounds (each round a seeded random permutation of
+// all candidates, so that none always follows the same one: the gather baseline frees large
+// tensors, which slows whichever call comes next); speedups are against the fastest of them
 // (by median). The baselines (all exact, blank token included, autograd for the backward):
 //  - gather:         gather the M neighbour keys and values ([B,H,N,M,D] each), matmul, softmax;
 //  - dense_scatter:  dense scores Q K^T, gather the M scores, softmax, scatter-add the weights
@@ -18,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -168,6 +171,9 @@ struct ClusterResult {
   std::string fastest_fwd, fastest_fwd_bwd;                           // by median
 };
 
+// Seed of the per-round random order of the candidates (RoundsOptions::order_seed), in the JSON.
+constexpr uint64_t kOrderSeed = 20261130;
+
 ClusterResult run_cluster(const ClusterConfig& c, bool quick) {
   // --quick keeps every shape but the batch: the large configuration runs 2 batches.
   const int64_t B = quick ? std::min<int64_t>(c.B, 2) : c.B;
@@ -186,6 +192,7 @@ ClusterResult run_cluster(const ClusterConfig& c, bool quick) {
   RoundsOptions rounds;
   rounds.min_rounds = quick ? 3 : 7;
   rounds.budget_ms = quick ? 300 : 4000;  // per pass, all candidates together
+  rounds.order_seed = kOrderSeed;         // forward and forward + backward alike
 
   ClusterResult r;
   r.config = c.name;
@@ -472,6 +479,8 @@ int run(const BenchOptions& opts) {
     j["benchmark"] = "kernels";
     j["quick"] = opts.quick;
     j["threads"] = at::get_num_threads();
+    j["round_order"] = "seeded random permutation of all candidates per round";
+    j["order_seed"] = kOrderSeed;
     j["cluster_attention"] = nlohmann::json::array();
     for (const auto& r : results) j["cluster_attention"].push_back(result_json(r));
     // Paged decode (batch 16 x 4096 tokens, GQA) as a fraction of the memory bandwidth measured
@@ -498,8 +507,8 @@ int run(const BenchOptions& opts) {
   }
   std::printf(
       "cluster attention, fused CPU vs every libtorch formulation, %d threads; median ms of "
-      "interleaved rounds [p10-p90]\n",
-      at::get_num_threads());
+      "interleaved rounds (random order per round, seed %llu) [p10-p90]\n",
+      at::get_num_threads(), static_cast<unsigned long long>(kOrderSeed));
   for (const auto& r : results) {
     std::printf("\n%s (batch %lld)%28s %24s %9s\n", r.config.c_str(),
                 static_cast<long long>(r.batch), "fwd ms", "fwd+bwd ms", "max err");

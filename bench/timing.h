@@ -1,6 +1,7 @@
 // Timing shared by the benchmarks: candidates (ours and each baseline) are timed in interleaved
-// rounds (A B C, C B A, A B C, ...) so that a machine whose speed drifts (a shared one: other jobs,
-// clock changes) slows every candidate alike, and each is reported as the median and the spread
+// rounds (A B C, C B A, A B C, ...; or a seeded random permutation per round, see
+// RoundsOptions::order_seed) so that a machine whose speed drifts (a shared one: other jobs, clock
+// changes) slows every candidate alike, and each is reported as the median and the spread
 // (p10, p90, min, max) of its rounds, never the best run alone. time_interleaved() also keeps the
 // median process CPU time per call (all threads): on a machine shared with other jobs the CPU time
 // of a one-thread run is the steadier measure of the work done. Header-only and torch-free (the
@@ -13,8 +14,12 @@
 #include <chrono>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <numeric>
+#include <optional>
+#include <random>
 #include <vector>
 
 namespace tessera::bench {
@@ -79,6 +84,35 @@ struct RoundsOptions {
   int max_rounds = 200;      // and at most this many
   double budget_ms = 500.0;  // more rounds while the timed total stays under this
   int inner = 1;  // calls per sample (the sample is their mean), for calls near timer resolution
+  // Without a seed, even rounds run the candidates in order and odd rounds in reverse: each always
+  // has the same neighbours, so one whose call leaves the allocator or the caches in a costly state
+  // (large tensors freed) slows the same candidate in every round. With a seed, each round runs a
+  // fresh random permutation of all candidates (std::mt19937_64 with this seed, Fisher-Yates with
+  // the generator's raw output, so the orders are the same on every standard library): every
+  // candidate follows every other about equally often.
+  std::optional<uint64_t> order_seed;
+};
+
+// Order of the candidates in each round of interleaved_rounds(): see RoundsOptions::order_seed.
+class RoundOrder {
+ public:
+  RoundOrder(size_t n, std::optional<uint64_t> seed)
+      : order_(n), rng_(seed.value_or(0)), random_(seed.has_value()) {}
+  const std::vector<size_t>& next(int round) {
+    const size_t n = order_.size();
+    std::iota(order_.begin(), order_.end(), size_t{0});
+    if (random_) {
+      for (size_t i = n; i > 1; --i) std::swap(order_[i - 1], order_[rng_() % i]);
+    } else if (round % 2 == 1) {
+      std::reverse(order_.begin(), order_.end());
+    }
+    return order_;
+  }
+
+ private:
+  std::vector<size_t> order_;
+  std::mt19937_64 rng_;
+  bool random_;
 };
 
 // Per-round samples of every candidate: wall_ms[c][round] and cpu_ms[c][round] (per call).
@@ -86,8 +120,8 @@ struct RoundSamples {
   std::vector<std::vector<double>> wall_ms, cpu_ms;
 };
 
-// Times every candidate once per round, after one untimed warm-up of each; even rounds run them
-// in order, odd rounds in reverse, so none always runs first after the others.
+// Times every candidate once per round, after one untimed warm-up of each, in the order
+// RoundOrder gives (alternating, or a seeded random permutation per round).
 inline RoundSamples interleaved_rounds(const std::vector<std::function<void()>>& candidates,
                                        const RoundsOptions& opt) {
   const size_t n = candidates.size();
@@ -96,11 +130,11 @@ inline RoundSamples interleaved_rounds(const std::vector<std::function<void()>>&
   s.wall_ms.resize(n);
   s.cpu_ms.resize(n);
   for (const auto& fn : candidates) fn();
+  RoundOrder order(n, opt.order_seed);
   double spent = 0;
   for (int round = 0; round < opt.max_rounds && (round < opt.min_rounds || spent < opt.budget_ms);
        ++round) {
-    for (size_t i = 0; i < n; ++i) {
-      const size_t c = round % 2 == 0 ? i : n - 1 - i;
+    for (const size_t c : order.next(round)) {
       const double cpu0 = process_cpu_ms();
       const auto t0 = std::chrono::steady_clock::now();
       for (int k = 0; k < inner; ++k) candidates[c]();

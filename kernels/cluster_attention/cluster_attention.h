@@ -89,6 +89,10 @@ void cluster_attention_fwd_cpu(const ClusterAttentionView& view);
 void cluster_attention_bwd_cpu(const ClusterAttentionView& view, const ClusterAttentionGrads& g,
                                bool deterministic);
 
+// Whether every one of the n values of idx lies in [0, range): one vectorised pass, for the
+// dispatch layer's check of a CPU index (a few microseconds where at::aminmax takes tens).
+bool cluster_index_in_range_cpu(const int64_t* idx, int64_t n, int64_t range);
+
 // Inverse index of idx: for batch b and key j, the flattened slots n * M + m with idx[b,n,m] = j,
 // in increasing order: entries[offsets[b*(N+1)+j] .. offsets[b*(N+1)+j+1]).
 //   offsets [B, N + 1] int64, entries [B * N * M] int64 (slot numbers within the batch).

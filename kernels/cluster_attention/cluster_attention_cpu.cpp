@@ -32,6 +32,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // 8-wide loops.
 struct Scratch {
   std::vector<float> s, p, w, ds;
+  std::vector<float> sums;  // forward: the softmax sums of a chunk of rows
   std::vector<int64_t> key;
   explicit Scratch(int M)
       : s(pad8(M + 1), kNegInf),
@@ -85,7 +86,7 @@ struct RowRefs {
   const float* vbase;   // values likewise
   const float* bias;    // [M] or null
   const uint8_t* mask;  // [M] or null
-  const int64_t* key;   // [pad8(M)]
+  const int64_t* key;   // [pad8(M)], or the index row itself when M is a multiple of 8
 };
 
 TESSERA_CPU_INLINE RowRefs row_refs(const ClusterAttentionView& a, int64_t b, int h, int64_t n,
@@ -103,6 +104,11 @@ TESSERA_CPU_INLINE RowRefs row_refs(const ClusterAttentionView& a, int64_t b, in
   r.bias = a.bias ? a.bias + r.row * M : nullptr;
   r.mask =
       a.mask ? a.mask + ((b * a.mask_heads + (a.mask_heads == 1 ? 0 : h)) * N + n) * M : nullptr;
+  if (a.idx && M % 8 == 0) {
+    // The 8-wide loops read exactly M keys: the index row itself, no copy.
+    r.key = a.idx + (b * N + n) * M;
+    return r;
+  }
   if (a.idx) {
     std::copy(a.idx + (b * N + n) * M, a.idx + (b * N + n + 1) * M, key);
   } else {
@@ -235,16 +241,19 @@ TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int6
                                  Scratch& t) {
   const int M = a.neighbours, D = kD ? kD : a.head_dim, H = a.heads;
   const int64_t N = a.tokens;
+  if (a.lse && t.sums.size() < static_cast<size_t>(r1 - r0)) t.sums.resize(r1 - r0);
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t n = row % N, b = row / (N * H);
     const int h = static_cast<int>((row / N) % H);
     float* o = a.out + row * D;
     std::fill(o, o + D, 0.f);
     const float* q = row_ptr(a.q, a.q_stride, b, h, n);
+    const int64_t* key = t.key.data();
     float mx;
     if constexpr (kD > 0 && kD % 8 == 0) {
       // One pass over blocks of eight neighbours: logits, bias terms, mask and running maximum.
       const RowRefs r = row_refs(a, b, h, n, t.key.data());
+      key = r.key;
       v8f qv[kD / 8];
       for (int i = 0; i < kD / 8; ++i) qv[i] = simd::load8(q + 8 * i);
       v8f mx8 = v8f{} + kNegInf;
@@ -264,12 +273,19 @@ TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int6
       continue;
     }
     const float sum = row_exp(t.s.data(), mx, t.p.data(), M + 1);
-    if (a.lse) a.lse[row] = mx + std::log(sum);
+    if (a.lse) {
+      // lse = mx + log(sum), the log taken after the loop: a libm call here would spill every
+      // vector register of the row.
+      a.lse[row] = mx;
+      t.sums[row - r0] = sum;
+    }
     // The weights stay unnormalised (exp(s - max)); the output row is scaled by 1 / sum at the end.
     const float inv = 1.f / sum;
     if (a.weights) {
       float* pw = a.weights + row * (M + 1);
-      for (int m = 0; m <= M; ++m) pw[m] = t.p[m] * inv;
+      int m = 0;
+      for (; m + 8 <= M + 1; m += 8) simd::store8(pw + m, simd::load8(t.p.data() + m) * inv);
+      for (; m <= M; ++m) pw[m] = t.p[m] * inv;
     }
     const float* w = t.p.data();
     if (a.dropout_p > 0.f) {
@@ -285,13 +301,13 @@ TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int6
       int m = 0;
       for (; m + kSets <= M; m += kSets) {
         for (int u = 0; u < kSets; ++u) {
-          const float* v = vbase + t.key[m + u] * a.v_stride[2];
+          const float* v = vbase + key[m + u] * a.v_stride[2];
           const float wm = w[m + u];
           for (int i = 0; i < kV; ++i) acc[u][i] += wm * simd::load8(v + 8 * i);
         }
       }
       for (; m < M; ++m) {
-        const float* v = vbase + t.key[m] * a.v_stride[2];
+        const float* v = vbase + key[m] * a.v_stride[2];
         for (int i = 0; i < kV; ++i) acc[0][i] += w[m] * simd::load8(v + 8 * i);
       }
       if (a.blank_v) {
@@ -303,10 +319,15 @@ TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int6
       for (int i = 0; i < kV; ++i) simd::store8(o + 8 * i, acc[0][i] * inv);
     } else {
       for (int m = 0; m < M; ++m) {
-        if (w[m] != 0.f) axpy(w[m], vbase + t.key[m] * a.v_stride[2], o, D);
+        if (w[m] != 0.f) axpy(w[m], vbase + key[m] * a.v_stride[2], o, D);
       }
       if (a.blank_v && w[M] != 0.f) axpy(w[M], a.blank_v + h * D, o, D);
       for (int i = 0; i < D; ++i) o[i] *= inv;
+    }
+  }
+  if (a.lse) {
+    for (int64_t row = r0; row < r1; ++row) {
+      if (a.lse[row] != kNegInf) a.lse[row] += std::log(t.sums[row - r0]);
     }
   }
 }
@@ -315,6 +336,7 @@ TESSERA_CPU_CLONES void fwd_rows(const ClusterAttentionView& a, int64_t r0, int6
 struct RowGrads {
   const float* ds;
   const float* w;
+  const int64_t* key;  // the row's M keys
 };
 
 // Row backward shared by both variants: recomputes the weights from the stored lse (no max, no
@@ -341,7 +363,7 @@ TESSERA_CPU_INLINE RowGrads row_backward(const ClusterAttentionView& a,
     std::fill(ds, ds + M + 1, 0.f);
     std::fill(w, w + M + 1, 0.f);
     if (g.dbias) std::fill(g.dbias + row * M, g.dbias + (row + 1) * M, 0.f);
-    return {ds, w};
+    return {ds, w, t.key.data()};
   }
   const float dsum = dotk<kD>(dout, a.out + row * D, D);  // = sum_m P[m] dP[m]
   const float keep = a.dropout_p > 0.f ? 1.f / (1.f - a.dropout_p) : 1.f;
@@ -358,16 +380,18 @@ TESSERA_CPU_INLINE RowGrads row_backward(const ClusterAttentionView& a,
       gv[i] = simd::load8(dout + 8 * i);
     }
     const v8f zero = {};
-    float* p = t.p.data();
+    const float* p = t.p.data();
     // Two passes over blocks of eight, each a chain of independent blocks: weights, then
     // dout . v and the logit gradients.
-    if (a.weights) {
-      std::copy(a.weights + row * (M + 1), a.weights + row * (M + 1) + M, p);
-      std::fill(p + M, p + Scratch::pad8(M), 0.f);
+    if (a.weights && M % 8 == 0) {
+      p = a.weights + row * (M + 1);  // the blocks read exactly M weights
+    } else if (a.weights) {
+      std::copy(a.weights + row * (M + 1), a.weights + row * (M + 1) + M, t.p.data());
+      std::fill(t.p.data() + M, t.p.data() + Scratch::pad8(M), 0.f);
     } else {
       for (int m0 = 0; m0 < M; m0 += 8) {
         const v8f s8 = logits8<kD>(a, r, m0, qv);
-        simd::store8(p + m0, s8 == kNegInf ? zero : simd::exp8(s8 - lse));
+        simd::store8(t.p.data() + m0, s8 == kNegInf ? zero : simd::exp8(s8 - lse));
       }
     }
     for (int m0 = 0; m0 < M; m0 += 8) {
@@ -453,7 +477,7 @@ TESSERA_CPU_INLINE RowGrads row_backward(const ClusterAttentionView& a,
     if (a.blank_k) axpy(a.scale * ds[M], a.blank_k + h * D, dq, D);
   }
   if (g.dbias) std::copy(ds, ds + M, g.dbias + row * M);
-  return {ds, w};
+  return {ds, w, key};
 }
 
 // Default backward for one (batch, head) plane: dk / dv of the plane are owned by this call and
@@ -504,7 +528,7 @@ TESSERA_CPU_CLONES void bwd_plane(const ClusterAttentionView& a, const ClusterAt
       float f[5];
       for (int m = 0; m < M; ++m) {
         if (rg.ds[m] == 0.f) continue;
-        pos_features(a.pos, b, N, n, t.key[m], f);
+        pos_features(a.pos, b, N, n, rg.key[m], f);
         for (int c = 0; c < 5; ++c) part_pe[c] += static_cast<double>(rg.ds[m]) * f[c];
         part_pe[5] += rg.ds[m];
       }
@@ -600,6 +624,15 @@ void cluster_attention_fwd_cpu(const ClusterAttentionView& a) {
       with_head_dim(a.head_dim, [&](auto kd) { fwd_rows<kd()>(a, r0, r1, t); });
     }
   }
+}
+
+TESSERA_CPU_CLONES bool cluster_index_in_range_cpu(const int64_t* idx, int64_t n, int64_t range) {
+  // Negative values wrap to huge unsigned ones: one unsigned compare checks both ends.
+  const uint64_t limit = static_cast<uint64_t>(range);
+  uint64_t bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) bad |= static_cast<uint64_t>(idx[i]) >= limit ? 1u : 0u;
+  return bad == 0;
 }
 
 void cluster_inverse_index_cpu(const int64_t* idx, int batch, int tokens, int neighbours,

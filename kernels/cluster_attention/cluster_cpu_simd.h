@@ -72,15 +72,14 @@ TESSERA_CPU_INLINE float hsum8(v8f v) {
   return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 
-// exp_approx on 8 lanes.
+// exp_approx on 8 lanes, k rounded to nearest by the 1.5 * 2^23 trick (k = floor(t + 0.5) but
+// for ties), whose sum also carries k in its low mantissa bits for the 2^k scale.
 TESSERA_CPU_INLINE v8f exp8(v8f x) {
   const v8f lo = v8f{} - 87.0f, hi = v8f{} + 88.0f;
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
-  const v8f t = x * 1.44269504088896341f + 0.5f;
-  v8i k = __builtin_convertvector(t, v8i);
-  k += (__builtin_convertvector(k, v8f) > t);  // comparison lanes are -1 where true: floor
-  const v8f kf = __builtin_convertvector(k, v8f);
+  const v8f shifted = x * 1.44269504088896341f + 12582912.0f;  // 1.5 * 2^23 + round(x / ln 2)
+  const v8f kf = shifted - 12582912.0f;
   const v8f r = x - kf * 0.693359375f + kf * 2.12194440e-4f;
   v8f p = v8f{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -89,7 +88,10 @@ TESSERA_CPU_INLINE v8f exp8(v8f x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const v8i bits = (k + 127) << 23;
+  // shifted's bits are 0x4B400000 + k; shifting left by 23 drops the 0x4B400000.
+  v8i kbits;
+  std::memcpy(&kbits, &shifted, sizeof(kbits));
+  const v8i bits = (kbits + 127) << 23;
   v8f scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;

@@ -13,7 +13,7 @@
 namespace tessera::kernels {
 
 struct LoraSgmvView {
-  // x, y, a and b share one element type: float32, float16 or bfloat16.
+  // x, y, a and b share one element type: float32, float16, bfloat16, or float64 (CPU only).
   const void* x = nullptr;  // [num_rows, in_features], row stride x_row_stride, in contiguous
   void* y = nullptr;        // [num_rows, out_features], row stride y_row_stride; updated in place
   const void* a = nullptr;  // [num_adapters, r_max, in_features] contiguous (PEFT lora_A rows)
@@ -50,11 +50,12 @@ void lora_sgmv_ref(const LoraSgmvView& view);
 // [num_rows, r_max] buffer; the expand over 64-column blocks (each thread owns its columns of
 // every row), through a transposed B panel for adapters with many rows and dot products along
 // the rank for the others; 16-wide vectors, cloned for AVX2 / AVX-512; float16 / bfloat16
-// operands widened to float32 once per tile.
+// operands widened to float32 once per tile. float64: plain loops in float64, rows in parallel
+// (the decoder's float64 validation mode).
 void lora_sgmv_cpu(const LoraSgmvView& view);
 #ifdef TESSERA_WITH_CUDA
 // CUDA: a shrink kernel (one block per (row, adapter rank slice), fp32 into a [num_rows, r_max]
-// workspace) then an expand kernel (one thread per output element). `workspace` holds
+// workspace) then an expand kernel (one thread per output element); no float64. `workspace` holds
 // num_rows * r_max floats on the device. Returns a cudaError_t value (0 on success).
 int lora_sgmv_cuda(const LoraSgmvView& view, float* workspace, void* cuda_stream);
 #endif

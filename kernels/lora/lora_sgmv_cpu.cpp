@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "kernels/common/cpu_convert.h"
@@ -301,6 +302,46 @@ const char* offset(const void* p, int64_t elems, DType t) {
   return static_cast<const char*>(p) + elems * static_cast<int64_t>(elem_bytes(t));
 }
 
+// float64 (the decoder's float64 mode, a validation mode): each row's shrink then expand in
+// plain loops, rows in parallel; the scale applied to the rank-r product, as in the float32 path.
+void sgmv_f64(const LoraSgmvView& v) {
+  std::vector<std::pair<int64_t, int32_t>> rows;  // (row, adapter)
+  for (int64_t s = 0; s < v.num_segments; ++s) {
+    const int32_t a = v.seg_adapter[s];
+    if (a < 0 || v.ranks[a] == 0) continue;
+    for (int64_t i = v.seg_indptr[s]; i < v.seg_indptr[s + 1]; ++i) rows.emplace_back(i, a);
+  }
+  const auto* x = static_cast<const double*>(v.x);
+  const auto* a = static_cast<const double*>(v.a);
+  const auto* b = static_cast<const double*>(v.b);
+  auto* y = static_cast<double*>(v.y);
+  const int64_t in = v.in_features, out = v.out_features, rmax = v.r_max;
+#pragma omp parallel
+  {
+    std::vector<double> t(static_cast<size_t>(rmax));
+#pragma omp for schedule(static)
+    for (size_t n = 0; n < rows.size(); ++n) {
+      const auto [i, ad] = rows[n];
+      const int64_t r = v.ranks[ad];
+      const double scale = v.scales[ad];
+      const double* xi = x + i * v.x_row_stride;
+      for (int64_t k = 0; k < r; ++k) {
+        const double* ak = a + (ad * rmax + k) * in;
+        double sum = 0;
+        for (int64_t j = 0; j < in; ++j) sum += xi[j] * ak[j];
+        t[k] = scale * sum;
+      }
+      double* yi = y + i * v.y_row_stride;
+      for (int64_t o = 0; o < out; ++o) {
+        const double* bo = b + (ad * out + o) * rmax;
+        double sum = 0;
+        for (int64_t k = 0; k < r; ++k) sum += t[k] * bo[k];
+        yi[o] += sum;
+      }
+    }
+  }
+}
+
 struct ShrinkTask {
   int32_t adapter;
   int32_t first;  // into the adapter's row list
@@ -311,6 +352,10 @@ struct ShrinkTask {
 
 void lora_sgmv_cpu(const LoraSgmvView& v) {
   lora_sgmv_check(v);
+  if (v.dtype == DType::kF64) {
+    sgmv_f64(v);
+    return;
+  }
   const int64_t in = v.in_features, out = v.out_features, rmax = v.r_max;
   // The rows of each adapter, in batch order, whatever segments they sit in.
   std::vector<std::vector<int64_t>> rows_of(static_cast<size_t>(v.num_adapters));

@@ -17,6 +17,8 @@ double load(DType t, const void* p, int64_t i) {
       return kv_half_to_float(static_cast<const uint16_t*>(p)[i]);
     case DType::kBF16:
       return kv_bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::kF64:
+      return static_cast<const double*>(p)[i];
     default:
       return static_cast<const float*>(p)[i];
   }
@@ -30,6 +32,9 @@ void store(DType t, void* p, int64_t i, double v) {
     case DType::kBF16:
       static_cast<uint16_t*>(p)[i] = kv_float_to_bf16(static_cast<float>(v));
       break;
+    case DType::kF64:
+      static_cast<double*>(p)[i] = v;
+      break;
     default:
       static_cast<float*>(p)[i] = static_cast<float>(v);
   }
@@ -38,8 +43,10 @@ void store(DType t, void* p, int64_t i, double v) {
 }  // namespace
 
 void lora_sgmv_check(const LoraSgmvView& v) {
-  TESSERA_CHECK(v.dtype == DType::kF32 || v.dtype == DType::kF16 || v.dtype == DType::kBF16,
-                "lora: dtype must be float32, float16 or bfloat16, got ", dtype_name(v.dtype));
+  TESSERA_CHECK(v.dtype == DType::kF32 || v.dtype == DType::kF16 || v.dtype == DType::kBF16 ||
+                    v.dtype == DType::kF64,
+                "lora: dtype must be float32, float16, bfloat16 or float64, got ",
+                dtype_name(v.dtype));
   TESSERA_CHECK(v.num_rows >= 0, "lora: num_rows must be >= 0, got ", v.num_rows);
   TESSERA_CHECK(v.in_features > 0, "lora: in_features must be positive, got ", v.in_features);
   TESSERA_CHECK(v.out_features > 0, "lora: out_features must be positive, got ", v.out_features);

@@ -58,7 +58,11 @@ torch::Tensor checked_index(const torch::Tensor& idx, int64_t batch, int64_t row
   TESSERA_CHECK(idx.size(2) > 0, "idx must have M > 0 neighbours, got M = ", idx.size(2));
   check_device(idx, "idx", device);
   auto out = idx.to(torch::kLong).contiguous();
-  if (out.numel() > 0) {
+  // A CPU index in range passes with one vectorised pass; anything else (CUDA, or a bad value
+  // whose range the error names) takes at::aminmax.
+  const bool cpu_ok = out.device().is_cpu() &&
+                      cluster_index_in_range_cpu(out.data_ptr<int64_t>(), out.numel(), range);
+  if (out.numel() > 0 && !cpu_ok) {
     const auto [lo_t, hi_t] = at::aminmax(out);  // one pass over the index
     const int64_t lo = lo_t.item<int64_t>(), hi = hi_t.item<int64_t>();
     TESSERA_CHECK(lo >= 0 && hi < range, "idx values must lie in [0, ", range, "), got range [", lo,

@@ -15,8 +15,10 @@ DType lora_dtype(const torch::Tensor& t) {
       return DType::kF16;
     case torch::kBFloat16:
       return DType::kBF16;
+    case torch::kDouble:
+      return DType::kF64;
     default:
-      TESSERA_FAIL("lora: x must be float32, float16 or bfloat16, got ", t.scalar_type());
+      TESSERA_FAIL("lora: x must be float32, float16, bfloat16 or float64, got ", t.scalar_type());
   }
 }
 
@@ -110,6 +112,8 @@ void lora_sgmv_(torch::Tensor& y, const torch::Tensor& x, const LoraStack& ad,
   route(
       "lora_sgmv", device, reference, [&] { lora_sgmv_ref(v); }, [&] { lora_sgmv_cpu(v); },
       TESSERA_CUDA_IMPL([&](void* stream) {
+        TESSERA_CHECK(v.dtype != DType::kF64, "lora: float64 runs on the CPU only, x is on ",
+                      device);
         TESSERA_CHECK(v.in_features > 0 && v.out_features > 0,
                       "lora: in_features and out_features must be positive, got ", v.in_features,
                       " and ", v.out_features);

@@ -1,14 +1,12 @@
 #include <omp.h>
 
-// The 16-wide vector helpers below are always inlined, so the ABI note about passing them is moot.
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
 
+#include "kernels/common/vec16.h"
 #include "kernels/merge/lse_merge.h"
 #include "kernels/paged/paged_attention.h"
 
@@ -51,30 +49,15 @@ struct E4M3Table {
 
 #define TESSERA_ALWAYS_INLINE __attribute__((always_inline)) inline
 
-// 16 floats as one GCC vector: one AVX-512 register, two AVX ones, four SSE ones. Explicit vector
-// accumulators keep the inner loops free of horizontal sums and reloads.
-typedef float Vec16 __attribute__((vector_size(64)));
-typedef float Vec8 __attribute__((vector_size(32)));
-typedef float Vec4 __attribute__((vector_size(16)));
+using vec::hmax;
+using vec::hsum;
+using vec::Int16v;
+using vec::load16;
+using vec::splat;
+using vec::store16;
+using vec::Vec16;
+using vec::vexp;
 typedef int8_t Int8x16 __attribute__((vector_size(16)));
-
-TESSERA_ALWAYS_INLINE Vec16 load16(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-TESSERA_ALWAYS_INLINE void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
-TESSERA_ALWAYS_INLINE float hsum(Vec16 v) {
-  Vec8 a, b;
-  std::memcpy(&a, &v, sizeof(a));
-  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
-  const Vec8 s8 = a + b;
-  Vec4 c, d;
-  std::memcpy(&c, &s8, sizeof(c));
-  std::memcpy(&d, reinterpret_cast<const char*>(&s8) + sizeof(c), sizeof(d));
-  const Vec4 s4 = c + d;
-  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
-}
 
 // Widens an int8 row to float32, unscaled (the row's scale is folded into scores and weights).
 // A plain loop: GCC vectorises it (sign-extend + convert), unlike a 16-lane vector conversion.
@@ -166,6 +149,73 @@ TESSERA_ALWAYS_INLINE void accumulate_group(const float* w, const float* const* 
   }
 }
 
+// The sums of 16 vectors, as one vector (lane j = the sum of a[j]'s lanes): a transpose-and-add
+// tree, 30 shuffles and 15 adds for 16 sums instead of 16 horizontal sums.
+TESSERA_ALWAYS_INLINE Vec16 reduce16(const Vec16* a) {
+  // Level 1: lanes [0, 8) hold 8 partial sums of a[2i], lanes [8, 16) those of a[2i + 1].
+  const Int16v lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+  const Int16v hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+  Vec16 b[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    b[i] = __builtin_shuffle(a[2 * i], a[2 * i + 1], lo8) +
+           __builtin_shuffle(a[2 * i], a[2 * i + 1], hi8);
+  }
+  // Level 2: 4 lanes each of a[4i .. 4i + 3].
+  const Int16v lo4 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+  const Int16v hi4 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+  Vec16 c[4];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    c[i] = __builtin_shuffle(b[2 * i], b[2 * i + 1], lo4) +
+           __builtin_shuffle(b[2 * i], b[2 * i + 1], hi4);
+  }
+  // Level 3: 2 lanes each of a[8i .. 8i + 7].
+  const Int16v lo2 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+  const Int16v hi2 = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
+  Vec16 d[2];
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {
+    d[i] = __builtin_shuffle(c[2 * i], c[2 * i + 1], lo2) +
+           __builtin_shuffle(c[2 * i], c[2 * i + 1], hi2);
+  }
+  // Level 4: one lane each.
+  const Int16v ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+  const Int16v od = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+  return __builtin_shuffle(d[0], d[1], ev) + __builtin_shuffle(d[0], d[1], od);
+}
+
+// Scores of R query rows (consecutive, stride dk) against up to 16 keys (krows[0, m)), as one
+// vector per row: out[r] lane j = q_r . k_j. Each key row is read once for the R rows; the 16
+// dot-product vectors of a row are summed by reduce16.
+template <int R>
+TESSERA_ALWAYS_INLINE void score_block(const float* q, const float* const* krows, int m, int dk,
+                                       Vec16* out) {
+  const int d16 = dk & ~15;
+  Vec16 tmp[R * 16];
+  for (int j = 0; j < 16; ++j) {
+    Vec16 acc[R];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) acc[r] = Vec16{};
+    if (j < m) {
+      const float* k = krows[j];
+      for (int d = 0; d < d16; d += 16) {
+        const Vec16 kv = load16(k + d);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) acc[r] += load16(q + r * dk + d) * kv;
+      }
+      for (int d = d16; d < dk; ++d) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) acc[r][0] += q[r * dk + d] * k[d];
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) tmp[r * 16 + j] = acc[r];
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) out[r] = reduce16(tmp + r * 16);
+}
+
 // Decodes a row of fp16 / bf16 / fp8 pages to float32 (scale applied).
 void decode_row(KvDType t, const void* row, int n, float scale, float* out, const float* e4m3) {
   switch (t) {
@@ -199,22 +249,24 @@ TESSERA_ALWAYS_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
 }
 
 struct Scratch {
-  std::vector<float> q, scores, weights, acc, m, l, kbuf, vchunk, dots, vscale;
+  std::vector<float> q, scores, weights, acc, m, l, kchunk, vchunk, kscale, vscale;
   std::vector<int64_t> t, lo;
-  std::vector<const float*> vrows;  // [kKeyChunk][kv heads of the item]
-  Scratch(int rows, int group, int kv_heads, int dk, int dv, bool decode)
+  std::vector<const float*> krows, vrows;  // [kv heads of the item][kKeyChunk]
+  Scratch(int rows, int kv_heads, int dk, int dv, bool convert)
       : q(static_cast<size_t>(rows) * dk),
         scores(static_cast<size_t>(rows) * kKeyChunk),
         weights(static_cast<size_t>(rows) * kKeyChunk),
         acc(static_cast<size_t>(rows) * dv),
         m(rows),
         l(rows),
-        kbuf(dk),
-        vchunk(decode ? static_cast<size_t>(kKeyChunk) * kv_heads * dv : 0),  // non-fp32 pages
-        dots(group),
+        // Rows of non-fp32 pages, converted: [kKeyChunk][kv heads][dim].
+        kchunk(convert ? static_cast<size_t>(kKeyChunk) * kv_heads * dk : 0),
+        vchunk(convert ? static_cast<size_t>(kKeyChunk) * kv_heads * dv : 0),
+        kscale(static_cast<size_t>(kKeyChunk) * kv_heads),
         vscale(static_cast<size_t>(kKeyChunk) * kv_heads),
         t(rows),
         lo(rows),
+        krows(static_cast<size_t>(kKeyChunk) * kv_heads),
         vrows(static_cast<size_t>(kKeyChunk) * kv_heads) {}
 };
 
@@ -257,52 +309,87 @@ TESSERA_ALWAYS_INLINE void run_item_impl(const PagedAttentionView& a, const Item
   const int64_t row_bytes_v = static_cast<int64_t>(kv_heads) * dv * kv_elem_bytes(c.dtype);
   for (int64_t p0 = p_lo; p0 <= p_hi; p0 += kKeyChunk) {
     const int n = static_cast<int>(std::min<int64_t>(kKeyChunk, p_hi - p0 + 1));
-    // Scores, one key token at a time (its rows for all kv heads are adjacent in the page).
+    // The chunk's K/V rows for every kv head (pages are read in token order; non-fp32 rows are
+    // converted once here), with each key's score scale.
     for (int j = 0; j < n; ++j) {
       const int64_t p = p0 + j;
       const int64_t block = table[p / c.block_size];
       const int slot = static_cast<int>(p % c.block_size);
       if (p + kPrefetchAhead <= p_hi) {
         const int64_t pa = p + kPrefetchAhead;
-        prefetch_bytes(
-            c.k_row(table[pa / c.block_size], static_cast<int>(pa % c.block_size), item.kh0),
-            row_bytes_k);
+        const int64_t ba = table[pa / c.block_size];
+        const int sa = static_cast<int>(pa % c.block_size);
+        prefetch_bytes(c.k_row(ba, sa, item.kh0), row_bytes_k);
+        prefetch_bytes(c.v_row(ba, sa, item.kh0), row_bytes_v);
       }
-      // This token's V rows are read right after the chunk's scores: request them now.
-      prefetch_bytes(c.v_row(block, slot, item.kh0), row_bytes_v);
       for (int kh = item.kh0; kh < item.kh1; ++kh) {
+        const size_t at = static_cast<size_t>(kh - item.kh0) * kKeyChunk + j;
         const float* k = static_cast<const float*>(c.k_row(block, slot, kh));
-        float kscale = a.scale;
         const float* vrow = static_cast<const float*>(c.v_row(block, slot, kh));
-        float* vdst = w.vchunk.data() + (static_cast<size_t>(j) * kv_heads + kh - item.kh0) * dv;
-        if (kInt8) {
-          kscale *= c.k_scale_at(block, slot, kh);
-          widen_int8(k, dk, w.kbuf.data());
-          widen_int8(vrow, dv, vdst);
-          k = w.kbuf.data();
-          vrow = vdst;
-          w.vscale[static_cast<size_t>(kh - item.kh0) * kKeyChunk + j] =
-              c.v_scale_at(block, slot, kh);
-        } else if (decode) {
-          decode_row(c.dtype, k, dk, c.k_scale_at(block, slot, kh), w.kbuf.data(), e4m3);
-          decode_row(c.dtype, vrow, dv, c.v_scale_at(block, slot, kh), vdst, e4m3);
-          k = w.kbuf.data();
+        float kscale = a.scale;
+        if (kInt8 || decode) {
+          const size_t row = static_cast<size_t>(j) * kv_heads + kh - item.kh0;
+          float* kdst = w.kchunk.data() + row * dk;
+          float* vdst = w.vchunk.data() + row * dv;
+          if (kInt8) {
+            kscale *= c.k_scale_at(block, slot, kh);
+            widen_int8(k, dk, kdst);
+            widen_int8(vrow, dv, vdst);
+            w.vscale[at] = c.v_scale_at(block, slot, kh);
+          } else {
+            decode_row(c.dtype, k, dk, c.k_scale_at(block, slot, kh), kdst, e4m3);
+            decode_row(c.dtype, vrow, dv, c.v_scale_at(block, slot, kh), vdst, e4m3);
+          }
+          k = kdst;
           vrow = vdst;
         }
-        w.vrows[static_cast<size_t>(kh - item.kh0) * kKeyChunk + j] = vrow;
-        for (int qi = 0; qi < nq; ++qi) {
-          const int r0 = qi * heads + (kh - item.kh0) * group;
-          float* s = w.scores.data() + static_cast<size_t>(r0) * kKeyChunk + j;
-          if (p >= w.lo[r0] && p <= w.t[r0]) {
-            dot_group(w.q.data() + static_cast<size_t>(r0) * dk, k, dk, group, w.dots.data());
-            for (int g = 0; g < group; ++g) s[g * kKeyChunk] = w.dots[g] * kscale;
-          } else {
-            for (int g = 0; g < group; ++g) s[g * kKeyChunk] = kNegInf;
+        w.krows[at] = k;
+        w.vrows[at] = vrow;
+        w.kscale[at] = kscale;
+      }
+    }
+    // Scores, 16 keys at a time as one vector per query row; keys outside a row's mask (or past
+    // the chunk) are -inf. The rows of one query token share its mask.
+    const Int16v lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    for (int qi = 0; qi < nq; ++qi) {
+      const int rq = qi * heads;
+      const auto lo = static_cast<int32_t>(w.lo[rq] - p0), hi = static_cast<int32_t>(w.t[rq] - p0);
+      for (int kh = item.kh0; kh < item.kh1; ++kh) {
+        const int r0 = rq + (kh - item.kh0) * group;
+        const size_t at = static_cast<size_t>(kh - item.kh0) * kKeyChunk;
+        for (int jb = 0; jb < n; jb += 16) {
+          const int mk = std::min(16, n - jb);
+          const Int16v pos = lane + jb;
+          const auto visible = (lane < mk) & (pos >= lo) & (pos <= hi);
+          const Vec16 ks = load16(w.kscale.data() + at + jb);
+          for (int g = 0; g < group; g += 4) {
+            Vec16 out[4];
+            const float* q = w.q.data() + static_cast<size_t>(r0 + g) * dk;
+            const float* const* kr = w.krows.data() + at + jb;
+            switch (std::min(4, group - g)) {
+              case 4:
+                score_block<4>(q, kr, mk, dk, out);
+                break;
+              case 3:
+                score_block<3>(q, kr, mk, dk, out);
+                break;
+              case 2:
+                score_block<2>(q, kr, mk, dk, out);
+                break;
+              default:
+                score_block<1>(q, kr, mk, dk, out);
+                break;
+            }
+            for (int r = 0; r < std::min(4, group - g); ++r) {
+              const Vec16 sc = visible ? out[r] * ks : splat(kNegInf);
+              store16(w.scores.data() + static_cast<size_t>(r0 + g + r) * kKeyChunk + jb, sc);
+            }
           }
         }
       }
     }
     // Online softmax: scores become probabilities relative to the running max.
+    const int n16 = (n + 15) & ~15;
     for (int r = 0; r < rows; ++r) {
       float* s = w.scores.data() + static_cast<size_t>(r) * kKeyChunk;
       if (a.softcap > 0) {
@@ -311,24 +398,28 @@ TESSERA_ALWAYS_INLINE void run_item_impl(const PagedAttentionView& a, const Item
           if (s[j] != kNegInf) s[j] = cap * std::tanh(s[j] / cap);
         }
       }
-      float mx = kNegInf;
-      for (int j = 0; j < n; ++j) mx = std::max(mx, s[j]);
-      const float new_m = std::max(w.m[r], mx);
+      Vec16 mv = splat(kNegInf);
+      for (int j = 0; j < n16; j += 16) {
+        const Vec16 v = load16(s + j);
+        mv = v > mv ? v : mv;
+      }
+      const float new_m = std::max(w.m[r], hmax(mv));
       if (new_m == kNegInf) {  // nothing visible yet
-        std::fill(s, s + n, 0.0f);
+        std::fill(s, s + n16, 0.0f);
         continue;
       }
       const float corr = std::exp(w.m[r] - new_m);  // 0 when m was -inf
-      float sum = 0.0f;
-      for (int j = 0; j < n; ++j) {
-        s[j] = std::exp(s[j] - new_m);
-        sum += s[j];
+      Vec16 sum = Vec16{};
+      for (int j = 0; j < n16; j += 16) {
+        const Vec16 e = vexp(load16(s + j) - new_m);
+        store16(s + j, e);
+        sum += e;
       }
       if (corr != 1.0f) {
         float* acc = w.acc.data() + static_cast<size_t>(r) * dv;
         for (int d = 0; d < dv; ++d) acc[d] *= corr;
       }
-      w.l[r] = w.l[r] * corr + sum;
+      w.l[r] = w.l[r] * corr + hsum(sum);
       w.m[r] = new_m;
     }
     // Weighted V: int8 rows carry their scale in the weight.
@@ -444,8 +535,7 @@ void paged_attention_cpu(const PagedAttentionView& a) {
   const auto num_items = static_cast<int64_t>(items.size());
 #pragma omp parallel if (num_items > 1)
   {
-    Scratch scratch(rows, a.num_q_heads / c.num_kv_heads, heads_per_item, c.head_dim_k,
-                    c.head_dim_v, c.dtype != KvDType::kF32);
+    Scratch scratch(rows, heads_per_item, c.head_dim_k, c.head_dim_v, c.dtype != KvDType::kF32);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t i = 0; i < num_items; ++i) run_item(a, items[i], scratch, e4m3.v);
   }

@@ -1,5 +1,7 @@
 #include "runtime/engine/sampler.h"
 
+#include <ATen/Parallel.h>
+
 #include <limits>
 
 #include "common/error.h"
@@ -49,6 +51,47 @@ void check_inputs(const torch::Tensor& logits, std::span<const SamplerRow> rows)
   }
 }
 
+// The common offline case: every row greedy, no penalty, no min_tokens mask, no logprobs, float32
+// logits on the CPU. One read of each row gives the first largest logit (torch's argmax) and
+// whether the row holds NaN or +inf (then no token), instead of a copy and five passes.
+bool greedy_only_cpu(const torch::Tensor& logits, std::span<const SamplerRow> rows,
+                     const std::vector<int32_t>& eos_ids, SamplerOutput& out) {
+  if (!logits.device().is_cpu() || logits.scalar_type() != torch::kFloat32 ||
+      !logits.is_contiguous()) {
+    return false;
+  }
+  for (const auto& r : rows) {
+    const auto& p = *r.params;
+    if (!p.greedy() || p.logprobs >= 0 || p.repetition_penalty != 1.0f ||
+        p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) {
+      return false;
+    }
+    const bool masking = static_cast<int64_t>(r.output_ids.size()) < p.min_tokens &&
+                         (!p.stop_token_ids.empty() || (!p.ignore_eos && !eos_ids.empty()));
+    if (masking) return false;
+  }
+  const int64_t B = logits.size(0), V = logits.size(1);
+  const float* base = logits.data_ptr<float>();
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  at::parallel_for(0, B, 8, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* x = base + b * V;
+      float best = x[0];
+      int64_t at = 0;
+      bool bad = false;
+      for (int64_t v = 0; v < V; ++v) {
+        const float f = x[v];
+        bad |= (f != f) | (f == kInf);
+        if (f > best) {
+          best = f;
+          at = v;
+        }
+      }
+      out.token_ids[b] = bad ? -1 : static_cast<int32_t>(at);
+    }
+  });
+  return true;
+}
 }  // namespace
 
 Sampler::Sampler(SamplerConfig config) : config_(std::move(config)), rng_(config_.seed) {}
@@ -194,6 +237,9 @@ SamplerOutput Sampler::sample(const torch::Tensor& logits, std::span<const Sampl
   for (const auto& r : rows) {
     max_logprobs = std::max(max_logprobs, r.params->logprobs);
     all_greedy &= r.params->greedy();
+  }
+  if (all_greedy && max_logprobs < 0 && greedy_only_cpu(logits, rows, config_.eos_token_ids, out)) {
+    return out;
   }
   torch::Tensor raw_logprobs;
   if (max_logprobs >= 0) raw_logprobs = torch::log_softmax(logits.to(torch::kFloat32), -1);

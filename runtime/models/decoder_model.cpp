@@ -6,6 +6,8 @@
 #include <tuple>
 
 #include "common/error.h"
+#include "kernels/fused/fused_cpu.h"
+#include "kernels/gemm/small_m_gemm_cpu.h"
 #include "kernels/ops/int8_linear_ops.h"
 
 namespace tessera::models {
@@ -31,6 +33,22 @@ sharding::ShardRange times(sharding::ShardRange r, int64_t k) { return {r.begin 
 // x [T, in] @ wt [in, out] (+ b [out]). Weights are stored transposed (input-major): OpenBLAS'
 // sgemm then packs them faster than the [out, in] layout torch::linear passes as transposed.
 torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& wt, const torch::Tensor& b = {}) {
+  // Decode-sized batches on the CPU: our kernel reads the weights in place, where BLAS would pack
+  // all of them again at every step (kernels/gemm/small_m_gemm_cpu.h).
+  constexpr int64_t kSmallM = 128;
+  // (Inference only: these kernels record nothing for autograd.)
+  const auto f32_cpu = [](const torch::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == torch::kFloat && !t.requires_grad();
+  };
+  if (x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kSmallM && f32_cpu(x) && x.stride(1) == 1 &&
+      wt.dim() == 2 && f32_cpu(wt) && wt.stride(1) == 1 && x.size(1) == wt.size(0) &&
+      (!b.defined() || (f32_cpu(b) && b.dim() == 1 && b.is_contiguous()))) {
+    auto out = torch::empty({x.size(0), wt.size(1)}, x.options());
+    kernels::small_m_gemm_cpu(x.data_ptr<float>(), x.stride(0), wt.data_ptr<float>(), wt.stride(0),
+                              b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>(),
+                              out.stride(0), x.size(0), wt.size(1), x.size(1));
+    return out;
+  }
   return b.defined() ? torch::addmm(b, x, wt) : torch::mm(x, wt);
 }
 
@@ -38,21 +56,29 @@ torch::Tensor dense(const torch::Tensor& x, const torch::Tensor& wt, const torch
 
 DecoderModel::DecoderModel(const ModelConfig& config, const WeightLoader& w,
                            sharding::Communicator* comm, int64_t max_positions,
-                           torch::Device device, WeightQuantization quantization)
+                           torch::Device device, WeightQuantization quantization,
+                           torch::ScalarType dtype)
     : config_(config),
       comm_(comm),
       device_(device),
       rotary_(config, max_positions, device),
-      quantization_(quantization) {
+      quantization_(quantization),
+      dtype_(dtype) {
   config_.validate();
   const int tp_rank = comm_ != nullptr ? comm_->rank() : 0;
   const int tp_size = comm_ != nullptr ? comm_->size() : 1;
+  TESSERA_CHECK(dtype_ == torch::kFloat || dtype_ == torch::kDouble,
+                "decoder dtype must be float32 or float64, got ", dtype_);
+  TESSERA_CHECK(dtype_ == torch::kFloat || (device_.is_cpu() && tp_size == 1 &&
+                                            quantization_ == WeightQuantization::kNone),
+                "float64 decoder runs on the CPU, on one rank, without quantization (device ",
+                device_, ", ", tp_size, " ranks)");
   layout_ = ShardLayout::make(config_, tp_rank, tp_size);
   const auto& c = config_;
   const int64_t h = c.hidden_size, d = c.head_dim, inter = c.intermediate_size;
   const int64_t q = c.num_attention_heads * d, kv = c.num_key_value_heads * d;
   const auto qs = times(layout_.q_heads, d), kvs = times(layout_.kv_heads, d), ms = layout_.mlp;
-  const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device_);
+  const auto opts = torch::TensorOptions().dtype(dtype_).device(device_);
   // Every tensor goes from the checkpoint straight into its final place (fused, input-major, on
   // the device), streamed under the loader's memory budget: no whole-tensor temporaries.
   auto whole = [&](const std::string& name, std::vector<int64_t> shape) {
@@ -197,8 +223,21 @@ torch::Tensor DecoderModel::linear(const torch::Tensor& x, const torch::Tensor& 
   return i8.q.defined() ? kernels::int8_linear(x, i8.q, i8.scale, b) : dense(x, w, b);
 }
 
+// The fused CPU row kernels apply to float32 rows in memory on the CPU.
+static bool fused_rows_apply(const torch::Tensor& x) {
+  return x.device().is_cpu() && x.scalar_type() == torch::kFloat && x.dim() == 2 &&
+         x.is_contiguous() && !x.requires_grad();  // inference only: nothing recorded for autograd
+}
+
 torch::Tensor DecoderModel::rms_norm(const torch::Tensor& x, const torch::Tensor& w) const {
   // transformers: x * rsqrt(mean(x^2) + eps) * w, in float32.
+  if (fused_rows_apply(x) && w.scalar_type() == torch::kFloat && w.is_contiguous() &&
+      !w.requires_grad()) {
+    auto out = torch::empty_like(x);
+    kernels::rms_norm_cpu(x.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr<float>(),
+                          x.size(0), x.size(1), static_cast<float>(config_.rms_norm_eps));
+    return out;
+  }
   auto var = x.pow(2).mean(-1, /*keepdim=*/true);
   return x * torch::rsqrt(var + config_.rms_norm_eps) * w;
 }
@@ -208,6 +247,11 @@ torch::Tensor DecoderModel::mlp_activation(const torch::Tensor& gate_up) const {
   auto gate = gate_up.narrow(-1, 0, n), up = gate_up.narrow(-1, n, n);
   switch (config_.hidden_act) {
     case Activation::kSilu:
+      if (fused_rows_apply(gate_up)) {
+        auto out = torch::empty({gate_up.size(0), n}, gate_up.options());
+        kernels::silu_mul_cpu(gate_up.data_ptr<float>(), out.data_ptr<float>(), gate_up.size(0), n);
+        return out;
+      }
       return torch::silu(gate) * up;
     case Activation::kGelu:
       return torch::gelu(gate) * up;
@@ -255,7 +299,7 @@ torch::Tensor DecoderModel::hidden_states(const ForwardInputs& in,
     apply_lora(l, LoraModule::kO, o, attn, in);
     auto attn_out = all_reduce(o, L.o_b);
     if (sandwich) attn_out = rms_norm(attn_out, L.post_norm);
-    x = x + attn_out;
+    x.add_(attn_out);
     auto xp = rms_norm(x, sandwich ? L.pre_ff_norm : L.post_norm);
     auto gate_up = linear(xp, L.gate_up_w, L.gate_up_i8, L.gate_up_b);
     for (auto m : {LoraModule::kGate, LoraModule::kUp}) apply_lora(l, m, gate_up, xp, in);
@@ -264,7 +308,7 @@ torch::Tensor DecoderModel::hidden_states(const ForwardInputs& in,
     apply_lora(l, LoraModule::kDown, down, act, in);
     auto mlp_out = all_reduce(down, L.down_b);
     if (sandwich) mlp_out = rms_norm(mlp_out, L.post_ff_norm);
-    x = x + mlp_out;
+    x.add_(mlp_out);
   }
   return x;
 }
@@ -319,10 +363,12 @@ int DecoderModel::add_lora(const LoraAdapter& adapter) {
       const auto& pair = adapter.layers[l][m];
       if (!pair.a.defined()) continue;
       const auto place = lora_place(static_cast<LoraModule>(m));
-      local.layers[l][m].a =
-          pair.a.narrow(1, place.in_cols.begin, place.in_cols.size).contiguous().to(device_);
-      local.layers[l][m].b =
-          pair.b.narrow(0, place.out_rows.begin, place.out_rows.size).contiguous().to(device_);
+      local.layers[l][m].a = pair.a.narrow(1, place.in_cols.begin, place.in_cols.size)
+                                 .contiguous()
+                                 .to(device_, dtype_);
+      local.layers[l][m].b = pair.b.narrow(0, place.out_rows.begin, place.out_rows.size)
+                                 .contiguous()
+                                 .to(device_, dtype_);
     }
   }
   loras_.push_back(std::move(local));
@@ -333,7 +379,7 @@ int DecoderModel::add_lora(const LoraAdapter& adapter) {
 void DecoderModel::rebuild_lora_stacks() {
   const int64_t n = static_cast<int64_t>(loras_.size());
   lora_stacks_.assign(layers_.size(), {});
-  const auto f32 = torch::TensorOptions().dtype(torch::kFloat).device(device_);
+  const auto opts = torch::TensorOptions().dtype(dtype_).device(device_);
   for (size_t l = 0; l < layers_.size(); ++l) {
     for (int m = 0; m < kNumLoraModules; ++m) {
       int64_t r_max = 0;
@@ -344,8 +390,8 @@ void DecoderModel::rebuild_lora_stacks() {
       const auto place = lora_place(static_cast<LoraModule>(m));
       const int64_t in = place.in_cols.size, out = place.cols;
       kernels::LoraStack st;
-      st.a = torch::zeros({n, r_max, in}, f32);
-      st.b = torch::zeros({n, out, r_max}, f32);
+      st.a = torch::zeros({n, r_max, in}, opts);
+      st.b = torch::zeros({n, out, r_max}, opts);
       std::vector<int32_t> ranks(n, 0);
       std::vector<float> scales(n, 0.f);
       for (int64_t i = 0; i < n; ++i) {

@@ -72,13 +72,18 @@ WeightQuantization parse_quantization(const std::string& text);
 class DecoderModel {
  public:
   // `comm` spans the tensor-parallel group (null or size 1: the whole model on this rank).
-  // Reads this rank's slices of the weights (float32, on `device`); throws naming the field when
+  // Reads this rank's slices of the weights (as `dtype`, on `device`); throws naming the field when
   // the group cannot split the model, and naming the tensor when the checkpoint holds one the
   // config does not use (a bias the config says is absent, ...). `max_positions` bounds the
-  // positions forward() may see (the rotary table's size).
+  // positions forward() may see (the rotary table's size). `dtype` float64 is a validation mode
+  // (CPU, one rank, no quantization, an AttentionBackend that takes float64: the paged kernels do
+  // not): weights, activations and LoRA in float64; rotary angles in float32 as transformers
+  // computes them for a float64 model; LoRA scales float32 (the kernel's: exact for the usual
+  // power-of-two alpha / r).
   DecoderModel(const ModelConfig& config, const WeightLoader& weights, sharding::Communicator* comm,
                int64_t max_positions, torch::Device device = torch::kCPU,
-               WeightQuantization quantization = WeightQuantization::kNone);
+               WeightQuantization quantization = WeightQuantization::kNone,
+               torch::ScalarType dtype = torch::kFloat);
 
   const ModelConfig& config() const { return config_; }
   const ShardLayout& layout() const { return layout_; }
@@ -90,6 +95,7 @@ class DecoderModel {
   // that shares the embedding's storage counted once).
   int64_t weight_bytes() const;
   WeightQuantization quantization() const { return quantization_; }
+  torch::ScalarType dtype() const { return dtype_; }
 
   // LoRA (lora_adapter.h). add_lora takes this rank's slices of an adapter validated against the
   // config and returns its index for ForwardInputs::lora_ids; rows of several adapters (and the
@@ -107,7 +113,7 @@ class DecoderModel {
   // Hidden states [T, hidden_size] after the last layer (before the final norm), identical on
   // every rank of the group. Collective over the group (two all-reduces per layer).
   torch::Tensor hidden_states(const ForwardInputs& inputs, AttentionBackend& attention) const;
-  // Logits [n, vocab_size] float32 of hidden-state rows [n, hidden_size]: the final norm and
+  // Logits [n, vocab_size] (`dtype`) of hidden-state rows [n, hidden_size]: the final norm and
   // the LM head. Local (no communication).
   torch::Tensor logits(const torch::Tensor& hidden_rows) const;
 
@@ -152,6 +158,7 @@ class DecoderModel {
   torch::Tensor embed_, final_norm_;
   torch::Tensor lm_head_;  // [hidden, vocab] (a transposed copy of embed_ when tied)
   WeightQuantization quantization_ = WeightQuantization::kNone;
+  torch::ScalarType dtype_ = torch::kFloat;
   Layer::Int8 embed_i8_, lm_i8_;  // int8: embedding rows and LM head (the same tensors when tied)
   std::vector<Layer> layers_;
   // Adapters: this rank's slices (a [r, in_local], b [out_local, r] on the device), per layer and

@@ -72,6 +72,10 @@ CLUSTER_BASELINES = {"gather", "dense_scatter", "dense_logcount", "dense_scatter
 
 
 def check_kernels(j):
+    # Each round a seeded random permutation of all candidates (no fixed neighbours), seed recorded.
+    need(j.get("round_order") == "seeded random permutation of all candidates per round",
+         f"round_order {j.get('round_order')!r}")
+    need(isinstance(j.get("order_seed"), int), f"order_seed {j.get('order_seed')!r}")
     rows = j["cluster_attention"]
     need([r["config"] for r in rows] == ["small", "medium", "large"], "configs")
     for r in rows:

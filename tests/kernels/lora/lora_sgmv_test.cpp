@@ -1,9 +1,9 @@
 // Segmented LoRA matmul on CPU: the fast kernel against the fp64 reference and against an
 // independent libtorch formulation (per segment, x_s A_s[:r]^T B_s[:, :r]^T in float64), over odd
 // feature sizes, ranks 1 / 8 / 16 / 64 in one stack, empty / one-row / prime-length segments,
-// base-only segments (-1), adapters used by several segments, strided y, and every dtype. The
-// padding of the stack beyond each adapter's rank holds NaN, so reading it would show. Bad input
-// gives one named error.
+// base-only segments (-1), adapters used by several segments, strided y, and every dtype (float64:
+// the decoder's float64 mode). The padding of the stack beyond each adapter's rank holds NaN, so
+// reading it would show. Bad input gives one named error.
 #include <gtest/gtest.h>
 #include <omp.h>
 #include <torch/types.h>
@@ -116,6 +116,8 @@ double rel_tol(torch::ScalarType t) {
       return 1.0 / 1024;
     case torch::kBFloat16:
       return 1.0 / 128;
+    case torch::kDouble:
+      return 1e-12;
     default:
       return 2e-5;
   }
@@ -163,7 +165,7 @@ TEST_P(LoraSgmv, FastMatchesReferenceAndLibtorch) {
 
 std::vector<Case> cases() {
   std::vector<Case> out;
-  for (auto dtype : {torch::kFloat, torch::kHalf, torch::kBFloat16}) {
+  for (auto dtype : {torch::kFloat, torch::kHalf, torch::kBFloat16, torch::kDouble}) {
     Case c;
     c.dtype = dtype;
     out.push_back(c);
@@ -290,7 +292,7 @@ TEST(LoraSgmvErrors, BadInputIsNamed) {
   expect_error(run(p.stack, p.indptr, p.adapter, p.x.index({Slice(), Slice(0, 30)})), p.y0,
                "a in_features=37 differs from x in_features=30");
   expect_error(run(p.stack, p.indptr, p.adapter, p.x.to(torch::kInt)), p.y0,
-               "x must be float32, float16 or bfloat16");
+               "x must be float32, float16, bfloat16 or float64");
   expect_error(run(p.stack, p.indptr, p.adapter, p.x), p.y0.to(torch::kHalf), "y dtype");
   // A rank above r_max of a zero-width stack.
   st = p.stack;

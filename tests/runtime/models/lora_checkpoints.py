@@ -6,9 +6,11 @@ logits: the outside reference of tests/runtime/models/lora_test.cpp.
 writes OUT_DIR/base/ (save_pretrained, float32), OUT_DIR/<adapter>/ (peft save_pretrained:
 adapter_config.json + adapter_model.safetensors) with reference.safetensors (prompt [T] int64,
 logits [T, vocab] float32 of PeftModel, unmerged, eager attention; greedy [8] int64, PEFT's
-generate), OUT_DIR/wide/ (a wider random LLaMA for the int8 tests), bad adapters (bad_rank: the
-config's r disagrees with the tensors; bad_target: an unknown target module; bad_missing: a
-tensor removed) and OUT_DIR/manifest.json.
+generate), OUT_DIR/mixed_fp64.safetensors (PeftModel's logits in float64 for the mixed-batch
+test's requests), OUT_DIR/wide/ and OUT_DIR/trained_*/ (more LLaMAs for the int8 tests, with
+their torch-quantised copies *_fq/), bad adapters (bad_rank: the config's r disagrees with the
+tensors; bad_target: an unknown target module; bad_missing: a tensor removed) and
+OUT_DIR/manifest.json.
 """
 import copy
 import json
@@ -132,8 +134,34 @@ for i, (name, kw) in enumerate(ADAPTERS):
 # float64 references for the mixed-batch test (lora_test.cpp's MixedBatch...: the same prompts):
 # each request's logits by PeftModel in float64 (unmerged; float64 rounding is ~1e-16), so that
 # the float32 merged model and the float32 unmerged batch can each be measured against it.
+# transformers' LLaMA computes RMSNorm and the eager attention softmax in float32 whatever the
+# model's dtype (a float64 model rounds through float32 there, ~3e-6 in these logits): for this
+# reference both run in the input's dtype. The rotary angles stay float32, as transformers (and
+# Tessera) compute them for every dtype.
 MIXED_IDS = [2, -1, 0, 3, 1, 0]
 fp64 = {}
+import contextlib  # noqa: E402
+import transformers.models.llama.modeling_llama as modeling_llama  # noqa: E402
+
+
+@contextlib.contextmanager
+def in_input_dtype():
+    norm_forward, softmax = modeling_llama.LlamaRMSNorm.forward, torch.nn.functional.softmax
+
+    def norm(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) +
+                                              self.variance_epsilon))
+
+    def soft(x, dim=None, dtype=None, **kw):
+        return softmax(x, dim=dim, dtype=None if x.dtype == torch.float64 else dtype, **kw)
+
+    modeling_llama.LlamaRMSNorm.forward, torch.nn.functional.softmax = norm, soft
+    try:
+        yield
+    finally:
+        modeling_llama.LlamaRMSNorm.forward, torch.nn.functional.softmax = norm_forward, softmax
+
+
 for i, a in enumerate(MIXED_IDS):
     n = 3 + 4 * i
     prompt = (torch.arange(n, dtype=torch.long) * 37 + 11 * i + 5) % config.vocab_size
@@ -143,8 +171,12 @@ for i, a in enumerate(MIXED_IDS):
         from peft import PeftModel
         model = PeftModel.from_pretrained(copy.deepcopy(base), os.path.join(out, ADAPTERS[a][0]))
         model = model.double()
-    with torch.no_grad():
-        fp64["request%d" % i] = model.eval()(prompt.unsqueeze(0)).logits[0].contiguous()
+    # LlamaForCausalLM returns its logits as float32: the LM head applied here, in float64.
+    core = model.get_base_model() if a >= 0 else model
+    with torch.no_grad(), in_input_dtype():
+        hidden = core.eval().model(prompt.unsqueeze(0)).last_hidden_state
+        fp64["request%d" % i] = core.lm_head(hidden)[0].contiguous()
+    assert fp64["request%d" % i].dtype == torch.float64
 save_file(fp64, os.path.join(out, "mixed_fp64.safetensors"))
 
 

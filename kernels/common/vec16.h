@@ -1,0 +1,74 @@
+// 16 floats as one GCC vector (one AVX-512 register, two AVX ones, four SSE ones) and the few
+// operations the CPU kernels build on. Functions are always inlined into their callers, which are
+// compiled for several x86 levels (target_clones), so each clone gets the widest instructions.
+#pragma once
+
+// The vector helpers are always inlined, so the ABI note about passing them is moot.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#include <cstdint>
+#include <cstring>
+
+namespace tessera::kernels::vec {
+
+#define TESSERA_VEC_INLINE __attribute__((always_inline)) inline
+
+typedef float Vec16 __attribute__((vector_size(64)));
+typedef float Vec8 __attribute__((vector_size(32)));
+typedef float Vec4 __attribute__((vector_size(16)));
+typedef int32_t Int16v __attribute__((vector_size(64)));
+
+TESSERA_VEC_INLINE Vec16 load16(const float* p) {
+  Vec16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+TESSERA_VEC_INLINE void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
+TESSERA_VEC_INLINE Vec16 splat(float x) { return Vec16{} + x; }
+
+TESSERA_VEC_INLINE float hsum(Vec16 v) {
+  Vec8 a, b;
+  std::memcpy(&a, &v, sizeof(a));
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
+  const Vec8 s8 = a + b;
+  Vec4 c, d;
+  std::memcpy(&c, &s8, sizeof(c));
+  std::memcpy(&d, reinterpret_cast<const char*>(&s8) + sizeof(c), sizeof(d));
+  const Vec4 s4 = c + d;
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+TESSERA_VEC_INLINE float hmax(Vec16 v) {
+  float m = v[0];
+  for (int i = 1; i < 16; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+// exp of 16 floats (Cephes' single-precision polynomial, within 2 ulp of expf over the range
+// used). Below -87.3 (exp < FLT_MIN) the result is 0, -inf included; above 88 it is exp(88); NaN
+// stays NaN.
+TESSERA_VEC_INLINE Vec16 vexp(Vec16 x) {
+  const Vec16 lo = splat(-87.33654f), hi = splat(88.0f);
+  const Vec16 ok = (x == x) ? x : splat(0.0f);  // NaN lanes computed on 0, restored below
+  Vec16 c = ok < lo ? lo : ok;
+  c = c > hi ? hi : c;
+  const Vec16 fx = c * 1.44269504088896341f + 0.5f;
+  Vec16 fn = __builtin_convertvector(__builtin_convertvector(fx, Int16v), Vec16);
+  fn = fn > fx ? fn - 1.0f : fn;  // floor
+  const Vec16 r = c - fn * 0.693359375f + fn * 2.12194440e-4f;
+  Vec16 p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const Int16v bits = (__builtin_convertvector(fn, Int16v) + 127) << 23;
+  Vec16 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  Vec16 e = p * scale;
+  e = x < lo ? splat(0.0f) : e;
+  return (x == x) ? e : x;
+}
+
+}  // namespace tessera::kernels::vec
