@@ -10,7 +10,9 @@ namespace tessera::kernels {
 
 namespace {
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+// Not under ThreadSanitizer: the clones' ifunc resolver runs while the dynamic loader relocates
+// the program, before TSan's runtime is set up, and TSan instruments it (a crash at start-up).
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define TESSERA_GEMM_CLONES \
   __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
