@@ -9,6 +9,17 @@
 #include <cstdint>
 #include <cstring>
 
+// Compiles a function for several x86 levels (AVX2+FMA, AVX-512), picked at load time. Not under
+// ThreadSanitizer: the clones' ifunc resolver runs while the dynamic loader relocates the program,
+// before TSan's runtime is set up, and TSan instruments it (a crash at start-up).
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__CUDACC__) && \
+    !defined(__SANITIZE_THREAD__)
+#define TESSERA_CPU_TARGET_CLONES \
+  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define TESSERA_CPU_TARGET_CLONES
+#endif
+
 namespace tessera::kernels::vec {
 
 #define TESSERA_VEC_INLINE __attribute__((always_inline)) inline

@@ -10,15 +10,6 @@ namespace tessera::kernels {
 
 namespace {
 
-// Not under ThreadSanitizer: the clones' ifunc resolver runs while the dynamic loader relocates
-// the program, before TSan's runtime is set up, and TSan instruments it (a crash at start-up).
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
-#define TESSERA_FUSED_CLONES \
-  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define TESSERA_FUSED_CLONES
-#endif
-
 using vec::hsum;
 using vec::load16;
 using vec::splat;
@@ -29,8 +20,8 @@ using vec::vexp;
 // Below this many elements a call runs on the calling thread: a parallel region costs more.
 constexpr int64_t kParallelElems = 1 << 16;
 
-TESSERA_FUSED_CLONES void rms_norm_rows(const float* x, const float* w, float* out, int64_t r0,
-                                        int64_t r1, int64_t n, float eps) {
+TESSERA_CPU_TARGET_CLONES void rms_norm_rows(const float* x, const float* w, float* out, int64_t r0,
+                                             int64_t r1, int64_t n, float eps) {
   const int64_t n16 = n & ~int64_t{15};
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * n;
@@ -48,8 +39,8 @@ TESSERA_FUSED_CLONES void rms_norm_rows(const float* x, const float* w, float* o
   }
 }
 
-TESSERA_FUSED_CLONES void silu_mul_rows(const float* in, float* out, int64_t r0, int64_t r1,
-                                        int64_t n) {
+TESSERA_CPU_TARGET_CLONES void silu_mul_rows(const float* in, float* out, int64_t r0, int64_t r1,
+                                             int64_t n) {
   const int64_t n16 = n & ~int64_t{15};
   for (int64_t r = r0; r < r1; ++r) {
     const float* g = in + r * 2 * n;

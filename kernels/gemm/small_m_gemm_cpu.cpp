@@ -10,15 +10,6 @@ namespace tessera::kernels {
 
 namespace {
 
-// Not under ThreadSanitizer: the clones' ifunc resolver runs while the dynamic loader relocates
-// the program, before TSan's runtime is set up, and TSan instruments it (a crash at start-up).
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
-#define TESSERA_GEMM_CLONES \
-  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define TESSERA_GEMM_CLONES
-#endif
-
 using vec::load16;
 using vec::store16;
 using vec::Vec16;
@@ -74,9 +65,9 @@ void tail_cols(const float* a, int64_t lda, const float* b, int64_t ldb, const f
   }
 }
 
-TESSERA_GEMM_CLONES void panels(const float* a, int64_t lda, const float* b, int64_t ldb,
-                                const float* bias, float* c, int64_t ldc, int64_t m, int64_t k,
-                                int64_t p0, int64_t p1) {
+TESSERA_CPU_TARGET_CLONES void panels(const float* a, int64_t lda, const float* b, int64_t ldb,
+                                      const float* bias, float* c, int64_t ldc, int64_t m,
+                                      int64_t k, int64_t p0, int64_t p1) {
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n0 = p * kPanel;
     const float* bp = b + n0;

@@ -14,15 +14,6 @@ namespace tessera::kernels {
 
 namespace {
 
-// Not under ThreadSanitizer: the clones' ifunc resolver runs while the dynamic loader relocates
-// the program, before TSan's runtime is set up, and TSan instruments it (a crash at start-up).
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
-#define TESSERA_CPU_CLONES \
-  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define TESSERA_CPU_CLONES
-#endif
-
 constexpr int kQTile = 16;          // query tokens per work item; decode has one
 constexpr int kKeyChunk = 64;       // keys per online-softmax step
 constexpr int kMinSplitKeys = 512;  // automatic key splits are at least this long
@@ -57,7 +48,6 @@ using vec::splat;
 using vec::store16;
 using vec::Vec16;
 using vec::vexp;
-typedef int8_t Int8x16 __attribute__((vector_size(16)));
 
 // Widens an int8 row to float32, unscaled (the row's scale is folded into scores and weights).
 // A plain loop: GCC vectorises it (sign-extend + convert), unlike a 16-lane vector conversion.
@@ -149,40 +139,32 @@ TESSERA_ALWAYS_INLINE void accumulate_group(const float* w, const float* const* 
   }
 }
 
+// Lane-wise (x's selected lanes) + (y's selected lanes), the two selections given as index masks
+// over x ++ y: one level of reduce16's tree.
+TESSERA_ALWAYS_INLINE Vec16 fold(Vec16 x, Vec16 y, Int16v first, Int16v second) {
+  return __builtin_shuffle(x, y, first) + __builtin_shuffle(x, y, second);
+}
+
 // The sums of 16 vectors, as one vector (lane j = the sum of a[j]'s lanes): a transpose-and-add
-// tree, 30 shuffles and 15 adds for 16 sums instead of 16 horizontal sums.
+// tree, 30 shuffles and 15 adds for 16 sums instead of 16 horizontal sums. After level L each
+// vector holds 16 / 2^L partial sums of each of 2^L inputs.
 TESSERA_ALWAYS_INLINE Vec16 reduce16(const Vec16* a) {
-  // Level 1: lanes [0, 8) hold 8 partial sums of a[2i], lanes [8, 16) those of a[2i + 1].
   const Int16v lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
   const Int16v hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-  Vec16 b[8];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {
-    b[i] = __builtin_shuffle(a[2 * i], a[2 * i + 1], lo8) +
-           __builtin_shuffle(a[2 * i], a[2 * i + 1], hi8);
-  }
-  // Level 2: 4 lanes each of a[4i .. 4i + 3].
   const Int16v lo4 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
   const Int16v hi4 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
-  Vec16 c[4];
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    c[i] = __builtin_shuffle(b[2 * i], b[2 * i + 1], lo4) +
-           __builtin_shuffle(b[2 * i], b[2 * i + 1], hi4);
-  }
-  // Level 3: 2 lanes each of a[8i .. 8i + 7].
   const Int16v lo2 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
   const Int16v hi2 = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
-  Vec16 d[2];
-#pragma GCC unroll 2
-  for (int i = 0; i < 2; ++i) {
-    d[i] = __builtin_shuffle(c[2 * i], c[2 * i + 1], lo2) +
-           __builtin_shuffle(c[2 * i], c[2 * i + 1], hi2);
-  }
-  // Level 4: one lane each.
   const Int16v ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
   const Int16v od = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
-  return __builtin_shuffle(d[0], d[1], ev) + __builtin_shuffle(d[0], d[1], od);
+  Vec16 b[8], c[4], d[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) b[i] = fold(a[2 * i], a[2 * i + 1], lo8, hi8);
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) c[i] = fold(b[2 * i], b[2 * i + 1], lo4, hi4);
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) d[i] = fold(c[2 * i], c[2 * i + 1], lo2, hi2);
+  return fold(d[0], d[1], ev, od);
 }
 
 // Scores of R query rows (consecutive, stride dk) against up to 16 keys (krows[0, m)), as one
@@ -459,8 +441,8 @@ TESSERA_ALWAYS_INLINE void run_item_impl(const PagedAttentionView& a, const Item
 
 // Compiled for several x86 levels (AVX2+FMA, AVX-512) and picked at load time, so the inner
 // loops use the widest vectors the machine has.
-TESSERA_CPU_CLONES void run_item(const PagedAttentionView& a, const Item& item, Scratch& w,
-                                 const float* e4m3) {
+TESSERA_CPU_TARGET_CLONES void run_item(const PagedAttentionView& a, const Item& item, Scratch& w,
+                                        const float* e4m3) {
   if (a.kv.dtype == KvDType::kI8) {
     run_item_impl<true>(a, item, w, e4m3);
   } else {

@@ -44,9 +44,9 @@ TESSERA_SPARSE_INLINE void dot_tile(const float* a, const float* b, int d, float
 // For each row of y [n, d], the nearest centre of c [k, d]: the largest y . c - |c|^2 / 2 (half_c2
 // holds |c|^2 / 2; for unit centres this is the cosine order). Returns how many rows changed
 // cluster; best[i] is the winning value. dots: scratch of 2 * k floats.
-TESSERA_SPARSE_CLONES int assign_rows(const float* y, int n, int d, const float* c,
-                                      const float* half_c2, int k, int32_t* assign, float* best,
-                                      float* dots) {
+TESSERA_CPU_TARGET_CLONES int assign_rows(const float* y, int n, int d, const float* c,
+                                          const float* half_c2, int k, int32_t* assign, float* best,
+                                          float* dots) {
   int changed = 0;
   for (int i = 0; i < n; i += 2) {
     const int rows = std::min(2, n - i);
@@ -78,13 +78,14 @@ TESSERA_SPARSE_CLONES int assign_rows(const float* y, int n, int d, const float*
 }
 
 // dots[i] = y_i . x for every row of y [n, d].
-TESSERA_SPARSE_CLONES void dots_with(const float* y, int n, int d, const float* x, float* dots) {
+TESSERA_CPU_TARGET_CLONES void dots_with(const float* y, int n, int d, const float* x,
+                                         float* dots) {
   dot_many(y, d, n, x, d, dots);
 }
 
 // Rows of x [n, d] replaced by m^T x for a lower-triangular m (mt = m^T, row-major [d, d]: row b
 // is zero before column b, so only its tail is read).
-TESSERA_SPARSE_CLONES void transform_rows(float* x, int n, int d, const float* mt, float* tmp) {
+TESSERA_CPU_TARGET_CLONES void transform_rows(float* x, int n, int d, const float* mt, float* tmp) {
   for (int i = 0; i < n; ++i) {
     float* xi = x + static_cast<int64_t>(i) * d;
     for (int b = 0; b < d; ++b) {
@@ -94,7 +95,7 @@ TESSERA_SPARSE_CLONES void transform_rows(float* x, int n, int d, const float* m
   }
 }
 
-TESSERA_SPARSE_CLONES float norm2(const float* v, int d) {
+TESSERA_CPU_TARGET_CLONES float norm2(const float* v, int d) {
   float s = 0.0f;
   dot_many(v, d, 1, v, d, &s);
   return s;

@@ -117,7 +117,7 @@ struct Scratch {
         vrows(kChunk) {}
 };
 
-TESSERA_SPARSE_CLONES void run_item(const SparseDecodeView& a, const Item& item, Scratch& w) {
+TESSERA_CPU_TARGET_CLONES void run_item(const SparseDecodeView& a, const Item& item, Scratch& w) {
   const PagedKv& c = a.kv;
   const bool decode = c.dtype != KvDType::kF32;
   const int group = a.num_q_heads / c.num_kv_heads;

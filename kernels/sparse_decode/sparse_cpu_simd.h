@@ -1,49 +1,22 @@
 // 16-lane float vectors (GCC vector extensions) for the sparse-decode CPU code: one AVX-512
-// register, two AVX ones or four SSE ones, picked per function by TESSERA_SPARSE_CLONES. Row dot
-// products share each load of the common vector across several rows, so the inner loops are
+// register, two AVX ones or four SSE ones, picked per function by TESSERA_CPU_TARGET_CLONES. Row
+// dot products share each load of the common vector across several rows, so the inner loops are
 // limited by loads, not by one accumulator's latency.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
-// Not under ThreadSanitizer: the clones' ifunc resolver runs while the dynamic loader relocates
-// the program, before TSan's runtime is set up, and TSan instruments it (a crash at start-up).
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__CUDACC__) && \
-    !defined(__SANITIZE_THREAD__)
-#define TESSERA_SPARSE_CLONES \
-  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define TESSERA_SPARSE_CLONES
-#endif
+#include "kernels/common/vec16.h"
+
 #define TESSERA_SPARSE_INLINE __attribute__((always_inline)) inline
 
 namespace tessera::kernels::sparse_simd {
 
-typedef float Vec16 __attribute__((vector_size(64)));
-
-TESSERA_SPARSE_INLINE Vec16 load16(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-TESSERA_SPARSE_INLINE void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
-typedef float Vec8 __attribute__((vector_size(32)));
-typedef float Vec4 __attribute__((vector_size(16)));
-
-// Horizontal sum as a tree of vector halves (a plain loop over the lanes compiles to 16 dependent
-// scalar adds).
-TESSERA_SPARSE_INLINE float hsum(Vec16 v) {
-  Vec8 a, b;
-  std::memcpy(&a, &v, sizeof(a));
-  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof(a), sizeof(b));
-  const Vec8 s8 = a + b;
-  Vec4 c, d;
-  std::memcpy(&c, &s8, sizeof(c));
-  std::memcpy(&d, reinterpret_cast<const char*>(&s8) + sizeof(c), sizeof(d));
-  const Vec4 s4 = c + d;
-  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
-}
+using vec::hsum;
+using vec::load16;
+using vec::store16;
+using vec::Vec16;
 
 // out[r] = rows_r . x for R rows (row r at rows + r * ld): x is loaded once for all of them.
 template <int R>

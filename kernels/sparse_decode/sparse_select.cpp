@@ -48,9 +48,9 @@ using sparse_simd::Vec16;
 
 // Raw scores of units against the group's queries, scores[g * units + u] (scaled). q holds the
 // group's query rows contiguously [group, d].
-TESSERA_SPARSE_CLONES void cluster_scores(const float* q, int group, int d, float scale,
-                                          const float* centroids, const float* radius2,
-                                          const float* bonus, int64_t units, float* scores) {
+TESSERA_CPU_TARGET_CLONES void cluster_scores(const float* q, int group, int d, float scale,
+                                              const float* centroids, const float* radius2,
+                                              const float* bonus, int64_t units, float* scores) {
   float dots[64];
   for (int64_t u = 0; u < units; ++u) {
     dot_many(q, d, group, centroids + u * d, d, dots);
@@ -80,9 +80,9 @@ TESSERA_SPARSE_INLINE void quest_rows(const float* q, int d, const float* lo, co
   }
 }
 
-TESSERA_SPARSE_CLONES void quest_scores(const float* q, int group, int d, float scale,
-                                        const float* stats, int64_t first_page, int64_t units,
-                                        float* scores) {
+TESSERA_CPU_TARGET_CLONES void quest_scores(const float* q, int group, int d, float scale,
+                                            const float* stats, int64_t first_page, int64_t units,
+                                            float* scores) {
   float b[64];
   for (int64_t u = 0; u < units; ++u) {
     const float* lo = stats + (first_page + u) * 2 * d;
@@ -94,9 +94,9 @@ TESSERA_SPARSE_CLONES void quest_scores(const float* q, int group, int d, float 
 }
 
 // mean+std: scale q . mu + scale^2 / 2 (q^2) . var (stats hold mean and variance per page).
-TESSERA_SPARSE_CLONES void meanstd_scores(const float* q, const float* qsq, int group, int d,
-                                          float scale, const float* stats, int64_t first_page,
-                                          int64_t units, float* scores) {
+TESSERA_CPU_TARGET_CLONES void meanstd_scores(const float* q, const float* qsq, int group, int d,
+                                              float scale, const float* stats, int64_t first_page,
+                                              int64_t units, float* scores) {
   float m[64], v[64];
   for (int64_t u = 0; u < units; ++u) {
     const float* mu = stats + (first_page + u) * 2 * d;
@@ -108,7 +108,7 @@ TESSERA_SPARSE_CLONES void meanstd_scores(const float* q, const float* qsq, int 
 }
 
 // e[u] = exp(s[u] - max) in place over one head's scores; returns the max.
-TESSERA_SPARSE_CLONES float exp_shifted(float* s, int64_t n) {
+TESSERA_CPU_TARGET_CLONES float exp_shifted(float* s, int64_t n) {
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t u = 0; u < n; ++u) mx = std::max(mx, s[u]);
 #pragma omp simd
