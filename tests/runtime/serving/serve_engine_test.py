@@ -154,10 +154,15 @@ def disconnect_check(port, model, tag, max_tokens):
     # One engine step of this stream: the mean inter-token latency so far.
     itl = metric(port, "tessera_inter_token_latency_seconds_sum") / \
         metric(port, "tessera_inter_token_latency_seconds_count")
-    # In engine steps (robust on a loaded machine): the step in flight at the close, the one that
-    # takes the abort, and the steps between the last read before the close and the close itself.
-    check(metric(port, "tessera_kv_cache_blocks_used") == 0 and steps <= 6 and
-          dt < 2 * itl + 0.25,
+    # In engine steps (robust on a loaded machine with slow steps): the step in flight at the
+    # close, the one that takes the abort, and the steps between the last read before the close
+    # and the close itself. With sub-millisecond steps the count instead measures how soon the
+    # kernel runs the server's IO thread after the FIN: on a 2-core machine shared with other jobs
+    # the scheduler may leave it waiting several ms (16 steps of 0.4 ms were seen in CI), so
+    # there the bound is 25 ms of wall time, still far below a write-failure or end-of-request
+    # detection (the request asks for 3,000 tokens; see "generation stopped early" below).
+    check(metric(port, "tessera_kv_cache_blocks_used") == 0 and
+          (steps <= 6 or dt < 0.025) and dt < 2 * itl + 0.25,
           f"{tag} blocks back in the pool {dt * 1000:.1f} ms after the close (mean step "
           f"{itl * 1000:.1f} ms; {steps:.0f} engine steps since the last read before the close)")
     aborted = (metric(port, "tessera_request_success_total", 'finish_reason="abort"') or 0)
