@@ -556,6 +556,11 @@ ApiServer::ApiServer(IoRuntime& io, HttpServerOptions http, ApiServerOptions opt
     : impl_(std::make_shared<Impl>(io, std::move(options), std::move(models), max_loaded_models,
                                    std::move(loader))) {
   std::weak_ptr<Impl> weak = impl_;
+  // Requests the HTTP layer answers itself (malformed, too large, during shutdown) are counted
+  // under route "refused": their path is the client's, not one of ours.
+  http.on_refused = [weak](int status) {
+    if (auto self = weak.lock()) self->count("refused", status);
+  };
   impl_->http =
       std::make_unique<HttpServer>(io, std::move(http), [weak](std::shared_ptr<Exchange> ex) {
         if (auto self = weak.lock()) self->handle(ex);

@@ -396,6 +396,15 @@ TEST_F(ServerTest, OversizeBodyGets413) {
   c.send_raw("POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
   for (int i = 0; i < 3; ++i) c.send_raw("190\r\n" + std::string(400, 'a') + "\r\n");
   EXPECT_EQ(c.read_response().status, 413);
+  // Both counted in the metrics, under route "refused", as is a malformed request (400).
+  TestConnection bad(port_);
+  bad.send_raw("POST /v1/completions HTTP/1.1\r\nContent-Length: x\r\n\r\n");
+  EXPECT_EQ(bad.read_response().status, 400);
+  MetricsText m = parse_metrics(http_call(port_, "GET", "/metrics").body);
+  EXPECT_EQ(m.value("tessera_http_requests_total", {{"route", "refused"}, {"code", "413"}}), 2);
+  EXPECT_EQ(m.value("tessera_http_requests_total", {{"route", "refused"}, {"code", "400"}}), 1);
+  EXPECT_TRUE(std::isnan(
+      m.value("tessera_http_requests_total", {{"route", "/v1/completions"}, {"code", "413"}})));
 }
 
 TEST_F(ServerTest, SlowClientsAreTimedOut) {
