@@ -7,7 +7,7 @@
 #                                               libFuzzer flags such as -runs=10000000 follow)
 #   scripts/fuzz.sh --all SECONDS [JOBS]        every target for SECONDS, JOBS at a time 
 #   scripts/fuzz.sh --ci [SECONDS]              CI: builds, then every target for SECONDS (default
-#                                               8), 2 at a time (12 targets: ~1 minute)
+#                                               30), 2 at a time (12 targets: ~3 minutes)
 #   scripts/fuzz.sh --build                     builds only
 # TESSERA_FUZZ_NO_BUILD=1 runs what is built; TESSERA_FUZZ_BIN_DIR names another folder of them.
 # The growing corpus lives in build-fuzz/corpus/<target>/ (the seeds are read, never written);
@@ -88,7 +88,7 @@ run() {
 case "${1:-}" in
   --list) targets ;;
   --build) build_targets ;;
-  --ci) exec "$0" --all "${2:-8}" 2 ;;
+  --ci) exec "$0" --all "${2:-30}" 2 ;;
   --all)
     secs=${2:?usage: fuzz.sh --all SECONDS [JOBS]}
     jobs=${3:-1}

@@ -341,6 +341,13 @@ void ApiServer::Impl::handle_health(const std::shared_ptr<Exchange>& ex) {
   } else if (loading) {
     r.status = 503;
     r.body = R"({"status":"loading"})";
+  } else if (!load_error.empty()) {
+    // The model loaded at start failed: a router or load balancer must not send traffic here.
+    // A later request retries the load; once one succeeds, poll_health() clears this.
+    r.status = 503;
+    r.body = dump_json(
+        {{"status", "error"},
+         {"detail", "model '" + models.front().name + "' failed to load: " + load_error}});
   } else if (!stalled_model.empty()) {
     r.status = 503;
     r.body = dump_json({{"status", "stalled"},
@@ -358,6 +365,7 @@ void ApiServer::Impl::poll_health() {
   {
     std::lock_guard lock(health_mu);
     cache.visit([&](const ModelSpec& spec, Backend& b) {
+      if (spec.name == models.front().name) load_error.clear();  // a later load succeeded
       auto* engine = static_cast<ServingBackend&>(b).engine();
       if (engine == nullptr) return;
       const auto s = engine->stats();
@@ -548,6 +556,11 @@ ApiServer::ApiServer(IoRuntime& io, HttpServerOptions http, ApiServerOptions opt
     : impl_(std::make_shared<Impl>(io, std::move(options), std::move(models), max_loaded_models,
                                    std::move(loader))) {
   std::weak_ptr<Impl> weak = impl_;
+  // Requests the HTTP layer answers itself (malformed, too large, during shutdown) are counted
+  // under route "refused": their path is the client's, not one of ours.
+  http.on_refused = [weak](int status) {
+    if (auto self = weak.lock()) self->count("refused", status);
+  };
   impl_->http =
       std::make_unique<HttpServer>(io, std::move(http), [weak](std::shared_ptr<Exchange> ex) {
         if (auto self = weak.lock()) self->handle(ex);

@@ -532,6 +532,13 @@ void Session::finish_exchange() {
 }
 
 void Session::reply_and_close(int status, std::string_view message) {
+  if (opt().on_refused) {
+    try {
+      opt().on_refused(status);
+    } catch (const std::exception& e) {
+      log::error("serving: on_refused raised: {}", e.what());
+    }
+  }
   HttpResponse r = error_response(status, message);
   queue_write(head_text(r.status, r.content_type, r.headers, false, r.body.size(), false) + r.body,
               After::kClose);

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -27,6 +28,10 @@ struct HttpServerOptions {
   std::chrono::milliseconds write_timeout{60000};  // one write to a client that does not read
   size_t max_connections = 1024;
   size_t max_pending_write_bytes = 8 << 20;  // a stream whose reader lags more is cut
+  // Told the status of each request the server answers itself, before any handler sees it: 400
+  // (malformed), 413 (body over the limit), 431 (header over the limit), 503 (shutting down).
+  // Runs on the connection's strand; must not block. Empty: nothing is told.
+  std::function<void(int status)> on_refused;
 };
 
 // One request parsed from the bytes a client sent, as a connection parses it (the same parser

@@ -301,7 +301,9 @@ class Forward : public std::enable_shared_from_this<Forward> {
     }
   }
 
-  // Server-Sent Events pass through as they come; anything else is gathered and sent whole.
+  // Server-Sent Events pass through event by event as they come (an event cut off by a failing
+  // replica never reaches the client, so the error event that ends such a stream is not glued to
+  // half an event); anything else is gathered and sent whole.
   void on_data(const std::string& d) {
     if (client_gone_) return;
     if (!sse_) {
@@ -312,7 +314,27 @@ class Forward : public std::enable_shared_from_this<Forward> {
       relaying_ = true;
       ex_->start_stream(status_, content_type_, {{"Cache-Control", "no-cache"}});
     }
-    ex_->send_chunk(d);
+    // body_ holds the start of an event whose blank line has not come yet.
+    const size_t searched = body_.size() >= 3 ? body_.size() - 3 : 0;
+    body_ += d;
+    const size_t end = complete_events(body_, searched);
+    if (end == 0) return;
+    ex_->send_chunk(body_.substr(0, end));
+    body_.erase(0, end);
+  }
+
+  // The length of the leading complete events of `s`: up to the last blank line (an event ends
+  // with "\n\n", "\r\n\r\n" or "\r\r"), looking for it from `from`; 0 when there is none.
+  static size_t complete_events(const std::string& s, size_t from) {
+    size_t end = 0;
+    for (size_t i = from; i + 1 < s.size(); ++i) {
+      if ((s[i] == '\n' && s[i + 1] == '\n') || (s[i] == '\r' && s[i + 1] == '\r')) {
+        end = i + 2;
+      } else if (i + 3 < s.size() && s.compare(i, 4, "\r\n\r\n") == 0) {
+        end = i + 4;
+      }
+    }
+    return end;
   }
 
   void on_done(const std::string& err) {
@@ -328,6 +350,8 @@ class Forward : public std::enable_shared_from_this<Forward> {
         (status_ == 429 || status_ == 502 || status_ == 503 || status_ == 504);
     if (err.empty() && !retryable_status) {
       if (relaying_) {
+        // A replica that ended cleanly without a last blank line: what it sent is passed on.
+        if (!body_.empty()) ex_->send_chunk(std::move(body_));
         ex_->end_stream();
       } else {
         HttpResponse resp;
@@ -367,6 +391,12 @@ class Forward : public std::enable_shared_from_this<Forward> {
       return;
     }
     // The stream had started: end it with an error event rather than leave the client hanging.
+    // A cut-off event is dropped (its bytes are not valid SSE).
+    if (!body_.empty()) {
+      log::warn("router: dropped {} bytes of an event cut off by the failing replica",
+                body_.size());
+      body_.clear();
+    }
     r_->broken_streams->inc();
     r_->set_health(worker_, false, err);
     ex_->send_chunk("data: " + error_json(502, "the replica serving this stream failed: " + err) +

@@ -42,6 +42,15 @@ class Renderer {
     scopes_.push_back(std::make_shared<Dict>(vars));
     root_ = scopes_.front();
   }
+  // Namespaces are the only values a template changes after making them, so the only ones that
+  // can hold themselves (`set ns.x = ns`) or chain without bound (`set h.x = namespace(p=h.x)` in
+  // a loop). Emptying each one here, while the registry still holds the others, frees them with
+  // neither a leak nor a deep recursion of destructors.
+  ~Renderer() {
+    for (auto& ns : *namespaces_) ns.mutable_dict().items.clear();
+  }
+  Renderer(const Renderer&) = delete;
+  Renderer& operator=(const Renderer&) = delete;
 
   std::string run(const Node& root) {
     std::string out;
@@ -283,20 +292,22 @@ class Renderer {
         std::vector<Value> out;
         for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
           out.push_back(Value::integer(i));
-          if (out.size() > (1u << 20)) fail("range too large");
+          // As the sandbox transformers renders in (MAX_RANGE).
+          if (out.size() > 100000) fail("range too big: the sandbox allows 100000 items");
         }
         return Value::list(std::move(out));
       });
     }
     if (name == "namespace") {
-      return Value::function("namespace", [](Args& a) {
+      return Value::function("namespace", [made = namespaces_](Args& a) {
         Dict d;
         for (const auto& p : a.pos) {
           if (!p.is_dict()) fail("namespace() takes keyword arguments or a dict");
           for (const auto& [k, v] : p.dict().items) d.set(k, v);
         }
         for (const auto& [k, v] : a.kw) d.set(k, v);
-        return Value::ns(std::move(d));
+        made->push_back(Value::ns(std::move(d)));
+        return made->back();
       });
     }
     if (name == "dict") {
@@ -449,6 +460,7 @@ class Renderer {
   }
 
   static constexpr int kMaxMacroDepth = 100;
+  std::shared_ptr<std::vector<Value>> namespaces_ = std::make_shared<std::vector<Value>>();
   std::vector<Scope> scopes_;
   Scope root_;
   int macro_depth_ = 0;

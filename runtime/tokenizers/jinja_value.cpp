@@ -64,22 +64,38 @@ Value Value::string(std::string s) {
   v.s_ = std::move(s);
   return v;
 }
+namespace {
+int nesting_of(int deepest_item, const char* what) {
+  const int depth = deepest_item + 1;
+  TESSERA_CHECK(depth <= Value::kMaxNesting, "a ", what, " nests deeper than ", Value::kMaxNesting,
+                " levels");
+  return depth;
+}
+}  // namespace
+
 Value Value::list(std::vector<Value> items, bool tuple) {
   Value v;
   v.kind_ = Kind::kList;
   v.tuple_ = tuple;
+  int deepest = 0;
+  for (const auto& x : items) deepest = std::max(deepest, x.depth_);
+  v.depth_ = nesting_of(deepest, tuple ? "tuple" : "list");
   v.list_ = std::make_shared<std::vector<Value>>(std::move(items));
   return v;
 }
 Value Value::dict(Dict d) {
   Value v;
   v.kind_ = Kind::kDict;
+  int deepest = 0;
+  for (const auto& kv : d.items) deepest = std::max(deepest, kv.second.depth_);
+  v.depth_ = nesting_of(deepest, "dict");
   v.dict_ = std::make_shared<Dict>(std::move(d));
   return v;
 }
 Value Value::ns(Dict d) {
   Value v = dict(std::move(d));
   v.namespace_ = true;
+  v.depth_ = 1;
   return v;
 }
 Value Value::function(std::string name, Function f) {
@@ -306,6 +322,8 @@ void to_json_impl(const Value& v, const JsonOptions& o, int depth, std::string& 
       return;
     }
     case Value::Kind::kDict: {
+      // As json.dumps: a namespace is no dict to it (and may hold itself).
+      if (v.is_namespace()) TESSERA_FAIL("Object of type Namespace is not JSON serializable");
       std::vector<const std::pair<std::string, Value>*> items;
       for (const auto& kv : v.dict().items) items.push_back(&kv);
       if (o.sort_keys) {
@@ -348,6 +366,22 @@ std::string Value::to_str() const {
   }
 }
 
+namespace {
+// The lists and dicts whose repr() is being written on this thread, outermost first.
+thread_local std::vector<const void*> repr_active;
+struct ReprEnter {
+  explicit ReprEnter(const void* p) {
+    TESSERA_CHECK(repr_active.size() < static_cast<size_t>(Value::kMaxNesting),
+                  "a value to print nests deeper than ", Value::kMaxNesting, " levels");
+    repr_active.push_back(p);
+  }
+  ~ReprEnter() { repr_active.pop_back(); }
+  static bool active(const void* p) {
+    return std::find(repr_active.begin(), repr_active.end(), p) != repr_active.end();
+  }
+};
+}  // namespace
+
 std::string Value::repr() const {
   switch (kind_) {
     case Kind::kUndefined:
@@ -363,6 +397,8 @@ std::string Value::repr() const {
     case Kind::kString:
       return repr_string(s_);
     case Kind::kList: {
+      if (ReprEnter::active(list_.get())) return tuple_ ? "(...)" : "[...]";
+      ReprEnter enter(list_.get());
       std::string out = tuple_ ? "(" : "[";
       for (size_t i = 0; i < list_->size(); ++i) {
         if (i) out += ", ";
@@ -372,6 +408,8 @@ std::string Value::repr() const {
       return out + (tuple_ ? ")" : "]");
     }
     case Kind::kDict: {
+      if (ReprEnter::active(dict_.get())) return namespace_ ? "<Namespace {...}>" : "{...}";
+      ReprEnter enter(dict_.get());
       std::string out = namespace_ ? "<Namespace {" : "{";
       for (size_t i = 0; i < dict_->items.size(); ++i) {
         if (i) out += ", ";
@@ -428,6 +466,7 @@ bool equal(const Value& a, const Value& b) {
     case Value::Kind::kString:
       return a.str() == b.str();
     case Value::Kind::kList: {
+      if (&a.items() == &b.items()) return true;
       if (a.is_tuple() != b.is_tuple() || a.items().size() != b.items().size()) return false;
       for (size_t i = 0; i < a.items().size(); ++i) {
         if (!equal(a.items()[i], b.items()[i])) return false;

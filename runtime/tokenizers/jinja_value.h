@@ -50,6 +50,9 @@ class Value {
   static Value integer(int64_t i);
   static Value number(double d);
   static Value string(std::string s);
+  // Lists and dicts nest at most kMaxNesting levels (a namespace counts as one level whatever it
+  // holds: its attributes change after it is made); deeper ones are an error naming the limit.
+  static constexpr int kMaxNesting = 256;
   static Value list(std::vector<Value> items, bool tuple = false);
   static Value dict(Dict d);
   static Value ns(Dict d);  // a namespace(): a dict whose attributes `set` may change
@@ -84,6 +87,9 @@ class Value {
   bool truthy() const;
   // Python's str() (what {{ }} prints; undefined prints as "").
   std::string to_str() const;
+  // Python's repr(); a container met again inside itself (a namespace holding itself) prints as
+  // Python prints it ([...], {...}); nesting deeper than kMaxNesting (a chain of namespaces) is
+  // an error, as Python's RecursionError.
   std::string repr() const;
   std::string to_json(const JsonOptions& opt = {}) const;  // json.dumps
   std::string type_name() const;  // Python's: 'str', 'int', 'list', 'dict', 'NoneType', ...
@@ -93,6 +99,7 @@ class Value {
   bool b_ = false;
   bool tuple_ = false;
   bool namespace_ = false;
+  int depth_ = 0;  // lists and dicts: 1 + their deepest item's; namespaces 1; others 0
   int64_t i_ = 0;
   double f_ = 0;
   std::string s_;

@@ -65,6 +65,10 @@ class SoakBenchTest(unittest.TestCase):
         self.assertLessEqual(fin["error"], 0)  # -1: no sequence ever finished with an error
         n400 = sum(e["count"] for r, e in d["errors"].items() if r.startswith("400 "))
         self.assertEqual(m["completions_answered_by_code"]["400"], n400)
+        # The HTTP layer's own answers count too (route "refused"): every 413 the client got.
+        n413 = sum(e["count"] for r, e in d["errors"].items() if r.startswith("413 "))
+        self.assertGreater(n413, 0)
+        self.assertEqual(m["completions_answered_by_code"]["413"], n413)
 
     def test_engine_preempted_and_the_pool_is_empty_at_the_end(self):
         m = self.d["metrics_end"]

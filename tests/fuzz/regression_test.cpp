@@ -98,6 +98,22 @@ TEST(FuzzRegression, ChatTemplateWithInvalidUtf8IsRefused) {
   }
 }
 
+// A chat template that stores a namespace in itself (`set ns.count = ns`) and prints it: repr()
+// recursed until the stack overflowed (ASan), and the namespace kept itself alive (a leak). Now
+// it prints as Python does (`<Namespace {...}>` where it meets itself) and is freed.
+TEST(FuzzRegression, ChatTemplateNamespaceHoldingItselfRenders) {
+  const auto t = tokenizers::ChatTemplate::from_string(
+      crash_input("chat_template", "crash-namespace-holds-itself"), {{"bos_token", "<s>"}});
+  const std::string out =
+      t.render(nlohmann::ordered_json::parse(R"([{"role":"system","content":"s"},
+                                        {"role":"user","content":"hi"}])"),
+               true);
+  // jinja2 (with loopcontrols) renders the same messages to exactly this.
+  EXPECT_EQ(out,
+            "<s><<SYS>>S<</SYS>>\n .\n<Namespace {'count': <Namespace {...}>, 'sys': 's'}> "
+            "turns1231A:");
+}
+
 // config.json with hidden_size 409633330000 (valid on its own): num_params() multiplied past
 // int64, undefined behaviour (UBSan). Now an error.
 TEST(FuzzRegression, HugeModelConfigParameterCountIsAnError) {

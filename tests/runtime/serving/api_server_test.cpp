@@ -396,6 +396,15 @@ TEST_F(ServerTest, OversizeBodyGets413) {
   c.send_raw("POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
   for (int i = 0; i < 3; ++i) c.send_raw("190\r\n" + std::string(400, 'a') + "\r\n");
   EXPECT_EQ(c.read_response().status, 413);
+  // Both counted in the metrics, under route "refused", as is a malformed request (400).
+  TestConnection bad(port_);
+  bad.send_raw("POST /v1/completions HTTP/1.1\r\nContent-Length: x\r\n\r\n");
+  EXPECT_EQ(bad.read_response().status, 400);
+  MetricsText m = parse_metrics(http_call(port_, "GET", "/metrics").body);
+  EXPECT_EQ(m.value("tessera_http_requests_total", {{"route", "refused"}, {"code", "413"}}), 2);
+  EXPECT_EQ(m.value("tessera_http_requests_total", {{"route", "refused"}, {"code", "400"}}), 1);
+  EXPECT_TRUE(std::isnan(
+      m.value("tessera_http_requests_total", {{"route", "/v1/completions"}, {"code", "413"}})));
 }
 
 TEST_F(ServerTest, SlowClientsAreTimedOut) {
@@ -569,6 +578,40 @@ TEST_F(ServerTest, HealthIs503WhileLoadingAndWhenTheEngineStalls) {
   EXPECT_EQ(h.body["status"], "stalled");
   engine().set_stalled(false);
   EXPECT_TRUE(eventually([&] { return get("/health").status == 200; }, 5s));
+}
+
+// The model loaded at start fails (a broken checkpoint): /health is 503 "error" naming the model
+// and the cause, so a router sends nothing here; a request gets the load error; once a retried load
+// works, /health is 200 again.
+TEST_F(ServerTest, HealthIs503WhenTheModelFailedToLoad) {
+  fake_.fail_loads = 2;  // the load at start, then the first request's retry
+  ApiServerOptions api;
+  api.health_poll = 20ms;
+  io_ = std::make_unique<IoRuntime>(2, 2);
+  server_ = std::make_unique<ApiServer>(*io_, HttpServerOptions{}, api,
+                                        std::vector<ModelSpec>{{"m", "fake-m", "", false}}, 1,
+                                        fake_.loader());
+  server_->start();
+  io_->start();
+  port_ = server_->port();
+  EXPECT_TRUE(eventually([&] { return get("/health").body.value("status", "") == "error"; }, 5s));
+  auto h = get("/health");
+  EXPECT_EQ(h.status, 503);
+  const std::string detail = h.body.value("detail", "");
+  EXPECT_NE(detail.find("model 'm' failed to load"), std::string::npos) << detail;
+  EXPECT_NE(detail.find("fake-m/model.safetensors': truncated"), std::string::npos) << detail;
+  // Still 503 after several polls: nothing got loaded.
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(get("/health").status, 503);
+  auto r = post("/v1/completions", json{{"prompt", "x"}, {"max_tokens", 2}});
+  EXPECT_EQ(r.status, 500);
+  EXPECT_NE(r.body.dump().find("truncated"), std::string::npos) << r.body.dump();
+  EXPECT_EQ(get("/health").status, 503);
+  // The next request's load works: served, and /health turns 200.
+  r = post("/v1/completions", json{{"prompt", "x"}, {"max_tokens", 2}});
+  EXPECT_EQ(r.status, 200) << r.body.dump();
+  EXPECT_TRUE(eventually([&] { return get("/health").status == 200; }, 5s));
+  EXPECT_EQ(get("/health").body["status"], "ok");
 }
 
 TEST_F(ServerTest, GracefulShutdownFinishesInFlightRequests) {

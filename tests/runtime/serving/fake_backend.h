@@ -58,6 +58,7 @@ class FakeBackend : public ServingBackend {
 struct FakeLoader {
   FakeEngineOptions engine;
   std::chrono::milliseconds load_time{0};
+  std::atomic<int> fail_loads{0};  // this many loads throw (a broken checkpoint) before one works
   std::vector<std::string> encoders;  // served names that are encoders
   std::mutex mu;
   std::vector<ModelSpec> loaded;  // every spec the loader was asked for, in order
@@ -66,6 +67,10 @@ struct FakeLoader {
   ServingBackendLoader loader() {
     return [this](const ModelSpec& spec) -> std::shared_ptr<ServingBackend> {
       if (load_time.count() > 0) std::this_thread::sleep_for(load_time);
+      if (fail_loads.load() > 0) {
+        fail_loads--;
+        throw std::runtime_error("'" + spec.base + "/model.safetensors': truncated (on purpose)");
+      }
       bool enc = false;
       for (const auto& e : encoders) enc |= e == spec.name;
       auto b = std::make_shared<FakeBackend>(engine, enc, !enc);

@@ -26,6 +26,15 @@ def check(cond, what):
         print("FAIL:", what)
 
 
+def parse_or_none(event):
+    """An SSE event's JSON object, or {} when it is not one (a broken event)."""
+    try:
+        v = json.loads(event)
+        return v if isinstance(v, dict) else {}
+    except ValueError:
+        return {}
+
+
 def workers(port):
     return json.loads(http(port, "GET", "/workers")[2])["workers"]
 
@@ -46,8 +55,67 @@ def cli_errors():
               f"{r.returncode}, stderr {r.stderr.strip()!r}")
 
 
+def cut_event_check():
+    """A replica that dies in the middle of an SSE event: the client gets the whole events before
+    it, then a parseable error event and [DONE]; the cut-off half event is not passed on (glued to
+    the error event it made both unreadable)."""
+    import socket
+    import threading
+    first = 'data: {"choices":[{"index":0,"text":"Hello","finish_reason":null}]}\n\n'
+    half = 'data: {"choices":[{"index":0,"te'
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    port = lsock.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            data = b""
+            while b"\r\n\r\n" not in data:
+                more = conn.recv(65536)
+                if not more:
+                    break
+                data += more
+            if data.startswith(b"GET /health"):
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 15\r\n\r\n{\"status\":\"ok\"}")
+            else:  # a stream (chunked, as ours): one event, half of the next, then it is gone
+                def chunk(text):
+                    return f"{len(text):x}\r\n{text}\r\n".encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n" + chunk(first))
+                time.sleep(0.1)
+                conn.sendall(chunk(half))
+                time.sleep(0.1)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    router, rport = start_router(TESSERA, [f"http://127.0.0.1:{port}"], "--health-interval", "0.2")
+    wait_until(lambda: all(w["healthy"] for w in workers(rport)), 10, "the fake replica healthy")
+    status, _, raw = http(rport, "POST", "/v1/completions",
+                          {"prompt": "x", "max_tokens": 5, "stream": True})
+    events = sse_events(raw)
+    check(status == 200 and len(events) == 3 and events[-1] == "[DONE]",
+          f"cut event: 3 events (whole, error, [DONE]): {status} {raw[:400]!r}")
+    if len(events) == 3:
+        check(json.loads(events[0])["choices"][0]["text"] == "Hello", "cut event: first event whole")
+        try:
+            err = json.loads(events[1])["error"]
+            check("the replica serving this stream failed" in err["message"],
+                  f"cut event: error event names the failure: {err}")
+        except (ValueError, KeyError) as e:
+            check(False, f"cut event: the error event is not valid JSON ({e}): {events[1]!r}")
+    check(stop(router) == 0, "cut event: router exit code after SIGTERM")
+    lsock.close()
+
+
 def main():
     cli_errors()
+    cut_event_check()
     # max-running 2: most requests of a burst wait in the queue (no output yet) at any moment.
     server_args = ["--step-us", "5000", "--max-running", "2"]
     servers = [start_server(SERVER, *server_args) for _ in range(3)]
@@ -107,7 +175,9 @@ def main():
         if events and events[-1] == "[DONE]" and all('"error"' not in e for e in events):
             text = "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1])
             return ("complete" if len(text) == 30 else f"short {len(text)}", took, stream)
-        if events and events[-1] == "[DONE]" and any('"error"' in e for e in events):
+        if events and events[-1] == "[DONE]" and len(events) >= 2 and \
+                "error" in parse_or_none(events[-2]) and \
+                all("choices" in parse_or_none(e) for e in events[:-2]):
             return ("clear error event", took, stream)
         return (f"broken {events[-2:]}", took, stream)
 

@@ -168,12 +168,29 @@ def message_lists(r, n, alternate):
     return out
 
 
+# Namespaces that hold themselves, and a long chain of namespaces (the one value a template can
+# change after making it): repr with Python's [...] / {...} markers, identity ==, and freeing them.
+NAMESPACES = """{%- set ns = namespace(n=0, self=none, roles='') -%}
+{%- set ns.self = ns -%}
+{%- set ns.items = [ns, (ns, 1)] -%}
+{%- for m in messages %}{% set ns.n = ns.n + 1 %}{% set ns.roles = ns.roles ~ m.role[0] %}{% endfor -%}
+{{ ns }}
+{{ ns.items }}
+{{ ns == ns.self }} {{ ns.self.self.n }} {{ ns.items[1][0].roles }} {{ [ns] == [ns.self] }} {{ ns in ns.items }}
+{%- set h = namespace(x=none) -%}
+{%- for i in range(3000) %}{% set h.x = namespace(p=h.x, i=i) %}{% endfor %}
+{{ h.x.p.p.i }} {{ h.x.p.i }}
+{%- if add_generation_prompt %}
+A:{% endif %}
+"""
+
+
 def main():
     out_dir = sys.argv[1]
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 60
     os.makedirs(out_dir, exist_ok=True)
     templates = {"constructs_a": CONSTRUCTS_A, "constructs_b": CONSTRUCTS_B,
-                 "whitespace": WHITESPACE, **PUBLIC}
+                 "whitespace": WHITESPACE, "namespaces": NAMESPACES, **PUBLIC}
     with open(os.path.join(out_dir, "templates.json"), "w", encoding="utf-8") as f:
         json.dump(templates, f, ensure_ascii=False)
     r = random.Random(1234)

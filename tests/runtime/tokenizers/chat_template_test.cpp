@@ -86,7 +86,7 @@ TEST(ChatTemplateReference, RendersLikeTransformersJinja2) {
     EXPECT_GE(n, 50) << name;
     EXPECT_EQ(mismatches[name], 0) << name;
   }
-  EXPECT_EQ(count.size(), 8u);
+  EXPECT_EQ(count.size(), 9u);
   fs::remove_all(dir);
 }
 

@@ -57,6 +57,36 @@ TEST(ChatTemplateErrors, DeepNestingAndRecursionAreRefused) {
   EXPECT_EQ(error_of("{{ messages }}", deep), "chat messages nest deeper than 128 levels");
 }
 
+std::string render(const std::string& source) {
+  return ChatTemplate::from_string(source).render(nlohmann::json::array(), false);
+}
+
+// Namespaces are the one value a template changes after making it: one may hold itself (the
+// fuzzer's stack overflow in repr) or head a chain as long as a loop makes it. Printing follows
+// Python (jinja2 gives the same strings); nothing recurses without bound, nothing leaks (ASan's
+// leak check in the fuzz and sanitizer builds).
+TEST(ChatTemplateErrors, NamespacesThatHoldThemselvesOrChainAreSafe) {
+  EXPECT_EQ(render("{% set ns = namespace(a=1) %}{% set ns.a = ns %}{{ ns }}"),
+            "<Namespace {'a': <Namespace {...}>}>");
+  EXPECT_EQ(render("{% set ns = namespace(a=1) %}{% set ns.a = [ns, (ns,)] %}{{ ns }}|{{ ns.a }}"),
+            "<Namespace {'a': [<Namespace {...}>, (<Namespace {...}>,)]}>|[<Namespace {'a': "
+            "[...]}>, (<Namespace {'a': [...]}>,)]");
+  EXPECT_EQ(render("{% set ns = namespace(a=1) %}{% set ns.a = ns %}{{ ns == ns.a }}"), "True");
+  EXPECT_EQ(error_of("{% set ns = namespace(a=1) %}{{ ns | tojson }}"),
+            "chat template line 1: Object of type Namespace is not JSON serializable");
+  // A chain of 100,000 namespaces: made, read and freed without a deep recursion.
+  EXPECT_EQ(render("{% set h = namespace(x=none) %}{% for i in range(100000) %}"
+                   "{% set h.x = namespace(p=h.x, i=i) %}{% endfor %}{{ h.x.p.i }}"),
+            "99998");
+  // Printing it is refused (Python: RecursionError), as is a list nested past the limit.
+  EXPECT_EQ(error_of("{% set h = namespace(x=none) %}{% for i in range(1000) %}"
+                     "{% set h.x = namespace(p=h.x) %}{% endfor %}{{ h }}"),
+            "chat template line 1: a value to print nests deeper than 256 levels");
+  EXPECT_EQ(error_of("{% set h = namespace(x=[]) %}{% for i in range(1000) %}"
+                     "{% set h.x = [h.x] %}{% endfor %}"),
+            "chat template line 1: a list nests deeper than 256 levels");
+}
+
 TEST(ChatTemplateFolder, ReadsTokenizerConfig) {
   char tmpl[] = "/tmp/tessera_chat_folder_XXXXXX";
   const fs::path dir = mkdtemp(tmpl);
