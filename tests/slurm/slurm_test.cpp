@@ -83,12 +83,17 @@ const nlohmann::json& first_request(const nlohmann::json& j, const char* field) 
 }
 
 // Waits (polling, faster than sbatch --wait) until the job has ended; returns "STATE EXIT".
+// Waits for one of SLURM's final job states; every other state (PENDING, RUNNING, COMPLETING,
+// REQUEUE*, SIGNALING while a --signal warning is delivered, RESIZING, STAGE_OUT, ...) is
+// passing.
 std::string wait_for_job(const std::string& id, int timeout_s) {
   const auto r = run_command(
       "while :; do s=$(scontrol show job -o " + id +
           " | grep -o 'JobState=[A-Z_]* ' ); case \"$s\" in "
-          "*PENDING*|*RUNNING*|*CONFIGURING*|*COMPLETING*|*REQUEUE*|*SUSPENDED*) sleep 0.2;; "
-          "*) break;; esac; done; scontrol show job -o " +
+          "*=COMPLETED\\ *|*=CANCELLED\\ *|*=FAILED\\ *|*=TIMEOUT\\ *|*=NODE_FAIL\\ *|"
+          "*=PREEMPTED\\ *|*=BOOT_FAIL\\ *|*=DEADLINE\\ *|*=OUT_OF_MEMORY\\ *|"
+          "*=SPECIAL_EXIT\\ *|*=REVOKED\\ *) break;; "
+          "*) sleep 0.2;; esac; done; scontrol show job -o " +
           id + " | grep -o 'JobState=[A-Z_]* .*ExitCode=[0-9:]*' | sed 's/ .*ExitCode=/ /'",
       timeout_s);
   EXPECT_EQ(r.exit_code, 0) << "job " << id << " did not end within " << timeout_s << " s";

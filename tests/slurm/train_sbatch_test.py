@@ -128,8 +128,9 @@ def main():
     deadline = time.time() + 180
     while time.time() < deadline:
         state = job_field(job, "JobState")
-        if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED",
-                         "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", ""):
+        # SLURM's final states; all others (REQUEUE*, SIGNALING, COMPLETING, ...) pass.
+        if state in ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
+                     "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"):
             break
         time.sleep(0.2)
     seconds = time.time() - t0
