@@ -82,4 +82,32 @@ TESSERA_VEC_INLINE Vec16 vexp(Vec16 x) {
   return (x == x) ? e : x;
 }
 
+// Lane-wise (x's selected lanes) + (y's selected lanes), the two selections given as index masks
+// over x ++ y: one level of reduce16's tree.
+TESSERA_VEC_INLINE Vec16 fold(Vec16 x, Vec16 y, Int16v first, Int16v second) {
+  return __builtin_shuffle(x, y, first) + __builtin_shuffle(x, y, second);
+}
+
+// The sums of 16 vectors, as one vector (lane j = the sum of a[j]'s lanes): a transpose-and-add
+// tree, 30 shuffles and 15 adds for 16 sums instead of 16 horizontal sums. After level L each
+// vector holds 16 / 2^L partial sums of each of 2^L inputs.
+TESSERA_VEC_INLINE Vec16 reduce16(const Vec16* a) {
+  const Int16v lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+  const Int16v hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+  const Int16v lo4 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+  const Int16v hi4 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+  const Int16v lo2 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+  const Int16v hi2 = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
+  const Int16v ev = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+  const Int16v od = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+  Vec16 b[8], c[4], d[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) b[i] = fold(a[2 * i], a[2 * i + 1], lo8, hi8);
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) c[i] = fold(b[2 * i], b[2 * i + 1], lo4, hi4);
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) d[i] = fold(c[2 * i], c[2 * i + 1], lo2, hi2);
+  return fold(d[0], d[1], ev, od);
+}
+
 }  // namespace tessera::kernels::vec

@@ -9,20 +9,13 @@
 #include <vector>
 
 #include "kernels/common/cpu_convert.h"
+#include "kernels/common/vec16.h"
 #include "kernels/lora/lora_sgmv.h"
 
 namespace tessera::kernels {
 
 namespace {
 
-// Not under ThreadSanitizer: the clones' ifunc resolver runs while the dynamic loader relocates
-// the program, before TSan's runtime is set up, and TSan instruments it (a crash at start-up).
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
-#define TESSERA_CPU_CLONES \
-  __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
-#else
-#define TESSERA_CPU_CLONES
-#endif
 #define TESSERA_ALWAYS_INLINE __attribute__((always_inline)) inline
 
 // Rows are handled per adapter, whatever segments they came in (S-LoRA / Punica sort a batch by
@@ -35,29 +28,11 @@ constexpr int64_t kOutBlock = 64;  // output columns per expand task: four 16-wi
 // rows pay for transposing B's block into a panel that every row reuses (measured crossover).
 constexpr int64_t kPanelMinRows = 3;
 
-// 16 floats as one GCC vector: one AVX-512 register, two AVX ones, four SSE ones.
-typedef float Vec16 __attribute__((vector_size(64)));
-
-TESSERA_ALWAYS_INLINE Vec16 load16(const float* p) {
-  Vec16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-TESSERA_ALWAYS_INLINE void store16(float* p, Vec16 v) { std::memcpy(p, &v, sizeof(v)); }
-typedef int Idx16 __attribute__((vector_size(64)));
-
-// Sum of the 16 lanes by halving: four shuffles and adds.
-TESSERA_ALWAYS_INLINE float hsum(Vec16 v) {
-  const Idx16 h8 = {8, 9, 10, 11, 12, 13, 14, 15, 0, 0, 0, 0, 0, 0, 0, 0};
-  const Idx16 h4 = {4, 5, 6, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-  const Idx16 h2 = {2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-  const Idx16 h1 = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-  v += __builtin_shuffle(v, h8);
-  v += __builtin_shuffle(v, h4);
-  v += __builtin_shuffle(v, h2);
-  v += __builtin_shuffle(v, h1);
-  return v[0];
-}
+using vec::hsum;
+using vec::load16;
+using vec::reduce16;
+using vec::store16;
+using vec::Vec16;
 
 // part[r * ps + c] += lane-wise partial sums of x_r . a_c over n elements (the tail beyond the
 // last whole vector lands in lane 0), for R rows of x (pointers) and C consecutive rows of A
@@ -104,8 +79,9 @@ TESSERA_ALWAYS_INLINE void dot_block(const float* const* x, const float* a, int6
 // The tile's rows are taken kShrinkK elements at a time, so a chunk of x and of A stay in L1
 // across the ranks.
 // part holds rows * rank vectors of 16 floats.
-TESSERA_CPU_CLONES void shrink_rows(const float* const* x, int rows, const float* a, int64_t in,
-                                    int64_t rank, float* out, int64_t os, float* part) {
+TESSERA_CPU_TARGET_CLONES void shrink_rows(const float* const* x, int rows, const float* a,
+                                           int64_t in, int64_t rank, float* out, int64_t os,
+                                           float* part) {
   for (int64_t i = 0; i < 16 * rows * rank; ++i) part[i] = 0.0f;
   for (int64_t j0 = 0; j0 < in; j0 += kShrinkK) {
     const int64_t n = std::min<int64_t>(kShrinkK, in - j0);
@@ -140,7 +116,7 @@ TESSERA_CPU_CLONES void shrink_rows(const float* const* x, int rows, const float
 // (h = 8, 4, 2, 1 in turn), two lane shuffles per pair.
 template <int H>
 TESSERA_ALWAYS_INLINE void transpose_stage(Vec16* m) {
-  Idx16 lo, hi;
+  vec::Int16v lo, hi;
   for (int j = 0; j < 16; ++j) {
     lo[j] = (j & H) == 0 ? j : 16 + j - H;
     hi[j] = (j & H) == 0 ? j + H : 16 + j;
@@ -157,8 +133,8 @@ TESSERA_ALWAYS_INLINE void transpose_stage(Vec16* m) {
 // panel[k][o] = b[o][k] for o < width, k < rank (b has row stride `stride`); columns from width
 // to kOutBlock are zero. Whole 16 x 16 tiles go through registers (64 shuffles per 256 floats);
 // the ragged edges, element by element.
-TESSERA_CPU_CLONES void pack_panel(const float* b, int64_t stride, int64_t width, int64_t rank,
-                                   float* panel) {
+TESSERA_CPU_TARGET_CLONES void pack_panel(const float* b, int64_t stride, int64_t width,
+                                          int64_t rank, float* panel) {
   for (int64_t o0 = 0; o0 < kOutBlock; o0 += 16) {
     for (int64_t k0 = 0; k0 < rank; k0 += 16) {
       if (o0 + 16 <= width && k0 + 16 <= rank) {
@@ -224,46 +200,19 @@ TESSERA_ALWAYS_INLINE void expand_impl(const float* const* t, int rows, const fl
   for (; i < rows; ++i) expand_block<1, ADD>(t + i, panel, rank, out + i);
 }
 
-TESSERA_CPU_CLONES void expand_add(const float* const* t, int rows, const float* panel,
-                                   int64_t rank, float* const* y) {
+TESSERA_CPU_TARGET_CLONES void expand_add(const float* const* t, int rows, const float* panel,
+                                          int64_t rank, float* const* y) {
   expand_impl<true>(t, rows, panel, rank, y);
 }
-TESSERA_CPU_CLONES void expand_store(const float* const* t, int rows, const float* panel,
-                                     int64_t rank, float* const* acc) {
+TESSERA_CPU_TARGET_CLONES void expand_store(const float* const* t, int rows, const float* panel,
+                                            int64_t rank, float* const* acc) {
   expand_impl<false>(t, rows, panel, rank, acc);
 }
 
-// r[j] = sum over lanes of p[bitrev4(j)] for j < 16: a tree of lane shuffles and adds that folds
-// halves, quarters, eighths, then pairs. Each level interleaves its two inputs' blocks, so the
-// outputs come out in bit-reversed order of the inputs; the caller feeds them bit-reversed.
-TESSERA_ALWAYS_INLINE Vec16 fold(Vec16 a, Vec16 b, Idx16 lo, Idx16 hi) {
-  return __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);
-}
-TESSERA_ALWAYS_INLINE Vec16 reduce16(const Vec16* p) {
-  const Idx16 l1 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-  const Idx16 h1 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-  const Idx16 l2 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
-  const Idx16 h2 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
-  const Idx16 l3 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
-  const Idx16 h3 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
-  const Idx16 l4 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
-  const Idx16 h4 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
-  Vec16 q[8], r[4], s[2];
-#pragma GCC unroll 16
-  for (int i = 0; i < 8; ++i) q[i] = fold(p[2 * i], p[2 * i + 1], l1, h1);
-#pragma GCC unroll 16
-  for (int i = 0; i < 4; ++i) r[i] = fold(q[2 * i], q[2 * i + 1], l2, h2);
-#pragma GCC unroll 16
-  for (int i = 0; i < 2; ++i) s[i] = fold(r[2 * i], r[2 * i + 1], l3, h3);
-  return fold(s[0], s[1], l4, h4);
-}
-
-constexpr int kBitRev4[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
-
 // rows[o][0, rpad) = b[o][0, rank) then zeros, for o < width; zero rows up to kOutBlock. The
 // direct expand then reads whole vectors, never past the adapter's rank.
-TESSERA_CPU_CLONES void pad_rows(const float* b, int64_t stride, int64_t width, int64_t rank,
-                                 int64_t rpad, float* rows) {
+TESSERA_CPU_TARGET_CLONES void pad_rows(const float* b, int64_t stride, int64_t width, int64_t rank,
+                                        int64_t rpad, float* rows) {
   for (int64_t o = 0; o < kOutBlock; ++o) {
     float* r = rows + o * rpad;
     const int64_t n = o < width ? rank : 0;
@@ -277,8 +226,8 @@ TESSERA_CPU_CLONES void pad_rows(const float* b, int64_t stride, int64_t width, 
 // rank rounded up to 16, elements of each row and of t are read, all zero past the rank): dot
 // products along the rank, sixteen outputs at a time folded by reduce16. For adapters with too
 // few rows in the batch to pay for transposing B into a panel.
-TESSERA_CPU_CLONES void expand_direct(const float* t, const float* rows, int64_t stride,
-                                      int64_t rpad, float* out) {
+TESSERA_CPU_TARGET_CLONES void expand_direct(const float* t, const float* rows, int64_t stride,
+                                             int64_t rpad, float* out) {
   for (int64_t o0 = 0; o0 < kOutBlock; o0 += 16) {
     Vec16 p[16];
 #pragma GCC unroll 16
@@ -286,13 +235,13 @@ TESSERA_CPU_CLONES void expand_direct(const float* t, const float* rows, int64_t
     for (int64_t k = 0; k < rpad; k += 16) {
       const Vec16 tv = load16(t + k);
 #pragma GCC unroll 16
-      for (int l = 0; l < 16; ++l) p[l] += tv * load16(rows + (o0 + kBitRev4[l]) * stride + k);
+      for (int l = 0; l < 16; ++l) p[l] += tv * load16(rows + (o0 + l) * stride + k);
     }
     store16(out + o0, reduce16(p));
   }
 }
 
-TESSERA_CPU_CLONES void add_f32(float* y, const float* acc, int64_t n) {
+TESSERA_CPU_TARGET_CLONES void add_f32(float* y, const float* acc, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += acc[i];
 }
 

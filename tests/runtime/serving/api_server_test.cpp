@@ -72,6 +72,16 @@ class ServerTest : public ::testing::Test {
       std::this_thread::sleep_for(5ms);
     }
   }
+  // One model, max one loaded; returns at once (start() waits for /health 200).
+  void start_without_waiting(const ApiServerOptions& api) {
+    io_ = std::make_unique<IoRuntime>(2, 2);
+    server_ = std::make_unique<ApiServer>(*io_, HttpServerOptions{}, api,
+                                          std::vector<ModelSpec>{{"m", "fake-m", "", false}}, 1,
+                                          fake_.loader());
+    server_->start();
+    io_->start();
+    port_ = server_->port();
+  }
   void TearDown() override {
     if (server_) server_->shutdown(2s);
     if (io_) io_->stop();
@@ -554,13 +564,7 @@ TEST_F(ServerTest, HealthIs503WhileLoadingAndWhenTheEngineStalls) {
   ApiServerOptions api;
   api.stall_timeout = 200ms;
   api.health_poll = 20ms;
-  io_ = std::make_unique<IoRuntime>(2, 2);
-  server_ = std::make_unique<ApiServer>(*io_, HttpServerOptions{}, api,
-                                        std::vector<ModelSpec>{{"m", "fake-m", "", false}}, 1,
-                                        fake_.loader());
-  server_->start();
-  io_->start();
-  port_ = server_->port();
+  start_without_waiting(api);
   auto h = get("/health");
   EXPECT_EQ(h.status, 503);
   EXPECT_EQ(h.body["status"], "loading");
@@ -587,13 +591,7 @@ TEST_F(ServerTest, HealthIs503WhenTheModelFailedToLoad) {
   fake_.fail_loads = 2;  // the load at start, then the first request's retry
   ApiServerOptions api;
   api.health_poll = 20ms;
-  io_ = std::make_unique<IoRuntime>(2, 2);
-  server_ = std::make_unique<ApiServer>(*io_, HttpServerOptions{}, api,
-                                        std::vector<ModelSpec>{{"m", "fake-m", "", false}}, 1,
-                                        fake_.loader());
-  server_->start();
-  io_->start();
-  port_ = server_->port();
+  start_without_waiting(api);
   EXPECT_TRUE(eventually([&] { return get("/health").body.value("status", "") == "error"; }, 5s));
   auto h = get("/health");
   EXPECT_EQ(h.status, 503);
