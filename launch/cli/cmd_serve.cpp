@@ -1,6 +1,7 @@
 // `tessera serve` (the OpenAI-compatible server around the engine, serve_engine.h) and `tessera
 // router` (the cache-aware router in front of several servers). Parsing and wiring only: the
 // server, router, backend cache and limits live in runtime/serving.
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -17,7 +18,23 @@
 #include "runtime/serving/signals.h"
 
 namespace tessera::cli {
+
+void announce_shutdown(const char* program, int signal, size_t in_flight,
+                       std::chrono::milliseconds timeout) {
+  const char* name = signal == SIGINT ? "SIGINT" : "SIGTERM";
+  std::printf("%s: %s: finishing %zu request%s in flight (at most %.3g s)\n", program, name,
+              in_flight, in_flight == 1 ? "" : "s", static_cast<double>(timeout.count()) / 1000.0);
+  std::fflush(stdout);
+}
+
 namespace {
+
+// Requests the router has sent on and not yet seen answered.
+size_t in_flight(const serving::Router& router) {
+  int64_t n = 0;
+  for (const auto& w : router.workers()) n += w.load;
+  return static_cast<size_t>(n);
+}
 
 struct ServeSettings {
   std::vector<std::string> models;  // NAME=PATH[:ADAPTER], or PATH / tiny (named after it)
@@ -152,7 +169,8 @@ int run_serve(const ServeSettings& s, launch::World& world) {
   std::printf("tessera serve: listening on http://%s:%d (%zu models, pid %d)\n", s.host.c_str(),
               server.port(), models.size(), static_cast<int>(getpid()));
   std::fflush(stdout);
-  serving::wait_for_termination_signal();
+  const int sig = serving::wait_for_termination_signal();
+  announce_shutdown("tessera serve", sig, server.http().active_exchanges(), shutdown_timeout);
   server.shutdown(shutdown_timeout);
   io.stop();
   return 0;
@@ -191,7 +209,8 @@ int run_router(const RouterSettings& s, launch::World& world) {
   std::printf("tessera router: listening on http://%s:%d (%zu replicas)\n", s.host.c_str(),
               router.port(), s.backends.size());
   std::fflush(stdout);
-  serving::wait_for_termination_signal();
+  const int sig = serving::wait_for_termination_signal();
+  announce_shutdown("tessera router", sig, in_flight(router), shutdown_timeout);
   router.shutdown(shutdown_timeout);
   io.stop();
   return 0;

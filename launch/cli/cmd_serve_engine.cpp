@@ -347,7 +347,15 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
     router->start();
   }
   std::thread signals([&] {
-    serving::wait_for_termination_signal();
+    const int sig = serving::wait_for_termination_signal();
+    if (rank == 0) {
+      size_t n = server->http().active_exchanges();
+      if (router) {
+        n = 0;
+        for (const auto& w : router->workers()) n += static_cast<size_t>(w.load);
+      }
+      announce_shutdown("tessera serve", sig, n, setup.shutdown_timeout);
+    }
     if (router) {
       router->shutdown(setup.shutdown_timeout);
       for (size_t r = 1; r < urls.size(); ++r) {

@@ -145,32 +145,47 @@ TEST(Sbatch, ServeExampleFinishesTheStreamInFlightOnSigterm) {
                                 " PORT=0 sbatch --parsable --output=serve.out --error=serve.err " +
                                 env_or_die("TESSERA_SOURCE_DIR") + "/examples/slurm/serve.sbatch");
   ASSERT_FALSE(id.empty());
-  // Wait for rank 0's line, start a 400-token stream, TERM the job once its first chunk came (an
-  // unloaded machine streams 80 tokens of the tiny model before a 50 ms poll sees 5 chunks). The
-  // rest must come within the cluster's KillWait (5 s) before SLURM's SIGKILL.
+  // Wait for rank 0's line; time a 200-token completion to size the stream at about one second of
+  // this machine's decoding (400 to 4,000 tokens: a fast machine streams 400 tokens of the tiny
+  // model in 15 ms); start the stream and TERM the job the moment its first chunk arrives. The
+  // rest must come within the cluster's KillWait (5 s) before SLURM's SIGKILL. The server's own
+  // shutdown line says whether the stream was still in flight when the signal came.
   const std::string d = dir.string();
   const auto r = run_command(
       "cd " + d +
           " && for i in $(seq 600); do grep -q listening serve.out 2>/dev/null && break; sleep "
-          "0.1; "
-          "done; port=$(grep -o '127.0.0.1:[0-9]*' serve.out | cut -d: -f2); "
-          "curl -sN http://127.0.0.1:$port/v1/completions -H 'Content-Type: application/json' -d "
-          "'{\"model\":\"tiny\",\"prompt\":\"abc\",\"max_tokens\":400,\"ignore_eos\":true,"
-          "\"stream\":true}' > stream.txt & "
-          "for i in $(seq 600); do [ $(grep -c '^data: ' stream.txt) -ge 1 ] && break; sleep 0.01; "
-          "done; grep -c '^data: ' stream.txt > at_signal.txt; scancel --signal=TERM " +
-          id + "; wait",
+          "0.1; done; port=$(grep -o '127.0.0.1:[0-9]*' serve.out | cut -d: -f2); "
+          "url=http://127.0.0.1:$port/v1/completions; "
+          "t=$(curl -s -o probe.json -w '%{time_total}' $url -H 'Content-Type: application/json' "
+          "-d '{\"model\":\"tiny\",\"prompt\":\"abc\",\"max_tokens\":200,"
+          "\"ignore_eos\":true}'); "
+          "n=$(awk -v t=$t 'BEGIN{n=int(200/t); if(n<400)n=400; if(n>4000)n=4000; print n}'); "
+          "echo $n > max_tokens.txt; "
+          "curl -sN $url -H 'Content-Type: application/json' -d "
+          "'{\"model\":\"tiny\",\"prompt\":\"abc\",\"max_tokens\":'$n',\"ignore_eos\":true,"
+          "\"stream\":true,\"stream_options\":{\"include_usage\":true}}' | { IFS= read -r first; scancel --signal=TERM " +
+          id + "; printf '%s\\n' \"$first\"; cat; } > stream.txt",
       120);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(wait_for_job(id, 120), "JobState=COMPLETED 0:0") << slurp(dir / "serve.err");
   const std::string stream = slurp(dir / "stream.txt");
-  const int at_signal = std::stoi(slurp(dir / "at_signal.txt"));
-  EXPECT_LT(at_signal, 400) << "the stream had ended before the signal";
-  EXPECT_EQ(count_of(stream, "\"text\""), 400u) << stream.substr(0, 500);
+  const std::string out = slurp(dir / "serve.out");
+  const int max_tokens = std::stoi(slurp(dir / "max_tokens.txt"));
+  EXPECT_NE(slurp(dir / "probe.json").find("\"completion_tokens\":200"), std::string::npos)
+      << slurp(dir / "probe.json");
+  EXPECT_NE(out.find("tessera serve: SIGTERM: finishing 1 request in flight"), std::string::npos)
+      << "the stream had ended before the signal came:\n"
+      << out;
+  // Every token came (a chunk holds back the bytes of an unfinished UTF-8 character, so chunks
+  // with text may be fewer than tokens): the usage chunk before [DONE] counts them.
+  EXPECT_NE(stream.find("\"completion_tokens\":" + std::to_string(max_tokens) + ","),
+            std::string::npos)
+      << stream.substr(stream.size() > 800 ? stream.size() - 800 : 0);
   EXPECT_EQ(count_of(stream, "\"finish_reason\":\"length\""), 1u);
   EXPECT_NE(stream.find("data: [DONE]"), std::string::npos);
-  EXPECT_NE(slurp(dir / "serve.out").find("tp 2, dp 1"), std::string::npos);
-  std::printf("[serve] %d chunks before TERM, 400 in all\n", at_signal);
+  EXPECT_NE(out.find("tp 2, dp 1"), std::string::npos);
+  std::printf("[serve] a %d-token stream, TERM after its first chunk, all %d came\n", max_tokens,
+              max_tokens);
 }
 
 TEST(Srun, PmixGivesMpirunsTokens) {

@@ -228,16 +228,26 @@ def check_drained(t, max_tokens, what):
           f"finish_reason length: {n})")
 
 
+def check_shutdown_line(proc, in_flight, what):
+    """The server's stdout after the signal: its shutdown line counts the requests in flight (2,000
+    tokens of the tiny model outlast the signal's delivery on any machine)."""
+    rest = proc.stdout.read().decode(errors="replace")
+    want = f"SIGTERM: finishing {in_flight} request{'' if in_flight == 1 else 's'} in flight"
+    check(want in rest, f"{what}: the shutdown line says '{want}': {rest!r}")
+
+
 def stop_ok(proc, what, port=None):
-    t = stream_in_flight(port, 150) if port else None
+    t = stream_in_flight(port, 2000) if port else None
     proc.send_signal(signal.SIGTERM)
     if t:
-        check_drained(t, 150, what)
+        check_drained(t, 2000, what)
     try:
         rc = proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         rc = "hang"
     check(rc == 0, f"{what}: SIGTERM exit code {rc}")
+    if rc == 0:
+        check_shutdown_line(proc, 1 if t else 0, what)
 
 
 def make_llama(d):
@@ -360,14 +370,16 @@ def run_mpi(tessera, mpiexec):
         s.close()
     # SIGTERM to rank 0 with a stream in flight: the stream finishes, rank 0 stops the other
     # replica, and the job ends with 0.
-    t = stream_in_flight(port, 150)
+    t = stream_in_flight(port, 2000)
     os.kill(rank0, signal.SIGTERM)
-    check_drained(t, 150, "dp job")
+    check_drained(t, 2000, "dp job")
     try:
         rc = proc.wait(timeout=90)
     except subprocess.TimeoutExpired:
         rc = "hang"
     check(rc == 0, f"mpirun exit code after SIGTERM to rank 0: {rc}")
+    if rc == 0:
+        check_shutdown_line(proc, 1, "dp job (the router's count)")
 
 
 def main():
