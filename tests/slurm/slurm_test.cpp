@@ -163,7 +163,8 @@ TEST(Sbatch, ServeExampleFinishesTheStreamInFlightOnSigterm) {
           "echo $n > max_tokens.txt; "
           "curl -sN $url -H 'Content-Type: application/json' -d "
           "'{\"model\":\"tiny\",\"prompt\":\"abc\",\"max_tokens\":'$n',\"ignore_eos\":true,"
-          "\"stream\":true,\"stream_options\":{\"include_usage\":true}}' | { IFS= read -r first; scancel --signal=TERM " +
+          "\"stream\":true,\"stream_options\":{\"include_usage\":true}}' | { IFS= read -r first; "
+          "scancel --signal=TERM " +
           id + "; printf '%s\\n' \"$first\"; cat; } > stream.txt",
       120);
   ASSERT_EQ(r.exit_code, 0) << r.err;
