@@ -145,21 +145,24 @@ TEST(Sbatch, ServeExampleFinishesTheStreamInFlightOnSigterm) {
                                 " PORT=0 sbatch --parsable --output=serve.out --error=serve.err " +
                                 env_or_die("TESSERA_SOURCE_DIR") + "/examples/slurm/serve.sbatch");
   ASSERT_FALSE(id.empty());
-  // Wait for rank 0's line; time a 200-token completion to size the stream at about one second of
-  // this machine's decoding (400 to 4,000 tokens: a fast machine streams 400 tokens of the tiny
-  // model in 15 ms); start the stream and TERM the job the moment its first chunk arrives. The
-  // rest must come within the cluster's KillWait (5 s) before SLURM's SIGKILL. The server's own
-  // shutdown line says whether the stream was still in flight when the signal came.
+  // Wait for rank 0's line; after a first request (which warms the server up), time a 200-token
+  // completion to size the stream at about one second of this machine's decoding (800 to 4,000
+  // tokens: a fast machine streams 400 tokens of the tiny model in 15 ms); start the stream and
+  // TERM the job the moment its first chunk arrives. The rest must come within the cluster's
+  // KillWait (5 s) before SLURM's SIGKILL. The server's own shutdown line says whether the stream
+  // was still in flight when the signal came.
   const std::string d = dir.string();
   const auto r = run_command(
       "cd " + d +
           " && for i in $(seq 600); do grep -q listening serve.out 2>/dev/null && break; sleep "
           "0.1; done; port=$(grep -o '127.0.0.1:[0-9]*' serve.out | cut -d: -f2); "
           "url=http://127.0.0.1:$port/v1/completions; "
+          "curl -s -o /dev/null $url -H 'Content-Type: application/json' "
+          "-d '{\"model\":\"tiny\",\"prompt\":\"abc\",\"max_tokens\":8}'; "
           "t=$(curl -s -o probe.json -w '%{time_total}' $url -H 'Content-Type: application/json' "
           "-d '{\"model\":\"tiny\",\"prompt\":\"abc\",\"max_tokens\":200,"
           "\"ignore_eos\":true}'); "
-          "n=$(awk -v t=$t 'BEGIN{n=int(200/t); if(n<400)n=400; if(n>4000)n=4000; print n}'); "
+          "n=$(awk -v t=$t 'BEGIN{n=int(200/t); if(n<800)n=800; if(n>4000)n=4000; print n}'); "
           "echo $n > max_tokens.txt; "
           "curl -sN $url -H 'Content-Type: application/json' -d "
           "'{\"model\":\"tiny\",\"prompt\":\"abc\",\"max_tokens\":'$n',\"ignore_eos\":true,"
