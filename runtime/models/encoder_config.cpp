@@ -284,7 +284,8 @@ EncoderConfig EncoderConfig::from_json_text(const std::string& text, const std::
       origin, ": hidden_size=", c.hidden_size,
       " must be a positive multiple of num_attention_heads=", c.num_attention_heads);
   c.head_dim = c.hidden_size / c.num_attention_heads;
-  TESSERA_CHECK(c.num_hidden_layers > 0, origin, ": num_hidden_layers must be positive, got ",
+  TESSERA_CHECK(c.num_hidden_layers > 0 && c.num_hidden_layers <= EncoderConfig::kMaxLayers, origin,
+                ": num_hidden_layers must be in [1, ", EncoderConfig::kMaxLayers, "], got ",
                 c.num_hidden_layers);
   if (c.family == EncoderFamily::kBert) {
     read_bert(j, c, origin);

@@ -41,6 +41,9 @@ struct EncoderAttentionChoice {
 };
 
 struct EncoderConfig {
+  // The most layers a config may name (real models have a few hundred at most): per-layer tables
+  // are sized by num_hidden_layers while the config is read.
+  static constexpr int64_t kMaxLayers = 100000;
   std::string model_type;    // "bert", "modernbert"
   std::string architecture;  // architectures[0] ("" when absent)
   EncoderFamily family = EncoderFamily::kBert;

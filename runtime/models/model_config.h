@@ -35,6 +35,9 @@ struct RopeScaling {
 const char* rope_type_name(RopeScaling::Type type);
 
 struct ModelConfig {
+  // The most layers a config may name (real models have a few hundred at most): per-layer tables
+  // are sized by num_hidden_layers while the config is read.
+  static constexpr int64_t kMaxLayers = 100000;
   std::string model_type;    // "llama", "mistral", "qwen2", "gemma2"
   std::string architecture;  // architectures[0], e.g. "LlamaForCausalLM" ("" when absent)
   int64_t vocab_size = 0;
