@@ -113,14 +113,13 @@ class RouterTest : public ::testing::Test {
   };
 
   // Starts a replica (port 0: ephemeral) and waits until its own /health answers 200.
-  std::unique_ptr<Replica> start_replica(int port = 0) {
+  std::unique_ptr<Replica> start_replica(int port = 0, ApiServerOptions api = {}) {
     auto r = std::make_unique<Replica>();
     r->fake.engine.step_time = 2ms;
     HttpServerOptions http;
     http.port = port;
-    r->server = std::make_unique<ApiServer>(*io_, http, ApiServerOptions{},
-                                            std::vector<ModelSpec>{{"m", "fake-m", "", false}}, 1,
-                                            r->fake.loader());
+    r->server = std::make_unique<ApiServer>(
+        *io_, http, api, std::vector<ModelSpec>{{"m", "fake-m", "", false}}, 1, r->fake.loader());
     r->server->start();
     r->port = r->server->port();
     const int p = r->port;
@@ -129,15 +128,16 @@ class RouterTest : public ::testing::Test {
     return r;
   }
 
-  void start(int n) {
+  void start(int n, std::chrono::milliseconds health_interval = 50ms,
+             ApiServerOptions replica_options = {}) {
     io_ = std::make_unique<IoRuntime>(4, 2);
     io_->start();
     RouterOptions opt;
     for (int i = 0; i < n; ++i) {
-      replicas_.push_back(start_replica());
+      replicas_.push_back(start_replica(0, replica_options));
       opt.backends.push_back("http://127.0.0.1:" + std::to_string(replicas_.back()->port));
     }
-    opt.health_interval = 50ms;
+    opt.health_interval = health_interval;
     opt.health_timeout = 500ms;
     router_ = std::make_unique<Router>(*io_, HttpServerOptions{}, opt);
     router_->start();
@@ -388,6 +388,27 @@ TEST_F(RouterTest, ShutdownLetsAStreamInFlightFinish) {
   shut.join();
   EXPECT_LT(took_s.load(), 15.0) << "shutdown waited for its timeout instead of the stream";
   EXPECT_EQ(sum(&WorkerStatus::load), 0);
+}
+
+// Router::shutdown and ApiServer::shutdown from the test's thread while the health checks of both
+// re-arm their timers on I/O threads every millisecond (under ThreadSanitizer: the handle of the
+// next check was written there and read here with nothing ordering the two).
+TEST_F(RouterTest, ShutdownWhileHealthChecksRearm) {
+  ApiServerOptions api;
+  api.health_poll = 1ms;
+  start(2, 1ms, api);
+  for (int round = 0; round < 3; ++round) {
+    // Checks run meanwhile; this thread takes no lock the I/O threads take.
+    std::this_thread::sleep_for(30ms);
+    if (round == 0) {
+      router_->shutdown(1s);
+      router_shut_ = true;
+    } else {
+      replicas_[round - 1]->server->shutdown(1s);
+      replicas_[round - 1]->shut = true;
+    }
+  }
+  EXPECT_EQ(http_call(port_, "GET", "/health").status, 0) << "the router still listens";
 }
 
 }  // namespace
