@@ -353,7 +353,7 @@ TEST_F(RouterTest, ShutdownLetsAStreamInFlightFinish) {
   start(2);
   const FakeEngineOptions engine = replicas_[0]->fake.engine;
   const std::string prompt = "drain me";
-  constexpr int kTokens = 300;  // about 0.6 s of steps
+  constexpr int kTokens = 500;  // about 1 s of steps
   StreamReader stream(port_);
   ASSERT_TRUE(stream.open(completion(prompt, kTokens, true)));
   ASSERT_FALSE(stream.next().empty());
