@@ -14,7 +14,8 @@
 #   scripts/sanitize.sh thread [build-dir] [targets...]    ThreadSanitizer (build-tsan); default:
 #       the threaded parts: the collective watchdog (its lock-free record, read by the watchdog
 #       thread and signal handlers while ranks register waits), the scheduler, the HTTP server
-#       and API over a threaded fake engine, the router policy and the backend cache's
+#       and API over a threaded fake engine, the router in one process (replicas, router and
+#       clients as threads: serving_router_unit_test), the router policy and the backend cache's
 #       single-flight load, and the engine loop (AsyncEngine/EngineClient in engine_test).
 #       A target may carry a GoogleTest filter: name:filter. libtorch and its OpenMP runtime are
 #       not instrumented: reports inside them are suppressed (scripts/sanitizers/tsan.supp).
@@ -39,6 +40,7 @@ case "$kind" in
     build=${1:-$src/build-tsan}
     flags=(-DTESSERA_TSAN=ON)
     defaults="sharding_watchdog_test scheduler_test serving_unit_test serving_test"
+    defaults+=" serving_router_unit_test"
     defaults+=" engine_test:*Async*"
     export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$supp/tsan.supp}
     ;;

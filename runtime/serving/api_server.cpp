@@ -389,11 +389,22 @@ void ApiServer::Impl::poll_health() {
     }
     stalled_model = stalled;
   }
-  if (draining) return;
   std::weak_ptr<Impl> weak = weak_from_this();
+  std::lock_guard lock(timer_mu);
+  if (draining) return;
   health_timer = io.schedule(opt.health_poll, [weak] {
     if (auto self = weak.lock()) self->poll_health();
   });
+}
+
+void ApiServer::Impl::stop_health_polls() {
+  std::shared_ptr<TimerHandle> timer;
+  {
+    std::lock_guard lock(timer_mu);
+    draining = true;
+    timer = std::move(health_timer);
+  }
+  if (timer) timer->cancel();
 }
 
 void ApiServer::Impl::handle_tokenize(const std::shared_ptr<Exchange>& ex) {
@@ -567,10 +578,7 @@ ApiServer::ApiServer(IoRuntime& io, HttpServerOptions http, ApiServerOptions opt
       });
 }
 
-ApiServer::~ApiServer() {
-  impl_->draining = true;
-  if (impl_->health_timer) impl_->health_timer->cancel();
-}
+ApiServer::~ApiServer() { impl_->stop_health_polls(); }
 
 void ApiServer::start() {
   impl_->http->start();
@@ -612,7 +620,7 @@ void ApiServer::shutdown(std::chrono::milliseconds timeout) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
   }
-  if (impl.health_timer) impl.health_timer->cancel();
+  impl.stop_health_polls();
   impl.cache.evict_all();
 }
 

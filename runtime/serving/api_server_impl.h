@@ -49,7 +49,12 @@ struct ApiServer::Impl : std::enable_shared_from_this<ApiServer::Impl> {
   std::map<std::string, StallState> stall;
   std::string load_error;
   std::string stalled_model;  // "" = none stalled
+  // The next health poll: re-armed by poll_health on an I/O thread, cancelled by shutdown() and
+  // ~ApiServer on the caller's thread, so both under timer_mu (no new one once `draining` was set
+  // under it by stop_health_polls()).
+  std::mutex timer_mu;
   std::shared_ptr<TimerHandle> health_timer;
+  void stop_health_polls();
 
   void register_metrics();
   void poll_health();

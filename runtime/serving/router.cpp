@@ -118,9 +118,25 @@ struct Router::Impl : std::enable_shared_from_this<Router::Impl> {
   std::unique_ptr<HttpServer> http;
   mutable std::mutex mu;
   std::vector<Worker> workers;
+  // The next health check: re-armed by check_health on an I/O thread, cancelled by shutdown() and
+  // ~Router on the caller's thread, so both under timer_mu; once stop_health_checks() has set
+  // `stopping` under it, no new one is armed (before, the handle was read and written from the two
+  // threads unsynchronised, a data race ThreadSanitizer reported, and a check running as shutdown
+  // cancelled the timer could arm the next one after it).
+  std::mutex timer_mu;
   std::shared_ptr<TimerHandle> health_timer;
   std::atomic<bool> stopping{false};
   std::atomic<int64_t> in_flight{0};
+
+  void stop_health_checks() {
+    std::shared_ptr<TimerHandle> timer;
+    {
+      std::lock_guard lock(timer_mu);
+      stopping = true;
+      timer = std::move(health_timer);
+    }
+    if (timer) timer->cancel();
+  }
 
   void set_health(int i, bool ok, const std::string& why) {
     std::vector<std::shared_ptr<ClientCall>> cut;
@@ -187,6 +203,8 @@ struct Router::Impl : std::enable_shared_from_this<Router::Impl> {
                    t);
     }
     std::weak_ptr<Impl> weak = weak_from_this();
+    std::lock_guard lock(timer_mu);
+    if (stopping) return;
     health_timer = io.schedule(opt.health_interval, [weak] {
       if (auto self = weak.lock()) self->check_health();
     });
@@ -500,10 +518,7 @@ Router::Router(IoRuntime& io, HttpServerOptions http, RouterOptions options)
       });
 }
 
-Router::~Router() {
-  impl_->stopping = true;
-  if (impl_->health_timer) impl_->health_timer->cancel();
-}
+Router::~Router() { impl_->stop_health_checks(); }
 
 void Router::start() {
   impl_->http->start();
@@ -513,8 +528,7 @@ void Router::start() {
 int Router::port() const { return impl_->http->port(); }
 
 void Router::shutdown(std::chrono::milliseconds timeout) {
-  impl_->stopping = true;
-  if (impl_->health_timer) impl_->health_timer->cancel();
+  impl_->stop_health_checks();
   impl_->http->stop_accepting();
   impl_->http->drain();
   const auto deadline = std::chrono::steady_clock::now() + timeout;
