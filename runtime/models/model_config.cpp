@@ -186,8 +186,8 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   c.num_hidden_layers = get_int(j, "num_hidden_layers", origin);
   // Per-layer tables are sized by it before anything else is checked (a fuzzer's find: 222 million
   // layers took 1.7 GB and 13 s to refuse).
-  TESSERA_CHECK(c.num_hidden_layers <= ModelConfig::kMaxLayers, origin, ": num_hidden_layers=",
-                c.num_hidden_layers, " is more than this build supports (",
+  TESSERA_CHECK(c.num_hidden_layers <= ModelConfig::kMaxLayers, origin,
+                ": num_hidden_layers=", c.num_hidden_layers, " is more than this build supports (",
                 ModelConfig::kMaxLayers, ")");
   c.num_attention_heads = get_int(j, "num_attention_heads", origin);
   c.num_key_value_heads = get_int(j, "num_key_value_heads", origin, c.num_attention_heads);
