@@ -303,5 +303,34 @@ TEST(IncrementalDecoder, RunsOfSkippedIdsCostNothingAndChangeNoText) {
   EXPECT_EQ(all, tok->decode(some, false));
 }
 
+// Byte-level BPEs (GPT-2 / LLaMA 3 / Qwen2 layouts): random ids are mostly bytes that form no
+// character, split characters and runs of invalid bytes; the stream is valid UTF-8 piece by piece
+// and adds up to one decode of all ids, with special tokens skipped and kept.
+TEST(IncrementalDecoder, RandomByteLevelIdsStreamExactly) {
+  const char* src = std::getenv("TESSERA_SOURCE_DIR");
+  const fs::path dir = fs::path(src ? src : ".") / "tests" / "fuzz" / "tokenizers";
+  std::mt19937 rng(7);
+  for (const char* name : {"gpt2_bytelevel", "llama3_split", "qwen2_split_nfc"}) {
+    auto tok = Tokenizer::from_file((dir / (std::string(name) + ".json")).string());
+    const int32_t vocab = tok->vocab_size();
+    for (int round = 0; round < 300; ++round) {
+      std::vector<int32_t> ids;
+      const int n = 1 + static_cast<int>(rng() % 200);
+      for (int i = 0; i < n; ++i) ids.push_back(static_cast<int32_t>(rng() % vocab));
+      for (bool skip : {true, false}) {
+        IncrementalDecoder dec(*tok, {}, skip);
+        std::string shown;
+        for (int32_t id : ids) {
+          const std::string piece = dec.step(id);
+          ASSERT_TRUE(unicode::is_valid_utf8(piece)) << name;
+          shown += piece;
+        }
+        shown += dec.flush();
+        ASSERT_EQ(shown, tok->decode(ids, skip)) << name << " round " << round;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tessera::tokenizers
