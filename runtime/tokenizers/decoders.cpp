@@ -49,6 +49,7 @@ class ByteLevelDecoder final : public Decoder {
     }
     tokens.assign(1, unicode::to_valid_utf8(bytes));
   }
+  bool prefix_stable() const override { return true; }
 };
 
 class MetaspaceDecoder final : public Decoder {

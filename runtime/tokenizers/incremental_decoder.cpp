@@ -49,10 +49,38 @@ std::string IncrementalDecoder::step(int32_t id) {
   if (!kept(id)) return {};  // adds no text; held text stays held
   window_.push_back(id);
   const std::string now = tok_.decode(window_, skip_special_);
-  if (ends_with_replacement(now)) return {};  // maybe an unfinished character: wait
+  if (ends_with_replacement(now)) {  // maybe an unfinished character: wait
+    const size_t held = window_.size() - read_;
+    if (held >= kMaxHeld && held % kMaxHeld == 0 && tok_.decode_is_prefix_stable()) {
+      return settle(now);
+    }
+    return {};
+  }
   std::string out = text_after(shown_text_, now);
   shown();
   return out;
+}
+
+// kMaxHeld ids held and the text still ends in U+FFFD: a run of bytes that form no character,
+// which would otherwise keep the window growing (8,000 ids of one invalid byte took 1.6 s,
+// quadratic). With a prefix-stable decode, show the text of the ids before the last 3: a character
+// begun before them has had 3 more bytes, so it is complete or invalid, and their text no longer
+// changes (cut back while it is not a prefix of `now`: a character split at the cut).
+std::string IncrementalDecoder::settle(const std::string& now) {
+  for (size_t end = window_.size() - 3; end > read_; --end) {
+    std::string part = tok_.decode(std::span<const int32_t>(window_.data(), end), skip_special_);
+    if (part.size() < shown_text_.size() || now.compare(0, part.size(), part) != 0 ||
+        part.compare(0, shown_text_.size(), shown_text_) != 0) {
+      continue;
+    }
+    // ids [read_, end) are shown: the window restarts at read_, ids from `end` on stay held.
+    std::string out = part.substr(shown_text_.size());
+    window_.erase(window_.begin(), window_.begin() + static_cast<std::ptrdiff_t>(read_));
+    read_ = end - read_;
+    shown_text_ = tok_.decode(std::span<const int32_t>(window_.data(), read_), skip_special_);
+    return out;
+  }
+  return {};
 }
 
 std::string IncrementalDecoder::flush() {

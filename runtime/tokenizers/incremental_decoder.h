@@ -33,9 +33,16 @@ class IncrementalDecoder {
   std::string step(int32_t id);  // the text newly completed by this id (may be "")
   std::string flush();           // the rest, at the end of the request
 
+  // Held ids past which a prefix-stable decode (Tokenizer::decode_is_prefix_stable: the byte
+  // tokenizer, ByteLevel BPEs) shows what can no longer change; other decoders hold until the
+  // text stops ending in U+FFFD, as the crate's decode needs (ByteFallback: a run of byte tokens
+  // that is not valid UTF-8 becomes U+FFFD as a whole).
+  static constexpr size_t kMaxHeld = 16;
+
  private:
   bool kept(int32_t id) const;
   void shown();
+  std::string settle(const std::string& now);
 
   const Tokenizer& tok_;
   bool skip_special_;

@@ -77,6 +77,11 @@ class Decoder {
  public:
   virtual ~Decoder() = default;
   virtual void decode_chain(std::vector<std::string>& tokens) const = 0;
+  // Whether the text of a prefix of the tokens, cut where its bytes end at a settled place (no
+  // character the rest could still complete), is a prefix of the whole text: ByteLevel (bytes,
+  // then one lossy UTF-8 pass) is; ByteFallback is not (a run of byte tokens that turns out
+  // invalid becomes U+FFFD as a whole). IncrementalDecoder relies on it to bound what it holds.
+  virtual bool prefix_stable() const { return false; }
 };
 
 // Metaspace's settings, shared by the pre-tokenizer and the decoder of that name.

@@ -333,6 +333,10 @@ std::optional<std::string> Tokenizer::id_to_token(int32_t id) const {
   return std::nullopt;
 }
 
+bool Tokenizer::decode_is_prefix_stable() const {
+  return byte_mode_ || (decoder_ && decoder_->prefix_stable());
+}
+
 bool Tokenizer::is_special(int32_t id) const {
   if (byte_mode_) return id == ByteTokenizer::kBos || id == ByteTokenizer::kEos;
   auto t = id_to_token(id);

@@ -52,6 +52,9 @@ class Tokenizer {
   std::optional<int32_t> bos_id() const { return bos_id_; }
   std::vector<int32_t> eos_ids() const { return eos_ids_; }
   bool is_byte_tokenizer() const { return byte_mode_; }
+  // Decoding is bytes, then one lossy UTF-8 pass (the byte tokenizer, a ByteLevel decoder): the
+  // text of ids cut at a settled place is a prefix of the text of all (Decoder::prefix_stable).
+  bool decode_is_prefix_stable() const;
 
  private:
   Tokenizer();

@@ -303,6 +303,48 @@ TEST(IncrementalDecoder, RunsOfSkippedIdsCostNothingAndChangeNoText) {
   EXPECT_EQ(all, tok->decode(some, false));
 }
 
+// A long run of ids that form no character (a random or broken model's output): with a
+// prefix-stable decode (ByteLevel BPEs, the byte tokenizer) the stream shows it as it goes and
+// stays linear; holding it all made every step decode the whole run (8,000 ids: 1.6 s, quadratic).
+// A byte-fallback tokenizer still holds (the crate turns an invalid run into U+FFFD as a whole).
+TEST(IncrementalDecoder, LongRunsOfInvalidBytesAreShownAsTheyCome) {
+  const char* src = std::getenv("TESSERA_SOURCE_DIR");
+  const fs::path dir = fs::path(src ? src : ".") / "tests" / "fuzz" / "tokenizers";
+  std::vector<std::pair<std::string, std::unique_ptr<Tokenizer>>> toks;
+  for (const char* name : {"gpt2_bytelevel", "llama3_split", "llama2_sp_legacy"}) {
+    toks.emplace_back(name, Tokenizer::from_file((dir / (std::string(name) + ".json")).string()));
+  }
+  toks.emplace_back("byte", Tokenizer::byte_tokenizer());
+  for (const auto& [name, tok] : toks) {
+    int32_t bad = -1;  // a token whose text is one byte that starts no character
+    for (int32_t id = 0; id < tok->vocab_size() && bad < 0; ++id) {
+      if (tok->decode(std::vector<int32_t>{id, id}, false) == "\xEF\xBF\xBD\xEF\xBF\xBD") bad = id;
+    }
+    ASSERT_GE(bad, 0) << name;
+    std::vector<int32_t> ids(8000, bad);
+    const auto tail = tok->encode("ok \xE4\xBD\xA0", false);  // then text, a 3-byte character
+    ids.insert(ids.end(), tail.begin(), tail.end());
+    const auto t0 = std::chrono::steady_clock::now();
+    IncrementalDecoder dec(*tok, {}, true);
+    std::string shown;
+    size_t pieces = 0;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const std::string piece = dec.step(ids[i]);
+      pieces += i < 8000 && !piece.empty();  // during the run
+      shown += piece;
+    }
+    shown += dec.flush();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(shown, tok->decode(ids, true)) << name;
+    if (tok->decode_is_prefix_stable()) {
+      EXPECT_GE(pieces, 8000 / IncrementalDecoder::kMaxHeld) << name;
+      EXPECT_LT(s, 2.0) << name << ": " << s << " s";
+    } else {
+      EXPECT_EQ(pieces, 0u) << name << ": a byte-fallback run is held whole";
+    }
+  }
+}
+
 // Byte-level BPEs (GPT-2 / LLaMA 3 / Qwen2 layouts): random ids are mostly bytes that form no
 // character, split characters and runs of invalid bytes; the stream is valid UTF-8 piece by piece
 // and adds up to one decode of all ids, with special tokens skipped and kept.
