@@ -273,4 +273,19 @@ void FakeEngine::step(std::vector<std::pair<std::function<void(const engine::Req
   steps_++;
 }
 
+std::vector<int32_t> byte_ids(const std::string& s, bool bos) {
+  std::vector<int32_t> ids;
+  if (bos) ids.push_back(256);
+  for (unsigned char c : s) ids.push_back(c);
+  return ids;
+}
+
+std::string text_of(const std::vector<int32_t>& ids) {
+  std::string s;
+  for (int32_t id : ids) {
+    if (id < 256) s.push_back(static_cast<char>(id));
+  }
+  return s;
+}
+
 }  // namespace tessera::serving::testing

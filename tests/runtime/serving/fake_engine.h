@@ -15,6 +15,7 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -88,5 +89,10 @@ class FakeEngine : public engine::EngineClient {
   bool stalled_ = false, stop_ = false;
   std::thread thread_;
 };
+
+// The byte tokenizer's ids of `s` (<bos> = 256 first when `bos`), and the text of byte ids
+// (ids past 255 dropped): what the tests hand FakeEngine and read back.
+std::vector<int32_t> byte_ids(const std::string& s, bool bos = true);
+std::string text_of(const std::vector<int32_t>& ids);
 
 }  // namespace tessera::serving::testing

@@ -26,20 +26,6 @@ using nlohmann::json;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-std::vector<int32_t> byte_ids(const std::string& s) {
-  std::vector<int32_t> ids{256};  // <bos>
-  for (unsigned char c : s) ids.push_back(c);
-  return ids;
-}
-
-std::string text_of(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (int32_t id : ids) {
-    if (id < 256) s.push_back(static_cast<char>(id));
-  }
-  return s;
-}
-
 template <typename F>
 bool eventually(F pred, std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
