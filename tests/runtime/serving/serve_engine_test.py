@@ -228,12 +228,19 @@ def check_drained(t, max_tokens, what):
           f"finish_reason length: {n})")
 
 
-def check_shutdown_line(proc, in_flight, what):
-    """The server's stdout after the signal: its shutdown line counts the requests in flight (2,000
-    tokens of the tiny model outlast the signal's delivery on any machine)."""
+def check_shutdown_line(proc, streaming, what):
+    """The server's stdout after the signal: its shutdown line counts the requests in flight
+    (HttpServer::active_exchanges). With a stream running (2,000 tokens of the tiny model outlast
+    the signal's delivery on any machine) that is at least 1. Without one it is 0 here, but a
+    fresh-clone CI run once counted 1 right after disconnect_check on the llama server (exit 0
+    all the same): most likely the last /metrics answer, whose bytes the client had read before
+    the server's write completion ran and ended the exchange. The check allows that one."""
     rest = proc.stdout.read().decode(errors="replace")
-    want = f"SIGTERM: finishing {in_flight} request{'' if in_flight == 1 else 's'} in flight"
-    check(want in rest, f"{what}: the shutdown line says '{want}': {rest!r}")
+    m = re.search(r"tessera serve: SIGTERM: finishing (\d+) requests? in flight \(at most 30 s\)",
+                  rest)
+    ok = m is not None and (int(m.group(1)) >= 1 if streaming else int(m.group(1)) <= 1)
+    check(ok, f"{what}: the shutdown line counts {'>= 1' if streaming else '<= 1'} in flight: "
+          f"{rest!r}")
 
 
 def stop_ok(proc, what, port=None):
@@ -247,7 +254,7 @@ def stop_ok(proc, what, port=None):
         rc = "hang"
     check(rc == 0, f"{what}: SIGTERM exit code {rc}")
     if rc == 0:
-        check_shutdown_line(proc, 1 if t else 0, what)
+        check_shutdown_line(proc, t is not None, what)
 
 
 def make_llama(d):
@@ -379,7 +386,7 @@ def run_mpi(tessera, mpiexec):
         rc = "hang"
     check(rc == 0, f"mpirun exit code after SIGTERM to rank 0: {rc}")
     if rc == 0:
-        check_shutdown_line(proc, 1, "dp job (the router's count)")
+        check_shutdown_line(proc, True, "dp job (the router's count)")
 
 
 def main():
