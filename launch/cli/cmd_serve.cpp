@@ -29,13 +29,6 @@ void announce_shutdown(const char* program, int signal, size_t in_flight,
 
 namespace {
 
-// Requests the router has sent on and not yet seen answered.
-size_t in_flight(const serving::Router& router) {
-  int64_t n = 0;
-  for (const auto& w : router.workers()) n += w.load;
-  return static_cast<size_t>(n);
-}
-
 struct ServeSettings {
   std::vector<std::string> models;  // NAME=PATH[:ADAPTER], or PATH / tiny (named after it)
   std::vector<std::string> loras;   // NAME=PATH: adapters in the first model's engine
@@ -210,7 +203,7 @@ int run_router(const RouterSettings& s, launch::World& world) {
               router.port(), s.backends.size());
   std::fflush(stdout);
   const int sig = serving::wait_for_termination_signal();
-  announce_shutdown("tessera router", sig, in_flight(router), shutdown_timeout);
+  announce_shutdown("tessera router", sig, router.requests_in_flight(), shutdown_timeout);
   router.shutdown(shutdown_timeout);
   io.stop();
   return 0;

@@ -349,11 +349,7 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
   std::thread signals([&] {
     const int sig = serving::wait_for_termination_signal();
     if (rank == 0) {
-      size_t n = server->http().active_exchanges();
-      if (router) {
-        n = 0;
-        for (const auto& w : router->workers()) n += static_cast<size_t>(w.load);
-      }
+      const size_t n = router ? router->requests_in_flight() : server->http().active_exchanges();
       announce_shutdown("tessera serve", sig, n, setup.shutdown_timeout);
     }
     if (router) {

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <set>
@@ -526,6 +527,10 @@ void Router::start() {
 }
 
 int Router::port() const { return impl_->http->port(); }
+
+size_t Router::requests_in_flight() const {
+  return static_cast<size_t>(std::max<int64_t>(0, impl_->in_flight.load()));
+}
 
 void Router::shutdown(std::chrono::milliseconds timeout) {
   impl_->stop_health_checks();

@@ -45,6 +45,7 @@ class Router {
   int port() const;
   void shutdown(std::chrono::milliseconds timeout);
   std::vector<WorkerStatus> workers() const;
+  size_t requests_in_flight() const;  // forwarded and not yet answered (what shutdown waits for)
 
   struct Impl;
 

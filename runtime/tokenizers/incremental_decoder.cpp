@@ -38,11 +38,12 @@ bool IncrementalDecoder::kept(int32_t id) const {
   return !(skip_special_ && tok_.is_special(id));
 }
 
-// window_[read_, end) was just shown: the next step's window starts there (it holds a kept id).
-void IncrementalDecoder::shown() {
+// window_[read_, end) was just shown: the next step's window starts at read_ (it holds a kept
+// id); ids from `end` on stay held.
+void IncrementalDecoder::shown(size_t end) {
   window_.erase(window_.begin(), window_.begin() + static_cast<std::ptrdiff_t>(read_));
-  read_ = window_.size();
-  shown_text_ = tok_.decode(window_, skip_special_);
+  read_ = end - read_;
+  shown_text_ = tok_.decode(std::span<const int32_t>(window_.data(), read_), skip_special_);
 }
 
 std::string IncrementalDecoder::step(int32_t id) {
@@ -57,7 +58,7 @@ std::string IncrementalDecoder::step(int32_t id) {
     return {};
   }
   std::string out = text_after(shown_text_, now);
-  shown();
+  shown(window_.size());
   return out;
 }
 
@@ -73,11 +74,8 @@ std::string IncrementalDecoder::settle(const std::string& now) {
         part.compare(0, shown_text_.size(), shown_text_) != 0) {
       continue;
     }
-    // ids [read_, end) are shown: the window restarts at read_, ids from `end` on stay held.
     std::string out = part.substr(shown_text_.size());
-    window_.erase(window_.begin(), window_.begin() + static_cast<std::ptrdiff_t>(read_));
-    read_ = end - read_;
-    shown_text_ = tok_.decode(std::span<const int32_t>(window_.data(), read_), skip_special_);
+    shown(end);
     return out;
   }
   return {};
@@ -86,7 +84,7 @@ std::string IncrementalDecoder::settle(const std::string& now) {
 std::string IncrementalDecoder::flush() {
   if (read_ == window_.size()) return {};
   std::string out = text_after(shown_text_, tok_.decode(window_, skip_special_));
-  shown();
+  shown(window_.size());
   return out;
 }
 

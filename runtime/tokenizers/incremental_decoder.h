@@ -41,7 +41,7 @@ class IncrementalDecoder {
 
  private:
   bool kept(int32_t id) const;
-  void shown();
+  void shown(size_t end);
   std::string settle(const std::string& now);
 
   const Tokenizer& tok_;
