@@ -21,8 +21,12 @@ namespace tessera::cli {
 
 void announce_shutdown(const char* program, int signal, size_t in_flight,
                        std::chrono::milliseconds timeout) {
-  const char* name = signal == SIGINT ? "SIGINT" : "SIGTERM";
-  std::printf("%s: %s: finishing %zu request%s in flight (at most %.3g s)\n", program, name,
+  const char* why = signal == SIGINT                        ? "SIGINT"
+                    : signal == SIGTERM                     ? "SIGTERM"
+                    : signal == serving::kEngineFailed      ? "the engine failed (error below)"
+                    : signal == serving::kShutdownRequested ? "shutdown requested"
+                                                            : "signal";
+  std::printf("%s: %s: finishing %zu request%s in flight (at most %.3g s)\n", program, why,
               in_flight, in_flight == 1 ? "" : "s", static_cast<double>(timeout.count()) / 1000.0);
   std::fflush(stdout);
 }

@@ -374,7 +374,7 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
     backend->async().run();  // the engine loop, until close()
   } catch (...) {
     failure = std::current_exception();
-    serving::request_termination();
+    serving::request_termination(serving::kEngineFailed);
   }
   signals.join();
   io->stop();

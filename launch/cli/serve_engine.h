@@ -52,8 +52,9 @@ struct ServeSetup {
 // router. Returns the process exit code.
 int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::World& world);
 
-// The line a server or router prints to stdout when a signal starts its shutdown, next to its
-// "listening" line: "tessera serve: SIGTERM: finishing 1 request in flight (at most 30 s)".
+// The line a server or router prints to stdout when a signal (or an engine failure, or a request
+// to stop) starts its shutdown, next to its "listening" line: "tessera serve: SIGTERM: finishing 1
+// request in flight (at most 30 s)"; `signal` is what wait_for_termination_signal returned.
 void announce_shutdown(const char* program, int signal, size_t in_flight,
                        std::chrono::milliseconds timeout);
 

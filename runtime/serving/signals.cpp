@@ -46,9 +46,11 @@ void install_termination_handler() {
   TESSERA_CHECK(pthread_sigmask(SIG_BLOCK, &set, nullptr) == 0, "pthread_sigmask failed");
 }
 
-void request_termination() {
+void request_termination(int reason) {
   TESSERA_CHECK(g_pipe[1] >= 0, "install_termination_handler() was not called");
-  on_signal(SIGTERM);
+  TESSERA_CHECK(reason >= 0 && reason <= 255, "request_termination: reason ", reason,
+                " is not in [0, 255]");
+  on_signal(reason);
 }
 
 int wait_for_termination_signal() {

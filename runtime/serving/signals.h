@@ -5,9 +5,17 @@
 
 namespace tessera::serving {
 
+// What wait_for_termination_signal() returns when the program itself asked (request_termination)
+// rather than a signal: no signal has these numbers.
+inline constexpr int kShutdownRequested = 0;  // e.g. a replica told to stop by its router
+inline constexpr int kEngineFailed = 255;     // the engine loop ended with an error
+
 void install_termination_handler();
-int wait_for_termination_signal();  // blocks; returns the signal's number
-// Wakes wait_for_termination_signal() as SIGTERM would (from any thread; after install).
-void request_termination();
+// Blocks; returns the signal's number (SIGTERM, SIGINT) or the reason given to
+// request_termination.
+int wait_for_termination_signal();
+// Wakes wait_for_termination_signal() as a signal would, returning `reason` (from any thread;
+// after install).
+void request_termination(int reason = kShutdownRequested);
 
 }  // namespace tessera::serving
