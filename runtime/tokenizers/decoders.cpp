@@ -130,8 +130,7 @@ class ByteFallbackDecoder final : public Decoder {
       bytes.clear();
     };
     for (auto& t : tokens) {
-      int byte = -1;
-      if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>') byte = parse_hex(t[3], t[4]);
+      const int byte = byte_fallback_value(t);
       if (byte >= 0) {
         bytes.push_back(static_cast<char>(byte));
       } else {
@@ -142,18 +141,8 @@ class ByteFallbackDecoder final : public Decoder {
     flush();
     tokens.swap(out);
   }
-
- private:
-  static int hex(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  }
-  static int parse_hex(char a, char b) {
-    const int x = hex(a), y = hex(b);
-    return x < 0 || y < 0 ? -1 : x * 16 + y;
-  }
+  bool holds_invalid_byte_runs() const override { return true; }
+  bool keeps_final_replacement() const override { return true; }  // U+FFFD is no byte token
 };
 
 class FuseDecoder final : public Decoder {
@@ -163,6 +152,7 @@ class FuseDecoder final : public Decoder {
     for (const auto& t : tokens) all += t;
     tokens.assign(1, std::move(all));
   }
+  bool keeps_final_replacement() const override { return true; }
 };
 
 class StripDecoder final : public Decoder {
@@ -196,6 +186,8 @@ class StripDecoder final : public Decoder {
       t = t.substr(bs, be - bs);
     }
   }
+  // It strips only its own character from each token's ends.
+  bool keeps_final_replacement() const override { return content_ != 0xFFFD; }
 
  private:
   char32_t content_;
@@ -204,8 +196,9 @@ class StripDecoder final : public Decoder {
 
 class ReplaceDecoder final : public Decoder {
  public:
-  ReplaceDecoder(Regex re, std::string content)
-      : re_(std::move(re)), content_(std::move(content)) {}
+  // `literal`: the pattern's text when it is {"String": ...}, else nullopt (a regex).
+  ReplaceDecoder(Regex re, std::optional<std::string> literal, std::string content)
+      : re_(std::move(re)), literal_(std::move(literal)), content_(std::move(content)) {}
   void decode_chain(std::vector<std::string>& tokens) const override {
     std::vector<Match> m;
     for (auto& t : tokens) {
@@ -223,9 +216,24 @@ class ReplaceDecoder final : public Decoder {
       t.swap(out);
     }
   }
+  // A literal and a replacement with a character a byte token cannot hold (LLaMA 2's "\u2581" ->
+  // " "): byte tokens have no match, and a token with a match keeps a character that no byte
+  // token has.
+  bool keeps_byte_tokens() const override {
+    auto outside = [](const std::string& x) {
+      return !x.empty() && x.find_first_of("<>x0123456789abcdefABCDEF") == std::string::npos;
+    };
+    return literal_ && outside(*literal_) && outside(content_);
+  }
+  // A literal without U+FFFD cannot match a final U+FFFD (UTF-8 matches start and end on
+  // character boundaries); an empty one would match after it.
+  bool keeps_final_replacement() const override {
+    return literal_ && !literal_->empty() && literal_->find("\xEF\xBF\xBD") == std::string::npos;
+  }
 
  private:
   Regex re_;
+  std::optional<std::string> literal_;
   std::string content_;
 };
 
@@ -259,6 +267,31 @@ class SequenceDecoder final : public Decoder {
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (const auto& d : d_) d->decode_chain(tokens);
   }
+  bool holds_invalid_byte_runs() const override {
+    for (size_t j = 0; j < d_.size(); ++j) {
+      if (!d_[j]->holds_invalid_byte_runs()) {
+        if (!d_[j]->keeps_byte_tokens()) return false;
+        continue;
+      }
+      for (size_t k = j + 1; k < d_.size(); ++k) {
+        if (!d_[k]->keeps_final_replacement()) return false;
+      }
+      return true;
+    }
+    return false;
+  }
+  bool keeps_byte_tokens() const override {
+    for (const auto& d : d_) {
+      if (!d->keeps_byte_tokens()) return false;
+    }
+    return true;
+  }
+  bool keeps_final_replacement() const override {
+    for (const auto& d : d_) {
+      if (!d->keeps_final_replacement()) return false;
+    }
+    return true;
+  }
 
  private:
   std::vector<std::unique_ptr<Decoder>> d_;
@@ -281,6 +314,18 @@ size_t count_field(const Field& f, const char* key) {
 
 }  // namespace
 
+int byte_fallback_value(std::string_view t) {
+  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return -1;
+  auto hex = [](char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  const int x = hex(t[3]), y = hex(t[4]);
+  return x < 0 || y < 0 ? -1 : x * 16 + y;
+}
+
 std::unique_ptr<Decoder> make_decoder(const Field& f) {
   if (f.is_null()) return nullptr;
   const std::string type = f.at("type").str();
@@ -297,7 +342,12 @@ std::unique_ptr<Decoder> make_decoder(const Field& f) {
                                           count_field(f, "stop"));
   }
   if (type == "Replace") {
-    return std::make_unique<ReplaceDecoder>(parse_pattern(f.at("pattern")), f.at("content").str());
+    const Field pattern = f.at("pattern");
+    Regex re = parse_pattern(pattern);  // checks the pattern's form first
+    std::optional<std::string> literal;
+    if (auto x = pattern.optional("String")) literal = x->str();
+    return std::make_unique<ReplaceDecoder>(std::move(re), std::move(literal),
+                                            f.at("content").str());
   }
   if (type == "CTC") {
     return std::make_unique<CtcDecoder>(f.str_or("pad_token", "<pad>"),

@@ -1,6 +1,9 @@
 #include "runtime/tokenizers/incremental_decoder.h"
 
+#include <algorithm>
+
 #include "runtime/tokenizers/tokenizer.h"
+#include "runtime/tokenizers/unicode.h"
 
 namespace tessera::tokenizers {
 namespace {
@@ -44,13 +47,34 @@ void IncrementalDecoder::shown(size_t end) {
   window_.erase(window_.begin(), window_.begin() + static_cast<std::ptrdiff_t>(read_));
   read_ = end - read_;
   shown_text_ = tok_.decode(std::span<const int32_t>(window_.data(), read_), skip_special_);
+  dead_run_ = false;
+}
+
+// The bytes of the byte-fallback tokens at the window's end are invalid UTF-8 however they go on:
+// not valid up to an unfinished last character.
+bool IncrementalDecoder::byte_run_is_dead() const {
+  std::string bytes;
+  for (size_t k = window_.size(); k > 0; --k) {
+    const int b = tok_.held_fallback_byte(window_[k - 1]);
+    if (b < 0) break;
+    bytes.push_back(static_cast<char>(b));
+  }
+  std::reverse(bytes.begin(), bytes.end());
+  return !unicode::is_valid_utf8(
+      std::string_view(bytes).substr(0, unicode::complete_utf8_prefix(bytes)));
 }
 
 std::string IncrementalDecoder::step(int32_t id) {
   if (!kept(id)) return {};  // adds no text; held text stays held
+  const bool byte = tok_.held_fallback_byte(id) >= 0;
   window_.push_back(id);
+  // The run stays invalid, so ByteFallback makes it U+FFFD per byte and the text still ends in
+  // U+FFFD (Decoder::holds_invalid_byte_runs): held, as a decode would find.
+  if (byte && dead_run_) return {};
+  dead_run_ = false;
   const std::string now = tok_.decode(window_, skip_special_);
   if (ends_with_replacement(now)) {  // maybe an unfinished character: wait
+    if (byte) dead_run_ = byte_run_is_dead();
     const size_t held = window_.size() - read_;
     if (held >= kMaxHeld && held % kMaxHeld == 0 && tok_.decode_is_prefix_stable()) {
       return settle(now);

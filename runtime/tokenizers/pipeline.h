@@ -82,7 +82,22 @@ class Decoder {
   // then one lossy UTF-8 pass) is; ByteFallback is not (a run of byte tokens that turns out
   // invalid becomes U+FFFD as a whole). IncrementalDecoder relies on it to bound what it holds.
   virtual bool prefix_stable() const { return false; }
+
+  // Whether one more byte token ("<0xNN>") after a run of them whose bytes no later byte can make
+  // valid UTF-8 leaves the text ending in U+FFFD: ByteFallback does (the run becomes U+FFFD, one
+  // per byte), and a Sequence where the decoders before it keep byte tokens and those after it keep
+  // a final U+FFFD (the LLaMA 2 / Mistral layout: Replace, ByteFallback, Fuse, Strip). Lets
+  // IncrementalDecoder skip decoding while such a run grows (otherwise quadratic).
+  virtual bool holds_invalid_byte_runs() const { return false; }
+  // Leaves byte tokens as they are and makes none from other tokens (a decoder before
+  // ByteFallback).
+  virtual bool keeps_byte_tokens() const { return false; }
+  // Text whose last token is U+FFFD still ends in U+FFFD after it (a decoder after ByteFallback).
+  virtual bool keeps_final_replacement() const { return false; }
 };
+
+// The byte a ByteFallback token stands for ("<0x41>" -> 0x41, either case of hex digit), or -1.
+int byte_fallback_value(std::string_view token);
 
 // Metaspace's settings, shared by the pre-tokenizer and the decoder of that name.
 enum class PrependScheme { kFirst, kNever, kAlways };

@@ -337,6 +337,13 @@ bool Tokenizer::decode_is_prefix_stable() const {
   return byte_mode_ || (decoder_ && decoder_->prefix_stable());
 }
 
+int Tokenizer::held_fallback_byte(int32_t id) const {
+  if (byte_mode_ || !decoder_ || !decoder_->holds_invalid_byte_runs()) return -1;
+  if (const AddedToken* a = added_->by_id(id)) return byte_fallback_value(a->content);
+  const std::string* s = model_->id_to_token(id);
+  return s ? byte_fallback_value(*s) : -1;
+}
+
 bool Tokenizer::is_special(int32_t id) const {
   if (byte_mode_) return id == ByteTokenizer::kBos || id == ByteTokenizer::kEos;
   auto t = id_to_token(id);

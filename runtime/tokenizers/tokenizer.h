@@ -55,6 +55,10 @@ class Tokenizer {
   // Decoding is bytes, then one lossy UTF-8 pass (the byte tokenizer, a ByteLevel decoder): the
   // text of ids cut at a settled place is a prefix of the text of all (Decoder::prefix_stable).
   bool decode_is_prefix_stable() const;
+  // The byte id's token stands for when decoding holds a run of byte tokens that is invalid UTF-8
+  // past repair (Decoder::holds_invalid_byte_runs: ByteFallback in the LLaMA 2 / Mistral
+  // layout), else -1: IncrementalDecoder needs no decode while such a run grows.
+  int held_fallback_byte(int32_t id) const;
 
  private:
   Tokenizer();
