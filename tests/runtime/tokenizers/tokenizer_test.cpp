@@ -352,6 +352,18 @@ TEST(IncrementalDecoder, LongRunsOfInvalidBytesAreShownAsTheyCome) {
   }
 }
 
+// What IncrementalDecoder streams for `ids`, each piece checked to be valid UTF-8.
+std::string streamed(const Tokenizer& tok, const std::vector<int32_t>& ids, bool skip) {
+  IncrementalDecoder dec(tok, {}, skip);
+  std::string shown;
+  for (int32_t id : ids) {
+    const std::string piece = dec.step(id);
+    EXPECT_TRUE(unicode::is_valid_utf8(piece)) << "a streamed piece is invalid UTF-8";
+    shown += piece;
+  }
+  return shown + dec.flush();
+}
+
 // The stream as it was before runs of invalid bytes were bounded: every step decodes the whole
 // window (kept ids from the start of the last step that gave text), holds while the text ends in
 // U+FFFD, and shows what follows the text shown so far. The oracle for the bounded one.
@@ -427,14 +439,7 @@ TEST(IncrementalDecoder, ByteFallbackRunsStreamAsDecodingEveryStep) {
         }
       }
       for (bool skip : {true, false}) {
-        IncrementalDecoder dec(*tok, {}, skip);
-        std::string shown;
-        for (int32_t id : ids) {
-          const std::string piece = dec.step(id);
-          ASSERT_TRUE(unicode::is_valid_utf8(piece)) << name;
-          shown += piece;
-        }
-        shown += dec.flush();
+        const std::string shown = streamed(*tok, ids, skip);
         ASSERT_EQ(shown, stream_decoding_every_step(*tok, ids, skip)) << name << " round " << round;
         dead_runs += shown.find("\uFFFD\uFFFD\uFFFD") != std::string::npos;
       }
@@ -492,11 +497,8 @@ TEST(IncrementalDecoder, WhichDecodersTakeInvalidByteRunsWithoutDecoding) {
         ids.push_back(rng() % 3 ? *ff - static_cast<int32_t>(rng() % 256)  // the byte tokens
                                 : static_cast<int32_t>(rng() % tok->vocab_size()));
       }
-      IncrementalDecoder dec(*tok, {}, true);
-      std::string shown;
-      for (int32_t id : ids) shown += dec.step(id);
-      shown += dec.flush();
-      ASSERT_EQ(shown, stream_decoding_every_step(*tok, ids, true)) << cases[c].first.dump();
+      ASSERT_EQ(streamed(*tok, ids, true), stream_decoding_every_step(*tok, ids, true))
+          << cases[c].first.dump();
     }
   }
 }
@@ -516,15 +518,7 @@ TEST(IncrementalDecoder, RandomByteLevelIdsStreamExactly) {
       const int n = 1 + static_cast<int>(rng() % 200);
       for (int i = 0; i < n; ++i) ids.push_back(static_cast<int32_t>(rng() % vocab));
       for (bool skip : {true, false}) {
-        IncrementalDecoder dec(*tok, {}, skip);
-        std::string shown;
-        for (int32_t id : ids) {
-          const std::string piece = dec.step(id);
-          ASSERT_TRUE(unicode::is_valid_utf8(piece)) << name;
-          shown += piece;
-        }
-        shown += dec.flush();
-        ASSERT_EQ(shown, tok->decode(ids, skip)) << name << " round " << round;
+        ASSERT_EQ(streamed(*tok, ids, skip), tok->decode(ids, skip)) << name << " round " << round;
       }
     }
   }
