@@ -9,9 +9,11 @@
 // costs nothing). It starts where an earlier step's text began (so never inside a character made
 // of byte tokens) and holds at least one kept id, so decoders that treat the first token
 // differently (Metaspace, WordPiece, Strip) give the same text as one decode of all ids. One
-// difference remains: when a request ends inside a byte-fallback run that is not valid UTF-8, the
-// crate's decode turns the whole run into U+FFFD, while the stream has already shown the run's
-// complete characters.
+// difference remains: a byte-fallback run that spells complete characters and then bytes that
+// form none. The stream shows each character as it completes; the crate's decode turns the whole
+// run into U+FFFD, one per byte, and the stream then shows that text too (vLLM's incremental
+// detokenization shows them the same way; holding every byte-token character until its run ends
+// would delay text a byte-fallback vocabulary spells in bytes, such as rare CJK characters).
 //
 // Held text costs a decode of the window per step, so a long run of held ids would be quadratic.
 // Two bounds: a prefix-stable decode shows what can no longer change (settle, below); with a

@@ -448,6 +448,27 @@ TEST(IncrementalDecoder, ByteFallbackRunsStreamAsDecodingEveryStep) {
   }
 }
 
+// The one place the stream and one decode differ: a byte-fallback run that spells a character and
+// then bytes that form none. The stream shows the character when it completes; the crate's decode
+// (and ours) turns the whole run into U+FFFD, one per byte, once it is invalid.
+TEST(IncrementalDecoder, ARunThatTurnsInvalidAfterACharacterWasShown) {
+  const char* src = std::getenv("TESSERA_SOURCE_DIR");
+  auto tok = Tokenizer::from_file(
+      (fs::path(src ? src : ".") / "tests" / "fuzz" / "tokenizers" / "llama2_sp_legacy.json")
+          .string());
+  const auto byte = [&](const char* t) { return tok->token_to_id(t).value(); };
+  const std::vector<int32_t> ids = {byte("<0xC3>"), byte("<0xA9>"), byte("<0xFF>"), byte("a")};
+  const std::string fffd = "\uFFFD";
+  EXPECT_EQ(tok->decode(ids, true), fffd + fffd + fffd + "a");
+  IncrementalDecoder dec(*tok, {}, true);
+  EXPECT_EQ(dec.step(ids[0]), "");
+  EXPECT_EQ(dec.step(ids[1]), "\u00E9");  // shown: the run so far is valid
+  EXPECT_EQ(dec.step(ids[2]), "");        // held: ends in U+FFFD
+  // The window's text, after the character already shown.
+  const std::string rest = dec.step(ids[3]);
+  EXPECT_EQ(rest + dec.flush(), fffd + fffd + fffd + "a");
+}
+
 // Which decoders let a growing invalid byte run skip its decode: ByteFallback with decoders
 // before it that keep byte tokens and after it that keep a final U+FFFD. The others hold as
 // before, and every layout streams as decoding every step does.
