@@ -11,9 +11,9 @@
 // differently (Metaspace, WordPiece, Strip) give the same text as one decode of all ids. One
 // difference remains: a byte-fallback run that spells complete characters and then bytes that
 // form none. The stream shows each character as it completes; the crate's decode turns the whole
-// run into U+FFFD, one per byte, and the stream then shows that text too (vLLM's incremental
-// detokenization shows them the same way; holding every byte-token character until its run ends
-// would delay text a byte-fallback vocabulary spells in bytes, such as rare CJK characters).
+// run into U+FFFD, one per byte, and the stream then shows that text too. (Holding every
+// byte-token character until its run ends would match, but delay all text a byte-fallback
+// vocabulary spells in bytes, such as rare CJK characters, until the next other token.)
 //
 // Held text costs a decode of the window per step, so a long run of held ids would be quadratic.
 // Two bounds: a prefix-stable decode shows what can no longer change (settle, below); with a
