@@ -275,7 +275,17 @@ Value filter(const std::string& name, const Value& v, Args& a) {
   if (name == "int") {
     const int64_t def = int_arg(a, 0, "default", 0);
     if (v.is_int() || v.is_bool()) return Value::integer(v.as_int());
-    if (v.is_float()) return Value::integer(static_cast<int64_t>(std::trunc(v.as_double())));
+    // Python's int() of a float: NaN is a ValueError (jinja2 gives the default), infinity and
+    // magnitudes past 64 bits have no value here (casting them is undefined behaviour).
+    const auto whole = [&](double d) {
+      if (std::isnan(d)) return Value::integer(def);
+      const double t = std::trunc(d);
+      if (!(t >= -9223372036854775808.0 && t < 9223372036854775808.0)) {
+        fail("int: " + std::to_string(d) + " is outside the 64-bit integer range");
+      }
+      return Value::integer(static_cast<int64_t>(t));
+    };
+    if (v.is_float()) return whole(v.as_double());
     if (v.is_string()) {
       const std::string s = py_strip(v.str(), nullptr, true, true);
       char* end = nullptr;
@@ -283,8 +293,7 @@ Value filter(const std::string& name, const Value& v, Args& a) {
       const long long x = std::strtoll(s.c_str(), &end, 10);
       if (!s.empty() && *end == 0 && errno == 0) return Value::integer(x);
       const double d = std::strtod(s.c_str(), &end);
-      if (!s.empty() && *end == 0 && std::isfinite(d))
-        return Value::integer(static_cast<int64_t>(d));
+      if (!s.empty() && *end == 0) return whole(d);
     }
     return Value::integer(def);
   }

@@ -100,6 +100,30 @@ TEST(FuzzRegression, ChatTemplateWithInvalidUtf8IsRefused) {
   }
 }
 
+// The `int` filter of a float past 64 bits (3.3e127 in the fuzzer's template): the cast was
+// undefined behaviour (UBSan, a 1.4-million-execution run). Now an error naming the filter and
+// the value; in-range values truncate toward zero as Python's int() does.
+TEST(FuzzRegression, IntFilterOfAHugeFloatIsAnError) {
+  const auto render = [](const std::string& src) {
+    return tokenizers::ChatTemplate::from_string(src).render(nlohmann::json::array(), false);
+  };
+  for (const char* src : {"{{ 3.3e127 | int }}", "{{ '-1e300' | int }}", "{{ 9.3e18 | int }}"}) {
+    try {
+      render(src);
+      FAIL() << src;
+    } catch (const Error& e) {
+      EXPECT_NE(e.message().find("outside the 64-bit integer range"), std::string::npos)
+          << e.message();
+    }
+  }
+  EXPECT_EQ(render("{{ 2.9 | int }} {{ -2.9 | int }} {{ '7.5' | int }} {{ 'x' | int(4) }}"),
+            "2 -2 7 4");
+  EXPECT_THROW(tokenizers::ChatTemplate::from_string(
+                   crash_input("chat_template", "crash-int-filter-float-overflow-ub"))
+                   .render(nlohmann::json::array({{{"role", "user"}, {"content", "hi"}}}), false),
+               Error);
+}
+
 // A chat template that stores a namespace in itself (`set ns.count = ns`) and prints it: repr()
 // recursed until the stack overflowed (ASan), and the namespace kept itself alive (a leak). Now
 // it prints as Python does (`<Namespace {...}>` where it meets itself) and is freed.
