@@ -281,7 +281,7 @@ Value filter(const std::string& name, const Value& v, Args& a) {
       if (std::isnan(d)) return Value::integer(def);
       const double t = std::trunc(d);
       if (!(t >= -9223372036854775808.0 && t < 9223372036854775808.0)) {
-        fail("int: " + std::to_string(d) + " is outside the 64-bit integer range");
+        fail("int: " + py_float_repr(d) + " is outside the 64-bit integer range");
       }
       return Value::integer(static_cast<int64_t>(t));
     };

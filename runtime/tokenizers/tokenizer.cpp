@@ -138,6 +138,7 @@ std::unique_ptr<Tokenizer> Tokenizer::from_json_text(const std::string& text,
     t->pre_tokenizer_ = make_pre_tokenizer(section("pre_tokenizer"));
     t->post_processor_ = make_post_processor(section("post_processor"));
     t->decoder_ = make_decoder(section("decoder"));
+    t->holds_byte_runs_ = t->decoder_ && t->decoder_->holds_invalid_byte_runs();
     t->added_ = std::make_unique<AddedVocabulary>();
     std::vector<AddedToken> added;
     if (auto a = root.optional("added_tokens")) added = parse_added_tokens(*a);
@@ -338,7 +339,7 @@ bool Tokenizer::decode_is_prefix_stable() const {
 }
 
 int Tokenizer::held_fallback_byte(int32_t id) const {
-  if (byte_mode_ || !decoder_ || !decoder_->holds_invalid_byte_runs()) return -1;
+  if (!holds_byte_runs_) return -1;
   if (const AddedToken* a = added_->by_id(id)) return byte_fallback_value(a->content);
   const std::string* s = model_->id_to_token(id);
   return s ? byte_fallback_value(*s) : -1;

@@ -71,6 +71,7 @@ class Tokenizer {
   std::unique_ptr<Model> model_;
   std::unique_ptr<PostProcessor> post_processor_;
   std::unique_ptr<Decoder> decoder_;
+  bool holds_byte_runs_ = false;  // decoder_->holds_invalid_byte_runs(), once at load
   std::optional<int32_t> bos_id_;
   std::vector<int32_t> eos_ids_;
 };
