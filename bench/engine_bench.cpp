@@ -265,7 +265,11 @@ int run_engine_bench(const BenchOptions& opt) {
   const Workload w = make_workload(z, 42);
   auto say = [&](const char* fmt, auto... args) {
     if (!opt.json) {
-      std::fprintf(stderr, fmt, args...);
+      if constexpr (sizeof...(args) == 0) {
+        std::fputs(fmt, stderr);
+      } else {
+        std::fprintf(stderr, fmt, args...);
+      }
       std::fflush(stderr);
     }
   };

@@ -40,8 +40,13 @@ if(shim)
 endif()
 
 # libtorch's exported target carries its compile options; keep a small interface target of our own.
+# stdc++ first: pip's libtorch.so and libtorch_cpu.so (torch 2.11) carry a static copy of parts of
+# libstdc++ and export it (std::filesystem, the chrono time zones). A program whose libtorch comes
+# before libstdc++.so in its list of needed libraries binds std::filesystem::remove_all and the rest
+# to that copy, which crashes (a call through a null pointer, seen on the GPU machine and with pip's
+# torch here). Listing libstdc++ before libtorch makes the loader find the system's first.
 add_library(tessera_torch INTERFACE)
-target_link_libraries(tessera_torch INTERFACE ${TORCH_LIBRARIES})
+target_link_libraries(tessera_torch INTERFACE stdc++ ${TORCH_LIBRARIES})
 target_include_directories(tessera_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
 set(TESSERA_TORCH_HAS_CUDA OFF)
 if(TARGET torch_cuda OR TORCH_CUDA_LIBRARIES)

@@ -15,11 +15,20 @@ include(CMakePackageConfigHelpers)
 
 set(TESSERA_INSTALL_INCLUDEDIR "${CMAKE_INSTALL_INCLUDEDIR}/tessera")
 set(TESSERA_INSTALL_CMAKEDIR "${CMAKE_INSTALL_LIBDIR}/cmake/Tessera")
-# The installed binary and library keep finding the libtorch / MPI / NCCL they were linked with.
-set(CMAKE_INSTALL_RPATH_USE_LINK_PATH ON)
+# CMAKE_INSTALL_RPATH_USE_LINK_PATH is set in the top CMakeLists.txt, before the targets exist.
 
 # Imported-target namespaces -> the find_dependency() line that defines them in a consumer.
 set(_tessera_dep_Torch "find_dependency(Torch)")
+if(TESSERA_TORCH_HAS_CUDA)
+  # A CUDA libtorch sets CUDA up inside find_package(Torch) (see cmake/Dependencies.cmake): a
+  # consumer gets Tessera's CUDA standard and architectures unless it chose its own.
+  set(_tessera_dep_Torch
+      "if(NOT DEFINED CMAKE_CUDA_STANDARD)\n  set(CMAKE_CUDA_STANDARD 17)\nendif()\n"
+      "if(NOT DEFINED TORCH_CUDA_ARCH_LIST AND NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})\n"
+      "  set(TORCH_CUDA_ARCH_LIST \"${TORCH_CUDA_ARCH_LIST}\")\nendif()\n"
+      "find_dependency(Torch)")
+  string(CONCAT _tessera_dep_Torch ${_tessera_dep_Torch})
+endif()
 set(_tessera_dep_MPI "find_dependency(MPI COMPONENTS CXX)")
 set(_tessera_dep_OpenMP "find_dependency(OpenMP COMPONENTS CXX)")
 set(_tessera_dep_Threads "find_dependency(Threads)")

@@ -13,4 +13,12 @@ args=("$@")
 if [ ${#args[@]} -eq 0 ]; then
   args=(--prompt "Tessera splits every layer across ranks" --max-tokens 32)
 fi
-exec mpirun -np "${RANKS:-2}" "$TESSERA_BUILD_DIR/bin/tessera" generate --model tiny "${args[@]}"
+ranks=${RANKS:-2}
+# NCCL needs a GPU per rank: with fewer GPUs than ranks (and no CUDA_VISIBLE_DEVICES chosen), the
+# ranks run on the CPU, as on a machine without a GPU.
+gpus=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)
+if [ -z "${CUDA_VISIBLE_DEVICES+set}" ] && [ "${gpus:-0}" -gt 0 ] && [ "$ranks" -gt "$gpus" ]; then
+  echo "generate.sh: $gpus GPU(s) for $ranks ranks: running on the CPU (RANKS=$gpus runs on the GPU)" >&2
+  export CUDA_VISIBLE_DEVICES=
+fi
+exec mpirun -np "$ranks" "$TESSERA_BUILD_DIR/bin/tessera" generate --model tiny "${args[@]}"

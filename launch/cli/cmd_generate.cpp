@@ -272,9 +272,13 @@ Command register_generate(CLI::App& root) {
                         {"first_token_s", r.first_token_s},
                         {"finished_s", r.finished_s}});
       }
+      // Rank 0's device, "cpu" or "cuda:N", as the launcher chose it.
+      const std::string device_name =
+          job.engine.device >= 0 ? "cuda:" + std::to_string(job.engine.device) : "cpu";
       nlohmann::json j{{"model", job.engine.model},
                        {"model_dir", rep.model_dir},
                        {"world_size", rep.world},
+                       {"device", device_name},
                        {"tensor_parallel", rep.tp},
                        {"data_parallel", rep.dp},
                        {"decode_context_parallel", rep.dcp},

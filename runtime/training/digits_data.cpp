@@ -11,7 +11,8 @@ namespace tessera::training {
 
 std::string read_gzip(const std::string& path) {
   TESSERA_CHECK(std::filesystem::exists(path), "data file ", path,
-                " does not exist (the digits ship with Debian's python3-sklearn)");
+                " does not exist (the digits ship with scikit-learn: Debian's python3-sklearn, or "
+                "pip's scikit-learn for a python3 on PATH)");
   gzFile f = gzopen(path.c_str(), "rb");
   TESSERA_CHECK(f != nullptr, "data file ", path, " cannot be opened");
   std::string out;

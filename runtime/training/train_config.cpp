@@ -2,10 +2,12 @@
 
 #include <cctype>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <numbers>
 #include <sstream>
+#include <vector>
 
 #include "common/error.h"
 
@@ -327,9 +329,45 @@ int64_t TrainConfig::accumulation_steps(int world_size) const {
   return global_batch / per_step;
 }
 
+namespace {
+
+// scikit-learn's digits file: Debian's python3-sklearn, else a scikit-learn installed for a python3
+// on PATH (a venv's bin/ -> lib/python3.X/site-packages) or under /usr/local. Debian's path when
+// none has it, so that the error names the usual place.
+std::string find_sklearn_digits() {
+  namespace fs = std::filesystem;
+  const std::string rel = "sklearn/datasets/data/digits.csv.gz";
+  const std::string debian = "/usr/lib/python3/dist-packages/" + rel;
+  std::error_code ec;
+  if (fs::exists(debian, ec)) return debian;
+  std::vector<fs::path> prefixes;
+  if (const char* path = std::getenv("PATH")) {
+    std::stringstream ss(path);
+    for (std::string dir; std::getline(ss, dir, ':');) {
+      if (!dir.empty()) prefixes.push_back(fs::path(dir).parent_path());
+    }
+  }
+  prefixes.emplace_back("/usr/local");
+  prefixes.emplace_back("/usr");
+  for (const auto& prefix : prefixes) {
+    const fs::path lib = prefix / "lib";
+    if (!fs::is_directory(lib, ec)) continue;
+    for (const auto& e : fs::directory_iterator(lib, ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.rfind("python3", 0) != 0) continue;
+      for (const char* sub : {"site-packages", "dist-packages"}) {
+        const fs::path f = e.path() / sub / rel;
+        if (fs::exists(f, ec)) return f.string();
+      }
+    }
+  }
+  return debian;
+}
+
+}  // namespace
+
 std::string default_data_path(const std::string& model) {
-  if (model == "digits")
-    return "/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz";
+  if (model == "digits") return find_sklearn_digits();
   // The KJV as plain text: `bible -l0 "Genesis1:1-Revelation22:21" > kjv.txt` (Debian's
   // bible-kjv); scripts/train_tiny.sh makes it.
   return "kjv.txt";

@@ -81,7 +81,8 @@ struct TrainConfig {
   int64_t micro_batch_for(int world_size) const;
 };
 
-// The default data file of a model: sklearn's digits for "digits", the KJV text for "lm".
+// The default data file of a model: sklearn's digits for "digits" (Debian's python3-sklearn, else
+// a scikit-learn of a python3 on PATH), the KJV text for "lm".
 std::string default_data_path(const std::string& model);
 
 // Learning rate at optimizer step `step` (0-based): linear warm-up to `lr` over warmup_steps, then

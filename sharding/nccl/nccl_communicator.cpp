@@ -303,7 +303,9 @@ void check_one_rank_per_device(MPI_Comm comm, int device) {
       if (slots[a].device == slots[b].device && std::strcmp(slots[a].host, slots[b].host) == 0) {
         throw CollectiveError("NCCL needs one rank per GPU: ranks " + std::to_string(a) + " and " +
                                   std::to_string(b) + " both chose cuda:" +
-                                  std::to_string(slots[a].device) + " on host " + slots[a].host,
+                                  std::to_string(slots[a].device) + " on host " + slots[a].host +
+                                  " (start at most one rank per GPU on each host, or set "
+                                  "CUDA_VISIBLE_DEVICES= for every rank to run on the CPU)",
                               __FILE__, __LINE__);
       }
     }

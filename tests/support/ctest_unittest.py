@@ -2,6 +2,7 @@
 SKIP_RETURN_CODE that tests/CMakeLists.txt's tessera_add_python_test sets) when some test was
 skipped and none failed, so ctest reports the run as skipped rather than passed, and 0 otherwise.
 """
+import faulthandler
 import sys
 import unittest
 
@@ -9,6 +10,8 @@ SKIP_EXIT = 77
 
 
 def main():
+    # A crash in native code (a kernel, the op library) prints the Python stack of every thread.
+    faulthandler.enable()
     result = unittest.main(verbosity=2, exit=False).result
     if result.failures or result.errors or result.unexpectedSuccesses:
         sys.exit(1)

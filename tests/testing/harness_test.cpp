@@ -39,7 +39,7 @@ TEST(Harness, WorldIsTheJob) {
 }
 
 TEST(Harness, AllReduceMatchesRankZerosReference) {
-  auto x = input_of(rank(), 7, 3);
+  auto x = input_of(rank(), 7, 3).to(device());  // comm() is NCCL where every rank has a GPU
   comm().all_reduce(x);
   torch::Tensor reference;
   if (rank() == 0) {
@@ -52,7 +52,7 @@ TEST(Harness, AllReduceMatchesRankZerosReference) {
 
 TEST(Harness, ReduceScatterMatchesItsShardOfTheReference) {
   // 7 rows over 2 or 4 ranks: uneven parts, as reduce_scatter and tensor_split both cut them.
-  const auto part = comm().reduce_scatter(input_of(rank(), 7, 3));
+  const auto part = comm().reduce_scatter(input_of(rank(), 7, 3).to(device()));
   torch::Tensor reference;
   if (rank() == 0) {
     reference = torch::zeros({7, 3}, torch::kDouble);

@@ -70,7 +70,10 @@ grep -q "not suitable\|version" "$work/too-new.log" || {
 
 # The downstream project: only the prefix (and where Tessera's own dependencies live).
 launcher=()
-[ -n "$ccache" ] && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER="$ccache")
+# (CMake passes "TESSERA_CCACHE-NOTFOUND" where the build found no ccache.)
+if [ -n "$ccache" ] && [[ $ccache != *-NOTFOUND ]]; then
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER="$ccache")
+fi
 t0=$(date +%s%N)
 cmake -S "$src/examples/testing" -B "$work/example" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_PREFIX_PATH="$prefix;$dep_prefix" "${launcher[@]}" >"$work/example.log" 2>&1 || {

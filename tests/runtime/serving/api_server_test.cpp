@@ -145,7 +145,7 @@ TEST_F(ServerTest, StreamedTextEqualsNonStreamedForTheSameSeed) {
   }
   // One chunk per engine step: 20 tokens, 20 chunks.
   EXPECT_EQ(chunks_with_text, 20);
-  EXPECT_EQ(text, whole.body["choices"][0]["text"]);
+  EXPECT_EQ(text, whole.body["choices"][0]["text"].get<std::string>());
   const json& usage_chunk = events[events.size() - 2];
   EXPECT_TRUE(usage_chunk["choices"].empty());
   for (const char* k : {"prompt_tokens", "completion_tokens", "total_tokens"}) {
@@ -305,7 +305,7 @@ TEST_F(ServerTest, Logprobs) {
     EXPECT_LT(lp["token_logprobs"][i].get<double>(), 0.0);
     EXPECT_GE(lp["top_logprobs"][i].size(), 1u);
   }
-  EXPECT_EQ(joined, r.body["choices"][0]["text"]);
+  EXPECT_EQ(joined, r.body["choices"][0]["text"].get<std::string>());
   auto c = post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "x"}}}},
                                          {"max_tokens", 3},
                                          {"logprobs", true},
