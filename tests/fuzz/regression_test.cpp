@@ -19,6 +19,7 @@
 #include "runtime/models/model_folder.h"
 #include "runtime/models/safetensors.h"
 #include "runtime/tokenizers/chat_template.h"
+#include "runtime/tokenizers/tokenizer.h"
 #include "runtime/training/train_config.h"
 #include "tests/fuzz/delta_fixture.h"
 #include "tests/fuzz/fuzz_util.h"
@@ -237,6 +238,33 @@ TEST(FuzzRegression, TrainConfigOutOfRangeNumbersAreRefused) {
     const double v = training::learning_rate(lr, step);
     EXPECT_TRUE(std::isfinite(v) && v >= 0 && v <= lr.lr) << "step " << step << ": " << v;
   }
+}
+
+// A Replace normalizer that grows the text geometrically: the fuzzer's tokenizer.json has an
+// empty-matching pattern ("[0-9]{4,|") whose 1.5 KB content goes between every character, twice,
+// so the normalized added token "[SEP]" became 11 MB and its trie took over 2 GB (libFuzzer's
+// out-of-memory). Now one error naming the normalizer, at load here and at encode below.
+TEST(FuzzRegression, ReplaceNormalizerGrowthIsAnError) {
+  try {
+    tokenizers::Tokenizer::from_json_text(
+        crash_input("tokenizer_json", "oom-replace-normalizer-growth"), "fuzz.json");
+    FAIL() << "loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("Replace normalizer /[0-9]{4,|/"), std::string::npos) << e.message();
+    EXPECT_NE(e.message().find("more than 16x + 1 MiB"), std::string::npos) << e.message();
+  }
+  // Two Replaces of "a" by 2,000 "a": 3 bytes -> 6,000 (allowed) -> 12,000,000 (refused).
+  const std::string many(2000, 'a');
+  const std::string json = R"({"model": {"type": "WordLevel", "vocab": {"a": 0, "[UNK]": 1},
+      "unk_token": "[UNK]"}, "pre_tokenizer": {"type": "Whitespace"},
+      "normalizer": {"type": "Sequence", "normalizers": [
+        {"type": "Replace", "pattern": {"String": "a"}, "content": ")" +
+                           many + R"("},
+        {"type": "Replace", "pattern": {"String": "a"}, "content": ")" +
+                           many + R"("}]}})";
+  const auto tok = tokenizers::Tokenizer::from_json_text(json, "growth.json");
+  EXPECT_THROW(tok->encode("aaa", false), Error);
+  EXPECT_EQ(tok->encode("b", false), std::vector<int32_t>({1}));
 }
 
 }  // namespace
