@@ -17,6 +17,7 @@
 # possible. $OUT gets three files (the device tool brings back at most eight): summary.txt,
 # bench_kernels.json and logs.tar.gz with every step's log. Exit status: 0 when every step passed.
 #   TESSERA_GPU_STEPS="configure build gpu e2e memcheck bench all"  limits the steps (unpack always runs)
+#   pybt (not in the default steps): one Python op test under cuda-gdb, for a native backtrace
 #   TESSERA_GPU_ALL_REGEX=R  the `all` step runs only the tests whose names match R (ctest -R)
 #   TESSERA_GPU_DEADLINE=N  every step ends within N seconds of the start (a step past it is cut
 #     with `timeout` and recorded rc=124; a step with under 10 s left is skipped), so that a run
@@ -185,6 +186,20 @@ sys.exit(0 if a["output_ids"]==b["output_ids"] and g.get("device")=="cuda:0" and
   }
   run_step e2e e2e
   grep -E " on .* vs |^gpu2:|device|Traceback|rror" "$out/e2e.log" | head -n 20 | sed 's/^/e2e: /' | tee -a "$summary"
+fi
+if want pybt; then
+  # A native backtrace of one Python op test (they died with SIGSEGV at their first error case on
+  # the first H200 run): cuda-gdb, the machine's only debugger, also debugs host code.
+  pybt() {
+    local dbg
+    dbg=$(command -v cuda-gdb || command -v gdb) || { echo "no cuda-gdb or gdb"; return 1; }
+    PYTHONPATH=$root/tests/support timeout "$(left)" "$dbg" -batch -ex run -ex bt -ex "info sharedlibrary" \
+      --args "$python" "$root/tests/kernels/paged_ops_test.py" \
+      "$build/kernels/torch_library/libtessera_torch.so"
+  }
+  run_step pybt pybt
+  grep -E "^#[0-9]+ |signal|Ran [0-9]+ test|^OK|FAILED" "$out/pybt.log" | head -n 30 | sed 's/^/pybt: /' \
+    | tee -a "$summary"
 fi
 if want memcheck; then
   if command -v compute-sanitizer >/dev/null 2>&1; then
