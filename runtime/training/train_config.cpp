@@ -329,20 +329,14 @@ int64_t TrainConfig::accumulation_steps(int world_size) const {
   return global_batch / per_step;
 }
 
-namespace {
-
-// scikit-learn's digits file: Debian's python3-sklearn, else a scikit-learn installed for a python3
-// on PATH (a venv's bin/ -> lib/python3.X/site-packages) or under /usr/local. Debian's path when
-// none has it, so that the error names the usual place.
-std::string find_sklearn_digits() {
+std::string find_sklearn_digits(const std::string& debian_path, const char* path_env) {
   namespace fs = std::filesystem;
   const std::string rel = "sklearn/datasets/data/digits.csv.gz";
-  const std::string debian = "/usr/lib/python3/dist-packages/" + rel;
   std::error_code ec;
-  if (fs::exists(debian, ec)) return debian;
+  if (fs::exists(debian_path, ec)) return debian_path;
   std::vector<fs::path> prefixes;
-  if (const char* path = std::getenv("PATH")) {
-    std::stringstream ss(path);
+  if (path_env != nullptr) {
+    std::stringstream ss(path_env);
     for (std::string dir; std::getline(ss, dir, ':');) {
       if (!dir.empty()) prefixes.push_back(fs::path(dir).parent_path());
     }
@@ -361,13 +355,14 @@ std::string find_sklearn_digits() {
       }
     }
   }
-  return debian;
+  return debian_path;
 }
 
-}  // namespace
-
 std::string default_data_path(const std::string& model) {
-  if (model == "digits") return find_sklearn_digits();
+  if (model == "digits") {
+    return find_sklearn_digits("/usr/lib/python3/dist-packages/sklearn/datasets/data/digits.csv.gz",
+                               std::getenv("PATH"));
+  }
   // The KJV as plain text: `bible -l0 "Genesis1:1-Revelation22:21" > kjv.txt` (Debian's
   // bible-kjv); scripts/train_tiny.sh makes it.
   return "kjv.txt";

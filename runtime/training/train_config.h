@@ -84,6 +84,10 @@ struct TrainConfig {
 // The default data file of a model: sklearn's digits for "digits" (Debian's python3-sklearn, else
 // a scikit-learn of a python3 on PATH), the KJV text for "lm".
 std::string default_data_path(const std::string& model);
+// The digits file: `debian_path` if it exists, else sklearn/datasets/data/digits.csv.gz under
+// lib/python3*/{site,dist}-packages of the parent of a `path_env` directory (a venv's bin/), of
+// /usr/local or of /usr; `debian_path` when none has it (the error then names the usual place).
+std::string find_sklearn_digits(const std::string& debian_path, const char* path_env);
 
 // Learning rate at optimizer step `step` (0-based): linear warm-up to `lr` over warmup_steps, then
 // a half cosine from lr to min_lr over the remaining steps.

@@ -207,6 +207,27 @@ TEST(TrainConfig, ReadsJsonTomlAndRejectsBadValues) {
   fs::remove_all(dir);
 }
 
+// The digits of a pip scikit-learn: a machine without Debian's python3-sklearn (the GPU machine's
+// image) has it in a venv whose bin/ is on PATH.
+TEST(TrainConfig, DigitsFoundInAVenvOnPath) {
+  char tmpl[] = "/tmp/tessera-venv-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const fs::path venv = tmpl;
+  const fs::path data = venv / "lib/python3.12/site-packages/sklearn/datasets/data";
+  fs::create_directories(data);
+  fs::create_directories(venv / "bin");
+  std::ofstream(data / "digits.csv.gz") << "x";
+  const std::string missing = (venv / "no/digits.csv.gz").string();
+  const std::string path = "/nonexistent/bin::" + (venv / "bin").string();
+  EXPECT_EQ(find_sklearn_digits(missing, path.c_str()), (data / "digits.csv.gz").string());
+  // The Debian path first when it exists.
+  const std::string debian = (venv / "bin").string();
+  EXPECT_EQ(find_sklearn_digits(debian, path.c_str()), debian);
+  fs::remove_all(venv / "lib");  // gone: /usr's or /usr/local's, else `missing`
+  EXPECT_NE(find_sklearn_digits(missing, path.c_str()), (data / "digits.csv.gz").string());
+  fs::remove_all(venv);
+}
+
 TEST(TrainConfig, WarmupThenCosine) {
   TrainConfig c;
   c.steps = 110;
