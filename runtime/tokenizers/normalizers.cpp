@@ -93,6 +93,15 @@ class Strip final : public Normalizer {
   bool left_, right_;
 };
 
+// How much larger normalization may make a text: 32x (NFKC expands U+FDFA, 3 bytes, to 33) plus
+// 4 KiB. A Replace whose pattern matches everywhere (one that matches the empty string) with a long
+// content, or Replaces chained so that each re-matches the last one's content, grow a text
+// geometrically: a 4 KB tokenizer.json made "[SEP]" 11 MB and its added-token trie 2 GB, another
+// made every 23-byte text 1 MB (found by the tokenizer_json fuzzer).
+constexpr size_t kMaxGrowth = 32;
+constexpr size_t kMaxExtra = 4096;
+constexpr size_t max_normalized_size(size_t n) { return kMaxGrowth * n + kMaxExtra; }
+
 class Replace final : public Normalizer {
  public:
   Replace(Regex re, std::string content) : re_(std::move(re)), content_(std::move(content)) {}
@@ -101,16 +110,11 @@ class Replace final : public Normalizer {
     std::vector<Match> m;
     re_.find_all(s, m);
     if (m.empty()) return;
-    // A pattern that matches everywhere (one that matches the empty string) with a long content,
-    // or Replaces chained so that each re-matches the last one's content, grows the text
-    // geometrically: a 4 KB tokenizer.json made "[SEP]" 11 MB and its added-token trie 1 GB
-    // (found by the tokenizer_json fuzzer). More than 16x + 1 MiB is refused.
     size_t grown = s.size();
     for (const auto& x : m) grown += content_.size() - (x.end - x.start);
-    const size_t limit = 16 * s.size() + (size_t{1} << 20);
-    TESSERA_CHECK(grown <= limit, "Replace normalizer /", re_.pattern(), "/: ", m.size(),
-                  " matches in ", s.size(), " bytes would make ", grown,
-                  " bytes, more than 16x + 1 MiB");
+    TESSERA_CHECK(grown <= max_normalized_size(s.size()), "Replace normalizer /", re_.pattern(),
+                  "/: ", m.size(), " matches in ", s.size(), " bytes would make ", grown,
+                  " bytes, more than 32x + 4 KiB");
     std::string out;
     out.reserve(grown);
     size_t last = 0;
@@ -205,7 +209,12 @@ class SequenceNormalizer final : public Normalizer {
  public:
   explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> n) : n_(std::move(n)) {}
   void normalize(std::string& s) const override {
-    for (const auto& n : n_) n->normalize(s);
+    const size_t before = s.size();
+    for (const auto& n : n_) {
+      n->normalize(s);
+      TESSERA_CHECK(s.size() <= max_normalized_size(before), "normalizer Sequence: its steps made ",
+                    s.size(), " bytes of ", before, ", more than 32x + 4 KiB");
+    }
   }
 
  private:

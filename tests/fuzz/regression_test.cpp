@@ -240,31 +240,62 @@ TEST(FuzzRegression, TrainConfigOutOfRangeNumbersAreRefused) {
   }
 }
 
-// A Replace normalizer that grows the text geometrically: the fuzzer's tokenizer.json has an
-// empty-matching pattern ("[0-9]{4,|") whose 1.5 KB content goes between every character, twice,
-// so the normalized added token "[SEP]" became 11 MB and its trie took over 2 GB (libFuzzer's
-// out-of-memory). Now one error naming the normalizer, at load here and at encode below.
+// A Replace normalizer that grows the text geometrically. The fuzzer's tokenizer.json files use an
+// empty-matching pattern ("[0-9]{4,|") whose content goes between every character: with a 1.5 KB
+// content, twice, the normalized added token "[SEP]" became 11 MB and its trie over 2 GB
+// (libFuzzer's out-of-memory); with a 43 KB content once, every 23-byte text became 1 MB (1 s an
+// encode, a timeout under ASan). Now one error naming the normalizer, at load here.
 TEST(FuzzRegression, ReplaceNormalizerGrowthIsAnError) {
-  try {
-    tokenizers::Tokenizer::from_json_text(
-        crash_input("tokenizer_json", "oom-replace-normalizer-growth"), "fuzz.json");
-    FAIL() << "loaded";
-  } catch (const Error& e) {
-    EXPECT_NE(e.message().find("Replace normalizer /[0-9]{4,|/"), std::string::npos) << e.message();
-    EXPECT_NE(e.message().find("more than 16x + 1 MiB"), std::string::npos) << e.message();
+  for (const char* input : {"oom-replace-normalizer-growth", "timeout-replace-normalizer-growth"}) {
+    try {
+      tokenizers::Tokenizer::from_json_text(crash_input("tokenizer_json", input), "fuzz.json");
+      ADD_FAILURE() << input << " loaded";
+    } catch (const Error& e) {
+      EXPECT_NE(e.message().find("Replace normalizer /[0-9]{4,|/"), std::string::npos)
+          << e.message();
+      EXPECT_NE(e.message().find("more than 32x + 4 KiB"), std::string::npos) << e.message();
+    }
   }
-  // Two Replaces of "a" by 2,000 "a": 3 bytes -> 6,000 (allowed) -> 12,000,000 (refused).
-  const std::string many(2000, 'a');
-  const std::string json = R"({"model": {"type": "WordLevel", "vocab": {"a": 0, "[UNK]": 1},
-      "unk_token": "[UNK]"}, "pre_tokenizer": {"type": "Whitespace"},
-      "normalizer": {"type": "Sequence", "normalizers": [
-        {"type": "Replace", "pattern": {"String": "a"}, "content": ")" +
-                           many + R"("},
-        {"type": "Replace", "pattern": {"String": "a"}, "content": ")" +
-                           many + R"("}]}})";
-  const auto tok = tokenizers::Tokenizer::from_json_text(json, "growth.json");
-  EXPECT_THROW(tok->encode("aaa", false), Error);
-  EXPECT_EQ(tok->encode("b", false), std::vector<int32_t>({1}));
+}
+
+// The same bound at encode: one Replace of "a" by 2,000 "a" (3 bytes would make 6,000), and a
+// chain of Replaces that each stay within it but together do not (4x per step: 100 bytes make
+// 400, 1,600, 6,400, 25,600 > 32 x 100 + 4,096).
+TEST(FuzzRegression, NormalizerGrowthAtEncodeIsAnError) {
+  const auto tokenizer = [](const std::string& content, int steps) {
+    std::string replaces;
+    for (int i = 0; i < steps; ++i) {
+      replaces += std::string(i ? "," : "") +
+                  R"({"type": "Replace", "pattern": {"String": "a"}, "content": ")" + content +
+                  R"("})";
+    }
+    return tokenizers::Tokenizer::from_json_text(
+        R"({"model": {"type": "WordLevel", "vocab": {"a": 0, "[UNK]": 1}, "unk_token": "[UNK]"},
+            "pre_tokenizer": {"type": "Whitespace"},
+            "normalizer": {"type": "Sequence", "normalizers": [)" +
+            replaces + "]}}",
+        "growth.json");
+  };
+  const auto one = tokenizer(std::string(2000, 'a'), 1);
+  try {
+    one->encode("aaa", false);
+    ADD_FAILURE() << "encoded";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("Replace normalizer /a/: 3 matches in 3 bytes would make 6000"),
+              std::string::npos)
+        << e.message();
+  }
+  EXPECT_EQ(one->encode("b", false), std::vector<int32_t>({1}));
+  const std::string hundred(100, 'a');
+  EXPECT_EQ(tokenizer("aaaa", 3)->encode(hundred, false).size(), 1u);  // 6,400 bytes: one word
+  try {
+    tokenizer("aaaa", 4)->encode(hundred, false);
+    ADD_FAILURE() << "encoded";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("normalizer Sequence: its steps made 25600 bytes of 100"),
+              std::string::npos)
+        << e.message();
+  }
 }
 
 }  // namespace
