@@ -7,7 +7,7 @@
 #                                               libFuzzer flags such as -runs=10000000 follow)
 #   scripts/fuzz.sh --all SECONDS [JOBS]        every target for SECONDS, JOBS at a time 
 #   scripts/fuzz.sh --ci [SECONDS]              CI: builds, then every target for SECONDS (default
-#                                               30), 2 at a time (12 targets: ~3 minutes)
+#                                               30), 2 at a time (13 targets: ~3.5 minutes)
 #   scripts/fuzz.sh --build                     builds only
 # TESSERA_FUZZ_NO_BUILD=1 runs what is built; TESSERA_FUZZ_BIN_DIR names another folder of them.
 # The growing corpus lives in build-fuzz/corpus/<target>/ (the seeds are read, never written);
@@ -57,7 +57,7 @@ run() {
   case $t in
     http_request) cat "$src/tests/fuzz/dicts/http.dict" "$src/tests/fuzz/dicts/json.dict" \
                     > "$build/artifacts/$t.dict"; dict=(-dict="$build/artifacts/$t.dict") ;;
-    model_config|safetensors|safetensors_index|openai_request|delta|tokenizer_json|chat_messages)
+    model_config|lora_config|safetensors|safetensors_index|openai_request|delta|tokenizer_json|chat_messages)
       dict=(-dict="$src/tests/fuzz/dicts/json.dict") ;;
     chat_template) dict=(-dict="$src/tests/fuzz/dicts/jinja.dict") ;;
     train_config) dict=(-dict="$src/tests/fuzz/dicts/train_config.dict") ;;

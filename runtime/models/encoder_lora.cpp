@@ -1,7 +1,6 @@
 #include "runtime/models/encoder_lora.h"
 
 #include <map>
-#include <regex>
 #include <set>
 #include <sstream>
 
@@ -11,12 +10,6 @@
 
 namespace tessera::models {
 namespace {
-
-constexpr std::array<const char*, kNumEncoderLoraModules> kPaths = {
-    "attention.self.query",   "attention.self.key", "attention.self.value",
-    "attention.output.dense", "intermediate.dense", "output.dense"};
-constexpr const char* kKnown =
-    "query, key, value, attention.output.dense, intermediate.dense, output.dense, pooler.dense";
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
@@ -38,14 +31,15 @@ std::pair<int64_t, int64_t> module_shape(const EncoderConfig& c, int m) {
 
 }  // namespace
 
-const char* encoder_lora_module_path(EncoderLoraModule m) { return kPaths[static_cast<int>(m)]; }
+const char* encoder_lora_module_path(EncoderLoraModule m) {
+  return bert_lora_module_path(static_cast<int>(m));
+}
 
 EncoderLoraAdapter EncoderLoraAdapter::load(const std::string& name, const std::string& dir,
                                             const EncoderConfig& config) {
   const PeftLoraConfig pc = PeftLoraConfig::read(dir, /*allow_modules_to_save=*/true);
   const std::string& where = pc.where;
   const std::string& cfg_path = pc.config_path;
-  const nlohmann::json& j = pc.json;
   TESSERA_CHECK(config.family == EncoderFamily::kBert, where,
                 ": LoRA adapters are implemented for BERT encoders, the model is model_type=",
                 config.model_type);
@@ -72,70 +66,11 @@ EncoderLoraAdapter EncoderLoraAdapter::load(const std::string& name, const std::
 
   // Which modules the adapter targets, as PEFT matches module paths.
   const int64_t nl = config.num_hidden_layers;
-  auto path = [&](int64_t l, int m) {
-    return prefix + "encoder.layer." + std::to_string(l) + "." + kPaths[m];
-  };
-  const std::string pooler_path = prefix + "pooler.dense";
-  std::vector<std::array<bool, kNumEncoderLoraModules>> targeted(nl);
-  bool pooler = false;
-  const auto& tm = j["target_modules"];
-  if (tm.is_string()) {
-    const std::string text = tm.get<std::string>();
-    TESSERA_CHECK(text != "all-linear", cfg_path,
-                  ": target_modules='all-linear' is not supported for encoders (list the "
-                  "modules: ",
-                  kKnown, ")");
-    std::regex re;
-    try {
-      re = std::regex(text);
-    } catch (const std::regex_error& e) {
-      TESSERA_FAIL(cfg_path, ": target_modules regex '", text, "' is invalid (", e.what(), ")");
-    }
-    bool any = false;
-    for (int64_t l = 0; l < nl; ++l) {
-      for (int m = 0; m < kNumEncoderLoraModules; ++m) {
-        targeted[l][m] = std::regex_match(path(l, m), re);
-        any = any || targeted[l][m];
-      }
-    }
-    pooler = std::regex_match(pooler_path, re);
-    TESSERA_CHECK(any || pooler, cfg_path, ": target_modules regex '", text, "' matches none of ",
-                  kKnown);
-  } else {
-    TESSERA_CHECK(tm.is_array() && !tm.empty(), cfg_path,
-                  ": target_modules must be a list of module names or a regex, got ", tm.dump());
-    for (const auto& e : tm) {
-      TESSERA_CHECK(e.is_string(), cfg_path, ": target_modules entry ", e.dump(),
-                    " is not a string");
-      const std::string s = e.get<std::string>();
-      auto match = [&](const std::string& p) { return p == s || ends_with(p, "." + s); };
-      bool found = false;
-      for (int64_t l = 0; l < nl; ++l) {
-        for (int m = 0; m < kNumEncoderLoraModules; ++m) {
-          if (match(path(l, m))) targeted[l][m] = found = true;
-        }
-      }
-      if (match(pooler_path)) pooler = found = true;
-      TESSERA_CHECK(found, cfg_path, ": target_modules entry '", s, "' is not a linear layer of a ",
-                    config.model_type, " encoder (", kKnown, ")");
-    }
-  }
-  if (j.contains("layers_to_transform") && !j["layers_to_transform"].is_null()) {
-    const auto& lt = j["layers_to_transform"];
-    std::set<int64_t> keep;
-    for (const auto& e : lt.is_array() ? lt : nlohmann::json::array({lt})) {
-      TESSERA_CHECK(e.is_number_integer() && e.get<int64_t>() >= 0 && e.get<int64_t>() < nl,
-                    cfg_path, ": layers_to_transform entry ", e.dump(), " is not a layer in [0, ",
-                    nl, ")");
-      keep.insert(e.get<int64_t>());
-    }
-    if (!keep.empty()) {
-      for (int64_t l = 0; l < nl; ++l) {
-        if (!keep.count(l)) targeted[l].fill(false);
-      }
-      pooler = false;  // PEFT: a module outside the numbered layers is not transformed
-    }
-  }
+  const LoraModuleSpace space = bert_lora_space(config.model_type, nl, prefix);
+  const std::string& pooler_path = space.extra_paths[0];
+  const LoraTargets targets = resolve_lora_targets(pc, space);
+  const auto& targeted = targets.layers;
+  const bool pooler = targets.extra[0];
 
   auto read = [&](const std::string& key, std::vector<int64_t> want, const std::string& why) {
     const auto it = canonical.find(key);
@@ -163,7 +98,7 @@ EncoderLoraAdapter EncoderLoraAdapter::load(const std::string& name, const std::
     for (int m = 0; m < kNumEncoderLoraModules; ++m) {
       if (!targeted[l][m]) continue;
       const auto [out, in] = module_shape(config, m);
-      a.layers[l][m] = read_pair(path(l, m), out, in);
+      a.layers[l][m] = read_pair(space.path(l, m), out, in);
     }
   }
   const int64_t h = config.hidden_size;

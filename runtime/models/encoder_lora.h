@@ -18,13 +18,14 @@
 #include <vector>
 
 #include "runtime/models/encoder_config.h"
+#include "runtime/models/lora_config.h"
 
 namespace tessera::models {
 
 // The linears of a BERT layer an adapter may target, in this order everywhere; the pooler's dense
 // is kept beside them.
 enum class EncoderLoraModule : int { kQuery, kKey, kValue, kAttnOut, kIntermediate, kOutput };
-inline constexpr int kNumEncoderLoraModules = 6;
+inline constexpr int kNumEncoderLoraModules = kNumBertLoraModules;
 const char* encoder_lora_module_path(EncoderLoraModule m);  // "attention.self.query", ...
 
 struct EncoderLoraAdapter {

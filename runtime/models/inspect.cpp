@@ -1,6 +1,7 @@
 #include "runtime/models/inspect.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <regex>
 #include <sstream>
@@ -33,7 +34,15 @@ std::string bytes_text(int64_t b) {
 std::pair<int64_t, std::string> group_of(const std::string& name) {
   static const std::regex layer(R"((?:^|\.)layers\.(\d+)\.)");
   std::smatch m;
-  if (std::regex_search(name, m, layer)) return {std::stoll(m[1].str()), ""};
+  if (std::regex_search(name, m, layer)) {
+    // Past int64 (std::stoll threw std::out_of_range) is past every model's layer count.
+    const std::string digits = m[1].str();
+    int64_t li = 0;
+    const auto r = std::from_chars(digits.data(), digits.data() + digits.size(), li);
+    TESSERA_CHECK(r.ec == std::errc(), "tensor '", name, "' names layer ", digits,
+                  ", past any model's layer count");
+    return {li, ""};
+  }
   if (name.find("embed_tokens") != std::string::npos) return {-1, "embed_tokens"};
   if (name.rfind("lm_head", 0) == 0) return {-1, "lm_head"};
   if (name.find("norm") != std::string::npos) return {-1, "norm"};

@@ -13,26 +13,12 @@
 #include <string>
 #include <vector>
 
+#include "runtime/models/lora_config.h"
 #include "runtime/models/model_config.h"
 #include "runtime/models/safetensors.h"
 
 namespace tessera::models {
 
-// adapter_config.json as far as every model family reads it, validated: r, lora_alpha, use_rslora
-// (-> scale), peft_type LORA, no DoRA / fan_in_fan_out / bias / rank_pattern / alpha_pattern /
-// layer_replication, target_modules present; modules_to_save only where the family allows it.
-// The families read target_modules / layers_to_transform from `json` against their own modules.
-struct PeftLoraConfig {
-  std::string where;  // "LoRA adapter 'DIR'", the prefix of every error
-  std::string config_path, weights_path;
-  int64_t r = 0;
-  double lora_alpha = 0;
-  bool use_rslora = false;
-  double scale = 0;
-  std::vector<std::string> modules_to_save;
-  nlohmann::json json;
-  static PeftLoraConfig read(const std::string& dir, bool allow_modules_to_save);
-};
 // A stored PEFT tensor name with the adapter name removed ("...lora_A.default.weight" ->
 // "...lora_A.weight"), as save_pretrained writes them.
 std::string peft_canonical_name(const std::string& stored);
@@ -41,7 +27,7 @@ torch::Tensor peft_tensor_to_float(const TensorEntry& e, const std::string& wher
 
 // The linear layers of a decoder block an adapter may target, in this order everywhere.
 enum class LoraModule : int { kQ, kK, kV, kO, kGate, kUp, kDown };
-inline constexpr int kNumLoraModules = 7;
+inline constexpr int kNumLoraModules = kNumDecoderLoraModules;
 const char* lora_module_name(LoraModule m);  // "q_proj", ...
 
 struct LoraAdapter {

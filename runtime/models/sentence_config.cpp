@@ -99,8 +99,9 @@ std::string SentenceConfig::transformer_folder(const std::string& dir) {
   auto modules = read_json(fs::path(dir) / "modules.json");
   if (!modules || !modules->is_array()) return dir;
   for (const auto& m : *modules) {
-    if (m.is_object() && m.value("type", "") == "sentence_transformers.models.Transformer" &&
-        m.contains("path") && m["path"].is_string() && !m["path"].get<std::string>().empty()) {
+    if (m.is_object() && m.contains("type") &&
+        m["type"] == "sentence_transformers.models.Transformer" && m.contains("path") &&
+        m["path"].is_string() && !m["path"].get<std::string>().empty()) {
       return (fs::path(dir) / m["path"].get<std::string>()).string();
     }
   }

@@ -422,13 +422,15 @@ void ApiServer::Impl::handle_tokenize(const std::shared_ptr<Exchange>& ex) {
       if (!m.is_array() || m.empty()) bad_field("messages", "a non-empty list of messages", m);
       std::string text;
       try {
-        text = tok.render_chat(m, body.value("add_generation_prompt", true), json::object());
+        text =
+            tok.render_chat(m, boolean_field(body, "add_generation_prompt", true), json::object());
       } catch (const Error& e) {
         throw ApiError(400, e.message(), "messages");
       }
-      ids = tok.encode(text, body.value("add_special_tokens", false));
+      ids = tok.encode(text, boolean_field(body, "add_special_tokens", false));
     } else if (body.contains("prompt") && body["prompt"].is_string()) {
-      ids = tok.encode(body["prompt"].get<std::string>(), body.value("add_special_tokens", true));
+      ids = tok.encode(body["prompt"].get<std::string>(),
+                       boolean_field(body, "add_special_tokens", true));
     } else {
       throw ApiError(400, "'prompt' (a string) or 'messages' is required", "prompt");
     }
@@ -503,7 +505,10 @@ void ApiServer::Impl::handle_embeddings(const std::shared_ptr<Exchange>& ex) {
   }
   if (!body.contains("input")) throw ApiError(400, "'input' is required", "input");
   auto inputs = parse_prompt_field(body["input"], "input");
-  const std::string format = body.value("encoding_format", "float");
+  const bool given = body.contains("encoding_format") && !body["encoding_format"].is_null();
+  const std::string format = given && body["encoding_format"].is_string()
+                                 ? body["encoding_format"].get<std::string>()
+                                 : (given ? "" : "float");
   if (format != "float" && format != "base64") {
     bad_field("encoding_format", "'float' or 'base64'", body["encoding_format"]);
   }

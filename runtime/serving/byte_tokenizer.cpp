@@ -140,7 +140,7 @@ std::string ByteTokenizer::render_chat(const nlohmann::json& messages, bool add_
     } else if (m.contains("content") && m["content"].is_array()) {
       // OpenAI's typed content: the text parts, concatenated.
       for (const auto& part : m["content"]) {
-        TESSERA_CHECK(part.is_object() && part.value("type", "") == "text" &&
+        TESSERA_CHECK(part.is_object() && part.contains("type") && part["type"] == "text" &&
                           part.contains("text") && part["text"].is_string(),
                       "messages[", i, "].content: only parts of type 'text' are supported");
         content += part["text"].get<std::string>();

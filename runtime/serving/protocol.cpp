@@ -72,6 +72,14 @@ bool boolean(const json& body, const char* field, bool def) {
   return v.get<bool>();
 }
 
+}  // namespace
+
+bool boolean_field(const json& body, const char* field, bool def) {
+  return boolean(body, field, def);
+}
+
+namespace {
+
 std::vector<int32_t> id_list(const json& v, const std::string& field) {
   std::vector<int32_t> ids;
   ids.reserve(v.size());
@@ -248,7 +256,7 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
       integer(body, "priority", 0, -1000000, 1000000, "an integer in [-1000000, 1000000]"));
   if (present(body, "response_format")) {
     const json& f = body["response_format"];
-    if (!f.is_object() || f.value("type", "") != "text") {
+    if (!f.is_object() || !f.contains("type") || f["type"] != "text") {
       throw ApiError(400, "'response_format' other than {\"type\": \"text\"} is not supported",
                      "response_format");
     }

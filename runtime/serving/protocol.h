@@ -40,6 +40,9 @@ class ApiError : public std::runtime_error {
 
 nlohmann::json parse_json_body(const std::string& body);  // 400 when not a JSON object
 
+// body[field] as a boolean: `def` when absent or null, a 400 naming the field when not a boolean.
+bool boolean_field(const nlohmann::json& body, const char* field, bool def);
+
 struct PromptInput {
   bool is_ids = false;
   std::string text;

@@ -46,7 +46,9 @@ std::string routing_text(const std::string& body) {
   if (j.contains("messages") && j["messages"].is_array()) {
     for (const auto& m : j["messages"]) {
       if (!m.is_object()) continue;
-      out += m.value("role", "") + ":";
+      // A role that is not a string (the server refuses the request) routes as an empty one.
+      if (m.contains("role") && m["role"].is_string()) out += m["role"].get<std::string>();
+      out += ":";
       if (m.contains("content")) add(m["content"]);
       out += "\n";
     }

@@ -32,7 +32,7 @@ std::string pick_template(const nlohmann::ordered_json& v, const std::string& fi
   if (v.is_string()) return v.get<std::string>();
   if (v.is_array()) {
     for (const auto& t : v) {
-      if (t.is_object() && t.value("name", "") == "default" && t.contains("template") &&
+      if (t.is_object() && t.contains("name") && t["name"] == "default" && t.contains("template") &&
           t["template"].is_string()) {
         return t["template"].get<std::string>();
       }

@@ -1,5 +1,6 @@
 // The filters and tests of chat templates (jinja2 3.1's, with transformers' tojson).
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 
@@ -41,7 +42,12 @@ Value attribute_of(const Value& item, const std::string& path) {
     const std::string part =
         path.substr(pos, dot == std::string::npos ? std::string::npos : dot - pos);
     if (!part.empty() && std::all_of(part.begin(), part.end(), ::isdigit) && cur.is_list()) {
-      cur = get_item(cur, Value::integer(std::stoll(part)));
+      // An index past int64 is past every list's end, as jinja2 finds with Python's big ints
+      // (std::stoll threw std::out_of_range).
+      int64_t k = 0;
+      const auto r = std::from_chars(part.data(), part.data() + part.size(), k);
+      cur = r.ec == std::errc() ? get_item(cur, Value::integer(k))
+                                : Value::undefined("'list object' has no element " + part);
     } else {
       cur = get_item(cur, Value::string(part));
     }

@@ -1,5 +1,6 @@
 // Python's str methods that chat templates call, by code point.
 #include <algorithm>
+#include <charconv>
 #include <cstdio>
 
 #include "runtime/tokenizers/jinja_ops.h"
@@ -239,8 +240,14 @@ std::string brace_format(const std::string& fmt, const Args& a) {
       if (auto_index >= a.pos.size()) fail("format: not enough positional arguments");
       out += a.pos[auto_index++].to_str();
     } else if (std::all_of(field.begin(), field.end(), ::isdigit)) {
-      const size_t k = std::stoul(field);
-      if (k >= a.pos.size()) fail("format: not enough positional arguments");
+      // Past size_t (std::stoul threw std::out_of_range: a fuzzer's '{1111...1}') is as missing
+      // as any other index past the arguments.
+      size_t k = 0;
+      const auto r = std::from_chars(field.data(), field.data() + field.size(), k);
+      if (r.ec != std::errc() || k >= a.pos.size()) {
+        fail("format: replacement index " + field + " out of range for " +
+             std::to_string(a.pos.size()) + " positional arguments");
+      }
       out += a.pos[k].to_str();
     } else {
       bool found = false;

@@ -206,7 +206,10 @@ TrainResult train(const TrainConfig& config, sharding::Communicator& world,
       std::ifstream in(cfg.log);
       for (std::string line; std::getline(in, line);) {
         auto rec = nlohmann::json::parse(line, nullptr, false);
-        if (!rec.is_discarded() && rec.value("step", int64_t{0}) <= start) kept.push_back(line);
+        // A line without an integer step (not one this trainer wrote) is kept.
+        const bool later = !rec.is_discarded() && rec.is_object() && rec.contains("step") &&
+                           rec["step"].is_number_integer() && rec["step"].get<int64_t>() > start;
+        if (!rec.is_discarded() && !later) kept.push_back(line);
       }
       in.close();
       std::ofstream rewrite(cfg.log, std::ios::trunc);

@@ -125,6 +125,36 @@ TEST(FuzzRegression, IntFilterOfAHugeFloatIsAnError) {
                Error);
 }
 
+// str.format with a positional index past size_t ('{1111...1}' in the fuzzer's template, run 5,
+// 1,271,993 executions in) and map(attribute=) with a list index past int64: std::stoul / stoll
+// threw std::out_of_range, which no caller expects (the fuzzer's process ended in
+// std::terminate). Now the first is an error naming the index, as Python refuses it; the second
+// is undefined, as jinja2 finds no such element.
+TEST(FuzzRegression, ChatTemplateIndexPastIntegerRange) {
+  const auto render = [](const std::string& src) {
+    return tokenizers::ChatTemplate::from_string(src).render(
+        nlohmann::json::array({{{"role", "user"}, {"content", "hi"}}}), false);
+  };
+  for (const char* src :
+       {"{{ '{111111111111111111111111111111111}'.format('p') }}",
+        "{{ '{18446744073709551616}'.format('p') }}", "{{ '{3}'.format('p') }}"}) {
+    try {
+      render(src);
+      FAIL() << src;
+    } catch (const Error& e) {
+      EXPECT_NE(e.message().find("out of range for 1 positional arguments"), std::string::npos)
+          << e.message();
+    }
+  }
+  EXPECT_EQ(render("{{ '{1}{0}'.format('a', 'b') }}"), "ba");
+  // jinja2: [[1], [2, 3]] | map(attribute=N) is [Undefined, Undefined] for N past every list.
+  EXPECT_EQ(render("{{ [[1], [2, 3]] | map(attribute='99999999999999999999') | list | length }} "
+                   "{{ [[1], [2, 3]] | map(attribute='99999999999999999999') | select | list }} "
+                   "{{ [[1], [2, 3]] | map(attribute='1') | select | list }}"),
+            "2 [] [3]");
+  EXPECT_THROW(render(crash_input("chat_template", "crash-format-index-past-size-t")), Error);
+}
+
 // A chat template that stores a namespace in itself (`set ns.count = ns`) and prints it: repr()
 // recursed until the stack overflowed (ASan), and the namespace kept itself alive (a leak). Now
 // it prints as Python does (`<Namespace {...}>` where it meets itself) and is freed.

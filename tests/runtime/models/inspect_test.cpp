@@ -127,6 +127,23 @@ TEST(Inspect, AsStoredAndQuantisedKv) {
   EXPECT_EQ(inspect_model(m.dir, plain).kv_bytes_per_token, 3 * 128);
 }
 
+// A layer number past int64 in a tensor name: std::stoll's out_of_range escaped as an exception no
+// caller names; now an error naming the tensor and the number.
+TEST(Inspect, LayerNumberPastInt64IsAnError) {
+  SmallModel m;
+  const std::string name = "model.layers.99999999999999999999999.mlp.up_proj.weight";
+  write_safetensors(m.dir + "/model.safetensors",
+                    {{name, DType::kF32, {2}, std::vector<uint8_t>(8)}});
+  try {
+    inspect_model(m.dir, InspectOptions{});
+    FAIL() << "accepted " << name;
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("tensor '" + name + "' names layer 99999999999999999999999"),
+              std::string::npos)
+        << e.message();
+  }
+}
+
 TEST(Inspect, BadOptionsAreNamed) {
   SmallModel m;
   InspectOptions o;

@@ -108,6 +108,11 @@ ADAPTERS = [
     ("mlp", dict(r=16, lora_alpha=8, target_modules=["k_proj", "up_proj", "down_proj"])),
     ("regex_layer1", dict(r=2, lora_alpha=4,
                           target_modules=r"model\.layers\.1\.(self_attn\.o_proj|mlp\.gate_proj)")),
+    # Module paths as list entries: PEFT selects the modules whose path equals an entry or ends
+    # with "." + entry, so q_proj of layer 0 only, up_proj of layer 1 only, v_proj of both.
+    ("layer_paths", dict(r=4, lora_alpha=8,
+                         target_modules=["model.layers.0.self_attn.q_proj",
+                                         "layers.1.mlp.up_proj", "v_proj"])),
 ]
 manifest = {"base": "base", "vocab_size": config.vocab_size, "adapters": [], "bad": [],
             "fake_quant_off": fake_quant_off}

@@ -1,11 +1,12 @@
-// LoRA in the decoder against PEFT (test venv): a random LLaMA made by transformers and four PEFT
-// adapters (q/v; all seven linears with rsLoRA; k/up/down with r=16; a regex on layer 1 only),
-// made by lora_checkpoints.py in a temporary folder. Unmerged logits (segmented LoRA kernel)
-// within 1e-4 of PeftModel's; merge then unmerge restores the weights within 1e-6; one batch
-// mixing the four adapters and the base model equals each request run alone (bit for bit through
-// the kernel; on its merged model within 1e-5 with the decoder in float64, and in float32 within
-// 1e-5 x max |logit|, no further from PeftModel in float64 than the merged models); bad adapters
-// (rank mismatch, unknown target module, missing tensor) -> one line.
+// LoRA in the decoder against PEFT (test venv): a random LLaMA made by transformers and five PEFT
+// adapters (q/v; all seven linears with rsLoRA; k/up/down with r=16; a regex on layer 1 only;
+// module paths as list entries: one layer's q_proj, another's up_proj, every v_proj), made by
+// lora_checkpoints.py in a temporary folder. Unmerged logits (segmented LoRA kernel) within 1e-4
+// of PeftModel's; merge then unmerge restores the weights within 1e-6; one batch mixing four
+// adapters and the base model equals each request run alone (bit for bit through the kernel; on
+// its merged model within 1e-5 with the decoder in float64, and in float32 within 1e-5 x max
+// |logit|, no further from PeftModel in float64 than the merged models); bad adapters (rank
+// mismatch, unknown target module, missing tensor) -> one line.
 #include <gtest/gtest.h>
 #include <torch/types.h>
 #include <unistd.h>

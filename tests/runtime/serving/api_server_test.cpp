@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include <thread>
+#include <tuple>
 
 #include "tests/runtime/serving/fake_backend.h"
 #include "tests/runtime/serving/http_test_client.h"
@@ -706,6 +707,37 @@ TEST_F(ServerTest, EmbeddingsNeedAnEncoder) {
   EXPECT_EQ(r.body["usage"]["prompt_tokens"], 5);
   // An encoder does not generate.
   EXPECT_EQ(post("/v1/completions", {{"model", "enc"}, {"prompt", "x"}}).status, 400);
+}
+
+// Options of the wrong JSON type are a 400 naming the field (nlohmann's type_error escaped as a
+// 500 "internal error" where a handler read them with json::value()).
+TEST_F(ServerTest, WrongTypedOptionsAre400NamingTheField) {
+  fake_.encoders = {"enc"};
+  start({}, {}, {{"m", "fake-m", "", false}, {"enc", "fake-enc", "", false}});
+  const json user = {{{"role", "user"}, {"content", "yo"}}};
+  const std::vector<std::tuple<std::string, json, std::string>> cases = {
+      {"/tokenize", {{"prompt", "x"}, {"add_special_tokens", "yes"}}, "add_special_tokens"},
+      {"/tokenize", {{"messages", user}, {"add_special_tokens", 1}}, "add_special_tokens"},
+      {"/tokenize", {{"messages", user}, {"add_generation_prompt", "no"}}, "add_generation_prompt"},
+      {"/tokenize",
+       {{"messages", {{{"role", "user"}, {"content", {{{"type", 5}, {"text", "x"}}}}}}}},
+       "messages"},
+      {"/v1/embeddings", {{"model", "enc"}, {"input", "x"}, {"encoding_format", 5}},
+       "encoding_format"},
+      {"/v1/chat/completions",
+       {{"messages", user}, {"max_tokens", 1}, {"response_format", {{"type", 5}}}},
+       "response_format"},
+  };
+  for (const auto& [path, body, field] : cases) {
+    const auto r = post(path, body);
+    EXPECT_EQ(r.status, 400) << path << " " << body.dump() << " -> " << r.body.dump();
+    EXPECT_NE(r.body.dump().find(field), std::string::npos) << path << " " << r.body.dump();
+  }
+  // null is the default, as OpenAI's API takes it.
+  EXPECT_EQ(post("/v1/embeddings", {{"model", "enc"}, {"input", "x"}, {"encoding_format", nullptr}})
+                .status,
+            200);
+  EXPECT_EQ(post("/tokenize", {{"prompt", "x"}, {"add_special_tokens", nullptr}}).status, 200);
 }
 
 TEST_F(ServerTest, RequestsOnlyReachConfiguredModels) {

@@ -335,6 +335,22 @@ TEST_F(RouterTest, LosingAReplicaRetriesFreshRequestsAndEndsStartedStreams) {
 
 // Router::shutdown with a stream in flight: the stream runs to its end and [DONE], shutdown returns
 // once it has (well before its timeout), and the router takes no new request.
+// A chat message whose role is not a string: the router's routing key read it with json::value(),
+// whose type_error ended the request in the router; now it routes as an empty role and the replica
+// answers 400 naming the field. The router serves on.
+TEST_F(RouterTest, MalformedMessagesReachAReplicaAndGetItsAnswer) {
+  start(2);
+  for (const char* body : {R"({"messages": [{"role": 5, "content": "x"}], "max_tokens": 1})",
+                           R"({"messages": [{"role": null, "content": "x"}], "max_tokens": 1})",
+                           R"({"messages": [{"role": ["user"]}], "max_tokens": 1})"}) {
+    const auto r = http_call(port_, "POST", "/v1/chat/completions", body);
+    EXPECT_EQ(r.status, 400) << body << " -> " << r.body;
+    EXPECT_NE(r.body.find("messages"), std::string::npos) << r.body;
+  }
+  const auto ok = http_call(port_, "POST", "/v1/completions", completion("fine", 2, false).dump());
+  EXPECT_EQ(ok.status, 200) << ok.body;
+}
+
 TEST_F(RouterTest, ShutdownLetsAStreamInFlightFinish) {
   start(2);
   const FakeEngineOptions engine = replicas_[0]->fake.engine;
