@@ -364,6 +364,11 @@ Value filter(const std::string& name, const Value& v, Args& a) {
   }
   if (name == "indent") {
     const Value* w = arg(a, 0, "width");
+    // At most 2^20 columns, as `*` repeats at most 2^20 times: a width of 222222222222 (a fuzzer's
+    // template) allocated 222 GB.
+    if (w && !w->is_string() && w->as_int() > (1 << 20)) {
+      fail("indent: width " + std::to_string(w->as_int()) + " is too large (at most 1048576)");
+    }
     const std::string ind =
         w && w->is_string()
             ? w->str()
@@ -384,6 +389,9 @@ Value filter(const std::string& name, const Value& v, Args& a) {
   }
   if (name == "center") {
     const int64_t width = int_arg(a, 0, "width", 80);
+    if (width > (1 << 20)) {
+      fail("center: width " + std::to_string(width) + " is too large (at most 1048576)");
+    }
     const std::string s = v.to_str();
     const int64_t len = static_cast<int64_t>(py_len(s));
     if (len >= width) return Value::string(s);

@@ -155,6 +155,27 @@ TEST(FuzzRegression, ChatTemplateIndexPastIntegerRange) {
   EXPECT_THROW(render(crash_input("chat_template", "crash-format-index-past-size-t")), Error);
 }
 
+// indent(222222222222, true) in the fuzzer's template (run 6, 5,397,921 executions in): a 222 GB
+// string (out of memory). indent and center take at most 2^20 columns, as `*` repeats at most
+// 2^20 times; an error names the filter and the width.
+TEST(FuzzRegression, ChatTemplateHugeIndentOrCenterIsAnError) {
+  const auto render = [](const std::string& src) {
+    return tokenizers::ChatTemplate::from_string(src).render(nlohmann::json::array(), false);
+  };
+  for (const char* src :
+       {"{{ 'a\nb' | indent(222222222222, true) }}", "{{ 'x' | center(1048577) }}"}) {
+    try {
+      render(src);
+      FAIL() << src;
+    } catch (const Error& e) {
+      EXPECT_NE(e.message().find("is too large (at most 1048576)"), std::string::npos)
+          << e.message();
+    }
+  }
+  EXPECT_EQ(render("{{ 'a\nb' | indent(2, true) }}|{{ 'x' | center(5) }}|"), "  a\n  b|  x  |");
+  EXPECT_THROW(render(crash_input("chat_template", "oom-huge-indent-width")), Error);
+}
+
 // A chat template that stores a namespace in itself (`set ns.count = ns`) and prints it: repr()
 // recursed until the stack overflowed (ASan), and the namespace kept itself alive (a leak). Now
 // it prints as Python does (`<Namespace {...}>` where it meets itself) and is freed.
