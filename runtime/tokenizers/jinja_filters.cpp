@@ -366,8 +366,9 @@ Value filter(const std::string& name, const Value& v, Args& a) {
     const Value* w = arg(a, 0, "width");
     // At most 2^20 columns, as `*` repeats at most 2^20 times: a width of 222222222222 (a fuzzer's
     // template) allocated 222 GB.
-    if (w && !w->is_string() && w->as_int() > (1 << 20)) {
-      fail("indent: width " + std::to_string(w->as_int()) + " is too large (at most 1048576)");
+    if (w && !w->is_string() && w->as_int() > kMaxRepeat) {
+      fail("indent: width " + std::to_string(w->as_int()) + " is too large (at most " +
+           std::to_string(kMaxRepeat) + ")");
     }
     const std::string ind =
         w && w->is_string()
@@ -389,8 +390,9 @@ Value filter(const std::string& name, const Value& v, Args& a) {
   }
   if (name == "center") {
     const int64_t width = int_arg(a, 0, "width", 80);
-    if (width > (1 << 20)) {
-      fail("center: width " + std::to_string(width) + " is too large (at most 1048576)");
+    if (width > kMaxRepeat) {
+      fail("center: width " + std::to_string(width) + " is too large (at most " +
+           std::to_string(kMaxRepeat) + ")");
     }
     const std::string s = v.to_str();
     const int64_t len = static_cast<int64_t>(py_len(s));

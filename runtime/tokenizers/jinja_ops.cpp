@@ -158,7 +158,7 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
     const Value* n = seq == &a ? &b : &a;
     if (seq && (n->is_int() || n->is_bool())) {
       const int64_t k = std::max<int64_t>(0, n->as_int());
-      if (k > (1 << 20)) fail("repetition count too large");
+      if (k > kMaxRepeat) fail("repetition count too large");
       if (seq->is_string()) {
         std::string out;
         for (int64_t i = 0; i < k; ++i) out += seq->str();

@@ -12,6 +12,10 @@
 
 namespace tessera::tokenizers::jinja {
 
+// The most copies `*` makes of a string or list, and the most columns `indent` and `center` pad
+// to: one bound on what a template can make a small value grow into.
+inline constexpr int64_t kMaxRepeat = 1 << 20;
+
 [[noreturn]] void fail(const std::string& msg);
 [[noreturn]] void undefined_error(const Value& v);
 
