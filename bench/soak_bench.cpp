@@ -1,8 +1,9 @@
 // `tessera bench soak`: starts a real `tessera serve --model tiny` on 127.0.0.1 (port 0) with a KV
 // pool small enough that the engine preempts every few steps, and drives mixed traffic at it over
 // real HTTP from several concurrent clients: streamed and whole completions, clients that
-// disconnect mid-stream or abort before the answer, oversize bodies (413), malformed JSON (400)
-// and prompts past --max-model-len (400). Every request carries a unique marker in its prompt and
+// disconnect mid-stream or abort before the answer, oversize bodies (413), malformed JSON (400),
+// valid JSON with one field of the wrong type (400 naming that field) and prompts past
+// --max-model-len (400). Every request carries a unique marker in its prompt and
 // asks for `echo`, so each answer is checked to be the answer to that request. The report counts
 // what was sent, completed, errored (grouped by reason, each marked expected or not), lost (sent,
 // no answer and no error) and duplicated (a response id or an answer seen twice), and reads the
@@ -218,7 +219,16 @@ double metric(const std::string& text, const std::string& name, const std::strin
   return found ? sum : -1;
 }
 
-enum class Kind { kStream, kWhole, kDisconnect, kAbort, kOversize, kMalformed, kTooLong };
+enum class Kind {
+  kStream,
+  kWhole,
+  kDisconnect,
+  kAbort,
+  kOversize,
+  kMalformed,
+  kWrongType,
+  kTooLong
+};
 const char* kind_name(Kind k) {
   switch (k) {
     case Kind::kStream:
@@ -233,6 +243,8 @@ const char* kind_name(Kind k) {
       return "oversize_body";
     case Kind::kMalformed:
       return "malformed_json";
+    case Kind::kWrongType:
+      return "wrong_typed_field";
     case Kind::kTooLong:
       return "prompt_past_max_model_len";
   }
@@ -254,6 +266,7 @@ struct Rec {
   int chunks = 0;
   int cancel_after_chunks = 0;
   bool cancel_requested = false;
+  std::string wrong_field;  // kWrongType: the field sent with a value of the wrong type
   int done_calls = 0;
   std::mutex mu;  // guards `call`
   std::shared_ptr<serving::ClientCall> call;
@@ -317,6 +330,18 @@ Outcome classify(Rec& r, const std::string& err) {
     case Kind::kMalformed:
       expect_status(400);
       return o;
+    case Kind::kWrongType: {
+      expect_status(400);
+      // The error must name the field (OpenAI's `param`), not just refuse the body.
+      const json j = json::parse(r.body, nullptr, false);
+      const bool named = j.is_object() && j.contains("error") && j["error"].is_object() &&
+                         j["error"].value("param", json()) == json(r.wrong_field);
+      if (o.expected && !named) {
+        o.expected = false;
+        o.reason = "400 not naming '" + r.wrong_field + "': " + r.body.substr(0, 160);
+      }
+      return o;
+    }
     case Kind::kTooLong:
       expect_status(400);
       return o;
@@ -468,14 +493,16 @@ class Soak {
   std::shared_ptr<Rec> next_request() {
     auto r = std::make_shared<Rec>();
     r->n = sent_;
-    // Weights: stream 35, whole 25, disconnect 12, abort 8, oversize 5, malformed 8, too long 7.
+    // Weights: stream 35, whole 25, disconnect 11, abort 7, oversize 5, malformed 6, wrong type
+    // 5, too long 6.
     const int w = static_cast<int>(rng_() % 100);
     r->kind = w < 35   ? Kind::kStream
               : w < 60 ? Kind::kWhole
-              : w < 72 ? Kind::kDisconnect
-              : w < 80 ? Kind::kAbort
-              : w < 85 ? Kind::kOversize
-              : w < 93 ? Kind::kMalformed
+              : w < 71 ? Kind::kDisconnect
+              : w < 78 ? Kind::kAbort
+              : w < 83 ? Kind::kOversize
+              : w < 89 ? Kind::kMalformed
+              : w < 94 ? Kind::kWrongType
                        : Kind::kTooLong;
     by_kind_[kind_name(r->kind)]++;
     // The marker makes every prompt unique; `echo` brings it back in the answer.
@@ -513,6 +540,26 @@ class Soak {
       // Cut before the closing brace (never valid JSON), sometimes with a trailing comma.
       const int cut = 1 + static_cast<int>(rng_() % (req.body.size() - 1));
       req.body = req.body.substr(0, static_cast<size_t>(cut)) + (rng_() % 2 ? ",}" : "");
+    } else if (r->kind == Kind::kWrongType) {
+      // A careless client: one field as a string, a number or a list where the API wants another
+      // type ("stream": "yes" is not true). Refused with 400 naming the field.
+      static const std::vector<std::pair<std::string, json>> wrong = {
+          {"max_tokens", "12"},
+          {"stream", "yes"},
+          {"echo", 1},
+          {"temperature", "hot"},
+          {"top_p", json::array()},
+          {"seed", "42"},
+          {"stop", 5},
+          {"n", "2"},
+          {"ignore_eos", "true"},
+          {"prompt", 5},
+          {"presence_penalty", json::object()},
+          {"logprobs", "3"}};
+      const auto& [field, value] = wrong[rng_() % wrong.size()];
+      r->wrong_field = field;
+      body[field] = value;
+      req.body = body.dump();
     }
     serving::ClientCallbacks cb;
     cb.on_head = [r](int st, const serving::Headers&) { r->status = st; };

@@ -1,6 +1,6 @@
 """Runs `tessera bench soak --quick --json` (a real `tessera serve` on 127.0.0.1 under mixed traffic:
-streams, whole answers, client disconnects and aborts, 413, malformed JSON, prompts past
---max-model-len) and checks its report: nothing lost, nothing answered twice, no unexpected
+streams, whole answers, client disconnects and aborts, 413, malformed JSON, a field of the wrong
+type, prompts past --max-model-len) and checks its report: nothing lost, nothing answered twice, no unexpected
 outcome, something completed, the engine preempted, the KV pool empty at the end, the server's
 open fds flat; and holds the client's counts against the server's own /metrics (sequences
 finished by length, aborted ones, 400s), which count independently of the client.
@@ -39,13 +39,18 @@ class SoakBenchTest(unittest.TestCase):
     def test_every_kind_of_request_was_sent_and_answered_as_designed(self):
         d = self.d
         for kind in ("stream", "whole", "disconnect_mid_stream", "abort_before_answer",
-                     "oversize_body", "malformed_json", "prompt_past_max_model_len"):
+                     "oversize_body", "malformed_json", "wrong_typed_field",
+                     "prompt_past_max_model_len"):
             self.assertGreater(d["sent_by_kind"].get(kind, 0), 0, kind)
         reasons = " | ".join(d["errors"])
         for part in ("413 ", "400 request body is not valid JSON", "maximum context length",
                      "disconnected mid-stream"):
             self.assertIn(part, reasons)
-        bad = d["sent_by_kind"]["malformed_json"] + d["sent_by_kind"]["prompt_past_max_model_len"]
+        # A wrong-typed field is refused naming it: the reason groups by message, and the report
+        # marks a 400 that names another field (or none) unexpected.
+        self.assertTrue(any(r.startswith("400 ") and "'" in r for r in d["errors"]), reasons)
+        bad = sum(d["sent_by_kind"][k] for k in ("malformed_json", "wrong_typed_field",
+                                                  "prompt_past_max_model_len"))
         n400 = sum(e["count"] for r, e in d["errors"].items() if r.startswith("400 "))
         self.assertEqual(n400, bad)
         n413 = sum(e["count"] for r, e in d["errors"].items() if r.startswith("413 "))
