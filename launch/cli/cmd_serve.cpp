@@ -138,6 +138,7 @@ int run_serve(const ServeSettings& s, launch::World& world) {
   api.api_keys = api_keys(s.api_key);
   api.max_waiting = static_cast<size_t>(s.max_waiting);
   const auto shutdown_timeout = ms(s.shutdown_timeout_s, "--shutdown-timeout");
+  check_engine_flags(s.engine);
 
   if (world.size > 1) {
     TESSERA_CHECK(s.cache_threshold >= 0 && s.cache_threshold <= 1,

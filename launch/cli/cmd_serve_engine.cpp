@@ -41,14 +41,29 @@ std::string adapter_lora_name(const serving::ModelSpec& spec) {
   return spec.adapter.empty() ? "" : "adapter:" + spec.name;
 }
 
-engine::EngineConfig engine_config(const EngineFlags& f, const std::string& model, int device) {
-  engine::EngineConfig ec;
-  ec.model = model;
+}  // namespace
+
+void check_engine_flags(const EngineFlags& f) {
   TESSERA_CHECK(f.max_num_seqs >= 1, "--max-num-seqs must be >= 1, got ", f.max_num_seqs);
   TESSERA_CHECK(f.max_num_batched_tokens >= 1, "--max-num-batched-tokens must be >= 1, got ",
                 f.max_num_batched_tokens);
   TESSERA_CHECK(f.max_model_len >= 0, "--max-model-len must be >= 0, got ", f.max_model_len);
+  TESSERA_CHECK(f.block_size >= 1, "--block-size must be >= 1, got ", f.block_size);
   TESSERA_CHECK(f.seed >= 0, "--seed must be >= 0, got ", f.seed);
+  if (!f.kv_cache_memory.empty()) parse_size("--kv-cache-memory", f.kv_cache_memory);
+  const auto& kd = f.kv_cache_dtype;
+  TESSERA_CHECK(kd == "float32" || kd == "bfloat16" || kd == "float16",
+                "--kv-cache-dtype must be float32, bfloat16 or float16, got '", kd, "'");
+  TESSERA_CHECK(f.kv_cache_fraction > 0 && f.kv_cache_fraction <= 1,
+                "--kv-cache-fraction must be in (0, 1], got ", f.kv_cache_fraction);
+}
+
+namespace {
+
+engine::EngineConfig engine_config(const EngineFlags& f, const std::string& model, int device) {
+  check_engine_flags(f);
+  engine::EngineConfig ec;
+  ec.model = model;
   ec.max_num_seqs = f.max_num_seqs;
   ec.max_num_batched_tokens = f.max_num_batched_tokens;
   ec.max_model_len = f.max_model_len;
@@ -56,8 +71,6 @@ engine::EngineConfig engine_config(const EngineFlags& f, const std::string& mode
   if (!f.kv_cache_memory.empty())
     ec.kv_cache_memory = parse_size("--kv-cache-memory", f.kv_cache_memory);
   const auto& kd = f.kv_cache_dtype;
-  TESSERA_CHECK(kd == "float32" || kd == "bfloat16" || kd == "float16",
-                "--kv-cache-dtype must be float32, bfloat16 or float16, got '", kd, "'");
   ec.kv_cache_dtype =
       kd == "float32" ? DType::kF32 : (kd == "bfloat16" ? DType::kBF16 : DType::kF16);
   ec.device_memory_fraction = f.kv_cache_fraction;

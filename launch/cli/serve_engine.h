@@ -28,6 +28,10 @@ struct EngineFlags {
   int64_t seed = 0;  // the sampler's stream for requests without a seed
 };
 
+// Checks every engine flag on its own (ranges, sizes, dtype names), so that a wrong value is one
+// line at start-up, not a server whose model never loads; throws tessera::Error naming the flag.
+void check_engine_flags(const EngineFlags& flags);
+
 // One process (no mpirun): each --model gets its own engine, built on the blocking pool when the
 // backend cache loads it, its loop on a thread of its own; close() stops it and frees it.
 serving::ServingBackendLoader local_engine_loader(const EngineFlags& flags, int device);

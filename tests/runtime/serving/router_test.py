@@ -49,8 +49,22 @@ def cli_errors():
              (["serve", "--model", "nopath"], "--model nopath=nopath: "),
              (["serve", "--model", "=x"], "NAME=PATH or NAME=PATH:ADAPTER, got '=x'"),
              (["router", "--backend", "localhost:1"], "must start with http://")]
+    # Engine flags with a model that loads: refused before listening (they were found only when
+    # the model loaded, and the server listened on with /health 503 "loading failed").
+    for flag, value, want in [("--max-model-len", "-1", "--max-model-len must be >= 0, got -1"),
+                              ("--kv-cache-memory", "12Q", "got '12Q'"),
+                              ("--kv-cache-dtype", "int4", "got 'int4'"),
+                              ("--block-size", "0", "--block-size must be >= 1, got 0"),
+                              ("--max-num-seqs", "0", "--max-num-seqs must be >= 1, got 0"),
+                              ("--kv-cache-fraction", "2", "must be in (0, 1], got 2")]:
+        cases.append((["serve", "--model", "tiny", "--port", "0", flag, value], want))
     for args, want in cases:
-        r = subprocess.run([TESSERA, *args], capture_output=True, text=True, timeout=60)
+        try:
+            r = subprocess.run([TESSERA, *args], capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired as e:
+            check(False, f"tessera {' '.join(args)}: still running after 30 s (stdout "
+                  f"{e.stdout!r}, stderr {e.stderr!r})")
+            continue
         check(r.returncode != 0 and want in r.stderr, f"tessera {' '.join(args)}: rc "
               f"{r.returncode}, stderr {r.stderr.strip()!r}")
 
