@@ -324,11 +324,25 @@ def router_round(rng, sig, tmp):
             argv += ["--backend", f"http://127.0.0.1:{port}"]
         router, rport = start_plain(argv, tmp, "router", r"listening on http://127\.0\.0\.1:(\d+)")
         procs.append(router)
+        # Both replicas in rotation before the traffic (a replica still loading its model is not
+        # yet, and with the other one signalled "no healthy replica" would be the right answer).
+        t_wait = time.time()
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{rport}/workers", timeout=5) as r:
+                    if all(w["healthy"] for w in json.loads(r.read())["workers"]):
+                        break
+            except (OSError, ValueError, KeyError):
+                pass
+            if time.time() - t_wait > 60:
+                raise RuntimeError("the router did not see both replicas healthy within 60 s")
+            time.sleep(0.05)
+        info["both_healthy_after_s"] = round(time.time() - t_wait, 2)
         victim = rng.choice([0, 1])
         info["victim_replica"] = victim
         body = json.dumps({"model": "tiny", "prompt": "the river under the stone",
                            "max_tokens": 16, "ignore_eos": True}).encode()
-        codes, slow = [], 0
+        codes, slow, why = [], 0, {}
         t_end = time.time() + 8
         signalled_at = time.time() + rng.uniform(0.5, 2.0)
         signalled = False
@@ -346,11 +360,24 @@ def router_round(rng, sig, tmp):
                     codes.append(r.status)
             except urllib.error.HTTPError as e:
                 codes.append(e.code)
+                try:  # the router's reason, counted by message (seconds since the signal, first)
+                    msg = json.loads(e.read())["error"]["message"]
+                except Exception:  # noqa: BLE001 - any unreadable body
+                    msg = "(no JSON error)"
+                key = f"{e.code} {msg}"
+                if key not in why:
+                    why[key] = {"count": 0, "first_after_signal_s":
+                                round(t0 - signalled_at, 2) if signalled else None}
+                why[key]["count"] += 1
             except Exception as e:  # no answer at all
                 codes.append(str(e)[:80])
             slow = max(slow, time.time() - t0)
         info["requests"] = len(codes)
         info["not_200"] = [c for c in codes if c != 200]
+        info["not_200_why"] = why
+        if why:  # the router's own account: which replica it took out and when, and why
+            with open(os.path.join(tmp, "router.out")) as f:
+                info["router_log"] = [l.strip() for l in f if "replica" in l][-20:]
         info["slowest_request_s"] = round(slow, 2)
     finally:
         left = []
@@ -381,7 +408,9 @@ def judge(info, timeout):
         bad.append("the idle job ended before the signal")
     if info["job"] == "router":
         if info["not_200"]:
-            bad.append(f"requests through the router not answered 200: {info['not_200'][:5]}")
+            bad.append(f"{len(info['not_200'])} requests through the router not answered 200: "
+                       f"{info.get('not_200_why') or info['not_200'][:5]}; router log: "
+                       f"{info.get('router_log')}")
         if info["requests"] - info.get("requests_before_signal", 0) < 3:
             bad.append("fewer than 3 requests after the signal")
         if info["leftovers"]:
@@ -452,7 +481,7 @@ def main():
         info["failures"] = bad
         failures += bool(bad)
         results.append(info)
-        short = {k: info.get(k) for k in ("job", "signal", "victim_rank", "victim_replica", "idle",
+        short = {k: (len(info[k]) if k == "not_200" else info[k]) for k in ("job", "signal", "victim_rank", "victim_replica", "idle",
                                           "requests", "requests_before_signal", "not_200",
                                           "slowest_request_s",
                                           "survivor_ended_after_s", "victim_ended_after_s",
