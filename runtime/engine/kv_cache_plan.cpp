@@ -42,6 +42,11 @@ std::vector<caches::SpecPtr> layer_specs(const models::ModelConfig& config,
 KVCachePlan plan_kv_cache(const models::ModelConfig& config, const models::ShardLayout& layout,
                           const KVCacheOptions& options, int device, sharding::Communicator* tp) {
   TESSERA_CHECK(options.block_size > 0, "block_size must be positive, got ", options.block_size);
+  // Checked on a CPU too: a value only a GPU run would use is still a wrong value.
+  TESSERA_CHECK(options.device_memory_fraction > 0 && options.device_memory_fraction <= 1,
+                "the KV cache's device memory fraction (--kv-cache-fraction) must be in (0, 1], "
+                "got ",
+                options.device_memory_fraction);
   options.limits.validate();
   const auto specs = layer_specs(config, layout, options.block_size, options.dtype);
   int64_t budget = options.budget_bytes;

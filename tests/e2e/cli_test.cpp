@@ -127,6 +127,8 @@ TEST(Generate, BadInputGivesOneLineErrors) {
                 "max_model_len=5000 exceeds the model's 4096"},
            Case{"--model tiny --prompt hi --kv-cache-memory 10K", "the largest max_model_len"},
            Case{"--model tiny --prompt hi --kv-cache-memory lots", "--kv-cache-memory"},
+           Case{"--model tiny --prompt hi --kv-cache-fraction 2",
+                "(--kv-cache-fraction) must be in (0, 1], got 2", true},
            Case{"--model tiny --prompt hi --temperature -1", "temperature"},
            Case{"--model tiny --prompt hi --tp 3", "--tp 3 x --dp 1 needs 3 ranks"},
        }) {
