@@ -160,9 +160,17 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
       const int64_t k = std::max<int64_t>(0, n->as_int());
       if (k > kMaxRepeat) fail("repetition count too large");
       if (seq->is_string()) {
+        if (k > 0 && static_cast<int64_t>(seq->str().size()) > kMaxRepeatedBytes / k) {
+          fail("repetition too large: " + std::to_string(seq->str().size()) + " bytes x " +
+               std::to_string(k) + " (at most " + std::to_string(kMaxRepeatedBytes) + " bytes)");
+        }
         std::string out;
         for (int64_t i = 0; i < k; ++i) out += seq->str();
         return Value::string(std::move(out));
+      }
+      if (k > 0 && static_cast<int64_t>(seq->items().size()) > kMaxRepeatedItems / k) {
+        fail("repetition too large: " + std::to_string(seq->items().size()) + " items x " +
+             std::to_string(k) + " (at most " + std::to_string(kMaxRepeatedItems) + " items)");
       }
       std::vector<Value> out;
       for (int64_t i = 0; i < k; ++i)

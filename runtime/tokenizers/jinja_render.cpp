@@ -80,7 +80,17 @@ class Renderer {
     return Flow::kNormal;
   }
 
+  // One statement, expression or loop iteration more: an error past kMaxRenderSteps.
+  void step() {
+    if (++steps_ > kMaxRenderSteps) {
+      fail("rendering took more than " + std::to_string(kMaxRenderSteps) +
+           " steps (statements, expressions and loop iterations); a chat template needs a few "
+           "dozen per message");
+    }
+  }
+
   Flow exec(const Node& n, std::string& out) {
+    step();
     switch (n.kind) {
       case NodeKind::kData:
         out += n.name;
@@ -176,6 +186,7 @@ class Renderer {
     }
     const auto len = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < len; ++i) {
+      step();
       // Each iteration gets a fresh scope: a `set` inside the body does not outlive it.
       scopes_.push_back(std::make_shared<Dict>());
       bind(n.names, items[static_cast<size_t>(i)], *scopes_.back());
@@ -337,6 +348,7 @@ class Renderer {
   }
 
   Value eval(const Node& n) {
+    step();
     switch (n.kind) {
       case NodeKind::kConst:
         return n.value;
@@ -464,6 +476,7 @@ class Renderer {
   std::vector<Scope> scopes_;
   Scope root_;
   int macro_depth_ = 0;
+  int64_t steps_ = 0;
 };
 
 }  // namespace

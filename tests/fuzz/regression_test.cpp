@@ -176,6 +176,75 @@ TEST(FuzzRegression, ChatTemplateHugeIndentOrCenterIsAnError) {
   EXPECT_THROW(render(crash_input("chat_template", "oom-huge-indent-width")), Error);
 }
 
+// A 23 KB template whose `for m in messages` / `for k, v in items | dictsort` loops nest 25 deep
+// (chat_template run 8, 2026-12-01, a 10 s timeout at 3,012,125 executions): over 4 messages,
+// billions of iterations. Now a render stops after kMaxRenderSteps (2^22) statements, expressions
+// and loop iterations with an error; a real template stays far below it: LLaMA 3's renders 10,000
+// messages (~180,000 fit: 23 steps a message), measured here.
+TEST(FuzzRegression, ChatTemplateRenderStepsAreBounded) {
+  const auto messages = [](int n) {
+    nlohmann::ordered_json m = nlohmann::ordered_json::array();
+    for (int i = 0; i < n; ++i) {
+      m.push_back(
+          {{"role", i % 2 ? "assistant" : "user"}, {"content", "message " + std::to_string(i)}});
+    }
+    return m;
+  };
+  const auto too_many_steps = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.message().find("rendering took more than 4194304 steps") != std::string::npos;
+    }
+    return false;
+  };
+  const auto fuzzed = tokenizers::ChatTemplate::from_string(
+      crash_input("chat_template", "timeout-nested-loops"), {{"bos_token", "<s>"}});
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_TRUE(too_many_steps([&] { fuzzed.render(messages(4), true); }));
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(s, 30.0) << "refusing took " << s << " s";
+  EXPECT_TRUE(too_many_steps([] {
+    tokenizers::ChatTemplate::from_string(
+        "{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}"
+        "{% endfor %}{% endfor %}{% endfor %}")
+        .render(nlohmann::json::array(), false);
+  }));
+  // LLaMA 3's template (the seed corpus's) over 10,000 messages is inside the bound.
+  const auto llama3 = tokenizers::ChatTemplate::from_string(
+      crash_input("chat_template", "llama3.jinja"), {{"bos_token", "<|begin_of_text|>"}});
+  const std::string out = llama3.render(messages(10000), true);
+  EXPECT_NE(out.find("message 9999"), std::string::npos);
+  // The most messages it renders: the steps one message takes, printed for the docs.
+  int lo = 10000, hi = 200000;
+  while (hi - lo > 100) {
+    const int mid = (lo + hi) / 2;
+    (too_many_steps([&] { llama3.render(messages(mid), true); }) ? hi : lo) = mid;
+  }
+  std::printf("[ figures  ] LLaMA 3's chat template renders up to ~%d messages (%.0f steps each)\n",
+              lo, 4194304.0 / lo);
+}
+
+// `*` with a large string or list repeated many times: each factor in range, the product not
+// (`('x' * 2^20) * 2^20` asked for 1 TB). An error naming the sizes.
+TEST(FuzzRegression, ChatTemplateRepetitionOfALargeValueIsAnError) {
+  const auto render = [](const std::string& src) {
+    return tokenizers::ChatTemplate::from_string(src).render(nlohmann::json::array(), false);
+  };
+  for (const char* src :
+       {"{{ ('x' * 1048576) * 1048576 }}", "{{ (('ab' * 1048576) * 33) | length }}",
+        "{{ (([1, 2] * 1048576) * 3) | length }}"}) {
+    try {
+      render(src);
+      FAIL() << src;
+    } catch (const Error& e) {
+      EXPECT_NE(e.message().find("repetition too large"), std::string::npos) << e.message();
+    }
+  }
+  EXPECT_EQ(render("{{ (('ab' * 1048576) * 16) | length }}"), "33554432");
+  EXPECT_EQ(render("{{ ([1, 2] * 524288) | length }}"), "1048576");
+}
+
 // A chat template that stores a namespace in itself (`set ns.count = ns`) and prints it: repr()
 // recursed until the stack overflowed (ASan), and the namespace kept itself alive (a leak). Now
 // it prints as Python does (`<Namespace {...}>` where it meets itself) and is freed.
