@@ -89,14 +89,24 @@ class Renderer {
     }
   }
 
+  // The text rendered so far (or captured by a block) holds at most Value::kMaxStringBytes.
+  static void check_size(const std::string& out, int line) {
+    if (static_cast<int64_t>(out.size()) > Value::kMaxStringBytes) {
+      TESSERA_FAIL(kLinePrefix, line, ": the rendered text is larger than ", Value::kMaxStringBytes,
+                   " bytes");
+    }
+  }
+
   Flow exec(const Node& n, std::string& out) {
     step();
     switch (n.kind) {
       case NodeKind::kData:
         out += n.name;
+        check_size(out, n.line);
         return Flow::kNormal;
       case NodeKind::kOutput:
         out += at_line(n.line, [&] { return eval(*n.kids[0]).to_str(); });
+        check_size(out, n.line);
         return Flow::kNormal;
       case NodeKind::kIf:
         if (at_line(n.line, [&] { return eval(*n.kids[0]).truthy(); })) {
@@ -124,6 +134,7 @@ class Renderer {
         const Flow f = exec_body(n.body, captured);
         Value v = Value::string(std::move(captured));
         out += at_line(n.line, [&] { return eval_filter(*n.kids[0], &v).to_str(); });
+        check_size(out, n.line);
         return f;
       }
       case NodeKind::kBreak:

@@ -59,6 +59,8 @@ Value Value::number(double d) {
   return v;
 }
 Value Value::string(std::string s) {
+  TESSERA_CHECK(static_cast<int64_t>(s.size()) <= kMaxStringBytes, "a string of ", s.size(),
+                " bytes (at most ", kMaxStringBytes, ")");
   Value v;
   v.kind_ = Kind::kString;
   v.s_ = std::move(s);

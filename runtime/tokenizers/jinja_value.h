@@ -49,6 +49,9 @@ class Value {
   static Value boolean(bool b);
   static Value integer(int64_t i);
   static Value number(double d);
+  // Strings hold at most kMaxStringBytes (a template doubling a string in a loop asked for
+  // terabytes); longer ones are an error naming the size.
+  static constexpr int64_t kMaxStringBytes = int64_t{1} << 26;
   static Value string(std::string s);
   // Lists and dicts nest at most kMaxNesting levels (a namespace counts as one level whatever it
   // holds: its attributes change after it is made); deeper ones are an error naming the limit.

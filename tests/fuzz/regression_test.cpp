@@ -226,7 +226,8 @@ TEST(FuzzRegression, ChatTemplateRenderStepsAreBounded) {
 }
 
 // `*` with a large string or list repeated many times: each factor in range, the product not
-// (`('x' * 2^20) * 2^20` asked for 1 TB). An error naming the sizes.
+// (`('x' * 2^20) * 2^20` asked for 1 TB). An error naming the sizes. The same for a string doubled
+// in a loop and for the rendered text.
 TEST(FuzzRegression, ChatTemplateRepetitionOfALargeValueIsAnError) {
   const auto render = [](const std::string& src) {
     return tokenizers::ChatTemplate::from_string(src).render(nlohmann::json::array(), false);
@@ -242,6 +243,21 @@ TEST(FuzzRegression, ChatTemplateRepetitionOfALargeValueIsAnError) {
     }
   }
   EXPECT_EQ(render("{{ (('ab' * 1048576) * 16) | length }}"), "33554432");
+  // Doubling a string, or printing a large one, in a loop: strings and the rendered text hold at
+  // most 64 MiB.
+  for (const char* src :
+       {"{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+        "{% endfor %}{{ ns.s | length }}",
+        "{% set s = 'x' * 1048576 %}{% for i in range(100) %}{{ s }}{% endfor %}"}) {
+    try {
+      render(src);
+      FAIL() << src;
+    } catch (const Error& e) {
+      EXPECT_TRUE(e.message().find("(at most 67108864)") != std::string::npos ||
+                  e.message().find("larger than 67108864 bytes") != std::string::npos)
+          << e.message();
+    }
+  }
   EXPECT_EQ(render("{{ ([1, 2] * 524288) | length }}"), "1048576");
 }
 
