@@ -18,8 +18,11 @@ import subprocess
 import sys
 import time
 
-STEPS = 60
-CHECKPOINT_EVERY = 20
+# Enough steps that the job is still training when the test, polling its loss log every 50 ms,
+# signals it: 60 steps took 0.1 s on a quiet machine, and the USR1 came after the job had ended
+# (a fresh-clone CI run, 2026-12-01). ~1.7 ms a step here: 3,000 take ~5 s.
+STEPS = 3000
+CHECKPOINT_EVERY = 500
 TRAIN_ARGS = ["--dim", "16", "--depth", "1", "--heads", "2", "--seed", "3", "--lr", "3e-3",
               "--warmup-steps", "5", "--global-batch", "16", "--zero", "--steps", str(STEPS)]
 failures = []
@@ -169,7 +172,7 @@ def main():
     check(same, f"final parameters bitwise equal to the uninterrupted run ({final} vs {ref})")
     got, want = read_log(log), read_log(ref_log)
     check([x["step"] for x in got] == list(range(1, STEPS + 1)),
-          "the job's loss log reads as one run: steps 1..60 once each")
+          f"the job's loss log reads as one run: steps 1..{STEPS} once each")
     diffs = [a["step"] for a, b in zip(got, want) if a["loss"] != b["loss"]]
     check(len(got) == len(want) and not diffs,
           f"loss curve bitwise equal to the uninterrupted run's (differs at {diffs[:5]})")
