@@ -7,9 +7,10 @@ writes OUT_DIR/base/ (save_pretrained, float32), OUT_DIR/<adapter>/ (peft save_p
 adapter_config.json + adapter_model.safetensors) with reference.safetensors (prompt [T] int64,
 logits [T, vocab] float32 of PeftModel, unmerged, eager attention; greedy [8] int64, PEFT's
 generate), OUT_DIR/mixed_fp64.safetensors (PeftModel's logits in float64 for the mixed-batch
-test's requests), OUT_DIR/wide/ and OUT_DIR/trained_*/ (more LLaMAs for the int8 tests, with
-their torch-quantised copies *_fq/), bad adapters (bad_rank: the config's r disagrees with the
-tensors; bad_target: an unknown target module; bad_missing: a tensor removed) and
+test's requests), OUT_DIR/mixed_peft_fp32.safetensors (the same requests through PeftModel in
+float32, unmerged and merged), OUT_DIR/wide/ and OUT_DIR/trained_*/ (more LLaMAs for the int8
+tests, with their torch-quantised copies *_fq/), bad adapters (bad_rank: the config's r disagrees
+with the tensors; bad_target: an unknown target module; bad_missing: a tensor removed) and
 OUT_DIR/manifest.json.
 """
 import copy
@@ -183,6 +184,22 @@ for i, a in enumerate(MIXED_IDS):
         fp64["request%d" % i] = core.lm_head(hidden)[0].contiguous()
     assert fp64["request%d" % i].dtype == torch.float64
 save_file(fp64, os.path.join(out, "mixed_fp64.safetensors"))
+
+# The same requests through PEFT in float32, unmerged and merged (merge_and_unload): how far the
+# reference implementation's own two float32 paths are apart, beside Tessera's batch vs merged.
+fp32 = {}
+for i, a in enumerate(MIXED_IDS):
+    if a < 0:
+        continue
+    n = 3 + 4 * i
+    prompt = (torch.arange(n, dtype=torch.long) * 37 + 11 * i + 5) % config.vocab_size
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(copy.deepcopy(base), os.path.join(out, ADAPTERS[a][0]))
+    with torch.no_grad():
+        fp32["unmerged%d" % i] = model.eval()(prompt.unsqueeze(0)).logits[0].contiguous()
+        fp32["merged%d" % i] = model.merge_and_unload()(prompt.unsqueeze(0)).logits[0].contiguous()
+    assert fp32["merged%d" % i].dtype == torch.float32
+save_file(fp32, os.path.join(out, "mixed_peft_fp32.safetensors"))
 
 
 def bad(name, edit_config=None, edit_tensors=None):
