@@ -190,7 +190,8 @@ Command register_generate(CLI::App& root) {
     try {
       if (args->seed >= 0) args->params.seed = static_cast<uint64_t>(args->seed);
       if (!args->stop_token_ids.empty()) {
-        args->params.stop_token_ids = engine::parse_id_list(args->stop_token_ids);
+        args->params.stop_token_ids =
+            engine::parse_id_list(args->stop_token_ids, "--stop-token-ids");
       }
       args->params.validate();
       if (!args->kv_cache_memory.empty()) {
@@ -224,7 +225,7 @@ Command register_generate(CLI::App& root) {
       }
       for (const auto& ids : args->prompt_ids) {
         engine::PromptSpec s;
-        s.ids = engine::parse_id_list(ids);
+        s.ids = engine::parse_id_list(ids, "--prompt-ids");
         s.has_ids = true;
         s.params = args->params;
         s.lora = args->use_lora;

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -68,9 +69,14 @@ struct RouterSettings {
   int io_threads = 2;
 };
 
+// A flag's seconds as milliseconds. At least 1 ms: a shorter one rounded to a 0 ms timer, which
+// fires at once (every request's header "timed out"; health checks ran back to back). At most
+// 1,000,000 s (11.6 days): 1e300 or inf converted to int64 is undefined, and a deadline past the
+// clock's range overflows. NaN fails both comparisons.
 std::chrono::milliseconds ms(double seconds, const char* flag) {
-  TESSERA_CHECK(seconds > 0, flag, " must be > 0 seconds, got ", seconds);
-  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+  TESSERA_CHECK(seconds >= 0.001 && seconds <= 1e6, flag,
+                " must be in [0.001, 1000000] seconds, got ", seconds);
+  return std::chrono::milliseconds(std::llround(seconds * 1000));
 }
 
 std::vector<std::string> api_keys(const std::string& flag) {
@@ -179,6 +185,7 @@ int run_router(const RouterSettings& s, launch::World& world) {
   TESSERA_CHECK(!s.backends.empty(), "tessera router needs at least one --backend URL");
   TESSERA_CHECK(s.port >= 0 && s.port <= 65535, "--port must be in [0, 65535], got ", s.port);
   TESSERA_CHECK(s.io_threads >= 1, "--io-threads must be >= 1, got ", s.io_threads);
+  TESSERA_CHECK(s.max_attempts >= 1, "--max-attempts must be >= 1, got ", s.max_attempts);
   TESSERA_CHECK(s.cache_threshold >= 0 && s.cache_threshold <= 1,
                 "--cache-threshold must be in [0, 1], got ", s.cache_threshold);
   TESSERA_CHECK(s.balance_abs_threshold >= 0, "--balance-abs-threshold must be >= 0, got ",

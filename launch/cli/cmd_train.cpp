@@ -1,6 +1,7 @@
 // `tessera train`: a training run from a config file (JSON or TOML) and/or flags (every config
 // key is a flag: --global-batch 64, --optimizer sgd, --zero, ...; flags override the file).
 // SIGUSR1 / SIGTERM / SIGINT: checkpoint at the next step boundary and exit with status 76.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 
@@ -57,8 +58,9 @@ Command register_train(CLI::App& root) {
           j[key] = text;
         } else {
           nlohmann::json v = nlohmann::json::parse(text, nullptr, false);
-          TESSERA_CHECK(!v.is_discarded() && v.is_number(), "--", key, ": '", text,
-                        "' is not a number");
+          std::string flag = "--" + key;  // as given: --weight-decay, not --weight_decay
+          std::replace(flag.begin(), flag.end(), '_', '-');
+          TESSERA_CHECK(!v.is_discarded() && v.is_number(), flag, ": '", text, "' is not a number");
           j[key] = v;
         }
       }

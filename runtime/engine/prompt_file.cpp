@@ -120,7 +120,7 @@ void parse_into(const json& j, PromptSpec& s) {
 
 }  // namespace
 
-std::vector<int32_t> parse_id_list(const std::string& text) {
+std::vector<int32_t> parse_id_list(const std::string& text, const std::string& flag) {
   std::vector<int32_t> ids;
   std::stringstream ss(text);
   std::string item;
@@ -134,11 +134,10 @@ std::vector<int32_t> parse_id_list(const std::string& text) {
     }
     TESSERA_CHECK(used > 0 && item.find_first_not_of(" \t", used) == std::string::npos && v >= 0 &&
                       v <= std::numeric_limits<int32_t>::max(),
-                  "--prompt-ids must be a comma-separated list of token ids >= 0, got '", text,
-                  "'");
+                  flag, " must be a comma-separated list of token ids >= 0, got '", text, "'");
     ids.push_back(static_cast<int32_t>(v));
   }
-  TESSERA_CHECK(!ids.empty(), "--prompt-ids must not be empty");
+  TESSERA_CHECK(!ids.empty(), flag, " must not be empty");
   return ids;
 }
 

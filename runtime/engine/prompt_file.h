@@ -27,8 +27,9 @@ struct PromptSpec {
   std::string error;  // a bad input: refused with this one line, the others still run
 };
 
-// "1,2,3" (the CLI's --prompt-ids): throws naming the value when it is not a list of ids >= 0.
-std::vector<int32_t> parse_id_list(const std::string& text);
+// "1,2,3" (the CLI's --prompt-ids, --stop-token-ids): throws naming `flag` and the value when it
+// is not a list of ids >= 0.
+std::vector<int32_t> parse_id_list(const std::string& text, const std::string& flag);
 
 // One JSONL line (`line_no` counts from 1). Never throws: a bad line comes back with `error`
 // ("line 3: max_tokens must be >= 1, got 0").

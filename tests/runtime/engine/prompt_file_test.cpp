@@ -61,11 +61,22 @@ TEST(PromptFile, LinesWithTheirOwnParametersAndBadLinesAlone) {
 }
 
 TEST(PromptFile, IdLists) {
-  EXPECT_EQ(parse_id_list("1,2, 3"), (std::vector<int32_t>{1, 2, 3}));
-  EXPECT_THROW(parse_id_list("1,,2"), Error);
-  EXPECT_THROW(parse_id_list("1,x"), Error);
-  EXPECT_THROW(parse_id_list("-1"), Error);
-  EXPECT_THROW(parse_id_list(""), Error);
+  EXPECT_EQ(parse_id_list("1,2, 3", "--prompt-ids"), (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_THROW(parse_id_list("1,,2", "--prompt-ids"), Error);
+  EXPECT_THROW(parse_id_list("1,x", "--prompt-ids"), Error);
+  EXPECT_THROW(parse_id_list("-1", "--prompt-ids"), Error);
+  EXPECT_THROW(parse_id_list("", "--prompt-ids"), Error);
+  // The message names the flag the list came from (--stop-token-ids was reported as
+  // --prompt-ids) and the value.
+  try {
+    parse_id_list("2,abc", "--stop-token-ids");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--stop-token-ids must be a comma-separated list of "
+                                         "token ids >= 0, got '2,abc'"),
+              std::string::npos)
+        << e.what();
+  }
   EXPECT_THROW(read_prompt_file("/nonexistent/prompts.jsonl", {}), Error);
 }
 

@@ -48,7 +48,22 @@ def cli_errors():
               "--max-loaded-models must be >= 1, got 0"),
              (["serve", "--model", "nopath"], "--model nopath=nopath: "),
              (["serve", "--model", "=x"], "NAME=PATH or NAME=PATH:ADAPTER, got '=x'"),
-             (["router", "--backend", "localhost:1"], "must start with http://")]
+             (["router", "--backend", "localhost:1"], "must start with http://"),
+             # Seconds that made no timer: 1e300 and inf do not convert to milliseconds (they
+             # were accepted), 0.0001 rounded to a 0 ms timer.
+             (["router", "--backend", "http://127.0.0.1:1", "--health-interval", "1e300"],
+              "--health-interval must be in [0.001, 1000000] seconds, got 1e+300"),
+             (["router", "--backend", "http://127.0.0.1:1", "--health-timeout", "0.0001"],
+              "--health-timeout must be in [0.001, 1000000] seconds, got 0.0001"),
+             (["router", "--backend", "http://127.0.0.1:1", "--shutdown-timeout", "inf"],
+              "--shutdown-timeout must be in [0.001, 1000000] seconds, got inf"),
+             (["router", "--backend", "http://127.0.0.1:1", "--max-attempts", "0"],
+              "--max-attempts must be >= 1, got 0"),
+             (["serve", "--model", "tiny", "--port", "0", "--header-timeout", "nan"],
+              "--header-timeout must be in [0.001, 1000000] seconds, got nan"),
+             # The message named --prompt-ids.
+             (["generate", "--model", "tiny", "--prompt", "hi", "--stop-token-ids", "2,abc"],
+              "--stop-token-ids must be a comma-separated list of token ids >= 0, got '2,abc'")]
     # Engine flags with a model that loads: refused before listening (they were found only when
     # the model loaded, and the server listened on with /health 503 "loading failed").
     for flag, value, want in [("--max-model-len", "-1", "--max-model-len must be >= 0, got -1"),

@@ -77,6 +77,8 @@ def test_bad_configs(tmp):
         (SMALL + ["--steps", "2", "--global-batch", "10", "--micro-batch", "4"],
          "is not divisible by data-parallel ranks x micro_batch = 2 x 4 = 8"),
         (SMALL + ["--optimizer", "adam"], "unknown optimizer 'adam'"),
+        # The flag as given (the message said --weight_decay).
+        (SMALL + ["--weight-decay", "nan"], "--weight-decay: 'nan' is not a number"),
         (SMALL + ["--data", "/nonexistent/digits.csv.gz"],
          "config key data: file /nonexistent/digits.csv.gz does not exist"),
         (BASE + ["--steps", "5", "--optimizer", "sgd", "--lr", "1e38", "--min-lr", "1e38",
