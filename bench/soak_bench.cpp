@@ -681,13 +681,14 @@ void wait_healthy(serving::IoRuntime& io, int port, double timeout_s) {
   TESSERA_FAIL("tessera serve did not become healthy within ", timeout_s, " s");
 }
 
-double env_double(const char* name, double fallback) {
+// A positive number up to `max` (a count or a seed past int64, 1e300 or inf, does not convert).
+double env_double(const char* name, double fallback, double max) {
   const char* v = std::getenv(name);
   if (v == nullptr || *v == '\0') return fallback;
   char* end = nullptr;
   const double d = std::strtod(v, &end);
-  TESSERA_CHECK(end != v && *end == '\0' && d > 0, name, " must be a positive number, got '", v,
-                "'");
+  TESSERA_CHECK(end != v && *end == '\0' && d > 0 && d <= max, name,
+                " must be a positive number up to ", max, ", got '", v, "'");
   return d;
 }
 
@@ -704,12 +705,12 @@ int run(const BenchOptions& o) {
     s.concurrency = 12;
   }
   // Overrides for a longer or shorter run than the two presets.
-  s.seconds = env_double("TESSERA_SOAK_SECONDS", s.seconds);
+  s.seconds = env_double("TESSERA_SOAK_SECONDS", s.seconds, 1e6);
   if (std::getenv("TESSERA_SOAK_MIN_REQUESTS") != nullptr) {
-    s.min_requests = static_cast<int64_t>(env_double("TESSERA_SOAK_MIN_REQUESTS", 1));
+    s.min_requests = static_cast<int64_t>(env_double("TESSERA_SOAK_MIN_REQUESTS", 1, 1e12));
   }
   s.max_seconds = std::max(s.max_seconds, 2 * s.seconds);
-  const uint64_t seed = static_cast<uint64_t>(env_double("TESSERA_SOAK_SEED", 1));
+  const uint64_t seed = static_cast<uint64_t>(env_double("TESSERA_SOAK_SEED", 1, 1e15));
 
   const std::vector<std::string> argv = {self_exe(),
                                          "serve",

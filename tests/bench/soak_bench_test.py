@@ -90,6 +90,18 @@ class SoakBenchTest(unittest.TestCase):
         self.assertEqual(self.d["server"]["exit_status_after_sigterm"], 0)
         self.assertEqual(self.rc, 0, self.d["failures"])
 
+    def test_bad_length_overrides_are_refused(self):
+        # One line naming the variable and the value, before any server starts (1e300 was taken:
+        # as a request count it does not convert to an integer).
+        for name, value in [("TESSERA_SOAK_SECONDS", "1e300"), ("TESSERA_SOAK_SECONDS", "-1"),
+                            ("TESSERA_SOAK_MIN_REQUESTS", "1e300"),
+                            ("TESSERA_SOAK_SEED", "x")]:
+            run = subprocess.run([BIN, "bench", "soak", "--quick"], capture_output=True, text=True,
+                                 timeout=30, env={**os.environ, name: value})
+            self.assertNotEqual(run.returncode, 0, (name, value))
+            self.assertIn(f"{name} must be a positive number", run.stderr, (name, value))
+            self.assertIn(f"got '{value}'", run.stderr, (name, value))
+
 
 if __name__ == "__main__":
     unittest.main()
