@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -163,12 +164,17 @@ void add_common(CLI::App* app, EncodeArgs& a) {
                   "--use-lora or a \"lora\" field in --jsonl lines");
   app->add_option("--use-lora", a.use_lora,
                   "The NAME=PATH adapter of inputs that do not name one (default: none)");
+  // Counts >= 1 (0 and negatives were taken as "the config's" without a word).
+  const auto positive = CLI::Range(int64_t{1}, std::numeric_limits<int64_t>::max());
   app->add_option("--cluster-size", a.options.cluster_size,
-                  "Tokens per cluster (cluster attention)");
+                  "Tokens per cluster (cluster attention; default: the config's)")
+      ->check(positive);
   app->add_option("--nearest-clusters", a.options.nearest_clusters,
-                  "Clusters each token attends to (cluster attention)");
+                  "Clusters each token attends to (cluster attention; default: the config's)")
+      ->check(positive);
   app->add_option("--max-batch-tokens", a.options.max_batch_tokens, "Tokens per packed forward")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(positive);
   app->add_option("--load-memory-budget", a.load_memory_budget,
                   "Bytes of checkpoint data resident while loading (K/M/G; default unbounded)");
   app->add_flag("--json", a.json, "Print one JSON object");

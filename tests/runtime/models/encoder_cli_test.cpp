@@ -167,6 +167,11 @@ TEST(EncoderCli, BadCheckpointsAndInputsFailWithOneLine) {
       {"no tokenizer", mb, "embed --text hi", "has no tokenizer.json: texts cannot be encoded"},
       {"token id", good, "embed --jsonl " + bad_ids,
        "input 0 has token id 5000, outside the vocabulary [0, 200)"},
+      // Counts below 1 were taken as "the config's" without a word.
+      {"cluster size", good, "embed --text hi --attention cluster --cluster-size 0",
+       "--cluster-size: Value 0 not in range 1"},
+      {"nearest clusters", good, "classify --text hi --nearest-clusters -2",
+       "--nearest-clusters: Value -2 not in range 1"},
   };
   // Every case on one process; under two ranks a load error and a leader-only input error
   // (each run pays ~2.5 s of process start-up, so the matrix stays small).
