@@ -61,6 +61,7 @@ struct RouterSettings {
   std::string api_key;
   double health_interval_s = 1;
   double health_timeout_s = 1;
+  int health_failures = 3;
   int max_attempts = 3;
   double cache_threshold = 0.5;
   int64_t balance_abs_threshold = 32;
@@ -186,6 +187,7 @@ int run_router(const RouterSettings& s, launch::World& world) {
   TESSERA_CHECK(s.port >= 0 && s.port <= 65535, "--port must be in [0, 65535], got ", s.port);
   TESSERA_CHECK(s.io_threads >= 1, "--io-threads must be >= 1, got ", s.io_threads);
   TESSERA_CHECK(s.max_attempts >= 1, "--max-attempts must be >= 1, got ", s.max_attempts);
+  TESSERA_CHECK(s.health_failures >= 1, "--health-failures must be >= 1, got ", s.health_failures);
   TESSERA_CHECK(s.cache_threshold >= 0 && s.cache_threshold <= 1,
                 "--cache-threshold must be in [0, 1], got ", s.cache_threshold);
   TESSERA_CHECK(s.balance_abs_threshold >= 0, "--balance-abs-threshold must be >= 0, got ",
@@ -201,6 +203,7 @@ int run_router(const RouterSettings& s, launch::World& world) {
   opt.health_interval = ms(s.health_interval_s, "--health-interval");
   opt.health_timeout = ms(s.health_timeout_s, "--health-timeout");
   opt.max_attempts = s.max_attempts;
+  opt.failures_to_remove = s.health_failures;
   opt.policy.cache_threshold = s.cache_threshold;
   opt.policy.balance_abs_threshold = s.balance_abs_threshold;
   opt.policy.balance_rel_threshold = s.balance_rel_threshold;
@@ -293,6 +296,10 @@ Command register_router(CLI::App& root) {
   app->add_option("--api-key", s->api_key, "required key (default: $TESSERA_API_KEY)");
   app->add_option("--health-interval", s->health_interval_s, "seconds between health checks");
   app->add_option("--health-timeout", s->health_timeout_s, "seconds a health check may take");
+  app->add_option("--health-failures", s->health_failures,
+                  "failed health checks in a row before a replica is taken out (a request's "
+                  "failed connection takes it out at once)")
+      ->capture_default_str();
   app->add_option("--max-attempts", s->max_attempts,
                   "replicas tried for a request that has produced no output");
   app->add_option("--cache-threshold", s->cache_threshold,

@@ -141,18 +141,20 @@ struct Router::Impl : std::enable_shared_from_this<Router::Impl> {
     if (timer) timer->cancel();
   }
 
-  void set_health(int i, bool ok, const std::string& why) {
+  // `at_once`: a request's connection failed (the replica is out now, whatever the count of
+  // failed checks); otherwise a health check's answer.
+  void set_health(int i, bool ok, const std::string& why, bool at_once = false) {
     std::vector<std::shared_ptr<ClientCall>> cut;
     {
       std::lock_guard lock(mu);
-      set_health_locked(i, ok, why, cut);
+      set_health_locked(i, ok, why, at_once, cut);
     }
     // Each cut call ends with an error: one that had produced nothing is retried elsewhere, a
     // stream that had started ends with an error event (Forward::on_done).
     for (auto& c : cut) c->cancel();
   }
 
-  void set_health_locked(int i, bool ok, const std::string& why,
+  void set_health_locked(int i, bool ok, const std::string& why, bool at_once,
                          std::vector<std::shared_ptr<ClientCall>>& cut) {
     Worker& w = workers[i];
     if (ok) {
@@ -163,7 +165,11 @@ struct Router::Impl : std::enable_shared_from_this<Router::Impl> {
       }
     } else {
       w.oks = 0;
-      if (w.healthy && ++w.fails >= opt.failures_to_remove) {
+      w.fails = std::min(w.fails + 1, opt.failures_to_remove);
+      if (w.healthy && !at_once && w.fails < opt.failures_to_remove) {
+        log::warn("router: replica {} failed a health check ({} of {} in a row): {}", w.name,
+                  w.fails, opt.failures_to_remove, why);
+      } else if (w.healthy) {
         w.healthy = false;
         log::warn("router: replica {} taken out: {}", w.name, why);
         policy.remove_worker(i);
@@ -392,7 +398,7 @@ class Forward : public std::enable_shared_from_this<Forward> {
         r_->workers[worker_].failures++;
       }
       r_->failures->inc({name_});
-      if (!err.empty()) r_->set_health(worker_, false, err);
+      if (!err.empty()) r_->set_health(worker_, false, err, true);
       if (attempts_ < r_->opt.max_attempts) {
         r_->retries->inc();
         log::warn("router: retrying a request elsewhere: {}", last_error_);
@@ -419,7 +425,7 @@ class Forward : public std::enable_shared_from_this<Forward> {
       body_.clear();
     }
     r_->broken_streams->inc();
-    r_->set_health(worker_, false, err);
+    r_->set_health(worker_, false, err, true);
     ex_->send_chunk("data: " + error_json(502, "the replica serving this stream failed: " + err) +
                     "\n\n");
     ex_->send_chunk("data: [DONE]\n\n");

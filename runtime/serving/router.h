@@ -1,6 +1,7 @@
 // `tessera router`: one endpoint in front of several OpenAI servers (replicas). Requests go where
-// CacheAwarePolicy says; /health of every replica is polled, a replica that fails (a check, or a
-// connection during a request) is taken out and one that answers again is taken back in. A request
+// CacheAwarePolicy says; /health of every replica is polled. A replica is taken out after
+// `failures_to_remove` failed checks in a row, or at once when a connection fails during a
+// request; one that answers again is taken back in. A request
 // that has produced no output yet is retried on another replica; a stream that had started and
 // loses its replica ends with an error event and [DONE], never a hang.
 #pragma once
@@ -22,9 +23,12 @@ struct RouterOptions {
   std::vector<std::string> api_keys;  // checked on every route but /health; forwarded as is
   std::chrono::milliseconds health_interval{1000};
   std::chrono::milliseconds health_timeout{1000};
-  int failures_to_remove = 1;  // failed checks before a replica is taken out
-  int successes_to_add = 1;    // good checks before it is taken back in
-  int max_attempts = 3;        // replicas tried for a request with no output yet
+  // Failed health checks in a row before a replica is taken out. One slow /health (a busy host,
+  // a pause) must not empty the rotation: with one replica left, every request would get 503
+  // until the next good check. A request's failed connection takes it out at once.
+  int failures_to_remove = 3;
+  int successes_to_add = 1;  // good checks before it is taken back in
+  int max_attempts = 3;      // replicas tried for a request with no output yet
   RouterPolicyConfig policy;
 };
 

@@ -59,6 +59,8 @@ def cli_errors():
               "--shutdown-timeout must be in [0.001, 1000000] seconds, got inf"),
              (["router", "--backend", "http://127.0.0.1:1", "--max-attempts", "0"],
               "--max-attempts must be >= 1, got 0"),
+             (["router", "--backend", "http://127.0.0.1:1", "--health-failures", "0"],
+              "--health-failures must be >= 1, got 0"),
              (["serve", "--model", "tiny", "--port", "0", "--header-timeout", "nan"],
               "--header-timeout must be in [0.001, 1000000] seconds, got nan"),
              # The message named --prompt-ids.
@@ -142,9 +144,80 @@ def cut_event_check():
     lsock.close()
 
 
+def slow_health_check():
+    """The only replica in rotation answers two /health checks in a row past --health-timeout: it
+    stays in rotation (fewer than --health-failures, 3) and every request through the router is
+    answered 200 (one failed check took it out, and until the next good check every request got
+    503 "no healthy replica"). After 3 failed checks in a row it is taken out."""
+    import socket
+    import threading
+    state = {"slow": 0, "fail": False, "health": 0}
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    port = lsock.getsockname()[1]
+
+    def answer(conn):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = conn.recv(65536)
+            if not more:
+                break
+            data += more
+        if data.startswith(b"GET /health"):
+            state["health"] += 1
+            if state["slow"] > 0:
+                state["slow"] -= 1
+                time.sleep(0.8)  # past the router's 0.3 s --health-timeout
+            if state["fail"]:
+                conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+            else:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: 15\r\n\r\n{\"status\":\"ok\"}")
+        else:
+            body = b'{"choices":[{"index":0,"text":"ok","finish_reason":"length"}]}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        conn.close()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    router, rport = start_router(TESSERA, [f"http://127.0.0.1:{port}"], "--health-interval",
+                                 "0.1", "--health-timeout", "0.3")
+    try:
+        wait_until(lambda: all(w["healthy"] for w in workers(rport)), 10, "the fake replica healthy")
+        state["slow"] = 2
+        seen = state["health"]
+        codes = {}
+        t_end = time.time() + 2.5  # the slow checks, and the good ones after them
+        while time.time() < t_end:
+            status, _, _ = http(rport, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1})
+            codes[status] = codes.get(status, 0) + 1
+        print("two slow /health checks of the only replica:", codes,
+              f"({state['health'] - seen} health checks)")
+        check(state["slow"] == 0, "the slow health checks were made")
+        check(list(codes) == [200], f"two slow health checks: every request answered 200: {codes}")
+        # Failing for good: out after --health-failures (3) checks, and then "no healthy replica".
+        state["fail"] = True
+        wait_until(lambda: not workers(rport)[0]["healthy"], 5, "the failing replica taken out")
+        status, _, raw = http(rport, "POST", "/v1/completions", {"prompt": "x", "max_tokens": 1})
+        check(status == 503 and b"no healthy replica" in raw, f"then 503: {status} {raw[:200]!r}")
+    finally:
+        check(stop(router) == 0, "slow health check: router exit code after SIGTERM")
+        lsock.close()
+
+
 def main():
     cli_errors()
     cut_event_check()
+    slow_health_check()
     # max-running 2: most requests of a burst wait in the queue (no output yet) at any moment.
     server_args = ["--step-us", "5000", "--max-running", "2"]
     servers = [start_server(SERVER, *server_args) for _ in range(3)]
