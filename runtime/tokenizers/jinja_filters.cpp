@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 
 #include "runtime/tokenizers/jinja_ops.h"
 #include "runtime/tokenizers/unicode.h"
@@ -316,8 +317,9 @@ Value filter(const std::string& name, const Value& v, Args& a) {
   }
   if (name == "abs") {
     if (!v.is_number()) fail("bad operand type for abs(): '" + v.type_name() + "'");
-    return v.is_float() ? Value::number(std::fabs(v.as_double()))
-                        : Value::integer(v.as_int() < 0 ? -v.as_int() : v.as_int());
+    if (v.is_float()) return Value::number(std::fabs(v.as_double()));
+    if (v.as_int() == std::numeric_limits<int64_t>::min()) fail("abs: integer overflow");
+    return Value::integer(v.as_int() < 0 ? -v.as_int() : v.as_int());
   }
   if (name == "round") {
     if (!v.is_number()) fail("round: a number is required");

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "common/error.h"
 #include "runtime/tokenizers/jinja_ops.h"
@@ -187,6 +188,8 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
       if (b.as_double() == 0) fail("integer division or modulo by zero");
       if (ints) {
         const int64_t x = a.as_int(), y = b.as_int();
+        // The one quotient past int64 (Python's big integer); x / y would be undefined.
+        if (x == std::numeric_limits<int64_t>::min() && y == -1) fail("integer overflow");
         int64_t q = x / y;
         if ((x % y != 0) && ((x < 0) != (y < 0))) --q;
         return Value::integer(q);
@@ -199,6 +202,7 @@ Value binary_op(const std::string& op, const Value& a, const Value& b) {
       if (b.as_double() == 0) fail("integer division or modulo by zero");
       if (ints) {
         const int64_t x = a.as_int(), y = b.as_int();
+        if (y == -1) return Value::integer(0);  // INT64_MIN % -1 would be undefined
         int64_t m = x % y;
         if (m != 0 && ((m < 0) != (y < 0))) m += y;
         return Value::integer(m);

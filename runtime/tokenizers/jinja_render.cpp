@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <set>
 
 #include "common/error.h"
@@ -312,10 +313,11 @@ class Renderer {
         }
         if (step == 0) fail("range() arg 3 must not be zero");
         std::vector<Value> out;
-        for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+        for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
           out.push_back(Value::integer(i));
           // As the sandbox transformers renders in (MAX_RANGE).
           if (out.size() > 100000) fail("range too big: the sandbox allows 100000 items");
+          if (__builtin_add_overflow(i, step, &i)) break;  // past int64: past `stop` too
         }
         return Value::list(std::move(out));
       });
@@ -397,7 +399,9 @@ class Renderer {
           fail("bad operand type for unary " + std::string(n.kind == NodeKind::kNeg ? "-" : "+") +
                ": '" + v.type_name() + "'");
         if (n.kind == NodeKind::kPos) return v.is_float() ? v : Value::integer(v.as_int());
-        return v.is_float() ? Value::number(-v.as_double()) : Value::integer(-v.as_int());
+        if (v.is_float()) return Value::number(-v.as_double());
+        if (v.as_int() == std::numeric_limits<int64_t>::min()) fail("integer overflow");
+        return Value::integer(-v.as_int());
       }
       case NodeKind::kNot:
         return Value::boolean(!eval(*n.kids[0]).truthy());

@@ -1,7 +1,9 @@
 // Python's str methods that chat templates call, by code point.
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
+#include <limits>
 
 #include "runtime/tokenizers/jinja_ops.h"
 #include "runtime/tokenizers/unicode.h"
@@ -198,7 +200,18 @@ std::string percent_format(const std::string& fmt, const Value& args) {
       out += v.repr();
     } else if (c == 'd' || c == 'i') {
       if (!v.is_number()) fail("%d format: a real number is required, not " + v.type_name());
-      out += std::to_string(v.is_float() ? static_cast<int64_t>(v.as_double()) : v.as_int());
+      if (v.is_float()) {
+        // Python truncates; NaN and infinity are errors there too, and a magnitude past 64 bits
+        // (a big integer in Python) has no value here: converting it is undefined behaviour.
+        const double t = std::trunc(v.as_double());
+        if (!(t >= -9223372036854775808.0 && t < 9223372036854775808.0)) {
+          fail("%d format: " + py_float_repr(v.as_double()) +
+               " is outside the 64-bit integer range");
+        }
+        out += std::to_string(static_cast<int64_t>(t));
+      } else {
+        out += std::to_string(v.as_int());
+      }
     } else if (c == 'f') {
       if (!v.is_number()) fail("%f format: a real number is required, not " + v.type_name());
       char buf[64];

@@ -261,6 +261,37 @@ TEST(FuzzRegression, ChatTemplateRepetitionOfALargeValueIsAnError) {
   EXPECT_EQ(render("{{ ([1, 2] * 524288) | length }}"), "1048576");
 }
 
+// '%d' % -1e400 in the fuzzer's template (run 10, 1,166,076 executions in): the float -inf was
+// converted to int64 (UBSan: undefined behaviour). Searched by hand beside it, the other integer
+// edges of the template arithmetic: INT64_MIN // -1 and INT64_MIN % -1 (x86 traps on both),
+// -INT64_MIN, abs(INT64_MIN), and a range() whose last step passes INT64_MAX. Each is now an error
+// naming it, or the value jinja2 gives (checked against jinja2: 0 for the modulo, the 4 items of
+// the range).
+TEST(FuzzRegression, ChatTemplateIntegerEdgesAreErrorsOrPythonsValue) {
+  const auto render = [](const std::string& src) {
+    return tokenizers::ChatTemplate::from_string(src).render(nlohmann::json::array(), false);
+  };
+  const std::string min = "(-9223372036854775807 - 1)";
+  for (const auto& [src, want] : std::vector<std::pair<std::string, std::string>>{
+           {"{{ '%d' % -1e400 }}", "%d format: -inf is outside the 64-bit integer range"},
+           {"{{ '%d' % 1e19 }}", "%d format: 1e+19 is outside the 64-bit integer range"},
+           {"{{ " + min + " // -1 }}", "integer overflow"},
+           {"{{ -" + min + " }}", "integer overflow"},
+           {"{{ " + min + " | abs }}", "abs: integer overflow"}}) {
+    try {
+      render(src);
+      FAIL() << src;
+    } catch (const Error& e) {
+      EXPECT_NE(e.message().find(want), std::string::npos) << src << ": " << e.message();
+    }
+  }
+  EXPECT_EQ(render("{{ " + min + " % -1 }} {{ '%d' % -2.7 }} {{ '%d' % 1e18 }}"),
+            "0 -2 1000000000000000000");
+  EXPECT_EQ(render("{{ range(" + min + ", 9223372036854775807, 4611686018427387904) | list }}"),
+            "[-9223372036854775808, -4611686018427387904, 0, 4611686018427387904]");
+  EXPECT_THROW(render(crash_input("chat_template", "crash-percent-d-of-infinity")), Error);
+}
+
 // A chat template that stores a namespace in itself (`set ns.count = ns`) and prints it: repr()
 // recursed until the stack overflowed (ASan), and the namespace kept itself alive (a leak). Now
 // it prints as Python does (`<Namespace {...}>` where it meets itself) and is freed.
