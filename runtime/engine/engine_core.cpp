@@ -169,6 +169,13 @@ void EngineCore::add_request(EngineRequest request, OutputFn on_output) {
                     std::to_string(model_config_.vocab_size) + ")");
     }
   }
+  for (const auto& [id, bias] : request.params.logit_bias) {
+    if (id < 0 || id >= model_config_.vocab_size) {
+      return refuse(who + "logit_bias token id " + std::to_string(id) +
+                    " is outside the model's vocabulary [0, " +
+                    std::to_string(model_config_.vocab_size) + ")");
+    }
+  }
   scheduler::Request r;
   r.id = request.id;
   r.prompt_ids = request.prompt_ids;

@@ -63,7 +63,7 @@ bool greedy_only_cpu(const torch::Tensor& logits, std::span<const SamplerRow> ro
   for (const auto& r : rows) {
     const auto& p = *r.params;
     if (!p.greedy() || p.logprobs >= 0 || p.repetition_penalty != 1.0f ||
-        p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) {
+        p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f || !p.logit_bias.empty()) {
       return false;
     }
     const bool masking = static_cast<int64_t>(r.output_ids.size()) < p.min_tokens &&
@@ -106,6 +106,22 @@ torch::Tensor Sampler::penalized(const torch::Tensor& logits,
   const int64_t B = logits.size(0), V = logits.size(1);
   const torch::Device device = logits.device();
   torch::Tensor x = logits.to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
+
+  // logit_bias first: the logits as the request wants them, then everything else.
+  std::vector<int64_t> biased;
+  std::vector<float> biases;
+  for (int64_t b = 0; b < B; ++b) {
+    for (const auto& [id, bias] : rows[b].params->logit_bias) {
+      if (id < 0 || id >= V) continue;
+      biased.push_back(b * V + id);
+      biases.push_back(bias);
+    }
+  }
+  if (!biased.empty()) {
+    const auto n = static_cast<int64_t>(biases.size());
+    x.view({-1}).index_add_(0, index_tensor(biased, device),
+                            torch::from_blob(biases.data(), {n}, torch::kFloat32).to(device));
+  }
 
   // min_tokens: the ids that would stop the request are not drawn yet.
   std::vector<int64_t> masked;

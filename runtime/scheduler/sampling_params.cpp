@@ -23,6 +23,11 @@ void SamplingParams::validate() const {
   TESSERA_CHECK(max_tokens >= 1, "max_tokens must be >= 1, got ", max_tokens);
   TESSERA_CHECK(min_tokens >= 0 && min_tokens <= max_tokens,
                 "min_tokens must lie in [0, max_tokens=", max_tokens, "], got ", min_tokens);
+  for (const auto& [id, bias] : logit_bias) {
+    TESSERA_CHECK(id >= 0, "logit_bias: token id must be >= 0, got ", id);
+    TESSERA_CHECK(std::isfinite(bias) && bias >= -100.0f && bias <= 100.0f, "logit_bias[", id,
+                  "] must lie in [-100, 100], got ", bias);
+  }
   for (size_t i = 0; i < stop_token_ids.size(); ++i) {
     TESSERA_CHECK(stop_token_ids[i] >= 0, "stop_token_ids[", i, "] must be >= 0, got ",
                   stop_token_ids[i]);

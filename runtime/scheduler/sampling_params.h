@@ -8,12 +8,17 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace tessera::scheduler {
 
 struct SamplingParams {
   // ---- sampling (sampler.h applies them in the order written there) ----
+  // OpenAI's logit_bias: (token id, bias) pairs added to those ids' logits first, before the
+  // min_tokens mask, the penalties and temperature (-100 / 100 in practice ban / force a token).
+  // Ids >= 0 (and inside the vocabulary: the engine checks), biases in [-100, 100].
+  std::vector<std::pair<int32_t, float>> logit_bias;
   // Divides the logits. 0 (anything below kGreedyTemperature) = greedy: argmax of the logits
   // after min_tokens masking and penalties; top_k / top_p / min_p / seed are then ignored.
   float temperature = 1.0f;

@@ -102,6 +102,15 @@ class Generation : public std::enable_shared_from_this<Generation> {
         prompts.push_back(std::move(p));
       }
     }
+    // Ids the engine would refuse (as a 500 after the request was accepted): a 400 naming them.
+    const std::string below =
+        "token ids below the vocabulary size " + std::to_string(tok_->vocab_size());
+    for (int32_t id : req_.params.stop_token_ids) {
+      if (id >= tok_->vocab_size()) bad_field("stop_token_ids", below, id);
+    }
+    for (const auto& [id, bias] : req_.params.logit_bias) {
+      if (id >= tok_->vocab_size()) bad_field("logit_bias", below, id);
+    }
     const char* prompt_field = req_.chat ? "messages" : "prompt";
     for (const auto& p : prompts) {
       const int64_t len = static_cast<int64_t>(p.ids.size());

@@ -36,6 +36,7 @@ struct History {
 std::vector<double> reference_logits(std::vector<double> x, const SamplingParams& p,
                                      const History& h, const std::vector<int32_t>& eos) {
   const auto V = static_cast<int32_t>(x.size());
+  for (const auto& [id, bias] : p.logit_bias) x[id] += bias;
   if (static_cast<int64_t>(h.output.size()) < p.min_tokens) {
     for (int32_t id : p.stop_token_ids) x[id] = -kInf;
     if (!p.ignore_eos) {
@@ -157,6 +158,7 @@ std::vector<Case> cases() {
   add("top_k_5", [](SamplingParams& p) { p.top_k = 5; });
   add("top_p_0.7", [](SamplingParams& p) { p.top_p = 0.7f; });
   add("min_p_0.15", [](SamplingParams& p) { p.min_p = 0.15f; });
+  add("logit_bias", [](SamplingParams& p) { p.logit_bias = {{3, 2.5f}, {9, -1.25f}, {0, 4.0f}}; });
   add(
       "repetition_1.3", [](SamplingParams& p) { p.repetition_penalty = 1.3f; }, hist);
   add(
@@ -180,6 +182,7 @@ std::vector<Case> cases() {
         p.presence_penalty = 0.2f;
         p.min_tokens = 8;
         p.stop_token_ids = {3};
+        p.logit_bias = {{3, 50.0f}, {4, -3.0f}, {11, 1.5f}};  // 3 stays masked by min_tokens
       },
       hist);
   return c;
@@ -475,6 +478,18 @@ TEST(Sampler, GreedyTakesThePenalizedArgmax) {
   const auto pen = reference_logits(logits, g, h, kEos);
   const int32_t want = static_cast<int32_t>(std::max_element(pen.begin(), pen.end()) - pen.begin());
   EXPECT_EQ(s.sample(to_tensor({logits}), std::vector{row(g, h)}).token_ids[0], want);
+  // logit_bias: +100 forces a token, -100 on the best one moves the argmax to the runner-up (the
+  // all-greedy fast path must not skip it).
+  SamplingParams b;
+  b.temperature = 0;
+  b.logit_bias = {{5, 100.0f}};
+  EXPECT_EQ(s.sample(to_tensor({logits}), std::vector{row(b, {})}).token_ids[0], 5);
+  b.logit_bias = {{best, -100.0f}};
+  auto rest = logits;
+  rest[best] = -kInf;
+  const int32_t second =
+      static_cast<int32_t>(std::max_element(rest.begin(), rest.end()) - rest.begin());
+  EXPECT_EQ(s.sample(to_tensor({logits}), std::vector{row(b, {})}).token_ids[0], second);
 }
 
 TEST(Sampler, LogprobsAreOfTheRawDistribution) {

@@ -57,6 +57,18 @@ TEST(SamplingParams, EachBadFieldIsNamed) {
          p.stop = {"a", ""};
        },
        "stop[1] must not be empty"},
+      {[](auto& p) {
+         p.logit_bias = {{3, 1.0f}, {-2, 1.0f}};
+       },
+       "logit_bias: token id must be >= 0, got -2"},
+      {[](auto& p) {
+         p.logit_bias = {{7, 100.5f}};
+       },
+       "logit_bias[7] must lie in [-100, 100], got 100.5"},
+      {[](auto& p) {
+         p.logit_bias = {{7, NAN}};
+       },
+       "logit_bias[7] must lie in [-100, 100]"},
   };
   for (const auto& [edit, want] : cases) {
     const std::string err = error_of(edit);

@@ -34,6 +34,7 @@ TEST(Protocol, CompletionFields) {
                        {"seed", -5},
                        {"stop", "x"},
                        {"stop_token_ids", {3, 4}},
+                       {"logit_bias", {{"5", -100}, {"17", 2.5}}},
                        {"n", 2},
                        {"logprobs", 3},
                        {"ignore_eos", true},
@@ -50,6 +51,8 @@ TEST(Protocol, CompletionFields) {
   EXPECT_EQ(*r.params.seed, static_cast<uint64_t>(int64_t{-5}));
   EXPECT_EQ(r.params.stop, std::vector<std::string>{"x"});
   EXPECT_EQ(r.params.stop_token_ids, (std::vector<int32_t>{3, 4}));
+  EXPECT_EQ(r.params.logit_bias,
+            (std::vector<std::pair<int32_t, float>>{{5, -100.0f}, {17, 2.5f}}));
   EXPECT_EQ(r.n, 2);
   EXPECT_EQ(r.params.logprobs, 3);
   EXPECT_TRUE(r.params.ignore_eos);
@@ -93,6 +96,14 @@ TEST(Protocol, ErrorsNameFieldAndValue) {
       {{{"prompt", "x"}, {"stream", "yes"}}, "stream", "\"yes\""},
       {{{"prompt", "x"}, {"model", 3}}, "model", "3"},
       {{{"prompt", "x"}, {"stop_token_ids", {-1}}}, "stop_token_ids", "-1"},
+      // logit_bias was accepted and ignored (any value, any key).
+      {{{"prompt", "x"}, {"logit_bias", {{"5", 101}}}}, "logit_bias", "101"},
+      {{{"prompt", "x"}, {"logit_bias", {{"5", "x"}}}}, "logit_bias", "\"x\""},
+      {{{"prompt", "x"}, {"logit_bias", {{"-5", 1}}}}, "logit_bias", "'-5'"},
+      {{{"prompt", "x"}, {"logit_bias", {{"a7", 1}}}}, "logit_bias", "'a7'"},
+      {{{"prompt", "x"}, {"logit_bias", {{"99999999999", 1}}}}, "logit_bias", "'99999999999'"},
+      {{{"prompt", "x"}, {"logit_bias", {{"5", 1}, {"05", 1}}}}, "logit_bias", "token 5 twice"},
+      {{{"prompt", "x"}, {"logit_bias", {1, 2}}}, "logit_bias", "[1,2]"},
   };
   for (const auto& c : cases) {
     const std::string e = error_of(c.body);

@@ -323,6 +323,25 @@ def run_single(tessera):
     got = client.completions.create(model="llama", prompt=prompt, max_tokens=10, temperature=0,
                                     extra_body={"ignore_eos": True}).choices[0].text
     check(got == ref, f"llama greedy text {got!r} == transformers {ref!r}")
+    # logit_bias against transformers' sequence_bias (the same bias added to one token's logit
+    # at every step): the first greedy token banned, another one pushed up.
+    first = int(out[0, ids.shape[1]])
+    pushed = int(out[0, ids.shape[1] + 2]) if int(out[0, ids.shape[1] + 2]) != first else 40
+    with torch.no_grad():
+        out_b = model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None,
+                               pad_token_id=1, sequence_bias={(first,): -100.0, (pushed,): 0.5})
+    ref_b = fast.decode(out_b[0, ids.shape[1]:], skip_special_tokens=True)
+    got_b = client.completions.create(model="llama", prompt=prompt, max_tokens=10, temperature=0,
+                                      logit_bias={str(first): -100, str(pushed): 0.5},
+                                      extra_body={"ignore_eos": True}).choices[0].text
+    check(got_b == ref_b and ref_b != ref,
+          f"llama greedy text with logit_bias {got_b!r} == transformers {ref_b!r} (!= {ref!r})")
+    try:
+        client.completions.create(model="llama", prompt=prompt, max_tokens=2,
+                                  logit_bias={"99999999": 1})
+        check(False, "a logit_bias id past the vocabulary accepted")
+    except openai.BadRequestError as e:
+        check("logit_bias" in str(e) and "99999999" in str(e), f"400 names logit_bias: {e}")
     disconnect_check(port, "llama", "llama", 400)
     stop_ok(proc, "llama server")
 
