@@ -140,6 +140,18 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
     r.messages = m;
     r.add_generation_prompt = boolean(body, "add_generation_prompt", true);
     if (present(body, "tools")) r.template_extra["tools"] = body["tools"];
+    // The tools go into the prompt (the chat template renders them) and the model's answer comes
+    // back as text: no tool-call parsing, no constrained decoding. "auto" and "none" are that;
+    // "required" or a named function would need the output constrained, and are refused rather
+    // than ignored (they were accepted and ignored).
+    if (present(body, "tool_choice") && body["tool_choice"] != "auto" &&
+        body["tool_choice"] != "none") {
+      throw ApiError(400,
+                     "'tool_choice' " + body["tool_choice"].dump() +
+                         " is not supported (it needs constrained decoding): use \"auto\" or "
+                         "\"none\"",
+                     "tool_choice");
+    }
     if (present(body, "chat_template_kwargs")) {
       if (!body["chat_template_kwargs"].is_object()) {
         bad_field("chat_template_kwargs", "an object", body["chat_template_kwargs"]);
@@ -284,6 +296,14 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
   }
   r.priority = static_cast<int>(
       integer(body, "priority", 0, -1000000, 1000000, "an integer in [-1000000, 1000000]"));
+  // vLLM's guided decoding: a constraint on the output, refused rather than dropped (the
+  // request was answered unconstrained).
+  for (const char* g :
+       {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
+    if (present(body, g)) {
+      throw ApiError(400, std::string("'") + g + "' (guided decoding) is not supported", g);
+    }
+  }
   if (present(body, "response_format")) {
     const json& f = body["response_format"];
     if (!f.is_object() || !f.contains("type") || f["type"] != "text") {

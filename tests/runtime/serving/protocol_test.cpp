@@ -112,6 +112,21 @@ TEST(Protocol, ErrorsNameFieldAndValue) {
   }
   EXPECT_NE(error_of({{"prompt", "x"}, {"echo", true}, {"logprobs", 1}}).find("echo"),
             std::string::npos);
+  // Output constraints that cannot be honoured are refused, never dropped (they were ignored).
+  const json msgs = {{{"role", "user"}, {"content", "hi"}}};
+  for (const json& choice :
+       {json("required"), json({{"type", "function"}, {"function", {{"name", "f"}}}})}) {
+    EXPECT_EQ(
+        error_of({{"messages", msgs}, {"tool_choice", choice}}, true).rfind("tool_choice:", 0), 0u)
+        << choice;
+  }
+  for (const json& choice : {json("auto"), json("none")}) {
+    EXPECT_EQ(error_of({{"messages", msgs}, {"tool_choice", choice}}, true), "accepted") << choice;
+  }
+  for (const char* g : {"guided_json", "guided_regex", "guided_choice", "guided_grammar"}) {
+    EXPECT_EQ(error_of({{"prompt", "x"}, {g, json::object()}}).rfind(std::string(g) + ":", 0), 0u)
+        << g;
+  }
   EXPECT_NE(error_of({{"prompt", "x"}, {"stream_options", {{"include_usage", true}}}})
                 .find("stream_options"),
             std::string::npos);
