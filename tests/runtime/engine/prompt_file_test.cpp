@@ -30,13 +30,19 @@ TEST(PromptFile, LinesWithTheirOwnParametersAndBadLinesAlone) {
       << R"({"prompt": [1, -2]})"
       << "\n"
       << R"({"prompt": "ok", "top_p": 0.5, "priority": 2, "logprobs": 3})"
+      << "\n"
+      << R"({"prompt": "b", "logit_bias": {"7": -100, "3": 2.5}})"
+      << "\n"
+      << R"({"prompt": "b", "logit_bias": {"x": 1}})"
+      << "\n"
+      << R"({"prompt": "b", "logit_bias": {"7": 300}})"
       << "\n";
   }
   scheduler::SamplingParams defaults;
   defaults.max_tokens = 32;
   const auto specs = read_prompt_file(path.string(), defaults);
   std::filesystem::remove(path);
-  ASSERT_EQ(specs.size(), 7u);
+  ASSERT_EQ(specs.size(), 10u);
   EXPECT_EQ(specs[0].text, "hello");
   EXPECT_FALSE(specs[0].has_ids);
   EXPECT_EQ(specs[0].id, "a");
@@ -58,6 +64,11 @@ TEST(PromptFile, LinesWithTheirOwnParametersAndBadLinesAlone) {
   EXPECT_EQ(specs[6].priority, 2);
   EXPECT_FLOAT_EQ(specs[6].params.top_p, 0.5f);
   EXPECT_EQ(specs[6].params.logprobs, 3);
+  EXPECT_TRUE(specs[7].error.empty()) << specs[7].error;
+  EXPECT_EQ(specs[7].params.logit_bias,
+            (std::vector<std::pair<int32_t, float>>{{3, 2.5f}, {7, -100.0f}}));
+  EXPECT_EQ(specs[8].error, "line 10: logit_bias keys must be token ids, got 'x'");
+  EXPECT_EQ(specs[9].error, "line 11: logit_bias[7] must lie in [-100, 100], got 300");
 }
 
 TEST(PromptFile, IdLists) {
