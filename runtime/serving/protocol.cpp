@@ -139,6 +139,14 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
     }
     r.messages = m;
     r.add_generation_prompt = boolean(body, "add_generation_prompt", true);
+    r.continue_final_message = boolean(body, "continue_final_message", false);
+    if (r.continue_final_message && r.add_generation_prompt) {
+      // As vLLM: both would put a new turn's header after the message being continued.
+      throw ApiError(400,
+                     "'continue_final_message' needs 'add_generation_prompt' set to false (both "
+                     "cannot be true)",
+                     "continue_final_message");
+    }
     if (present(body, "tools")) r.template_extra["tools"] = body["tools"];
     // The tools go into the prompt (the chat template renders them) and the model's answer comes
     // back as text: no tool-call parsing, no constrained decoding. "auto" and "none" are that;

@@ -56,6 +56,9 @@ struct GenerationRequest {
   std::vector<PromptInput> prompts;  // completions: one or more prompts
   nlohmann::json messages;           // chat
   bool add_generation_prompt = true;
+  // vLLM's continue_final_message: the prompt ends inside the final message (its content the
+  // start of the answer, as a prefill), not after its end-of-turn markup.
+  bool continue_final_message = false;
   nlohmann::json template_extra = nlohmann::json::object();  // tools, chat_template_kwargs
   scheduler::SamplingParams params;  // max_tokens filled in once the prompt length is known
   std::optional<int32_t> max_tokens;

@@ -123,6 +123,14 @@ TEST(Protocol, ErrorsNameFieldAndValue) {
   for (const json& choice : {json("auto"), json("none")}) {
     EXPECT_EQ(error_of({{"messages", msgs}, {"tool_choice", choice}}, true), "accepted") << choice;
   }
+  EXPECT_EQ(error_of({{"messages", msgs}, {"continue_final_message", true}}, true)
+                .rfind("continue_final_message:", 0),
+            0u);
+  EXPECT_EQ(
+      error_of(
+          {{"messages", msgs}, {"continue_final_message", true}, {"add_generation_prompt", false}},
+          true),
+      "accepted");
   for (const char* g : {"guided_json", "guided_regex", "guided_choice", "guided_grammar"}) {
     EXPECT_EQ(error_of({{"prompt", "x"}, {g, json::object()}}).rfind(std::string(g) + ":", 0), 0u)
         << g;

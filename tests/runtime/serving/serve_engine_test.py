@@ -298,8 +298,25 @@ def run_single(tessera):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
     rendered = jinja2.Template(CHATML).render(messages=messages, add_generation_prompt=True)
     # The chat's prompt is the rendered text without added specials (the template has them).
-    generation_checks(port, "tiny", lambda p: 1 + len(p.encode()), len(rendered.encode()),
-                      messages, "tiny")
+    client = generation_checks(port, "tiny", lambda p: 1 + len(p.encode()),
+                               len(rendered.encode()), messages, "tiny")
+    # continue_final_message (vLLM): the prompt ends inside the final (assistant) message, after
+    # its content: jinja2's rendering without the generation prompt, cut there.
+    prefill = messages + [{"role": "assistant", "content": "Hello th"}]
+    whole = jinja2.Template(CHATML).render(messages=prefill, add_generation_prompt=False)
+    want = whole[:whole.rindex("Hello th") + len("Hello th")]
+    cont = client.chat.completions.create(
+        model="tiny", messages=prefill, max_tokens=4, temperature=0,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False})
+    check(cont.usage.prompt_tokens == len(want.encode()) and want.endswith("Hello th"),
+          f"continue_final_message: prompt {cont.usage.prompt_tokens} tokens == "
+          f"{len(want.encode())} (the rendering cut after the final content)")
+    try:
+        client.chat.completions.create(model="tiny", messages=prefill, max_tokens=2,
+                                       extra_body={"continue_final_message": True})
+        check(False, "continue_final_message with add_generation_prompt accepted")
+    except openai.BadRequestError as e:
+        check("continue_final_message" in str(e), f"400 names continue_final_message: {e}")
     dt, steps = disconnect_check(port, "tiny", "tiny", 3000)
     stop_ok(proc, "tiny server", port)
     print(f"tiny: {time.time() - T0:.1f} s", flush=True)
