@@ -37,9 +37,11 @@ DigitsData load_digits(const std::string& path) {
   DigitsData d;
   std::istringstream lines(text);
   std::string line;
-  int64_t row = 0;
+  int64_t row = 0, line_no = 0;  // rows read; lines of the file (blank ones too, for messages)
   while (std::getline(lines, line)) {
-    if (line.empty() || line == "\r") continue;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
     std::vector<double> values;
     std::istringstream fields(line);
     std::string field;
@@ -51,18 +53,20 @@ DigitsData load_digits(const std::string& path) {
       } catch (const std::exception&) {
         used = 0;
       }
-      TESSERA_CHECK(used > 0, "data file ", path, " line ", row + 1, ": '", field,
+      // The whole field ("5x" was read as 5), spaces around it allowed.
+      const bool rest_blank = field.find_first_not_of(" \t", used) == std::string::npos;
+      TESSERA_CHECK(used > 0 && rest_blank, "data file ", path, " line ", line_no, ": '", field,
                     "' is not a number");
       values.push_back(v);
     }
-    TESSERA_CHECK(values.size() == 65, "data file ", path, " line ", row + 1, ": expected 65 ",
+    TESSERA_CHECK(values.size() == 65, "data file ", path, " line ", line_no, ": expected 65 ",
                   "values (64 pixels and the label), got ", values.size());
     const double label = values[64];
     TESSERA_CHECK(label >= 0 && label <= 9 && label == static_cast<int64_t>(label), "data file ",
-                  path, " line ", row + 1, ": label ", label, " is not a digit");
+                  path, " line ", line_no, ": label ", label, " is not a digit");
     DigitsSet& set = row % 5 == 0 ? d.test : d.train;
     for (int i = 0; i < 64; ++i) {
-      TESSERA_CHECK(values[i] >= 0 && values[i] <= 16, "data file ", path, " line ", row + 1,
+      TESSERA_CHECK(values[i] >= 0 && values[i] <= 16, "data file ", path, " line ", line_no,
                     ": pixel ", i, " = ", values[i], " is outside [0, 16]");
       set.pixels.push_back(static_cast<float>(values[i]));
     }

@@ -149,6 +149,27 @@ TEST(DigitsData, ReadsSklearnsFile) {
   for (auto l : d.test.labels) ++counts[l];
   EXPECT_EQ(counts, (std::vector<int>{178, 182, 177, 183, 181, 182, 181, 179, 174, 180}));
   EXPECT_THROW(load_digits("/nonexistent.csv.gz"), Error);
+  // A bad field names the file's own line (blank lines counted) and the field; "5x" was read as
+  // 5. zlib reads a plain file as it is.
+  const std::string good_row = [] {
+    std::string r;
+    for (int i = 0; i < 64; ++i) r += std::to_string(i % 17) + ",";
+    return r + "3";
+  }();
+  const auto tmp = std::filesystem::temp_directory_path() / "tessera_bad_digits.csv";
+  for (const auto& [bad_row, want] : std::vector<std::pair<std::string, std::string>>{
+           {"5x" + good_row.substr(1), "line 4: '5x' is not a number"},
+           {good_row.substr(0, good_row.size() - 1) + "3.5", "line 4: label 3.5 is not a digit"},
+           {"17" + good_row.substr(1), "line 4: pixel 0 = 17 is outside [0, 16]"}}) {
+    std::ofstream(tmp) << good_row << "\n\n" << good_row << "\r\n" << bad_row << "\n";
+    try {
+      load_digits(tmp.string());
+      ADD_FAILURE() << bad_row;
+    } catch (const Error& e) {
+      EXPECT_NE(e.message().find(want), std::string::npos) << e.message();
+    }
+  }
+  std::filesystem::remove(tmp);
   // Every epoch is a permutation; epochs differ; the order does not depend on anything but seed.
   SampleStream s(100, 3), t(100, 3);
   std::vector<int> seen(100, 0);
