@@ -418,16 +418,10 @@ void ApiServer::Impl::handle_tokenize(const std::shared_ptr<Exchange>& ex) {
     const auto& tok = backend.tokenizer();
     std::vector<int32_t> ids;
     if (body.contains("messages")) {
-      const json& m = body["messages"];
-      if (!m.is_array() || m.empty()) bad_field("messages", "a non-empty list of messages", m);
-      std::string text;
-      try {
-        text =
-            tok.render_chat(m, boolean_field(body, "add_generation_prompt", true), json::object());
-      } catch (const Error& e) {
-        throw ApiError(400, e.message(), "messages");
-      }
-      ids = tok.encode(text, boolean_field(body, "add_special_tokens", false));
+      // The prompt the chat route would build (tools, chat_template_kwargs,
+      // continue_final_message included), so that the count is the one a chat request uses.
+      const GenerationRequest req = parse_generation_request(body, true, 1);
+      ids = tok.encode(chat_prompt_text(tok, req), req.add_special_tokens);
     } else if (body.contains("prompt") && body["prompt"].is_string()) {
       ids = tok.encode(body["prompt"].get<std::string>(),
                        boolean_field(body, "add_special_tokens", true));

@@ -20,37 +20,6 @@ namespace {
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// continue_final_message (vLLM): the rendered chat cut right after the final message's content,
-// so that what the template puts after it (an end-of-turn token, a newline) is not in the prompt
-// and the model continues that text. The content is found from the end of the rendering; a
-// template that does not print it verbatim cannot be continued (a 400).
-std::string up_to_final_content(const std::string& rendered, const nlohmann::json& message) {
-  std::string content;
-  const nlohmann::json* c =
-      message.is_object() && message.contains("content") ? &message["content"] : nullptr;
-  if (c != nullptr && c->is_string()) {
-    content = c->get<std::string>();
-  } else if (c != nullptr && c->is_array()) {
-    for (const auto& part : *c) {
-      if (part.is_object() && part.contains("text") && part["text"].is_string()) {
-        content += part["text"].get<std::string>();
-      }
-    }
-  }
-  if (content.empty()) {
-    throw ApiError(400, "'continue_final_message' needs a final message with text content",
-                   "continue_final_message");
-  }
-  const size_t at = rendered.rfind(content);
-  if (at == std::string::npos) {
-    throw ApiError(400,
-                   "'continue_final_message': the chat template does not print the final "
-                   "message's content verbatim, so the prompt cannot end inside it",
-                   "continue_final_message");
-  }
-  return rendered.substr(0, at + content.size());
-}
-
 struct Sequence {
   std::string engine_id;
   int index = 0;  // the choice index
@@ -109,13 +78,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
     const int64_t max_len = engine_->max_model_len();
     std::vector<PromptInput> prompts;
     if (req_.chat) {
-      std::string text;
-      try {
-        text = tok_->render_chat(req_.messages, req_.add_generation_prompt, req_.template_extra);
-      } catch (const Error& e) {
-        throw ApiError(400, e.message(), "messages");
-      }
-      if (req_.continue_final_message) text = up_to_final_content(text, req_.messages.back());
+      const std::string text = chat_prompt_text(*tok_, req_);
       prompts.push_back({false, text, tok_->encode(text, req_.add_special_tokens)});
     } else {
       for (auto& p : req_.prompts) {

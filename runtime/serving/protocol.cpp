@@ -6,6 +6,8 @@
 #include <limits>
 #include <set>
 
+#include "common/error.h"
+
 namespace tessera::serving {
 
 using nlohmann::json;
@@ -94,6 +96,37 @@ std::vector<int32_t> id_list(const json& v, const std::string& field) {
     ids.push_back(static_cast<int32_t>(x.get<int64_t>()));
   }
   return ids;
+}
+
+// continue_final_message (vLLM): the rendered chat cut right after the final message's content,
+// so that what the template puts after it (an end-of-turn token, a newline) is not in the prompt
+// and the model continues that text. The content is found from the end of the rendering; a
+// template that does not print it verbatim cannot be continued (a 400).
+std::string up_to_final_content(const std::string& rendered, const nlohmann::json& message) {
+  std::string content;
+  const nlohmann::json* c =
+      message.is_object() && message.contains("content") ? &message["content"] : nullptr;
+  if (c != nullptr && c->is_string()) {
+    content = c->get<std::string>();
+  } else if (c != nullptr && c->is_array()) {
+    for (const auto& part : *c) {
+      if (part.is_object() && part.contains("text") && part["text"].is_string()) {
+        content += part["text"].get<std::string>();
+      }
+    }
+  }
+  if (content.empty()) {
+    throw ApiError(400, "'continue_final_message' needs a final message with text content",
+                   "continue_final_message");
+  }
+  const size_t at = rendered.rfind(content);
+  if (at == std::string::npos) {
+    throw ApiError(400,
+                   "'continue_final_message': the chat template does not print the final "
+                   "message's content verbatim, so the prompt cannot end inside it",
+                   "continue_final_message");
+  }
+  return rendered.substr(0, at + content.size());
 }
 
 }  // namespace
@@ -320,6 +353,17 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
     }
   }
   return r;
+}
+
+std::string chat_prompt_text(const ServingTokenizer& tok, const GenerationRequest& r) {
+  std::string text;
+  try {
+    text = tok.render_chat(r.messages, r.add_generation_prompt, r.template_extra);
+  } catch (const Error& e) {
+    throw ApiError(400, e.message(), "messages");
+  }
+  if (r.continue_final_message) text = up_to_final_content(text, r.messages.back());
+  return text;
 }
 
 }  // namespace tessera::serving

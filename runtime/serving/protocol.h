@@ -12,6 +12,7 @@
 
 #include "runtime/engine/engine_client.h"
 #include "runtime/serving/http_types.h"
+#include "runtime/serving/tokenizer.h"
 
 namespace tessera::serving {
 
@@ -76,6 +77,12 @@ struct GenerationRequest {
 };
 
 GenerationRequest parse_generation_request(const nlohmann::json& body, bool chat, int max_n);
+
+// A chat request's prompt text, as /v1/chat/completions and /tokenize both build it: the template
+// rendered with the request's tools and chat_template_kwargs, with or without the generation
+// prompt, cut after the final message's content for continue_final_message. Throws ApiError 400
+// naming "messages" (the template failed) or "continue_final_message".
+std::string chat_prompt_text(const ServingTokenizer& tok, const GenerationRequest& r);
 
 // "prompt" or "tokens"-style inputs of /tokenize and /v1/embeddings: a string, a list of strings,
 // a list of ids or a list of lists of ids.

@@ -311,6 +311,17 @@ def run_single(tessera):
     check(cont.usage.prompt_tokens == len(want.encode()) and want.endswith("Hello th"),
           f"continue_final_message: prompt {cont.usage.prompt_tokens} tokens == "
           f"{len(want.encode())} (the rendering cut after the final content)")
+    # /tokenize builds the same chat prompt (it ignored continue_final_message, tools and
+    # chat_template_kwargs).
+    import urllib.request
+    treq = urllib.request.Request(
+        f"http://127.0.0.1:{port}/tokenize", headers={"Content-Type": "application/json"},
+        data=json.dumps({"model": "tiny", "messages": prefill, "continue_final_message": True,
+                         "add_generation_prompt": False}).encode())
+    with urllib.request.urlopen(treq, timeout=30) as r:
+        count = json.loads(r.read())["count"]
+    check(count == cont.usage.prompt_tokens,
+          f"/tokenize count {count} == the chat's prompt_tokens {cont.usage.prompt_tokens}")
     try:
         client.chat.completions.create(model="tiny", messages=prefill, max_tokens=2,
                                        extra_body={"continue_final_message": True})
