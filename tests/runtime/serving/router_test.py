@@ -86,45 +86,69 @@ def cli_errors():
               f"{r.returncode}, stderr {r.stderr.strip()!r}")
 
 
-def cut_event_check():
-    """A replica that dies in the middle of an SSE event: the client gets the whole events before
-    it, then a parseable error event and [DONE]; the cut-off half event is not passed on (glued to
-    the error event it made both unreadable)."""
+# A fake replica's pieces: a listening socket on an ephemeral port, a request head read whole,
+# and the answer of a healthy /health.
+HEALTH_OK = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 15\r\n\r\n{\"status\":\"ok\"}")
+
+
+def fake_listener():
     import socket
-    import threading
-    first = 'data: {"choices":[{"index":0,"text":"Hello","finish_reason":null}]}\n\n'
-    half = 'data: {"choices":[{"index":0,"te'
     lsock = socket.socket()
     lsock.bind(("127.0.0.1", 0))
-    lsock.listen(16)
-    port = lsock.getsockname()[1]
+    lsock.listen(64)
+    return lsock, lsock.getsockname()[1]
 
-    def serve():
+
+def serve_forever(lsock, handle):
+    """Accepts on `lsock` in a daemon thread, `handle(conn)` for each connection, until the socket
+    is closed."""
+    import threading
+
+    def loop():
         while True:
             try:
                 conn, _ = lsock.accept()
             except OSError:
                 return
-            data = b""
-            while b"\r\n\r\n" not in data:
-                more = conn.recv(65536)
-                if not more:
-                    break
-                data += more
-            if data.startswith(b"GET /health"):
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: 15\r\n\r\n{\"status\":\"ok\"}")
-            else:  # a stream (chunked, as ours): one event, half of the next, then it is gone
-                def chunk(text):
-                    return f"{len(text):x}\r\n{text}\r\n".encode()
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                             b"Transfer-Encoding: chunked\r\n\r\n" + chunk(first))
-                time.sleep(0.1)
-                conn.sendall(chunk(half))
-                time.sleep(0.1)
-            conn.close()
+            handle(conn)
 
-    threading.Thread(target=serve, daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+
+
+def read_head(conn):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = conn.recv(65536)
+        if not more:
+            break
+        data += more
+    return data
+
+
+def cut_event_check():
+    """A replica that dies in the middle of an SSE event: the client gets the whole events before
+    it, then a parseable error event and [DONE]; the cut-off half event is not passed on (glued to
+    the error event it made both unreadable)."""
+    first = 'data: {"choices":[{"index":0,"text":"Hello","finish_reason":null}]}\n\n'
+    half = 'data: {"choices":[{"index":0,"te'
+    lsock, port = fake_listener()
+
+    def answer(conn):
+        data = read_head(conn)
+        if data.startswith(b"GET /health"):
+            conn.sendall(HEALTH_OK)
+        else:  # a stream (chunked, as ours): one event, half of the next, then it is gone
+            def chunk(text):
+                return f"{len(text):x}\r\n{text}\r\n".encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n" + chunk(first))
+            time.sleep(0.1)
+            conn.sendall(chunk(half))
+            time.sleep(0.1)
+        conn.close()
+
+    serve_forever(lsock, answer)
     router, rport = start_router(TESSERA, [f"http://127.0.0.1:{port}"], "--health-interval", "0.2")
     wait_until(lambda: all(w["healthy"] for w in workers(rport)), 10, "the fake replica healthy")
     status, _, raw = http(rport, "POST", "/v1/completions",
@@ -149,21 +173,12 @@ def slow_health_check():
     stays in rotation (fewer than --health-failures, 3) and every request through the router is
     answered 200 (one failed check took it out, and until the next good check every request got
     503 "no healthy replica"). After 3 failed checks in a row it is taken out."""
-    import socket
     import threading
     state = {"slow": 0, "fail": False, "health": 0}
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(64)
-    port = lsock.getsockname()[1]
+    lsock, port = fake_listener()
 
     def answer(conn):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = conn.recv(65536)
-            if not more:
-                break
-            data += more
+        data = read_head(conn)
         if data.startswith(b"GET /health"):
             state["health"] += 1
             if state["slow"] > 0:
@@ -172,23 +187,15 @@ def slow_health_check():
             if state["fail"]:
                 conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
             else:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: 15\r\n\r\n{\"status\":\"ok\"}")
+                conn.sendall(HEALTH_OK)
         else:
             body = b'{"choices":[{"index":0,"text":"ok","finish_reason":"length"}]}'
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                          b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         conn.close()
 
-    def serve():
-        while True:
-            try:
-                conn, _ = lsock.accept()
-            except OSError:
-                return
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
+    # A thread per connection: a slow /health must not hold the completions back.
+    serve_forever(lsock, lambda c: threading.Thread(target=answer, args=(c,), daemon=True).start())
     router, rport = start_router(TESSERA, [f"http://127.0.0.1:{port}"], "--health-interval",
                                  "0.1", "--health-timeout", "0.3")
     try:
