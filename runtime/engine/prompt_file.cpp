@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "runtime/scheduler/logit_bias.h"
 
 namespace tessera::engine {
 
@@ -112,19 +113,7 @@ void parse_into(const json& j, PromptSpec& s) {
     } else if (key == "logprobs") {
       p.logprobs = static_cast<int32_t>(as_int(v, k));
     } else if (key == "logit_bias") {
-      // As the server takes it: {"token id": bias}; validate() checks the ranges.
-      TESSERA_CHECK(v.is_object(), "logit_bias must be an object of token id -> bias, got ",
-                    v.dump());
-      p.logit_bias.clear();
-      for (const auto& [id, bias] : v.items()) {
-        const json key_id = json::parse(id, nullptr, false);
-        TESSERA_CHECK(!key_id.is_discarded() && key_id.is_number_integer() &&
-                          std::to_string(key_id.get<int64_t>()) == id &&
-                          key_id.get<int64_t>() <= std::numeric_limits<int32_t>::max(),
-                      "logit_bias keys must be token ids, got '", id, "'");
-        p.logit_bias.emplace_back(static_cast<int32_t>(key_id.get<int64_t>()),
-                                  as_float(bias, "logit_bias"));
-      }
+      p.logit_bias = scheduler::parse_logit_bias(v);
     } else {
       TESSERA_FAIL("unknown field \"", key, "\"");
     }

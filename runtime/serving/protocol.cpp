@@ -1,12 +1,10 @@
 #include "runtime/serving/protocol.h"
 
-#include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <limits>
-#include <set>
 
 #include "common/error.h"
+#include "runtime/scheduler/logit_bias.h"
 
 namespace tessera::serving {
 
@@ -273,31 +271,11 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
     p.stop_token_ids = id_list(s, "stop_token_ids");
   }
   if (present(body, "logit_bias")) {
-    // OpenAI: {"token id": bias}, ids as JSON object keys (strings), biases in [-100, 100].
-    const json& lb = body["logit_bias"];
-    if (!lb.is_object()) bad_field("logit_bias", "an object of token id -> bias", lb);
-    std::set<int64_t> seen;
-    for (const auto& [key, bias] : lb.items()) {
-      int64_t id = -1;
-      const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
-      if (ec != std::errc() || end != key.data() + key.size() || id < 0 ||
-          id > std::numeric_limits<int32_t>::max()) {
-        throw ApiError(400, "'logit_bias' keys must be token ids >= 0, got '" + key + "'",
-                       "logit_bias");
-      }
-      if (!seen.insert(id).second) {
-        throw ApiError(400, "'logit_bias' names token " + std::to_string(id) + " twice",
-                       "logit_bias");
-      }
-      if (!bias.is_number() || !(bias.get<double>() >= -100.0 && bias.get<double>() <= 100.0)) {
-        throw ApiError(400,
-                       "'logit_bias' values must be numbers in [-100, 100], got " + bias.dump() +
-                           " for token " + key,
-                       "logit_bias");
-      }
-      p.logit_bias.emplace_back(static_cast<int32_t>(id), bias.get<float>());
+    try {
+      p.logit_bias = scheduler::parse_logit_bias(body["logit_bias"]);
+    } catch (const Error& e) {
+      throw ApiError(400, e.message(), "logit_bias");
     }
-    std::sort(p.logit_bias.begin(), p.logit_bias.end());  // by id, not by the keys' text
   }
   p.include_stop_str_in_output = boolean(body, "include_stop_str_in_output", false);
   r.skip_special_tokens = boolean(body, "skip_special_tokens", true);
