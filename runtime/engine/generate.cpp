@@ -111,7 +111,7 @@ GenerateReport run_generate(const GenerateJob& job, sharding::Communicator* worl
   rep.world = world_size;
   agreed(world, [&] {
     TESSERA_CHECK(job.dp >= 1, "--dp must be >= 1, got ", job.dp);
-    TESSERA_CHECK(job.tp >= 0, "--tp must be >= 1, got ", job.tp);
+    TESSERA_CHECK(job.tp >= 0, "--tp must be >= 1 (or 0: the job's ranks / --dp), got ", job.tp);
     rep.dp = job.dp;
     rep.tp = job.tp > 0 ? job.tp : world_size / job.dp;
     TESSERA_CHECK(rep.tp >= 1 && rep.tp * rep.dp == world_size, "--tp ", rep.tp, " x --dp ", rep.dp,
