@@ -278,6 +278,14 @@ torch::Tensor DecoderModel::hidden_states(const ForwardInputs& in,
   TESSERA_CHECK(attention.logit_softcap() == config_.attn_logit_softcapping,
                 "the attention backend soft-caps scores at ", attention.logit_softcap(),
                 ", the model's attn_logit_softcapping is ", config_.attn_logit_softcapping);
+  if (merged_ >= 0 && in.lora_ids.defined()) {
+    const auto ids = in.lora_ids.to(torch::kCPU, torch::kInt).contiguous();
+    for (int64_t s = 0; s < ids.numel(); ++s) {
+      TESSERA_CHECK(ids.data_ptr<int32_t>()[s] < 0, "sequence ", s, " names LoRA adapter ",
+                    ids.data_ptr<int32_t>()[s], " while adapter ", merged_,
+                    " is merged into the weights");
+    }
+  }
   auto [cos, sin] = rotary_.cos_sin(in.positions, in.seq_lens);
 
   const auto tok = in.tokens.to(device_);
@@ -349,6 +357,8 @@ int DecoderModel::add_lora(const LoraAdapter& adapter) {
   TESSERA_CHECK(static_cast<int64_t>(adapter.layers.size()) == config_.num_hidden_layers,
                 "LoRA adapter '", adapter.dir, "' has ", adapter.layers.size(),
                 " layers, the model ", config_.num_hidden_layers);
+  TESSERA_CHECK(merged_ < 0, "LoRA adapter '", adapter.dir, "' added while adapter ", merged_,
+                " is merged");
   for (const auto& other : loras_) {
     TESSERA_CHECK(adapter.name.empty() || other.name != adapter.name, "LoRA adapter name '",
                   adapter.name, "' is given twice");
@@ -427,6 +437,12 @@ void DecoderModel::merge_lora(int index, double sign) {
                 num_loras(), ")");
   TESSERA_CHECK(quantization_ == WeightQuantization::kNone, "LoRA adapter '", loras_[index].name,
                 "' cannot be merged into int8 weights (it runs unmerged)");
+  if (sign > 0) {
+    TESSERA_CHECK(merged_ < 0, "LoRA adapter ", index, " cannot be merged: adapter ", merged_,
+                  " is merged");
+  } else {
+    TESSERA_CHECK(merged_ == index, "LoRA adapter ", index, " is not merged");
+  }
   const auto& a = loras_[index];
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& L = layers_[l];
@@ -445,6 +461,7 @@ void DecoderModel::merge_lora(int index, double sign) {
       part.copy_(part.to(torch::kDouble).add_(delta, sign * a.scale));
     }
   }
+  merged_ = sign > 0 ? index : -1;
 }
 
 void DecoderModel::merge_lora(int index) { merge_lora(index, 1.0); }

@@ -104,9 +104,12 @@ class DecoderModel {
   int num_loras() const { return static_cast<int>(loras_.size()); }
   const std::string& lora_name(int index) const { return loras_.at(index).name; }
   // Adds (merge) or subtracts (unmerge) scale * B A into the base weights: afterwards requests on
-  // the base model compute the adapter's function at the base's speed. Merge one at a time.
+  // the base model compute the adapter's function at the base's speed. One adapter merged at a
+  // time, unmerged only when merged; while one is merged, forwards must not name adapters and
+  // none can be added (each would run on the merged weights).
   void merge_lora(int index);
   void unmerge_lora(int index);
+  int merged_lora() const { return merged_; }  // -1: none
   // The fused linear weights by name ("layers.<l>.qkv_w", ...) as this rank holds them (tests).
   std::map<std::string, torch::Tensor> linear_weights() const;
 
@@ -172,6 +175,7 @@ class DecoderModel {
   };
   std::vector<LocalLora> loras_;
   std::vector<std::array<kernels::LoraStack, kNumLoraModules>> lora_stacks_;
+  int merged_ = -1;  // the merged adapter's index
 };
 
 }  // namespace tessera::models

@@ -197,6 +197,37 @@ TEST(Lora, MergeThenUnmergeRestoresTheWeights) {
   }
 }
 
+// One adapter merged at a time: a second merge, an unmerge of one that is not merged, an adapter
+// added or a forward naming one while merged would each compute on the wrong weights; each is an
+// error that leaves the weights as they were.
+TEST(Lora, MergeBookkeepingRefusesWhatWouldComputeOnTheWrongWeights) {
+  LORA_FIXTURE(f);
+  ASSERT_GE(f.adapters.size(), 3u);
+  auto model = load_base(f);
+  auto load = [&](size_t i) {
+    return LoraAdapter::load(f.adapters[i], f.dir + "/" + f.adapters[i], f.config);
+  };
+  const int a = model->add_lora(load(0)), b = model->add_lora(load(1));
+  EXPECT_EQ(model->merged_lora(), -1);
+  EXPECT_THROW(model->unmerge_lora(a), Error);  // nothing merged: would subtract B A
+  model->merge_lora(a);
+  EXPECT_EQ(model->merged_lora(), a);
+  std::map<std::string, torch::Tensor> merged;
+  for (const auto& [n, t] : model->linear_weights()) merged[n] = t.clone();
+  EXPECT_THROW(model->merge_lora(a), Error);    // twice
+  EXPECT_THROW(model->merge_lora(b), Error);    // a second one
+  EXPECT_THROW(model->unmerge_lora(b), Error);  // not the merged one
+  EXPECT_THROW(model->add_lora(load(2)), Error);
+  const auto prompt = read_tensor(f.dir + "/" + f.adapters[0] + "/reference.safetensors", "prompt");
+  EXPECT_THROW(run(*model, {prompt}, {b}), Error);
+  EXPECT_NO_THROW(run(*model, {prompt}, {-1}));  // the base rows: the merged model
+  for (const auto& [n, t] : model->linear_weights()) EXPECT_TRUE(torch::equal(t, merged[n])) << n;
+  model->unmerge_lora(a);
+  EXPECT_EQ(model->merged_lora(), -1);
+  EXPECT_EQ(model->add_lora(load(2)), 2);
+  EXPECT_NO_THROW(run(*model, {prompt}, {b}));
+}
+
 TEST(Lora, MixedBatchEqualsEachRequestOnItsMergedModel) {
   LORA_FIXTURE(f);
   auto model = load_base(f);
