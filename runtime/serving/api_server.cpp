@@ -13,6 +13,28 @@ namespace tessera::serving {
 
 using nlohmann::json;
 
+namespace {
+// A path segment with its %XX escapes decoded (a '%' not followed by two hex digits stays as is).
+std::string percent_decode(std::string_view s) {
+  auto hex = [](char c) {
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+  };
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && hex(s[i + 1]) >= 0 && hex(s[i + 2]) >= 0) {
+      out += static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2]));
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+}  // namespace
+
 bool constant_time_equal(std::string_view a, std::string_view b) {
   // Walks the longer length whatever the contents, so timing reveals at most the lengths.
   const size_t n = std::max(a.size(), b.size());
@@ -247,9 +269,16 @@ void ApiServer::Impl::handle(const std::shared_ptr<Exchange>& ex) {
     if (opt.on_shutdown_request) opt.on_shutdown_request();
     return;
   }
+  // GET /v1/models/{id}: one route for every id (one metrics label), the id percent-decoded.
+  static const Route model_route = {"/v1/models/{model}", "GET"};
+  static constexpr std::string_view kModelPrefix = "/v1/models/";
   const Route* route = nullptr;
   for (const auto& r : routes) {
     if (req.path == r.path) route = &r;
+  }
+  if (route == nullptr && req.path.size() > kModelPrefix.size() &&
+      req.path.compare(0, kModelPrefix.size(), kModelPrefix) == 0) {
+    route = &model_route;
   }
   if (route == nullptr) {
     reply(*ex, "other", error_response(404, "no route " + req.path));
@@ -285,6 +314,8 @@ void ApiServer::Impl::handle(const std::shared_ptr<Exchange>& ex) {
       handle_embeddings(ex);
     } else if (name == "/v1/models") {
       handle_models(ex);
+    } else if (route == &model_route) {
+      handle_model(ex, percent_decode(req.path.substr(kModelPrefix.size())));
     } else if (name == "/health") {
       handle_health(ex);
     } else if (name == "/metrics") {
@@ -302,7 +333,7 @@ void ApiServer::Impl::handle(const std::shared_ptr<Exchange>& ex) {
   }
 }
 
-void ApiServer::Impl::handle_models(const std::shared_ptr<Exchange>& ex) {
+json ApiServer::Impl::model_objects() const {
   json data = json::array();
   for (const auto& m : models) {
     json parent;
@@ -327,9 +358,25 @@ void ApiServer::Impl::handle_models(const std::shared_ptr<Exchange>& ex) {
                       {"parent", m.name}});
     }
   }
+  return data;
+}
+
+void ApiServer::Impl::handle_models(const std::shared_ptr<Exchange>& ex) {
   HttpResponse r;
-  r.body = dump_json({{"object", "list"}, {"data", data}});
+  r.body = dump_json({{"object", "list"}, {"data", model_objects()}});
   reply(*ex, "/v1/models", std::move(r));
+}
+
+void ApiServer::Impl::handle_model(const std::shared_ptr<Exchange>& ex, const std::string& id) {
+  for (const auto& m : model_objects()) {
+    if (m["id"] == id) {
+      HttpResponse r;
+      r.body = dump_json(m);
+      reply(*ex, "/v1/models/{model}", std::move(r));
+      return;
+    }
+  }
+  throw ApiError(404, "The model '" + id + "' does not exist.", "model");
 }
 
 void ApiServer::Impl::handle_health(const std::shared_ptr<Exchange>& ex) {

@@ -75,7 +75,10 @@ struct ApiServer::Impl : std::enable_shared_from_this<ApiServer::Impl> {
   void handle_embeddings(const std::shared_ptr<Exchange>& ex);
   void handle_tokenize(const std::shared_ptr<Exchange>& ex);
   void handle_detokenize(const std::shared_ptr<Exchange>& ex);
+  nlohmann::json model_objects() const;  // /v1/models' "data": each model and its adapters
   void handle_models(const std::shared_ptr<Exchange>& ex);
+  // GET /v1/models/{id} (the openai client's models.retrieve): one object of model_objects().
+  void handle_model(const std::shared_ptr<Exchange>& ex, const std::string& id);
   void handle_health(const std::shared_ptr<Exchange>& ex);
 };
 

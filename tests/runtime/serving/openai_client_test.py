@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 try:
     import httpx
@@ -131,6 +132,20 @@ def main():
     except openai.BadRequestError as e:
         check("temperature" in str(e) and "-1" in str(e), f"400 names the field: {e}")
     check([m.id for m in client.models.list().data] == ["fake"], "models list")
+    # models.retrieve: GET /v1/models/{id}, the same object as in the list; an unknown id is a 404.
+    one = client.models.retrieve("fake")
+    check(one.id == "fake" and one.model_dump() == client.models.list().data[0].model_dump(),
+          f"models.retrieve: {one}")
+    for name in ["no-such-model", "fake%20", "fake/x"]:
+        try:
+            client.models.retrieve(name)
+            check(False, f"models.retrieve({name!r}) accepted")
+        except openai.NotFoundError as e:
+            check("does not exist" in str(e), f"404 names the model: {e}")
+    got = urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/models/fak%65", headers={"Authorization": f"Bearer {KEY}"}),
+        timeout=60)
+    check(json.loads(got.read())["id"] == "fake", "GET /v1/models/fak%65: the id percent-decoded")
     # A request names a model, never a path: nothing outside the configured folder is opened.
     for name in [os.path.join(tmp, "secret.txt"), "../secret.txt", tmp, model_dir,
                  "/etc/passwd", "fake/../../secret.txt"]:

@@ -233,14 +233,23 @@ def main():
                                  "0.5", "--balance-abs-threshold", "3",
                                  "--balance-rel-threshold", "1.5")
     wait_until(lambda: all(w["healthy"] for w in workers(rport)), 10, "every replica healthy")
+    # /v1/models and /v1/models/{id} pass through to a replica (they all serve the same models).
+    status, _, body = http(rport, "GET", "/v1/models")
+    check(status == 200, f"/v1/models through the router: {status} {body[:200]}")
+    first = json.loads(body)["data"][0]
+    status, _, body = http(rport, "GET", "/v1/models/" + first["id"])
+    check(status == 200 and json.loads(body) == first, f"/v1/models/{{id}}: {status} {body[:200]}")
+    status, _, body = http(rport, "GET", "/v1/models/no-such-model")
+    check(status == 404 and b"does not exist" in body, f"unknown id: {status} {body[:200]}")
 
     # Prefix affinity: requests sharing a long prefix land on one replica.
     system = "You are a helpful assistant. " * 20
+    routed0 = [w["routed"] for w in workers(rport)]  # the /v1/models requests above count too
     for i in range(8):
         status, _, body = http(rport, "POST", "/v1/completions",
                                {"prompt": system + f"Question {i}?", "max_tokens": 2})
         check(status == 200, f"affinity request {i}: {status} {body[:200]}")
-    routed = [w["routed"] for w in workers(rport)]
+    routed = [w["routed"] - r0 for w, r0 in zip(workers(rport), routed0)]
     by_cache = [w["routed_by_cache"] for w in workers(rport)]
     print("shared-prefix requests per replica:", routed, "by cache:", by_cache)
     check(sorted(routed) == [0, 0, 8] and max(by_cache) == 7,

@@ -133,6 +133,9 @@ def main():
           f"/v1/models lists the base, its adapters and solo: {sorted(listed)}")
     check(all(getattr(listed[n], "parent", None) == "llama" for n in ("llama:a", "llama:b")),
           "the adapters' parent is llama")
+    for name in listed:  # models.retrieve (GET /v1/models/{id}, ':' as sent) gives the same
+        got = client.models.retrieve(name).model_dump()
+        check(got == listed[name].model_dump(), f"models.retrieve({name!r}): {got}")
     raw = json.dumps([m.model_dump() for m in listed.values()])
     check(a_dir not in raw and tmp not in raw, "/v1/models shows no path")
 
