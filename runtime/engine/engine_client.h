@@ -23,7 +23,8 @@ struct EngineRequest {
   std::vector<int32_t> prompt_ids;
   scheduler::SamplingParams params;
   int priority = 0;
-  std::string lora;  // "" = base model
+  std::string lora;        // "" = base model
+  std::string cache_salt;  // "" = none; prefix-cache hits only between requests of one salt
 };
 
 struct TopLogprob {

@@ -181,6 +181,7 @@ void EngineCore::add_request(EngineRequest request, OutputFn on_output) {
   r.prompt_ids = request.prompt_ids;
   r.params = request.params;
   r.priority = request.priority;
+  r.cache_salt = request.cache_salt;
   r.lora = request.lora;
   if (!r.lora.empty()) {
     bool known = false;

@@ -97,6 +97,19 @@ class Generation : public std::enable_shared_from_this<Generation> {
         prompts.push_back(std::move(p));
       }
     }
+    if (req_.truncate_prompt_tokens) {
+      // As vLLM: the last k tokens (left truncation); -1 is the model's maximum length.
+      const int64_t k = *req_.truncate_prompt_tokens < 0 ? max_len : *req_.truncate_prompt_tokens;
+      if (k > max_len) {
+        bad_field("truncate_prompt_tokens",
+                  "at most the model's maximum context length " + std::to_string(max_len), k);
+      }
+      for (auto& p : prompts) {
+        if (static_cast<int64_t>(p.ids.size()) <= k) continue;
+        p.ids.erase(p.ids.begin(), p.ids.end() - k);
+        p.text = tok_->decode(p.ids, false);  // what echo shows: the prompt the model saw
+      }
+    }
     // Ids the engine would refuse (as a 500 after the request was accepted): a 400 naming them.
     const std::string below =
         "token ids below the vocabulary size " + std::to_string(tok_->vocab_size());
@@ -174,6 +187,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
           *er.params.seed += static_cast<uint64_t>(s->index % req_.n);
         }
         er.priority = req_.priority;
+        er.cache_salt = req_.cache_salt;
         er.lora = req_.lora.empty() ? backend_->lora() : req_.lora;
         const int idx = static_cast<int>(&s - &seqs_.front());
         auto ex = ex_;

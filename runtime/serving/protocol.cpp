@@ -197,6 +197,21 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
       }
       for (auto& [k, v] : body["chat_template_kwargs"].items()) r.template_extra[k] = v;
     }
+    // vLLM's RAG documents: given to the chat template as `documents` (templates that know them
+    // render them; others ignore them, as transformers does).
+    if (present(body, "documents")) {
+      const json& d = body["documents"];
+      if (!d.is_array()) bad_field("documents", "a list of objects", d);
+      for (const auto& x : d) {
+        if (!x.is_object()) bad_field("documents", "a list of objects", d);
+      }
+      r.template_extra["documents"] = d;
+    }
+    // vLLM's chat echo prepends the final message to the answer: not implemented, refused rather
+    // than ignored.
+    if (boolean(body, "echo", false)) {
+      throw ApiError(400, "'echo' is not supported for chat completions", "echo");
+    }
     r.add_special_tokens = boolean(body, "add_special_tokens", false);
   } else {
     if (!present(body, "prompt")) throw ApiError(400, "'prompt' is required", "prompt");
@@ -322,6 +337,39 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
     if (present(body, g)) {
       throw ApiError(400, std::string("'") + g + "' (guided decoding) is not supported", g);
     }
+  }
+  if (present(body, "truncate_prompt_tokens")) {
+    const char* what = "-1 (the model's maximum length) or a positive integer";
+    const int64_t k =
+        integer(body, "truncate_prompt_tokens", 0, -1, std::numeric_limits<int32_t>::max(), what);
+    if (k == 0) bad_field("truncate_prompt_tokens", what, body["truncate_prompt_tokens"]);
+    r.truncate_prompt_tokens = k;
+  }
+  if (present(body, "cache_salt")) {
+    const json& c = body["cache_salt"];
+    if (!c.is_string() || c.get<std::string>().empty()) {
+      bad_field("cache_salt", "a non-empty string", c);
+    }
+    r.cache_salt = c.get<std::string>();
+  }
+  // vLLM's other sampling fields that would change the answer and have no implementation here:
+  // refused rather than ignored. (length_penalty only acts in beam search.)
+  if (boolean(body, "use_beam_search", false)) {
+    throw ApiError(400, "'use_beam_search' is not supported (sampling and greedy only)",
+                   "use_beam_search");
+  }
+  if (number(body, "length_penalty", 1.0, -1e6, 1e6, "a number") != 1.0) {
+    throw ApiError(400, "'length_penalty' applies to beam search, which is not supported",
+                   "length_penalty");
+  }
+  for (const char* f : {"allowed_token_ids", "bad_words", "prompt_logprobs", "logits_processors"}) {
+    if (present(body, f) && !(body[f].is_array() && body[f].empty())) {
+      throw ApiError(400, std::string("'") + f + "' is not supported", f);
+    }
+  }
+  if (boolean(body, "return_tokens_as_token_ids", false)) {
+    throw ApiError(400, "'return_tokens_as_token_ids' is not supported",
+                   "return_tokens_as_token_ids");
   }
   if (present(body, "response_format")) {
     const json& f = body["response_format"];

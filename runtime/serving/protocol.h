@@ -74,6 +74,10 @@ struct GenerationRequest {
   bool add_special_tokens = true;
   int priority = 0;
   std::string user;
+  // vLLM's truncate_prompt_tokens: keep the last k tokens of each prompt (-1: the model's maximum
+  // length); applied after tokenization, before the length checks.
+  std::optional<int64_t> truncate_prompt_tokens;
+  std::string cache_salt;  // vLLM's cache_salt: the prefix cache is shared only within a salt
 };
 
 GenerationRequest parse_generation_request(const nlohmann::json& body, bool chat, int max_n);

@@ -328,6 +328,30 @@ def run_single(tessera):
         check(False, "continue_final_message with add_generation_prompt accepted")
     except openai.BadRequestError as e:
         check("continue_final_message" in str(e), f"400 names continue_final_message: {e}")
+    # vLLM fields that would change the answer and have no implementation: a 400 naming each
+    # (they were accepted and ignored).
+    for field, value in [("use_beam_search", True), ("length_penalty", 0.5),
+                         ("allowed_token_ids", [1, 2]), ("bad_words", ["x"]),
+                         ("prompt_logprobs", 1), ("return_tokens_as_token_ids", True),
+                         ("cache_salt", "")]:
+        try:
+            client.completions.create(model="tiny", prompt="x", max_tokens=2,
+                                      extra_body={field: value})
+            check(False, f"{field}={value!r} accepted")
+        except openai.BadRequestError as e:
+            check(field in str(e), f"400 names {field}: {e}")
+    try:
+        client.chat.completions.create(model="tiny", messages=messages, max_tokens=2,
+                                       extra_body={"echo": True})
+        check(False, "chat echo accepted")
+    except openai.BadRequestError as e:
+        check("echo" in str(e), f"400 names echo: {e}")
+    try:
+        client.chat.completions.create(model="tiny", messages=messages, max_tokens=2,
+                                       extra_body={"documents": "x"})
+        check(False, "documents 'x' accepted")
+    except openai.BadRequestError as e:
+        check("documents" in str(e), f"400 names documents: {e}")
     dt, steps = disconnect_check(port, "tiny", "tiny", 3000)
     stop_ok(proc, "tiny server", port)
     print(f"tiny: {time.time() - T0:.1f} s", flush=True)
@@ -370,6 +394,42 @@ def run_single(tessera):
         check(False, "a logit_bias id past the vocabulary accepted")
     except openai.BadRequestError as e:
         check("logit_bias" in str(e) and "99999999" in str(e), f"400 names logit_bias: {e}")
+    # truncate_prompt_tokens (vLLM): the last k tokens of the prompt, against transformers'
+    # greedy output from those k ids; echo shows the prompt the model saw.
+    long_prompt = "Once upon a time there was a little dragon who lived in a cave by the sea"
+    long_ids = fast(long_prompt, return_tensors="pt").input_ids
+    k = 5
+    with torch.no_grad():
+        out_t = model.generate(long_ids[:, -k:], max_new_tokens=6, do_sample=False,
+                               eos_token_id=None, pad_token_id=1)
+    ref_t = fast.decode(out_t[0, k:], skip_special_tokens=True)
+    cut = client.completions.create(model="llama", prompt=long_prompt, max_tokens=6,
+                                    temperature=0, echo=True,
+                                    extra_body={"ignore_eos": True, "truncate_prompt_tokens": k})
+    seen = fast.decode(long_ids[0, -k:])
+    check(cut.usage.prompt_tokens == k and cut.choices[0].text == seen + ref_t,
+          f"truncate_prompt_tokens {k}: {cut.usage.prompt_tokens} prompt tokens, text "
+          f"{cut.choices[0].text!r} == {seen + ref_t!r} (of {long_ids.shape[1]} tokens)")
+    for bad in [0, -2, 10**6]:
+        try:
+            client.completions.create(model="llama", prompt=long_prompt, max_tokens=2,
+                                      extra_body={"truncate_prompt_tokens": bad})
+            check(False, f"truncate_prompt_tokens {bad} accepted")
+        except openai.BadRequestError as e:
+            check("truncate_prompt_tokens" in str(e), f"400 names truncate_prompt_tokens: {e}")
+    # cache_salt (vLLM): prefix-cache hits only between requests of one salt.
+    shared = " ".join(["the quick brown fox jumps over the lazy dog"] * 8)
+
+    def cached(salt):
+        extra = {"cache_salt": salt} if salt else {}
+        u = client.completions.create(model="llama", prompt=shared, max_tokens=1,
+                                      extra_body=extra).usage
+        d = getattr(u, "prompt_tokens_details", None)
+        return (d.cached_tokens if d else 0) or 0
+    hits = [cached(None), cached(None), cached("tenant-a"), cached("tenant-a"),
+            cached("tenant-b"), cached(None)]
+    check(hits[0] == 0 and hits[1] > 0 and hits[2] == 0 and hits[3] > 0 and hits[4] == 0 and
+          hits[5] > 0, f"cache_salt: cached tokens without / a / a / b / without: {hits}")
     disconnect_check(port, "llama", "llama", 400)
     stop_ok(proc, "llama server")
 
