@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
@@ -22,7 +23,9 @@
 #include "launch/cli/cli_sizes.h"
 #include "launch/cli/serve_engine.h"
 #include "runtime/engine/async_engine.h"
+#include "runtime/engine/embedding_client.h"
 #include "runtime/engine/engine_core.h"
+#include "runtime/models/encoder_config.h"
 #include "runtime/models/model_folder.h"
 #include "runtime/serving/hf_tokenizer.h"
 #include "runtime/serving/http_client.h"
@@ -113,6 +116,53 @@ class EngineBackend : public serving::ServingBackend {
   std::shared_ptr<serving::ServingTokenizer> tok_;
   std::string lora_;  // a NAME=PATH:ADAPTER backend: every request runs its adapter
 };
+
+// An encoder folder (BERT, ModernBERT, with its sentence-transformers modules) as a backend that
+// answers /v1/embeddings only: the EncoderService (its own batching thread) behind serving's
+// EmbeddingClient hook. Text inputs are tokenized by the folder's tokenizer.json with its special
+// tokens (no sentence-transformers prompt); an input past the model's length is a 400, as vLLM.
+class EncoderBackend : public serving::ServingBackend, public serving::EmbeddingClient {
+ public:
+  EncoderBackend(std::unique_ptr<engine::EncoderService> svc,
+                 std::shared_ptr<serving::ServingTokenizer> tok)
+      : svc_(std::move(svc)), tok_(std::move(tok)) {}
+  ~EncoderBackend() override { close(); }
+
+  void close() override {
+    std::lock_guard lock(mu_);
+    if (svc_ == nullptr) return;
+    svc_->stop();  // after the last lease: no request is in flight
+    svc_.reset();
+  }
+  engine::EngineClient* engine() override { return nullptr; }
+  const serving::ServingTokenizer& tokenizer() const override { return *tok_; }
+  serving::EmbeddingClient* embedder() override { return this; }
+
+  void embed(std::vector<std::vector<int32_t>> inputs, Done done) override {
+    svc_->embed(std::move(inputs), std::move(done));
+  }
+  int64_t max_input_len() const override { return svc_->max_input_len(); }
+  int64_t dimensions() const override { return svc_->info().dimensions; }
+
+ private:
+  std::mutex mu_;
+  std::unique_ptr<engine::EncoderService> svc_;
+  std::shared_ptr<serving::ServingTokenizer> tok_;
+};
+
+std::shared_ptr<serving::ServingBackend> load_encoder(const serving::ModelSpec& spec,
+                                                      const std::string& dir, int device) {
+  TESSERA_CHECK(spec.loras.empty() && spec.adapter.empty(), "model '", spec.name,
+                "' is an encoder: LoRA adapters on encoders are served by tessera embed "
+                "(--lora), not tessera serve");
+  engine::EncoderOptions options;
+  options.model = dir;
+  options.device = device;
+  auto svc = std::make_unique<engine::EncoderService>(options, nullptr, nullptr);
+  svc->start();  // its batching loop on a thread of its own (one rank)
+  auto tok = serving::load_serving_tokenizer(dir);
+  return std::make_shared<EncoderBackend>(std::move(svc), std::move(tok));
+}
 
 std::shared_ptr<serving::ServingTokenizer> tokenizer_for(const engine::EngineCore& core) {
   auto tok = serving::load_serving_tokenizer(core.model_dir());
@@ -205,6 +255,10 @@ void check_model_folders(const std::vector<serving::ModelSpec>& models) {
 serving::ServingBackendLoader local_engine_loader(const EngineFlags& flags, int device) {
   return
       [flags, device](const serving::ModelSpec& spec) -> std::shared_ptr<serving::ServingBackend> {
+        const std::string dir = models::ModelFolder::resolve(spec.base).dir();
+        if (models::EncoderConfig::is_encoder_config(dir + "/config.json")) {
+          return load_encoder(spec, dir, device);
+        }
         engine::EngineConfig ec = engine_config(flags, spec.base, device);
         ec.loras = engine_loras(spec);
         auto core = std::make_unique<engine::EngineCore>(ec, nullptr, nullptr);
@@ -236,6 +290,11 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
   std::string model_dir;
   agreed(wc, [&] {
     if (rank == 0) model_dir = models::ModelFolder::resolve(setup.models[0].base).dir();
+    TESSERA_CHECK(
+        rank != 0 || !models::EncoderConfig::is_encoder_config(model_dir + "/config.json"),
+        "model '", setup.models[0].name,
+        "' is an encoder: tessera serve runs encoders in one process (no mpirun); "
+        "tessera embed runs them tensor-parallel");
   });
   agreed(wc, [&] {
     if (model_dir.empty()) model_dir = models::ModelFolder::resolve(setup.models[0].base).dir();

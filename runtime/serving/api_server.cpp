@@ -553,10 +553,25 @@ void ApiServer::Impl::handle_embeddings(const std::shared_ptr<Exchange>& ex) {
   if (format != "float" && format != "base64") {
     bad_field("encoding_format", "'float' or 'base64'", body["encoding_format"]);
   }
+  // Fields that would change the vectors: honoured, or refused rather than ignored.
+  const bool add_special = boolean_field(body, "add_special_tokens", true);
+  if (body.contains("truncate_prompt_tokens") && !body["truncate_prompt_tokens"].is_null()) {
+    throw ApiError(400,
+                   "'truncate_prompt_tokens' is not supported for embeddings (an input longer "
+                   "than the model's maximum is a 400)",
+                   "truncate_prompt_tokens");
+  }
+  std::optional<int64_t> dimensions;
+  if (body.contains("dimensions") && !body["dimensions"].is_null()) {
+    const json& d = body["dimensions"];
+    if (!d.is_number_integer() || d.get<int64_t>() < 1)
+      bad_field("dimensions", "a positive integer", d);
+    dimensions = d.get<int64_t>();
+  }
   auto self = shared_from_this();
   with_backend(
       ex, "/v1/embeddings", spec,
-      [self, ex, spec, inputs, format](BackendCache::Lease lease) mutable {
+      [self, ex, spec, inputs, format, add_special, dimensions](BackendCache::Lease lease) mutable {
         auto& backend = static_cast<ServingBackend&>(*lease.get());
         EmbeddingClient* embedder = backend.embedder();
         if (embedder == nullptr) {
@@ -565,11 +580,20 @@ void ApiServer::Impl::handle_embeddings(const std::shared_ptr<Exchange>& ex) {
                              "' is not an encoder: /v1/embeddings needs an embedding model",
                          "model");
         }
+        // OpenAI's dimensions shortens Matryoshka embeddings; none of ours is one: only the
+        // model's own width is accepted.
+        if (dimensions && *dimensions != embedder->dimensions()) {
+          throw ApiError(400,
+                         "'dimensions' must be the model's embedding width " +
+                             std::to_string(embedder->dimensions()) +
+                             " (no Matryoshka models), got " + std::to_string(*dimensions),
+                         "dimensions");
+        }
         std::vector<std::vector<int32_t>> ids;
         int64_t total = 0;
         for (size_t i = 0; i < inputs.size(); ++i) {
-          auto v =
-              inputs[i].is_ids ? inputs[i].ids : backend.tokenizer().encode(inputs[i].text, true);
+          auto v = inputs[i].is_ids ? inputs[i].ids
+                                    : backend.tokenizer().encode(inputs[i].text, add_special);
           if (static_cast<int64_t>(v.size()) > embedder->max_input_len()) {
             throw ApiError(400,
                            "input " + std::to_string(i) + " has " + std::to_string(v.size()) +

@@ -21,6 +21,7 @@ class EmbeddingClient {
   using Done = std::function<void(std::vector<std::vector<float>> vectors, std::string error)>;
   virtual void embed(std::vector<std::vector<int32_t>> inputs, Done done) = 0;
   virtual int64_t max_input_len() const = 0;
+  virtual int64_t dimensions() const = 0;  // the width of each vector
 };
 
 class ServingBackend : public Backend {

@@ -30,6 +30,7 @@ class FakeEmbedder : public EmbeddingClient {
     done(std::move(out), "");
   }
   int64_t max_input_len() const override { return 512; }
+  int64_t dimensions() const override { return 3; }
 };
 
 class FakeBackend : public ServingBackend {
