@@ -476,10 +476,11 @@ void ApiServer::Impl::handle_tokenize(const std::shared_ptr<Exchange>& ex) {
       throw ApiError(400, "'prompt' (a string) or 'messages' is required", "prompt");
     }
     auto* engine = backend.engine();
+    auto* embedder = backend.embedder();
+    const int64_t max_len =
+        engine ? engine->max_model_len() : (embedder ? embedder->max_input_len() : 0);
     HttpResponse r;
-    r.body = dump_json({{"count", ids.size()},
-                        {"max_model_len", engine ? engine->max_model_len() : 0},
-                        {"tokens", ids}});
+    r.body = dump_json({{"count", ids.size()}, {"max_model_len", max_len}, {"tokens", ids}});
     self->reply(*ex, "/tokenize", std::move(r));
   });
 }

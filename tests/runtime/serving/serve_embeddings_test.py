@@ -135,6 +135,16 @@ def main():
     except openai.BadRequestError as e:
         check("encoder" in str(e), f"completion on the encoder: 400 {e}")
 
+    # /tokenize on the encoder: its tokenizer, and the model's length as max_model_len.
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/tokenize",
+                                 data=json.dumps({"model": "minilm", "prompt": texts[1]}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        tk = json.loads(r.read())
+    check(tk["tokens"] == st.tokenizer(texts[1])["input_ids"] and tk["max_model_len"] == 256,
+          f"/tokenize: {tk}")
+
     proc.send_signal(signal.SIGTERM)
     try:
         rc = proc.wait(timeout=60)
