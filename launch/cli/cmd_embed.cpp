@@ -303,15 +303,7 @@ std::vector<Command> register_embed(CLI::App& root) {
         if (!in.labels.empty()) loss = svc.classifier_loss(logits, in.labels, in.integer_labels);
         json results = json::array();
         for (const auto& l : logits) {
-          std::vector<double> scores(l.size());
-          if (info.score_function == "sigmoid") {
-            for (size_t i = 0; i < l.size(); ++i) scores[i] = 1.0 / (1.0 + std::exp(-l[i]));
-          } else {
-            double m = l[0], sum = 0;
-            for (float x : l) m = std::max(m, static_cast<double>(x));
-            for (size_t i = 0; i < l.size(); ++i) sum += scores[i] = std::exp(l[i] - m);
-            for (auto& s : scores) s /= sum;
-          }
+          const std::vector<double> scores = engine::classifier_scores(l, info.score_function);
           const size_t top = std::max_element(scores.begin(), scores.end()) - scores.begin();
           results.push_back({{"label", info.labels[top]},
                              {"score", scores[top]},

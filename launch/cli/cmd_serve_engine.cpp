@@ -118,9 +118,10 @@ class EngineBackend : public serving::ServingBackend {
 };
 
 // An encoder folder (BERT, ModernBERT, with its sentence-transformers modules) as a backend that
-// answers /v1/embeddings only: the EncoderService (its own batching thread) behind serving's
-// EmbeddingClient hook. Text inputs are tokenized by the folder's tokenizer.json with its special
-// tokens (no sentence-transformers prompt); an input past the model's length is a 400, as vLLM.
+// answers /v1/embeddings and, with a *ForSequenceClassification head, /classify: the EncoderService
+// (its own batching thread) behind serving's EmbeddingClient hook. Text inputs are tokenized by the
+// folder's tokenizer.json with its special tokens (no sentence-transformers prompt); an input past
+// the model's length is a 400, as vLLM.
 class EncoderBackend : public serving::ServingBackend, public serving::EmbeddingClient {
  public:
   EncoderBackend(std::unique_ptr<engine::EncoderService> svc,
@@ -143,6 +144,15 @@ class EncoderBackend : public serving::ServingBackend, public serving::Embedding
   }
   int64_t max_input_len() const override { return svc_->max_input_len(); }
   int64_t dimensions() const override { return svc_->info().dimensions; }
+  std::vector<std::string> labels() const override {
+    return svc_->info().has_classifier ? svc_->info().labels : std::vector<std::string>{};
+  }
+  std::string score_function() const override { return svc_->info().score_function; }
+  void classify(std::vector<std::vector<int32_t>> inputs, Done done) override {
+    std::vector<engine::EncoderInput> in(inputs.size());
+    for (size_t i = 0; i < inputs.size(); ++i) in[i].ids = std::move(inputs[i]);
+    svc_->submit(engine::EncoderTask::kClassify, std::move(in), std::move(done));
+  }
 
  private:
   std::mutex mu_;

@@ -9,6 +9,8 @@
 // of EmbeddingClient::embed and max_input_len(): an adapter forwards both.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -32,6 +34,24 @@ struct EncoderInput {
 };
 
 enum class EncoderTask : uint8_t { kEmbed, kClassify };
+
+// One input's classifier logits as probabilities, as the head's score function says (EncoderInfo::
+// score_function): "sigmoid" per label, otherwise a softmax over the labels (max-shifted, in
+// double). `tessera classify` and the server's /classify both use it.
+inline std::vector<double> classifier_scores(const std::vector<float>& logits,
+                                             const std::string& score_function) {
+  std::vector<double> p(logits.size());
+  if (logits.empty()) return p;
+  if (score_function == "sigmoid") {
+    for (size_t i = 0; i < logits.size(); ++i) p[i] = 1.0 / (1.0 + std::exp(-double(logits[i])));
+    return p;
+  }
+  const double m = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (size_t i = 0; i < logits.size(); ++i) sum += p[i] = std::exp(double(logits[i]) - m);
+  for (auto& x : p) x /= sum;
+  return p;
+}
 
 struct EncoderOptions {
   std::string model;                 // a Hugging Face / sentence-transformers folder

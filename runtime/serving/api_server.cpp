@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/logging.h"
+#include "runtime/engine/embedding_client.h"
 #include "runtime/serving/api_server_impl.h"
 
 namespace tessera::serving {
@@ -256,6 +257,7 @@ void ApiServer::Impl::handle(const std::shared_ptr<Exchange>& ex) {
       {"/v1/embeddings", "POST"},  {"/v1/models", "GET"},
       {"/health", "GET"},          {"/metrics", "GET"},
       {"/tokenize", "POST"},       {"/detokenize", "POST"},
+      {"/classify", "POST"},
   };
   if (!opt.shutdown_token.empty() && req.path == "/internal/shutdown") {
     if (req.method != "POST" ||
@@ -311,7 +313,9 @@ void ApiServer::Impl::handle(const std::shared_ptr<Exchange>& ex) {
     } else if (name == "/v1/chat/completions") {
       handle_generate(ex, true);
     } else if (name == "/v1/embeddings") {
-      handle_embeddings(ex);
+      handle_encoder(ex, false);
+    } else if (name == "/classify") {
+      handle_encoder(ex, true);
     } else if (name == "/v1/models") {
       handle_models(ex);
     } else if (route == &model_route) {
@@ -532,7 +536,10 @@ std::string base64(const void* data, size_t n) {
 }
 }  // namespace
 
-void ApiServer::Impl::handle_embeddings(const std::shared_ptr<Exchange>& ex) {
+// /v1/embeddings and /classify: an encoder backend's vectors, or its classifier's label and
+// probabilities (vLLM's /classify answer), for each input.
+void ApiServer::Impl::handle_encoder(const std::shared_ptr<Exchange>& ex, bool classify) {
+  const std::string route = classify ? "/classify" : "/v1/embeddings";
   json body = parse_json_body(ex->request().body);
   if (body.contains("model") && !body["model"].is_string()) {
     bad_field("model", "a string", body["model"]);
@@ -541,95 +548,129 @@ void ApiServer::Impl::handle_embeddings(const std::shared_ptr<Exchange>& ex) {
   const ModelSpec& spec = resolve_model(body.value("model", ""), &lora);
   if (!lora.empty()) {
     throw ApiError(400,
-                   "model '" + spec.name + ":" + lora +
-                       "' is a LoRA adapter: /v1/embeddings serves the base model only",
+                   "model '" + spec.name + ":" + lora + "' is a LoRA adapter: " + route +
+                       " serves the base model only",
                    "model");
   }
   if (!body.contains("input")) throw ApiError(400, "'input' is required", "input");
   auto inputs = parse_prompt_field(body["input"], "input");
-  const bool given = body.contains("encoding_format") && !body["encoding_format"].is_null();
-  const std::string format = given && body["encoding_format"].is_string()
-                                 ? body["encoding_format"].get<std::string>()
-                                 : (given ? "" : "float");
-  if (format != "float" && format != "base64") {
-    bad_field("encoding_format", "'float' or 'base64'", body["encoding_format"]);
+  std::string format = "float";
+  if (!classify && body.contains("encoding_format") && !body["encoding_format"].is_null()) {
+    const json& f = body["encoding_format"];
+    format = f.is_string() ? f.get<std::string>() : "";
+    if (format != "float" && format != "base64") {
+      bad_field("encoding_format", "'float' or 'base64'", f);
+    }
   }
-  // Fields that would change the vectors: honoured, or refused rather than ignored.
+  // Fields that would change the answer: honoured, or refused rather than ignored.
   const bool add_special = boolean_field(body, "add_special_tokens", true);
   if (body.contains("truncate_prompt_tokens") && !body["truncate_prompt_tokens"].is_null()) {
     throw ApiError(400,
-                   "'truncate_prompt_tokens' is not supported for embeddings (an input longer "
-                   "than the model's maximum is a 400)",
+                   "'truncate_prompt_tokens' is not supported for " + route +
+                       " (an input longer than the model's maximum is a 400)",
                    "truncate_prompt_tokens");
   }
   std::optional<int64_t> dimensions;
-  if (body.contains("dimensions") && !body["dimensions"].is_null()) {
+  if (!classify && body.contains("dimensions") && !body["dimensions"].is_null()) {
     const json& d = body["dimensions"];
-    if (!d.is_number_integer() || d.get<int64_t>() < 1)
+    if (!d.is_number_integer() || d.get<int64_t>() < 1) {
       bad_field("dimensions", "a positive integer", d);
+    }
     dimensions = d.get<int64_t>();
   }
   auto self = shared_from_this();
-  with_backend(
-      ex, "/v1/embeddings", spec,
-      [self, ex, spec, inputs, format, add_special, dimensions](BackendCache::Lease lease) mutable {
-        auto& backend = static_cast<ServingBackend&>(*lease.get());
-        EmbeddingClient* embedder = backend.embedder();
-        if (embedder == nullptr) {
-          throw ApiError(400,
-                         "model '" + spec.name +
-                             "' is not an encoder: /v1/embeddings needs an embedding model",
-                         "model");
+  with_backend(ex, route, spec, [=](BackendCache::Lease lease) mutable {
+    auto& backend = static_cast<ServingBackend&>(*lease.get());
+    EmbeddingClient* embedder = backend.embedder();
+    if (embedder == nullptr) {
+      throw ApiError(
+          400, "model '" + spec.name + "' is not an encoder: " + route + " needs an encoder model",
+          "model");
+    }
+    const std::vector<std::string> labels =
+        classify ? embedder->labels() : std::vector<std::string>{};
+    if (classify && labels.empty()) {
+      throw ApiError(400,
+                     "model '" + spec.name +
+                         "' has no sequence-classification head (a *ForSequenceClassification "
+                         "folder): /v1/embeddings serves it",
+                     "model");
+    }
+    // OpenAI's dimensions shortens Matryoshka embeddings; none of ours is one: only the model's
+    // own width is accepted.
+    if (dimensions && *dimensions != embedder->dimensions()) {
+      throw ApiError(400,
+                     "'dimensions' must be the model's embedding width " +
+                         std::to_string(embedder->dimensions()) + " (no Matryoshka models), got " +
+                         std::to_string(*dimensions),
+                     "dimensions");
+    }
+    const int32_t vocab = backend.tokenizer().vocab_size();
+    std::vector<std::vector<int32_t>> ids;
+    int64_t total = 0;
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      auto v = inputs[i].is_ids ? inputs[i].ids
+                                : backend.tokenizer().encode(inputs[i].text, add_special);
+      for (int32_t id : v) {
+        if (id >= vocab)
+          bad_field("input", "token ids below the vocabulary size " + std::to_string(vocab), id);
+      }
+      if (static_cast<int64_t>(v.size()) > embedder->max_input_len()) {
+        throw ApiError(400,
+                       "input " + std::to_string(i) + " has " + std::to_string(v.size()) +
+                           " tokens, more than the model's " +
+                           std::to_string(embedder->max_input_len()),
+                       "input");
+      }
+      total += static_cast<int64_t>(v.size());
+      ids.push_back(std::move(v));
+    }
+    auto held = std::make_shared<BackendCache::Lease>(std::move(lease));
+    const std::string score_function = classify ? embedder->score_function() : "";
+    auto done = [self, ex, held, spec, format, total, route, labels, score_function](
+                    std::vector<std::vector<float>> rows, std::string error) {
+      ex->post([self, ex, held, spec, format, total, route, labels, score_function,
+                rows = std::move(rows), error] {
+        if (!error.empty()) {
+          self->reply(*ex, route, error_response(500, "the encoder failed: " + error));
+          return;
         }
-        // OpenAI's dimensions shortens Matryoshka embeddings; none of ours is one: only the
-        // model's own width is accepted.
-        if (dimensions && *dimensions != embedder->dimensions()) {
-          throw ApiError(400,
-                         "'dimensions' must be the model's embedding width " +
-                             std::to_string(embedder->dimensions()) +
-                             " (no Matryoshka models), got " + std::to_string(*dimensions),
-                         "dimensions");
-        }
-        std::vector<std::vector<int32_t>> ids;
-        int64_t total = 0;
-        for (size_t i = 0; i < inputs.size(); ++i) {
-          auto v = inputs[i].is_ids ? inputs[i].ids
-                                    : backend.tokenizer().encode(inputs[i].text, add_special);
-          if (static_cast<int64_t>(v.size()) > embedder->max_input_len()) {
-            throw ApiError(400,
-                           "input " + std::to_string(i) + " has " + std::to_string(v.size()) +
-                               " tokens, more than the model's " +
-                               std::to_string(embedder->max_input_len()),
-                           "input");
+        json data = json::array();
+        for (size_t i = 0; i < rows.size(); ++i) {
+          if (!labels.empty()) {
+            const auto probs = engine::classifier_scores(rows[i], score_function);
+            const size_t top = std::max_element(probs.begin(), probs.end()) - probs.begin();
+            data.push_back({{"index", i},
+                            {"label", labels.at(top)},
+                            {"probs", probs},
+                            {"num_classes", probs.size()}});
+          } else {
+            json e = format == "base64"
+                         ? json(base64(rows[i].data(), rows[i].size() * sizeof(float)))
+                         : json(rows[i]);
+            data.push_back({{"object", "embedding"}, {"index", i}, {"embedding", e}});
           }
-          total += static_cast<int64_t>(v.size());
-          ids.push_back(std::move(v));
         }
-        auto held = std::make_shared<BackendCache::Lease>(std::move(lease));
-        embedder->embed(std::move(ids), [self, ex, held, spec, format, total](
-                                            std::vector<std::vector<float>> vectors,
-                                            std::string error) {
-          ex->post([self, ex, held, spec, format, total, vectors = std::move(vectors), error] {
-            if (!error.empty()) {
-              self->reply(*ex, "/v1/embeddings", error_response(500, "embedding failed: " + error));
-              return;
-            }
-            json data = json::array();
-            for (size_t i = 0; i < vectors.size(); ++i) {
-              json e = format == "base64"
-                           ? json(base64(vectors[i].data(), vectors[i].size() * sizeof(float)))
-                           : json(vectors[i]);
-              data.push_back({{"object", "embedding"}, {"index", i}, {"embedding", e}});
-            }
-            HttpResponse r;
-            r.body = dump_json({{"object", "list"},
-                                {"data", data},
-                                {"model", spec.name},
-                                {"usage", {{"prompt_tokens", total}, {"total_tokens", total}}}});
-            self->reply(*ex, "/v1/embeddings", std::move(r));
-          });
-        });
+        json answer = {{"object", "list"},
+                       {"data", data},
+                       {"model", spec.name},
+                       {"usage", {{"prompt_tokens", total}, {"total_tokens", total}}}};
+        if (!labels.empty()) {
+          answer["id"] = "classify-" + random_hex(24);
+          answer["created"] = unix_now();
+          answer["usage"]["completion_tokens"] = 0;
+        }
+        HttpResponse r;
+        r.body = dump_json(answer);
+        self->reply(*ex, route, std::move(r));
       });
+    };
+    if (classify) {
+      embedder->classify(std::move(ids), std::move(done));
+    } else {
+      embedder->embed(std::move(ids), std::move(done));
+    }
+  });
 }
 
 ApiServer::ApiServer(IoRuntime& io, HttpServerOptions http, ApiServerOptions options,

@@ -72,7 +72,7 @@ struct ApiServer::Impl : std::enable_shared_from_this<ApiServer::Impl> {
   void handle_generate(const std::shared_ptr<Exchange>& ex, bool chat);
   void start_generation(const std::shared_ptr<Exchange>& ex, GenerationRequest req,
                         BackendCache::Lease lease);
-  void handle_embeddings(const std::shared_ptr<Exchange>& ex);
+  void handle_encoder(const std::shared_ptr<Exchange>& ex, bool classify);
   void handle_tokenize(const std::shared_ptr<Exchange>& ex);
   void handle_detokenize(const std::shared_ptr<Exchange>& ex);
   nlohmann::json model_objects() const;  // /v1/models' "data": each model and its adapters

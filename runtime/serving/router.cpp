@@ -504,7 +504,8 @@ void Router::Impl::handle(const std::shared_ptr<Exchange>& ex) {
     return;
   }
   static const std::set<std::string> routed = {"/v1/completions", "/v1/chat/completions",
-                                               "/v1/embeddings", "/tokenize", "/detokenize"};
+                                               "/v1/embeddings",  "/classify",
+                                               "/tokenize",       "/detokenize"};
   const bool is_routed = routed.count(path) > 0;
   // /v1/models and /v1/models/{id} go to any healthy replica (they serve the same models).
   if (!is_routed && path != "/v1/models" && path.rfind("/v1/models/", 0) != 0) {

@@ -22,6 +22,14 @@ class EmbeddingClient {
   virtual void embed(std::vector<std::vector<int32_t>> inputs, Done done) = 0;
   virtual int64_t max_input_len() const = 0;
   virtual int64_t dimensions() const = 0;  // the width of each vector
+  // A sequence-classification head (/classify): its labels in id order (empty: none), its score
+  // function ("softmax" / "sigmoid") and the logits of each input.
+  virtual std::vector<std::string> labels() const { return {}; }
+  virtual std::string score_function() const { return "softmax"; }
+  virtual void classify(std::vector<std::vector<int32_t>> inputs, Done done) {
+    (void)inputs;
+    done({}, "the model has no sequence-classification head");
+  }
 };
 
 class ServingBackend : public Backend {

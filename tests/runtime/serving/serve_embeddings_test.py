@@ -9,7 +9,11 @@ inputs, some at once from threads, so that the service batches across requests),
 base64: each vector has cosine >= 0.99999 with sentence-transformers' (the same folder, PyPI, test
 venv) and its norm is 1 (the folder's Normalize module); usage counts the tokenizer's tokens.
 Refused with a 400 naming the field: an input past the model's 256 tokens, `dimensions` other than
-384, `truncate_prompt_tokens`, a completion on the encoder. /v1/models lists it; SIGTERM exits 0.
+384, `truncate_prompt_tokens`, a completion on the encoder. Two random BertForSequenceClassification
+folders (transformers; 3 labels, and 1 label) in the same server answer /classify (vLLM's route):
+probabilities within 1e-5 of transformers' softmax / sigmoid of its logits, labels its argmax;
+/classify on MiniLM and an id past the vocabulary are 400s. /v1/models lists the three; /tokenize
+gives the encoder's length; SIGTERM exits 0.
 """
 
 import base64
@@ -22,6 +26,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 import zipfile
 
 try:
@@ -56,6 +62,23 @@ def sentences(vocab, n):
     return out
 
 
+def make_classifier(d, tokenizer_dir, num_labels, seed, **config):
+    """A random BertForSequenceClassification with MiniLM's tokenizer (transformers)."""
+    import shutil
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+    torch.manual_seed(seed)
+    labels = {i: f"label_{chr(97 + i)}" for i in range(num_labels)}
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128, num_labels=num_labels,
+                     id2label=labels, label2id={v: k for k, v in labels.items()}, **config)
+    model = BertForSequenceClassification(cfg).eval()
+    model.save_pretrained(d, safe_serialization=True)
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]:
+        shutil.copy(os.path.join(tokenizer_dir, f), d)
+    return model
+
+
 def main():
     if MISSING is not None:
         print(f"SKIPPED: the test venv lacks {MISSING}")
@@ -73,13 +96,19 @@ def main():
     lengths = [len(st.tokenizer(t)["input_ids"]) for t in texts]
     check(max(lengths) <= 256, f"every sentence fits the model's 256 tokens (longest {max(lengths)})")
 
-    proc = subprocess.Popen([tessera, "serve", "--model", f"minilm={model}", "--port", "0"],
+    import torch
+    classifiers = {"three": make_classifier(os.path.join(root, "three"), model, 3, 1),
+                   "one": make_classifier(os.path.join(root, "one"), model, 1, 2)}
+    proc = subprocess.Popen([tessera, "serve", "--model", f"minilm={model}",
+                             "--model", f"three={root}/three", "--model", f"one={root}/one",
+                             "--max-loaded-models", "3", "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     _procs.append(proc)
     port = int(_wait_line(proc, r"listening on http://127\.0\.0\.1:(\d+)", 120).group(1))
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", timeout=120,
                            max_retries=0, http_client=httpx.Client(timeout=120))
-    check([m.id for m in client.models.list().data] == ["minilm"], "/v1/models lists minilm")
+    check([m.id for m in client.models.list().data] == ["minilm", "three", "one"],
+          "/v1/models lists the three")
 
     # Requests of 1 to 40 inputs, four at a time; every other one base64.
     rng = random.Random(3)
@@ -135,13 +164,41 @@ def main():
     except openai.BadRequestError as e:
         check("encoder" in str(e), f"completion on the encoder: 400 {e}")
 
+    # /classify (vLLM's route and answer) on the classifiers: probabilities against transformers'
+    # softmax (3 labels) / sigmoid (1 label, as sentence-transformers' CrossEncoder) of the logits.
+    def post(path, body):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+    some = texts[:30]
+    for name, m in classifiers.items():
+        status, ans = post("/classify", {"model": name, "input": some})
+        enc = st.tokenizer(some, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            logits = m(**enc).logits.double()
+        want = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, -1)
+        got_p = torch.tensor([d["probs"] for d in ans.get("data", [])], dtype=torch.float64)
+        err = (got_p - want).abs().max().item() if got_p.shape == want.shape else float("inf")
+        top = [m.config.id2label[int(i)] for i in want.argmax(-1)]
+        check(status == 200 and err <= 1e-5 and [d["label"] for d in ans["data"]] == top and
+              all(d["num_classes"] == logits.shape[1] for d in ans["data"]) and
+              ans["usage"]["prompt_tokens"] == sum(lengths[:30]),
+              f"/classify {name}: {status}, probabilities within {err:.2e} of transformers', "
+              f"labels as its argmax")
+    status, ans = post("/classify", {"model": "minilm", "input": "x"})
+    check(status == 400 and "classification head" in ans["error"]["message"],
+          f"/classify on an embedding model: {status} {ans}")
+    status, ans = post("/classify", {"model": "three", "input": [[101, 40000, 102]]})
+    check(status == 400 and ans["error"]["param"] == "input",
+          f"an id past the vocabulary: 400 naming input: {status} {ans}")
+
     # /tokenize on the encoder: its tokenizer, and the model's length as max_model_len.
-    import urllib.request
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/tokenize",
-                                 data=json.dumps({"model": "minilm", "prompt": texts[1]}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        tk = json.loads(r.read())
+    status, tk = post("/tokenize", {"model": "minilm", "prompt": texts[1]})
     check(tk["tokens"] == st.tokenizer(texts[1])["input_ids"] and tk["max_model_len"] == 256,
           f"/tokenize: {tk}")
 
