@@ -19,6 +19,7 @@
 #include "runtime/serving/http_server.h"
 #include "runtime/serving/serving_backend.h"
 #include "tests/fuzz/fuzz_target.h"
+#include "tests/runtime/serving/fake_embedder.h"
 
 using namespace tessera::serving;
 using nlohmann::json;
@@ -59,27 +60,8 @@ class InstantEngine : public tessera::engine::EngineClient {
   int64_t max_model_len() const override { return 512; }
 };
 
-// An encoder beside the engine, so that /v1/embeddings and /classify reach the answer: vectors
-// [length, sum of ids, first id], logits of 3 labels from the same numbers.
-class InstantEmbedder : public EmbeddingClient {
- public:
-  void embed(std::vector<std::vector<int32_t>> inputs, Done done) override {
-    std::vector<std::vector<float>> out;
-    for (const auto& v : inputs) {
-      float sum = 0;
-      for (int32_t id : v) sum += static_cast<float>(id);
-      out.push_back({static_cast<float>(v.size()), sum, v.empty() ? -1.f : v[0]});
-    }
-    done(std::move(out), "");
-  }
-  int64_t max_input_len() const override { return 512; }
-  int64_t dimensions() const override { return 3; }
-  std::vector<std::string> labels() const override { return {"a", "b", "c"}; }
-  void classify(std::vector<std::vector<int32_t>> inputs, Done done) override {
-    embed(std::move(inputs), std::move(done));
-  }
-};
-
+// With an encoder beside the engine (FakeEmbedder), so that /v1/embeddings and /classify reach
+// the answer.
 class InstantBackend : public ServingBackend {
  public:
   tessera::engine::EngineClient* engine() override { return &engine_; }
@@ -89,7 +71,7 @@ class InstantBackend : public ServingBackend {
 
  private:
   InstantEngine engine_;
-  InstantEmbedder embedder_;
+  tessera::serving::testing::FakeEmbedder embedder_;
   ByteTokenizer tok_;
 };
 

@@ -4,6 +4,8 @@
 #include "runtime/serving/api_server.h"
 
 #include <gtest/gtest.h>
+
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include <thread>
@@ -707,6 +709,29 @@ TEST_F(ServerTest, EmbeddingsNeedAnEncoder) {
   EXPECT_EQ(r.body["usage"]["prompt_tokens"], 5);
   // An encoder does not generate.
   EXPECT_EQ(post("/v1/completions", {{"model", "enc"}, {"prompt", "x"}}).status, 400);
+  // /classify: the fake head's logits [length, sum, first id] through a softmax, label its argmax.
+  r = post("/classify", {{"model", "enc"}, {"input", json::array({"ab"})}});
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  const double l[3] = {3, 256.0 + 'a' + 'b', 256};  // <bos> a b
+  const double z = std::exp(l[0] - l[1]) + 1 + std::exp(l[2] - l[1]);
+  EXPECT_NEAR(r.body["data"][0]["probs"][1].get<double>(), 1 / z, 1e-12);
+  EXPECT_NEAR(r.body["data"][0]["probs"][0].get<double>() / (std::exp(l[0] - l[1]) / z), 1, 1e-12);
+  EXPECT_EQ(r.body["data"][0]["label"], "b");
+  EXPECT_EQ(r.body["data"][0]["num_classes"], 3);
+  EXPECT_EQ(r.body["usage"]["prompt_tokens"], 3);
+  EXPECT_EQ(r.body["id"].get<std::string>().rfind("classify-", 0), 0u);
+  // Ids past the vocabulary, dimensions other than the model's, truncation: 400 naming them.
+  for (const auto& [body, field] : std::vector<std::pair<json, std::string>>{
+           {{{"model", "enc"}, {"input", json::array({json::array({1, 100000})})}}, "input"},
+           {{{"model", "enc"}, {"input", "x"}, {"dimensions", 4}}, "dimensions"},
+           {{{"model", "enc"}, {"input", "x"}, {"truncate_prompt_tokens", 2}},
+            "truncate_prompt_tokens"}}) {
+    r = post("/v1/embeddings", body);
+    EXPECT_EQ(r.status, 400) << body.dump() << " -> " << r.body.dump();
+    EXPECT_EQ(r.body["error"]["param"], field) << r.body.dump();
+  }
+  EXPECT_EQ(post("/v1/embeddings", {{"model", "enc"}, {"input", "x"}, {"dimensions", 3}}).status,
+            200);
 }
 
 // Options of the wrong JSON type are a 400 naming the field (nlohmann's type_error escaped as a

@@ -13,25 +13,10 @@
 
 #include "runtime/serving/byte_tokenizer.h"
 #include "runtime/serving/serving_backend.h"
+#include "tests/runtime/serving/fake_embedder.h"
 #include "tests/runtime/serving/fake_engine.h"
 
 namespace tessera::serving::testing {
-
-// Embeds ids as [len, sum of ids, first id] (enough to check the plumbing).
-class FakeEmbedder : public EmbeddingClient {
- public:
-  void embed(std::vector<std::vector<int32_t>> inputs, Done done) override {
-    std::vector<std::vector<float>> out;
-    for (const auto& v : inputs) {
-      float sum = 0;
-      for (int32_t id : v) sum += static_cast<float>(id);
-      out.push_back({static_cast<float>(v.size()), sum, v.empty() ? -1.f : v[0]});
-    }
-    done(std::move(out), "");
-  }
-  int64_t max_input_len() const override { return 512; }
-  int64_t dimensions() const override { return 3; }
-};
 
 class FakeBackend : public ServingBackend {
  public:
