@@ -261,6 +261,9 @@ Command register_serve(CLI::App& root) {
       ->capture_default_str();
   app->add_flag("--no-prefix-caching", e.no_prefix_caching, "recompute shared prefixes");
   app->add_option("--seed", e.seed, "sampling seed of requests without one");
+  app->add_option("--chat-template", e.chat_template,
+                  "chat template for every --model instead of its folder's: a file, or the "
+                  "Jinja template itself");
   app->add_option("--cache-threshold", s->cache_threshold,
                   "--dp router: prefix match rate above which the replica holding it is chosen");
   app->add_option("--balance-abs-threshold", s->balance_abs_threshold,

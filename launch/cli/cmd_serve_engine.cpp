@@ -12,10 +12,12 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <future>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "common/error.h"
@@ -30,6 +32,7 @@
 #include "runtime/serving/hf_tokenizer.h"
 #include "runtime/serving/http_client.h"
 #include "runtime/serving/signals.h"
+#include "runtime/tokenizers/chat_template.h"
 #include "sharding/communicator.h"
 #include "sharding/mpi/mpi_communicator.h"
 #include "sharding/process_groups.h"
@@ -46,7 +49,32 @@ std::string adapter_lora_name(const serving::ModelSpec& spec) {
 
 }  // namespace
 
+std::string chat_template_source(const std::string& value) {
+  std::error_code ec;
+  std::string source;
+  if (std::filesystem::is_regular_file(value, ec)) {
+    std::ifstream in(value, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    TESSERA_CHECK(in.good() || in.eof(), "--chat-template: cannot read '", value, "'");
+    source = ss.str();
+  } else {
+    TESSERA_CHECK(value.find("{{") != std::string::npos || value.find("{%") != std::string::npos,
+                  "--chat-template '", value,
+                  "' is neither a file nor a template (no '{{' or '{%' in it)");
+    source = value;
+  }
+  TESSERA_CHECK(!source.empty(), "--chat-template: '", value, "' is empty");
+  try {
+    (void)tokenizers::ChatTemplate::from_string(source);
+  } catch (const Error& e) {
+    TESSERA_FAIL("--chat-template: ", e.message());
+  }
+  return source;
+}
+
 void check_engine_flags(const EngineFlags& f) {
+  if (!f.chat_template.empty()) chat_template_source(f.chat_template);
   TESSERA_CHECK(f.max_num_seqs >= 1, "--max-num-seqs must be >= 1, got ", f.max_num_seqs);
   TESSERA_CHECK(f.max_num_batched_tokens >= 1, "--max-num-batched-tokens must be >= 1, got ",
                 f.max_num_batched_tokens);
@@ -174,8 +202,11 @@ std::shared_ptr<serving::ServingBackend> load_encoder(const serving::ModelSpec& 
   return std::make_shared<EncoderBackend>(std::move(svc), std::move(tok));
 }
 
-std::shared_ptr<serving::ServingTokenizer> tokenizer_for(const engine::EngineCore& core) {
-  auto tok = serving::load_serving_tokenizer(core.model_dir());
+std::shared_ptr<serving::ServingTokenizer> tokenizer_for(const engine::EngineCore& core,
+                                                         const EngineFlags& flags) {
+  auto tok = serving::load_serving_tokenizer(
+      core.model_dir(),
+      flags.chat_template.empty() ? "" : chat_template_source(flags.chat_template));
   // Ids the tokenizer can produce must be rows of the embedding.
   TESSERA_CHECK(tok->vocab_size() <= core.model_config().vocab_size, "the tokenizer of ",
                 core.model_dir(), " has ", tok->vocab_size(), " ids but the model's vocab_size is ",
@@ -272,7 +303,7 @@ serving::ServingBackendLoader local_engine_loader(const EngineFlags& flags, int 
         engine::EngineConfig ec = engine_config(flags, spec.base, device);
         ec.loras = engine_loras(spec);
         auto core = std::make_unique<engine::EngineCore>(ec, nullptr, nullptr);
-        auto tok = tokenizer_for(*core);
+        auto tok = tokenizer_for(*core, flags);
         engine::EngineCore& ref = *core;
         auto backend = std::make_shared<EngineBackend>(std::move(core), ref, std::move(tok),
                                                        adapter_lora_name(spec));
@@ -350,7 +381,7 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
   std::string my_url;
   agreed(wc, [&] {
     if (!leader) return;
-    backend = std::make_shared<EngineBackend>(nullptr, *core, tokenizer_for(*core),
+    backend = std::make_shared<EngineBackend>(nullptr, *core, tokenizer_for(*core, flags),
                                               adapter_lora_name(setup.models[0]));
     io = std::make_unique<serving::IoRuntime>(setup.io_threads, 2);
     serving::HttpServerOptions http = setup.http;

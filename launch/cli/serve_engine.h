@@ -26,7 +26,13 @@ struct EngineFlags {
   double kv_cache_fraction = 0.9;
   bool no_prefix_caching = false;
   int64_t seed = 0;  // the sampler's stream for requests without a seed
+  // --chat-template: a file, or the template itself (vLLM's flag); "" = each folder's own.
+  std::string chat_template;
 };
+
+// The Jinja source --chat-template names: the file's text when it is a file, the value itself when
+// it holds "{{" or "{%", else an error naming the flag; the template must parse.
+std::string chat_template_source(const std::string& flag_value);
 
 // Checks every engine flag on its own (ranges, sizes, dtype names), so that a wrong value is one
 // line at start-up, not a server whose model never loads; throws tessera::Error naming the flag.

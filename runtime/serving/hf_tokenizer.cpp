@@ -23,12 +23,27 @@ class HfStreamDecoder : public StreamDecoder {
   tokenizers::IncrementalDecoder dec_;
 };
 
+// The byte tokenizer with a given chat template in place of its ChatML.
+class TemplatedByteTokenizer : public ByteTokenizer {
+ public:
+  explicit TemplatedByteTokenizer(const std::string& source)
+      : chat_(tokenizers::ChatTemplate::from_string(source)) {}
+  std::string render_chat(const nlohmann::json& messages, bool add_generation_prompt,
+                          const nlohmann::json& extra) const override {
+    return chat_.render(messages, add_generation_prompt,
+                        extra.is_object() ? extra : nlohmann::json::object());
+  }
+
+ private:
+  tokenizers::ChatTemplate chat_;
+};
+
 }  // namespace
 
-HfTokenizer::HfTokenizer(const std::string& dir)
+HfTokenizer::HfTokenizer(const std::string& dir, const std::string& chat_template)
     : tok_(tokenizers::Tokenizer::from_folder(dir)),
-      chat_(
-          std::make_unique<tokenizers::ChatTemplate>(tokenizers::ChatTemplate::from_folder(dir))) {}
+      chat_(std::make_unique<tokenizers::ChatTemplate>(
+          tokenizers::ChatTemplate::from_folder(dir, chat_template, "--chat-template"))) {}
 
 HfTokenizer::~HfTokenizer() = default;
 
@@ -63,10 +78,12 @@ std::string HfTokenizer::token_text(int32_t id) const {
   return tok_->decode(std::span<const int32_t>(one, 1), false);
 }
 
-std::shared_ptr<ServingTokenizer> load_serving_tokenizer(const std::string& dir) {
+std::shared_ptr<ServingTokenizer> load_serving_tokenizer(const std::string& dir,
+                                                         const std::string& chat_template) {
   if (std::filesystem::exists(std::filesystem::path(dir) / "tokenizer.json")) {
-    return std::make_shared<HfTokenizer>(dir);
+    return std::make_shared<HfTokenizer>(dir, chat_template);
   }
+  if (!chat_template.empty()) return std::make_shared<TemplatedByteTokenizer>(chat_template);
   return std::make_shared<ByteTokenizer>();
 }
 

@@ -19,7 +19,8 @@ class HfTokenizer : public ServingTokenizer {
  public:
   // Reads `dir`/tokenizer.json (+ tokenizer_config.json: specials, chat_template). Throws
   // tessera::Error naming the file on a malformed one.
-  explicit HfTokenizer(const std::string& dir);
+  // `chat_template`: a template source in place of the folder's ("" = the folder's).
+  explicit HfTokenizer(const std::string& dir, const std::string& chat_template = "");
   ~HfTokenizer() override;
 
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens) const override;
@@ -39,7 +40,9 @@ class HfTokenizer : public ServingTokenizer {
 };
 
 // HfTokenizer when `dir` has tokenizer.json, else ByteTokenizer (ids 0-255 bytes, 256 <bos>,
-// 257 <eos>: the built-in models' vocabulary).
-std::shared_ptr<ServingTokenizer> load_serving_tokenizer(const std::string& dir);
+// 257 <eos>: the built-in models' vocabulary). `chat_template` (a Jinja source, "" = none)
+// renders chats in place of the folder's template (or the byte tokenizer's ChatML).
+std::shared_ptr<ServingTokenizer> load_serving_tokenizer(const std::string& dir,
+                                                         const std::string& chat_template = "");
 
 }  // namespace tessera::serving

@@ -85,14 +85,18 @@ ChatTemplate ChatTemplate::from_string(const std::string& source,
   return t;
 }
 
-ChatTemplate ChatTemplate::from_folder(const std::string& dir) {
+ChatTemplate ChatTemplate::from_folder(const std::string& dir, const std::string& given,
+                                       const std::string& given_origin) {
   const fs::path d(dir);
   nlohmann::ordered_json cfg = nlohmann::ordered_json::object();
   if (fs::exists(d / "tokenizer_config.json")) cfg = read_json(d / "tokenizer_config.json");
   TESSERA_CHECK(cfg.is_object(), (d / "tokenizer_config.json").string(),
                 " must hold a JSON object");
   std::string source, origin;
-  if (fs::exists(d / "chat_template.jinja")) {
+  if (!given.empty()) {
+    source = given;
+    origin = given_origin.empty() ? "the given chat template" : given_origin;
+  } else if (fs::exists(d / "chat_template.jinja")) {
     source = read_text(d / "chat_template.jinja");
     origin = (d / "chat_template.jinja").string();
   } else if (fs::exists(d / "chat_template.json")) {

@@ -16,8 +16,11 @@ namespace tessera::tokenizers {
 class ChatTemplate {
  public:
   ChatTemplate() = default;
-  // An empty template when the folder has none (render() then throws saying so).
-  static ChatTemplate from_folder(const std::string& dir);
+  // An empty template when the folder has none (render() then throws saying so). `source`, when
+  // given, replaces the folder's template (the special tokens still come from the folder's
+  // tokenizer_config.json); `origin` names it in errors.
+  static ChatTemplate from_folder(const std::string& dir, const std::string& source = "",
+                                  const std::string& origin = "");
   // `special_tokens`: {"bos_token": "<s>", ...}, the variables transformers adds.
   static ChatTemplate from_string(const std::string& source,
                                   const nlohmann::ordered_json& special_tokens = {});

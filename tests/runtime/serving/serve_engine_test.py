@@ -432,6 +432,31 @@ def run_single(tessera):
           hits[5] > 0, f"cache_salt: cached tokens without / a / a / b / without: {hits}")
     disconnect_check(port, "llama", "llama", 400)
     stop_ok(proc, "llama server")
+    # --chat-template FILE (vLLM's flag) in place of the folder's: the ids of a chat are those of
+    # transformers' apply_chat_template with that template (the folder's bos_token in it).
+    tpl = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>"
+           "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    tpl_file = os.path.join(tmp, "template.jinja")
+    with open(tpl_file, "w") as f:
+        f.write(tpl)
+    proc, port, _ = start([tessera, "serve", "--model", d, "--chat-template", tpl_file,
+                           "--port", "0"])
+    want_ids = fast.apply_chat_template(messages, chat_template=tpl, add_generation_prompt=True,
+                                        tokenize=True)
+    status, _, body = http(port, "POST", "/tokenize", {"model": "llama", "messages": messages})
+    got_ids = json.loads(body)["tokens"] if status == 200 else body
+    chat = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0,
+                         http_client=httpx.Client()).chat.completions.create(
+        model="llama", messages=messages, max_tokens=2)
+    check(got_ids == want_ids and chat.usage.prompt_tokens == len(want_ids) and
+          want_ids != chat_ids,
+          f"--chat-template FILE: ids {got_ids} == transformers' {want_ids}, chat prompt_tokens "
+          f"{chat.usage.prompt_tokens}")
+    stop_ok(proc, "llama server with --chat-template")
+    bad = subprocess.run([tessera, "serve", "--model", d, "--chat-template", "{% if x %}",
+                          "--port", "0"], capture_output=True, text=True, timeout=60)
+    check(bad.returncode != 0 and "--chat-template" in bad.stderr,
+          f"a template that does not parse: exit {bad.returncode}, {bad.stderr.strip()!r}")
 
 
 def run_mpi(tessera, mpiexec):
