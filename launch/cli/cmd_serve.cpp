@@ -261,6 +261,11 @@ Command register_serve(CLI::App& root) {
       ->capture_default_str();
   app->add_flag("--no-prefix-caching", e.no_prefix_caching, "recompute shared prefixes");
   app->add_option("--seed", e.seed, "sampling seed of requests without one");
+  app->add_option("--generation-config", e.generation_config,
+                  "auto: sampling fields a request leaves out (temperature, top_p, top_k, min_p, "
+                  "repetition_penalty, max_tokens from max_new_tokens) come from the model "
+                  "folder's generation_config.json, as vLLM; none: the API's defaults")
+      ->capture_default_str();
   app->add_option("--chat-template", e.chat_template,
                   "chat template for every --model instead of its folder's: a file, or the "
                   "Jinja template itself");

@@ -73,7 +73,44 @@ std::string chat_template_source(const std::string& value) {
   return source;
 }
 
+namespace {
+
+// --generation-config auto: the sampling defaults of a decoder folder (EngineBackend).
+nlohmann::json generation_defaults(const std::string& dir, const std::string& mode) {
+  nlohmann::json out = nlohmann::json::object();
+  if (mode != "auto") return out;
+  const auto folder = models::ModelFolder::open(dir);
+  if (!folder.generation_config_json()) return out;
+  const std::string& path = *folder.generation_config_json();
+  std::ifstream in(path);
+  const auto g = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  TESSERA_CHECK(g.is_object(), path, " is not a JSON object");
+  // vLLM's keys; the values are checked again with each request's own (the request parser).
+  for (const char* k : {"temperature", "top_p", "top_k", "min_p", "repetition_penalty"}) {
+    if (!g.contains(k) || g[k].is_null()) continue;
+    TESSERA_CHECK(g[k].is_number(), path, ": '", k, "' must be a number, got ", g[k].dump());
+    out[k] = g[k];
+  }
+  if (g.contains("max_new_tokens") && !g["max_new_tokens"].is_null()) {
+    TESSERA_CHECK(
+        g["max_new_tokens"].is_number_integer() && g["max_new_tokens"].get<int64_t>() >= 1, path,
+        ": 'max_new_tokens' must be a positive integer, got ", g["max_new_tokens"].dump());
+    out["max_tokens"] = g["max_new_tokens"];
+  }
+  if (!out.empty()) {
+    log::info(
+        "serving: requests to {} default to {} (generation_config.json; "
+        "--generation-config none turns this off)",
+        dir, out.dump());
+  }
+  return out;
+}
+
+}  // namespace
+
 void check_engine_flags(const EngineFlags& f) {
+  TESSERA_CHECK(f.generation_config == "auto" || f.generation_config == "none",
+                "--generation-config must be auto or none, got '", f.generation_config, "'");
   if (!f.chat_template.empty()) chat_template_source(f.chat_template);
   TESSERA_CHECK(f.max_num_seqs >= 1, "--max-num-seqs must be >= 1, got ", f.max_num_seqs);
   TESSERA_CHECK(f.max_num_batched_tokens >= 1, "--max-num-batched-tokens must be >= 1, got ",
@@ -116,11 +153,13 @@ engine::EngineConfig engine_config(const EngineFlags& f, const std::string& mode
 class EngineBackend : public serving::ServingBackend {
  public:
   EngineBackend(std::unique_ptr<engine::EngineCore> owned, engine::EngineCore& core,
-                std::shared_ptr<serving::ServingTokenizer> tok, std::string lora = "")
+                std::shared_ptr<serving::ServingTokenizer> tok, std::string lora,
+                nlohmann::json defaults)
       : owned_(std::move(owned)),
         engine_(std::make_unique<engine::AsyncEngine>(core)),
         tok_(std::move(tok)),
-        lora_(std::move(lora)) {}
+        lora_(std::move(lora)),
+        defaults_(std::move(defaults)) {}
   ~EngineBackend() override { close(); }
 
   void close() override {
@@ -135,6 +174,7 @@ class EngineBackend : public serving::ServingBackend {
   engine::EngineClient* engine() override { return engine_.get(); }
   const serving::ServingTokenizer& tokenizer() const override { return *tok_; }
   std::string lora() const override { return lora_; }
+  nlohmann::json sampling_defaults() const override { return defaults_; }
   engine::AsyncEngine& async() { return *engine_; }
 
  private:
@@ -143,6 +183,7 @@ class EngineBackend : public serving::ServingBackend {
   std::unique_ptr<engine::AsyncEngine> engine_;
   std::shared_ptr<serving::ServingTokenizer> tok_;
   std::string lora_;  // a NAME=PATH:ADAPTER backend: every request runs its adapter
+  nlohmann::json defaults_;
 };
 
 // An encoder folder (BERT, ModernBERT, with its sentence-transformers modules) as a backend that
@@ -305,8 +346,9 @@ serving::ServingBackendLoader local_engine_loader(const EngineFlags& flags, int 
         auto core = std::make_unique<engine::EngineCore>(ec, nullptr, nullptr);
         auto tok = tokenizer_for(*core, flags);
         engine::EngineCore& ref = *core;
-        auto backend = std::make_shared<EngineBackend>(std::move(core), ref, std::move(tok),
-                                                       adapter_lora_name(spec));
+        auto defaults = generation_defaults(ref.model_dir(), flags.generation_config);
+        auto backend = std::make_shared<EngineBackend>(
+            std::move(core), ref, std::move(tok), adapter_lora_name(spec), std::move(defaults));
         backend->async().start();
         return backend;
       };
@@ -381,8 +423,9 @@ int run_serve_job(const ServeSetup& setup, const EngineFlags& flags, launch::Wor
   std::string my_url;
   agreed(wc, [&] {
     if (!leader) return;
-    backend = std::make_shared<EngineBackend>(nullptr, *core, tokenizer_for(*core, flags),
-                                              adapter_lora_name(setup.models[0]));
+    backend = std::make_shared<EngineBackend>(
+        nullptr, *core, tokenizer_for(*core, flags), adapter_lora_name(setup.models[0]),
+        generation_defaults(core->model_dir(), flags.generation_config));
     io = std::make_unique<serving::IoRuntime>(setup.io_threads, 2);
     serving::HttpServerOptions http = setup.http;
     serving::ApiServerOptions api = setup.api;

@@ -28,6 +28,9 @@ struct EngineFlags {
   int64_t seed = 0;  // the sampler's stream for requests without a seed
   // --chat-template: a file, or the template itself (vLLM's flag); "" = each folder's own.
   std::string chat_template;
+  // --generation-config: "auto" (a request's missing sampling fields from the folder's
+  // generation_config.json, as vLLM) or "none" (the API's defaults).
+  std::string generation_config = "auto";
 };
 
 // The Jinja source --chat-template names: the file's text when it is a file, the value itself when

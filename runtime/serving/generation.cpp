@@ -492,10 +492,30 @@ void ApiServer::Impl::handle_generate(const std::shared_ptr<Exchange>& ex, bool 
                    {{"Retry-After", std::to_string(opt.retry_after_s)}});
   }
   auto self = shared_from_this();
-  with_backend(ex, route, spec,
-               [self, ex, req = std::move(req)](BackendCache::Lease lease) mutable {
-                 self->start_generation(ex, std::move(req), std::move(lease));
-               });
+  with_backend(
+      ex, route, spec,
+      [self, ex, chat, body = std::move(body),
+       req = std::move(req)](BackendCache::Lease lease) mutable {
+        // The model's sampling defaults fill the fields the request left out; the
+        // request is read again with them, so they are checked as the client's are.
+        const json defaults = static_cast<ServingBackend&>(*lease.get()).sampling_defaults();
+        bool missing = false;
+        for (const auto& [k, v] : defaults.items()) {
+          const bool given = body.contains(k) && !body[k].is_null();
+          const bool max_given = k == "max_tokens" && body.contains("max_completion_tokens") &&
+                                 !body["max_completion_tokens"].is_null();
+          if (!given && !max_given) {
+            body[k] = v;
+            missing = true;
+          }
+        }
+        if (missing) {
+          const std::string lora = req.lora;
+          req = parse_generation_request(body, chat, self->opt.max_n);
+          req.lora = lora;
+        }
+        self->start_generation(ex, std::move(req), std::move(lease));
+      });
 }
 
 void ApiServer::Impl::start_generation(const std::shared_ptr<Exchange>& ex, GenerationRequest req,

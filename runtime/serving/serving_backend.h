@@ -3,6 +3,8 @@
 // /v1/embeddings with "model is not an encoder"; one without an engine refuses generation.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <functional>
 #include <memory>
 #include <string>
@@ -39,6 +41,10 @@ class ServingBackend : public Backend {
   virtual EmbeddingClient* embedder() { return nullptr; }
   // Requests to an adapter's backend carry this LoRA name (an engine may serve several adapters).
   virtual std::string lora() const { return ""; }
+  // Sampling fields a request that leaves them out gets (vLLM's generation_config defaults: the
+  // model folder's generation_config.json), e.g. {"temperature": 0.6, "top_p": 0.9}; "max_tokens"
+  // for its max_new_tokens. Empty: the API's own defaults.
+  virtual nlohmann::json sampling_defaults() const { return nlohmann::json::object(); }
 };
 
 using ServingBackendLoader = std::function<std::shared_ptr<ServingBackend>(const ModelSpec&)>;

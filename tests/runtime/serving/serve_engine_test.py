@@ -432,6 +432,35 @@ def run_single(tessera):
           hits[5] > 0, f"cache_salt: cached tokens without / a / a / b / without: {hits}")
     disconnect_check(port, "llama", "llama", 400)
     stop_ok(proc, "llama server")
+    # generation_config.json's sampling fields are the defaults of requests that leave them out
+    # (vLLM's --generation-config auto): temperature 0 (greedy) and max_new_tokens 5 here, against
+    # transformers' greedy tokens; --generation-config none keeps the API's defaults.
+    import shutil
+    d_gen = os.path.join(tmp, "llama_gen")
+    shutil.copytree(d, d_gen)
+    with open(os.path.join(d_gen, "generation_config.json"), "w") as f:
+        json.dump({"temperature": 0.0, "top_p": 0.5, "max_new_tokens": 5}, f)
+    ref5 = fast.decode(out[0, ids.shape[1]:ids.shape[1] + 5], skip_special_tokens=True)
+    texts = {}
+    for mode in ["auto", "none"]:
+        proc, port, _ = start([tessera, "serve", "--model", f"llama={d_gen}", "--generation-config",
+                               mode, "--port", "0"])
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0,
+                          http_client=httpx.Client())
+        if mode == "auto":
+            r = c.completions.create(model="llama", prompt=prompt, extra_body={"ignore_eos": True})
+            check(r.usage.completion_tokens == 5 and r.choices[0].text == ref5,
+                  f"generation_config defaults: {r.usage.completion_tokens} tokens "
+                  f"{r.choices[0].text!r} == transformers' greedy {ref5!r}")
+            texts[mode] = c.completions.create(model="llama", prompt=prompt, max_tokens=8,
+                                               temperature=1.0, top_p=1.0, seed=3,
+                                               extra_body={"ignore_eos": True}).choices[0].text
+        else:
+            texts[mode] = c.completions.create(model="llama", prompt=prompt, max_tokens=8, seed=3,
+                                               extra_body={"ignore_eos": True}).choices[0].text
+        stop_ok(proc, f"llama server, --generation-config {mode}")
+    check(texts["auto"] == texts["none"],
+          f"fields the request gives win over the defaults; none = the API's defaults: {texts}")
     # --chat-template FILE (vLLM's flag) in place of the folder's: the ids of a chat are those of
     # transformers' apply_chat_template with that template (the folder's bos_token in it).
     tpl = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</s>"
