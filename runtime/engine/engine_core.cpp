@@ -1,5 +1,7 @@
 #include "runtime/engine/engine_core.h"
 
+#include <algorithm>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -174,6 +176,28 @@ void EngineCore::add_request(EngineRequest request, OutputFn on_output) {
       return refuse(who + "logit_bias token id " + std::to_string(id) +
                     " is outside the model's vocabulary [0, " +
                     std::to_string(model_config_.vocab_size) + ")");
+    }
+  }
+  const auto& allowed = request.params.allowed_token_ids;
+  for (size_t i = 0; i < allowed.size(); ++i) {
+    if (allowed[i] < 0 || allowed[i] >= model_config_.vocab_size) {
+      return refuse(who + "allowed_token_ids[" + std::to_string(i) +
+                    "]=" + std::to_string(allowed[i]) + " is outside the model's vocabulary [0, " +
+                    std::to_string(model_config_.vocab_size) + ")");
+    }
+  }
+  if (!allowed.empty() && request.params.min_tokens > 0) {
+    // The min_tokens mask would leave no token to draw.
+    auto ends = [&](int32_t id) {
+      auto has = [id](const std::vector<int32_t>& v) {
+        return std::find(v.begin(), v.end(), id) != v.end();
+      };
+      return has(request.params.stop_token_ids) || (!request.params.ignore_eos && has(eos_ids_));
+    };
+    if (std::all_of(allowed.begin(), allowed.end(), ends)) {
+      return refuse(who + "every id of allowed_token_ids ends the request (eos or " +
+                    "stop_token_ids), but min_tokens=" + std::to_string(request.params.min_tokens) +
+                    " asks for tokens before that");
     }
   }
   scheduler::Request r;

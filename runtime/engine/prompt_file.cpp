@@ -103,6 +103,10 @@ void parse_into(const json& j, PromptSpec& s) {
       }
     } else if (key == "stop_token_ids") {
       p.stop_token_ids = as_ids(v, k);
+    } else if (key == "allowed_token_ids") {
+      p.allowed_token_ids = as_ids(v, k);
+      TESSERA_CHECK(!p.allowed_token_ids.empty(),
+                    "allowed_token_ids must name at least one token id, got []");
     } else if (key == "ignore_eos" || key == "include_stop_str_in_output" ||
                key == "skip_special_tokens") {
       TESSERA_CHECK(v.is_boolean(), key, " must be true or false, got ", v.dump());

@@ -63,7 +63,8 @@ bool greedy_only_cpu(const torch::Tensor& logits, std::span<const SamplerRow> ro
   for (const auto& r : rows) {
     const auto& p = *r.params;
     if (!p.greedy() || p.logprobs >= 0 || p.repetition_penalty != 1.0f ||
-        p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f || !p.logit_bias.empty()) {
+        p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f || !p.logit_bias.empty() ||
+        !p.allowed_token_ids.empty()) {
       return false;
     }
     const bool masking = static_cast<int64_t>(r.output_ids.size()) < p.min_tokens &&
@@ -107,7 +108,26 @@ torch::Tensor Sampler::penalized(const torch::Tensor& logits,
   const torch::Device device = logits.device();
   torch::Tensor x = logits.to(torch::kFloat32, /*non_blocking=*/false, /*copy=*/true);
 
-  // logit_bias first: the logits as the request wants them, then everything else.
+  // allowed_token_ids first (vLLM v1's order): every other id of those rows is out.
+  std::vector<int64_t> allowed;
+  std::vector<int64_t> restricted_rows;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& ids = rows[b].params->allowed_token_ids;
+    if (ids.empty()) continue;
+    restricted_rows.push_back(b);
+    for (int32_t id : ids) {
+      if (id >= 0 && id < V) allowed.push_back(b * V + id);
+    }
+  }
+  if (!restricted_rows.empty()) {
+    torch::Tensor out = torch::zeros({B}, torch::dtype(torch::kBool).device(device));
+    out.index_fill_(0, index_tensor(restricted_rows, device), true);
+    torch::Tensor keep = torch::zeros({B * V}, torch::dtype(torch::kBool).device(device));
+    if (!allowed.empty()) keep.index_fill_(0, index_tensor(allowed, device), true);
+    x.masked_fill_(out.view({B, 1}) & keep.view({B, V}).logical_not(), kNegInf);
+  }
+
+  // logit_bias: the logits as the request wants them, then everything else.
   std::vector<int64_t> biased;
   std::vector<float> biases;
   for (int64_t b = 0; b < B; ++b) {

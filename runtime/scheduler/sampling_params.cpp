@@ -28,6 +28,10 @@ void SamplingParams::validate() const {
     TESSERA_CHECK(std::isfinite(bias) && bias >= -100.0f && bias <= 100.0f, "logit_bias[", id,
                   "] must lie in [-100, 100], got ", bias);
   }
+  for (size_t i = 0; i < allowed_token_ids.size(); ++i) {
+    TESSERA_CHECK(allowed_token_ids[i] >= 0, "allowed_token_ids[", i, "] must be >= 0, got ",
+                  allowed_token_ids[i]);
+  }
   for (size_t i = 0; i < stop_token_ids.size(); ++i) {
     TESSERA_CHECK(stop_token_ids[i] >= 0, "stop_token_ids[", i, "] must be >= 0, got ",
                   stop_token_ids[i]);

@@ -19,6 +19,10 @@ struct SamplingParams {
   // min_tokens mask, the penalties and temperature (-100 / 100 in practice ban / force a token).
   // Ids >= 0 (and inside the vocabulary: the engine checks), biases in [-100, 100].
   std::vector<std::pair<int32_t, float>> logit_bias;
+  // vLLM's allowed_token_ids: when not empty, every other id's logit is -inf, first of all (so
+  // only these ids can be drawn or be the argmax; logprobs stay the model's raw distribution).
+  // Ids >= 0 (and inside the vocabulary: the engine checks); duplicates are harmless.
+  std::vector<int32_t> allowed_token_ids;
   // Divides the logits. 0 (anything below kGreedyTemperature) = greedy: argmax of the logits
   // after min_tokens masking and penalties; top_k / top_p / min_p / seed are then ignored.
   float temperature = 1.0f;

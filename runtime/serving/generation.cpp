@@ -119,6 +119,25 @@ class Generation : public std::enable_shared_from_this<Generation> {
     for (const auto& [id, bias] : req_.params.logit_bias) {
       if (id >= tok_->vocab_size()) bad_field("logit_bias", below, id);
     }
+    for (int32_t id : req_.params.allowed_token_ids) {
+      if (id >= tok_->vocab_size()) bad_field("allowed_token_ids", below, id);
+    }
+    if (!req_.params.allowed_token_ids.empty() && req_.params.min_tokens > 0) {
+      // min_tokens masks the ids that end the request: none of the allowed ids would be left.
+      const auto& p = req_.params;
+      const std::vector<int32_t> eos = p.ignore_eos ? std::vector<int32_t>{} : tok_->eos_ids();
+      auto ends = [&](int32_t id) {
+        return std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), id) !=
+                   p.stop_token_ids.end() ||
+               std::find(eos.begin(), eos.end(), id) != eos.end();
+      };
+      if (std::all_of(p.allowed_token_ids.begin(), p.allowed_token_ids.end(), ends)) {
+        bad_field("allowed_token_ids",
+                  "a list holding an id that does not end the request while min_tokens=" +
+                      std::to_string(p.min_tokens) + " holds (eos and stop_token_ids are masked)",
+                  json(p.allowed_token_ids));
+      }
+    }
     const char* prompt_field = req_.chat ? "messages" : "prompt";
     for (const auto& p : prompts) {
       const int64_t len = static_cast<int64_t>(p.ids.size());

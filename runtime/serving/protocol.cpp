@@ -285,6 +285,12 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
     if (!s.is_array()) bad_field("stop_token_ids", "a list of token ids", s);
     p.stop_token_ids = id_list(s, "stop_token_ids");
   }
+  if (present(body, "allowed_token_ids")) {
+    const json& a = body["allowed_token_ids"];
+    if (!a.is_array() || a.empty())
+      bad_field("allowed_token_ids", "a non-empty list of token ids", a);
+    p.allowed_token_ids = id_list(a, "allowed_token_ids");
+  }
   if (present(body, "logit_bias")) {
     try {
       p.logit_bias = scheduler::parse_logit_bias(body["logit_bias"]);
@@ -362,7 +368,7 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
     throw ApiError(400, "'length_penalty' applies to beam search, which is not supported",
                    "length_penalty");
   }
-  for (const char* f : {"allowed_token_ids", "bad_words", "prompt_logprobs", "logits_processors"}) {
+  for (const char* f : {"bad_words", "prompt_logprobs", "logits_processors"}) {
     if (present(body, f) && !(body[f].is_array() && body[f].empty())) {
       throw ApiError(400, std::string("'") + f + "' is not supported", f);
     }

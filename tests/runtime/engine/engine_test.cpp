@@ -198,22 +198,39 @@ TEST(Engine, BadRequestsFailAloneTheOthersFinish) {
   reqs.push_back(hot);
   reqs.push_back(greedy_request("good1", random_prompt(rng, 5), 5));  // duplicate id
   reqs.push_back(greedy_request("good2", random_prompt(rng, 30), 5));
+  auto allowed_vocab = greedy_request("allowed_vocab", random_prompt(rng, 5), 5);
+  allowed_vocab.params.allowed_token_ids = {3, 999};
+  reqs.push_back(allowed_vocab);
+  // Only eos allowed, but min_tokens masks eos: no token could be drawn.
+  auto allowed_eos = greedy_request("allowed_eos", random_prompt(rng, 5), 5);
+  allowed_eos.params.allowed_token_ids = {257};
+  allowed_eos.params.min_tokens = 2;
+  allowed_eos.params.ignore_eos = false;
+  reqs.push_back(allowed_eos);
+  auto allowed = greedy_request("allowed", random_prompt(rng, 5), 5);
+  allowed.params.allowed_token_ids = {65, 66};
+  reqs.push_back(allowed);
   const auto res = generate(core, reqs);
   const std::vector<std::pair<int, std::string>> errors = {
       {1, "prompt has 65 tokens, more than max_model_len=64"},
       {2, "max_tokens must be >= 1, got 0"},
       {3, "prompt_ids[2]=999 is outside the model's vocabulary [0, 258)"},
       {4, "top_p must lie in (0, 1], got 1.5"},
-      {5, "already in use"}};
+      {5, "already in use"},
+      {7, "allowed_token_ids[1]=999 is outside the model's vocabulary [0, 258)"},
+      {8,
+       "every id of allowed_token_ids ends the request (eos or stop_token_ids), but "
+       "min_tokens=2"}};
   for (const auto& [i, needle] : errors) {
     EXPECT_EQ(res[i].finish_reason, "error") << i;
     EXPECT_NE(res[i].error.find(needle), std::string::npos) << res[i].error;
     EXPECT_EQ(res[i].error.find('\n'), std::string::npos) << "one line: " << res[i].error;
   }
-  for (int i : {0, 6}) {
+  for (int i : {0, 6, 9}) {
     EXPECT_EQ(res[i].finish_reason, "length") << res[i].error;
     EXPECT_EQ(res[i].output_ids.size(), 5u);
   }
+  for (int32_t t : res[9].output_ids) EXPECT_TRUE(t == 65 || t == 66) << t;
 }
 
 TEST(Engine, AsyncEngineServesOtherThreadsAndAborts) {

@@ -36,13 +36,17 @@ TEST(PromptFile, LinesWithTheirOwnParametersAndBadLinesAlone) {
       << R"({"prompt": "b", "logit_bias": {"x": 1}})"
       << "\n"
       << R"({"prompt": "b", "logit_bias": {"7": 300}})"
+      << "\n"
+      << R"({"prompt": "b", "allowed_token_ids": [5, 9]})"
+      << "\n"
+      << R"({"prompt": "b", "allowed_token_ids": []})"
       << "\n";
   }
   scheduler::SamplingParams defaults;
   defaults.max_tokens = 32;
   const auto specs = read_prompt_file(path.string(), defaults);
   std::filesystem::remove(path);
-  ASSERT_EQ(specs.size(), 10u);
+  ASSERT_EQ(specs.size(), 12u);
   EXPECT_EQ(specs[0].text, "hello");
   EXPECT_FALSE(specs[0].has_ids);
   EXPECT_EQ(specs[0].id, "a");
@@ -69,6 +73,9 @@ TEST(PromptFile, LinesWithTheirOwnParametersAndBadLinesAlone) {
             (std::vector<std::pair<int32_t, float>>{{3, 2.5f}, {7, -100.0f}}));
   EXPECT_EQ(specs[8].error, "line 10: logit_bias keys must be token ids, got 'x'");
   EXPECT_EQ(specs[9].error, "line 11: logit_bias[7] must lie in [-100, 100], got 300");
+  EXPECT_TRUE(specs[10].error.empty()) << specs[10].error;
+  EXPECT_EQ(specs[10].params.allowed_token_ids, (std::vector<int32_t>{5, 9}));
+  EXPECT_EQ(specs[11].error, "line 13: allowed_token_ids must name at least one token id, got []");
 }
 
 TEST(PromptFile, IdLists) {

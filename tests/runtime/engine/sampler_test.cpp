@@ -36,6 +36,13 @@ struct History {
 std::vector<double> reference_logits(std::vector<double> x, const SamplingParams& p,
                                      const History& h, const std::vector<int32_t>& eos) {
   const auto V = static_cast<int32_t>(x.size());
+  if (!p.allowed_token_ids.empty()) {
+    std::vector<bool> ok(V, false);
+    for (int32_t id : p.allowed_token_ids) ok[id] = true;
+    for (int32_t v = 0; v < V; ++v) {
+      if (!ok[v]) x[v] = -kInf;
+    }
+  }
   for (const auto& [id, bias] : p.logit_bias) x[id] += bias;
   if (static_cast<int64_t>(h.output.size()) < p.min_tokens) {
     for (int32_t id : p.stop_token_ids) x[id] = -kInf;
@@ -159,6 +166,13 @@ std::vector<Case> cases() {
   add("top_p_0.7", [](SamplingParams& p) { p.top_p = 0.7f; });
   add("min_p_0.15", [](SamplingParams& p) { p.min_p = 0.15f; });
   add("logit_bias", [](SamplingParams& p) { p.logit_bias = {{3, 2.5f}, {9, -1.25f}, {0, 4.0f}}; });
+  add("allowed_token_ids", [](SamplingParams& p) { p.allowed_token_ids = {2, 7, 7, 13, 20, 23}; });
+  add("allowed_token_ids_top_k_bias", [](SamplingParams& p) {
+    p.allowed_token_ids = {1, 4, 6, 9, 15, 18, 22};
+    p.top_k = 4;
+    p.temperature = 1.4f;
+    p.logit_bias = {{3, 100.0f}, {9, 1.5f}};  // 3 is not allowed: stays out however pushed
+  });
   add(
       "repetition_1.3", [](SamplingParams& p) { p.repetition_penalty = 1.3f; }, hist);
   add(
@@ -490,6 +504,24 @@ TEST(Sampler, GreedyTakesThePenalizedArgmax) {
   const int32_t second =
       static_cast<int32_t>(std::max_element(rest.begin(), rest.end()) - rest.begin());
   EXPECT_EQ(s.sample(to_tensor({logits}), std::vector{row(b, {})}).token_ids[0], second);
+  // allowed_token_ids without the best token: the argmax of the allowed ones (the all-greedy
+  // fast path must not skip it), beside an unrestricted row that keeps the best.
+  SamplingParams a;
+  a.temperature = 0;
+  for (int32_t v = 0; v < kVocab; v += 3) {
+    if (v != best) a.allowed_token_ids.push_back(v);
+  }
+  int32_t allowed_best = a.allowed_token_ids[0];
+  for (int32_t v : a.allowed_token_ids) {
+    if (logits[v] > logits[allowed_best]) allowed_best = v;
+  }
+  const auto both =
+      s.sample(to_tensor({logits, logits}), std::vector{row(a, {}), row(g, {})}).token_ids;
+  EXPECT_EQ(both[0], allowed_best);
+  EXPECT_NE(both[0], best);
+  g.repetition_penalty = 1.0f;
+  EXPECT_EQ(s.sample(to_tensor({logits, logits}), std::vector{row(a, {}), row(g, {})}).token_ids,
+            (std::vector<int32_t>{allowed_best, best}));
 }
 
 TEST(Sampler, LogprobsAreOfTheRawDistribution) {
@@ -517,6 +549,15 @@ TEST(Sampler, LogprobsAreOfTheRawDistribution) {
     EXPECT_EQ(out.top_logprobs[0][k].id, order[k]);
     EXPECT_NEAR(out.top_logprobs[0][k].logprob, lp(order[k]), 1e-5);
   }
+  // allowed_token_ids changes the draw, not the logprobs (vLLM returns the raw distribution):
+  // the token is one of the allowed ids, with its raw logprob, and the top list is unchanged.
+  SamplingParams a = p;
+  a.allowed_token_ids = {order[5], order[9]};
+  const auto out_a = s.sample(to_tensor({logits}), std::vector{row(a, h)});
+  EXPECT_TRUE(out_a.token_ids[0] == order[5] || out_a.token_ids[0] == order[9])
+      << out_a.token_ids[0];
+  EXPECT_NEAR(out_a.logprobs[0], lp(out_a.token_ids[0]), 1e-5);
+  for (int k = 0; k < 3; ++k) EXPECT_EQ(out_a.top_logprobs[0][k].id, order[k]);
   // Nobody asks: no logprobs at all.
   EXPECT_TRUE(s.sample(to_tensor({logits}), std::vector{row(none, h)}).logprobs.empty());
 }

@@ -54,6 +54,10 @@ TEST(SamplingParams, EachBadFieldIsNamed) {
        },
        "stop_token_ids[1] must be >= 0, got -1"},
       {[](auto& p) {
+         p.allowed_token_ids = {4, 9, -3};
+       },
+       "allowed_token_ids[2] must be >= 0, got -3"},
+      {[](auto& p) {
          p.stop = {"a", ""};
        },
        "stop[1] must not be empty"},

@@ -35,6 +35,7 @@ TEST(Protocol, CompletionFields) {
                        {"stop", "x"},
                        {"stop_token_ids", {3, 4}},
                        {"logit_bias", {{"5", -100}, {"17", 2.5}}},
+                       {"allowed_token_ids", {9, 2, 9}},
                        {"n", 2},
                        {"logprobs", 3},
                        {"ignore_eos", true},
@@ -53,6 +54,7 @@ TEST(Protocol, CompletionFields) {
   EXPECT_EQ(r.params.stop_token_ids, (std::vector<int32_t>{3, 4}));
   EXPECT_EQ(r.params.logit_bias,
             (std::vector<std::pair<int32_t, float>>{{5, -100.0f}, {17, 2.5f}}));
+  EXPECT_EQ(r.params.allowed_token_ids, (std::vector<int32_t>{9, 2, 9}));
   EXPECT_EQ(r.n, 2);
   EXPECT_EQ(r.params.logprobs, 3);
   EXPECT_TRUE(r.params.ignore_eos);
@@ -104,6 +106,11 @@ TEST(Protocol, ErrorsNameFieldAndValue) {
       {{{"prompt", "x"}, {"logit_bias", {{"99999999999", 1}}}}, "logit_bias", "'99999999999'"},
       {{{"prompt", "x"}, {"logit_bias", {{"5", 1}, {"05", 1}}}}, "logit_bias", "token 5 twice"},
       {{{"prompt", "x"}, {"logit_bias", {1, 2}}}, "logit_bias", "[1,2]"},
+      // vLLM refuses an empty list (it would leave no token to draw).
+      {{{"prompt", "x"}, {"allowed_token_ids", json::array()}}, "allowed_token_ids", "[]"},
+      {{{"prompt", "x"}, {"allowed_token_ids", 5}}, "allowed_token_ids", "5"},
+      {{{"prompt", "x"}, {"allowed_token_ids", {3, -1}}}, "allowed_token_ids", "-1"},
+      {{{"prompt", "x"}, {"allowed_token_ids", {3, "4"}}}, "allowed_token_ids", "\"4\""},
   };
   for (const auto& c : cases) {
     const std::string e = error_of(c.body);

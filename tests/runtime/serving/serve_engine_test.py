@@ -331,7 +331,7 @@ def run_single(tessera):
     # vLLM fields that would change the answer and have no implementation: a 400 naming each
     # (they were accepted and ignored).
     for field, value in [("use_beam_search", True), ("length_penalty", 0.5),
-                         ("allowed_token_ids", [1, 2]), ("bad_words", ["x"]),
+                         ("allowed_token_ids", []), ("bad_words", ["x"]),
                          ("prompt_logprobs", 1), ("return_tokens_as_token_ids", True),
                          ("cache_salt", "")]:
         try:
@@ -352,6 +352,14 @@ def run_single(tessera):
         check(False, "documents 'x' accepted")
     except openai.BadRequestError as e:
         check("documents" in str(e), f"400 names documents: {e}")
+    # allowed_token_ids while sampling: the byte model's ids are bytes, so the text shows which
+    # ids were drawn. Temperature 1, 40 tokens: only a, b and c, and more than one of them.
+    sampled = client.completions.create(model="tiny", prompt="x", max_tokens=40, temperature=1.0,
+                                        extra_body={"ignore_eos": True,
+                                                    "allowed_token_ids": [97, 98, 99]})
+    text = sampled.choices[0].text
+    check(len(text) == 40 and set(text) <= set("abc") and len(set(text)) > 1,
+          f"sampled with allowed_token_ids [97, 98, 99] ('a', 'b', 'c'): {text!r}")
     dt, steps = disconnect_check(port, "tiny", "tiny", 3000)
     stop_ok(proc, "tiny server", port)
     print(f"tiny: {time.time() - T0:.1f} s", flush=True)
@@ -388,6 +396,29 @@ def run_single(tessera):
                                       extra_body={"ignore_eos": True}).choices[0].text
     check(got_b == ref_b and ref_b != ref,
           f"llama greedy text with logit_bias {got_b!r} == transformers {ref_b!r} (!= {ref!r})")
+    # allowed_token_ids (vLLM) against transformers' prefix_allowed_tokens_fn (the same mask at
+    # every step): 40 ids without the unconstrained first token.
+    allowed = [t for t in range(3, model.config.vocab_size, 7) if t != first][:40]
+    with torch.no_grad():
+        out_a = model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None,
+                               pad_token_id=1, prefix_allowed_tokens_fn=lambda b, x: allowed)
+    ref_ids = [int(t) for t in out_a[0, ids.shape[1]:]]
+    ref_a = fast.decode(ref_ids, skip_special_tokens=True)
+    got_a = client.completions.create(model="llama", prompt=prompt, max_tokens=10, temperature=0,
+                                      logprobs=1, extra_body={"ignore_eos": True,
+                                                              "allowed_token_ids": allowed})
+    check(got_a.choices[0].text == ref_a and all(t in allowed for t in ref_ids) and ref_a != ref,
+          f"llama greedy text with allowed_token_ids {got_a.choices[0].text!r} == transformers "
+          f"{ref_a!r} (!= {ref!r})")
+    for extra, what in [({"allowed_token_ids": [3, 99999999]}, "99999999"),
+                        ({"allowed_token_ids": [fast.eos_token_id], "min_tokens": 2}, "min_tokens")]:
+        try:
+            client.completions.create(model="llama", prompt=prompt, max_tokens=4,
+                                      extra_body=extra)
+            check(False, f"{extra} accepted")
+        except openai.BadRequestError as e:
+            check("allowed_token_ids" in str(e) and what in str(e),
+                  f"400 names allowed_token_ids and {what}: {e}")
     try:
         client.completions.create(model="llama", prompt=prompt, max_tokens=2,
                                   logit_bias={"99999999": 1})
