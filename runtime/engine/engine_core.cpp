@@ -178,6 +178,15 @@ void EngineCore::add_request(EngineRequest request, OutputFn on_output) {
                     std::to_string(model_config_.vocab_size) + ")");
     }
   }
+  for (size_t i = 0; i < request.params.bad_words_ids.size(); ++i) {
+    for (int32_t id : request.params.bad_words_ids[i]) {
+      if (id < 0 || id >= model_config_.vocab_size) {
+        return refuse(who + "bad_words_ids[" + std::to_string(i) + "] holds " + std::to_string(id) +
+                      ", outside the model's vocabulary [0, " +
+                      std::to_string(model_config_.vocab_size) + ")");
+      }
+    }
+  }
   const auto& allowed = request.params.allowed_token_ids;
   for (size_t i = 0; i < allowed.size(); ++i) {
     if (allowed[i] < 0 || allowed[i] >= model_config_.vocab_size) {

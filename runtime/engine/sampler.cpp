@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "common/error.h"
@@ -64,7 +65,7 @@ bool greedy_only_cpu(const torch::Tensor& logits, std::span<const SamplerRow> ro
     const auto& p = *r.params;
     if (!p.greedy() || p.logprobs >= 0 || p.repetition_penalty != 1.0f ||
         p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f || !p.logit_bias.empty() ||
-        !p.allowed_token_ids.empty()) {
+        !p.allowed_token_ids.empty() || !p.bad_words_ids.empty()) {
       return false;
     }
     const bool masking = static_cast<int64_t>(r.output_ids.size()) < p.min_tokens &&
@@ -126,6 +127,22 @@ torch::Tensor Sampler::penalized(const torch::Tensor& logits,
     if (!allowed.empty()) keep.index_fill_(0, index_tensor(allowed, device), true);
     x.masked_fill_(out.view({B, 1}) & keep.view({B, V}).logical_not(), kNegInf);
   }
+
+  // bad_words (vLLM): a sequence whose all-but-last ids end the generated tokens bans its last id.
+  std::vector<int64_t> banned;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto out = rows[b].output_ids;
+    for (const auto& word : rows[b].params->bad_words_ids) {
+      if (word.empty() || word.size() > out.size() + 1) continue;
+      const size_t prefix = word.size() - 1;
+      if (std::equal(word.begin(), word.begin() + static_cast<std::ptrdiff_t>(prefix),
+                     out.end() - static_cast<std::ptrdiff_t>(prefix)) &&
+          word.back() >= 0 && word.back() < V) {
+        banned.push_back(b * V + word.back());
+      }
+    }
+  }
+  if (!banned.empty()) x.view({-1}).index_fill_(0, index_tensor(banned, device), kNegInf);
 
   // logit_bias: the logits as the request wants them, then everything else.
   std::vector<int64_t> biased;

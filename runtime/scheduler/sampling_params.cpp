@@ -32,6 +32,12 @@ void SamplingParams::validate() const {
     TESSERA_CHECK(allowed_token_ids[i] >= 0, "allowed_token_ids[", i, "] must be >= 0, got ",
                   allowed_token_ids[i]);
   }
+  for (size_t i = 0; i < bad_words_ids.size(); ++i) {
+    TESSERA_CHECK(!bad_words_ids[i].empty(), "bad_words_ids[", i, "] must not be empty");
+    for (int32_t id : bad_words_ids[i]) {
+      TESSERA_CHECK(id >= 0, "bad_words_ids[", i, "] must hold token ids >= 0, got ", id);
+    }
+  }
   for (size_t i = 0; i < stop_token_ids.size(); ++i) {
     TESSERA_CHECK(stop_token_ids[i] >= 0, "stop_token_ids[", i, "] must be >= 0, got ",
                   stop_token_ids[i]);

@@ -23,6 +23,10 @@ struct SamplingParams {
   // only these ids can be drawn or be the argmax; logprobs stay the model's raw distribution).
   // Ids >= 0 (and inside the vocabulary: the engine checks); duplicates are harmless.
   std::vector<int32_t> allowed_token_ids;
+  // vLLM's bad_words, as token id sequences (serving tokenizes the words): when the generated
+  // tokens end with a sequence's all-but-last ids (none for a one-token word), its last id gets
+  // -inf. Only generated tokens count, not the prompt (as vLLM). Each sequence non-empty, ids >= 0.
+  std::vector<std::vector<int32_t>> bad_words_ids;
   // Divides the logits. 0 (anything below kGreedyTemperature) = greedy: argmax of the logits
   // after min_tokens masking and penalties; top_k / top_p / min_p / seed are then ignored.
   float temperature = 1.0f;

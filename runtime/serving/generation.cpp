@@ -122,6 +122,12 @@ class Generation : public std::enable_shared_from_this<Generation> {
     for (int32_t id : req_.params.allowed_token_ids) {
       if (id >= tok_->vocab_size()) bad_field("allowed_token_ids", below, id);
     }
+    req_.params.bad_words_ids = bad_words_token_ids(*tok_, req_.bad_words);
+    for (const auto& ids : req_.params.bad_words_ids) {
+      for (int32_t id : ids) {
+        if (id < 0 || id >= tok_->vocab_size()) bad_field("bad_words", below, id);
+      }
+    }
     if (!req_.params.allowed_token_ids.empty() && req_.params.min_tokens > 0) {
       // min_tokens masks the ids that end the request: none of the allowed ids would be left.
       const auto& p = req_.params;

@@ -291,6 +291,22 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
       bad_field("allowed_token_ids", "a non-empty list of token ids", a);
     p.allowed_token_ids = id_list(a, "allowed_token_ids");
   }
+  if (present(body, "bad_words")) {
+    const json& w = body["bad_words"];
+    const std::string what = "a list of at most " +
+                             std::to_string(GenerationRequest::kMaxBadWords) +
+                             " words, each with more than whitespace";
+    if (!w.is_array() || w.size() > GenerationRequest::kMaxBadWords) {
+      bad_field("bad_words", what, w);
+    }
+    for (const auto& x : w) {
+      if (!x.is_string() ||
+          x.get_ref<const std::string&>().find_first_not_of(" \t\n\r\f\v") == std::string::npos) {
+        bad_field("bad_words", what, x);
+      }
+      r.bad_words.push_back(x.get<std::string>());
+    }
+  }
   if (present(body, "logit_bias")) {
     try {
       p.logit_bias = scheduler::parse_logit_bias(body["logit_bias"]);
@@ -368,7 +384,7 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
     throw ApiError(400, "'length_penalty' applies to beam search, which is not supported",
                    "length_penalty");
   }
-  for (const char* f : {"bad_words", "prompt_logprobs", "logits_processors"}) {
+  for (const char* f : {"prompt_logprobs", "logits_processors"}) {
     if (present(body, f) && !(body[f].is_array() && body[f].empty())) {
       throw ApiError(400, std::string("'") + f + "' is not supported", f);
     }
@@ -396,6 +412,24 @@ std::string chat_prompt_text(const ServingTokenizer& tok, const GenerationReques
   }
   if (r.continue_final_message) text = up_to_final_content(text, r.messages.back());
   return text;
+}
+
+std::vector<std::vector<int32_t>> bad_words_token_ids(const ServingTokenizer& tok,
+                                                      const std::vector<std::string>& words) {
+  std::vector<std::vector<int32_t>> out;
+  for (const std::string& word : words) {
+    const size_t start = word.find_first_not_of(" \t\n\r\f\v");
+    if (start == std::string::npos) bad_field("bad_words", "words with more than whitespace", word);
+    const std::string bare = word.substr(start);
+    std::vector<int32_t> ids = tok.encode(bare, false);
+    if (ids.empty()) bad_field("bad_words", "words that tokenize to at least one token", word);
+    std::vector<int32_t> spaced = tok.encode(" " + bare, false);
+    out.push_back(std::move(ids));
+    if (!spaced.empty() && spaced[0] != out.back()[0] && spaced.size() == out.back().size()) {
+      out.push_back(std::move(spaced));
+    }
+  }
+  return out;
 }
 
 }  // namespace tessera::serving

@@ -78,7 +78,17 @@ struct GenerationRequest {
   // length); applied after tokenization, before the length checks.
   std::optional<int64_t> truncate_prompt_tokens;
   std::string cache_salt;  // vLLM's cache_salt: the prefix cache is shared only within a salt
+  // vLLM's bad_words (non-empty after leading whitespace, at most kMaxBadWords): tokenized by
+  // the handler into params.bad_words_ids (bad_words_token_ids below).
+  std::vector<std::string> bad_words;
+  static constexpr size_t kMaxBadWords = 1024;
 };
+
+// vLLM's tokenization of bad_words (SamplingParams.update_from_tokenizer): each word without its
+// leading whitespace, then " " + that word when it gives a different first token and the same
+// number of tokens (the word in the middle of a text). Ids without special tokens added.
+std::vector<std::vector<int32_t>> bad_words_token_ids(const ServingTokenizer& tok,
+                                                      const std::vector<std::string>& words);
 
 GenerationRequest parse_generation_request(const nlohmann::json& body, bool chat, int max_n);
 

@@ -210,6 +210,9 @@ TEST(Engine, BadRequestsFailAloneTheOthersFinish) {
   auto allowed = greedy_request("allowed", random_prompt(rng, 5), 5);
   allowed.params.allowed_token_ids = {65, 66};
   reqs.push_back(allowed);
+  auto bad_vocab = greedy_request("bad_vocab", random_prompt(rng, 5), 5);
+  bad_vocab.params.bad_words_ids = {{3, 999}};
+  reqs.push_back(bad_vocab);
   const auto res = generate(core, reqs);
   const std::vector<std::pair<int, std::string>> errors = {
       {1, "prompt has 65 tokens, more than max_model_len=64"},
@@ -220,7 +223,8 @@ TEST(Engine, BadRequestsFailAloneTheOthersFinish) {
       {7, "allowed_token_ids[1]=999 is outside the model's vocabulary [0, 258)"},
       {8,
        "every id of allowed_token_ids ends the request (eos or stop_token_ids), but "
-       "min_tokens=2"}};
+       "min_tokens=2"},
+      {10, "bad_words_ids[0] holds 999, outside the model's vocabulary [0, 258)"}};
   for (const auto& [i, needle] : errors) {
     EXPECT_EQ(res[i].finish_reason, "error") << i;
     EXPECT_NE(res[i].error.find(needle), std::string::npos) << res[i].error;

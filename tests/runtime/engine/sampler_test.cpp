@@ -43,6 +43,15 @@ std::vector<double> reference_logits(std::vector<double> x, const SamplingParams
       if (!ok[v]) x[v] = -kInf;
     }
   }
+  for (const auto& word : p.bad_words_ids) {
+    // Banned when the generated tokens end with the word's all-but-last ids.
+    const size_t k = word.size() - 1;
+    if (h.output.size() < k) continue;
+    if (std::vector<int32_t>(h.output.end() - static_cast<std::ptrdiff_t>(k), h.output.end()) ==
+        std::vector<int32_t>(word.begin(), word.end() - 1)) {
+      x[word.back()] = -kInf;
+    }
+  }
   for (const auto& [id, bias] : p.logit_bias) x[id] += bias;
   if (static_cast<int64_t>(h.output.size()) < p.min_tokens) {
     for (int32_t id : p.stop_token_ids) x[id] = -kInf;
@@ -173,6 +182,15 @@ std::vector<Case> cases() {
     p.temperature = 1.4f;
     p.logit_bias = {{3, 100.0f}, {9, 1.5f}};  // 3 is not allowed: stays out however pushed
   });
+  // Output {2, 4, 2, 2, 11}: {11, 6} and {2, 11, 8} match their prefix (6, 8 banned), {5} always
+  // (5 banned), {2, 2, 9} and {4, 11, 3} do not (9 and 3 stay), {1, 2, 4, 2, 2, 11, 7} is longer
+  // than the output + 1 (7 stays; the prompt does not count).
+  add(
+      "bad_words",
+      [](SamplingParams& p) {
+        p.bad_words_ids = {{11, 6}, {2, 11, 8}, {5}, {2, 2, 9}, {4, 11, 3}, {1, 2, 4, 2, 2, 11, 7}};
+      },
+      hist);
   add(
       "repetition_1.3", [](SamplingParams& p) { p.repetition_penalty = 1.3f; }, hist);
   add(
@@ -522,6 +540,17 @@ TEST(Sampler, GreedyTakesThePenalizedArgmax) {
   g.repetition_penalty = 1.0f;
   EXPECT_EQ(s.sample(to_tensor({logits, logits}), std::vector{row(a, {}), row(g, {})}).token_ids,
             (std::vector<int32_t>{allowed_best, best}));
+  // bad_words: the best token as a one-token word is banned at once; as the end of a two-token
+  // word only after that word's first token.
+  SamplingParams w;
+  w.temperature = 0;
+  w.bad_words_ids = {{best}};
+  EXPECT_EQ(s.sample(to_tensor({logits}), std::vector{row(w, {})}).token_ids[0], second);
+  w.bad_words_ids = {{7, best}};
+  History after7{{1}, {3, 7}}, after3{{1}, {7, 3}};
+  EXPECT_EQ(
+      s.sample(to_tensor({logits, logits}), std::vector{row(w, after7), row(w, after3)}).token_ids,
+      (std::vector<int32_t>{second, best}));
 }
 
 TEST(Sampler, LogprobsAreOfTheRawDistribution) {

@@ -58,6 +58,14 @@ TEST(SamplingParams, EachBadFieldIsNamed) {
        },
        "allowed_token_ids[2] must be >= 0, got -3"},
       {[](auto& p) {
+         p.bad_words_ids = {{4}, {}};
+       },
+       "bad_words_ids[1] must not be empty"},
+      {[](auto& p) {
+         p.bad_words_ids = {{4, -1}};
+       },
+       "bad_words_ids[0] must hold token ids >= 0, got -1"},
+      {[](auto& p) {
          p.stop = {"a", ""};
        },
        "stop[1] must not be empty"},

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "runtime/serving/byte_tokenizer.h"
+
 namespace tessera::serving {
 namespace {
 
@@ -36,6 +38,7 @@ TEST(Protocol, CompletionFields) {
                        {"stop_token_ids", {3, 4}},
                        {"logit_bias", {{"5", -100}, {"17", 2.5}}},
                        {"allowed_token_ids", {9, 2, 9}},
+                       {"bad_words", {" no", "never"}},
                        {"n", 2},
                        {"logprobs", 3},
                        {"ignore_eos", true},
@@ -55,6 +58,7 @@ TEST(Protocol, CompletionFields) {
   EXPECT_EQ(r.params.logit_bias,
             (std::vector<std::pair<int32_t, float>>{{5, -100.0f}, {17, 2.5f}}));
   EXPECT_EQ(r.params.allowed_token_ids, (std::vector<int32_t>{9, 2, 9}));
+  EXPECT_EQ(r.bad_words, (std::vector<std::string>{" no", "never"}));
   EXPECT_EQ(r.n, 2);
   EXPECT_EQ(r.params.logprobs, 3);
   EXPECT_TRUE(r.params.ignore_eos);
@@ -111,6 +115,13 @@ TEST(Protocol, ErrorsNameFieldAndValue) {
       {{{"prompt", "x"}, {"allowed_token_ids", 5}}, "allowed_token_ids", "5"},
       {{{"prompt", "x"}, {"allowed_token_ids", {3, -1}}}, "allowed_token_ids", "-1"},
       {{{"prompt", "x"}, {"allowed_token_ids", {3, "4"}}}, "allowed_token_ids", "\"4\""},
+      // vLLM fails on a word with nothing but whitespace (no token to ban).
+      {{{"prompt", "x"}, {"bad_words", {"ok", " \t"}}}, "bad_words", "\" \\t\""},
+      {{{"prompt", "x"}, {"bad_words", "word"}}, "bad_words", "\"word\""},
+      {{{"prompt", "x"}, {"bad_words", {1}}}, "bad_words", "1"},
+      {{{"prompt", "x"}, {"bad_words", json(std::vector<std::string>(1025, "w"))}},
+       "bad_words",
+       "at most 1024"},
   };
   for (const auto& c : cases) {
     const std::string e = error_of(c.body);
@@ -173,6 +184,17 @@ TEST(Protocol, BodyMustBeAJsonObject) {
   EXPECT_EQ(e["error"]["message"], "no such model");
   EXPECT_EQ(e["error"]["param"], "model");
   EXPECT_EQ(e["error"]["type"], "not_found_error");
+}
+
+// vLLM's bad_words tokenization: the word without leading whitespace, plus " " + word when
+// that gives a different first token and as many tokens. With bytes " w" is one token longer, so
+// only the bare word counts.
+TEST(Protocol, BadWordsTokenIds) {
+  const ByteTokenizer tok;
+  EXPECT_EQ(bad_words_token_ids(tok, {"  ab", "c"}),
+            (std::vector<std::vector<int32_t>>{{'a', 'b'}, {'c'}}));
+  EXPECT_TRUE(bad_words_token_ids(tok, {}).empty());
+  EXPECT_THROW(bad_words_token_ids(tok, {"\n "}), ApiError);
 }
 
 }  // namespace

@@ -331,7 +331,7 @@ def run_single(tessera):
     # vLLM fields that would change the answer and have no implementation: a 400 naming each
     # (they were accepted and ignored).
     for field, value in [("use_beam_search", True), ("length_penalty", 0.5),
-                         ("allowed_token_ids", []), ("bad_words", ["x"]),
+                         ("allowed_token_ids", []), ("bad_words", [""]),
                          ("prompt_logprobs", 1), ("return_tokens_as_token_ids", True),
                          ("cache_salt", "")]:
         try:
@@ -410,15 +410,47 @@ def run_single(tessera):
     check(got_a.choices[0].text == ref_a and all(t in allowed for t in ref_ids) and ref_a != ref,
           f"llama greedy text with allowed_token_ids {got_a.choices[0].text!r} == transformers "
           f"{ref_a!r} (!= {ref!r})")
+    # bad_words (vLLM) against transformers' bad_words_ids, the words tokenized as vLLM does (the
+    # word without leading whitespace, and " " + it when that is a different first token and as
+    # many tokens). A word that is one token of the unconstrained greedy text is banned there, so
+    # the text changes; a two-token word rides along.
+    def vllm_bad_ids(word):
+        bare = word.lstrip()
+        ids = [fast.encode(bare, add_special_tokens=False)]
+        spaced = fast.encode(" " + bare, add_special_tokens=False)
+        if spaced[0] != ids[-1][0] and len(spaced) == len(ids[-1]):
+            ids.append(spaced)
+        return ids
+    gen = [int(t) for t in out[0, ids.shape[1]:]]
+    one = next((fast.decode([t]) for t in gen if fast.decode([t]).strip() and
+                fast.encode(fast.decode([t]).lstrip(), add_special_tokens=False) == [t]), None)
+    two = next((fast.decode(gen[i:i + 2]) for i in range(len(gen) - 1)
+                if fast.decode(gen[i:i + 2]).strip() and
+                len(fast.encode(fast.decode(gen[i:i + 2]).lstrip(),
+                                add_special_tokens=False)) == 2), None)
+    check(one is not None and two is not None,
+          f"greedy text has a one-token word {one!r} and a two-token word {two!r}")
+    words = [one, two]
+    bad_ids = [x for w in words for x in vllm_bad_ids(w)]
+    with torch.no_grad():
+        out_w = model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None,
+                               pad_token_id=1, bad_words_ids=bad_ids)
+    ref_w = fast.decode(out_w[0, ids.shape[1]:], skip_special_tokens=True)
+    got_w = client.completions.create(model="llama", prompt=prompt, max_tokens=10, temperature=0,
+                                      extra_body={"ignore_eos": True, "bad_words": words})
+    check(got_w.choices[0].text == ref_w and ref_w != ref,
+          f"llama greedy text with bad_words {words!r} (ids {bad_ids}) "
+          f"{got_w.choices[0].text!r} == transformers {ref_w!r} (!= {ref!r})")
     for extra, what in [({"allowed_token_ids": [3, 99999999]}, "99999999"),
-                        ({"allowed_token_ids": [fast.eos_token_id], "min_tokens": 2}, "min_tokens")]:
+                        ({"allowed_token_ids": [fast.eos_token_id], "min_tokens": 2}, "min_tokens"),
+                        ({"bad_words": ["ok", "  "]}, "more than whitespace")]:
         try:
             client.completions.create(model="llama", prompt=prompt, max_tokens=4,
                                       extra_body=extra)
             check(False, f"{extra} accepted")
         except openai.BadRequestError as e:
-            check("allowed_token_ids" in str(e) and what in str(e),
-                  f"400 names allowed_token_ids and {what}: {e}")
+            field = next(iter(extra))
+            check(field in str(e) and what in str(e), f"400 names {field} and {what}: {e}")
     try:
         client.completions.create(model="llama", prompt=prompt, max_tokens=2,
                                   logit_bias={"99999999": 1})
