@@ -1,7 +1,6 @@
 #include "runtime/engine/engine_core.h"
 
 #include <algorithm>
-
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>

@@ -287,8 +287,9 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
   }
   if (present(body, "allowed_token_ids")) {
     const json& a = body["allowed_token_ids"];
-    if (!a.is_array() || a.empty())
+    if (!a.is_array() || a.empty()) {
       bad_field("allowed_token_ids", "a non-empty list of token ids", a);
+    }
     p.allowed_token_ids = id_list(a, "allowed_token_ids");
   }
   if (present(body, "bad_words")) {
