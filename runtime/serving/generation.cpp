@@ -269,6 +269,10 @@ class Generation : public std::enable_shared_from_this<Generation> {
     const json logprob = k < out.logprobs.size() ? json(out.logprobs[k]) : json();
     std::vector<engine::TopLogprob> top;
     if (k < out.top_logprobs.size()) top = out.top_logprobs[k];
+    auto shown = [this](int32_t tid, const std::string& text) {
+      return req_.return_tokens_as_token_ids ? "token_id:" + std::to_string(tid) : text;
+    };
+    const std::string token = shown(id, token_text);
     if (req_.chat) {
       auto bytes_of = [](const std::string& t) {
         json b = json::array();
@@ -277,23 +281,22 @@ class Generation : public std::enable_shared_from_this<Generation> {
       };
       json alts = json::array();
       for (const auto& t : top) {
-        const std::string tt = tok_->token_text(t.id);
+        const std::string tt = shown(t.id, tok_->token_text(t.id));
         alts.push_back({{"token", tt}, {"logprob", t.logprob}, {"bytes", bytes_of(tt)}});
       }
-      lp["content"].push_back({{"token", token_text},
+      lp["content"].push_back({{"token", token},
                                {"logprob", logprob},
-                               {"bytes", bytes_of(token_text)},
+                               {"bytes", bytes_of(token)},
                                {"top_logprobs", alts}});
     } else {
       json alts = json::object();
-      for (const auto& t : top) alts[tok_->token_text(t.id)] = t.logprob;
-      lp["tokens"].push_back(token_text);
+      for (const auto& t : top) alts[shown(t.id, tok_->token_text(t.id))] = t.logprob;
+      lp["tokens"].push_back(token);
       lp["token_logprobs"].push_back(logprob);
       lp["top_logprobs"].push_back(req_.top_logprobs > 0 ? alts : json());
       lp["text_offset"].push_back(s.text_offset);
     }
     s.text_offset += token_text.size();
-    (void)id;
   }
 
   void on_output(int idx, const engine::RequestOutput& out) {

@@ -390,10 +390,7 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
       throw ApiError(400, std::string("'") + f + "' is not supported", f);
     }
   }
-  if (boolean(body, "return_tokens_as_token_ids", false)) {
-    throw ApiError(400, "'return_tokens_as_token_ids' is not supported",
-                   "return_tokens_as_token_ids");
-  }
+  r.return_tokens_as_token_ids = boolean(body, "return_tokens_as_token_ids", false);
   if (present(body, "response_format")) {
     const json& f = body["response_format"];
     if (!f.is_object() || !f.contains("type") || f["type"] != "text") {

@@ -81,6 +81,9 @@ struct GenerationRequest {
   // vLLM's bad_words (non-empty after leading whitespace, at most kMaxBadWords): tokenized by
   // the handler into params.bad_words_ids (bad_words_token_ids below).
   std::vector<std::string> bad_words;
+  // vLLM's return_tokens_as_token_ids: logprobs name tokens "token_id:<id>" (ids that do not
+  // decode to text on their own stay identifiable); text_offset still counts the text.
+  bool return_tokens_as_token_ids = false;
   static constexpr size_t kMaxBadWords = 1024;
 };
 

@@ -39,6 +39,7 @@ TEST(Protocol, CompletionFields) {
                        {"logit_bias", {{"5", -100}, {"17", 2.5}}},
                        {"allowed_token_ids", {9, 2, 9}},
                        {"bad_words", {" no", "never"}},
+                       {"return_tokens_as_token_ids", true},
                        {"n", 2},
                        {"logprobs", 3},
                        {"ignore_eos", true},
@@ -59,6 +60,8 @@ TEST(Protocol, CompletionFields) {
             (std::vector<std::pair<int32_t, float>>{{5, -100.0f}, {17, 2.5f}}));
   EXPECT_EQ(r.params.allowed_token_ids, (std::vector<int32_t>{9, 2, 9}));
   EXPECT_EQ(r.bad_words, (std::vector<std::string>{" no", "never"}));
+  EXPECT_TRUE(r.return_tokens_as_token_ids);
+  EXPECT_FALSE(completion({{"prompt", "x"}}).return_tokens_as_token_ids);
   EXPECT_EQ(r.n, 2);
   EXPECT_EQ(r.params.logprobs, 3);
   EXPECT_TRUE(r.params.ignore_eos);

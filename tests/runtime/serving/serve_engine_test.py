@@ -332,7 +332,7 @@ def run_single(tessera):
     # (they were accepted and ignored).
     for field, value in [("use_beam_search", True), ("length_penalty", 0.5),
                          ("allowed_token_ids", []), ("bad_words", [""]),
-                         ("prompt_logprobs", 1), ("return_tokens_as_token_ids", True),
+                         ("prompt_logprobs", 1), ("return_tokens_as_token_ids", 1),
                          ("cache_salt", "")]:
         try:
             client.completions.create(model="tiny", prompt="x", max_tokens=2,
@@ -441,6 +441,32 @@ def run_single(tessera):
     check(got_w.choices[0].text == ref_w and ref_w != ref,
           f"llama greedy text with bad_words {words!r} (ids {bad_ids}) "
           f"{got_w.choices[0].text!r} == transformers {ref_w!r} (!= {ref!r})")
+    # return_tokens_as_token_ids (vLLM): logprobs name tokens "token_id:<id>"; transformers'
+    # tokenizer decodes those ids to the text, and the logprobs are those of the same request
+    # without the flag.
+    lkw = dict(model="llama", prompt=prompt, max_tokens=10, temperature=0, logprobs=2)
+    plain = client.completions.create(**lkw, extra_body={"ignore_eos": True}).choices[0]
+    as_ids = client.completions.create(**lkw, extra_body={
+        "ignore_eos": True, "return_tokens_as_token_ids": True}).choices[0]
+    named = as_ids.logprobs.tokens + [k for d in as_ids.logprobs.top_logprobs for k in d]
+    well = all(re.fullmatch(r"token_id:\d+", t) for t in named)
+    got_ids = [int(t.split(":")[1]) for t in as_ids.logprobs.tokens] if well else []
+    check(well and len(got_ids) == 10 and
+          fast.decode(got_ids, skip_special_tokens=True) == plain.text == as_ids.text and
+          as_ids.logprobs.token_logprobs == plain.logprobs.token_logprobs and
+          as_ids.logprobs.text_offset == plain.logprobs.text_offset,
+          f"return_tokens_as_token_ids: {as_ids.logprobs.tokens[:4]}... decode to {plain.text!r}")
+    chat_ids = client.chat.completions.create(
+        model="llama", messages=messages, max_tokens=6, temperature=0, logprobs=True,
+        top_logprobs=2, extra_body={"ignore_eos": True, "return_tokens_as_token_ids": True})
+    content = chat_ids.choices[0].logprobs.content
+    well = all(re.fullmatch(r"token_id:\d+", x.token) and bytes(x.bytes) == x.token.encode() and
+               all(re.fullmatch(r"token_id:\d+", y.token) for y in x.top_logprobs)
+               for x in content)
+    cids = [int(x.token.split(":")[1]) for x in content] if well else []
+    check(well and len(cids) == 6 and
+          fast.decode(cids, skip_special_tokens=True) == chat_ids.choices[0].message.content,
+          f"chat return_tokens_as_token_ids: {[x.token for x in content]}")
     for extra, what in [({"allowed_token_ids": [3, 99999999]}, "99999999"),
                         ({"allowed_token_ids": [fast.eos_token_id], "min_tokens": 2}, "min_tokens"),
                         ({"bad_words": ["ok", "  "]}, "more than whitespace")]:
