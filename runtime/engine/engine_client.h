@@ -32,8 +32,19 @@ struct TopLogprob {
   float logprob;
 };
 
+// One prompt token after the first, scored (params.prompt_logprobs >= 0).
+struct PromptLogprob {
+  int32_t id = 0;               // the prompt token
+  float logprob = 0;            // its raw log-probability given the prompt tokens before it
+  int32_t rank = 0;             // 1 + the number of tokens more likely there
+  std::vector<TopLogprob> top;  // the prompt_logprobs most likely tokens, most likely first
+};
+
 struct RequestOutput {  // one per request per engine step (a delta)
   std::string id;
+  // With a request's first output, when it asked for prompt_logprobs: one entry per prompt token
+  // from the second on (the first has nothing before it).
+  std::vector<PromptLogprob> prompt_logprobs;
   std::vector<int32_t> new_token_ids;
   std::vector<float> logprobs;  // of each new token (when asked)
   std::vector<std::vector<TopLogprob>> top_logprobs;

@@ -13,6 +13,45 @@ namespace tessera::engine {
 
 namespace {
 
+// Raw log-probability (float32 log_softmax) of targets[i] under logits row i, its rank (1 + the
+// tokens strictly more likely) and the k[i] most likely tokens.
+std::vector<PromptLogprob> score_prompt_tokens(const torch::Tensor& logits,
+                                               const std::vector<int32_t>& targets,
+                                               const std::vector<int32_t>& k) {
+  torch::NoGradGuard no_grad;
+  const auto m = static_cast<int64_t>(targets.size());
+  const torch::Tensor lsm = torch::log_softmax(logits.to(torch::kFloat32), -1);
+  const torch::Tensor idx =
+      torch::tensor(std::vector<int64_t>(targets.begin(), targets.end()), torch::kLong)
+          .to(lsm.device())
+          .view({m, 1});
+  const torch::Tensor mine = lsm.gather(1, idx);
+  const torch::Tensor ranks = (lsm > mine).sum(1).add(1).to(torch::kInt).cpu().contiguous();
+  const torch::Tensor values = mine.view({m}).cpu().contiguous();
+  const int64_t kept = std::min<int64_t>(*std::max_element(k.begin(), k.end()), lsm.size(1));
+  torch::Tensor top_v = torch::empty({m, 0}), top_i = torch::empty({m, 0}, torch::kInt);
+  if (kept > 0) {
+    auto top = lsm.topk(kept, 1);
+    top_v = std::get<0>(top).cpu().contiguous();
+    top_i = std::get<1>(top).to(torch::kInt).cpu().contiguous();
+  }
+  const auto v = values.accessor<float, 1>();
+  const auto r = ranks.accessor<int32_t, 1>();
+  const auto tv = top_v.accessor<float, 2>();
+  const auto ti = top_i.accessor<int32_t, 2>();
+  std::vector<PromptLogprob> out(static_cast<size_t>(m));
+  for (int64_t i = 0; i < m; ++i) {
+    auto& o = out[static_cast<size_t>(i)];
+    o.id = targets[static_cast<size_t>(i)];
+    o.logprob = v[i];
+    o.rank = r[i];
+    for (int64_t j = 0; j < std::min<int64_t>(k[static_cast<size_t>(i)], kept); ++j) {
+      o.top.push_back({ti[i][j], tv[i][j]});
+    }
+  }
+  return out;
+}
+
 // Runs `fn` on every rank; if any rank throws, every rank throws the lowest failing rank's
 // message (agreed over `comm`), so no rank is left waiting in a collective.
 template <typename Fn>
@@ -229,6 +268,7 @@ void EngineCore::add_request(EngineRequest request, OutputFn on_output) {
   }
   const auto added = scheduler_->add_request(std::move(r));
   if (!added) return refuse(added.error);
+  if (request.params.prompt_logprobs >= 0) prompt_scores_[request.id] = PromptScores{};
   callbacks_[request.id] = std::move(on_output);
 }
 
@@ -248,6 +288,12 @@ bool EngineCore::has_unfinished() const { return scheduler_ && scheduler_->has_u
 RequestOutput EngineCore::convert(const scheduler::RequestOutput& o, const SamplerOutput& s) {
   RequestOutput out;
   out.id = o.id;
+  if (auto it = prompt_scores_.find(o.id); it != prompt_scores_.end()) {
+    // Every prompt token is scored by the step that samples the first token.
+    out.prompt_logprobs = std::move(it->second.scored);
+    it->second.scored.clear();
+    if (o.finished) prompt_scores_.erase(it);
+  }
   if (o.has_new_token()) {
     out.new_token_ids.push_back(o.new_token_id);
     if (o.sample_index >= 0 && !s.logprobs.empty()) {
@@ -279,7 +325,26 @@ void EngineCore::step() {
       channel_.send(PlanChannel::Kind::kPlan, bytes);
     }
   }
-  torch::Tensor logits;
+  // Prompt tokens this step can score: token p + 1 of a prompt from the logits at position p.
+  std::vector<int64_t> score_rows;
+  std::vector<PromptScores*> score_of;
+  std::vector<int32_t> score_target, score_k;
+  if (!prompt_scores_.empty()) {
+    for (const auto& row : plan.seqs) {
+      const scheduler::Request* r = scheduler_->running_at(row.slot);
+      if (r == nullptr || r->seq != row.seq) continue;
+      auto it = prompt_scores_.find(r->id);
+      if (it == prompt_scores_.end()) continue;
+      const int64_t last = std::min(row.start_pos + row.num_tokens, r->num_prompt_tokens() - 1);
+      for (int64_t p = std::max(row.start_pos, it->second.next - 1); p < last; ++p) {
+        score_rows.push_back(row.token_offset + (p - row.start_pos));
+        score_of.push_back(&it->second);
+        score_target.push_back(r->prompt_ids[p + 1]);
+        score_k.push_back(r->params.prompt_logprobs);
+      }
+    }
+  }
+  torch::Tensor logits, score_logits;
   if (observer_) {
     const torch::Tensor all = runner_->execute(plan, LogitsRows::kAll);
     observer_(plan, all);
@@ -288,8 +353,22 @@ void EngineCore::step() {
       if (row.sample) last.push_back(row.token_offset + row.num_tokens - 1);
     }
     logits = all.index_select(0, torch::tensor(last, torch::kLong).to(all.device()));
+    if (!score_rows.empty()) {
+      score_logits = all.index_select(0, torch::tensor(score_rows, torch::kLong).to(all.device()));
+    }
+  } else if (!score_rows.empty()) {
+    const torch::Tensor both = runner_->execute(plan, LogitsRows::kSampled, score_rows);
+    logits = both.narrow(0, 0, plan.num_sampled);
+    score_logits = both.narrow(0, plan.num_sampled, static_cast<int64_t>(score_rows.size()));
   } else {
     logits = runner_->execute(plan, LogitsRows::kSampled);
+  }
+  if (!score_rows.empty()) {
+    const auto scores = score_prompt_tokens(score_logits, score_target, score_k);
+    for (size_t i = 0; i < scores.size(); ++i) {
+      score_of[i]->scored.push_back(scores[i]);
+      ++score_of[i]->next;
+    }
   }
   std::vector<SamplerRow> rows;
   std::vector<const scheduler::Request*> requests;

@@ -132,6 +132,13 @@ class EngineCore {
   std::unique_ptr<Sampler> sampler_;
   std::unordered_map<std::string, OutputFn> callbacks_;
   std::unordered_map<std::string, std::string> errors_;  // requests failed by the engine (NaN)
+  // Requests that asked for prompt_logprobs: the next prompt token to score (from 1; scored ones
+  // are not scored again when a preemption recomputes them) and the scores not yet delivered.
+  struct PromptScores {
+    int64_t next = 1;
+    std::vector<PromptLogprob> scored;
+  };
+  std::unordered_map<std::string, PromptScores> prompt_scores_;
   std::function<void(const scheduler::StepPlan&, const torch::Tensor&)> observer_;
 };
 

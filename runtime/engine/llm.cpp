@@ -66,6 +66,8 @@ std::vector<CompletedRequest> generate(EngineCore& core, std::vector<EngineReque
                                                 &core](const RequestOutput& o) {
         if (!o.new_token_ids.empty() && res.output_ids.empty()) res.first_token_s = now();
         res.output_ids.insert(res.output_ids.end(), o.new_token_ids.begin(), o.new_token_ids.end());
+        res.prompt_logprobs.insert(res.prompt_logprobs.end(), o.prompt_logprobs.begin(),
+                                   o.prompt_logprobs.end());
         prog.output_tokens += static_cast<int64_t>(o.new_token_ids.size());
         if (ts.decoder && !ts.stopped) {
           for (int32_t id : o.new_token_ids) {

@@ -28,6 +28,8 @@ struct CompletedRequest {
   std::string text;           // the decoded output (with a tokenizer), cut at a stop string
   int32_t stop_index = -1;    // which stop string ended the request, -1 = none
   int64_t cached_prompt_tokens = 0;
+  // With params.prompt_logprobs >= 0: each prompt token from the second on, scored.
+  std::vector<PromptLogprob> prompt_logprobs;
   double first_token_s = 0;  // since generate() started; 0 without tokens
   double finished_s = 0;
 };

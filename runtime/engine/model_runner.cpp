@@ -292,7 +292,8 @@ void ModelRunner::build_group_dcp(const scheduler::StepPlan& plan, int32_t group
   }
 }
 
-torch::Tensor ModelRunner::execute(const scheduler::StepPlan& plan, LogitsRows which) {
+torch::Tensor ModelRunner::execute(const scheduler::StepPlan& plan, LogitsRows which,
+                                   const std::vector<int64_t>& extra_rows) {
   apply(plan);
   const auto& config = model_.config();
   if (plan.empty()) {
@@ -354,6 +355,11 @@ torch::Tensor ModelRunner::execute(const scheduler::StepPlan& plan, LogitsRows w
   stats_.tokens += total;
   if (which == LogitsRows::kNone) return {};
   if (which == LogitsRows::kAll) return model_.logits(hidden);
+  for (int64_t r : extra_rows) {
+    TESSERA_CHECK(r >= 0 && r < total, "logits row ", r, " is outside the step's ", total,
+                  " tokens");
+    sample_rows.push_back(r);
+  }
   auto idx = torch::tensor(sample_rows, torch::kLong).to(dev);
   return model_.logits(hidden.index_select(0, idx));
 }

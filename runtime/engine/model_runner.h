@@ -52,7 +52,10 @@ class ModelRunner {
   // Applies the plan to the persistent batch and runs it. Returns logits float32 [rows, vocab]
   // of the rows `which` asks for (undefined for kNone). Collective over the tensor-parallel
   // group.
-  torch::Tensor execute(const scheduler::StepPlan& plan, LogitsRows which);
+  // With kSampled, `extra_rows` (indices into the step's tokens, plan token order) append their
+  // logits after the sampled rows' (prompt logprobs).
+  torch::Tensor execute(const scheduler::StepPlan& plan, LogitsRows which,
+                        const std::vector<int64_t>& extra_rows = {});
 
   const RunnerStats& stats() const { return stats_; }
   // The block table this rank holds for `slot` in `group` (tests).

@@ -20,6 +20,8 @@ void SamplingParams::validate() const {
                 "frequency_penalty must lie in [-2, 2], got ", frequency_penalty);
   TESSERA_CHECK(logprobs >= -1 && logprobs <= kMaxLogprobs, "logprobs must lie in [-1, ",
                 kMaxLogprobs, "], got ", logprobs);
+  TESSERA_CHECK(prompt_logprobs >= -1 && prompt_logprobs <= kMaxLogprobs,
+                "prompt_logprobs must lie in [-1, ", kMaxLogprobs, "], got ", prompt_logprobs);
   TESSERA_CHECK(max_tokens >= 1, "max_tokens must be >= 1, got ", max_tokens);
   TESSERA_CHECK(min_tokens >= 0 && min_tokens <= max_tokens,
                 "min_tokens must lie in [0, max_tokens=", max_tokens, "], got ", min_tokens);

@@ -47,6 +47,11 @@ struct SamplingParams {
   // likely tokens. Always of the model's raw distribution (log_softmax of the logits before
   // penalties, temperature and truncation), as OpenAI returns them. [-1, kMaxLogprobs].
   int32_t logprobs = -1;
+  // vLLM's prompt_logprobs: -1 = none, n = for each prompt token after the first, its raw
+  // log-probability given the tokens before it, its rank, and the n most likely tokens there.
+  // Such a request reads nothing from the prefix cache (its prompt must be computed to score it,
+  // as vLLM). [-1, kMaxLogprobs].
+  int32_t prompt_logprobs = -1;
 
   // ---- stopping (the scheduler checks the ids, the output processor the strings) ----
   int64_t max_tokens = 16;  // most tokens to generate; >= 1 (also clipped at max_model_len)

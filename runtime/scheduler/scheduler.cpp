@@ -193,7 +193,12 @@ AddResult Scheduler::add_request(Request request) {
   r.finish_reason = FinishReason::kNone;
   r.stop_token_id = -1;
   e.extra.lora_id = name_key(r.lora);
-  e.extra.cache_salt = name_key(r.cache_salt);
+  // A request scoring its prompt reads no cached prefix: a salt of its own (its blocks serve
+  // only its own recomputation after a preemption, whose prompt is already scored).
+  e.extra.cache_salt = r.params.prompt_logprobs >= 0
+                           ? name_key(r.cache_salt + std::string(1, '\0') +
+                                      "prompt_logprobs:" + std::to_string(r.seq))
+                           : name_key(r.cache_salt);
   e.num_prompt = r.num_prompt_tokens();
   e.stops_on_ids =
       !r.params.stop_token_ids.empty() || (!r.params.ignore_eos && !config_.eos_token_ids.empty());

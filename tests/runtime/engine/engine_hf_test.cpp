@@ -98,5 +98,72 @@ TEST_F(HfReference, LogitsAndGreedyTokensMatchTransformers) {
   EXPECT_GE(checked, 8);
 }
 
+// prompt_logprobs through the product path without an observer (the sampled rows' logits plus the
+// scored prompt rows), with chunked prefill (16-token steps, prompts longer) and prefix caching
+// on: each prompt runs first without prompt_logprobs, so its blocks are cached, then with them,
+// and must still be scored whole. Every prompt token's logprob within 2e-4 of transformers'
+// log_softmax, its rank transformers' (up to logprobs within 2e-4 of it), and the top 5 the
+// tokens transformers ranks first (up to the same ties).
+TEST_F(HfReference, PromptLogprobsMatchTransformers) {
+  torch::NoGradGuard no_grad;
+  int checked = 0;
+  for (const HfModel& m : models_) {
+    if (!m.reference) continue;
+    SCOPED_TRACE(m.name);
+    const auto ref = models::SafetensorsFile::open(m.dir + "/reference.safetensors");
+    EngineConfig c;
+    c.model = m.dir;
+    c.max_num_seqs = 8;
+    c.max_num_batched_tokens = m.name == "llama_dynamic" ? 64 : 16;
+    c.block_size = 4;
+    c.kv_cache_memory = 4 << 20;
+    EngineCore core(c, nullptr, nullptr);
+    std::vector<EngineRequest> warm, scored;
+    std::vector<torch::Tensor> prompts;
+    for (int k = 0; k < m.prompts; ++k) {
+      prompts.push_back(testing::read_tensor(*ref, "prompt." + std::to_string(k)));
+      warm.push_back(
+          testing::greedy_request("w" + std::to_string(k), testing::to_ids(prompts[k]), 1));
+      scored.push_back(
+          testing::greedy_request("s" + std::to_string(k), testing::to_ids(prompts[k]), 2));
+      scored.back().params.prompt_logprobs = 5;
+    }
+    generate(core, warm);
+    const auto results = generate(core, scored);
+    float worst = 0;
+    for (int k = 0; k < m.prompts; ++k) {
+      ASSERT_EQ(results[k].finish_reason, "length") << results[k].error;
+      const auto ids = testing::to_ids(prompts[k]);
+      const auto hf = torch::log_softmax(
+          testing::read_tensor(*ref, "logits." + std::to_string(k)).to(torch::kFloat64), -1);
+      const auto& got = results[k].prompt_logprobs;
+      ASSERT_EQ(got.size() + 1, ids.size()) << "prompt " << k;
+      for (size_t p = 0; p + 1 < ids.size(); ++p) {
+        const auto row = hf[static_cast<int64_t>(p)];
+        const double want = row[ids[p + 1]].item<double>();
+        EXPECT_EQ(got[p].id, ids[p + 1]);
+        worst = std::max(worst, static_cast<float>(std::abs(got[p].logprob - want)));
+        const int64_t above = (row > want + 2e-4).sum().item<int64_t>();
+        const int64_t near = (row > want - 2e-4).sum().item<int64_t>();
+        EXPECT_TRUE(got[p].rank >= above + 1 && got[p].rank <= near)
+            << "prompt " << k << " token " << p + 1 << " rank " << got[p].rank << " vs ["
+            << above + 1 << ", " << near << "]";
+        ASSERT_EQ(got[p].top.size(), 5u);
+        const auto hf_top = std::get<0>(row.topk(5));
+        for (int j = 0; j < 5; ++j) {
+          EXPECT_NEAR(row[got[p].top[j].id].item<double>(), hf_top[j].item<double>(), 2e-4)
+              << "prompt " << k << " token " << p + 1 << " top " << j;
+          EXPECT_NEAR(got[p].top[j].logprob, hf_top[j].item<double>(), 2e-4);
+        }
+      }
+    }
+    EXPECT_LE(worst, 2e-4f) << "largest |prompt logprob - transformers'|";
+    std::printf("[ %-15s ] max |prompt logprob diff| vs transformers %.3g over %d prompts\n",
+                m.name.c_str(), worst, m.prompts);
+    ++checked;
+  }
+  EXPECT_GE(checked, 8);
+}
+
 }  // namespace
 }  // namespace tessera::engine

@@ -59,16 +59,23 @@ TEST(Engine, ThirtyTwoPromptsInOneBatchGiveTheirSoloTokens) {
       reqs.back().params.top_p = 0.9f;
       reqs.back().params.seed = 100 + i;
     }
+    // prompt_logprobs on every third: scored once per prompt token whatever the chunking, the
+    // batch or a preemption's recomputation.
+    if (i % 3 == 1) reqs.back().params.prompt_logprobs = 3;
   }
   // Solo: each request alone in an engine of its own kind, no prefix cache.
   EngineConfig solo_cfg = tiny_config();
   solo_cfg.enable_prefix_caching = false;
   EngineCore solo(solo_cfg, nullptr, nullptr);
   std::vector<std::vector<int32_t>> expected;
+  std::vector<std::vector<PromptLogprob>> expected_scores;
   for (const auto& r : reqs) {
     const auto res = generate(solo, {r});
     ASSERT_EQ(res[0].finish_reason, "length") << res[0].error;
     expected.push_back(res[0].output_ids);
+    expected_scores.push_back(res[0].prompt_logprobs);
+    ASSERT_EQ(res[0].prompt_logprobs.size(),
+              r.params.prompt_logprobs >= 0 ? r.prompt_ids.size() - 1 : 0);
   }
   // Together: chunked prefills of 64 tokens per step mixed with decodes; then again with a pool
   // so small that requests are preempted and recomputed.
@@ -81,6 +88,16 @@ TEST(Engine, ThirtyTwoPromptsInOneBatchGiveTheirSoloTokens) {
     const auto res = generate(batch, reqs, {}, &sum);
     for (size_t i = 0; i < reqs.size(); ++i) {
       EXPECT_EQ(res[i].output_ids, expected[i]) << "request " << i << " budget " << budget;
+      const auto& got = res[i].prompt_logprobs;
+      ASSERT_EQ(got.size(), expected_scores[i].size()) << "request " << i << " budget " << budget;
+      for (size_t p = 0; p < got.size(); ++p) {
+        const auto& want = expected_scores[i][p];
+        EXPECT_EQ(got[p].id, want.id);
+        EXPECT_NEAR(got[p].logprob, want.logprob, 1e-5) << "request " << i << " token " << p;
+        EXPECT_EQ(got[p].rank, want.rank) << "request " << i << " token " << p;
+        ASSERT_EQ(got[p].top.size(), 3u);
+        for (size_t j = 0; j < 3; ++j) EXPECT_EQ(got[p].top[j].id, want.top[j].id);
+      }
     }
     std::printf("[ budget %7lld B ] %lld steps, %lld preemptions, %lld blocks\n",
                 static_cast<long long>(budget), static_cast<long long>(sum.steps),
