@@ -262,6 +262,14 @@ Command register_generate(CLI::App& root) {
       nlohmann::json reqs = nlohmann::json::array();
       for (size_t i = 0; i < rep.outputs.size(); ++i) {
         const auto& r = rep.outputs[i].result;
+        // Prompt scores (prompt_logprobs in a --prompts line): [id, logprob, rank, [[id, lp]...]]
+        // for each prompt token from the second on.
+        nlohmann::json scores = nlohmann::json::array();
+        for (const auto& e : r.prompt_logprobs) {
+          nlohmann::json top = nlohmann::json::array();
+          for (const auto& t : e.top) top.push_back({t.id, t.logprob});
+          scores.push_back({e.id, e.logprob, e.rank, top});
+        }
         reqs.push_back({{"index", i},
                         {"id", r.id},
                         {"prompt_ids", r.prompt_ids},
@@ -272,6 +280,7 @@ Command register_generate(CLI::App& root) {
                         {"cached_prompt_tokens", r.cached_prompt_tokens},
                         {"first_token_s", r.first_token_s},
                         {"finished_s", r.finished_s}});
+        if (!r.prompt_logprobs.empty()) reqs.back()["prompt_logprobs"] = std::move(scores);
       }
       // Rank 0's device, "cpu" or "cuda:N", as the launcher chose it.
       const std::string device_name =

@@ -36,6 +36,16 @@ void agreed(sharding::Communicator* comm, Fn&& fn) {
   if (!err.empty()) throw CollectiveError(err, __FILE__, __LINE__);
 }
 
+json prompt_logprobs_json(const std::vector<PromptLogprob>& scores) {
+  json out = json::array();
+  for (const auto& e : scores) {
+    json top = json::array();
+    for (const auto& t : e.top) top.push_back({t.id, t.logprob});
+    out.push_back({{"id", e.id}, {"logprob", e.logprob}, {"rank", e.rank}, {"top", top}});
+  }
+  return out;
+}
+
 json to_json(int64_t index, const CompletedRequest& r) {
   return {{"index", index},
           {"id", r.id},
@@ -47,7 +57,8 @@ json to_json(int64_t index, const CompletedRequest& r) {
           {"stop_index", r.stop_index},
           {"cached_prompt_tokens", r.cached_prompt_tokens},
           {"first_token_s", r.first_token_s},
-          {"finished_s", r.finished_s}};
+          {"finished_s", r.finished_s},
+          {"prompt_logprobs", prompt_logprobs_json(r.prompt_logprobs)}};
 }
 
 CompletedRequest from_json(const json& j) {
@@ -62,6 +73,14 @@ CompletedRequest from_json(const json& j) {
   r.cached_prompt_tokens = j["cached_prompt_tokens"].get<int64_t>();
   r.first_token_s = j["first_token_s"].get<double>();
   r.finished_s = j["finished_s"].get<double>();
+  for (const auto& e : j["prompt_logprobs"]) {
+    PromptLogprob p;
+    p.id = e["id"].get<int32_t>();
+    p.logprob = e["logprob"].get<float>();
+    p.rank = e["rank"].get<int32_t>();
+    for (const auto& t : e["top"]) p.top.push_back({t[0].get<int32_t>(), t[1].get<float>()});
+    r.prompt_logprobs.push_back(std::move(p));
+  }
   return r;
 }
 

@@ -116,6 +116,8 @@ void parse_into(const json& j, PromptSpec& s) {
           v.get<bool>();
     } else if (key == "logprobs") {
       p.logprobs = static_cast<int32_t>(as_int(v, k));
+    } else if (key == "prompt_logprobs") {
+      p.prompt_logprobs = static_cast<int32_t>(as_int(v, k));
     } else if (key == "logit_bias") {
       p.logit_bias = scheduler::parse_logit_bias(v);
     } else {

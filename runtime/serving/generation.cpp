@@ -29,6 +29,8 @@ struct Sequence {
   std::unique_ptr<engine::OutputProcessor> stopper;  // stop strings
   std::string text;                                  // gathered (non-streaming)
   json logprobs;                                     // gathered (non-streaming)
+  json prompt_logprobs;                              // vLLM's list, when asked
+  bool prompt_scored = false;                        // the engine's prompt scores arrived
   size_t text_offset = 0;
   int64_t completion_tokens = 0;
   int64_t cached_tokens = 0;
@@ -299,6 +301,52 @@ class Generation : public std::enable_shared_from_this<Generation> {
     s.text_offset += token_text.size();
   }
 
+  // The prompt's scores: vLLM's prompt_logprobs list (null for the first token, then {id:
+  // {logprob, rank, decoded_token}} for the token and the most likely ones), and with echo and
+  // logprobs the prompt's tokens ahead of the generated ones in the logprobs.
+  void add_prompt_scores(Sequence& s, json& lp, const std::vector<engine::PromptLogprob>& scores) {
+    auto shown = [this](int32_t tid) {
+      return req_.return_tokens_as_token_ids ? "token_id:" + std::to_string(tid)
+                                             : tok_->token_text(tid);
+    };
+    if (req_.prompt_logprobs) {
+      s.prompt_logprobs = json::array({nullptr});
+      for (const auto& e : scores) {
+        json d = json::object();
+        for (size_t j = 0; j < e.top.size(); ++j) {
+          d[std::to_string(e.top[j].id)] = {{"logprob", e.top[j].logprob},
+                                            {"rank", static_cast<int>(j) + 1},
+                                            {"decoded_token", shown(e.top[j].id)}};
+        }
+        d[std::to_string(e.id)] = {
+            {"logprob", e.logprob}, {"rank", e.rank}, {"decoded_token", shown(e.id)}};
+        s.prompt_logprobs.push_back(std::move(d));
+      }
+    }
+    if (!(req_.echo && req_.logprobs && !req_.chat) || s.prompt_ids.empty()) return;
+    size_t offset = 0;
+    for (size_t i = 0; i < s.prompt_ids.size(); ++i) {
+      const int32_t id = s.prompt_ids[i];
+      const std::string text = tok_->token_text(id);
+      lp["tokens"].push_back(req_.return_tokens_as_token_ids ? shown(id) : text);
+      lp["text_offset"].push_back(offset);
+      offset += text.size();
+      if (i == 0 || i - 1 >= scores.size()) {
+        lp["token_logprobs"].push_back(nullptr);
+        lp["top_logprobs"].push_back(nullptr);
+        continue;
+      }
+      const auto& e = scores[i - 1];
+      lp["token_logprobs"].push_back(e.logprob);
+      json alts = json::object();
+      for (size_t j = 0; j < e.top.size() && static_cast<int>(j) < req_.top_logprobs; ++j) {
+        alts[shown(e.top[j].id)] = e.top[j].logprob;
+      }
+      alts[shown(e.id)] = e.logprob;
+      lp["top_logprobs"].push_back(std::move(alts));
+    }
+  }
+
   void on_output(int idx, const engine::RequestOutput& out) {
     Sequence& s = *seqs_[idx];
     if (s.done) return;  // e.g. the engine's "abort" after a stop string ended it here
@@ -320,8 +368,14 @@ class Generation : public std::enable_shared_from_this<Generation> {
                                   {"top_logprobs", json::array()},
                                   {"text_offset", json::array()}};
     }
+    if (req_.params.prompt_logprobs >= 0 && !s.prompt_scored &&
+        (!out.new_token_ids.empty() || out.finished)) {
+      s.prompt_scored = true;
+      add_prompt_scores(s, lp_delta, out.prompt_logprobs);
+    }
     bool stopped = false;
-    const size_t n_new = out.new_token_ids.size();
+    // Echo without generation: the engine's one token is not part of the answer.
+    const size_t n_new = req_.echo_only ? 0 : out.new_token_ids.size();
     for (size_t k = 0; k < n_new; ++k) {
       const int32_t id = out.new_token_ids[k];
       if (!s.has_token) {
@@ -475,16 +529,20 @@ class Generation : public std::enable_shared_from_this<Generation> {
           c["message"] = {{"role", "assistant"}, {"content", s->text}};
         } else {
           c["text"] = req_.echo ? s->prompt_text + s->text : s->text;
+          if (req_.prompt_logprobs) c["prompt_logprobs"] = s->prompt_logprobs;
         }
         choices.push_back(std::move(c));
       }
       HttpResponse r;
-      r.body = dump_json({{"id", id_},
-                          {"object", req_.chat ? "chat.completion" : "text_completion"},
-                          {"created", created_},
-                          {"model", model_},
-                          {"choices", choices},
-                          {"usage", total_usage()}});
+      json resp = {
+          {"id", id_},           {"object", req_.chat ? "chat.completion" : "text_completion"},
+          {"created", created_}, {"model", model_},
+          {"choices", choices},  {"usage", total_usage()}};
+      // One prompt for every choice of a chat: its scores once, as vLLM.
+      if (req_.chat && req_.prompt_logprobs && !seqs_.empty()) {
+        resp["prompt_logprobs"] = seqs_.front()->prompt_logprobs;
+      }
+      r.body = dump_json(resp);
       server_->reply(*ex_, route_, std::move(r));
     }
     // Let go of the backend off the I/O thread: if it was evicted meanwhile, this closes it.

@@ -248,8 +248,14 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
   const char* max_field =
       chat && present(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   if (present(body, max_field)) {
-    r.max_tokens = static_cast<int32_t>(
-        integer(body, max_field, 0, 1, std::numeric_limits<int32_t>::max(), "a positive integer"));
+    // 0 only echoes the prompt (completions with echo, as vLLM and OpenAI's legacy API).
+    const bool echo_only = !chat && boolean(body, "echo", false) &&
+                           body[max_field].is_number_integer() && body[max_field] == 0;
+    r.max_tokens = echo_only ? 1
+                             : static_cast<int32_t>(integer(body, max_field, 0, 1,
+                                                            std::numeric_limits<int32_t>::max(),
+                                                            "a positive integer (0 with echo)"));
+    r.echo_only = echo_only;
   }
   p.min_tokens = static_cast<int32_t>(
       integer(body, "min_tokens", 0, 0, std::numeric_limits<int32_t>::max(), "an integer >= 0"));
@@ -329,12 +335,18 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
   } else if (present(body, "logprobs")) {
     r.logprobs = true;
     r.top_logprobs = static_cast<int>(integer(body, "logprobs", 0, 0, 20, "an integer in [0, 20]"));
-    if (r.echo) {
-      throw ApiError(400, "'echo' together with 'logprobs' (prompt logprobs) is not supported",
-                     "echo");
-    }
   }
   p.logprobs = r.logprobs ? r.top_logprobs : -1;
+  if (present(body, "prompt_logprobs")) {
+    p.prompt_logprobs =
+        static_cast<int32_t>(integer(body, "prompt_logprobs", 0, 0, 20, "an integer in [0, 20]"));
+    r.prompt_logprobs = true;
+    if (boolean(body, "stream", false)) {
+      throw ApiError(400, "'prompt_logprobs' is not available with stream=true", "prompt_logprobs");
+    }
+  }
+  // Echo with logprobs scores the prompt too (its tokens lead the logprobs, the first with none).
+  if (r.echo && r.logprobs && p.prompt_logprobs < 0) p.prompt_logprobs = r.top_logprobs;
 
   r.stream = boolean(body, "stream", false);
   if (present(body, "stream_options")) {
@@ -385,7 +397,7 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
     throw ApiError(400, "'length_penalty' applies to beam search, which is not supported",
                    "length_penalty");
   }
-  for (const char* f : {"prompt_logprobs", "logits_processors"}) {
+  for (const char* f : {"logits_processors"}) {
     if (present(body, f) && !(body[f].is_array() && body[f].empty())) {
       throw ApiError(400, std::string("'") + f + "' is not supported", f);
     }

@@ -84,6 +84,12 @@ struct GenerationRequest {
   // vLLM's return_tokens_as_token_ids: logprobs name tokens "token_id:<id>" (ids that do not
   // decode to text on their own stay identifiable); text_offset still counts the text.
   bool return_tokens_as_token_ids = false;
+  // vLLM's prompt_logprobs was asked for (params.prompt_logprobs is then >= 0): the response
+  // carries "prompt_logprobs" (per choice in completions, once in chat). Not with stream.
+  bool prompt_logprobs = false;
+  // Completions with echo and max_tokens 0 (lm-evaluation-harness' scoring request): the engine
+  // runs one token, the answer is the prompt alone (with its logprobs when asked).
+  bool echo_only = false;
   static constexpr size_t kMaxBadWords = 1024;
 };
 

@@ -30,6 +30,8 @@ std::vector<PromptSpec> prompts(int64_t vocab) {
       s.params.top_k = 50;
       s.params.seed = static_cast<uint64_t>(len);
     }
+    if (len == 9 || len == 47) s.params.prompt_logprobs = 2;  // scored on the leader
+
     out.push_back(std::move(s));
   }
   return out;
@@ -68,13 +70,17 @@ TEST(EngineAcrossRanks, GreedyTokensEqualOneProcess) {
     job.engine.kv_cache_memory = 2 << 20;
     job.prompts = prompts(384);
     std::vector<std::vector<int32_t>> solo;
+    std::vector<std::vector<PromptLogprob>> solo_scores;
     if (world.rank() == 0) {
       const auto one = run_generate(job, nullptr);
       for (const auto& o : one.outputs) {
         ASSERT_EQ(o.result.finish_reason, "length") << o.result.error;
         solo.push_back(o.result.output_ids);
+        solo_scores.push_back(o.result.prompt_logprobs);
       }
     }
+    // Prompt scores across ranks: the same tokens, logprobs as close as the dtype allows.
+    const float tol = m.dtype == "float32" ? 1e-4f : 5e-2f;
     std::vector<std::pair<int, int>> layouts = {{np, 1}};  // (tp, dp)
     if (np == 4) layouts.push_back({2, 2});
     for (const auto& [tp, dp] : layouts) {
@@ -90,6 +96,13 @@ TEST(EngineAcrossRanks, GreedyTokensEqualOneProcess) {
       for (size_t i = 0; i < solo.size(); ++i) {
         EXPECT_EQ(rep.outputs[i].result.output_ids, solo[i])
             << "prompt " << i << ", tp " << tp << " x dp " << dp << ", dcp " << rep.dcp;
+        const auto& got = rep.outputs[i].result.prompt_logprobs;
+        ASSERT_EQ(got.size(), solo_scores[i].size()) << "prompt " << i << ", tp " << tp;
+        for (size_t p = 0; p < got.size(); ++p) {
+          EXPECT_EQ(got[p].id, solo_scores[i][p].id);
+          EXPECT_NEAR(got[p].logprob, solo_scores[i][p].logprob, tol)
+              << "prompt " << i << " token " << p + 1 << ", tp " << tp << " x dp " << dp;
+        }
       }
     }
   }

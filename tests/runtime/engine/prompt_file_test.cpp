@@ -40,13 +40,17 @@ TEST(PromptFile, LinesWithTheirOwnParametersAndBadLinesAlone) {
       << R"({"prompt": "b", "allowed_token_ids": [5, 9]})"
       << "\n"
       << R"({"prompt": "b", "allowed_token_ids": []})"
+      << "\n"
+      << R"({"prompt": "b", "prompt_logprobs": 4})"
+      << "\n"
+      << R"({"prompt": "b", "prompt_logprobs": 21})"
       << "\n";
   }
   scheduler::SamplingParams defaults;
   defaults.max_tokens = 32;
   const auto specs = read_prompt_file(path.string(), defaults);
   std::filesystem::remove(path);
-  ASSERT_EQ(specs.size(), 12u);
+  ASSERT_EQ(specs.size(), 14u);
   EXPECT_EQ(specs[0].text, "hello");
   EXPECT_FALSE(specs[0].has_ids);
   EXPECT_EQ(specs[0].id, "a");
@@ -76,6 +80,8 @@ TEST(PromptFile, LinesWithTheirOwnParametersAndBadLinesAlone) {
   EXPECT_TRUE(specs[10].error.empty()) << specs[10].error;
   EXPECT_EQ(specs[10].params.allowed_token_ids, (std::vector<int32_t>{5, 9}));
   EXPECT_EQ(specs[11].error, "line 13: allowed_token_ids must name at least one token id, got []");
+  EXPECT_EQ(specs[12].params.prompt_logprobs, 4);
+  EXPECT_EQ(specs[13].error, "line 15: prompt_logprobs must lie in [-1, 20], got 21");
 }
 
 TEST(PromptFile, IdLists) {

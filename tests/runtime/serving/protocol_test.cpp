@@ -131,8 +131,31 @@ TEST(Protocol, ErrorsNameFieldAndValue) {
     EXPECT_EQ(e.rfind(c.field + ":", 0), 0u) << e;
     EXPECT_NE(e.find(c.value), std::string::npos) << e;
   }
-  EXPECT_NE(error_of({{"prompt", "x"}, {"echo", true}, {"logprobs", 1}}).find("echo"),
-            std::string::npos);
+  // echo with logprobs scores the prompt (it was refused): prompt_logprobs = logprobs inside,
+  // without the prompt_logprobs field in the answer.
+  const auto echoed = completion({{"prompt", "x"}, {"echo", true}, {"logprobs", 2}});
+  EXPECT_EQ(echoed.params.prompt_logprobs, 2);
+  EXPECT_FALSE(echoed.prompt_logprobs);
+  // prompt_logprobs (vLLM): asked, in [0, 20], not with stream.
+  const auto scored = completion({{"prompt", "x"}, {"prompt_logprobs", 3}});
+  EXPECT_EQ(scored.params.prompt_logprobs, 3);
+  EXPECT_TRUE(scored.prompt_logprobs);
+  EXPECT_EQ(completion({{"prompt", "x"}}).params.prompt_logprobs, -1);
+  EXPECT_EQ(error_of({{"prompt", "x"}, {"prompt_logprobs", 21}}).rfind("prompt_logprobs:", 0), 0u);
+  EXPECT_EQ(error_of({{"prompt", "x"}, {"prompt_logprobs", 1}, {"stream", true}})
+                .rfind("prompt_logprobs:", 0),
+            0u);
+  // max_tokens 0 only with echo (the prompt alone): the engine runs one token.
+  const auto echo_only = completion({{"prompt", "x"}, {"echo", true}, {"max_tokens", 0}});
+  EXPECT_TRUE(echo_only.echo_only);
+  EXPECT_EQ(*echo_only.max_tokens, 1);
+  EXPECT_FALSE(completion({{"prompt", "x"}, {"echo", true}, {"max_tokens", 3}}).echo_only);
+  EXPECT_EQ(error_of({{"prompt", "x"}, {"max_tokens", 0}}).rfind("max_tokens:", 0), 0u);
+  EXPECT_EQ(error_of({{"messages", json::array({{{"role", "user"}, {"content", "hi"}}})},
+                      {"max_tokens", 0}},
+                     true)
+                .rfind("max_tokens:", 0),
+            0u);
   // Output constraints that cannot be honoured are refused, never dropped (they were ignored).
   const json msgs = {{{"role", "user"}, {"content", "hi"}}};
   for (const json& choice :

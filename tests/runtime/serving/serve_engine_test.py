@@ -332,7 +332,7 @@ def run_single(tessera):
     # (they were accepted and ignored).
     for field, value in [("use_beam_search", True), ("length_penalty", 0.5),
                          ("allowed_token_ids", []), ("bad_words", [""]),
-                         ("prompt_logprobs", 1), ("return_tokens_as_token_ids", 1),
+                         ("prompt_logprobs", 21), ("return_tokens_as_token_ids", 1),
                          ("cache_salt", "")]:
         try:
             client.completions.create(model="tiny", prompt="x", max_tokens=2,
@@ -467,7 +467,64 @@ def run_single(tessera):
     check(well and len(cids) == 6 and
           fast.decode(cids, skip_special_tokens=True) == chat_ids.choices[0].message.content,
           f"chat return_tokens_as_token_ids: {[x.token for x in content]}")
+    # Prompt scores against transformers' log_softmax over the same ids. (1) echo, logprobs=2 and
+    # max_tokens=0 (lm-evaluation-harness' scoring request): the prompt alone, its tokens'
+    # logprobs (the first null), usage without completion tokens.
+    def hf_scores(id_list):
+        with torch.no_grad():
+            lsm = torch.log_softmax(model(torch.tensor([id_list])).logits[0].double(), -1)
+        return [None] + [lsm[p, id_list[p + 1]].item() for p in range(len(id_list) - 1)], lsm
+    score_prompt = "Once upon a time there was a little dragon"
+    sids = fast(score_prompt).input_ids
+    want, lsm = hf_scores(sids)
+    ev = client.completions.create(model="llama", prompt=score_prompt, max_tokens=0, echo=True,
+                                   logprobs=2)
+    c0 = ev.choices[0]
+    lp = c0.logprobs
+    gap = max((abs(a - b) for a, b in zip(lp.token_logprobs[1:], want[1:])), default=1.0)
+    check(c0.text == fast.decode(sids, skip_special_tokens=True) and
+          len(lp.tokens) == len(sids) and lp.token_logprobs[0] is None and
+          lp.top_logprobs[0] is None and gap <= 2e-4 and ev.usage.completion_tokens == 0 and
+          all(len(d) >= 2 for d in lp.top_logprobs[1:]),
+          f"echo + logprobs + max_tokens 0: {len(lp.tokens)} prompt tokens scored, largest gap "
+          f"to transformers {gap:.2e}, completion_tokens {ev.usage.completion_tokens}")
+    # (2) prompt_logprobs=3 (vLLM's field) beside generation: each entry holds the prompt token
+    # (its logprob and rank transformers') and the 3 most likely tokens.
+    pv = client.completions.create(model="llama", prompt=score_prompt, max_tokens=3, temperature=0,
+                                   extra_body={"prompt_logprobs": 3, "ignore_eos": True})
+    plp = (pv.choices[0].model_extra or {}).get("prompt_logprobs") or []
+    ok = len(plp) == len(sids) and plp[0] is None and len(pv.choices[0].text) > 0
+    worst = 0.0
+    for p in range(1, len(plp) if ok else 0):
+        entry = plp[p].get(str(sids[p]))
+        ok = ok and entry is not None and len(plp[p]) >= 3
+        if not ok:
+            break
+        worst = max(worst, abs(entry["logprob"] - want[p]))
+        rank = 1 + int((lsm[p - 1] > want[p] + 2e-4).sum())
+        ok = ok and rank <= entry["rank"] <= int((lsm[p - 1] > want[p] - 2e-4).sum())
+    check(ok and worst <= 2e-4, f"prompt_logprobs=3: {len(plp)} entries, largest gap {worst:.2e}")
+    # (3) chat: the rendered prompt's scores once, at the top of the response.
+    cids = fast.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    cwant, _ = hf_scores(cids)
+    cr = client.chat.completions.create(model="llama", messages=messages, max_tokens=2,
+                                        extra_body={"prompt_logprobs": 0})
+    cplp = (cr.model_extra or {}).get("prompt_logprobs") or []
+    cgap = max((abs(cplp[p][str(cids[p])]["logprob"] - cwant[p]) for p in range(1, len(cplp))),
+               default=1.0)
+    check(len(cplp) == len(cids) and cplp[0] is None and cgap <= 2e-4,
+          f"chat prompt_logprobs: {len(cplp)} entries for {len(cids)} ids, gap {cgap:.2e}")
+    # (4) streamed echo + logprobs: the prompt's scored tokens arrive first, then the generated.
+    chunks = list(client.completions.create(model="llama", prompt=score_prompt, max_tokens=3,
+                                            echo=True, logprobs=1, stream=True, temperature=0,
+                                            extra_body={"ignore_eos": True}))
+    stoks = [t for c in chunks if c.choices and c.choices[0].logprobs
+             for t in c.choices[0].logprobs.token_logprobs]
+    check(len(stoks) == len(sids) + 3 and stoks[0] is None and
+          max(abs(a - b) for a, b in zip(stoks[1:len(sids)], want[1:])) <= 2e-4,
+          f"streamed echo + logprobs: {len(stoks)} scored tokens (prompt {len(sids)} + 3)")
     for extra, what in [({"allowed_token_ids": [3, 99999999]}, "99999999"),
+                        ({"prompt_logprobs": 1, "stream": True}, "stream"),
                         ({"allowed_token_ids": [fast.eos_token_id], "min_tokens": 2}, "min_tokens"),
                         ({"bad_words": ["ok", "  "]}, "more than whitespace")]:
         try:
