@@ -65,7 +65,7 @@ bool greedy_only_cpu(const torch::Tensor& logits, std::span<const SamplerRow> ro
     const auto& p = *r.params;
     if (!p.greedy() || p.logprobs >= 0 || p.repetition_penalty != 1.0f ||
         p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f || !p.logit_bias.empty() ||
-        !p.allowed_token_ids.empty() || !p.bad_words_ids.empty()) {
+        !p.allowed_token_ids.empty() || !p.bad_words_ids.empty() || p.constraint) {
       return false;
     }
     const bool masking = static_cast<int64_t>(r.output_ids.size()) < p.min_tokens &&
@@ -113,11 +113,16 @@ torch::Tensor Sampler::penalized(const torch::Tensor& logits,
   std::vector<int64_t> allowed;
   std::vector<int64_t> restricted_rows;
   for (int64_t b = 0; b < B; ++b) {
-    const auto& ids = rows[b].params->allowed_token_ids;
-    if (ids.empty()) continue;
+    const auto& p = *rows[b].params;
+    if (p.allowed_token_ids.empty() && !p.constraint) continue;
     restricted_rows.push_back(b);
+    std::vector<int32_t> ids =
+        p.constraint ? p.constraint->allowed(rows[b].output_ids) : p.allowed_token_ids;
     for (int32_t id : ids) {
-      if (id >= 0 && id < V) allowed.push_back(b * V + id);
+      const bool listed = !p.constraint || p.allowed_token_ids.empty() ||
+                          std::find(p.allowed_token_ids.begin(), p.allowed_token_ids.end(), id) !=
+                              p.allowed_token_ids.end();
+      if (id >= 0 && id < V && listed) allowed.push_back(b * V + id);
     }
   }
   if (!restricted_rows.empty()) {

@@ -6,10 +6,10 @@
 // Order of operations (vLLM v1's documented order, vllm/v1/sample/sampler.py):
 //   0. logprobs, when asked: log_softmax of the raw logits in float32 (OpenAI returns the
 //      model's distribution, so no penalty, temperature or truncation touches them);
-//   1. float32, then allowed_token_ids (every id a row does not allow gets -inf), bad_words (the
-//      last id of each sequence whose other ids end the generated tokens gets -inf), then
-//      logit_bias: each (id, bias) of the request added to that id's logit (vLLM applies it
-//      among its logits processors, before the penalties);
+//   1. float32, then allowed_token_ids and a guided-decoding constraint (every id a row does not
+//      allow gets -inf), bad_words (the last id of each sequence whose other ids end the
+//      generated tokens gets -inf), then logit_bias: each (id, bias) of the request added to
+//      that id's logit (vLLM applies it among its logits processors, before the penalties);
 //   2. min_tokens: while fewer than min_tokens are generated, the stop ids and (unless
 //      ignore_eos) the eos ids get -inf;
 //   3. penalties: repetition (Hugging Face: every id in prompt ∪ output once, logit < 0 → ×p,

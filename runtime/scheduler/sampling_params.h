@@ -6,12 +6,24 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace tessera::scheduler {
+
+// A constraint on a request's next token given the tokens it generated so far (vLLM's guided
+// decoding; serving's guided.h makes them). The sampler calls it on the leader's engine thread
+// and keeps only the ids it returns (intersected with allowed_token_ids); it must return at
+// least one id while the request runs.
+class TokenConstraint {
+ public:
+  virtual ~TokenConstraint() = default;
+  virtual std::vector<int32_t> allowed(std::span<const int32_t> output_ids) const = 0;
+};
 
 struct SamplingParams {
   // ---- sampling (sampler.h applies them in the order written there) ----
@@ -27,6 +39,8 @@ struct SamplingParams {
   // tokens end with a sequence's all-but-last ids (none for a one-token word), its last id gets
   // -inf. Only generated tokens count, not the prompt (as vLLM). Each sequence non-empty, ids >= 0.
   std::vector<std::vector<int32_t>> bad_words_ids;
+  // Guided decoding (null = none): only the ids it allows for this step, before bad_words.
+  std::shared_ptr<const TokenConstraint> constraint;
   // Divides the logits. 0 (anything below kGreedyTemperature) = greedy: argmax of the logits
   // after min_tokens masking and penalties; top_k / top_p / min_p / seed are then ignored.
   float temperature = 1.0f;

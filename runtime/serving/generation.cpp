@@ -10,6 +10,7 @@
 #include "runtime/engine/output_processor.h"
 #include "runtime/serving/api_server_impl.h"
 #include "runtime/serving/byte_tokenizer.h"
+#include "runtime/serving/guided.h"
 
 namespace tessera::serving {
 
@@ -31,6 +32,7 @@ struct Sequence {
   json logprobs;                                     // gathered (non-streaming)
   json prompt_logprobs;                              // vLLM's list, when asked
   bool prompt_scored = false;                        // the engine's prompt scores arrived
+  std::vector<int32_t> guided_ids;                   // generated, for guided_choice
   size_t text_offset = 0;
   int64_t completion_tokens = 0;
   int64_t cached_tokens = 0;
@@ -125,6 +127,17 @@ class Generation : public std::enable_shared_from_this<Generation> {
       if (id >= tok_->vocab_size()) bad_field("allowed_token_ids", below, id);
     }
     req_.params.bad_words_ids = bad_words_token_ids(*tok_, req_.bad_words);
+    if (!req_.guided_choice.empty()) {
+      auto pieces = tok_->piece_table();
+      guided_ = std::make_shared<ChoiceConstraint>(req_.guided_choice, pieces, tok_->eos_ids());
+      for (const auto& c : req_.guided_choice) {
+        // Every choice must be something this tokenizer's tokens can spell.
+        if (guided_->text_of(tok_->encode(c, false)) != c) {
+          bad_field("guided_choice", "choices this model's tokens can spell", c);
+        }
+      }
+      req_.params.constraint = guided_;
+    }
     for (const auto& ids : req_.params.bad_words_ids) {
       for (int32_t id : ids) {
         if (id < 0 || id >= tok_->vocab_size()) bad_field("bad_words", below, id);
@@ -394,6 +407,18 @@ class Generation : public std::enable_shared_from_this<Generation> {
         s.stop_reason = req_.params.stop[r.stop_index];
         break;
       }
+      if (guided_) {
+        s.guided_ids.push_back(id);
+        if (guided_->complete(guided_->text_of(s.guided_ids))) {
+          // The text is a choice no other choice extends: the answer is complete.
+          auto f = s.stopper->step(s.decoder->flush());
+          delta += f.text;
+          if (!f.stopped) delta += s.stopper->finish();
+          stopped = true;
+          s.finish_reason = "stop";
+          break;
+        }
+      }
     }
     if (n_new > 0) s.last_token = now;
     if (stopped) {
@@ -564,6 +589,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
   int remaining_ = 0;
   bool stream_started_ = false;
   bool failed_ = false;
+  std::shared_ptr<const ChoiceConstraint> guided_;  // guided_choice, else null
 };
 
 void ApiServer::Impl::handle_generate(const std::shared_ptr<Exchange>& ex, bool chat) {

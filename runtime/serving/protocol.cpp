@@ -365,12 +365,42 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
   }
   r.priority = static_cast<int>(
       integer(body, "priority", 0, -1000000, 1000000, "an integer in [-1000000, 1000000]"));
-  // vLLM's guided decoding: a constraint on the output, refused rather than dropped (the
-  // request was answered unconstrained).
-  for (const char* g :
-       {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
+  // vLLM's guided decoding: guided_choice (or structured_outputs {"choice": [...]}) is
+  // honoured; the other constraints are refused rather than dropped (the request was answered
+  // unconstrained).
+  for (const char* g : {"guided_json", "guided_regex", "guided_grammar"}) {
     if (present(body, g)) {
       throw ApiError(400, std::string("'") + g + "' (guided decoding) is not supported", g);
+    }
+  }
+  auto choices = [&](const json& v, const std::string& field) {
+    const std::string what =
+        "a list of 1 to " + std::to_string(GenerationRequest::kMaxChoices) + " non-empty strings";
+    if (!v.is_array() || v.empty() || v.size() > GenerationRequest::kMaxChoices) {
+      bad_field(field, what, v);
+    }
+    for (const auto& c : v) {
+      if (!c.is_string() || c.get_ref<const std::string&>().empty()) bad_field(field, what, c);
+      r.guided_choice.push_back(c.get<std::string>());
+    }
+  };
+  if (present(body, "guided_choice")) choices(body["guided_choice"], "guided_choice");
+  if (present(body, "structured_outputs")) {
+    const json& so = body["structured_outputs"];
+    if (!so.is_object()) bad_field("structured_outputs", "an object", so);
+    for (const auto& [k, v] : so.items()) {
+      if (v.is_null()) continue;
+      if (k != "choice") {
+        throw ApiError(
+            400,
+            "'structured_outputs." + k + "' (guided decoding) is not supported; only 'choice' is",
+            "structured_outputs");
+      }
+      if (!r.guided_choice.empty()) {
+        throw ApiError(400, "give the choices once: guided_choice or structured_outputs.choice",
+                       "structured_outputs");
+      }
+      choices(v, "structured_outputs.choice");
     }
   }
   if (present(body, "truncate_prompt_tokens")) {

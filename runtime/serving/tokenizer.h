@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -23,6 +24,8 @@ class StreamDecoder {
   virtual std::string flush() = 0;           // what is left at the end
 };
 
+struct PieceTable;  // guided.h
+
 class ServingTokenizer {
  public:
   virtual ~ServingTokenizer() = default;
@@ -37,6 +40,12 @@ class ServingTokenizer {
   virtual std::vector<int32_t> eos_ids() const = 0;
   // The text of one token as logprobs show it (its bytes, possibly an incomplete character).
   virtual std::string token_text(int32_t id) const = 0;
+  // Every id's text for guided decoding (guided.h), built on first use; thread-safe.
+  std::shared_ptr<const PieceTable> piece_table() const;
+
+ private:
+  mutable std::once_flag pieces_once_;
+  mutable std::shared_ptr<const PieceTable> pieces_;
 };
 
 }  // namespace tessera::serving

@@ -43,6 +43,13 @@ std::vector<double> reference_logits(std::vector<double> x, const SamplingParams
       if (!ok[v]) x[v] = -kInf;
     }
   }
+  if (p.constraint) {
+    std::vector<bool> ok(V, false);
+    for (int32_t id : p.constraint->allowed(h.output)) ok[id] = true;
+    for (int32_t v = 0; v < V; ++v) {
+      if (!ok[v]) x[v] = -kInf;
+    }
+  }
   for (const auto& word : p.bad_words_ids) {
     // Banned when the generated tokens end with the word's all-but-last ids.
     const size_t k = word.size() - 1;
@@ -153,6 +160,14 @@ void expect_logits_near(const torch::Tensor& got_row, const std::vector<double>&
   }
 }
 
+// A guided-decoding constraint that depends on the generated tokens: ids 3 + (output length) % 4,
+// 9, 14 and 21.
+struct FakeConstraint : scheduler::TokenConstraint {
+  std::vector<int32_t> allowed(std::span<const int32_t> out) const override {
+    return {static_cast<int32_t>(3 + out.size() % 4), 9, 14, 21};
+  }
+};
+
 // Parameter sets exercised by the formula and chi-square tests.
 struct Case {
   std::string name;
@@ -182,6 +197,14 @@ std::vector<Case> cases() {
     p.temperature = 1.4f;
     p.logit_bias = {{3, 100.0f}, {9, 1.5f}};  // 3 is not allowed: stays out however pushed
   });
+  add(
+      "constraint_and_allowed_ids",
+      [](SamplingParams& p) {
+        p.constraint = std::make_shared<FakeConstraint>();
+        p.allowed_token_ids = {4, 9, 14, 20};  // both apply: 4, 9 and 14 remain
+        p.temperature = 1.3f;
+      },
+      hist);
   // Output {2, 4, 2, 2, 11}: {11, 6} and {2, 11, 8} match their prefix (6, 8 banned), {5} always
   // (5 banned), {2, 2, 9} and {4, 11, 3} do not (9 and 3 stay), {1, 2, 4, 2, 2, 11, 7} is longer
   // than the output + 1 (7 stays; the prompt does not count).

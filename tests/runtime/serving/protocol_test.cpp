@@ -175,7 +175,26 @@ TEST(Protocol, ErrorsNameFieldAndValue) {
           {{"messages", msgs}, {"continue_final_message", true}, {"add_generation_prompt", false}},
           true),
       "accepted");
-  for (const char* g : {"guided_json", "guided_regex", "guided_choice", "guided_grammar"}) {
+  // guided_choice and structured_outputs.choice are honoured; the other constraints refused.
+  EXPECT_EQ(completion({{"prompt", "x"}, {"guided_choice", {"a", "bc"}}}).guided_choice,
+            (std::vector<std::string>{"a", "bc"}));
+  EXPECT_EQ(
+      completion({{"prompt", "x"}, {"structured_outputs", {{"choice", {"x"}}, {"json", nullptr}}}})
+          .guided_choice,
+      std::vector<std::string>{"x"});
+  for (const json& bad : {json::array(), json({"a", ""}), json("a"), json({1})}) {
+    EXPECT_EQ(error_of({{"prompt", "x"}, {"guided_choice", bad}}).rfind("guided_choice:", 0), 0u)
+        << bad;
+  }
+  EXPECT_EQ(error_of({{"prompt", "x"}, {"structured_outputs", {{"regex", "a+"}}}})
+                .rfind("structured_outputs: 'structured_outputs.regex'", 0),
+            0u);
+  EXPECT_EQ(
+      error_of(
+          {{"prompt", "x"}, {"guided_choice", {"a"}}, {"structured_outputs", {{"choice", {"b"}}}}})
+          .rfind("structured_outputs:", 0),
+      0u);
+  for (const char* g : {"guided_json", "guided_regex", "guided_grammar"}) {
     EXPECT_EQ(error_of({{"prompt", "x"}, {g, json::object()}}).rfind(std::string(g) + ":", 0), 0u)
         << g;
   }

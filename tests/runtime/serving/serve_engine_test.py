@@ -360,6 +360,12 @@ def run_single(tessera):
     text = sampled.choices[0].text
     check(len(text) == 40 and set(text) <= set("abc") and len(set(text)) > 1,
           f"sampled with allowed_token_ids [97, 98, 99] ('a', 'b', 'c'): {text!r}")
+    # guided_choice on the byte model, sampled: each text is one of the choices.
+    got = client.completions.create(model="tiny", prompt="x", max_tokens=12, temperature=1.0, n=6,
+                                    extra_body={"guided_choice": ["yes", "no", "yesterday"]})
+    texts = [c.text for c in got.choices]
+    check(all(t in ("yes", "no", "yesterday") for t in texts),
+          f"tiny guided_choice, 6 samples: {texts}")
     dt, steps = disconnect_check(port, "tiny", "tiny", 3000)
     stop_ok(proc, "tiny server", port)
     print(f"tiny: {time.time() - T0:.1f} s", flush=True)
@@ -523,7 +529,42 @@ def run_single(tessera):
     check(len(stoks) == len(sids) + 3 and stoks[0] is None and
           max(abs(a - b) for a, b in zip(stoks[1:len(sids)], want[1:])) <= 2e-4,
           f"streamed echo + logprobs: {len(stoks)} scored tokens (prompt {len(sids)} + 3)")
+    # guided_choice (vLLM) against transformers' generate under prefix_allowed_tokens_fn, with the
+    # same rule written here: a token is allowed when the text so far plus its text is a prefix of
+    # a choice; the end of sequence when the text is a choice. Token texts from transformers'
+    # tokenizer (each token decoded after "a", the "a" cut off).
+    choices = ["the dragon slept", "the dragon", "a knight rode by", "rain"]
+    anchor = fast.encode("a", add_special_tokens=False)
+    piece = [fast.decode(anchor + [t], skip_special_tokens=True)[1:]
+             for t in range(model.config.vocab_size)]
+    eos = fast.eos_token_id
+
+    def choice_tokens(batch_id, sofar):
+        text = "".join(piece[t] for t in sofar[ids.shape[1]:].tolist())
+        ok = [t for t in range(len(piece)) if piece[t] and
+              any(c.startswith(text + piece[t]) for c in choices)]
+        return ok + ([eos] if text in choices else []) or [eos]
+    with torch.no_grad():
+        out_g = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=eos,
+                               pad_token_id=1, prefix_allowed_tokens_fn=choice_tokens)
+    ref_g = fast.decode(out_g[0, ids.shape[1]:], skip_special_tokens=True)
+    got_g = client.completions.create(model="llama", prompt=prompt, max_tokens=24, temperature=0,
+                                      extra_body={"guided_choice": choices})
+    check(got_g.choices[0].text == ref_g and ref_g in choices and
+          got_g.choices[0].finish_reason == "stop",
+          f"llama greedy guided_choice {got_g.choices[0].text!r} == transformers {ref_g!r} "
+          f"({got_g.choices[0].finish_reason})")
+    # Sampled, in a chat, through structured_outputs: every answer one of the choices.
+    got_c = client.chat.completions.create(model="llama", messages=messages, max_tokens=24,
+                                           temperature=1.0, n=8, seed=3,
+                                           extra_body={"structured_outputs": {"choice": choices}})
+    answers = [c.message.content for c in got_c.choices]
+    check(all(a in choices for a in answers) and len(set(answers)) > 1,
+          f"8 sampled chat answers under structured_outputs.choice: {answers}")
     for extra, what in [({"allowed_token_ids": [3, 99999999]}, "99999999"),
+                        ({"guided_choice": []}, "non-empty strings"),
+                        ({"guided_json": {"type": "object"}}, "not supported"),
+                        ({"structured_outputs": {"regex": "a+"}}, "only 'choice'"),
                         ({"prompt_logprobs": 1, "stream": True}, "stream"),
                         ({"allowed_token_ids": [fast.eos_token_id], "min_tokens": 2}, "min_tokens"),
                         ({"bad_words": ["ok", "  "]}, "more than whitespace")]:
@@ -532,7 +573,7 @@ def run_single(tessera):
                                       extra_body=extra)
             check(False, f"{extra} accepted")
         except openai.BadRequestError as e:
-            field = next(iter(extra))
+            field = next(k for k in extra if k != "stream")
             check(field in str(e) and what in str(e), f"400 names {field} and {what}: {e}")
     try:
         client.completions.create(model="llama", prompt=prompt, max_tokens=2,
