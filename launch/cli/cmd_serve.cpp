@@ -12,11 +12,13 @@
 #include <vector>
 
 #include "common/error.h"
+#include "common/logging.h"
 #include "launch/cli/commands.h"
 #include "launch/cli/serve_engine.h"
 #include "runtime/serving/api_server.h"
 #include "runtime/serving/router.h"
 #include "runtime/serving/signals.h"
+#include "runtime/serving/tool_parser.h"
 
 namespace tessera::cli {
 
@@ -50,6 +52,8 @@ struct ServeSettings {
   double body_timeout_s = 60;
   int max_connections = 1024;
   int max_waiting = 512;
+  bool enable_auto_tool_choice = false;
+  std::string tool_call_parser;
   double shutdown_timeout_s = 30;
   int io_threads = 2;
 };
@@ -144,6 +148,18 @@ int run_serve(const ServeSettings& s, launch::World& world) {
   serving::ApiServerOptions api;
   api.api_keys = api_keys(s.api_key);
   api.max_waiting = static_cast<size_t>(s.max_waiting);
+  if (!s.tool_call_parser.empty()) {
+    TESSERA_CHECK(serving::known_tool_call_parser(s.tool_call_parser), "--tool-call-parser: '",
+                  s.tool_call_parser, "' is not a known parser (hermes)");
+  }
+  // As vLLM: tool_choice "auto" answers are parsed only with both flags.
+  TESSERA_CHECK(!s.enable_auto_tool_choice || !s.tool_call_parser.empty(),
+                "--enable-auto-tool-choice needs --tool-call-parser (hermes)");
+  if (!s.tool_call_parser.empty() && !s.enable_auto_tool_choice) {
+    log::warn("--tool-call-parser {} without --enable-auto-tool-choice: answers stay text",
+              s.tool_call_parser);
+  }
+  if (s.enable_auto_tool_choice) api.tool_call_parser = s.tool_call_parser;
   const auto shutdown_timeout = ms(s.shutdown_timeout_s, "--shutdown-timeout");
   check_engine_flags(s.engine);
 
@@ -288,6 +304,10 @@ Command register_serve(CLI::App& root) {
   app->add_option("--max-connections", s->max_connections, "open connections at most");
   app->add_option("--max-waiting", s->max_waiting,
                   "sequences waiting for their first token at most (429 above)");
+  app->add_flag("--enable-auto-tool-choice", s->enable_auto_tool_choice,
+                "parse tool calls out of chat answers to requests with tools (tool_choice auto)");
+  app->add_option("--tool-call-parser", s->tool_call_parser,
+                  "the format of the model's tool calls: hermes (<tool_call>{json}</tool_call>)");
   app->add_option("--shutdown-timeout", s->shutdown_timeout_s,
                   "seconds SIGTERM waits for requests in flight");
   app->add_option("--io-threads", s->io_threads, "HTTP I/O threads");

@@ -26,6 +26,9 @@ struct ApiServerOptions {
   std::chrono::milliseconds stall_timeout{30000};
   std::chrono::milliseconds health_poll{250};
   int max_n = 64;
+  // vLLM's --tool-call-parser with --enable-auto-tool-choice: "hermes" reads <tool_call> JSON
+  // out of chat answers to requests with tools (tool_parser.h); "" = answers stay text.
+  std::string tool_call_parser;
   bool preload = true;  // load the first model at start (/health is 503 "loading" until then)
   // The replicas of one `tessera serve` job: the job's router asks each to shut down with
   // POST /internal/shutdown and header "X-Tessera-Shutdown: <token>" (compared in constant

@@ -11,6 +11,7 @@
 #include "runtime/serving/api_server_impl.h"
 #include "runtime/serving/byte_tokenizer.h"
 #include "runtime/serving/guided.h"
+#include "runtime/serving/tool_parser.h"
 
 namespace tessera::serving {
 
@@ -33,6 +34,8 @@ struct Sequence {
   json prompt_logprobs;                              // vLLM's list, when asked
   bool prompt_scored = false;                        // the engine's prompt scores arrived
   std::vector<int32_t> guided_ids;                   // generated, for guided_choice
+  std::string tool_text;  // streamed chat with tool parsing: the answer so far
+  size_t tool_sent = 0;   // of it, the bytes sent as content
   size_t text_offset = 0;
   int64_t completion_tokens = 0;
   int64_t cached_tokens = 0;
@@ -62,6 +65,8 @@ class Generation : public std::enable_shared_from_this<Generation> {
     tok_ = &backend_->tokenizer();
     model_ = req_.lora.empty() ? lease_.spec().name : lease_.spec().name + ":" + req_.lora;
     route_ = req_.chat ? "/v1/chat/completions" : "/v1/completions";
+    parse_tools_ = req_.chat && req_.tools && !req_.tool_choice_none &&
+                   server_->opt.tool_call_parser == "hermes";
     id_ = (req_.chat ? "chatcmpl-" : "cmpl-") + random_hex(24);
     created_ = unix_now();
     arrival_ = ex_->request().arrival;
@@ -445,7 +450,26 @@ class Generation : public std::enable_shared_from_this<Generation> {
     const bool finished_now = stopped || out.finished;
     if (finished_now) s.done = true;
 
-    if (req_.stream) {
+    if (req_.stream && parse_tools_) {
+      // Content goes out until a <tool_call> starts (or may be starting); the calls go out at
+      // the end, whole, in the last chunk.
+      s.tool_text += delta;
+      json calls;
+      if (finished_now) {
+        const ParsedToolCalls parsed = parse_hermes_tool_calls(s.tool_text);
+        if (parsed.called) {
+          calls = tool_calls_json(parsed.calls, true);
+          if (s.finish_reason == "stop" || s.finish_reason == "length")
+            s.finish_reason = "tool_calls";
+          s.tool_text = parsed.content;
+        }
+      }
+      const size_t upto = finished_now ? s.tool_text.size() : hermes_content_prefix(s.tool_text);
+      const std::string out_text =
+          upto > s.tool_sent ? s.tool_text.substr(s.tool_sent, upto - s.tool_sent) : "";
+      s.tool_sent = std::max(s.tool_sent, upto);
+      emit_chunk(s, out_text, lp_delta, finished_now, calls);
+    } else if (req_.stream) {
       emit_chunk(s, delta, lp_delta, finished_now);
     } else {
       s.text += delta;
@@ -467,7 +491,21 @@ class Generation : public std::enable_shared_from_this<Generation> {
     ex_->start_stream(200, "text/event-stream", {{"Cache-Control", "no-cache"}});
   }
 
-  void emit_chunk(Sequence& s, const std::string& delta, const json& lp, bool finished) {
+  // OpenAI's tool_calls list (with `index` per call in stream deltas).
+  static json tool_calls_json(const std::vector<ToolCall>& calls, bool indexed) {
+    json out = json::array();
+    for (size_t i = 0; i < calls.size(); ++i) {
+      json c = {{"id", calls[i].id},
+                {"type", "function"},
+                {"function", {{"name", calls[i].name}, {"arguments", calls[i].arguments}}}};
+      if (indexed) c["index"] = i;
+      out.push_back(std::move(c));
+    }
+    return out;
+  }
+
+  void emit_chunk(Sequence& s, const std::string& delta, const json& lp, bool finished,
+                  const json& tool_calls = json()) {
     if (!s.error.empty()) return;  // errors are reported at the end
     std::string text = delta;
     if (!s.started_text && req_.echo && !req_.chat) text = s.prompt_text + text;
@@ -482,6 +520,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
       json d = json::object();
       if (first) d["role"] = "assistant";
       if (!text.empty() || first) d["content"] = text;
+      if (!tool_calls.is_null()) d["tool_calls"] = tool_calls;
       choice["delta"] = d;
     } else {
       choice["text"] = text;
@@ -552,6 +591,16 @@ class Generation : public std::enable_shared_from_this<Generation> {
                   {"stop_reason", s->stop_reason}};
         if (req_.chat) {
           c["message"] = {{"role", "assistant"}, {"content", s->text}};
+          if (parse_tools_) {
+            const ParsedToolCalls parsed = parse_hermes_tool_calls(s->text);
+            if (parsed.called) {
+              c["message"]["content"] = parsed.content.empty() ? json() : json(parsed.content);
+              c["message"]["tool_calls"] = tool_calls_json(parsed.calls, false);
+              if (s->finish_reason == "stop" || s->finish_reason == "length") {
+                c["finish_reason"] = "tool_calls";
+              }
+            }
+          }
         } else {
           c["text"] = req_.echo ? s->prompt_text + s->text : s->text;
           if (req_.prompt_logprobs) c["prompt_logprobs"] = s->prompt_logprobs;
@@ -589,6 +638,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
   int remaining_ = 0;
   bool stream_started_ = false;
   bool failed_ = false;
+  bool parse_tools_ = false;  // chat with tools under --tool-call-parser hermes
   std::shared_ptr<const ChoiceConstraint> guided_;  // guided_choice, else null
 };
 

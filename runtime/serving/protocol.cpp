@@ -191,6 +191,8 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
                          "\"none\"",
                      "tool_choice");
     }
+    r.tools = present(body, "tools") && body["tools"].is_array() && !body["tools"].empty();
+    r.tool_choice_none = present(body, "tool_choice") && body["tool_choice"] == "none";
     if (present(body, "chat_template_kwargs")) {
       if (!body["chat_template_kwargs"].is_object()) {
         bad_field("chat_template_kwargs", "an object", body["chat_template_kwargs"]);

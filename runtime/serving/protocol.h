@@ -90,6 +90,9 @@ struct GenerationRequest {
   // Completions with echo and max_tokens 0 (lm-evaluation-harness' scoring request): the engine
   // runs one token, the answer is the prompt alone (with its logprobs when asked).
   bool echo_only = false;
+  // Chat: tools were given (a non-empty list), and tool_choice "none" (no tool-call parsing).
+  bool tools = false;
+  bool tool_choice_none = false;
   // vLLM's guided_choice / structured_outputs.choice: the output is exactly one of these.
   std::vector<std::string> guided_choice;
   static constexpr size_t kMaxChoices = 1024;

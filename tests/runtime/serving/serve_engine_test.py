@@ -125,6 +125,7 @@ def generation_checks(port, model, prompt_len, chat_len, messages, tag):
 def disconnect_check(port, model, tag, max_tokens):
     """A stream cut by its client: the request is aborted and its KV blocks are freed."""
     before_abort = metric(port, "tessera_request_success_total", 'finish_reason="abort"') or 0
+    gen_before = metric(port, "tessera_generation_tokens_total") or 0
     s = socket.create_connection(("127.0.0.1", port), timeout=60)
     body = json.dumps({"model": model, "prompt": "Once upon a time " * 8, "max_tokens": max_tokens,
                        "ignore_eos": True, "stream": True}).encode()
@@ -167,8 +168,8 @@ def disconnect_check(port, model, tag, max_tokens):
           f"{itl * 1000:.1f} ms; {steps:.0f} engine steps since the last read before the close)")
     aborted = (metric(port, "tessera_request_success_total", 'finish_reason="abort"') or 0)
     check(aborted == before_abort + 1, f"{tag} the request was aborted ({aborted})")
-    gen = metric(port, "tessera_generation_tokens_total")
-    check(gen is not None and gen < max_tokens, f"{tag} generation stopped early ({gen} tokens in all)")
+    gen = (metric(port, "tessera_generation_tokens_total") or 0) - gen_before
+    check(gen < max_tokens, f"{tag} generation stopped early ({gen} tokens of {max_tokens})")
     return dt, steps
 
 
@@ -374,7 +375,8 @@ def run_single(tessera):
     d = os.path.join(tmp, "llama")
     model, fast = make_llama(d)
     print(f"checkpoint made: {time.time() - T0:.1f} s", flush=True)
-    proc, port, _ = start([tessera, "serve", "--model", d, "--port", "0"])
+    proc, port, _ = start([tessera, "serve", "--model", d, "--port", "0",
+                           "--enable-auto-tool-choice", "--tool-call-parser", "hermes"])
     prompt_len = lambda p: len(fast(p).input_ids)  # noqa: E731
     chat_ids = fast.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     client = generation_checks(port, "llama", prompt_len, len(chat_ids), messages, "llama")
@@ -561,6 +563,40 @@ def run_single(tessera):
     answers = [c.message.content for c in got_c.choices]
     check(all(a in choices for a in answers) and len(set(answers)) > 1,
           f"8 sampled chat answers under structured_outputs.choice: {answers}")
+    # Tool calls (--tool-call-parser hermes): the answer forced by guided_choice to a Hermes call
+    # after some text comes back as the openai client's tool_calls, its arguments the JSON, the
+    # text before it the content, finish_reason "tool_calls"; streamed, the deltas add up to the
+    # same; with tool_choice "none" (or without tools) the answer stays text.
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    call_text = ('Checking.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+                 '\n</tool_call>')
+    tkw = dict(model="llama", messages=messages, max_tokens=200, temperature=0, tools=tools,
+               extra_body={"guided_choice": [call_text]})
+    tc = client.chat.completions.create(**tkw).choices[0]
+    calls = tc.message.tool_calls or []
+    check(len(calls) == 1 and calls[0].function.name == "get_weather" and
+          json.loads(calls[0].function.arguments) == {"city": "Paris"} and
+          calls[0].type == "function" and calls[0].id.startswith("chatcmpl-tool-") and
+          tc.message.content == "Checking." and tc.finish_reason == "tool_calls",
+          f"hermes tool call parsed: {calls} content {tc.message.content!r} ({tc.finish_reason})")
+    content, args, names, reasons = "", {}, {}, []
+    for ch in client.chat.completions.create(stream=True, **tkw):
+        if not ch.choices:
+            continue
+        dl = ch.choices[0].delta
+        content += dl.content or ""
+        for t in dl.tool_calls or []:
+            names[t.index] = names.get(t.index, "") + (t.function.name or "")
+            args[t.index] = args.get(t.index, "") + (t.function.arguments or "")
+        reasons.append(ch.choices[0].finish_reason)
+    check(content == "Checking." and names == {0: "get_weather"} and
+          json.loads(args.get(0, "null")) == {"city": "Paris"} and reasons[-1] == "tool_calls",
+          f"streamed tool call: content {content!r}, {names}, {args} ({reasons[-1]})")
+    plain = client.chat.completions.create(**dict(tkw, tool_choice="none")).choices[0]
+    check(plain.message.content == call_text and not plain.message.tool_calls and
+          plain.finish_reason == "stop", f"tool_choice none: text {plain.message.content!r}")
     for extra, what in [({"allowed_token_ids": [3, 99999999]}, "99999999"),
                         ({"guided_choice": []}, "non-empty strings"),
                         ({"guided_json": {"type": "object"}}, "not supported"),
