@@ -40,8 +40,23 @@ class InstantEngine : public tessera::engine::EngineClient {
     uint64_t h = 1469598103934665603ull;
     for (int32_t id : r.prompt_ids) h = (h ^ static_cast<uint64_t>(id)) * 1099511628211ull;
     const int64_t k = std::min<int64_t>(r.params.max_tokens, 4);
+    if (r.params.prompt_logprobs >= 0) {  // scores for each prompt token after the first
+      for (size_t p = 1; p < r.prompt_ids.size(); ++p) {
+        tessera::engine::PromptLogprob e{
+            r.prompt_ids[p], -1.0f, static_cast<int32_t>(p % 7 + 1), {}};
+        for (int32_t j = 0; j < r.params.prompt_logprobs; ++j)
+          e.top.push_back({j % 258, -0.1f * j});
+        out.prompt_logprobs.push_back(std::move(e));
+      }
+    }
     for (int64_t i = 0; i < k; ++i) {
-      out.new_token_ids.push_back(static_cast<int32_t>((h >> (8 * i)) % ByteTokenizer::kVocabSize));
+      int32_t next = static_cast<int32_t>((h >> (8 * i)) % ByteTokenizer::kVocabSize);
+      if (r.params.constraint) {  // guided decoding: one of the ids the constraint allows
+        const auto allowed = r.params.constraint->allowed(out.new_token_ids);
+        if (allowed.empty()) std::abort();  // the constraint must always allow something
+        next = allowed[(h >> (8 * i)) % allowed.size()];
+      }
+      out.new_token_ids.push_back(next);
       if (r.params.logprobs >= 0) {
         out.logprobs.push_back(-0.5f * static_cast<float>(i));
         std::vector<tessera::engine::TopLogprob> top;
@@ -145,6 +160,7 @@ ApiServer& server() {
     ApiServerOptions api;
     api.api_keys = {kKey};
     api.preload = false;
+    api.tool_call_parser = "hermes";  // chat answers to requests with tools are parsed
     auto* srv = new ApiServer(*io, HttpServerOptions{}, api, {parse_model_flag("fuzz=fuzz-model")},
                               1, [](const ModelSpec&) -> std::shared_ptr<ServingBackend> {
                                 return std::make_shared<InstantBackend>();
