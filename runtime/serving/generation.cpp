@@ -11,6 +11,7 @@
 #include "runtime/serving/api_server_impl.h"
 #include "runtime/serving/byte_tokenizer.h"
 #include "runtime/serving/guided.h"
+#include "runtime/serving/json_guide.h"
 #include "runtime/serving/tool_parser.h"
 
 namespace tessera::serving {
@@ -133,16 +134,19 @@ class Generation : public std::enable_shared_from_this<Generation> {
     }
     req_.params.bad_words_ids = bad_words_token_ids(*tok_, req_.bad_words);
     if (!req_.guided_choice.empty()) {
-      auto pieces = tok_->piece_table();
-      guided_ = std::make_shared<ChoiceConstraint>(req_.guided_choice, pieces, tok_->eos_ids());
+      auto choice = std::make_shared<ChoiceConstraint>(req_.guided_choice, tok_->piece_table(),
+                                                       tok_->eos_ids());
       for (const auto& c : req_.guided_choice) {
         // Every choice must be something this tokenizer's tokens can spell.
-        if (guided_->text_of(tok_->encode(c, false)) != c) {
+        if (choice->text_of(tok_->encode(c, false)) != c) {
           bad_field("guided_choice", "choices this model's tokens can spell", c);
         }
       }
-      req_.params.constraint = guided_;
+      guided_ = choice;
+    } else if (req_.json_object) {
+      guided_ = std::make_shared<JsonObjectConstraint>(tok_->piece_table(), tok_->eos_ids());
     }
+    if (guided_) req_.params.constraint = guided_;
     for (const auto& ids : req_.params.bad_words_ids) {
       for (int32_t id : ids) {
         if (id < 0 || id >= tok_->vocab_size()) bad_field("bad_words", below, id);
@@ -414,7 +418,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
       }
       if (guided_) {
         s.guided_ids.push_back(id);
-        if (guided_->complete(guided_->text_of(s.guided_ids))) {
+        if (guided_->complete(std::span<const int32_t>(s.guided_ids))) {
           // The text is a choice no other choice extends: the answer is complete.
           auto f = s.stopper->step(s.decoder->flush());
           delta += f.text;
@@ -639,7 +643,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
   bool stream_started_ = false;
   bool failed_ = false;
   bool parse_tools_ = false;  // chat with tools under --tool-call-parser hermes
-  std::shared_ptr<const ChoiceConstraint> guided_;  // guided_choice, else null
+  std::shared_ptr<const OutputConstraint> guided_;  // guided_choice / JSON mode, else null
 };
 
 void ApiServer::Impl::handle_generate(const std::shared_ptr<Exchange>& ex, bool chat) {

@@ -26,7 +26,14 @@ struct PieceTable {
 };
 std::shared_ptr<const PieceTable> build_piece_table(const ServingTokenizer& tok);
 
-class ChoiceConstraint final : public scheduler::TokenConstraint {
+// A constraint that also knows when the answer is complete (nothing may follow): the handler
+// then ends the answer with finish_reason "stop".
+class OutputConstraint : public scheduler::TokenConstraint {
+ public:
+  virtual bool complete(std::span<const int32_t> output_ids) const = 0;
+};
+
+class ChoiceConstraint final : public OutputConstraint {
  public:
   // `choices`: non-empty strings. `eos_ids`: the ids that end a request.
   ChoiceConstraint(std::vector<std::string> choices, std::shared_ptr<const PieceTable> pieces,
@@ -37,6 +44,9 @@ class ChoiceConstraint final : public scheduler::TokenConstraint {
   std::string text_of(std::span<const int32_t> output_ids) const;
   // `text` is a choice that no other choice extends: nothing may follow.
   bool complete(const std::string& text) const;
+  bool complete(std::span<const int32_t> output_ids) const override {
+    return complete(text_of(output_ids));
+  }
 
  private:
   std::vector<std::string> choices_;

@@ -392,10 +392,16 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
     if (!so.is_object()) bad_field("structured_outputs", "an object", so);
     for (const auto& [k, v] : so.items()) {
       if (v.is_null()) continue;
+      if (k == "json_object") {
+        if (!v.is_boolean()) bad_field("structured_outputs.json_object", "true or false", v);
+        r.json_object = r.json_object || v.get<bool>();
+        continue;
+      }
       if (k != "choice") {
         throw ApiError(
             400,
-            "'structured_outputs." + k + "' (guided decoding) is not supported; only 'choice' is",
+            "'structured_outputs." + k +
+                "' (guided decoding) is not supported; only 'choice' and 'json_object' are",
             "structured_outputs");
       }
       if (!r.guided_choice.empty()) {
@@ -437,10 +443,17 @@ GenerationRequest parse_generation_request(const json& body, bool chat, int max_
   r.return_tokens_as_token_ids = boolean(body, "return_tokens_as_token_ids", false);
   if (present(body, "response_format")) {
     const json& f = body["response_format"];
-    if (!f.is_object() || !f.contains("type") || f["type"] != "text") {
-      throw ApiError(400, "'response_format' other than {\"type\": \"text\"} is not supported",
+    if (f.is_object() && f.contains("type") && f["type"] == "json_object") {
+      r.json_object = true;
+    } else if (!f.is_object() || !f.contains("type") || f["type"] != "text") {
+      throw ApiError(400,
+                     "'response_format' other than {\"type\": \"text\"} or "
+                     "{\"type\": \"json_object\"} is not supported",
                      "response_format");
     }
+  }
+  if (r.json_object && !r.guided_choice.empty()) {
+    throw ApiError(400, "give one output constraint: a JSON object or choices", "response_format");
   }
   return r;
 }

@@ -95,6 +95,9 @@ struct GenerationRequest {
   bool tool_choice_none = false;
   // vLLM's guided_choice / structured_outputs.choice: the output is exactly one of these.
   std::vector<std::string> guided_choice;
+  // OpenAI's response_format {"type": "json_object"} / structured_outputs {"json_object": true}:
+  // the answer is one JSON object (json_guide.h).
+  bool json_object = false;
   static constexpr size_t kMaxChoices = 1024;
   static constexpr size_t kMaxBadWords = 1024;
 };

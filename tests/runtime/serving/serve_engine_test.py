@@ -563,6 +563,23 @@ def run_single(tessera):
     answers = [c.message.content for c in got_c.choices]
     check(all(a in choices for a in answers) and len(set(answers)) > 1,
           f"8 sampled chat answers under structured_outputs.choice: {answers}")
+    # JSON mode (response_format json_object): answers that end are one JSON object (json.loads).
+    # A random model left alone writes long strings, so logit_bias favours the bytes that close
+    # strings and containers and start keys and values.
+    favoured = [t for t in range(model.config.vocab_size)
+                if piece[t] in ('"', '}', ']', ':', ',', '[', '{', '1', 't')]
+    jkw = dict(model="llama", messages=messages, max_tokens=200, temperature=1.0, n=6, seed=11,
+               response_format={"type": "json_object"},
+               logit_bias={str(t): 3 for t in favoured})
+    jr = client.chat.completions.create(**jkw)
+    ended = [c.message.content for c in jr.choices if c.finish_reason == "stop"]
+    parsed = [json.loads(t) for t in ended]
+    check(len(ended) >= 3 and all(isinstance(x, dict) for x in parsed),
+          f"json_object: {len(ended)} of 6 sampled answers ended, each a JSON object: "
+          f"{[t[:60] for t in ended]}")
+    for c in jr.choices:
+        if c.finish_reason == "length":  # cut short: still the start of an object
+            check(c.message.content.lstrip().startswith("{"), f"cut answer {c.message.content[:60]!r}")
     # Tool calls (--tool-call-parser hermes): the answer forced by guided_choice to a Hermes call
     # after some text comes back as the openai client's tool_calls, its arguments the JSON, the
     # text before it the content, finish_reason "tool_calls"; streamed, the deltas add up to the
@@ -600,7 +617,7 @@ def run_single(tessera):
     for extra, what in [({"allowed_token_ids": [3, 99999999]}, "99999999"),
                         ({"guided_choice": []}, "non-empty strings"),
                         ({"guided_json": {"type": "object"}}, "not supported"),
-                        ({"structured_outputs": {"regex": "a+"}}, "only 'choice'"),
+                        ({"structured_outputs": {"regex": "a+"}}, "only 'choice' and 'json_object'"),
                         ({"prompt_logprobs": 1, "stream": True}, "stream"),
                         ({"allowed_token_ids": [fast.eos_token_id], "min_tokens": 2}, "min_tokens"),
                         ({"bad_words": ["ok", "  "]}, "more than whitespace")]:
