@@ -39,6 +39,20 @@ class HfReference : public ::testing::Test {
 std::vector<HfModel> HfReference::models_;
 std::string HfReference::skip_, HfReference::error_;
 
+// Small blocks and steps: chunked prefill mixes prompt chunks with decodes of other prompts in
+// one step. Dynamic NTK rope depends on the length a forward sees (transformers rotates a
+// prompt's keys with the frequencies of its whole length), so that model prefills each prompt
+// whole.
+EngineConfig engine_config(const HfModel& m) {
+  EngineConfig c;
+  c.model = m.dir;
+  c.max_num_seqs = 8;
+  c.max_num_batched_tokens = m.name == "llama_dynamic" ? 64 : 16;
+  c.block_size = 4;
+  c.kv_cache_memory = 4 << 20;
+  return c;
+}
+
 TEST_F(HfReference, LogitsAndGreedyTokensMatchTransformers) {
   torch::NoGradGuard no_grad;
   int checked = 0;
@@ -46,16 +60,7 @@ TEST_F(HfReference, LogitsAndGreedyTokensMatchTransformers) {
     if (!m.reference) continue;
     SCOPED_TRACE(m.name);
     const auto ref = models::SafetensorsFile::open(m.dir + "/reference.safetensors");
-    EngineConfig c;
-    c.model = m.dir;
-    c.max_num_seqs = 8;
-    // Chunked prefill mixes prompt chunks with decodes of other prompts in one step. Dynamic NTK
-    // rope depends on the length a forward sees (transformers rotates a prompt's keys with the
-    // frequencies of its whole length), so that model prefills each prompt whole.
-    c.max_num_batched_tokens = m.name == "llama_dynamic" ? 64 : 16;
-    c.block_size = 4;
-    c.kv_cache_memory = 4 << 20;
-    EngineCore core(c, nullptr, nullptr);
+    EngineCore core(engine_config(m), nullptr, nullptr);
     std::map<int64_t, std::string> id_of;                         // seq -> request id
     std::map<std::string, std::map<int64_t, torch::Tensor>> got;  // id -> position -> logits
     core.set_logits_observer([&](const scheduler::StepPlan& plan, const torch::Tensor& all) {
@@ -111,13 +116,7 @@ TEST_F(HfReference, PromptLogprobsMatchTransformers) {
     if (!m.reference) continue;
     SCOPED_TRACE(m.name);
     const auto ref = models::SafetensorsFile::open(m.dir + "/reference.safetensors");
-    EngineConfig c;
-    c.model = m.dir;
-    c.max_num_seqs = 8;
-    c.max_num_batched_tokens = m.name == "llama_dynamic" ? 64 : 16;
-    c.block_size = 4;
-    c.kv_cache_memory = 4 << 20;
-    EngineCore core(c, nullptr, nullptr);
+    EngineCore core(engine_config(m), nullptr, nullptr);
     std::vector<EngineRequest> warm, scored;
     std::vector<torch::Tensor> prompts;
     for (int k = 0; k < m.prompts; ++k) {
