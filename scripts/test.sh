@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds (and the tessera binary against MPICH, for srun --mpi=pmi2), and
 # runs every test (ctest: unit, multi-rank under mpirun with 1, 2 and 4 ranks, end-to-end, Python,
-# style; GPU tests skip without a GPU), then the kernel tests and the scheduler again under
-# AddressSanitizer + UBSan in build-asan/, the watchdog's lock-free record, the scheduler, the
-# server and the router under ThreadSanitizer in build-tsan/ (TESSERA_SKIP_ASAN=1 skips both
+# style; GPU tests skip without a GPU), then the kernel tests, the scheduler and serving's unit
+# tests (request parsing, guided decoding, tool calls) again under AddressSanitizer + UBSan in
+# build-asan/, the watchdog's lock-free record, the scheduler, the server and the router under
+# ThreadSanitizer in build-tsan/ (TESSERA_SKIP_ASAN=1 skips both
 # sanitizer steps; the whole suite under ASan is `scripts/sanitize.sh address-all`, hours on 2
 # cores: docs/reliability.md).
 set -euo pipefail
@@ -45,7 +46,7 @@ sanitize() {
 if [ "${TESSERA_SKIP_ASAN:-0}" != 1 ] && [ $# -eq 0 ]; then
   sanitize asan address \
     "kernels_cluster_core_test kernels_cluster_attention_test attention_test kernels_sparse_core_test
-     scheduler_test"
+     scheduler_test serving_unit_test"
   sanitize tsan thread \
     "sharding_watchdog_test scheduler_test serving_unit_test serving_test serving_router_unit_test"
 else
