@@ -14,39 +14,46 @@ namespace tessera::engine {
 namespace {
 
 // Raw log-probability (float32 log_softmax) of targets[i] under logits row i, its rank (1 + the
-// tokens strictly more likely) and the k[i] most likely tokens.
+// tokens strictly more likely) and the k[i] most likely tokens. In blocks of rows, so that the
+// temporaries stay small beside a long prompt chunk's logits.
 std::vector<PromptLogprob> score_prompt_tokens(const torch::Tensor& logits,
                                                const std::vector<int32_t>& targets,
                                                const std::vector<int32_t>& k) {
   torch::NoGradGuard no_grad;
+  constexpr int64_t kBlock = 256;
   const auto m = static_cast<int64_t>(targets.size());
-  const torch::Tensor lsm = torch::log_softmax(logits.to(torch::kFloat32), -1);
-  const torch::Tensor idx =
-      torch::tensor(std::vector<int64_t>(targets.begin(), targets.end()), torch::kLong)
-          .to(lsm.device())
-          .view({m, 1});
-  const torch::Tensor mine = lsm.gather(1, idx);
-  const torch::Tensor ranks = (lsm > mine).sum(1).add(1).to(torch::kInt).cpu().contiguous();
-  const torch::Tensor values = mine.view({m}).cpu().contiguous();
-  const int64_t kept = std::min<int64_t>(*std::max_element(k.begin(), k.end()), lsm.size(1));
-  torch::Tensor top_v = torch::empty({m, 0}), top_i = torch::empty({m, 0}, torch::kInt);
-  if (kept > 0) {
-    auto top = lsm.topk(kept, 1);
-    top_v = std::get<0>(top).cpu().contiguous();
-    top_i = std::get<1>(top).to(torch::kInt).cpu().contiguous();
-  }
-  const auto v = values.accessor<float, 1>();
-  const auto r = ranks.accessor<int32_t, 1>();
-  const auto tv = top_v.accessor<float, 2>();
-  const auto ti = top_i.accessor<int32_t, 2>();
+  const int64_t kept = std::min<int64_t>(*std::max_element(k.begin(), k.end()), logits.size(1));
   std::vector<PromptLogprob> out(static_cast<size_t>(m));
-  for (int64_t i = 0; i < m; ++i) {
-    auto& o = out[static_cast<size_t>(i)];
-    o.id = targets[static_cast<size_t>(i)];
-    o.logprob = v[i];
-    o.rank = r[i];
-    for (int64_t j = 0; j < std::min<int64_t>(k[static_cast<size_t>(i)], kept); ++j) {
-      o.top.push_back({ti[i][j], tv[i][j]});
+  for (int64_t b0 = 0; b0 < m; b0 += kBlock) {
+    const int64_t n = std::min(kBlock, m - b0);
+    const torch::Tensor lsm = torch::log_softmax(logits.narrow(0, b0, n).to(torch::kFloat32), -1);
+    const torch::Tensor idx =
+        torch::tensor(std::vector<int64_t>(targets.begin() + b0, targets.begin() + b0 + n),
+                      torch::kLong)
+            .to(lsm.device())
+            .view({n, 1});
+    const torch::Tensor mine = lsm.gather(1, idx);
+    const torch::Tensor ranks = (lsm > mine).sum(1).add(1).to(torch::kInt).cpu().contiguous();
+    const torch::Tensor values = mine.view({n}).cpu().contiguous();
+    torch::Tensor top_v = torch::empty({n, 0}), top_i = torch::empty({n, 0}, torch::kInt);
+    if (kept > 0) {
+      auto top = lsm.topk(kept, 1);
+      top_v = std::get<0>(top).cpu().contiguous();
+      top_i = std::get<1>(top).to(torch::kInt).cpu().contiguous();
+    }
+    const auto v = values.accessor<float, 1>();
+    const auto r = ranks.accessor<int32_t, 1>();
+    const auto tv = top_v.accessor<float, 2>();
+    const auto ti = top_i.accessor<int32_t, 2>();
+    for (int64_t i = 0; i < n; ++i) {
+      const auto row = static_cast<size_t>(b0 + i);
+      auto& o = out[row];
+      o.id = targets[row];
+      o.logprob = v[i];
+      o.rank = r[i];
+      for (int64_t j = 0; j < std::min<int64_t>(k[row], kept); ++j) {
+        o.top.push_back({ti[i][j], tv[i][j]});
+      }
     }
   }
   return out;

@@ -107,6 +107,29 @@ TEST(Engine, ThirtyTwoPromptsInOneBatchGiveTheirSoloTokens) {
   }
 }
 
+// A 400-token prompt scored in one step (more rows than the scorer's block of 256) equals the
+// same prompt scored in 64-token chunks.
+TEST(Engine, PromptScoresOfOneLongStepEqualChunkedOnes) {
+  torch::NoGradGuard g;
+  std::mt19937 rng(21);
+  auto req = greedy_request("long", random_prompt(rng, 400), 2);
+  req.params.prompt_logprobs = 2;
+  EngineConfig whole_cfg = tiny_config();
+  whole_cfg.max_num_batched_tokens = 512;
+  EngineCore whole(whole_cfg, nullptr, nullptr), chunked(tiny_config(), nullptr, nullptr);
+  const auto a = generate(whole, {req});
+  const auto b = generate(chunked, {req});
+  ASSERT_EQ(a[0].prompt_logprobs.size(), 399u);
+  ASSERT_EQ(b[0].prompt_logprobs.size(), 399u);
+  for (size_t p = 0; p < 399; ++p) {
+    EXPECT_EQ(a[0].prompt_logprobs[p].id, b[0].prompt_logprobs[p].id);
+    EXPECT_NEAR(a[0].prompt_logprobs[p].logprob, b[0].prompt_logprobs[p].logprob, 1e-5) << p;
+    EXPECT_EQ(a[0].prompt_logprobs[p].rank, b[0].prompt_logprobs[p].rank) << p;
+    ASSERT_EQ(a[0].prompt_logprobs[p].top.size(), 2u);
+    EXPECT_EQ(a[0].prompt_logprobs[p].top[0].id, b[0].prompt_logprobs[p].top[0].id) << p;
+  }
+}
+
 // The tiny model with every layer a sliding-window layer (config only: same weights), so that a
 // 4,096-token generation costs O(window) per step.
 std::string sliding_model_dir() {
