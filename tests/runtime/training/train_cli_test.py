@@ -149,13 +149,18 @@ def test_kill_and_resume(tmp):
     check(same, f"resumed loss curve equals the uninterrupted one bitwise (differ at {diffs[:5]})")
 
 
+PREEMPT_STEPS = 100000
+
+
 def test_preemption_signal(tmp):
     """SIGUSR1 to one rank (SLURM's warning): checkpoint at the next step, exit 76, resume."""
     ck = os.path.join(tmp, "preempt")
     log = os.path.join(tmp, "preempt.jsonl")
     args = SMALL + ["--global-batch", "16", "--log", log, "--checkpoint-dir", ck]
+    # Far more steps than the signal lets it run: at ~1.5 ms a step, 400 could all be done
+    # before a late poller signals (as 30 were in the kill test once in CI).
     cmd = [MPIEXEC, "-np", "2", "--oversubscribe", BIN, "train", "--progress", "off",
-           "--steps", "400"] + args
+           "--steps", str(PREEMPT_STEPS)] + args
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     deadline = time.time() + 120
@@ -167,7 +172,7 @@ def test_preemption_signal(tmp):
     check(p.returncode == 76, f"SIGUSR1 → exit status 76 (got {p.returncode}: {err[-300:]})")
     done = len(read_log(log))
     latest = open(os.path.join(ck, "latest")).read().strip()
-    check(done < 400 and latest == f"step-{done:08d}",
+    check(done < PREEMPT_STEPS and latest == f"step-{done:08d}",
           f"stopped at step {done} with its checkpoint ({latest})")
     r = mpirun(2, args + ["--resume", "--steps", str(done + 3)])
     check(r.returncode == 0 and len(read_log(log)) == done + 3,
