@@ -1,5 +1,6 @@
 #include "runtime/serving/json_guide.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -220,6 +221,22 @@ JsonObjectConstraint::JsonObjectConstraint(std::shared_ptr<const PieceTable> pie
                                            std::vector<int32_t> eos_ids)
     : pieces_(std::move(pieces)), eos_ids_(std::move(eos_ids)) {
   TESSERA_CHECK(pieces_ != nullptr, "JsonObjectConstraint needs a piece table");
+  for (const auto& t : pieces_->text) longest_piece_ = std::max(longest_piece_, t.size());
+}
+
+std::string JsonObjectConstraint::cache_key(const JsonState& s) const {
+  std::string key;
+  key += static_cast<char>(s.mode);
+  key += static_cast<char>(s.key);
+  key += static_cast<char>(s.count);
+  key += static_cast<char>(s.lo);
+  key += static_cast<char>(s.hi);
+  key += s.literal == nullptr ? '-' : s.literal[0];
+  key += static_cast<char>(s.stack.size());
+  // A token pops at most as many levels as it has bytes.
+  const size_t seen = std::min(s.stack.size(), longest_piece_);
+  key.append(s.stack, s.stack.size() - seen, seen);
+  return key;
 }
 
 JsonState JsonObjectConstraint::state_of(std::span<const int32_t> output_ids) const {
@@ -233,6 +250,20 @@ JsonState JsonObjectConstraint::state_of(std::span<const int32_t> output_ids) co
 
 std::vector<int32_t> JsonObjectConstraint::allowed(std::span<const int32_t> output_ids) const {
   const JsonState state = state_of(output_ids);
+  if (state.done() || state.mode == JsonState::Mode::kError) return eos_ids_;
+  const std::string key = cache_key(state);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+  }
+  std::vector<int32_t> out = scan(state);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cache_.size() >= kMaxCached) cache_.clear();
+  cache_.emplace(key, out);
+  return out;
+}
+
+std::vector<int32_t> JsonObjectConstraint::scan(const JsonState& state) const {
   std::vector<int32_t> out;
   if (state.done() || state.mode == JsonState::Mode::kError) return eos_ids_;
   for (int b = 0; b < 256; ++b) {

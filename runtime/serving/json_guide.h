@@ -8,9 +8,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "runtime/scheduler/sampling_params.h"
@@ -55,7 +57,12 @@ class JsonObjectConstraint final : public OutputConstraint {
  public:
   JsonObjectConstraint(std::shared_ptr<const PieceTable> pieces, std::vector<int32_t> eos_ids);
 
+  // Allowed ids are cached by what of the state a token can see (mode, its counters, the stack's
+  // depth and its top levels, as many as the longest token could pop), so that a long string or
+  // a repeated structure costs one scan of the vocabulary, not one a step.
   std::vector<int32_t> allowed(std::span<const int32_t> output_ids) const override;
+  // The scan itself, uncached (tests compare the two).
+  std::vector<int32_t> scan(const JsonState& state) const;
   // The state after `output_ids`' text.
   JsonState state_of(std::span<const int32_t> output_ids) const;
   bool complete(std::span<const int32_t> output_ids) const override {
@@ -63,8 +70,14 @@ class JsonObjectConstraint final : public OutputConstraint {
   }
 
  private:
+  std::string cache_key(const JsonState& state) const;
+
   std::shared_ptr<const PieceTable> pieces_;
   std::vector<int32_t> eos_ids_;
+  size_t longest_piece_ = 0;
+  mutable std::mutex mu_;
+  mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
+  static constexpr size_t kMaxCached = 4096;
 };
 
 }  // namespace tessera::serving

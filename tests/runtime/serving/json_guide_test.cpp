@@ -138,5 +138,40 @@ TEST(JsonGuide, ConstraintAllowsOnlyValidContinuations) {
   EXPECT_FALSE(c.complete(ids("{\"a\"")));
 }
 
+// The cache keyed by what a token can see of the state gives what a fresh scan gives, at every
+// prefix of 300 random objects (one constraint for all, so keys are shared across answers).
+TEST(JsonGuide, CachedAllowedIdsEqualAFreshScan) {
+  // The 256 bytes, then pieces that close or open several levels at once, as BPE vocabularies
+  // have, and <eos> (no text).
+  auto table = std::make_shared<PieceTable>();
+  for (int b = 0; b < 256; ++b) table->text.push_back(std::string(1, static_cast<char>(b)));
+  for (const char* p :
+       {"}}", "]}",  "}]",    "]]",    "}]}", "]}]}", "\"}", "\"]",   "\":",    ", \"", "\": {\"",
+        "[[", "{\"", "true}", "null]", "0}",  "1,",   "e+",  "\\u00", "\"}]}}", "  ",   "\n  \""}) {
+    table->text.push_back(p);
+  }
+  table->text.push_back("");
+  const auto eos = static_cast<int32_t>(table->text.size() - 1);
+  for (size_t id = 0; id < table->text.size(); ++id) {
+    if (!table->text[id].empty()) {
+      table->by_first_byte[static_cast<unsigned char>(table->text[id][0])].push_back(
+          static_cast<int32_t>(id));
+    }
+  }
+  const JsonObjectConstraint c(table, {eos});
+  std::mt19937 rng(9);
+  int compared = 0;
+  for (int i = 0; i < 300; ++i) {
+    const std::string s = random_value(rng, 0, /*object=*/true);
+    std::vector<int32_t> ids;
+    for (size_t k = 0; k <= s.size(); ++k) {
+      ASSERT_EQ(c.allowed(ids), c.scan(c.state_of(ids))) << s.substr(0, k);
+      ++compared;
+      if (k < s.size()) ids.push_back(static_cast<unsigned char>(s[k]));
+    }
+  }
+  EXPECT_GT(compared, 3000);
+}
+
 }  // namespace
 }  // namespace tessera::serving
