@@ -17,6 +17,7 @@ Benchmark tokenizers_benchmark();
 Benchmark train_benchmark();
 Benchmark serve_benchmark();
 Benchmark soak_benchmark();
+Benchmark guided_benchmark();
 
 std::vector<Benchmark> benchmarks() {
   std::vector<Benchmark> all;
@@ -34,6 +35,7 @@ std::vector<Benchmark> benchmarks() {
   all.push_back(train_benchmark());
   all.push_back(serve_benchmark());
   all.push_back(soak_benchmark());
+  all.push_back(guided_benchmark());
   return all;
 }
 

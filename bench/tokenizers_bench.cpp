@@ -15,12 +15,8 @@
 //    are checked to agree (a digest of every id).
 #include <nlohmann/json.hpp>
 
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 #include <algorithm>
 #include <chrono>
-#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -31,21 +27,15 @@
 #include <vector>
 
 #include "bench/bench.h"
+#include "bench/python_child.h"
 #include "common/error.h"
 #include "runtime/tokenizers/tokenizer.h"
-
-extern char** environ;
 
 namespace tessera::bench {
 namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-const char* kLicenceDir = "/usr/share/common-licenses";
-const char* kLicences[] = {"GPL-3",      "GPL-2",    "LGPL-2.1", "LGPL-3",  "GFDL-1.3",
-                           "Apache-2.0", "Artistic", "MPL-2.0",  "MPL-1.1", "CC0-1.0",
-                           "BSD",        "GPL-1",    "LGPL-2"};
 
 // The package's side: trains the tokenizers, then times encodes on request.
 const char* kPythonScript = R"PY(
@@ -127,61 +117,6 @@ for cmd in sys.stdin:
     print(json.dumps({"batch_s": batch, "loop_s": loop}), flush=True)
 )PY";
 
-// A child process with its stdin and stdout piped to us.
-class Child {
- public:
-  Child(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env) {
-    int in[2], out[2];
-    TESSERA_CHECK(pipe(in) == 0 && pipe(out) == 0, "pipe() failed");
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
-    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
-    posix_spawn_file_actions_addclose(&fa, in[1]);
-    posix_spawn_file_actions_addclose(&fa, out[0]);
-    std::vector<std::string> env_store(extra_env);
-    for (char** e = environ; *e; ++e) env_store.emplace_back(*e);
-    std::vector<char*> envp, args;
-    for (auto& e : env_store) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    std::vector<std::string> argv_store(argv);
-    for (auto& a : argv_store) args.push_back(a.data());
-    args.push_back(nullptr);
-    const int rc = posix_spawnp(&pid_, args[0], &fa, nullptr, args.data(), envp.data());
-    posix_spawn_file_actions_destroy(&fa);
-    close(in[0]);
-    close(out[1]);
-    TESSERA_CHECK(rc == 0, "cannot start '", argv[0], "': ", std::strerror(rc));
-    to_ = fdopen(in[1], "w");
-    from_ = fdopen(out[0], "r");
-  }
-  ~Child() {
-    if (to_) std::fclose(to_);
-    if (from_) std::fclose(from_);
-    if (pid_ > 0) {
-      int status;
-      waitpid(pid_, &status, 0);
-    }
-  }
-  void send(const std::string& line) {
-    std::fputs((line + "\n").c_str(), to_);
-    std::fflush(to_);
-  }
-  // One line of output; throws when the child ended.
-  std::string receive() {
-    std::string line;
-    int c;
-    while ((c = std::fgetc(from_)) != EOF && c != '\n') line.push_back(static_cast<char>(c));
-    TESSERA_CHECK(c != EOF || !line.empty(), "the Python side of the benchmark stopped");
-    return line;
-  }
-
- private:
-  pid_t pid_ = -1;
-  FILE* to_ = nullptr;
-  FILE* from_ = nullptr;
-};
-
 uint64_t digest(const std::vector<std::vector<int32_t>>& all) {
   uint64_t h = 1469598103934665603ull;
   for (const auto& ids : all) {
@@ -209,26 +144,9 @@ nlohmann::json to_json(const Stats& s) {
 int run(const BenchOptions& opt) {
   if (opt.rank != 0) return 0;  // one thread on one rank; the others have nothing to do
   // The text.
-  std::string text;
   std::vector<std::string> used;
-  for (const char* name : kLicences) {
-    std::ifstream in(fs::path(kLicenceDir) / name, std::ios::binary);
-    if (!in.good()) continue;
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    text += ss.str();
-    used.push_back(name);
-  }
-  TESSERA_CHECK(!text.empty(), "no licence texts in ", kLicenceDir,
-                " (Debian's base-files package provides them)");
-  std::vector<std::string> lines;
-  {
-    std::istringstream in(text);
-    std::string l;
-    while (std::getline(in, l)) {
-      if (l.find_first_not_of(" \t\r") != std::string::npos) lines.push_back(l);
-    }
-  }
+  size_t text_bytes = 0;
+  const std::vector<std::string> lines = licence_lines(&used, &text_bytes);
   char tmpl[] = "/tmp/tessera_bench_tok_XXXXXX";
   const fs::path dir = mkdtemp(tmpl);
   {
@@ -324,7 +242,7 @@ int run(const BenchOptions& opt) {
   std::string text_desc = std::string(kLicenceDir) + "/{";
   for (size_t i = 0; i < used.size(); ++i) text_desc += (i ? "," : "") + used[i];
   text_desc +=
-      "}: " + std::to_string(lines.size()) + " lines, " + std::to_string(text.size()) + " bytes";
+      "}: " + std::to_string(lines.size()) + " lines, " + std::to_string(text_bytes) + " bytes";
   nlohmann::json j = {{"encode_tok_s", {{"tessera", head_tessera}, {"hf", head_hf}}},
                       {"headline",
                        "llama3_bytelevel_bpe, cold (freshly loaded tokenizers), "

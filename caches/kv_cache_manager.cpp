@@ -88,10 +88,11 @@ SeqHandle KVCacheManager::add_place(SeqId seq) {
   return SeqHandle{h};
 }
 
-int64_t KVCacheManager::find_hit(const Sequence& s, std::vector<std::vector<int32_t>>& hits) const {
+int64_t KVCacheManager::find_hit(const Sequence& s, int64_t max_blocks,
+                                 std::vector<std::vector<int32_t>>& hits) const {
   // Leave at least one prompt token to compute (its logits start generation).
-  int64_t len =
-      std::min<int64_t>((s.num_tokens - 1) / block_size_, static_cast<int64_t>(s.hashes.size()));
+  int64_t len = std::min(
+      {(s.num_tokens - 1) / block_size_, static_cast<int64_t>(s.hashes.size()), max_blocks});
   // Every group must accept the same hit length; shrink until all do (lengths only decrease).
   for (bool stable = false; !stable;) {
     stable = true;
@@ -107,8 +108,9 @@ int64_t KVCacheManager::find_hit(const Sequence& s, std::vector<std::vector<int3
 }
 
 int64_t KVCacheManager::add_sequence(SeqId seq, std::span<const int32_t> prompt,
-                                     const BlockHashExtra& extra) {
+                                     const BlockHashExtra& extra, int64_t max_hit_tokens) {
   TESSERA_CHECK(!has(seq), "seq=", seq, " is already live");
+  TESSERA_CHECK(max_hit_tokens >= 0, "max_hit_tokens must be >= 0, got ", max_hit_tokens);
   Sequence& s = seqs_[add_place(seq).index];
   s.num_tokens = static_cast<int64_t>(prompt.size());
   s.extra = extra;
@@ -116,11 +118,14 @@ int64_t KVCacheManager::add_sequence(SeqId seq, std::span<const int32_t> prompt,
   hit_scratch_.resize(managers_.size());
   if (config_.enable_prefix_caching && !has_state_ && !prompt.empty()) {
     extend_block_hashes(s.hashes, prompt, block_size_, extra);
-    hit_blocks = find_hit(s, hit_scratch_);
-    ++stats_.requests;
-    stats_.queried_tokens += static_cast<int64_t>(prompt.size());
-    stats_.hit_tokens += hit_blocks * block_size_;
-    if (hit_blocks > 0) ++stats_.hit_requests;
+    // A sequence that may read nothing from the cache is no query (as vLLM counts).
+    if (const int64_t max_blocks = max_hit_tokens / block_size_; max_blocks > 0) {
+      hit_blocks = find_hit(s, max_blocks, hit_scratch_);
+      ++stats_.requests;
+      stats_.queried_tokens += static_cast<int64_t>(prompt.size());
+      stats_.hit_tokens += hit_blocks * block_size_;
+      if (hit_blocks > 0) ++stats_.hit_requests;
+    }
   }
   if (keeps_tokens()) {
     const auto hashed = static_cast<size_t>(s.hashes.size() * block_size_);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <span>
 #include <unordered_map>
@@ -69,10 +70,12 @@ class KVCacheManager {
   int32_t num_used_blocks() const { return pool_->num_blocks() - 1 - pool_->num_free(); }
 
   // Starts sequence `seq` with its prompt. Attaches the longest cached prefix (whole blocks, at
-  // most prompt.size() - 1 tokens so that one token is left to compute) and returns its length
-  // in tokens, which become the sequence's computed tokens. Allocates nothing else.
-  int64_t add_sequence(SeqId seq, std::span<const int32_t> prompt,
-                       const BlockHashExtra& extra = {});
+  // most prompt.size() - 1 tokens so that one token is left to compute, and at most
+  // `max_hit_tokens`: 0 reads nothing from the cache) and returns its length in tokens, which
+  // become the sequence's computed tokens. Allocates nothing else. The sequence's blocks are
+  // registered in the prefix cache as they fill, whatever `max_hit_tokens`.
+  int64_t add_sequence(SeqId seq, std::span<const int32_t> prompt, const BlockHashExtra& extra = {},
+                       int64_t max_hit_tokens = std::numeric_limits<int64_t>::max());
   // The handle of a live sequence (throws naming it otherwise).
   SeqHandle handle(SeqId seq) const;
   // A generated token joins the sequence (its KV is written by a later allocate + commit).
@@ -154,7 +157,8 @@ class KVCacheManager {
   SeqHandle add_place(SeqId seq);  // a fresh Sequence with a row in every manager
   // Prefix caching hashes blocks, which needs their tokens; otherwise only counts are kept.
   bool keeps_tokens() const { return config_.enable_prefix_caching && !has_state_; }
-  int64_t find_hit(const Sequence& s, std::vector<std::vector<int32_t>>& hits) const;
+  int64_t find_hit(const Sequence& s, int64_t max_blocks,
+                   std::vector<std::vector<int32_t>>& hits) const;
   // commit()'s two halves: checks room and moves the computed count, hashing newly full blocks
   // (their count before is returned in *hashed_before); then registers full blocks and frees what
   // left a window.

@@ -61,6 +61,10 @@ struct alignas(64) Scheduler::Entry {
   int64_t length_limit = 0;   // prompt + output reaching this ends it: min(P + max_tokens, max_len)
   bool in_kv = false;         // the KV manager holds the sequence (only while it holds a slot)
   bool stops_on_ids = false;  // has stop ids, or eos ids that count (ignore_eos off)
+  // The most tokens computed in any admission so far: a request scoring its prompt has its
+  // scores through there, and may read no more than that from the prefix cache (the engine
+  // scores a prompt token from the logits of the step that computes the one before it).
+  int64_t most_computed = 0;
 
   int64_t num_tokens() const { return num_prompt + static_cast<int64_t>(req.output_ids.size()); }
 };
@@ -193,12 +197,7 @@ AddResult Scheduler::add_request(Request request) {
   r.finish_reason = FinishReason::kNone;
   r.stop_token_id = -1;
   e.extra.lora_id = name_key(r.lora);
-  // A request scoring its prompt reads no cached prefix: a salt of its own (its blocks serve
-  // only its own recomputation after a preemption, whose prompt is already scored).
-  e.extra.cache_salt = r.params.prompt_logprobs >= 0
-                           ? name_key(r.cache_salt + std::string(1, '\0') +
-                                      "prompt_logprobs:" + std::to_string(r.seq))
-                           : name_key(r.cache_salt);
+  e.extra.cache_salt = name_key(r.cache_salt);
   e.num_prompt = r.num_prompt_tokens();
   e.stops_on_ids =
       !r.params.stop_token_ids.empty() || (!r.params.ignore_eos && !config_.eos_token_ids.empty());
@@ -316,6 +315,7 @@ void Scheduler::preempt(Entry& e) {
   Request& r = e.req;
   kv_.free(r.seq);
   e.in_kv = false;
+  e.most_computed = std::max(e.most_computed, r.num_computed_tokens);
   r.num_computed_tokens = 0;
   ++r.num_preemptions;
   ++stats_.preemptions;
@@ -507,7 +507,11 @@ const StepPlan& Scheduler::schedule() {
     s.last_token = r.output_ids.empty() ? -1 : r.output_ids.back();
     tokens.assign(r.prompt_ids.begin(), r.prompt_ids.end());
     tokens.insert(tokens.end(), r.output_ids.begin(), r.output_ids.end());
-    const int64_t hit = kv_.add_sequence(r.seq, tokens, e.extra);
+    // A request scoring its prompt reads from the prefix cache only what it has scored: at first
+    // nothing (as vLLM), after a preemption what it computed before.
+    const int64_t hit = r.params.prompt_logprobs >= 0
+                            ? kv_.add_sequence(r.seq, tokens, e.extra, e.most_computed)
+                            : kv_.add_sequence(r.seq, tokens, e.extra);
     e.in_kv = true;
     s.kv = kv_.handle(r.seq);
     r.num_computed_tokens = hit;

@@ -23,6 +23,10 @@ class ByteTokenizer : public ServingTokenizer {
   int32_t vocab_size() const override { return kVocabSize; }
   std::vector<int32_t> eos_ids() const override { return {kEos}; }
   std::string token_text(int32_t id) const override;
+  std::optional<std::string> token_bytes(int32_t id) const override {
+    if (id < 0 || id >= 256) return std::nullopt;
+    return std::string(1, static_cast<char>(id));
+  }
 };
 
 // Length of the longest prefix of `bytes` that is complete UTF-8 (an incomplete sequence at the

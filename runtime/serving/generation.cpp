@@ -144,7 +144,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
       }
       guided_ = choice;
     } else if (req_.json_object) {
-      guided_ = std::make_shared<JsonObjectConstraint>(tok_->piece_table(), tok_->eos_ids());
+      guided_ = std::make_shared<JsonObjectConstraint>(tok_->json_mask_cache());
     }
     if (guided_) req_.params.constraint = guided_;
     for (const auto& ids : req_.params.bad_words_ids) {
@@ -288,14 +288,21 @@ class Generation : public std::enable_shared_from_this<Generation> {
     return usage_of(prompt, completion, cached);
   }
 
+  // A token as the logprobs show it: its text (`text`, when the caller has it), or
+  // "token_id:<id>" with return_tokens_as_token_ids.
+  std::string shown(int32_t id, const std::string& text) const {
+    return req_.return_tokens_as_token_ids ? "token_id:" + std::to_string(id) : text;
+  }
+  std::string shown(int32_t id) const {
+    return req_.return_tokens_as_token_ids ? "token_id:" + std::to_string(id)
+                                           : tok_->token_text(id);
+  }
+
   void add_logprob(Sequence& s, json& lp, int32_t id, const engine::RequestOutput& out, size_t k,
                    const std::string& token_text) {
     const json logprob = k < out.logprobs.size() ? json(out.logprobs[k]) : json();
     std::vector<engine::TopLogprob> top;
     if (k < out.top_logprobs.size()) top = out.top_logprobs[k];
-    auto shown = [this](int32_t tid, const std::string& text) {
-      return req_.return_tokens_as_token_ids ? "token_id:" + std::to_string(tid) : text;
-    };
     const std::string token = shown(id, token_text);
     if (req_.chat) {
       auto bytes_of = [](const std::string& t) {
@@ -305,7 +312,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
       };
       json alts = json::array();
       for (const auto& t : top) {
-        const std::string tt = shown(t.id, tok_->token_text(t.id));
+        const std::string tt = shown(t.id);
         alts.push_back({{"token", tt}, {"logprob", t.logprob}, {"bytes", bytes_of(tt)}});
       }
       lp["content"].push_back({{"token", token},
@@ -314,7 +321,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
                                {"top_logprobs", alts}});
     } else {
       json alts = json::object();
-      for (const auto& t : top) alts[shown(t.id, tok_->token_text(t.id))] = t.logprob;
+      for (const auto& t : top) alts[shown(t.id)] = t.logprob;
       lp["tokens"].push_back(token);
       lp["token_logprobs"].push_back(logprob);
       lp["top_logprobs"].push_back(req_.top_logprobs > 0 ? alts : json());
@@ -327,10 +334,6 @@ class Generation : public std::enable_shared_from_this<Generation> {
   // {logprob, rank, decoded_token}} for the token and the most likely ones), and with echo and
   // logprobs the prompt's tokens ahead of the generated ones in the logprobs.
   void add_prompt_scores(Sequence& s, json& lp, const std::vector<engine::PromptLogprob>& scores) {
-    auto shown = [this](int32_t tid) {
-      return req_.return_tokens_as_token_ids ? "token_id:" + std::to_string(tid)
-                                             : tok_->token_text(tid);
-    };
     if (req_.prompt_logprobs) {
       s.prompt_logprobs = json::array({nullptr});
       for (const auto& e : scores) {
@@ -350,7 +353,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
     for (size_t i = 0; i < s.prompt_ids.size(); ++i) {
       const int32_t id = s.prompt_ids[i];
       const std::string text = tok_->token_text(id);
-      lp["tokens"].push_back(req_.return_tokens_as_token_ids ? shown(id) : text);
+      lp["tokens"].push_back(shown(id, text));
       lp["text_offset"].push_back(offset);
       offset += text.size();
       if (i == 0 || i - 1 >= scores.size()) {

@@ -24,6 +24,10 @@ std::shared_ptr<const PieceTable> build_piece_table(const ServingTokenizer& tok)
       const int32_t one[1] = {id};
       t = tok.decode(std::span<const int32_t>(one, 1), true);
     }
+    // A part of a UTF-8 character decodes as U+FFFD: the constraint reads its bytes instead.
+    if (t.find("\xEF\xBF\xBD") != std::string::npos) {
+      if (std::optional<std::string> bytes = tok.token_bytes(id)) t = std::move(*bytes);
+    }
     if (!t.empty()) table->by_first_byte[static_cast<unsigned char>(t[0])].push_back(id);
     table->text[static_cast<size_t>(id)] = std::move(t);
   }

@@ -4,9 +4,12 @@
 
 #include "common/error.h"
 #include "runtime/serving/byte_tokenizer.h"
+#include "runtime/tokenizers/byte_level.h"
 #include "runtime/tokenizers/chat_template.h"
 #include "runtime/tokenizers/incremental_decoder.h"
+#include "runtime/tokenizers/pipeline.h"
 #include "runtime/tokenizers/tokenizer.h"
+#include "runtime/tokenizers/unicode.h"
 
 namespace tessera::serving {
 namespace {
@@ -76,6 +79,25 @@ std::vector<int32_t> HfTokenizer::eos_ids() const { return tok_->eos_ids(); }
 std::string HfTokenizer::token_text(int32_t id) const {
   const int32_t one[1] = {id};
   return tok_->decode(std::span<const int32_t>(one, 1), false);
+}
+
+std::optional<std::string> HfTokenizer::token_bytes(int32_t id) const {
+  const std::optional<std::string> token = tok_->id_to_token(id);
+  if (!token) return std::nullopt;
+  std::string bytes;
+  if (const int b = tokenizers::byte_fallback_value(*token); b >= 0) {
+    bytes.push_back(static_cast<char>(b));
+  } else if (!tokenizers::unicode_to_bytes(*token, bytes)) {
+    return std::nullopt;
+  }
+  // Only what the decoder itself makes of the token: its text with U+FFFD for what is not whole
+  // characters (a vocabulary that is not byte-level fails this).
+  const int32_t one[1] = {id};
+  if (tokenizers::unicode::to_valid_utf8(bytes) !=
+      tok_->decode(std::span<const int32_t>(one, 1), false)) {
+    return std::nullopt;
+  }
+  return bytes;
 }
 
 std::shared_ptr<ServingTokenizer> load_serving_tokenizer(const std::string& dir,

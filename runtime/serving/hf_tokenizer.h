@@ -33,6 +33,9 @@ class HfTokenizer : public ServingTokenizer {
   int32_t vocab_size() const override;
   std::vector<int32_t> eos_ids() const override;
   std::string token_text(int32_t id) const override;
+  // From the vocabulary's form of the token: a byte-fallback token ("<0xE2>") or byte-level
+  // symbols (GPT-2's alphabet), checked to decode to what decode() gives.
+  std::optional<std::string> token_bytes(int32_t id) const override;
 
  private:
   std::unique_ptr<tokenizers::Tokenizer> tok_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstddef>
 #include <cstring>
 
 #include "common/error.h"
@@ -152,21 +153,49 @@ bool JsonState::feed(unsigned char c) {
       if (c == 'u') {
         mode = M::kUnicode;
         count = 0;
+        lo = 0;
+        hi = 0;  // any code point but a low surrogate
         return true;
       }
       if (std::strchr("\"\\/bfnrt", c) == nullptr || c == 0) return fail();
       mode = M::kString;
       return true;
-    case M::kUnicode:
-      // Four hex digits; surrogate code points (D800-DFFF) are refused: a character outside the
-      // basic plane is written as UTF-8.
+    case M::kUnicode: {
+      // Four hex digits. A high surrogate (D800-DBFF) must be followed by an escaped low one
+      // (DC00-DFFF), and a low one may come only there (as nlohmann::json and Python read them).
+      // hi: 1 when this escape is the low half of a pair, else 0; lo: 1 after a first digit D (of
+      // a free escape), 2 once it is a high surrogate.
       if (!is_hex(c)) return fail();
-      if (count == 0) lo = (c == 'd' || c == 'D') ? 1 : 0;
-      if (count == 1 && lo == 1 && !(c >= '0' && c <= '7')) return fail();
-      if (++count == 4) {
-        mode = M::kString;
-        lo = 0x80;
+      const bool d = c == 'd' || c == 'D';
+      if (count == 0) {
+        if (hi == 1 && !d) return fail();
+        lo = d ? 1 : 0;
+      } else if (count == 1) {
+        const bool low_half = (c >= 'c' && c <= 'f') || (c >= 'C' && c <= 'F');
+        if (hi == 1) {
+          if (!low_half) return fail();
+        } else if (lo == 1) {
+          if (low_half) return fail();  // a low surrogate without its high one
+          lo = is_digit(c) && c <= '7' ? 0 : 2;
+        }
       }
+      if (++count == 4) {
+        mode = hi == 0 && lo == 2 ? M::kPairSlash : M::kString;
+        lo = 0x80;
+        hi = 0xBF;
+      }
+      return true;
+    }
+    case M::kPairSlash:
+      if (c != '\\') return fail();
+      mode = M::kPairU;
+      return true;
+    case M::kPairU:
+      if (c != 'u') return fail();
+      mode = M::kUnicode;
+      count = 0;
+      lo = 0;
+      hi = 1;  // the low half
       return true;
     case M::kNumber:
       // count: 0 after '-', 1 after a leading 0, 2 in the integer digits, 3 after '.', 4 in the
@@ -217,14 +246,21 @@ bool JsonState::feed(unsigned char c) {
   return fail();
 }
 
-JsonObjectConstraint::JsonObjectConstraint(std::shared_ptr<const PieceTable> pieces,
-                                           std::vector<int32_t> eos_ids)
+JsonMaskCache::JsonMaskCache(std::shared_ptr<const PieceTable> pieces, std::vector<int32_t> eos_ids)
     : pieces_(std::move(pieces)), eos_ids_(std::move(eos_ids)) {
-  TESSERA_CHECK(pieces_ != nullptr, "JsonObjectConstraint needs a piece table");
-  for (const auto& t : pieces_->text) longest_piece_ = std::max(longest_piece_, t.size());
+  TESSERA_CHECK(pieces_ != nullptr, "JsonMaskCache needs a piece table");
+  for (const auto& t : pieces_->text) {
+    size_t closes = 0, opens = 0;
+    for (char c : t) {
+      closes += (c == '}' || c == ']') ? 1 : 0;
+      opens += (c == '{' || c == '[') ? 1 : 0;
+    }
+    max_closes_ = std::max(max_closes_, closes);
+    max_opens_ = std::max(max_opens_, opens);
+  }
 }
 
-std::string JsonObjectConstraint::cache_key(const JsonState& s) const {
+std::string JsonMaskCache::key(const JsonState& s) const {
   std::string key;
   key += static_cast<char>(s.mode);
   key += static_cast<char>(s.key);
@@ -232,38 +268,37 @@ std::string JsonObjectConstraint::cache_key(const JsonState& s) const {
   key += static_cast<char>(s.lo);
   key += static_cast<char>(s.hi);
   key += s.literal == nullptr ? '-' : s.literal[0];
-  key += static_cast<char>(s.stack.size());
-  // A token pops at most as many levels as it has bytes.
-  const size_t seen = std::min(s.stack.size(), longest_piece_);
-  key.append(s.stack, s.stack.size() - seen, seen);
+  // A token closes at most max_closes_ levels, and what may follow a close depends on the level
+  // under it: one level more is seen. The depth matters only where a token could empty the stack
+  // (the object complete, or a close too many) or open past kMaxDepth.
+  const size_t depth = s.stack.size();
+  const bool depth_seen = depth <= max_closes_ || depth + max_opens_ >= JsonState::kMaxDepth;
+  key += depth_seen ? static_cast<char>(depth) : '\xff';
+  const size_t seen = std::min(depth, max_closes_ + 1);
+  key.append(s.stack, depth - seen, seen);
   return key;
 }
 
-JsonState JsonObjectConstraint::state_of(std::span<const int32_t> output_ids) const {
-  JsonState s;
-  for (int32_t id : output_ids) {
-    if (id < 0 || static_cast<size_t>(id) >= pieces_->text.size()) continue;
-    if (!s.feed(pieces_->text[static_cast<size_t>(id)])) break;
-  }
-  return s;
-}
-
-std::vector<int32_t> JsonObjectConstraint::allowed(std::span<const int32_t> output_ids) const {
-  const JsonState state = state_of(output_ids);
+std::vector<int32_t> JsonMaskCache::allowed(const JsonState& state) const {
   if (state.done() || state.mode == JsonState::Mode::kError) return eos_ids_;
-  const std::string key = cache_key(state);
+  const std::string k = key(state);
+  std::shared_ptr<const std::vector<int32_t>> set;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+    if (auto it = sets_.find(k); it != sets_.end()) set = it->second;
   }
-  std::vector<int32_t> out = scan(state);
+  if (set != nullptr) return *set;  // copied outside the lock
+  auto fresh = std::make_shared<const std::vector<int32_t>>(scan(state));
   std::lock_guard<std::mutex> lock(mu_);
-  if (cache_.size() >= kMaxCached) cache_.clear();
-  cache_.emplace(key, out);
-  return out;
+  if (sets_.size() >= kMaxEntries || ids_held_ + fresh->size() > kMaxIds) {
+    sets_.clear();
+    ids_held_ = 0;
+  }
+  if (sets_.emplace(k, fresh).second) ids_held_ += fresh->size();
+  return *fresh;
 }
 
-std::vector<int32_t> JsonObjectConstraint::scan(const JsonState& state) const {
+std::vector<int32_t> JsonMaskCache::scan(const JsonState& state) const {
   std::vector<int32_t> out;
   if (state.done() || state.mode == JsonState::Mode::kError) return eos_ids_;
   for (int b = 0; b < 256; ++b) {
@@ -279,6 +314,61 @@ std::vector<int32_t> JsonObjectConstraint::scan(const JsonState& state) const {
   }
   if (out.empty()) return eos_ids_;
   return out;
+}
+
+std::shared_ptr<const JsonMaskCache> ServingTokenizer::json_mask_cache() const {
+  std::call_once(json_masks_once_, [this] {
+    json_masks_ = std::make_shared<JsonMaskCache>(piece_table(), eos_ids());
+  });
+  return json_masks_;
+}
+
+JsonObjectConstraint::JsonObjectConstraint(std::shared_ptr<const JsonMaskCache> masks)
+    : masks_(std::move(masks)) {
+  TESSERA_CHECK(masks_ != nullptr, "JsonObjectConstraint needs a mask cache");
+}
+
+JsonObjectConstraint::JsonObjectConstraint(std::shared_ptr<const PieceTable> pieces,
+                                           std::vector<int32_t> eos_ids)
+    : JsonObjectConstraint(
+          std::make_shared<const JsonMaskCache>(std::move(pieces), std::move(eos_ids))) {}
+
+JsonState JsonObjectConstraint::state_of(std::span<const int32_t> output_ids) const {
+  std::lock_guard<std::mutex> lock(known_mu_);
+  // The longest remembered output that `output_ids` begins with.
+  Known* from = nullptr;
+  for (Known& k : known_) {
+    if (k.ids.size() <= output_ids.size() && (from == nullptr || k.ids.size() > from->ids.size()) &&
+        std::equal(k.ids.begin(), k.ids.end(), output_ids.begin())) {
+      from = &k;
+    }
+  }
+  if (from == nullptr) {
+    if (known_.size() >= kMaxKnown) {
+      from = &*std::min_element(known_.begin(), known_.end(),
+                                [](const Known& a, const Known& b) { return a.used < b.used; });
+      *from = Known{};
+    } else {
+      from = &known_.emplace_back();
+    }
+  }
+  // An error state stays one: the bytes after it change nothing.
+  const size_t known = from->ids.size();
+  for (size_t i = known; i < output_ids.size(); ++i) {
+    const int32_t id = output_ids[i];
+    if (id >= 0 && static_cast<size_t>(id) < masks_->pieces().text.size() &&
+        from->state.mode != JsonState::Mode::kError) {
+      from->state.feed(masks_->pieces().text[static_cast<size_t>(id)]);
+    }
+  }
+  from->ids.insert(from->ids.end(), output_ids.begin() + static_cast<std::ptrdiff_t>(known),
+                   output_ids.end());
+  from->used = ++clock_;
+  return from->state;
+}
+
+std::vector<int32_t> JsonObjectConstraint::allowed(std::span<const int32_t> output_ids) const {
+  return masks_->allowed(state_of(output_ids));
 }
 
 }  // namespace tessera::serving

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -24,7 +25,8 @@ class StreamDecoder {
   virtual std::string flush() = 0;           // what is left at the end
 };
 
-struct PieceTable;  // guided.h
+struct PieceTable;    // guided.h
+class JsonMaskCache;  // json_guide.h
 
 class ServingTokenizer {
  public:
@@ -40,12 +42,24 @@ class ServingTokenizer {
   virtual std::vector<int32_t> eos_ids() const = 0;
   // The text of one token as logprobs show it (its bytes, possibly an incomplete character).
   virtual std::string token_text(int32_t id) const = 0;
+  // The bytes a token stands for where decoding shows U+FFFD in their place: a part of a UTF-8
+  // character, as byte-level and byte-fallback vocabularies hold (the next tokens complete it).
+  // nullopt when the tokenizer cannot tell. Guided decoding reads answers as these bytes.
+  virtual std::optional<std::string> token_bytes(int32_t id) const {
+    (void)id;
+    return std::nullopt;
+  }
   // Every id's text for guided decoding (guided.h), built on first use; thread-safe.
   std::shared_ptr<const PieceTable> piece_table() const;
+  // JSON mode's allowed-token sets for this vocabulary (json_guide.h), shared by its requests;
+  // made on first use; thread-safe.
+  std::shared_ptr<const JsonMaskCache> json_mask_cache() const;
 
  private:
   mutable std::once_flag pieces_once_;
   mutable std::shared_ptr<const PieceTable> pieces_;
+  mutable std::once_flag json_masks_once_;
+  mutable std::shared_ptr<const JsonMaskCache> json_masks_;
 };
 
 }  // namespace tessera::serving

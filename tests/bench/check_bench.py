@@ -225,6 +225,22 @@ def check_tokenizers(j):
     finite_pos(j["encode_tok_s"]["hf"], "encode_tok_s hf")
 
 
+def check_guided(j):
+    need(j["tessera_valid"], "JSON mode refused a token of a valid answer, or its end")
+    need(j["xgrammar_valid"], "XGrammar refused a token of a valid answer, or its end")
+    need(j["rounds"] >= 3, f"{j['rounds']} rounds")
+    need(j["tokens"] > 200 and j["answers"] >= 3, f"{j['answers']} answers, {j['tokens']} tokens")
+    for side in ("tessera", "tessera_cold", "scan_baseline", "xgrammar", "xgrammar_fill_only"):
+        spread(j["per_token_us"][side], f"{side} us per token")
+    spread(j["tessera_over_xgrammar_per_round"], "tessera / xgrammar per round")
+    spread(j["tessera_cold_over_xgrammar_per_round"], "tessera cold / xgrammar per round")
+    spread(j["tessera_over_scan_per_round"], "tessera / scan per round")
+    need(j["steps_compared"] == j["tokens"] + j["answers"], "not every step compared")
+    need(0 <= j["steps_equal_allowed_sets"] <= j["steps_compared"], "equal steps")
+    need(abs(j["equal_share"] - j["steps_equal_allowed_sets"] / j["steps_compared"]) < 1e-9,
+         "equal_share")
+
+
 def check_engine(j):
     t = j["throughput_tok_s"]
     finite_pos(t["tessera"], "tessera tok/s")
@@ -269,7 +285,8 @@ def check_train(j):
 
 CHECKS = {"caches": check_caches, "scheduler": check_scheduler, "kernels": check_kernels, "paged": check_paged,
           "comm": check_comm, "sp_decode": check_sp_decode, "lora": check_lora, "int8": check_int8,
-          "tokenizers": check_tokenizers, "engine": check_engine, "train": check_train}
+          "tokenizers": check_tokenizers, "engine": check_engine, "train": check_train,
+          "guided": check_guided}
 SKIP_EXIT = 77  # the test's SKIP_RETURN_CODE: something it needs is missing here
 
 
@@ -293,8 +310,8 @@ def main():
     ap.add_argument("--np", type=int, default=1)
     a = ap.parse_args()
     venv = os.environ.get("TESSERA_VENV_PYTHON", "")
-    if a.name == "tokenizers" and not os.access(venv, os.X_OK):
-        print(f"SKIPPED: bench tokenizers compares with the test venv's `tokenizers` package; "
+    if a.name in ("tokenizers", "guided") and not os.access(venv, os.X_OK):
+        print(f"SKIPPED: bench {a.name} compares with packages of the test venv; "
               f"TESSERA_VENV_PYTHON={venv!r} (scripts/test_venv.sh makes it)")
         sys.exit(SKIP_EXIT)
     cmd = [os.environ["TESSERA_BIN"], "bench", a.name, "--quick", "--json"]

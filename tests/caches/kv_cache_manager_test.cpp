@@ -146,6 +146,32 @@ TEST(KVCachePrefix, HitLeavesOneTokenToCompute) {
   m.check_invariants();
 }
 
+// max_hit_tokens caps what a sequence reads from the cache (whole blocks): 0 reads nothing and is
+// no query, yet the sequence's own blocks still join the cache for the next one.
+TEST(KVCachePrefix, MaxHitTokensCapsTheReadNotTheRegistration) {
+  auto m = make({full()}, 64);
+  auto p = tokens(100, 21);
+  EXPECT_EQ(m.add_sequence(1, p, {}, 0), 0);
+  EXPECT_EQ(m.stats().requests, 0);
+  EXPECT_EQ(m.stats().queried_tokens, 0);
+  prefill(m, 1);
+  m.free(1);
+  EXPECT_EQ(m.add_sequence(2, p, {}, 0), 0);  // the blocks are there, but not to be read
+  EXPECT_EQ(m.num_computed(2), 0);
+  m.free(2);
+  EXPECT_EQ(m.add_sequence(3, p, {}, 47), 32);  // 47 tokens: 2 whole blocks
+  EXPECT_EQ(m.stats().requests, 1);
+  EXPECT_EQ(m.stats().hit_tokens, 32);
+  m.free(3);
+  EXPECT_EQ(m.add_sequence(4, p, {}, 48), 48);
+  m.free(4);
+  EXPECT_EQ(m.add_sequence(5, p), 96);  // uncapped: (100 - 1) / 16 = 6 blocks
+  m.free(5);
+  EXPECT_THROW(m.add_sequence(6, p, {}, -1), Error);
+  EXPECT_FALSE(m.has(6));  // nothing added by the refused call
+  m.check_invariants();
+}
+
 TEST(KVCachePrefix, ExtraKeysSeparatePrefixes) {
   auto m = make({full()}, 128);
   auto p = tokens(100, 9);

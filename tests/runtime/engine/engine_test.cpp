@@ -130,6 +130,49 @@ TEST(Engine, PromptScoresOfOneLongStepEqualChunkedOnes) {
   }
 }
 
+// A request scoring its prompt computes the whole prompt even where the prefix cache holds it (its
+// scores are the logits of those steps), and the blocks it computes serve the requests after it.
+TEST(Engine, ScoringRequestsReadNoPrefixButTheirBlocksServeOthers) {
+  torch::NoGradGuard g;
+  std::mt19937 rng(5);
+  const auto prompt = random_prompt(rng, 150);
+  auto scoring = greedy_request("s", prompt, 4);
+  scoring.params.prompt_logprobs = 2;
+  EngineConfig cfg = tiny_config();
+  cfg.block_size = 16;
+  EngineConfig solo_cfg = cfg;
+  solo_cfg.enable_prefix_caching = false;
+  EngineCore solo(solo_cfg, nullptr, nullptr);
+  const auto want = generate(solo, {scoring});
+  ASSERT_EQ(want[0].prompt_logprobs.size(), 149u) << want[0].error;
+  auto expect_scores = [&](const CompletedRequest& got, const std::string& what) {
+    ASSERT_EQ(got.prompt_logprobs.size(), 149u) << what;
+    EXPECT_EQ(got.output_ids, want[0].output_ids) << what;
+    for (size_t p = 0; p < 149; ++p) {
+      EXPECT_EQ(got.prompt_logprobs[p].id, want[0].prompt_logprobs[p].id) << what << " " << p;
+      EXPECT_NEAR(got.prompt_logprobs[p].logprob, want[0].prompt_logprobs[p].logprob, 1e-5)
+          << what << " " << p;
+    }
+  };
+  EngineCore core(cfg, nullptr, nullptr);
+  const auto first = generate(core, {scoring});
+  EXPECT_EQ(first[0].cached_prompt_tokens, 0);
+  expect_scores(first[0], "cold cache");
+  // A plain request reads the scoring request's blocks.
+  const auto plain = generate(core, {greedy_request("p", prompt, 4)});
+  EXPECT_GE(plain[0].cached_prompt_tokens, 150 - 16)
+      << "the scoring request's blocks were not shared";
+  EXPECT_EQ(plain[0].output_ids, want[0].output_ids);
+  // Scoring again in the warm cache computes the whole prompt again.
+  const int64_t before = core.runner().stats().tokens;
+  auto again = scoring;
+  again.id = "s2";
+  const auto second = generate(core, {again});
+  EXPECT_EQ(second[0].cached_prompt_tokens, 0);
+  EXPECT_GE(core.runner().stats().tokens - before, 150);
+  expect_scores(second[0], "warm cache");
+}
+
 // The tiny model with every layer a sliding-window layer (config only: same weights), so that a
 // 4,096-token generation costs O(window) per step.
 std::string sliding_model_dir() {

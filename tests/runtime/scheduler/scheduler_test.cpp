@@ -158,6 +158,59 @@ TEST(Scheduler, PrefixHitSkipsComputedTokensButRecomputesTheLast) {
   EXPECT_EQ(st.prefix_hit_tokens, 8 + 4);
 }
 
+// A request scoring its prompt (prompt_logprobs) needs the logits of every prompt position: it
+// reads nothing from the prefix cache at first, and after a preemption no more than it computed
+// before (the engine has those scores), even where another request holds more of its prompt. Its
+// blocks still join the cache for the requests after it.
+TEST(Scheduler, ScoringRequestReadsOnlyWhatItHasScored) {
+  Harness h(kv_config({full_spec(4)}, 12), config(8, 4, 64));
+  const auto shared = token_range(20, 10);
+  auto with_tail = [&](int32_t first) {
+    auto t = shared;
+    for (int32_t i = 0; i < 4; ++i) t.push_back(first + i);
+    return t;
+  };
+  Request p = make_request("p", with_tail(500), 30);
+  p.params.ignore_eos = true;
+  ASSERT_TRUE(h.add(p));
+  while (h.s.find("p")->num_computed_tokens < 24) h.step();  // p's prompt is in the cache
+  Request sc = make_request("s", with_tail(700), 4);
+  sc.params.ignore_eos = true;
+  sc.params.prompt_logprobs = 0;
+  ASSERT_TRUE(h.add(sc));
+  const int64_t seq = h.s.find("s")->seq;
+  int64_t admissions = 0, computed = 0, most_computed = 0;
+  bool read_back = false;
+  while (h.s.has_unfinished()) {
+    StepPlan plan = h.step();
+    for (const auto& rel : plan.released) {
+      if (rel.preempted && rel.request_id == "s") computed = 0;
+    }
+    for (const auto& row : plan.seqs) {
+      if (row.seq != seq) continue;
+      if (row.is_new) {
+        ++admissions;
+        // p's blocks hold 20 tokens of s's prompt; s may read back only whole blocks it computed.
+        EXPECT_EQ(row.start_pos, (most_computed / 4) * 4) << "admission " << admissions;
+        read_back = read_back || row.start_pos > 0;
+        computed = row.start_pos;
+      }
+      computed += row.num_tokens;
+      most_computed = std::max(most_computed, computed);
+    }
+  }
+  EXPECT_GE(admissions, 2) << "s was never preempted: the test checks nothing after a preemption";
+  EXPECT_TRUE(read_back) << "after its preemption s read nothing back";
+  // A plain request extending s's prompt reads s's blocks, its own tail's included.
+  auto longer = with_tail(700);
+  for (int32_t i = 0; i < 5; ++i) longer.push_back(900 + i);
+  Request q = make_request("q", longer, 1);
+  ASSERT_TRUE(h.add(q));
+  h.run();
+  EXPECT_EQ(h.finished.at("q").cached_prompt_tokens, 24);
+  expect_reference_outputs(h, {p, sc, q});
+}
+
 // Pool of 8 usable blocks of 2 tokens; two requests that outgrow it.
 TEST(Scheduler, PreemptsTheLatestArrivedByRecompute) {
   Harness h(kv_config({full_spec(2)}, 9), config(64, 4, 16));

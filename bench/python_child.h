@@ -1,0 +1,116 @@
+// What the benchmarks that measure a Python peer in the same run share: a child process spoken to
+// by lines on its stdin / stdout (the peer's side: a script in the test venv that answers one JSON
+// line per command), and the text they train and run on (the licence texts Debian's base-files
+// ships in /usr/share/common-licenses). Header-only and torch-free.
+#pragma once
+
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+extern char** environ;
+
+namespace tessera::bench {
+
+// A child process with its stdin and stdout piped to us (stderr is ours).
+class Child {
+ public:
+  Child(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env) {
+    int in[2], out[2];
+    TESSERA_CHECK(pipe(in) == 0 && pipe(out) == 0, "pipe() failed");
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+    posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_addclose(&fa, in[1]);
+    posix_spawn_file_actions_addclose(&fa, out[0]);
+    std::vector<std::string> env_store(extra_env);
+    for (char** e = environ; *e; ++e) env_store.emplace_back(*e);
+    std::vector<char*> envp, args;
+    for (auto& e : env_store) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    std::vector<std::string> argv_store(argv);
+    for (auto& a : argv_store) args.push_back(a.data());
+    args.push_back(nullptr);
+    const int rc = posix_spawnp(&pid_, args[0], &fa, nullptr, args.data(), envp.data());
+    posix_spawn_file_actions_destroy(&fa);
+    close(in[0]);
+    close(out[1]);
+    if (rc != 0) {
+      close(in[1]);
+      close(out[0]);
+      TESSERA_FAIL("cannot start '", argv[0], "': ", std::strerror(rc));
+    }
+    to_ = fdopen(in[1], "w");
+    from_ = fdopen(out[0], "r");
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  ~Child() {
+    if (to_) std::fclose(to_);  // the child reads end of file and ends
+    if (from_) std::fclose(from_);
+    if (pid_ > 0) {
+      int status;
+      waitpid(pid_, &status, 0);
+    }
+  }
+  void send(const std::string& line) {
+    std::fputs((line + "\n").c_str(), to_);
+    std::fflush(to_);
+  }
+  // One line of output; throws when the child ended.
+  std::string receive() {
+    std::string line;
+    int c;
+    while ((c = std::fgetc(from_)) != EOF && c != '\n') line.push_back(static_cast<char>(c));
+    TESSERA_CHECK(c != EOF || !line.empty(), "the Python side of the benchmark stopped");
+    return line;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  FILE* to_ = nullptr;
+  FILE* from_ = nullptr;
+};
+
+inline constexpr const char* kLicenceDir = "/usr/share/common-licenses";
+
+// The non-blank lines of the licence texts (`used` gets the names of the files read). Throws when
+// none is there.
+inline std::vector<std::string> licence_lines(std::vector<std::string>* used = nullptr,
+                                              size_t* bytes = nullptr) {
+  static const char* kLicences[] = {"GPL-3",      "GPL-2",    "LGPL-2.1", "LGPL-3",  "GFDL-1.3",
+                                    "Apache-2.0", "Artistic", "MPL-2.0",  "MPL-1.1", "CC0-1.0",
+                                    "BSD",        "GPL-1",    "LGPL-2"};
+  std::string text;
+  for (const char* name : kLicences) {
+    std::ifstream in(std::filesystem::path(kLicenceDir) / name, std::ios::binary);
+    if (!in.good()) continue;
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    text += ss.str();
+    if (used) used->push_back(name);
+  }
+  TESSERA_CHECK(!text.empty(), "no licence texts in ", kLicenceDir,
+                " (Debian's base-files package provides them)");
+  if (bytes) *bytes = text.size();
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  std::string l;
+  while (std::getline(in, l)) {
+    if (l.find_first_not_of(" \t\r") != std::string::npos) lines.push_back(l);
+  }
+  return lines;
+}
+
+}  // namespace tessera::bench
