@@ -163,7 +163,7 @@ TEST(Scheduler, PrefixHitSkipsComputedTokensButRecomputesTheLast) {
 // before (the engine has those scores), even where another request holds more of its prompt. Its
 // blocks still join the cache for the requests after it.
 TEST(Scheduler, ScoringRequestReadsOnlyWhatItHasScored) {
-  Harness h(kv_config({full_spec(4)}, 12), config(8, 4, 64));
+  Harness h(kv_config({full_spec(4)}, 12), config(8, 4, 44));
   const auto shared = token_range(20, 10);
   auto with_tail = [&](int32_t first) {
     auto t = shared;
@@ -201,14 +201,19 @@ TEST(Scheduler, ScoringRequestReadsOnlyWhatItHasScored) {
   }
   EXPECT_GE(admissions, 2) << "s was never preempted: the test checks nothing after a preemption";
   EXPECT_TRUE(read_back) << "after its preemption s read nothing back";
-  // A plain request extending s's prompt reads s's blocks, its own tail's included.
+  expect_reference_outputs(h, {p, sc});
+  // In a pool with room: a plain request extending a scoring request's prompt reads its blocks.
+  Harness roomy(kv_config({full_spec(4)}, 64), config(8, 4, 64));
+  ASSERT_TRUE(roomy.add(sc));
+  roomy.run();
   auto longer = with_tail(700);
   for (int32_t i = 0; i < 5; ++i) longer.push_back(900 + i);
   Request q = make_request("q", longer, 1);
-  ASSERT_TRUE(h.add(q));
-  h.run();
-  EXPECT_EQ(h.finished.at("q").cached_prompt_tokens, 24);
-  expect_reference_outputs(h, {p, sc, q});
+  ASSERT_TRUE(roomy.add(q));
+  roomy.run();
+  EXPECT_EQ(roomy.finished.at("s").cached_prompt_tokens, 0);
+  EXPECT_EQ(roomy.finished.at("q").cached_prompt_tokens, 24);
+  expect_reference_outputs(roomy, {sc, q});
 }
 
 // Pool of 8 usable blocks of 2 tokens; two requests that outgrow it.
