@@ -50,9 +50,8 @@ void IncrementalDecoder::shown(size_t end) {
   dead_run_ = false;
 }
 
-// The bytes of the byte-fallback tokens at the window's end are invalid UTF-8 however they go on:
-// not valid up to an unfinished last character.
-bool IncrementalDecoder::byte_run_is_dead() const {
+// The bytes of the byte-fallback tokens at the window's end.
+std::string IncrementalDecoder::trailing_bytes() const {
   std::string bytes;
   for (size_t k = window_.size(); k > 0; --k) {
     const int b = tok_.held_fallback_byte(window_[k - 1]);
@@ -60,6 +59,13 @@ bool IncrementalDecoder::byte_run_is_dead() const {
     bytes.push_back(static_cast<char>(b));
   }
   std::reverse(bytes.begin(), bytes.end());
+  return bytes;
+}
+
+// The bytes of the byte-fallback tokens at the window's end are invalid UTF-8 however they go on:
+// not valid up to an unfinished last character.
+bool IncrementalDecoder::byte_run_is_dead() const {
+  const std::string bytes = trailing_bytes();
   return !unicode::is_valid_utf8(
       std::string_view(bytes).substr(0, unicode::complete_utf8_prefix(bytes)));
 }
@@ -73,7 +79,10 @@ std::string IncrementalDecoder::step(int32_t id) {
   if (byte && dead_run_) return {};
   dead_run_ = false;
   const std::string now = tok_.decode(window_, skip_special_);
-  if (ends_with_replacement(now)) {  // maybe an unfinished character: wait
+  // Ending in U+FFFD, the text may end in an unfinished character: wait. Unless the byte tokens at
+  // the end are whole, valid UTF-8: then the U+FFFD is theirs (bytes EF BF BD), a character like
+  // any other (held, a run of them made every step decode the whole run: quadratic).
+  if (ends_with_replacement(now) && !(byte && byte_run_is_whole())) {
     if (byte) dead_run_ = byte_run_is_dead();
     const size_t held = window_.size() - read_;
     if (held >= kMaxHeld && held % kMaxHeld == 0 && tok_.decode_is_prefix_stable()) {
@@ -84,6 +93,14 @@ std::string IncrementalDecoder::step(int32_t id) {
   std::string out = text_after(shown_text_, now);
   shown(window_.size());
   return out;
+}
+
+// The bytes of the byte-fallback tokens at the window's end are valid UTF-8 and end with a whole
+// character.
+bool IncrementalDecoder::byte_run_is_whole() const {
+  const std::string bytes = trailing_bytes();
+  return !bytes.empty() && unicode::complete_utf8_prefix(bytes) == bytes.size() &&
+         unicode::is_valid_utf8(bytes);
 }
 
 // kMaxHeld ids held and the text still ends in U+FFFD: a run of bytes that form no character,

@@ -19,9 +19,11 @@
 #include "runtime/models/model_folder.h"
 #include "runtime/models/safetensors.h"
 #include "runtime/tokenizers/chat_template.h"
+#include "runtime/tokenizers/incremental_decoder.h"
 #include "runtime/tokenizers/tokenizer.h"
 #include "runtime/training/train_config.h"
 #include "tests/fuzz/delta_fixture.h"
+#include "tests/fuzz/fuzz_target.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace tessera::fuzz {
@@ -463,6 +465,50 @@ TEST(FuzzRegression, NormalizerGrowthAtEncodeIsAnError) {
               std::string::npos)
         << e.message();
   }
+}
+
+// tokenizer_encode run 7 (2026-12-01, a 10 s timeout at 489,559 executions): 1,383 bytes, most of
+// them invalid UTF-8, for the Mistral-style SentencePiece tokenizer. Encode makes each invalid
+// byte U+FFFD, which byte fallback spells <0xEF><0xBF><0xBD>; streaming held text that ended in
+// U+FFFD as an unfinished character, so a run of whole U+FFFDs was held to its end and each step
+// decoded all of it: quadratic (4,000 such characters took 78 s under ASan; 1,383 bytes 1.1 s,
+// past the limit when the fuzzer was starved of CPU). Now the byte tokens' own complete U+FFFD is
+// shown like any character: the stream equals one decode and shows the run as it goes.
+TEST(FuzzRegression, StreamingARunOfWholeReplacementCharactersIsLinear) {
+  for (const char* name : {"mistral_sp_metaspace", "llama2_sp_legacy"}) {
+    const auto tok = tokenizers::Tokenizer::from_file(
+        (fs::path(TESSERA_FUZZ_DIR) / "tokenizers" / (std::string(name) + ".json")).string());
+    std::string text = "ok ";
+    for (int i = 0; i < 4000; ++i) text += "\xEF\xBF\xBD";
+    text += " done";
+    const std::vector<int32_t> ids = tok->encode(text, false);
+    size_t bytes = 0;
+    for (int32_t id : ids) bytes += tok->held_fallback_byte(id) >= 0 ? 1 : 0;
+    ASSERT_GE(bytes, 12000u) << name << ": U+FFFD should be spelled in byte tokens";
+    const auto t0 = std::chrono::steady_clock::now();
+    tokenizers::IncrementalDecoder dec(*tok, {}, true);
+    std::string shown;
+    size_t pieces = 0;
+    for (int32_t id : ids) {
+      const std::string piece = dec.step(id);
+      pieces += piece.empty() ? 0 : 1;
+      shown += piece;
+    }
+    shown += dec.flush();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_EQ(shown, tok->decode(ids, true)) << name;
+    EXPECT_GE(pieces, 4000u) << name << ": the run was held, not shown as it went";
+    // Linear: milliseconds; the quadratic hold took seconds (minutes under ASan).
+    EXPECT_LT(s, 1.0) << name << ": " << s << " s";
+  }
+  // The fuzzer's input, through the target's own checks (fuzz_replay_test runs its corpus too).
+  const std::string input = crash_input("tokenizer_encode", "timeout-whole-replacement-char-run");
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto target = registry().find("tokenizer_encode");
+  ASSERT_NE(target, registry().end());
+  EXPECT_EQ(target->second(reinterpret_cast<const uint8_t*>(input.data()), input.size()), 0);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(s, 2.0) << "the fuzzer's input took " << s << " s";
 }
 
 }  // namespace
