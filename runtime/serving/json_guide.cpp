@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "runtime/tokenizers/unicode.h"
 
 namespace tessera::serving {
 
@@ -124,25 +125,16 @@ bool JsonState::feed(unsigned char c) {
       }
       if (c < 0x20) return fail();  // control characters must be escaped
       if (c < 0x80) return true;
-      // UTF-8: the lead byte says how many continuation bytes follow and the range of the first
-      // (no overlong forms, no surrogates, nothing past U+10FFFF).
-      lo = 0x80;
-      hi = 0xBF;
-      if (c >= 0xC2 && c <= 0xDF) {
-        count = 1;
-      } else if (c >= 0xE0 && c <= 0xEF) {
-        count = 2;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-      } else if (c >= 0xF0 && c <= 0xF4) {
-        count = 3;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-      } else {
-        return fail();
+      {
+        // UTF-8: the lead byte says how many continuation bytes follow and the range of the first.
+        const tokenizers::unicode::Utf8Lead lead = tokenizers::unicode::utf8_lead(c);
+        if (lead.length < 2) return fail();
+        count = static_cast<uint8_t>(lead.length - 1);
+        lo = lead.lo;
+        hi = lead.hi;
+        mode = M::kUtf8;
+        return true;
       }
-      mode = M::kUtf8;
-      return true;
     case M::kUtf8:
       if (c < lo || c > hi) return fail();
       lo = 0x80;

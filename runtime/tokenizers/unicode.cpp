@@ -48,28 +48,14 @@ struct SeqCheck {
 };
 
 SeqCheck check_seq(std::string_view s, size_t i) {
-  const auto c = static_cast<unsigned char>(s[i]);
-  if (c < 0x80) return {1, 1};
-  size_t full;
-  unsigned char lo = 0x80, hi = 0xBF;  // the range allowed for the second byte
-  if (c >= 0xC2 && c <= 0xDF) {
-    full = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    full = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    full = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return {0, 1};
-  }
+  const Utf8Lead lead = utf8_lead(static_cast<unsigned char>(s[i]));
+  if (lead.length == 0) return {0, 1};
+  const size_t full = lead.length;
   size_t valid = 1;
   for (size_t k = 1; k < full; ++k) {
     if (i + k >= s.size()) break;
     const auto b = static_cast<unsigned char>(s[i + k]);
-    const bool ok = k == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xBF);
+    const bool ok = k == 1 ? (b >= lead.lo && b <= lead.hi) : (b >= 0x80 && b <= 0xBF);
     if (!ok) break;
     ++valid;
   }

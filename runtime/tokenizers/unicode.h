@@ -44,6 +44,27 @@ inline size_t seq_len(unsigned char lead) {
 void append_utf8(std::string& out, char32_t cp);
 std::string to_utf8(char32_t cp);
 
+// What a UTF-8 lead byte says: the sequence's length in bytes (0: not a lead byte, 1: ASCII) and
+// the range its second byte must fall in (so no overlong form, surrogate or code point past
+// U+10FFFF is valid); the bytes after the second are 0x80-0xBF.
+struct Utf8Lead {
+  uint8_t length;
+  unsigned char lo, hi;
+};
+inline Utf8Lead utf8_lead(unsigned char c) {
+  if (c < 0x80) return {1, 0x80, 0xBF};
+  if (c >= 0xC2 && c <= 0xDF) return {2, 0x80, 0xBF};
+  if (c >= 0xE0 && c <= 0xEF) {
+    return {3, static_cast<unsigned char>(c == 0xE0 ? 0xA0 : 0x80),
+            static_cast<unsigned char>(c == 0xED ? 0x9F : 0xBF)};
+  }
+  if (c >= 0xF0 && c <= 0xF4) {
+    return {4, static_cast<unsigned char>(c == 0xF0 ? 0x90 : 0x80),
+            static_cast<unsigned char>(c == 0xF4 ? 0x8F : 0xBF)};
+  }
+  return {0, 0x80, 0xBF};
+}
+
 bool is_valid_utf8(std::string_view s);
 // Invalid sequences become U+FFFD, one per maximal subpart (Unicode's recommended practice, which
 // Rust's String::from_utf8_lossy and Python's bytes.decode(errors="replace") both follow).
