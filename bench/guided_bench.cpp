@@ -186,28 +186,15 @@ int run(const BenchOptions& opt) {
   const int vocab = opt.quick ? 8000 : 32000;
   const int n_answers = opt.quick ? 6 : 24;
   const int rounds = opt.quick ? 3 : 7;
-  char tmpl[] = "/tmp/tessera_bench_guided_XXXXXX";
-  const fs::path dir = mkdtemp(tmpl);
-  {
-    std::ofstream f(dir / "lines.txt", std::ios::binary);
-    for (size_t i = 0; i < lines.size(); ++i) f << (i ? "\n" : "") << lines[i];
-    std::ofstream(dir / "bench.py") << kPythonScript;
-  }
-  const char* venv = std::getenv("TESSERA_VENV_PYTHON");
-  const std::string python = venv && *venv ? venv : "python3";
-  Child py({python, (dir / "bench.py").string(), (dir / "lines.txt").string(),
-            (dir / "model").string(), std::to_string(vocab), std::to_string(n_answers)},
-           {"RAYON_NUM_THREADS=1", "TOKENIZERS_PARALLELISM=false", "OMP_NUM_THREADS=1"});
-  nlohmann::json ready;
-  try {
-    ready = nlohmann::json::parse(py.receive());
-  } catch (const std::exception& e) {
-    fs::remove_all(dir);
-    TESSERA_FAIL("the Python side (", python,
-                 " with the `tokenizers`, `transformers` and `xgrammar` packages; set "
-                 "TESSERA_VENV_PYTHON) did not start: ",
-                 e.what());
-  }
+  PythonPeer py(
+      kPythonScript, lines,
+      [&](const fs::path& dir) {
+        return std::vector{(dir / "model").string(), std::to_string(vocab),
+                           std::to_string(n_answers)};
+      },
+      {"RAYON_NUM_THREADS=1", "TOKENIZERS_PARALLELISM=false", "OMP_NUM_THREADS=1"},
+      "the `tokenizers`, `transformers` and `xgrammar` packages");
+  const nlohmann::json& ready = py.ready();
   const auto answers = ready["answers"].get<std::vector<std::vector<int32_t>>>();
   const auto warmup = ready["warmup"].get<std::vector<std::vector<int32_t>>>();
   int64_t total_steps = 0;
@@ -216,7 +203,7 @@ int run(const BenchOptions& opt) {
 
   // Tessera's side of the setup: the tokenizer as serving loads it and its piece table.
   const auto t_setup = Clock::now();
-  const auto tok = serving::load_serving_tokenizer((dir / "model").string());
+  const auto tok = serving::load_serving_tokenizer((py.dir() / "model").string());
   const auto pieces = tok->piece_table();
   const auto masks = tok->json_mask_cache();
   const double setup_s = elapsed_ms(t_setup) / 1e3;
@@ -238,7 +225,7 @@ int run(const BenchOptions& opt) {
   // Checks: Tessera allows each answer token and the end only after the last; the allowed sets
   // of both sides, step by step.
   py.send("check");
-  const auto theirs = nlohmann::json::parse(py.receive());
+  const auto theirs = py.receive();
   bool tessera_valid = true, xgrammar_valid = true;
   std::string first_failure;                             // Tessera's first wrong step
   nlohmann::json differences = nlohmann::json::array();  // examples of steps that differ
@@ -290,7 +277,7 @@ int run(const BenchOptions& opt) {
             ++later_examples;
           }
           py.send("ids " + std::to_string(a) + " " + std::to_string(k));
-          const auto xg = as_set(nlohmann::json::parse(py.receive()).get<std::vector<int32_t>>());
+          const auto xg = as_set(py.receive().get<std::vector<int32_t>>());
           std::vector<int32_t> only_ours, only_theirs;
           std::set_difference(allowed.begin(), allowed.end(), xg.begin(), xg.end(),
                               std::back_inserter(only_ours));
@@ -349,15 +336,13 @@ int run(const BenchOptions& opt) {
     }
     scan_us.push_back(elapsed_ms(t0) * 1e3 / static_cast<double>(total_steps));
     py.send("run");
-    const auto reply = nlohmann::json::parse(py.receive());
+    const auto reply = py.receive();
     TESSERA_CHECK(reply["steps"].get<int64_t>() == total_steps, "XGrammar ran ",
                   reply["steps"].get<int64_t>(), " steps, not ", total_steps);
     const double fill = reply["fill_s"].get<double>(), accept = reply["accept_s"].get<double>();
     xgr_us.push_back((fill + accept) * 1e6 / static_cast<double>(total_steps));
     xgr_fill_us.push_back(fill * 1e6 / static_cast<double>(total_steps));
   }
-  py.send("");
-  fs::remove_all(dir);
 
   const Spread ours = spread_of(ours_us), cold = spread_of(cold_us), scan = spread_of(scan_us),
                xg = spread_of(xgr_us);

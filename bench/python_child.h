@@ -8,10 +8,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -81,6 +86,56 @@ class Child {
   pid_t pid_ = -1;
   FILE* to_ = nullptr;
   FILE* from_ = nullptr;
+};
+
+// A benchmark's Python side: a fresh folder under /tmp holding `lines` (lines.txt) and `script`
+// (bench.py); the test venv's Python (TESSERA_VENV_PYTHON, else python3) running
+// `bench.py <folder>/lines.txt <args(folder)...>`; and the JSON of its first line, what it made
+// ready. The script ends at an empty line; the folder is removed with the peer.
+class PythonPeer {
+ public:
+  PythonPeer(const char* script, const std::vector<std::string>& lines,
+             const std::function<std::vector<std::string>(const std::filesystem::path&)>& args,
+             const std::vector<std::string>& env, const std::string& packages) {
+    char tmpl[] = "/tmp/tessera_bench_py_XXXXXX";
+    TESSERA_CHECK(mkdtemp(tmpl) != nullptr, "mkdtemp failed: ", std::strerror(errno));
+    dir_ = tmpl;
+    {
+      std::ofstream f(dir_ / "lines.txt", std::ios::binary);
+      for (size_t i = 0; i < lines.size(); ++i) f << (i ? "\n" : "") << lines[i];
+      std::ofstream(dir_ / "bench.py") << script;
+    }
+    const char* venv = std::getenv("TESSERA_VENV_PYTHON");
+    const std::string python = venv && *venv ? venv : "python3";
+    std::vector<std::string> argv = {python, (dir_ / "bench.py").string(),
+                                     (dir_ / "lines.txt").string()};
+    for (auto& a : args(dir_)) argv.push_back(std::move(a));
+    try {
+      child_ = std::make_unique<Child>(argv, env);
+      ready_ = nlohmann::json::parse(child_->receive());
+    } catch (const std::exception& e) {
+      child_.reset();
+      std::filesystem::remove_all(dir_);
+      TESSERA_FAIL("the Python side (", python, " with ", packages,
+                   "; set TESSERA_VENV_PYTHON) did not start: ", e.what());
+    }
+  }
+  PythonPeer(const PythonPeer&) = delete;
+  PythonPeer& operator=(const PythonPeer&) = delete;
+  ~PythonPeer() {
+    child_->send("");
+    child_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  const std::filesystem::path& dir() const { return dir_; }
+  const nlohmann::json& ready() const { return ready_; }
+  void send(const std::string& line) { child_->send(line); }
+  nlohmann::json receive() { return nlohmann::json::parse(child_->receive()); }
+
+ private:
+  std::filesystem::path dir_;
+  std::unique_ptr<Child> child_;
+  nlohmann::json ready_;
 };
 
 inline constexpr const char* kLicenceDir = "/usr/share/common-licenses";

@@ -147,27 +147,11 @@ int run(const BenchOptions& opt) {
   std::vector<std::string> used;
   size_t text_bytes = 0;
   const std::vector<std::string> lines = licence_lines(&used, &text_bytes);
-  char tmpl[] = "/tmp/tessera_bench_tok_XXXXXX";
-  const fs::path dir = mkdtemp(tmpl);
-  {
-    std::ofstream f(dir / "lines.txt", std::ios::binary);
-    for (size_t i = 0; i < lines.size(); ++i) f << (i ? "\n" : "") << lines[i];
-    std::ofstream(dir / "bench.py") << kPythonScript;
-  }
-  const char* venv = std::getenv("TESSERA_VENV_PYTHON");
-  const std::string python = venv && *venv ? venv : "python3";
-  Child py({python, (dir / "bench.py").string(), (dir / "lines.txt").string(), dir.string()},
-           {"RAYON_NUM_THREADS=1", "TOKENIZERS_PARALLELISM=false", "OMP_NUM_THREADS=1"});
-  nlohmann::json ready;
-  try {
-    ready = nlohmann::json::parse(py.receive());
-  } catch (const std::exception& e) {
-    fs::remove_all(dir);
-    TESSERA_FAIL("the Python side (", python,
-                 " with the `tokenizers` package; set "
-                 "TESSERA_VENV_PYTHON) did not start: ",
-                 e.what());
-  }
+  PythonPeer py(
+      kPythonScript, lines, [](const fs::path& dir) { return std::vector{dir.string()}; },
+      {"RAYON_NUM_THREADS=1", "TOKENIZERS_PARALLELISM=false", "OMP_NUM_THREADS=1"},
+      "the `tokenizers` package");
+  const nlohmann::json& ready = py.ready();
 
   const int rounds = opt.quick ? 3 : 7;
   nlohmann::json by = nlohmann::json::object();
@@ -194,7 +178,7 @@ int run(const BenchOptions& opt) {
     };
     auto theirs = [&](const char* mode, std::vector<double>& batch, std::vector<double>& loop) {
       py.send(name + " " + mode);
-      const auto reply = nlohmann::json::parse(py.receive());
+      const auto reply = py.receive();
       batch.push_back(static_cast<double>(tokens) / reply["batch_s"].get<double>());
       loop.push_back(static_cast<double>(tokens) / reply["loop_s"].get<double>());
     };
@@ -237,8 +221,6 @@ int run(const BenchOptions& opt) {
       }
     }
   }
-  py.send("");
-  fs::remove_all(dir);
   std::string text_desc = std::string(kLicenceDir) + "/{";
   for (size_t i = 0; i < used.size(); ++i) text_desc += (i ? "," : "") + used[i];
   text_desc +=
