@@ -4,8 +4,11 @@
 // ships in /usr/share/common-licenses). Header-only and torch-free.
 #pragma once
 
+#include <pthread.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -19,6 +22,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/error.h"
@@ -56,35 +60,92 @@ class Child {
       close(out[0]);
       TESSERA_FAIL("cannot start '", argv[0], "': ", std::strerror(rc));
     }
-    to_ = fdopen(in[1], "w");
+    to_ = in[1];
     from_ = fdopen(out[0], "r");
   }
   Child(const Child&) = delete;
   Child& operator=(const Child&) = delete;
   ~Child() {
-    if (to_) std::fclose(to_);  // the child reads end of file and ends
+    if (to_ >= 0) close(to_);  // the child reads end of file and ends
     if (from_) std::fclose(from_);
     if (pid_ > 0) {
       int status;
       waitpid(pid_, &status, 0);
     }
   }
+  // One line to the child; throws, naming how the child ended, when it no longer reads.
   void send(const std::string& line) {
-    std::fputs((line + "\n").c_str(), to_);
-    std::fflush(to_);
+    if (!try_send(line)) {
+      TESSERA_FAIL("the Python side of the benchmark stopped (", ended(), ") before the command '",
+                   line, "' reached it");
+    }
   }
+  // The same without throwing (for destructors): false when the child no longer reads.
+  bool try_send(const std::string& line) noexcept { return write_line(to_, line + "\n"); }
   // One line of output; throws when the child ended.
   std::string receive() {
     std::string line;
     int c;
     while ((c = std::fgetc(from_)) != EOF && c != '\n') line.push_back(static_cast<char>(c));
-    TESSERA_CHECK(c != EOF || !line.empty(), "the Python side of the benchmark stopped");
+    if (c == EOF && line.empty()) {
+      TESSERA_FAIL("the Python side of the benchmark stopped (", ended(), ")");
+    }
     return line;
   }
 
  private:
+  // Writes all of `data` to `fd`. A reader that has gone is an error returned here, not a SIGPIPE
+  // that ends this process without a word: SIGPIPE is blocked in this thread for the write, and
+  // the one the write raised (a pipe's SIGPIPE goes to the writing thread) is taken back before
+  // the mask is restored, unless one was already pending.
+  static bool write_line(int fd, std::string_view data) noexcept {
+    sigset_t pipe_set, old;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    sigset_t pending;
+    sigpending(&pending);
+    const bool was_pending = sigismember(&pending, SIGPIPE) == 1;
+    bool ok = fd >= 0;
+    while (ok && !data.empty()) {
+      const ssize_t n = ::write(fd, data.data(), data.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        ok = false;
+      } else {
+        data.remove_prefix(static_cast<size_t>(n));
+      }
+    }
+    if (!ok && !was_pending) {
+      sigpending(&pending);
+      if (sigismember(&pending, SIGPIPE) == 1) {
+        const timespec zero{0, 0};
+        sigtimedwait(&pipe_set, nullptr, &zero);
+      }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    return ok;
+  }
+  // How the child ended ("exit status 1", "killed by signal 9"), reaped here; "still running" when
+  // it has not yet (it closed its stdin or stdout first).
+  std::string ended() {
+    if (pid_ <= 0) return "not started";
+    int status = 0;
+    pid_t r = 0;
+    for (int i = 0; i < 50; ++i) {  // up to 0.5 s for it to finish ending
+      r = waitpid(pid_, &status, WNOHANG);
+      if (r != 0) break;
+      usleep(10000);
+    }
+    if (r != pid_) return "still running";
+    pid_ = -1;
+    if (WIFEXITED(status)) return "exit status " + std::to_string(WEXITSTATUS(status));
+    if (WIFSIGNALED(status)) return "killed by signal " + std::to_string(WTERMSIG(status));
+    return "ended";
+  }
+
   pid_t pid_ = -1;
-  FILE* to_ = nullptr;
+  int to_ = -1;
   FILE* from_ = nullptr;
 };
 
@@ -123,7 +184,7 @@ class PythonPeer {
   PythonPeer(const PythonPeer&) = delete;
   PythonPeer& operator=(const PythonPeer&) = delete;
   ~PythonPeer() {
-    child_->send("");
+    child_->try_send("");  // the script's end; a child that already ended needs none
     child_.reset();
     std::filesystem::remove_all(dir_);
   }
