@@ -7,7 +7,7 @@
 #                                               libFuzzer flags such as -runs=10000000 follow)
 #   scripts/fuzz.sh --all SECONDS [JOBS]        every target for SECONDS, JOBS at a time 
 #   scripts/fuzz.sh --ci [SECONDS]              CI: builds, then every target for SECONDS (default
-#                                               30), 2 at a time (13 targets: ~3.5 minutes)
+#                                               30), 2 at a time (14 targets: ~4 minutes)
 #   scripts/fuzz.sh --build                     builds only
 # TESSERA_FUZZ_NO_BUILD=1 runs what is built; TESSERA_FUZZ_BIN_DIR names another folder of them.
 # The growing corpus lives in build-fuzz/corpus/<target>/ (the seeds are read, never written);
@@ -60,6 +60,8 @@ run() {
     model_config|lora_config|safetensors|safetensors_index|openai_request|delta|tokenizer_json|chat_messages)
       dict=(-dict="$src/tests/fuzz/dicts/json.dict") ;;
     chat_template) dict=(-dict="$src/tests/fuzz/dicts/jinja.dict") ;;
+    tool_calls) cat "$src/tests/fuzz/dicts/tool_calls.dict" "$src/tests/fuzz/dicts/json.dict" \
+                  > "$build/artifacts/$t.dict"; dict=(-dict="$build/artifacts/$t.dict") ;;
     train_config) dict=(-dict="$src/tests/fuzz/dicts/train_config.dict") ;;
   esac
   # Seeds beyond tests/fuzz_corpus/<target>/ (read, never written).

@@ -150,11 +150,13 @@ int run_serve(const ServeSettings& s, launch::World& world) {
   api.max_waiting = static_cast<size_t>(s.max_waiting);
   if (!s.tool_call_parser.empty()) {
     TESSERA_CHECK(serving::known_tool_call_parser(s.tool_call_parser), "--tool-call-parser: '",
-                  s.tool_call_parser, "' is not a known parser (hermes)");
+                  s.tool_call_parser, "' is not a known parser (",
+                  serving::tool_call_parser_names(), ")");
   }
   // As vLLM: tool_choice "auto" answers are parsed only with both flags.
   TESSERA_CHECK(!s.enable_auto_tool_choice || !s.tool_call_parser.empty(),
-                "--enable-auto-tool-choice needs --tool-call-parser (hermes)");
+                "--enable-auto-tool-choice needs --tool-call-parser (",
+                serving::tool_call_parser_names(), ")");
   if (!s.tool_call_parser.empty() && !s.enable_auto_tool_choice) {
     log::warn("--tool-call-parser {} without --enable-auto-tool-choice: answers stay text",
               s.tool_call_parser);
@@ -307,7 +309,8 @@ Command register_serve(CLI::App& root) {
   app->add_flag("--enable-auto-tool-choice", s->enable_auto_tool_choice,
                 "parse tool calls out of chat answers to requests with tools (tool_choice auto)");
   app->add_option("--tool-call-parser", s->tool_call_parser,
-                  "the format of the model's tool calls: hermes (<tool_call>{json}</tool_call>)");
+                  "the format of the model's tool calls: hermes (<tool_call>{json}</tool_call>), "
+                  "llama3_json / llama4_json ({json}; {json}), mistral ([TOOL_CALLS][...])");
   app->add_option("--shutdown-timeout", s->shutdown_timeout_s,
                   "seconds SIGTERM waits for requests in flight");
   app->add_option("--io-threads", s->io_threads, "HTTP I/O threads");

@@ -64,10 +64,12 @@ class Generation : public std::enable_shared_from_this<Generation> {
     backend_ = static_cast<ServingBackend*>(lease_.get());
     engine_ = backend_->engine();
     tok_ = &backend_->tokenizer();
+    eos_ = tok_->eos_ids();
     model_ = req_.lora.empty() ? lease_.spec().name : lease_.spec().name + ":" + req_.lora;
     route_ = req_.chat ? "/v1/chat/completions" : "/v1/completions";
-    parse_tools_ = req_.chat && req_.tools && !req_.tool_choice_none &&
-                   server_->opt.tool_call_parser == "hermes";
+    if (req_.chat && req_.tools && !req_.tool_choice_none) {
+      tools_ = find_tool_call_format(server_->opt.tool_call_parser);
+    }
     id_ = (req_.chat ? "chatcmpl-" : "cmpl-") + random_hex(24);
     created_ = unix_now();
     arrival_ = ex_->request().arrival;
@@ -203,7 +205,10 @@ class Generation : public std::enable_shared_from_this<Generation> {
         s->engine_id = id_ + "-" + std::to_string(s->index);
         s->prompt_ids = prompts[i].ids;
         s->prompt_text = prompts[i].text;
-        s->decoder = tok_->stream_decoder(s->prompt_ids, req_.skip_special_tokens);
+        // A format whose calls start with a special token ([TOOL_CALLS]) reads the text with
+        // them, as vLLM does for it.
+        s->decoder = tok_->stream_decoder(
+            s->prompt_ids, req_.skip_special_tokens && !(tools_ && tools_->keep_special_tokens));
         s->stopper = std::make_unique<engine::OutputProcessor>(req_.params);
         if (req_.logprobs) {
           s->logprobs = req_.chat ? json{{"content", json::array()}}
@@ -411,7 +416,11 @@ class Generation : public std::enable_shared_from_this<Generation> {
       s.has_token = true;
       s.completion_tokens++;
       if (req_.logprobs) add_logprob(s, lp_delta, id, out, k, tok_->token_text(id));
-      auto r = s.stopper->step(s.decoder->step(id));
+      // The end of sequence that ends the answer is not part of its text (with special tokens
+      // kept it would read "</s>"), as vLLM; with ignore_eos it is an ordinary token.
+      const bool ends = out.finished && k + 1 == n_new && !req_.params.ignore_eos &&
+                        std::find(eos_.begin(), eos_.end(), id) != eos_.end();
+      auto r = s.stopper->step(ends ? std::string() : s.decoder->step(id));
       delta += r.text;
       if (r.stopped) {
         stopped = true;
@@ -457,13 +466,13 @@ class Generation : public std::enable_shared_from_this<Generation> {
     const bool finished_now = stopped || out.finished;
     if (finished_now) s.done = true;
 
-    if (req_.stream && parse_tools_) {
-      // Content goes out until a <tool_call> starts (or may be starting); the calls go out at
+    if (req_.stream && tools_) {
+      // Content goes out until a call starts (or may be starting); the calls go out at
       // the end, whole, in the last chunk.
       s.tool_text += delta;
       json calls;
       if (finished_now) {
-        const ParsedToolCalls parsed = parse_hermes_tool_calls(s.tool_text);
+        const ParsedToolCalls parsed = tools_->parse(s.tool_text);
         if (parsed.called) {
           calls = tool_calls_json(parsed.calls, true);
           if (s.finish_reason == "stop" || s.finish_reason == "length")
@@ -471,7 +480,7 @@ class Generation : public std::enable_shared_from_this<Generation> {
           s.tool_text = parsed.content;
         }
       }
-      const size_t upto = finished_now ? s.tool_text.size() : hermes_content_prefix(s.tool_text);
+      const size_t upto = finished_now ? s.tool_text.size() : tools_->content_prefix(s.tool_text);
       const std::string out_text =
           upto > s.tool_sent ? s.tool_text.substr(s.tool_sent, upto - s.tool_sent) : "";
       s.tool_sent = std::max(s.tool_sent, upto);
@@ -598,8 +607,8 @@ class Generation : public std::enable_shared_from_this<Generation> {
                   {"stop_reason", s->stop_reason}};
         if (req_.chat) {
           c["message"] = {{"role", "assistant"}, {"content", s->text}};
-          if (parse_tools_) {
-            const ParsedToolCalls parsed = parse_hermes_tool_calls(s->text);
+          if (tools_) {
+            const ParsedToolCalls parsed = tools_->parse(s->text);
             if (parsed.called) {
               c["message"]["content"] = parsed.content.empty() ? json() : json(parsed.content);
               c["message"]["tool_calls"] = tool_calls_json(parsed.calls, false);
@@ -645,7 +654,9 @@ class Generation : public std::enable_shared_from_this<Generation> {
   int remaining_ = 0;
   bool stream_started_ = false;
   bool failed_ = false;
-  bool parse_tools_ = false;  // chat with tools under --tool-call-parser hermes
+  // Chat with tools under --tool-call-parser: the format the answers are read in.
+  const ToolCallFormat* tools_ = nullptr;
+  std::vector<int32_t> eos_;                        // the tokenizer's end-of-sequence ids
   std::shared_ptr<const OutputConstraint> guided_;  // guided_choice / JSON mode, else null
 };
 

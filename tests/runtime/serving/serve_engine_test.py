@@ -288,6 +288,70 @@ def make_llama(d):
     return model, fast
 
 
+def tool_format_checks(tessera, d, messages, tools):
+    """--tool-call-parser llama3_json and mistral on the llama folder: an answer forced by
+    guided_choice to each format's calls comes back as the openai client's tool_calls (streamed
+    too), text stays text; with mistral the answer's special tokens stay in its text ([TOOL_CALLS]
+    is one), except the end of sequence that ends it, as vLLM."""
+    forms = {
+        "llama3_json": ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}; '
+                        '{"name": "now", "parameters": {}}', None, 32),
+        "mistral": ('Let me see.[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": '
+                    '"Paris"}}, {"name": "now", "arguments": {}}]', "Let me see.", 9),
+    }
+    for parser, (call_text, want_content, id_len) in forms.items():
+        proc, port, _ = start([tessera, "serve", "--model", d, "--port", "0",
+                               "--enable-auto-tool-choice", "--tool-call-parser", parser])
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
+                               max_retries=0, http_client=httpx.Client(timeout=120))
+        tkw = dict(model="llama", messages=messages, max_tokens=300, temperature=0, tools=tools,
+                   extra_body={"guided_choice": [call_text]})
+        tc = client.chat.completions.create(**tkw).choices[0]
+        calls = tc.message.tool_calls or []
+        check([c.function.name for c in calls] == ["get_weather", "now"] and
+              [json.loads(c.function.arguments) for c in calls] == [{"city": "Paris"}, {}] and
+              all(len(c.id) == id_len + (14 if id_len == 32 else 0) for c in calls) and
+              tc.message.content == want_content and tc.finish_reason == "tool_calls",
+              f"{parser} tool calls parsed: {calls} content {tc.message.content!r} "
+              f"({tc.finish_reason})")
+        content, args, names, reasons = "", {}, {}, []
+        for ch in client.chat.completions.create(stream=True, **tkw):
+            if not ch.choices:
+                continue
+            dl = ch.choices[0].delta
+            content += dl.content or ""
+            for t in dl.tool_calls or []:
+                names[t.index] = names.get(t.index, "") + (t.function.name or "")
+                args[t.index] = args.get(t.index, "") + (t.function.arguments or "")
+            reasons.append(ch.choices[0].finish_reason)
+        check(content == (want_content or "") and names == {0: "get_weather", 1: "now"} and
+              json.loads(args.get(0, "null")) == {"city": "Paris"} and reasons[-1] == "tool_calls",
+              f"{parser} streamed tool calls: content {content!r}, {names}, {args} "
+              f"({reasons[-1]})")
+        text = client.chat.completions.create(
+            **dict(tkw, extra_body={"guided_choice": ["It is sunny {in Paris}."]})).choices[0]
+        check(text.message.content == "It is sunny {in Paris}." and not text.message.tool_calls
+              and text.finish_reason == "stop", f"{parser}: text stays text: {text.message}")
+        if parser == "mistral":
+            # Special tokens stay in the text of answers read for calls (<s> is id 0), not in
+            # others; the end of sequence (</s>, id 1) that ends an answer is not in its text, one
+            # that does not end it (ignore_eos) is.
+            def answer(ids, n, with_tools=True, **extra):
+                kw = dict(model="llama", messages=messages, max_tokens=n, temperature=0,
+                          extra_body=dict(allowed_token_ids=ids, **extra))
+                if with_tools:
+                    kw["tools"] = tools
+                return client.chat.completions.create(**kw).choices[0]
+            got = [answer([0], 3), answer([0], 3, with_tools=False), answer([1], 3),
+                   answer([1], 2, ignore_eos=True)]
+            check([(c.message.content or "", c.finish_reason) for c in got] ==
+                  [("<s><s><s>", "length"), ("", "length"), ("", "stop"),
+                   ("</s></s>", "length")],
+                  f"mistral: special tokens kept, the ending </s> dropped: "
+                  f"{[(c.message.content, c.finish_reason) for c in got]}")
+        stop_ok(proc, f"llama server, --tool-call-parser {parser}")
+
+
 def run_single(tessera):
     global T0
     T0 = time.time()
@@ -726,6 +790,7 @@ def run_single(tessera):
                           "--port", "0"], capture_output=True, text=True, timeout=60)
     check(bad.returncode != 0 and "--chat-template" in bad.stderr,
           f"a template that does not parse: exit {bad.returncode}, {bad.stderr.strip()!r}")
+    tool_format_checks(tessera, d, messages, tools)
 
 
 def run_mpi(tessera, mpiexec):
