@@ -288,6 +288,22 @@ def make_llama(d):
     return model, fast
 
 
+def streamed_tool_calls(client, kw):
+    """A streamed chat answer added up: its content, the calls' names and arguments by index, the
+    last finish_reason."""
+    content, names, args, reason = "", {}, {}, None
+    for ch in client.chat.completions.create(stream=True, **kw):
+        if not ch.choices:
+            continue
+        dl = ch.choices[0].delta
+        content += dl.content or ""
+        for t in dl.tool_calls or []:
+            names[t.index] = names.get(t.index, "") + (t.function.name or "")
+            args[t.index] = args.get(t.index, "") + (t.function.arguments or "")
+        reason = ch.choices[0].finish_reason
+    return content, names, args, reason
+
+
 def tool_format_checks(tessera, d, messages, tools):
     """--tool-call-parser llama3_json and mistral on the llama folder: an answer forced by
     guided_choice to each format's calls comes back as the openai client's tool_calls (streamed
@@ -295,11 +311,13 @@ def tool_format_checks(tessera, d, messages, tools):
     is one), except the end of sequence that ends it, as vLLM."""
     forms = {
         "llama3_json": ('<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris"}}; '
-                        '{"name": "now", "parameters": {}}', None, 32),
+                        '{"name": "now", "parameters": {}}', None,
+                        lambda i: re.fullmatch(r"chatcmpl-tool-[0-9a-f]{32}", i)),
         "mistral": ('Let me see.[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": '
-                    '"Paris"}}, {"name": "now", "arguments": {}}]', "Let me see.", 9),
+                    '"Paris"}}, {"name": "now", "arguments": {}}]', "Let me see.",
+                    lambda i: re.fullmatch(r"[A-Za-z0-9]{9}", i)),
     }
-    for parser, (call_text, want_content, id_len) in forms.items():
+    for parser, (call_text, want_content, good_id) in forms.items():
         proc, port, _ = start([tessera, "serve", "--model", d, "--port", "0",
                                "--enable-auto-tool-choice", "--tool-call-parser", parser])
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x",
@@ -310,24 +328,14 @@ def tool_format_checks(tessera, d, messages, tools):
         calls = tc.message.tool_calls or []
         check([c.function.name for c in calls] == ["get_weather", "now"] and
               [json.loads(c.function.arguments) for c in calls] == [{"city": "Paris"}, {}] and
-              all(len(c.id) == id_len + (14 if id_len == 32 else 0) for c in calls) and
+              all(good_id(c.id) for c in calls) and
               tc.message.content == want_content and tc.finish_reason == "tool_calls",
               f"{parser} tool calls parsed: {calls} content {tc.message.content!r} "
               f"({tc.finish_reason})")
-        content, args, names, reasons = "", {}, {}, []
-        for ch in client.chat.completions.create(stream=True, **tkw):
-            if not ch.choices:
-                continue
-            dl = ch.choices[0].delta
-            content += dl.content or ""
-            for t in dl.tool_calls or []:
-                names[t.index] = names.get(t.index, "") + (t.function.name or "")
-                args[t.index] = args.get(t.index, "") + (t.function.arguments or "")
-            reasons.append(ch.choices[0].finish_reason)
+        content, names, args, reason = streamed_tool_calls(client, tkw)
         check(content == (want_content or "") and names == {0: "get_weather", 1: "now"} and
-              json.loads(args.get(0, "null")) == {"city": "Paris"} and reasons[-1] == "tool_calls",
-              f"{parser} streamed tool calls: content {content!r}, {names}, {args} "
-              f"({reasons[-1]})")
+              json.loads(args.get(0, "null")) == {"city": "Paris"} and reason == "tool_calls",
+              f"{parser} streamed tool calls: content {content!r}, {names}, {args} ({reason})")
         text = client.chat.completions.create(
             **dict(tkw, extra_body={"guided_choice": ["It is sunny {in Paris}."]})).choices[0]
         check(text.message.content == "It is sunny {in Paris}." and not text.message.tool_calls
@@ -662,19 +670,10 @@ def run_single(tessera):
           calls[0].type == "function" and calls[0].id.startswith("chatcmpl-tool-") and
           tc.message.content == "Checking." and tc.finish_reason == "tool_calls",
           f"hermes tool call parsed: {calls} content {tc.message.content!r} ({tc.finish_reason})")
-    content, args, names, reasons = "", {}, {}, []
-    for ch in client.chat.completions.create(stream=True, **tkw):
-        if not ch.choices:
-            continue
-        dl = ch.choices[0].delta
-        content += dl.content or ""
-        for t in dl.tool_calls or []:
-            names[t.index] = names.get(t.index, "") + (t.function.name or "")
-            args[t.index] = args.get(t.index, "") + (t.function.arguments or "")
-        reasons.append(ch.choices[0].finish_reason)
+    content, names, args, reason = streamed_tool_calls(client, tkw)
     check(content == "Checking." and names == {0: "get_weather"} and
-          json.loads(args.get(0, "null")) == {"city": "Paris"} and reasons[-1] == "tool_calls",
-          f"streamed tool call: content {content!r}, {names}, {args} ({reasons[-1]})")
+          json.loads(args.get(0, "null")) == {"city": "Paris"} and reason == "tool_calls",
+          f"streamed tool call: content {content!r}, {names}, {args} ({reason})")
     plain = client.chat.completions.create(**dict(tkw, tool_choice="none")).choices[0]
     check(plain.message.content == call_text and not plain.message.tool_calls and
           plain.finish_reason == "stop", f"tool_choice none: text {plain.message.content!r}")
