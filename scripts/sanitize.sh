@@ -50,6 +50,8 @@ case "$kind" in
     ;;
 esac
 [ $# -gt 0 ] && shift
+# Absolute: processes the tests start in other folders find the preload library and the build.
+build=$(realpath -m "$build")
 jobs=${TESSERA_SANITIZE_JOBS:-2}
 
 if [ "$kind" = address-all ]; then
