@@ -21,20 +21,21 @@ using tessera::serving::find_tool_call_format;
 using tessera::serving::ParsedToolCalls;
 using tessera::serving::ToolCallFormat;
 
-// The cuts a stream may be read at: every one of a short answer; of a long one, 512 spread over
-// it and those near each place a call may start.
+// The cuts a stream may be read at: every one of a short answer; of a longer one, 64 spread over
+// it and those near the first places where a call may start (each check is linear in the answer:
+// all cuts of a long one would make the target quadratic and slow).
 std::vector<size_t> cuts(const std::string& text) {
   std::vector<size_t> out;
-  if (text.size() <= 1024) {
+  if (text.size() <= 128) {
     for (size_t k = 0; k <= text.size(); ++k) out.push_back(k);
     return out;
   }
-  for (size_t i = 0; i <= 512; ++i) out.push_back(text.size() * i / 512);
+  for (size_t i = 0; i <= 64; ++i) out.push_back(text.size() * i / 64);
   for (std::string_view tag : {"<tool_call>", "<|python_tag|>", "[TOOL_CALLS]", "{"}) {
     size_t seen = 0;
-    for (size_t at = text.find(tag); at != std::string::npos && seen < 8;
+    for (size_t at = text.find(tag); at != std::string::npos && seen < 2;
          at = text.find(tag, at + 1), ++seen) {
-      for (size_t k = at > 16 ? at - 16 : 0; k <= std::min(text.size(), at + 16); ++k) {
+      for (size_t k = at > 8 ? at - 8 : 0; k <= std::min(text.size(), at + tag.size() + 2); ++k) {
         out.push_back(k);
       }
     }
