@@ -80,8 +80,10 @@ json parse_span(std::string_view text, size_t begin, size_t end) {
                      /*allow_exceptions=*/false);
 }
 
+// A call names its function: a non-empty string (with an empty one the answer stays text).
 bool has_name(const json& j) {
-  return j.is_object() && j.contains("name") && j["name"].is_string();
+  return j.is_object() && j.contains("name") && j["name"].is_string() &&
+         !j["name"].get_ref<const std::string&>().empty();
 }
 
 // Everything before `tag`, or before a tail that could still become it.

@@ -18,6 +18,7 @@
 #include "runtime/models/model_config.h"
 #include "runtime/models/model_folder.h"
 #include "runtime/models/safetensors.h"
+#include "runtime/serving/tool_parser.h"
 #include "runtime/tokenizers/chat_template.h"
 #include "runtime/tokenizers/incremental_decoder.h"
 #include "runtime/tokenizers/tokenizer.h"
@@ -513,6 +514,29 @@ TEST(FuzzRegression, StreamingARunOfWholeReplacementCharactersIsLinear) {
   EXPECT_EQ(target->second(reinterpret_cast<const uint8_t*>(input.data()), input.size()), 0);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_LT(s, 2.0) << "the fuzzer's input took " << s << " s";
+}
+
+// tool_calls run 3 (2026-12-02): `{"name": "", "parameters": {...}}` was read as a llama3_json call
+// with an empty name (hermes and mistral took one too): no function has that name, and a client
+// that dispatches on it fails. A call needs a non-empty name; otherwise the answer is text.
+TEST(FuzzRegression, ToolCallWithAnEmptyNameIsText) {
+  const std::string input = crash_input("tool_calls", "crash-empty-name");
+  for (const std::string& text :
+       {input, std::string("<tool_call>{\"name\": \"\", \"arguments\": {}}</tool_call>"),
+        std::string("[TOOL_CALLS][{\"name\": \"\", \"arguments\": {}}]")}) {
+    for (const auto* name : {"hermes", "llama3_json", "mistral"}) {
+      const auto p = serving::find_tool_call_format(name)->parse(text);
+      EXPECT_FALSE(p.called) << name << ": " << text;
+      EXPECT_EQ(p.content, text) << name;
+    }
+  }
+  // The same with a name is a call.
+  EXPECT_TRUE(serving::parse_llama3_json_tool_calls(
+                  " {\"name\": \"f\", \"parameters\": {\"s\": \"}|;Z\"}}\n")
+                  .called);
+  const auto target = registry().find("tool_calls");
+  ASSERT_NE(target, registry().end());
+  EXPECT_EQ(target->second(reinterpret_cast<const uint8_t*>(input.data()), input.size()), 0);
 }
 
 }  // namespace
